@@ -1,0 +1,43 @@
+# The two commands (see README): `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME := $(CURDIR)/data/dagster_home
+export KS_PLATFORM_STORE ?= $(CURDIR)/data/store
+export KS_PLATFORM_LANDING ?= rig1=$(CURDIR)/data/landing/rig1
+export KS_PLATFORM_BACKEND ?= auto
+
+.PHONY: install demo test dev bench clean
+
+$(BIN)/ks-platform: pyproject.toml constraints/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip wheel setuptools
+	# torch first, pinned: 2.13.0 is the local CPU wheel (any other spec pulls GBs of CUDA packages)
+	$(BIN)/pip install -c constraints/cpu.txt torch==2.13.0
+	$(BIN)/pip install -c constraints/cpu.txt -e '.[test,k8s]'
+	touch $@
+
+install: $(BIN)/ks-platform
+	mkdir -p $(DAGSTER_HOME) data/landing/rig1
+	cp -f dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+## Install, make a demo session and materialize all five assets for it on the embedded instance (CPU ok).
+demo: install
+	$(BIN)/ks-platform doctor || true
+	$(BIN)/ks-platform demo
+
+## Install and run the whole test suite.
+test: install
+	bash scripts/install_system_deps.sh
+	$(BIN)/python -m pytest -v --durations=15
+
+## Browse the same assets in the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
+dev: install
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf data/store data/dagster_home

@@ -1,0 +1,124 @@
+"""``ks-platform``: make demo sessions, register sessions, run the pipeline on the embedded Dagster instance."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _cmd_make_session(args: argparse.Namespace) -> int:
+    from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
+
+    spec = DemoSessionSpec(duration_s=args.duration, n_channels=args.channels, n_units=args.units, seed=args.seed, recording_date=dt.date.fromisoformat(args.date))
+    folder = make_spikeglx_session(Path(args.out), spec)
+    print(f"wrote SpikeGLX session with ground truth: {folder}")
+    return 0
+
+
+def _instance():
+    from dagster import DagsterInstance
+
+    if "DAGSTER_HOME" not in os.environ:
+        home = Path("data/dagster_home").resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        config = Path(__file__).resolve().parent.parent / "dagster.yaml"
+        if config.exists() and not (home / "dagster.yaml").exists():
+            (home / "dagster.yaml").write_text(config.read_text())
+        os.environ["DAGSTER_HOME"] = str(home)
+    return DagsterInstance.get()
+
+
+def register_sessions(instance, platform) -> list[str]:
+    """Add every valid session under the landing roots as a partition; print rejected folders."""
+    from ks_platform.core.discovery import discover
+    from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
+
+    found, rejected = discover(platform.roots())
+    for item in rejected:
+        print(f"skipped {item.folder}: {item.reason}", file=sys.stderr)
+    keys = sorted(s.ref.key for s in found)
+    existing = set(instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME))
+    new = [k for k in keys if k not in existing]
+    if new:
+        instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, new)
+    return keys
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from ks_platform.defs.resources import PlatformResource
+
+    keys = register_sessions(_instance(), PlatformResource.from_env())
+    print("\n".join(keys))
+    return 0
+
+
+def run_session(instance, platform, key: str):
+    """Materialize the five assets (and checks) of one session in this process."""
+    from ks_platform.definitions import build_definitions
+
+    defs = build_definitions(platform)
+    job = defs.get_job_def("sort_session")
+    return job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ks_platform.core.store import read_json
+    from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
+    from ks_platform.defs.resources import PlatformResource
+
+    platform = PlatformResource.from_env()
+    root_name, root = next(iter(platform.roots().items()))
+    folder = root / f"demo_seed{args.seed}"
+    if not folder.exists():
+        make_spikeglx_session(folder, DemoSessionSpec(duration_s=args.duration, seed=args.seed))
+        print(f"made demo session {folder}")
+    instance = _instance()
+    keys = [k for k in register_sessions(instance, platform) if k.endswith(f"__{root_name}__{folder.name}")]
+    key = keys[0]
+    print(f"materializing session {key} (Kilosort 4 on {platform.backend}; this takes a few minutes on CPU)")
+    result = run_session(instance, platform, key)
+    store = platform.store(key)
+    if not result.success:
+        for event in result.all_events:
+            if event.is_failure and event.event_specific_data and getattr(event.event_specific_data, "error", None):
+                print(f"FAILED {event.step_key}: {event.event_specific_data.error.message.strip()}", file=sys.stderr)
+        return 1
+    summary = read_json(store.sorting_dir / "sorting_summary.json")
+    print(f"\nPhy folder: {store.phy_dir}\n  open it with: phy template-gui {store.phy_dir / 'params.py'}")
+    print(f"units: {summary['n_units']} ({summary['n_good_units']} good), spikes: {summary['n_spikes']}, sort time {summary['seconds']} s")
+    for check in result.get_asset_check_evaluations():
+        print(f"check {check.check_name}: {'passed' if check.passed else 'FAILED'} {json.dumps({k: v.value for k, v in check.metadata.items() if k != 'per_unit'}, default=str)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ks-platform", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    make = sub.add_parser("make-session", help="write a synthetic SpikeGLX session with ground truth")
+    make.add_argument("--out", required=True)
+    make.add_argument("--duration", type=float, default=15.0)
+    make.add_argument("--channels", type=int, default=32)
+    make.add_argument("--units", type=int, default=10)
+    make.add_argument("--seed", type=int, default=42)
+    make.add_argument("--date", default="2026-03-02")
+    make.set_defaults(func=_cmd_make_session)
+
+    register = sub.add_parser("register", help="add every session under the landing roots as a partition")
+    register.set_defaults(func=_cmd_register)
+
+    demo = sub.add_parser("demo", help="make a demo session and materialize all its assets on the embedded instance")
+    demo.add_argument("--duration", type=float, default=15.0)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.set_defaults(func=_cmd_demo)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

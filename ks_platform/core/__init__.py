@@ -1,0 +1,1 @@
+"""Domain core: formats, probes, conversion, sorting, Phy, lineage. Imports no Dagster."""

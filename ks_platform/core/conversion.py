@@ -1,0 +1,158 @@
+"""Recording → the int16 interleaved binary Kilosort reads: streamed, bounded memory, checksummed.
+
+Zero-copy sources (already int16 interleaved) are verified by hashing them in place and referenced by a
+symlink; everything else is converted chunk by chunk into a temporary file renamed on success.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+from ks_platform.core.errors import SessionInputError
+from ks_platform.core.formats.base import RecordingSource
+from ks_platform.core.store import atomic_directory, read_json, write_json_atomic
+
+BINARY_NAME = "recording.bin"
+MANIFEST_NAME = "binary.json"
+HASH_BLOCK_BYTES = 16 * 1024 * 1024
+#: Chunk size target for conversion: ~32 MB of int16 whatever the channel count.
+CHUNK_BYTES = 32 * 1024 * 1024
+
+#: progress(done_fraction, message)
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class RecordingBinary:
+    """The binary Kilosort sorts and how it was made."""
+
+    path: Path
+    n_chan_bin: int
+    binary_channels: tuple[int, ...]
+    sampling_frequency: float
+    n_samples: int
+    dtype: str
+    checksum: str
+    checksum_algorithm: str
+    zero_copy: bool
+    bytes_written: int
+    uv_per_bit: float
+    seconds: float
+
+    def to_json(self) -> dict:
+        payload = asdict(self)
+        payload["path"] = str(self.path)
+        payload["binary_channels"] = list(self.binary_channels)
+        return payload
+
+    @classmethod
+    def from_json(cls, payload: dict) -> RecordingBinary:
+        payload = dict(payload)
+        payload["path"] = Path(payload["path"])
+        payload["binary_channels"] = tuple(payload["binary_channels"])
+        return cls(**payload)
+
+
+def hash_file(path: Path, progress: Progress | None = None) -> str:
+    """xxh3-128 of a file, read in 16 MB blocks into one reused buffer."""
+    hasher = xxhash.xxh3_128()
+    size = path.stat().st_size
+    buffer = bytearray(HASH_BLOCK_BYTES)
+    view = memoryview(buffer)
+    done = 0
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            n = handle.readinto(buffer)
+            if not n:
+                break
+            hasher.update(view[:n])
+            done += n
+            if progress:
+                progress(done / max(size, 1), f"verified {done / 1e6:.0f}/{size / 1e6:.0f} MB")
+    return hasher.hexdigest()
+
+
+def _chunk_samples(n_channels: int) -> int:
+    return max(1024, CHUNK_BYTES // (2 * max(n_channels, 1)))
+
+
+def _disk_full(exc: OSError) -> bool:
+    import errno
+
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_recording_binary(source: RecordingSource, binary_dir: Path, allow_zero_copy: bool = True, progress: Progress | None = None) -> RecordingBinary:
+    """Produce ``binary_dir/recording.bin`` (+ ``binary.json``) atomically and return its description."""
+    started = time.perf_counter()
+    with atomic_directory(binary_dir) as staged:
+        target = staged / BINARY_NAME
+        if allow_zero_copy and source.zero_copy_path is not None:
+            checksum = hash_file(source.zero_copy_path, progress)
+            os.symlink(source.zero_copy_path.resolve(), target)
+            channels = tuple(range(source.n_channels))
+            written, zero_copy = 0, True
+        else:
+            channels = tuple(source.sorting_channels)
+            checksum, written = _convert(source, target, progress)
+            zero_copy = False
+        binary = RecordingBinary(
+            path=binary_dir / BINARY_NAME,
+            n_chan_bin=len(channels),
+            binary_channels=channels,
+            sampling_frequency=source.sampling_frequency,
+            n_samples=source.n_samples,
+            dtype="int16",
+            checksum=checksum,
+            checksum_algorithm="xxh3_128",
+            zero_copy=zero_copy,
+            bytes_written=written,
+            uv_per_bit=source.uv_per_bit,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        write_json_atomic(staged / MANIFEST_NAME, binary.to_json())
+    return binary
+
+
+def _convert(source: RecordingSource, target: Path, progress: Progress | None) -> tuple[str, int]:
+    hasher = xxhash.xxh3_128()
+    step = _chunk_samples(len(source.sorting_channels))
+    written = 0
+    try:
+        with open(target, "wb") as handle:
+            for start in range(0, source.n_samples, step):
+                stop = min(start + step, source.n_samples)
+                block = source.read_chunk(start, stop)
+                if block.dtype != np.int16 or block.shape != (stop - start, len(source.sorting_channels)):
+                    raise RuntimeError(f"{source.format} reader returned {block.dtype}{block.shape} for samples {start}:{stop}")
+                data = memoryview(np.ascontiguousarray(block)).cast("B")
+                hasher.update(data)
+                handle.write(data)
+                written += data.nbytes
+                if progress:
+                    progress(stop / source.n_samples, f"converted {stop / source.sampling_frequency:.1f}/{source.duration_s:.1f} s")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        if _disk_full(exc):
+            raise SessionInputError(target.parent.parent, f"the store's disk is full after writing {written / 1e6:.0f} MB (needs {source.n_samples * len(source.sorting_channels) * 2 / 1e6:.0f} MB)", "free space in the store or move the store root to a larger disk") from exc
+        raise
+    return hasher.hexdigest(), written
+
+
+def load_recording_binary(binary_dir: Path) -> RecordingBinary:
+    """Read back a binary's manifest; refuses a missing or dangling one."""
+    manifest = binary_dir / MANIFEST_NAME
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest} is missing: materialize recording_binary for this session first")
+    binary = RecordingBinary.from_json(read_json(manifest))
+    if not binary.path.exists():
+        raise FileNotFoundError(f"{binary.path} is missing or its zero-copy source has moved: re-materialize recording_binary")
+    return binary

@@ -1,0 +1,132 @@
+"""Plain interleaved binary + JSON sidecar (``name.bin`` + ``name.json``).
+
+Sidecar keys: ``sampling_frequency`` (Hz), ``n_channels``, ``dtype`` (e.g. ``int16``, ``float32``),
+``probe_file`` (relative to the session folder), optional ``recording_date`` (YYYY-MM-DD),
+``uv_per_bit`` (int16 sources) or ``units`` (``uV``/``mV``/``V`` for float sources),
+``sorting_channels`` (list of channel indices; default: those wired in the probe).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ks_platform.core.errors import SessionInputError
+from ks_platform.core.formats.base import RecordingSource, memmap_int16_reader, parse_recording_date
+
+FORMAT = "raw_binary"
+DATA_SUFFIXES = (".bin", ".dat", ".raw")
+#: Float sources are scaled to int16 with this resolution: ±6.4 mV at 0.195 µV/bit (Intan's step).
+FLOAT_UV_PER_BIT = 0.195
+_UNIT_TO_UV = {"uV": 1.0, "µV": 1.0, "mV": 1e3, "V": 1e6}
+
+
+def find_files(session_dir: Path) -> list[Path]:
+    """Data files with a same-stem JSON sidecar (``*.ap.bin`` is SpikeGLX, not raw)."""
+    found = []
+    for path in sorted(session_dir.iterdir()):
+        if path.suffix in DATA_SUFFIXES and not path.name.endswith(".ap.bin") and path.with_suffix(".json").is_file():
+            found.append(path)
+    return found
+
+
+def _sidecar(path: Path) -> dict:
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SessionInputError(path, f"the sidecar is not valid JSON ({exc.msg} at line {exc.lineno})", "fix the JSON syntax") from None
+    except OSError as exc:
+        raise SessionInputError(path, f"cannot read the sidecar ({exc.strerror})", "check the file's permissions") from None
+    if not isinstance(payload, dict):
+        raise SessionInputError(path, "the sidecar must be a JSON object", "write {\"sampling_frequency\": ..., \"n_channels\": ..., ...}")
+    for key in ("sampling_frequency", "n_channels", "dtype"):
+        if key not in payload:
+            raise SessionInputError(path, f"the sidecar has no {key!r}", f"add {key!r} to the sidecar")
+    return payload
+
+
+def open_recording(session_dir: Path) -> RecordingSource:
+    """Describe the raw binary recording in ``session_dir``."""
+    files = find_files(session_dir)
+    if len(files) != 1:
+        raise SessionInputError(session_dir, f"expected one raw binary with a JSON sidecar, found {len(files)}", "keep one recording per session folder")
+    data_path = files[0]
+    sidecar_path = data_path.with_suffix(".json")
+    meta = _sidecar(sidecar_path)
+    try:
+        dtype = np.dtype(meta["dtype"])
+    except TypeError:
+        raise SessionInputError(sidecar_path, f"unknown dtype {meta['dtype']!r}", "use a numpy dtype name such as int16 or float32") from None
+    n_channels = int(meta["n_channels"])
+    fs = float(meta["sampling_frequency"])
+    if n_channels <= 0 or fs <= 0:
+        raise SessionInputError(sidecar_path, "n_channels and sampling_frequency must be positive", "correct the sidecar")
+    size = data_path.stat().st_size
+    if size == 0:
+        raise SessionInputError(data_path, "the data file is empty (0 bytes)", "copy the recording again")
+    frame = n_channels * dtype.itemsize
+    if size % frame:
+        raise SessionInputError(
+            data_path,
+            f"size {size} bytes is not a multiple of {n_channels} channels x {dtype.itemsize} bytes (truncated copy, or wrong n_channels/dtype in {sidecar_path.name})",
+            "copy the file again completely, or correct the sidecar",
+        )
+    n_samples = size // frame
+    probe_file = meta.get("probe_file")
+    probe_path = (session_dir / probe_file) if probe_file else None
+    if probe_path is not None and not probe_path.is_file():
+        raise SessionInputError(sidecar_path, f"probe_file {probe_file!r} does not exist", "put the probe file in the session folder or fix the path")
+    sorting = tuple(int(c) for c in meta.get("sorting_channels", range(n_channels)))
+    if any(c < 0 or c >= n_channels for c in sorting):
+        raise SessionInputError(sidecar_path, "sorting_channels lists channels outside 0..n_channels-1", "correct sorting_channels")
+    date_text = meta.get("recording_date")
+    date = parse_recording_date(date_text, sidecar_path) if date_text else dt.date.fromtimestamp(data_path.stat().st_mtime)
+    if dtype == np.int16:
+        uv_per_bit = float(meta.get("uv_per_bit", 1.0))
+        reader = memmap_int16_reader(data_path, n_channels, n_samples, sorting)
+        zero_copy = data_path  # Kilosort reads all n_channels and selects via chanMap
+        note = f"int16 source, uv_per_bit={uv_per_bit} from sidecar"
+    else:
+        units = meta.get("units", "uV")
+        if units not in _UNIT_TO_UV:
+            raise SessionInputError(sidecar_path, f"unknown units {units!r}", "use one of uV, mV, V")
+        scale = _UNIT_TO_UV[units] / FLOAT_UV_PER_BIT
+        uv_per_bit = FLOAT_UV_PER_BIT
+        reader = float_scaling_reader(data_path, dtype, n_channels, n_samples, sorting, scale)
+        zero_copy = None
+        note = f"{dtype.name} in {units} scaled by {scale:g} to int16 ({FLOAT_UV_PER_BIT} µV/bit, clipped at ±32767)"
+    return RecordingSource(
+        format=FORMAT,
+        session_dir=session_dir,
+        data_files=(data_path, sidecar_path),
+        sampling_frequency=fs,
+        n_channels=n_channels,
+        n_samples=n_samples,
+        source_dtype=dtype.name,
+        recording_date=date,
+        sorting_channels=sorting,
+        uv_per_bit=uv_per_bit,
+        read_chunk=reader,
+        probe=None,
+        probe_file=probe_path,
+        zero_copy_path=zero_copy,
+        scaling_note=note,
+    )
+
+
+def float_scaling_reader(path: Path, dtype: np.dtype, n_channels: int, n_samples: int, channels: tuple[int, ...], scale: float):
+    """Chunk reader that scales a float source to int16, refusing NaN/inf with a clear error."""
+    data = np.memmap(path, dtype=dtype, mode="r", shape=(n_samples, n_channels))
+    index = np.asarray(channels)
+
+    def read_chunk(start: int, stop: int) -> np.ndarray:
+        block = np.asarray(data[start:stop][:, index], dtype=np.float64)
+        if not np.isfinite(block).all():
+            bad = start + int(np.argwhere(~np.isfinite(block))[0][0])
+            raise SessionInputError(path, f"NaN or inf sample at sample {bad}", "repair or re-export the recording without NaN/inf")
+        return np.clip(np.rint(block * scale), -32767, 32767).astype(np.int16)
+
+    return read_chunk

@@ -1,0 +1,137 @@
+"""SpikeGLX: ``*.ap.bin`` + ``*.ap.meta``; probe and channel map from the meta's imro table."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from ks_platform.core.errors import SessionInputError
+from ks_platform.core.formats.base import RecordingSource, memmap_int16_reader, parse_recording_date
+
+FORMAT = "spikeglx"
+
+
+def find_files(session_dir: Path) -> list[Path]:
+    """The AP band binaries in a session folder (searched recursively, as SpikeGLX nests runs)."""
+    return sorted(p for p in session_dir.rglob("*.ap.bin") if p.is_file())
+
+
+def parse_meta(meta_path: Path) -> dict[str, str]:
+    """Parse a ``.meta`` file (``key=value`` lines; imro keys start with ``~``)."""
+    if not meta_path.is_file():
+        raise SessionInputError(
+            meta_path, "the SpikeGLX meta file is missing", "copy the .ap.meta written by SpikeGLX next to the .ap.bin"
+        )
+    meta: dict[str, str] = {}
+    try:
+        text = meta_path.read_text(errors="strict")
+    except (UnicodeDecodeError, PermissionError, OSError) as exc:
+        raise SessionInputError(meta_path, f"cannot read the meta file ({exc})", "check the file's permissions and that it is text") from exc
+    for line in text.splitlines():
+        if "=" in line:
+            key, value = line.split("=", 1)
+            meta[key.strip().lstrip("~")] = value.strip()
+    return meta
+
+
+def _require(meta: dict[str, str], key: str, meta_path: Path) -> str:
+    if key not in meta:
+        raise SessionInputError(meta_path, f"the meta file has no {key!r} entry", "use the .meta SpikeGLX wrote for this run")
+    return meta[key]
+
+
+def _saved_channel_ids(meta: dict[str, str], meta_path: Path) -> list[int]:
+    subset = meta.get("snsSaveChanSubset", "all")
+    counts = [int(c) for c in _require(meta, "snsApLfSy", meta_path).split(",")]
+    if subset.strip() == "all":
+        return list(range(sum(counts)))
+    ids: list[int] = []
+    for part in subset.split(","):
+        if ":" in part:
+            lo, hi = part.split(":")
+            ids.extend(range(int(lo), int(hi) + 1))
+        else:
+            ids.append(int(part))
+    return ids
+
+
+def _ap_gain(meta: dict[str, str]) -> float:
+    """AP gain of the first imro entry (NP1.0 stores it per channel; NP2.0 is fixed at 80)."""
+    probe_type = meta.get("imDatPrb_type", "0")
+    if probe_type not in ("0", "1020", "1030", "1100", "1120", "1121", "1122", "1123", "1200", "1300"):
+        return 80.0
+    entries = meta.get("imroTbl", "").split(")(")
+    if len(entries) > 1:
+        fields = entries[1].strip("()").split()
+        if len(fields) >= 4:
+            return float(fields[3])
+    return 500.0
+
+
+def open_recording(session_dir: Path) -> RecordingSource:
+    """Describe the single SpikeGLX AP recording in ``session_dir`` and verify it against its meta."""
+    bins = find_files(session_dir)
+    if len(bins) != 1:
+        raise SessionInputError(
+            session_dir,
+            f"expected one SpikeGLX .ap.bin, found {len(bins)}",
+            "put one probe's recording per session folder (split imec0/imec1 into separate sessions)",
+        )
+    bin_path = bins[0]
+    meta_path = bin_path.with_suffix(".meta")
+    meta = parse_meta(meta_path)
+    n_channels = int(_require(meta, "nSavedChans", meta_path))
+    fs = float(meta.get("imSampRate") or _require(meta, "niSampRate", meta_path))
+    size = bin_path.stat().st_size
+    if size == 0:
+        raise SessionInputError(bin_path, "the data file is empty (0 bytes)", "copy the recording again from the rig")
+    frame = n_channels * 2
+    declared = int(meta.get("fileSizeBytes", size))
+    saved_ids = _saved_channel_ids(meta, meta_path)
+    if len(saved_ids) != n_channels:
+        raise SessionInputError(
+            meta_path,
+            f"nSavedChans={n_channels} disagrees with the {len(saved_ids)} channels listed in snsSaveChanSubset/snsApLfSy",
+            "restore the .meta SpikeGLX wrote for this recording",
+        )
+    if size % frame:
+        raise SessionInputError(
+            bin_path,
+            f"size {size} bytes is not a multiple of {n_channels} channels x 2 bytes (truncated copy, or the meta's nSavedChans is wrong)",
+            "copy the .bin again completely, or use the .meta that belongs to it",
+        )
+    if declared != size:
+        raise SessionInputError(
+            bin_path,
+            f"the meta declares fileSizeBytes={declared} but the file has {size} bytes",
+            "copy the .bin again completely, or use the .meta that belongs to it",
+        )
+    counts = [int(c) for c in meta["snsApLfSy"].split(",")]
+    n_ap_total = counts[0]
+    sorting = tuple(i for i, cid in enumerate(saved_ids) if cid < n_ap_total)
+    if not sorting:
+        raise SessionInputError(meta_path, "no AP channels are saved in this file", "record the AP band (the .ap.bin)")
+    max_int = float(meta.get("imMaxInt", 512))
+    ai_range = float(meta.get("imAiRangeMax", 0.6))
+    gain = _ap_gain(meta)
+    uv_per_bit = ai_range / max_int / gain * 1e6
+    created = meta.get("fileCreateTime")
+    date = parse_recording_date(created, meta_path) if created else dt.date.fromtimestamp(bin_path.stat().st_mtime)
+    n_samples = size // frame
+    return RecordingSource(
+        format=FORMAT,
+        session_dir=session_dir,
+        data_files=(bin_path, meta_path),
+        sampling_frequency=fs,
+        n_channels=n_channels,
+        n_samples=n_samples,
+        source_dtype="int16",
+        recording_date=date,
+        sorting_channels=sorting,
+        uv_per_bit=uv_per_bit,
+        read_chunk=memmap_int16_reader(bin_path, n_channels, n_samples, sorting),
+        probe=None,
+        probe_file=meta_path,
+        zero_copy_path=bin_path,
+        scaling_note=f"imAiRangeMax {ai_range} V / imMaxInt {max_int:g} / AP gain {gain:g} (from meta)",
+    )

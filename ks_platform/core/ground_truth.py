@@ -1,0 +1,49 @@
+"""Score a sorting against a session's known spike trains (SpikeInterface's comparison)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ks_platform.core.synthetic import GROUND_TRUTH_SPEC
+
+
+@dataclass(frozen=True)
+class GroundTruthScore:
+    """Per-unit accuracy/precision/recall and the session's declared bar."""
+
+    per_unit: list[dict[str, float]]
+    well_detected: int
+    well_detected_accuracy: float
+    min_well_detected_units: int
+
+    @property
+    def passed(self) -> bool:
+        return self.well_detected >= self.min_well_detected_units
+
+
+def has_ground_truth(session_dir: Path) -> bool:
+    return (session_dir / GROUND_TRUTH_SPEC).is_file()
+
+
+def score_sorting(session_dir: Path, spike_samples: np.ndarray, spike_clusters: np.ndarray, sampling_frequency: float) -> GroundTruthScore:
+    """Compare the sorting to the session's ``ground_truth.json``/``.npz`` (exhaustive ground truth)."""
+    from spikeinterface.comparison import compare_sorter_to_ground_truth
+    from spikeinterface.core import NumpySorting
+
+    spec = json.loads((session_dir / GROUND_TRUTH_SPEC).read_text())
+    truth = np.load(session_dir / spec["spike_file"])
+    gt = NumpySorting.from_samples_and_labels([truth["samples"]], [truth["labels"]], sampling_frequency)
+    tested = NumpySorting.from_samples_and_labels([np.asarray(spike_samples).ravel()], [np.asarray(spike_clusters).ravel()], sampling_frequency)
+    comparison = compare_sorter_to_ground_truth(gt, tested, exhaustive_gt=True)
+    perf = comparison.get_performance(method="by_unit")
+    per_unit = [
+        {"gt_unit": str(unit), "accuracy": float(row["accuracy"]), "precision": float(row["precision"]), "recall": float(row["recall"])}
+        for unit, row in perf.iterrows()
+    ]
+    bar = float(spec.get("well_detected_accuracy", 0.8))
+    well = len(comparison.get_well_detected_units(well_detected_score=bar))
+    return GroundTruthScore(per_unit=per_unit, well_detected=well, well_detected_accuracy=bar, min_well_detected_units=int(spec.get("min_well_detected_units", 1)))

@@ -1,0 +1,83 @@
+"""Phy bundle: Kilosort's Phy files with a relocatable ``params.py``, validated by opening it in phylib."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ks_platform.core.conversion import RecordingBinary
+from ks_platform.core.store import atomic_directory
+
+#: Kilosort outputs that are not part of a Phy folder (kept with the sorting).
+NOT_FOR_PHY = {"ops.npy", "kilosort4.log"}
+
+
+@dataclass(frozen=True)
+class PhyBundle:
+    path: Path
+    dat_path: str
+    n_spikes: int
+    n_clusters: int
+    cluster_ids: list[int]
+    traces_shape: tuple[int, int]
+    n_shanks: int
+
+    @property
+    def open_command(self) -> str:
+        return f"phy template-gui {self.path / 'params.py'}"
+
+
+def params_py(dat_path: str, binary: RecordingBinary) -> str:
+    return (
+        f"dat_path = {dat_path!r}\n"
+        f"n_channels_dat = {binary.n_chan_bin}\n"
+        f"dtype = {binary.dtype!r}\n"
+        "offset = 0\n"
+        f"sample_rate = {binary.sampling_frequency!r}\n"
+        "hp_filtered = False\n"
+    )
+
+
+def build_phy_bundle(sorting_dir: Path, binary: RecordingBinary, channel_shanks: np.ndarray, phy_dir: Path) -> PhyBundle:
+    """Copy the sorting's Phy files to ``phy_dir`` with ``dat_path`` relative to it, then open it in phylib.
+
+    The relative path (``../binary/recording.bin``) keeps working when the whole store is moved.
+    ``channel_shanks`` gives the shank of each channel in ``channel_map.npy`` order.
+    """
+    with atomic_directory(phy_dir) as staged:
+        for item in sorting_dir.iterdir():
+            if item.is_file() and item.name not in NOT_FOR_PHY and item.suffix in (".npy", ".tsv"):
+                shutil.copy2(item, staged / item.name)
+        np.save(staged / "channel_shanks.npy", np.asarray(channel_shanks, dtype=np.int32))
+        relative = os.path.relpath(binary.path, phy_dir)
+        (staged / "params.py").write_text(params_py(relative, binary))
+        bundle = validate_phy_folder(staged, final_path=phy_dir)
+    return bundle
+
+
+def validate_phy_folder(folder: Path, final_path: Path | None = None) -> PhyBundle:
+    """Open the folder headlessly with phylib's ``load_model``; raise if Phy could not open it."""
+    from phylib.io.model import load_model
+
+    model = load_model(folder / "params.py")
+    try:
+        traces = model.traces
+        if traces is None:
+            raise RuntimeError(f"{folder / 'params.py'}: phylib could not open the raw data at dat_path")
+        shanks = np.load(folder / "channel_shanks.npy") if (folder / "channel_shanks.npy").exists() else np.zeros(1)
+        dat_path = str(model.dat_path[0] if isinstance(model.dat_path, (list, tuple)) else model.dat_path)
+        return PhyBundle(
+            path=final_path or folder,
+            dat_path=os.path.relpath(dat_path, folder),
+            n_spikes=int(model.n_spikes),
+            n_clusters=int(len(model.cluster_ids)),
+            cluster_ids=[int(c) for c in model.cluster_ids],
+            traces_shape=(int(traces.shape[0]), int(traces.shape[1])),
+            n_shanks=int(len(np.unique(shanks))),
+        )
+    finally:
+        model.close()

@@ -1,0 +1,179 @@
+"""The session pipeline as plain functions, one per step; the Dagster assets and the CLI both call these.
+
+recording (landing folder) → probe map → recording binary → Kilosort 4 sorting → Phy bundle.
+Every step reads its inputs from the session store, writes its outputs there atomically, and returns a
+:class:`StepOutput` (data version, plain metadata, figures).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import probeinterface as pi
+
+from ks_platform.core import conversion, phy, probes, settings, sorting
+from ks_platform.core.errors import SessionInputError
+from ks_platform.core.formats import open_recording
+from ks_platform.core.formats.base import RecordingSource
+from ks_platform.core.ground_truth import has_ground_truth, score_sorting
+from ks_platform.core.sessions import fingerprint
+from ks_platform.core.store import SessionStore, atomic_directory, read_json, write_json_atomic
+
+PROBE_JSON = "probe.json"
+KILOSORT_PROBE_JSON = "kilosort_probe.json"
+PROBE_PNG = "probe.png"
+PROBE_MANIFEST = "probe_map.json"
+
+
+@dataclass
+class StepOutput:
+    """What a step made: its data version, metadata for people, and figures (PNG paths)."""
+
+    data_version: str
+    metadata: dict[str, Any]
+    figures: dict[str, Path] = field(default_factory=dict)
+
+
+def binary_layout(source: RecordingSource, allow_zero_copy: bool) -> tuple[int, ...]:
+    """Source channels stored in the recording binary, in row order (all of them when zero-copy)."""
+    if allow_zero_copy and source.zero_copy_path is not None:
+        return tuple(range(source.n_channels))
+    return tuple(source.sorting_channels)
+
+
+def observe_raw_recording(session_dir: Path, store: SessionStore) -> StepOutput:
+    """Describe and fingerprint the landing folder's recording; record it as ``raw_recording.json``."""
+    source = open_recording(session_dir)
+    manifest = {**source.summary(), "fingerprint": fingerprint(source), "has_ground_truth": has_ground_truth(session_dir)}
+    write_json_atomic(store.raw_manifest, manifest)
+    return StepOutput(manifest["fingerprint"], manifest)
+
+
+def open_unchanged_recording(session_dir: Path, store: SessionStore) -> RecordingSource:
+    """Open the recording and refuse it if it changed since ``raw_recording`` observed it."""
+    source = open_recording(session_dir)
+    if not store.raw_manifest.is_file():
+        raise SessionInputError(store.raw_manifest, "the raw recording has not been observed yet", "materialize raw_recording for this session first")
+    observed = read_json(store.raw_manifest)["fingerprint"]
+    now = fingerprint(source)
+    if now != observed:
+        raise SessionInputError(session_dir, f"the recording changed since it was observed (fingerprint {observed[:12]} → {now[:12]})", "wait until copying has finished, then re-materialize raw_recording and the steps after it")
+    return source
+
+
+def build_probe_map(session_dir: Path, store: SessionStore, allow_zero_copy: bool = True) -> StepOutput:
+    """Validated probe → ``probe.json`` (probeinterface), ``kilosort_probe.json`` and ``probe.png``."""
+    source = open_unchanged_recording(session_dir, store)
+    probe, origin = probes.probe_for_recording(source)
+    layout = binary_layout(source, allow_zero_copy)
+    ks_probe = probes.kilosort_probe(probe, layout, source.sorting_channels)
+    if ks_probe["n_chan"] == 0:
+        raise SessionInputError(origin, "no probe contact is wired to a sorted channel of this recording", "use the probe file that matches this recording")
+    kind = settings.probe_kind(probe.annotations)
+    with atomic_directory(store.probe_dir) as staged:
+        group = pi.ProbeGroup()
+        group.add_probe(probe)
+        pi.write_probeinterface(staged / PROBE_JSON, group)
+        ks_json = probes.kilosort_probe_to_json(ks_probe)
+        (staged / KILOSORT_PROBE_JSON).write_text(json.dumps(ks_json, indent=1) + "\n")
+        probes.plot_probe(probe, staged / PROBE_PNG, title=f"{probe.get_contact_count()} contacts, {ks_probe['n_chan']} sorted", highlight_channels=tuple(source.sorting_channels))
+        manifest = {
+            "probe_source": str(origin),
+            "probe_kind": kind,
+            "n_contacts": int(probe.get_contact_count()),
+            "n_sorted_channels": int(ks_probe["n_chan"]),
+            "n_shanks": int(len(np.unique(ks_probe["kcoords"]))),
+            "binary_channels": list(layout),
+            "manufacturer": str(probe.annotations.get("manufacturer", "")),
+            "model_name": str(probe.annotations.get("model_name", "")),
+            "span_um": [float(np.ptp(ks_probe["xc"])), float(np.ptp(ks_probe["yc"]))],
+        }
+        write_json_atomic(staged / PROBE_MANIFEST, manifest)
+    version = settings.settings_hash(ks_json)
+    return StepOutput(version, manifest, {"probe": store.probe_dir / PROBE_PNG})
+
+
+def load_probe_map(store: SessionStore) -> tuple[dict, dict]:
+    """The Kilosort probe dict and the probe manifest."""
+    if not (store.probe_dir / PROBE_MANIFEST).is_file():
+        raise FileNotFoundError(f"{store.probe_dir} has no probe map: materialize probe_map first")
+    return probes.kilosort_probe_from_json(read_json(store.probe_dir / KILOSORT_PROBE_JSON)), read_json(store.probe_dir / PROBE_MANIFEST)
+
+
+def build_recording_binary(session_dir: Path, store: SessionStore, allow_zero_copy: bool = True, progress: conversion.Progress | None = None) -> StepOutput:
+    """Convert (streamed) or verify-and-reference (zero-copy) the recording into ``binary/``."""
+    source = open_unchanged_recording(session_dir, store)
+    binary = conversion.write_recording_binary(source, store.binary_dir, allow_zero_copy=allow_zero_copy, progress=progress)
+    metadata = {**binary.to_json(), "source_format": source.format, "source_dtype": source.source_dtype, "scaling_note": source.scaling_note}
+    return StepOutput(binary.checksum, metadata)
+
+
+def effective_session_settings(session_dir: Path, store: SessionStore) -> settings.EffectiveSettings:
+    """Layered, validated Kilosort settings for the session as it is now."""
+    binary = conversion.load_recording_binary(store.binary_dir)
+    _, probe_manifest = load_probe_map(store)
+    overrides, _ = settings.read_session_overrides(session_dir)
+    return settings.effective_settings(binary.n_chan_bin, binary.sampling_frequency, probe_manifest["probe_kind"], overrides)
+
+
+def sort_session(session_dir: Path, store: SessionStore, backend: str = "auto", log: sorting.Log | None = None, extra_lineage: dict[str, Any] | None = None) -> StepOutput:
+    """Kilosort 4 on the session's binary and probe map, with the session's settings, into ``sorting/``."""
+    binary = conversion.load_recording_binary(store.binary_dir)
+    ks_probe, probe_manifest = load_probe_map(store)
+    if tuple(probe_manifest["binary_channels"]) != binary.binary_channels:
+        raise SessionInputError(store.probe_dir, "the probe map was made for a different binary layout", "re-materialize probe_map and recording_binary together")
+    effective = effective_session_settings(session_dir, store)
+    result = sorting.sort_recording(binary, ks_probe, effective, store.sorting_dir, backend=backend, log=log, extra_lineage=extra_lineage)
+    lineage = read_json(store.sorting_dir / sorting.LINEAGE_FILE)
+    metadata = {
+        "n_units": result.n_units,
+        "n_good_units": result.n_good_units,
+        "n_spikes": result.n_spikes,
+        "sort_seconds": result.seconds,
+        "params_hash": result.params_hash,
+        "settings": result.settings,
+        "attempts": result.attempts,
+        "stage_seconds": result.stage_seconds,
+        "input_checksum": result.input_checksum,
+        "lineage": lineage,
+        "path": str(store.sorting_dir),
+    }
+    figures = {name: store.sorting_dir / f"{name}.png" for name in ("drift_amount", "drift_scatter", "diagnostics", "spike_positions") if (store.sorting_dir / f"{name}.png").exists()}
+    return StepOutput(result.output_checksum, metadata, figures)
+
+
+def score_session(session_dir: Path, store: SessionStore):
+    """Ground-truth score of the session's sorting, or None when the session carries no ground truth."""
+    if not has_ground_truth(session_dir):
+        return None
+    spikes = np.load(store.sorting_dir / "spike_times.npy")
+    clusters = np.load(store.sorting_dir / "spike_clusters.npy")
+    binary = conversion.load_recording_binary(store.binary_dir)
+    return score_sorting(session_dir, spikes, clusters, binary.sampling_frequency)
+
+
+def export_phy(store: SessionStore) -> StepOutput:
+    """Phy folder with a relocatable ``params.py``, opened in phylib before it is published."""
+    binary = conversion.load_recording_binary(store.binary_dir)
+    ks_probe, _ = load_probe_map(store)
+    if not (store.sorting_dir / sorting.SUMMARY_FILE).is_file():
+        raise FileNotFoundError(f"{store.sorting_dir} has no sorting: materialize sorted_units first")
+    bundle = phy.build_phy_bundle(store.sorting_dir, binary, np.asarray(ks_probe["kcoords"]).astype(int), store.phy_dir)
+    lineage = read_json(store.sorting_dir / sorting.LINEAGE_FILE)
+    metadata = {
+        "path": str(bundle.path),
+        "open_command": bundle.open_command,
+        "dat_path": bundle.dat_path,
+        "n_spikes": bundle.n_spikes,
+        "n_clusters": bundle.n_clusters,
+        "cluster_ids": bundle.cluster_ids,
+        "traces_shape": list(bundle.traces_shape),
+        "n_shanks": bundle.n_shanks,
+        "lineage": lineage,
+    }
+    version = sorting.sorting_checksum(store.phy_dir)
+    return StepOutput(version, metadata)

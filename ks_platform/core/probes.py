@@ -1,0 +1,160 @@
+"""Probe descriptions: load any format the lab has, validate, convert to Kilosort's probe dict, draw."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import probeinterface as pi
+from probeinterface import Probe
+
+from ks_platform.core.errors import SessionInputError
+from ks_platform.core.formats.base import RecordingSource
+
+PROBE_SUFFIXES = (".prb", ".mat")
+
+
+def load_probe_file(path: Path) -> Probe:
+    """Read probeinterface JSON, ``.prb``, Kilosort ``.mat`` (chanMap) or Kilosort ``.json``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SessionInputError(path, "the probe file does not exist", "put the probe file in the session folder")
+    try:
+        if path.suffix == ".meta":
+            return pi.read_spikeglx(path)
+        if path.suffix == ".prb":
+            group = pi.read_prb(path)
+            return _single_probe(group, path)
+        if path.suffix == ".mat":
+            return _probe_from_kilosort_dict(_load_kilosort_probe(path), path)
+        if path.suffix == ".json":
+            text = path.read_text()
+            if '"chanMap"' in text:
+                return _probe_from_kilosort_dict(_load_kilosort_probe(path), path)
+            return _single_probe(pi.read_probeinterface(path), path)
+    except SessionInputError:
+        raise
+    except Exception as exc:  # parsers raise many kinds; the user needs the file and the cause
+        raise SessionInputError(path, f"cannot read the probe description ({type(exc).__name__}: {exc})", "provide a probeinterface JSON, .prb, or Kilosort .mat/.json probe") from exc
+    raise SessionInputError(path, f"unknown probe file type {path.suffix!r}", "use probeinterface .json, .prb, or Kilosort .mat/.json")
+
+
+def _load_kilosort_probe(path: Path) -> dict:
+    from kilosort.io import load_probe
+
+    return load_probe(path)
+
+
+def _single_probe(group: pi.ProbeGroup, path: Path) -> Probe:
+    if len(group.probes) != 1:
+        raise SessionInputError(path, f"the file describes {len(group.probes)} probes", "give one probe per session (split the probe group)")
+    return group.probes[0]
+
+
+def _probe_from_kilosort_dict(ks_probe: dict, path: Path) -> Probe:
+    positions = np.column_stack([np.asarray(ks_probe["xc"], float), np.asarray(ks_probe["yc"], float)])
+    probe = Probe(ndim=2, si_units="um")
+    probe.set_contacts(positions=positions, shapes="square", shape_params={"width": 12})
+    probe.set_device_channel_indices(np.asarray(ks_probe["chanMap"], dtype=int).ravel())
+    kcoords = np.asarray(ks_probe.get("kcoords", np.zeros(len(positions))), dtype=float).ravel()
+    probe.set_shank_ids(kcoords.astype(int).astype(str))
+    probe.annotate(source=str(path))
+    return probe
+
+
+def probe_for_recording(source: RecordingSource) -> tuple[Probe, Path]:
+    """The probe of a recording and the file it came from: explicit probe file, else the format's own geometry."""
+    if source.probe_file is not None:
+        probe = load_probe_file(source.probe_file)
+        origin = source.probe_file
+    elif source.probe is not None:
+        probe, origin = source.probe, source.data_files[0]
+    else:
+        raise SessionInputError(source.session_dir, "no probe description found for this recording", "add a probe file (probeinterface .json, .prb, Kilosort .mat) and name it in the sidecar")
+    validate_probe(probe, source.n_channels, origin)
+    return probe, origin
+
+
+def validate_probe(probe: Probe, n_channels: int, path: Path) -> None:
+    """Refuse probes Kilosort would mis-sort: duplicates, out-of-range channels, wrong units, bad shanks."""
+    channels = probe.device_channel_indices
+    if channels is None:
+        raise SessionInputError(path, "the probe has no channel wiring (device_channel_indices)", "wire each contact to a channel of the recording")
+    channels = np.asarray(channels)
+    wired = channels[channels >= 0]
+    values, counts = np.unique(wired, return_counts=True)
+    if (counts > 1).any():
+        dupes = values[counts > 1][:5].tolist()
+        raise SessionInputError(path, f"channels {dupes} are wired to more than one contact", "give every contact its own channel index")
+    if wired.size and wired.max() >= n_channels:
+        raise SessionInputError(path, f"the probe uses channel {int(wired.max())} but the recording has only {n_channels} channels (0..{n_channels - 1})", "use the probe file that matches this recording")
+    if wired.size == 0:
+        raise SessionInputError(path, "no contact is wired to a channel", "set the probe's channel indices")
+    positions = probe.contact_positions[:, :2]
+    _, pos_counts = np.unique(np.round(positions, 3), axis=0, return_counts=True)
+    if (pos_counts > 1).any():
+        raise SessionInputError(path, f"{int((pos_counts > 1).sum())} contact positions are used twice", "give every contact its own (x, y) position")
+    if probe.si_units != "um":
+        raise SessionInputError(path, f"probe positions are in {probe.si_units!r}", "give contact positions in micrometres (um)")
+    span = float(np.ptp(positions[:, 1])) if len(positions) > 1 else 1.0
+    if len(positions) >= 8 and span < 1.0:
+        raise SessionInputError(path, f"contacts span only {span:g} units vertically; positions look like mm or m", "give contact positions in micrometres (um)")
+    shanks = probe.shank_ids
+    if shanks is not None and len(shanks) and any(s == "" for s in shanks) and any(s != "" for s in shanks):
+        raise SessionInputError(path, "some contacts have a shank id and others do not", "give every contact a shank id, or none")
+
+
+def kilosort_probe(probe: Probe, binary_channels: tuple[int, ...], sorting_channels: tuple[int, ...] | None = None) -> dict[str, np.ndarray | int]:
+    """Kilosort's probe dict; ``chanMap`` indexes the rows of the binary, which hold ``binary_channels``.
+
+    Only contacts wired to ``sorting_channels`` (default: all binary channels) are sorted.
+    """
+    sortable = set(binary_channels if sorting_channels is None else sorting_channels)
+    row_of_channel = {channel: row for row, channel in enumerate(binary_channels) if channel in sortable}
+    rows, xc, yc, kcoords = [], [], [], []
+    shank_ids = probe.shank_ids if probe.shank_ids is not None and len(probe.shank_ids) else [""] * probe.get_contact_count()
+    shank_numbers = {s: i for i, s in enumerate(sorted(set(shank_ids), key=lambda s: (len(s), s)))}
+    for contact, channel in enumerate(probe.device_channel_indices):
+        if channel < 0 or channel not in row_of_channel:
+            continue
+        rows.append(row_of_channel[channel])
+        xc.append(probe.contact_positions[contact, 0])
+        yc.append(probe.contact_positions[contact, 1])
+        kcoords.append(shank_numbers[shank_ids[contact]])
+    order = np.argsort(rows, kind="stable")
+    return {
+        "chanMap": np.asarray(rows, dtype=np.int32)[order],
+        "xc": np.asarray(xc, dtype=np.float32)[order],
+        "yc": np.asarray(yc, dtype=np.float32)[order],
+        "kcoords": np.asarray(kcoords, dtype=np.float32)[order],
+        "n_chan": len(rows),
+    }
+
+
+def kilosort_probe_to_json(ks_probe: dict) -> dict:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ks_probe.items()}
+
+
+def kilosort_probe_from_json(payload: dict) -> dict:
+    out = {k: np.asarray(payload[k], dtype=np.int32 if k == "chanMap" else np.float32) for k in ("chanMap", "xc", "yc", "kcoords")}
+    out["n_chan"] = int(payload["n_chan"])
+    return out
+
+
+def plot_probe(probe: Probe, path: Path, title: str = "", highlight_channels: tuple[int, ...] | None = None) -> Path:
+    """PNG of the probe layout; recorded (sorted) channels highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from probeinterface.plotting import plot_probe as pi_plot_probe
+
+    recorded = np.isin(probe.device_channel_indices, highlight_channels) if highlight_channels else np.ones(probe.get_contact_count(), bool)
+    colors = np.where(recorded, "tab:orange", "lightgrey")
+    fig, ax = plt.subplots(figsize=(3, 6), dpi=100)
+    pi_plot_probe(probe, ax=ax, contacts_colors=list(colors), with_contact_id=False, title=False)
+    ax.set_title(title or f"{probe.get_contact_count()} contacts, {int(recorded.sum())} recorded", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

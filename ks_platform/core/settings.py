@@ -1,0 +1,133 @@
+"""Kilosort 4 parameter sets: validated against Kilosort's own settings table, layered, hashed.
+
+Layers, lowest first: Kilosort's defaults < platform defaults < probe-type defaults < session overrides
+(``kilosort4-settings.json`` in the session folder). ``n_chan_bin`` and ``fs`` always come from the data.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ks_platform.core.errors import SessionInputError
+
+SESSION_SETTINGS_FILE = "kilosort4-settings.json"
+DATA_DERIVED = ("n_chan_bin", "fs")
+
+#: Platform defaults over Kilosort's own. Empty on purpose: Kilosort's defaults are the reference, so a
+#: platform sort equals a plain ``run_kilosort`` call unless the lab decides otherwise.
+PLATFORM_DEFAULTS: dict[str, Any] = {}
+
+#: Probe-type defaults, keyed by :func:`probe_kind`. Neuropixels use Kilosort's defaults (they were tuned for them).
+PROBE_TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "neuropixels": {},
+    "generic": {},
+}
+
+
+def kilosort_settings_table() -> dict[str, dict[str, Any]]:
+    """Kilosort's own parameter table (name → type, min, max, exclude, default)."""
+    from kilosort.parameters import EXTRA_PARAMETERS, MAIN_PARAMETERS
+
+    return {**MAIN_PARAMETERS, **EXTRA_PARAMETERS}
+
+
+def _check_value(key: str, value: Any, spec: dict[str, Any], path: Path) -> Any:
+    kind = spec["type"]
+    fix = f"give {key!r} a {kind.__name__} between {spec['min']} and {spec['max']}"
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise SessionInputError(path, f"{key!r} must be true or false, got {value!r}", fix)
+        return value
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise SessionInputError(path, f"{key!r} must be a list of numbers, got {value!r}", fix)
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SessionInputError(path, f"{key!r} must be a number, got {type(value).__name__} {value!r}", fix)
+    if kind is int and (isinstance(value, float) and not value.is_integer()):
+        raise SessionInputError(path, f"{key!r} must be a whole number, got {value!r}", fix)
+    number = kind(value)
+    if isinstance(number, float) and not math.isfinite(number):
+        raise SessionInputError(path, f"{key!r} must be finite, got {value!r}", fix)
+    if number < spec["min"] or number > spec["max"] or number in spec.get("exclude", []):
+        raise SessionInputError(path, f"{key!r}={value!r} is out of range [{spec['min']}, {spec['max']}] (excluded: {spec.get('exclude', [])})", fix)
+    return number
+
+
+def validate_overrides(overrides: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Check every key and value against Kilosort's table; unknown keys get the closest valid name."""
+    if not isinstance(overrides, dict):
+        raise SessionInputError(path, "Kilosort settings must be a JSON object", 'write {"setting_name": value, ...}')
+    table = kilosort_settings_table()
+    clean: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key in DATA_DERIVED:
+            raise SessionInputError(path, f"{key!r} is taken from the recording and cannot be overridden", f"remove {key!r}")
+        if key not in table:
+            close = difflib.get_close_matches(key, list(table), n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else "see kilosort.parameters for valid names"
+            raise SessionInputError(path, f"unknown Kilosort setting {key!r} ({hint})", f"rename or remove {key!r}")
+        clean[key] = _check_value(key, value, table[key], path)
+    return clean
+
+
+def read_session_overrides(session_dir: Path) -> tuple[dict[str, Any], Path | None]:
+    """The session's ``kilosort4-settings.json`` (validated), or ``{}`` when there is none."""
+    path = session_dir / SESSION_SETTINGS_FILE
+    if not path.exists():
+        return {}, None
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SessionInputError(path, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", "fix the JSON syntax (e.g. with `python -m json.tool`)") from None
+    except OSError as exc:
+        raise SessionInputError(path, f"cannot read the settings file ({exc.strerror})", "check the file's permissions") from None
+    return validate_overrides(payload, path), path
+
+
+def probe_kind(probe_annotations: dict[str, Any]) -> str:
+    """``neuropixels`` for imec probes, else ``generic``."""
+    manufacturer = str(probe_annotations.get("manufacturer", "")).lower()
+    return "neuropixels" if manufacturer == "imec" else "generic"
+
+
+@dataclass(frozen=True)
+class EffectiveSettings:
+    """The exact settings passed to Kilosort, with where each layer came from and a stable hash."""
+
+    settings: dict[str, Any]
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def params_hash(self) -> str:
+        return settings_hash(self.settings)
+
+    def record(self) -> dict[str, Any]:
+        return {"settings": self.settings, "layers": self.layers, "params_hash": self.params_hash}
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=float)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def effective_settings(
+    n_chan_bin: int,
+    sampling_frequency: float,
+    kind: str = "generic",
+    session_overrides: dict[str, Any] | None = None,
+    platform_defaults: dict[str, Any] | None = None,
+) -> EffectiveSettings:
+    """Layer the parameter sets; the data-derived keys are set last."""
+    platform = PLATFORM_DEFAULTS if platform_defaults is None else platform_defaults
+    probe_defaults = PROBE_TYPE_DEFAULTS.get(kind, {})
+    session = session_overrides or {}
+    settings = {**platform, **probe_defaults, **session, "n_chan_bin": int(n_chan_bin), "fs": float(sampling_frequency)}
+    layers = {"platform": dict(platform), f"probe:{kind}": dict(probe_defaults), "session": dict(session)}
+    return EffectiveSettings(settings=settings, layers=layers)

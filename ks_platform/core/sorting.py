@@ -1,0 +1,223 @@
+"""Run Kilosort 4 on a recording binary: device choice, batch size, OOM retries, outputs written atomically."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ks_platform.core.conversion import RecordingBinary
+from ks_platform.core.hardware import MIN_BATCH_SIZE, BackendInfo, detect_backend, recommended_batch_size
+from ks_platform.core.lineage import lineage_record
+from ks_platform.core.settings import EffectiveSettings, settings_hash
+from ks_platform.core.store import atomic_directory, read_json, write_json_atomic
+
+SUMMARY_FILE = "sorting_summary.json"
+SETTINGS_FILE = "effective_settings.json"
+LINEAGE_FILE = "lineage.json"
+#: Kilosort seeds numpy and torch with 1 before drift correction (run_kilosort._sort); recorded as facts.
+KILOSORT_SEEDS = {"numpy": 1, "torch": 1, "torch_cuda": 1}
+RUNTIME_KEYS = ("runtime_preproc", "runtime_drift", "runtime_st0", "runtime_clu0", "runtime_st", "runtime_clu", "runtime_merge", "runtime_postproc", "runtime")
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class SortAttempt:
+    batch_size: int
+    clear_cache: bool
+    outcome: str
+    seconds: float
+
+
+@dataclass
+class SortResult:
+    """Where the sorting is and the facts about it."""
+
+    output_dir: Path
+    n_units: int
+    n_good_units: int
+    n_spikes: int
+    seconds: float
+    backend: dict[str, Any]
+    params_hash: str
+    settings: dict[str, Any]
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    input_checksum: str = ""
+    output_checksum: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["output_dir"] = str(self.output_dir)
+        return payload
+
+
+class _ForwardHandler(logging.Handler):
+    def __init__(self, log: Log) -> None:
+        super().__init__(level=logging.INFO)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._log(f"kilosort: {record.getMessage()}")
+        except Exception:  # a broken log sink must not break the sort
+            pass
+
+
+@contextmanager
+def forward_kilosort_logs(log: Log | None) -> Iterator[None]:
+    """Send Kilosort's INFO logs to ``log`` for the duration (Kilosort clears its own handlers at the end)."""
+    if log is None:
+        yield
+        return
+    handler = _ForwardHandler(log)
+    logger = logging.getLogger("kilosort")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA and HIP out-of-memory errors (torch raises OutOfMemoryError or RuntimeError mentioning it)."""
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def sorting_checksum(output_dir: Path) -> str:
+    """Hash of the spike trains (times + clusters): the sorting's data version."""
+    import xxhash
+
+    hasher = xxhash.xxh3_128()
+    for name in ("spike_times.npy", "spike_clusters.npy"):
+        hasher.update(np.ascontiguousarray(np.load(output_dir / name)).tobytes())
+    return hasher.hexdigest()
+
+
+def run_kilosort_once(binary: RecordingBinary, ks_probe: dict, settings: dict[str, Any], results_dir: Path, device: str, clear_cache: bool) -> dict:
+    """One plain ``kilosort.run_kilosort`` call; returns Kilosort's ops."""
+    import torch
+    from kilosort import run_kilosort
+
+    ops, *_ = run_kilosort(
+        settings=dict(settings),
+        probe={k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in ks_probe.items()},
+        filename=binary.path,
+        results_dir=results_dir,
+        data_dtype=binary.dtype,
+        device=torch.device(device),
+        clear_cache=clear_cache,
+    )
+    return ops
+
+
+def sort_recording(
+    binary: RecordingBinary,
+    ks_probe: dict,
+    settings: EffectiveSettings,
+    output_dir: Path,
+    backend: str = "auto",
+    log: Log | None = None,
+    extra_lineage: dict[str, Any] | None = None,
+) -> SortResult:
+    """Sort ``binary`` into ``output_dir`` (atomically), retrying with smaller batches on GPU OOM.
+
+    The batch size follows the device's free memory (:func:`recommended_batch_size`) unless the
+    settings set ``batch_size`` explicitly.
+    """
+    log = log or (lambda message: None)
+    info: BackendInfo = detect_backend(backend)
+    requested = dict(settings.settings)
+    user_batch = "batch_size" in settings.layers.get("session", {}) or any("batch_size" in layer for name, layer in settings.layers.items() if name != "session")
+    if not user_batch and info.free_memory_bytes is not None and info.backend != "cpu":
+        requested["batch_size"] = recommended_batch_size(info.free_memory_bytes, ks_probe["n_chan"])
+        log(f"batch_size {requested['batch_size']} chosen for {info.free_memory_bytes / 1024**3:.1f} GiB free on {info.device_name}")
+    clear_cache = bool(requested.pop("clear_cache", False))
+    log(f"sorting {binary.path} ({binary.n_samples / binary.sampling_frequency:.1f} s, {ks_probe['n_chan']} channels) on {info.backend} {info.device_name}")
+    attempts: list[SortAttempt] = []
+    started = time.perf_counter()
+    with atomic_directory(output_dir) as staged, forward_kilosort_logs(log):
+        while True:
+            attempt_start = time.perf_counter()
+            batch = int(requested.get("batch_size", 60_000))
+            try:
+                ops = run_kilosort_once(binary, ks_probe, requested, staged, info.device, clear_cache)
+            except Exception as exc:
+                if not is_out_of_memory(exc) or info.backend == "cpu" or batch <= MIN_BATCH_SIZE:
+                    raise
+                attempts.append(SortAttempt(batch, clear_cache, f"out of memory: {str(exc)[:200]}", round(time.perf_counter() - attempt_start, 2)))
+                requested["batch_size"] = max(MIN_BATCH_SIZE, batch // 2)
+                clear_cache = True
+                log(f"GPU out of memory at batch_size {batch}; retrying with batch_size {requested['batch_size']} and clear_cache")
+                _release_gpu_memory()
+                for leftover in staged.iterdir():
+                    if leftover.is_file():
+                        leftover.unlink()
+                continue
+            attempts.append(SortAttempt(batch, clear_cache, "ok", round(time.perf_counter() - attempt_start, 2)))
+            break
+        result = _summarize(staged, output_dir, ops, info, requested, settings, attempts, binary, time.perf_counter() - started)
+        write_json_atomic(staged / SETTINGS_FILE, {**settings.record(), "as_run": requested, "clear_cache": clear_cache, "as_run_hash": settings_hash(requested)})
+        write_json_atomic(staged / SUMMARY_FILE, result.to_json())
+        write_json_atomic(
+            staged / LINEAGE_FILE,
+            lineage_record(
+                backend=info.record(),
+                params_hash=settings.params_hash,
+                input_checksum=binary.checksum,
+                output_checksum=result.output_checksum,
+                seeds=KILOSORT_SEEDS,
+                stage_seconds=result.stage_seconds,
+                attempts=result.attempts,
+                **(extra_lineage or {}),
+            ),
+        )
+    log(f"sorted: {result.n_units} units ({result.n_good_units} good), {result.n_spikes} spikes in {result.seconds:.1f} s")
+    return result
+
+
+def _release_gpu_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _summarize(staged: Path, final: Path, ops: dict, info: BackendInfo, requested: dict, settings: EffectiveSettings, attempts: list[SortAttempt], binary: RecordingBinary, seconds: float) -> SortResult:
+    import pandas as pd
+
+    clusters = np.load(staged / "spike_clusters.npy").ravel()
+    labels = pd.read_csv(staged / "cluster_KSLabel.tsv", sep="\t")
+    stage_seconds = {key.removeprefix("runtime_"): round(float(ops[key]), 3) for key in RUNTIME_KEYS if key in ops}
+    return SortResult(
+        output_dir=final,
+        n_units=int(len(np.unique(clusters))),
+        n_good_units=int((labels["KSLabel"] == "good").sum()),
+        n_spikes=int(clusters.size),
+        seconds=round(seconds, 2),
+        backend=info.record(),
+        params_hash=settings.params_hash,
+        settings=requested,
+        attempts=[asdict(a) for a in attempts],
+        stage_seconds=stage_seconds,
+        input_checksum=binary.checksum,
+        output_checksum=sorting_checksum(staged),
+    )
+
+
+def load_sort_result(output_dir: Path) -> SortResult:
+    payload = read_json(output_dir / SUMMARY_FILE)
+    payload["output_dir"] = Path(payload["output_dir"])
+    return SortResult(**payload)

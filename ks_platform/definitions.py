@@ -1,0 +1,38 @@
+"""The Dagster code location (loaded by workspace.yaml)."""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+
+# Partitioned asset checks are "preview" in dagster 1.13; we rely on them knowingly (pinned dagster version).
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
+
+from ks_platform.defs import ingest, review, sorting  # noqa: E402
+
+from ks_platform.defs.partitions import session_partitions  # noqa: E402
+from ks_platform.defs.resources import PlatformResource  # noqa: E402
+
+#: Everything for one session, recording to Phy folder.
+sort_session_job = dg.define_asset_job(
+    "sort_session",
+    selection=dg.AssetSelection.groups(ingest.GROUP),
+    partitions_def=session_partitions,
+    description="Materialize every asset of one session: recording → probe → binary → Kilosort 4 → Phy.",
+)
+
+ALL_ASSETS = [ingest.raw_recording, ingest.probe_map, ingest.recording_binary, sorting.sorted_units, review.phy_bundle]
+ALL_CHECKS = [sorting.sorted_units_not_empty, sorting.sorted_units_match_ground_truth, review.phy_bundle_opens]
+
+
+def build_definitions(platform: PlatformResource | None = None) -> dg.Definitions:
+    return dg.Definitions(
+        assets=ALL_ASSETS,
+        asset_checks=ALL_CHECKS,
+        jobs=[sort_session_job],
+        resources={"platform": platform or PlatformResource.from_env()},
+    )
+
+
+defs = build_definitions()

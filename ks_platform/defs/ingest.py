@@ -1,0 +1,59 @@
+"""Ingest: the landing folder's recording, its probe map, and the binary Kilosort reads."""
+
+
+import dagster as dg
+
+from ks_platform.core import pipeline
+from ks_platform.defs.partitions import session_partitions
+from ks_platform.defs.reporting import ThrottledProgress, step_result, user_errors_as_failures
+from ks_platform.defs.resources import PlatformResource
+
+GROUP = "session_pipeline"
+
+
+@dg.asset(
+    partitions_def=session_partitions,
+    group_name=GROUP,
+    code_version="1",
+    kinds={"spikeglx", "file"},
+    owners=["team:ephys"],
+    description="1 · The session's recording as found in its landing folder: format, size, date, channels, duration and a content fingerprint (nothing is copied).",
+)
+def raw_recording(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
+    with user_errors_as_failures():
+        output = pipeline.observe_raw_recording(platform.session_dir(context.partition_key), platform.store(context.partition_key))
+    context.log.info(f"{output.metadata['format']} recording, {output.metadata['duration_s']} s, {output.metadata['n_channels']} channels")
+    return step_result(output, path_key=None, extra={"session_dir": dg.MetadataValue.path(output.metadata["session_dir"])})
+
+
+@dg.asset(
+    partitions_def=session_partitions,
+    group_name=GROUP,
+    code_version="1",
+    deps=[raw_recording],
+    kinds={"probeinterface"},
+    owners=["team:ephys"],
+    description="2 · The validated probe geometry, as probeinterface JSON and as Kilosort's probe dict, with a picture.",
+)
+def probe_map(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
+    key = context.partition_key
+    with user_errors_as_failures():
+        output = pipeline.build_probe_map(platform.session_dir(key), platform.store(key), platform.allow_zero_copy)
+    return step_result(output, extra={"path": dg.MetadataValue.path(str(platform.store(key).probe_dir))})
+
+
+@dg.asset(
+    partitions_def=session_partitions,
+    group_name=GROUP,
+    code_version="1",
+    deps=[raw_recording],
+    kinds={"binary"},
+    owners=["team:ephys"],
+    description="3 · The int16 interleaved binary Kilosort reads: converted chunk by chunk, or verified in place (zero-copy), with its xxh3 checksum as data version.",
+)
+def recording_binary(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
+    key = context.partition_key
+    with user_errors_as_failures():
+        output = pipeline.build_recording_binary(platform.session_dir(key), platform.store(key), platform.allow_zero_copy, progress=ThrottledProgress(context.log.info))
+    context.log.info(f"binary ready: zero_copy={output.metadata['zero_copy']}, checksum {output.data_version}")
+    return step_result(output)

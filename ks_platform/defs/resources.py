@@ -1,0 +1,56 @@
+"""Platform configuration as a Dagster resource: store root, landing roots, backend."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from ks_platform.core.sessions import SessionRef, session_dir
+from ks_platform.core.store import SessionStore
+
+DEFAULT_STORE = "data/store"
+DEFAULT_LANDING = "rig1=data/landing/rig1"
+
+
+def parse_landing_roots(spec: str) -> dict[str, Path]:
+    """``name=path[,name=path…]`` → ``{name: path}``."""
+    roots: dict[str, Path] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, path = item.partition("=")
+        if not path:
+            raise ValueError(f"landing root {item!r} must be written name=path")
+        roots[name.strip()] = Path(path.strip()).expanduser().resolve()
+    return roots
+
+
+class PlatformResource(dg.ConfigurableResource):
+    """Where sessions land and where results are stored, and which compute backend sorts.
+
+    Defaults come from ``KS_PLATFORM_STORE``, ``KS_PLATFORM_LANDING`` (``name=path,…``) and
+    ``KS_PLATFORM_BACKEND`` (``auto``, ``cpu``, ``cuda[:N]``, ``rocm[:N]``).
+    """
+
+    store_root: str = DEFAULT_STORE
+    landing_roots: str = DEFAULT_LANDING
+    backend: str = "auto"
+    allow_zero_copy: bool = True
+
+    @classmethod
+    def from_env(cls) -> PlatformResource:
+        return cls(
+            store_root=os.environ.get("KS_PLATFORM_STORE", DEFAULT_STORE),
+            landing_roots=os.environ.get("KS_PLATFORM_LANDING", DEFAULT_LANDING),
+            backend=os.environ.get("KS_PLATFORM_BACKEND", "auto"),
+        )
+
+    def roots(self) -> dict[str, Path]:
+        return parse_landing_roots(self.landing_roots)
+
+    def store(self, partition_key: str) -> SessionStore:
+        SessionRef.parse(partition_key)
+        return SessionStore(Path(self.store_root).expanduser().resolve(), partition_key)
+
+    def session_dir(self, partition_key: str) -> Path:
+        return session_dir(SessionRef.parse(partition_key), self.roots())

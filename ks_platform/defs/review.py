@@ -1,0 +1,35 @@
+"""Review: the Phy bundle the lab opens for manual curation."""
+
+
+import dagster as dg
+
+from ks_platform.core import pipeline
+from ks_platform.core.phy import validate_phy_folder
+from ks_platform.defs.ingest import GROUP
+from ks_platform.defs.partitions import session_partitions
+from ks_platform.defs.reporting import step_result, user_errors_as_failures
+from ks_platform.defs.resources import PlatformResource
+from ks_platform.defs.sorting import sorted_units
+
+
+@dg.asset(
+    partitions_def=session_partitions,
+    group_name=GROUP,
+    code_version="1",
+    deps=[sorted_units],
+    kinds={"phy"},
+    owners=["team:ephys"],
+    description="5 · A Phy folder (relocatable params.py pointing at the binary), opened with phylib before it is published.",
+)
+def phy_bundle(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
+    key = context.partition_key
+    with user_errors_as_failures():
+        output = pipeline.export_phy(platform.store(key))
+    context.log.info(f"Phy folder ready: {output.metadata['open_command']}")
+    return step_result(output, extra={"open_in_phy": dg.MetadataValue.md(f"```\n{output.metadata['open_command']}\n```")})
+
+
+@dg.asset_check(asset=phy_bundle, partitions_def=session_partitions, description="The published Phy folder opens in phylib and has spikes.")
+def phy_bundle_opens(context: dg.AssetCheckExecutionContext, platform: PlatformResource) -> dg.AssetCheckResult:
+    bundle = validate_phy_folder(platform.store(context.partition_key).phy_dir)
+    return dg.AssetCheckResult(passed=bundle.n_spikes > 0, metadata={"n_spikes": bundle.n_spikes, "n_clusters": bundle.n_clusters, "traces_shape": dg.MetadataValue.json(list(bundle.traces_shape))})

@@ -1,0 +1,70 @@
+"""Sorting: Kilosort 4 on the session's binary and probe map, with a ground-truth check."""
+
+
+from importlib import metadata
+
+import dagster as dg
+
+from ks_platform.core import pipeline
+from ks_platform.defs.ingest import GROUP, probe_map, recording_binary
+from ks_platform.defs.partitions import session_partitions
+from ks_platform.defs.reporting import step_result, to_metadata_value, user_errors_as_failures
+from ks_platform.defs.resources import PlatformResource
+
+#: Bump the suffix when the platform's sorting logic changes; the Kilosort version is part of it.
+SORTING_CODE_VERSION = f"kilosort-{metadata.version('kilosort')}+1"
+SORT_POOL = "kilosort"
+
+
+@dg.asset(
+    partitions_def=session_partitions,
+    group_name=GROUP,
+    code_version=SORTING_CODE_VERSION,
+    deps=[recording_binary, probe_map],
+    kinds={"kilosort", "pytorch"},
+    owners=["team:ephys"],
+    pool=SORT_POOL,
+    op_tags={"ks_platform/needs": "gpu"},
+    description="4 · Kilosort 4 spike sorting of the binary with the session's parameter set (platform defaults < probe type < kilosort4-settings.json).",
+)
+def sorted_units(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
+    key = context.partition_key
+    with user_errors_as_failures():
+        output = pipeline.sort_session(platform.session_dir(key), platform.store(key), backend=platform.backend, log=context.log.info, extra_lineage={"dagster_run_id": context.run_id, "partition": key})
+    lineage = output.metadata["lineage"]
+    extra = {
+        "device": f"{lineage['backend']['backend']}: {lineage['backend']['device_name']}",
+        "kilosort_version": lineage["versions"]["kilosort"],
+        "torch_version": lineage["versions"]["torch"],
+        "spikeinterface_version": lineage["versions"]["spikeinterface"],
+        "image_digest": to_metadata_value(lineage.get("image_digest")),
+        "seeds": dg.MetadataValue.json(lineage["seeds"]),
+    }
+    return step_result(output, extra=extra)
+
+
+@dg.asset_check(asset=sorted_units, partitions_def=session_partitions, description="At least one unit was sorted.")
+def sorted_units_not_empty(context: dg.AssetCheckExecutionContext, platform: PlatformResource) -> dg.AssetCheckResult:
+    summary = pipeline.sorting.load_sort_result(platform.store(context.partition_key).sorting_dir)
+    return dg.AssetCheckResult(passed=summary.n_units > 0, metadata={"n_units": summary.n_units, "n_good_units": summary.n_good_units})
+
+
+@dg.asset_check(
+    asset=sorted_units,
+    partitions_def=session_partitions,
+    description="For sessions with ground truth: per-unit accuracy/precision/recall; fails when fewer units than the session declares reach the accuracy bar.",
+)
+def sorted_units_match_ground_truth(context: dg.AssetCheckExecutionContext, platform: PlatformResource) -> dg.AssetCheckResult:
+    key = context.partition_key
+    score = pipeline.score_session(platform.session_dir(key), platform.store(key))
+    if score is None:
+        return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN, description="no ground truth in this session", metadata={"has_ground_truth": False})
+    table = dg.MetadataValue.table(
+        records=[dg.TableRecord(row) for row in score.per_unit],
+        schema=dg.TableSchema(columns=[dg.TableColumn("gt_unit", "string"), dg.TableColumn("accuracy", "float"), dg.TableColumn("precision", "float"), dg.TableColumn("recall", "float")]),
+    )
+    return dg.AssetCheckResult(
+        passed=score.passed,
+        description=f"{score.well_detected} units with accuracy ≥ {score.well_detected_accuracy} (session requires {score.min_well_detected_units})",
+        metadata={"well_detected_units": score.well_detected, "required": score.min_well_detected_units, "accuracy_bar": score.well_detected_accuracy, "per_unit": table},
+    )

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# System packages the test suite needs (run as root; skipped when already present or not root).
+set -euo pipefail
+need=()
+# (later issues add: docker.io, postgresql, chromium)
+if ((${#need[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then echo "not root: install ${need[*]} yourself" >&2; exit 0; fi
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+fi
