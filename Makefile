@@ -24,7 +24,7 @@ install: $(BIN)/ks-platform
 
 ## Install, make a demo session and materialize all five assets for it on the embedded instance (CPU ok).
 demo: install
-	$(BIN)/ks-platform doctor || true
+	$(BIN)/ks-platform doctor
 	$(BIN)/ks-platform demo
 
 ## Install and run the whole test suite.

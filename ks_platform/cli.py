@@ -61,7 +61,7 @@ def run_session(instance, platform, key: str):
     from ks_platform.definitions import build_definitions
 
     defs = build_definitions(platform)
-    job = defs.get_job_def("sort_session")
+    job = defs.resolve_job_def("sort_session")
     return job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
 
 
@@ -95,6 +95,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from ks_platform.core.doctor import healthy, report, run_checks
+
+    checks = run_checks(Path(os.environ.get("KS_PLATFORM_STORE", "data/store")), backend=args.backend, docker_url=args.docker_url or os.environ.get("KS_PLATFORM_DOCKER_URL"))
+    print(report(checks))
+    ok = healthy(checks)
+    print("healthy" if ok else "NOT healthy: fix the FAIL lines above before sorting on this host")
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ks-platform", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--duration", type=float, default=15.0)
     demo.add_argument("--seed", type=int, default=42)
     demo.set_defaults(func=_cmd_demo)
+
+    doctor = sub.add_parser("doctor", help="check this host: imports, backend + tiny kernel, disk, Docker")
+    doctor.add_argument("--backend", default=os.environ.get("KS_PLATFORM_BACKEND", "auto"))
+    doctor.add_argument("--docker-url", default=None)
+    doctor.set_defaults(func=_cmd_doctor)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

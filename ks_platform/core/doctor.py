@@ -1,0 +1,102 @@
+"""Self-check of a host before real work: imports, compute backend with a tiny kernel, disk, Docker."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REQUIRED_MODULES = ("torch", "kilosort", "spikeinterface", "probeinterface", "phylib", "dagster", "xxhash")
+MIN_FREE_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True
+
+
+def _imports() -> list[Check]:
+    checks = []
+    for name in REQUIRED_MODULES:
+        try:
+            module = importlib.import_module(name)
+            checks.append(Check(f"import {name}", True, getattr(module, "__version__", "ok")))
+        except Exception as exc:  # report any import failure, whatever its type
+            checks.append(Check(f"import {name}", False, f"{type(exc).__name__}: {exc}. Fix: reinstall with `make install`"))
+    return checks
+
+
+def _backend(preferred: str) -> list[Check]:
+    try:
+        from ks_platform.core.hardware import detect_backend
+
+        info = detect_backend(preferred)
+    except Exception as exc:
+        hint = ""
+        try:
+            import torch
+
+            if getattr(torch.version, "hip", None):
+                hint = " On AMD GPUs whose gfx version ROCm does not list, set HSA_OVERRIDE_GFX_VERSION (e.g. 10.3.0 for RDNA2 laptop chips)."
+        except ImportError:
+            pass
+        return [Check("compute backend", False, f"{exc}.{hint}")]
+    checks = [Check("compute backend", True, f"{info.backend} {info.device_name} torch {info.torch_version} cuda {info.cuda_version} hip {info.hip_version}")]
+    try:
+        import torch
+
+        x = torch.randn(1, 4, 2048, generator=torch.Generator().manual_seed(0))
+        w = torch.randn(8, 4, 61, generator=torch.Generator().manual_seed(1))
+        reference = torch.nn.functional.conv1d(x, w)
+        result = torch.nn.functional.conv1d(x.to(info.device), w.to(info.device)).cpu()
+        close = torch.allclose(reference, result, atol=1e-3, rtol=1e-3)
+        memory = f", {info.free_memory_bytes / 1024**3:.1f} GiB free" if info.free_memory_bytes else ""
+        checks.append(Check("kernel on device", bool(close), f"conv1d on {info.device} {'matches' if close else 'DIFFERS FROM'} CPU{memory}"))
+    except Exception as exc:
+        checks.append(Check("kernel on device", False, f"{type(exc).__name__}: {exc}"))
+    return checks
+
+
+def _disk(store_root: Path) -> Check:
+    probe = store_root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    return Check("free disk in store", free >= MIN_FREE_BYTES, f"{free / 1024**3:.1f} GiB free at {probe} (need ≥ {MIN_FREE_BYTES / 1024**3:.0f} GiB)")
+
+
+def _docker(url: str) -> Check:
+    try:
+        import docker
+
+        client = docker.DockerClient(base_url=url, timeout=5)
+        version = client.version()
+        return Check("docker engine", True, f"{url}: Docker {version.get('Version')}")
+    except Exception as exc:
+        return Check("docker engine", False, f"{url}: {type(exc).__name__}: {exc}. Fix: start dockerd or correct the URL")
+
+
+def run_checks(store_root: Path, backend: str = "auto", docker_url: str | None = None) -> list[Check]:
+    """All checks; Docker only when a URL is configured."""
+    checks = _imports()
+    checks += _backend(backend)
+    checks.append(_disk(store_root))
+    if docker_url:
+        checks.append(_docker(docker_url))
+    return checks
+
+
+def report(checks: list[Check]) -> str:
+    return "\n".join(f"[{'ok' if c.ok else 'FAIL' if c.required else 'warn'}] {c.name}: {c.detail}" for c in checks)
+
+
+def healthy(checks: list[Check]) -> bool:
+    return all(c.ok or not c.required for c in checks)
+
+
+def as_records(checks: list[Check]) -> list[dict]:
+    return [asdict(c) for c in checks]

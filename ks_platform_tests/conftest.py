@@ -1,0 +1,96 @@
+"""Shared fixtures: generated sessions and one Dagster materialization reused across tests (Kilosort is slow on CPU)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ks_platform.core.sessions import SessionRef
+from ks_platform.core.store import SessionStore
+from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
+from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
+from ks_platform.defs.resources import PlatformResource
+
+#: 15 s, 32 channels, 10 units, seed 42: ~90 s of Kilosort on 2 CPU cores.
+TEST_SPEC = DemoSessionSpec()
+ROOT_NAME = "rig1"
+
+
+@dataclass
+class Workspace:
+    """A landing root + store + Dagster instance for one test scope."""
+
+    landing: Path
+    store_root: Path
+    instance: dg.DagsterInstance
+
+    @property
+    def platform(self) -> PlatformResource:
+        return PlatformResource(store_root=str(self.store_root), landing_roots=f"{ROOT_NAME}={self.landing}", backend="cpu")
+
+    def key(self, folder: Path, date=TEST_SPEC.recording_date) -> str:
+        return SessionRef(ROOT_NAME, folder.name, date).key
+
+    def store(self, key: str) -> SessionStore:
+        return SessionStore(self.store_root.resolve(), key)
+
+    def run(self, key: str):
+        """Materialize a session through the real job, without raising on failure."""
+        from ks_platform.definitions import build_definitions
+
+        if key not in self.instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME):
+            self.instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [key])
+        defs = build_definitions(self.platform)
+        job = defs.resolve_job_def("sort_session")
+        return job.execute_in_process(partition_key=key, instance=self.instance, raise_on_error=False)
+
+
+@pytest.fixture(scope="session")
+def generated_session(tmp_path_factory) -> Path:
+    """The canonical test recording (written once; copy it before modifying)."""
+    return make_spikeglx_session(tmp_path_factory.mktemp("generated") / "demo_seed42", TEST_SPEC)
+
+
+@pytest.fixture(scope="session")
+def dagster_instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
+def sorted_workspace(tmp_path_factory, generated_session, dagster_instance):
+    """One full materialization of the canonical session through Dagster (shared by e2e/equivalence/determinism)."""
+    base = tmp_path_factory.mktemp("sorted")
+    landing = base / "landing"
+    landing.mkdir()
+    shutil.copytree(generated_session, landing / generated_session.name)
+    ws = Workspace(landing, base / "store", dagster_instance)
+    key = ws.key(landing / generated_session.name)
+    result = ws.run(key)
+    return ws, key, result
+
+
+@pytest.fixture
+def workspace(tmp_path, dagster_instance) -> Workspace:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    return Workspace(landing, tmp_path / "store", dagster_instance)
+
+
+def failure_messages(result) -> list[str]:
+    """Step failure messages of a run (what the UI shows)."""
+    messages = []
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            error = event.event_specific_data.error
+            messages.append(error.message)
+    return messages
+
+
+def leftovers(store_dir: Path) -> list[Path]:
+    """Temporary or swapped-out paths still in the store (must be none)."""
+    return [p for p in store_dir.rglob("*") if ".tmp-" in p.name or ".old-" in p.name] if store_dir.exists() else []

@@ -1,0 +1,73 @@
+"""The spine through Dagster: five assets, a Phy folder phylib opens, ground truth, equivalence, determinism."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import torch
+from kilosort import run_kilosort
+
+from ks_platform.core.phy import validate_phy_folder
+from ks_platform.core.probes import kilosort_probe_from_json
+from ks_platform.core.store import read_json
+
+FIVE_ASSETS = {"raw_recording", "probe_map", "recording_binary", "sorted_units", "phy_bundle"}
+
+
+def test_all_five_assets_materialize_and_phy_opens(sorted_workspace):
+    ws, key, result = sorted_workspace
+    assert result.success, result.all_events
+    materialized = {event.asset_key.path[-1] for event in result.get_asset_materialization_events()}
+    assert materialized == FIVE_ASSETS
+    store = ws.store(key)
+    bundle = validate_phy_folder(store.phy_dir)
+    assert bundle.n_spikes > 0
+    assert bundle.traces_shape == (450_000, 33)
+    assert bundle.dat_path == "../binary/recording.bin"  # relative: survives moving the store
+
+
+def test_ground_truth_check_passes(sorted_workspace):
+    """Bar: 5 of 10 units at accuracy ≥ 0.8. Measured here: 7 (CPU, deterministic); 5 leaves room for
+    float differences on other CPUs while a broken channel map or misaligned binary scores 0-2."""
+    _, _, result = sorted_workspace
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    gt = checks["sorted_units_match_ground_truth"]
+    assert gt.passed, gt.metadata
+    assert gt.metadata["well_detected_units"].value >= 5
+    assert checks["sorted_units_not_empty"].passed
+    assert checks["phy_bundle_opens"].passed
+
+
+def test_lineage_metadata_recorded(sorted_workspace):
+    ws, key, result = sorted_workspace
+    events = {e.asset_key.path[-1]: e for e in result.get_asset_materialization_events()}
+    meta = events["sorted_units"].materialization.metadata
+    for field in ("n_units", "n_good_units", "n_spikes", "sort_seconds", "device", "kilosort_version", "torch_version", "spikeinterface_version", "params_hash", "seeds"):
+        assert field in meta, field
+    lineage = read_json(ws.store(key).sorting_dir / "lineage.json")
+    assert lineage["input_checksum"] == read_json(ws.store(key).binary_dir / "binary.json")["checksum"]
+    assert lineage["versions"]["kilosort"].startswith("4.")
+    assert events["recording_binary"].materialization.metadata["zero_copy"].value is True
+
+
+def test_platform_equals_direct_run_kilosort(sorted_workspace, tmp_path):
+    """Spike for spike: the platform's sorted_units vs a plain run_kilosort on the same binary/probe/settings."""
+    ws, key, _ = sorted_workspace
+    store = ws.store(key)
+    settings = read_json(store.sorting_dir / "effective_settings.json")["as_run"]
+    probe = kilosort_probe_from_json(read_json(store.probe_dir / "kilosort_probe.json"))
+    run_kilosort(settings=settings, probe=probe, filename=store.binary_dir / "recording.bin", results_dir=tmp_path / "direct", data_dtype="int16", device=torch.device("cpu"))
+    for name in ("spike_times.npy", "spike_clusters.npy", "templates.npy"):
+        assert np.array_equal(np.load(store.sorting_dir / name), np.load(tmp_path / "direct" / name)), name
+
+
+def test_two_materializations_are_identical(sorted_workspace, tmp_path):
+    ws, key, _ = sorted_workspace
+    store = ws.store(key)
+    first = tmp_path / "first"
+    shutil.copytree(store.sorting_dir, first)
+    again = ws.run(key)
+    assert again.success
+    for name in ("spike_times.npy", "spike_clusters.npy", "amplitudes.npy"):
+        assert np.array_equal(np.load(first / name), np.load(store.sorting_dir / name)), name
