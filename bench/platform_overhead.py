@@ -43,7 +43,7 @@ def main() -> None:
         ks_probe = kilosort_probe(probe, tuple(range(source.n_channels)), source.sorting_channels)
 
         t0 = time.perf_counter()
-        run_kilosort(settings={"n_chan_bin": source.n_channels, "fs": source.sampling_frequency}, probe=ks_probe, filename=source.zero_copy_path, results_dir=tmp / "bare", data_dtype="int16", device=torch.device("cpu"))
+        bare_ops, *_ = run_kilosort(settings={"n_chan_bin": source.n_channels, "fs": source.sampling_frequency}, probe=ks_probe, filename=source.zero_copy_path, results_dir=tmp / "bare", data_dtype="int16", device=torch.device("cpu"))
         bare = time.perf_counter() - t0
 
         platform = PlatformResource(store_root=str(tmp / "store"), landing_roots=f"rig1={tmp / 'landing'}", backend="cpu")
@@ -54,12 +54,20 @@ def main() -> None:
         result = job.execute_in_process(partition_key=key, instance=instance)
         through_platform = time.perf_counter() - t0
         assert result.success
+        from ks_platform.core.store import read_json
+
+        summary = read_json(tmp / "store" / "sessions" / key / "sorting" / "sorting_summary.json")
+        platform_kilosort = float(summary["stage_seconds"]["runtime"])
 
     row = {
         "recording": f"{args.duration:g} s x {args.channels} ch x {args.units} units (SpikeGLX, zero-copy)",
         "bare_run_kilosort_s": round(bare, 1),
         "platform_all_five_assets_s": round(through_platform, 1),
         "ratio": round(through_platform / bare, 3),
+        "kilosort_internal_bare_s": round(float(bare_ops["runtime"]), 1),
+        "kilosort_internal_platform_s": round(platform_kilosort, 1),
+        "platform_added_s": round(through_platform - platform_kilosort, 1),
+        "platform_added_fraction_of_bare": round((through_platform - platform_kilosort) / bare, 3),
         "host": f"{torch.get_num_threads()} torch threads, CPU",
         "when": time.strftime("%Y-%m-%d %H:%M"),
     }

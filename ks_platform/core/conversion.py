@@ -6,7 +6,9 @@ symlink; everything else is converted chunk by chunk into a temporary file renam
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,8 +24,11 @@ from ks_platform.core.store import atomic_directory, read_json, write_json_atomi
 BINARY_NAME = "recording.bin"
 MANIFEST_NAME = "binary.json"
 HASH_BLOCK_BYTES = 16 * 1024 * 1024
-#: Chunk size target for conversion: ~32 MB of int16 whatever the channel count.
-CHUNK_BYTES = 32 * 1024 * 1024
+#: Chunk size target for conversion: ~1 MiB of int16 whatever the channel count. Small on purpose: the
+#: chunk's read, channel selection/scaling, hash and write then all run on CPU-cache-resident data, which
+#: measured ~2x faster than 32 MiB chunks (bench/conversion.py), and the peak RSS stays a few MB above
+#: the interpreter's.
+CHUNK_BYTES = 1024 * 1024
 
 #: progress(done_fraction, message)
 Progress = Callable[[float, str], None]
@@ -121,10 +126,37 @@ def write_recording_binary(source: RecordingSource, binary_dir: Path, allow_zero
     return binary
 
 
+#: Ask the kernel to start writing out every this many converted bytes (see ``_start_writeback``).
+WRITEBACK_BYTES = 16 * 1024 * 1024
+
+
+def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
+    """Linux ``sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)``: start writeback, don't wait."""
+    if not os.environ.get("KSP_WRITEBACK", "1") == "1":
+        return None
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+
+    def start(fd: int, offset: int, nbytes: int) -> None:
+        function(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE; a failure only loses the head start
+
+    return start
+
+
+_start_writeback = _load_sync_file_range()
+
+
 def _convert(source: RecordingSource, target: Path, progress: Progress | None) -> tuple[str, int]:
     hasher = xxhash.xxh3_128()
     step = _chunk_samples(len(source.sorting_channels))
-    written = 0
+    written = flushed = 0
     try:
         with open(target, "wb") as handle:
             for start in range(0, source.n_samples, step):
@@ -136,6 +168,12 @@ def _convert(source: RecordingSource, target: Path, progress: Progress | None) -
                 hasher.update(data)
                 handle.write(data)
                 written += data.nbytes
+                if _start_writeback is not None and written - flushed >= WRITEBACK_BYTES:
+                    # Without this the dirty pages wait for the final fsync (or the kernel's background
+                    # threshold, GBs on a big machine): the disk would idle while we convert.
+                    handle.flush()
+                    _start_writeback(handle.fileno(), flushed, written - flushed)
+                    flushed = written
                 if progress:
                     progress(stop / source.n_samples, f"converted {stop / source.sampling_frequency:.1f}/{source.duration_s:.1f} s")
             handle.flush()

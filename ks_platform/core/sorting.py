@@ -87,10 +87,11 @@ def forward_kilosort_logs(log: Log | None) -> Iterator[None]:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA and HIP out-of-memory errors (torch raises OutOfMemoryError or RuntimeError mentioning it)."""
+    """CUDA/HIP out-of-memory (OutOfMemoryError, or RuntimeError saying so) and torch's CPU allocation failure."""
     import torch
 
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def sorting_checksum(output_dir: Path) -> str:
@@ -137,7 +138,7 @@ def sort_recording(
     log = log or (lambda message: None)
     info: BackendInfo = detect_backend(backend)
     requested = dict(settings.settings)
-    user_batch = "batch_size" in settings.layers.get("session", {}) or any("batch_size" in layer for name, layer in settings.layers.items() if name != "session")
+    user_batch = any("batch_size" in layer for layer in settings.layers.values())
     if not user_batch and info.free_memory_bytes is not None and info.backend != "cpu":
         requested["batch_size"] = recommended_batch_size(info.free_memory_bytes, ks_probe["n_chan"])
         log(f"batch_size {requested['batch_size']} chosen for {info.free_memory_bytes / 1024**3:.1f} GiB free on {info.device_name}")
@@ -152,7 +153,7 @@ def sort_recording(
             try:
                 ops = run_kilosort_once(binary, ks_probe, requested, staged, info.device, clear_cache)
             except Exception as exc:
-                if not is_out_of_memory(exc) or info.backend == "cpu" or batch <= MIN_BATCH_SIZE:
+                if not is_out_of_memory(exc) or batch <= MIN_BATCH_SIZE:
                     raise
                 attempts.append(SortAttempt(batch, clear_cache, f"out of memory: {str(exc)[:200]}", round(time.perf_counter() - attempt_start, 2)))
                 requested["batch_size"] = max(MIN_BATCH_SIZE, batch // 2)

@@ -6,11 +6,11 @@ from pathlib import Path
 from types import ModuleType
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats import raw_binary, spikeglx
+from ks_platform.core.formats import nwb, openephys, plexon, raw_binary, spikeglx
 from ks_platform.core.formats.base import RecordingSource
 
-#: Registered readers, in detection order. Later issues add Open Ephys, NWB and Plexon.
-READERS: list[ModuleType] = [spikeglx, raw_binary]
+#: Registered readers, in detection order.
+READERS: list[ModuleType] = [spikeglx, openephys, nwb, plexon, raw_binary]
 
 
 def register(reader: ModuleType) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,14 +87,127 @@ def parse_recording_date(value: str, source: Path) -> dt.date:
             ) from None
 
 
+class InterleavedFile:
+    """Frames ``[start:stop]`` of an interleaved binary, read with ``preadv`` into caller-owned arrays.
+
+    Plain reads instead of a memory map: pages of a memory-mapped file that were touched count toward the
+    process's RSS until they are unmapped, so a memmap reader's peak RSS grows with the file's size. This
+    keeps the process at a few chunks whatever the size. Thread-safe (``preadv`` has no file position).
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype, n_channels: int, n_samples: int) -> None:
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.n_channels = n_channels
+        self.n_samples = n_samples
+        self.frame_bytes = n_channels * self.dtype.itemsize
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def _descriptor(self) -> int:
+        with self._lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            return self._fd
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Frames ``start:stop`` (clipped to the file) as ``[n, n_channels]``, in ``out[:n]`` when given."""
+        stop = min(stop, self.n_samples)
+        n = max(stop - start, 0)
+        if out is None:
+            out = np.empty((n, self.n_channels), dtype=self.dtype)
+        else:
+            if not out.flags.c_contiguous or out.dtype != self.dtype or out.shape[1:] != (self.n_channels,):
+                raise ValueError(f"out must be a C-contiguous {self.dtype}[n, {self.n_channels}] array")
+            out = out[:n]
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        fd, offset, done = self._descriptor(), start * self.frame_bytes, 0
+        while done < view.nbytes:
+            got = os.preadv(fd, [view[done:]], offset + done)
+            if got == 0:
+                raise OSError(f"{self.path} ended {view.nbytes - done} bytes early at byte {offset + done} (was it truncated while being read?)")
+            done += got
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def channel_selector(channels: tuple[int, ...], n_channels: int) -> slice | np.ndarray | None:
+    """How to pick ``channels`` out of ``n_channels``: None (all), a slice (a contiguous run), or an index array."""
+    channels = tuple(int(c) for c in channels)
+    if channels == tuple(range(n_channels)):
+        return None
+    if channels and channels == tuple(range(channels[0], channels[-1] + 1)):
+        return slice(channels[0], channels[-1] + 1)
+    return np.asarray(channels, dtype=np.intp)
+
+
+def select_channels(frames: np.ndarray, selector: slice | np.ndarray | None, out: np.ndarray | None = None) -> np.ndarray:
+    """``frames[:, channels]`` as a C-contiguous array (written to ``out`` when given)."""
+    if selector is None:
+        if out is None:
+            return np.ascontiguousarray(frames)
+        np.copyto(out, frames)
+        return out
+    if isinstance(selector, slice):  # a strided copy: ~15x faster than fancy indexing
+        if out is None:
+            return np.ascontiguousarray(frames[:, selector])
+        np.copyto(out, frames[:, selector])
+        return out
+    return np.take(frames, selector, axis=1, out=out)  # ~5x faster than frames[:, index]
+
+
 def memmap_int16_reader(path: Path, n_channels: int, n_samples: int, channels: tuple[int, ...]) -> ChunkReader:
-    """Chunk reader over an interleaved int16 file (only the requested channels are returned)."""
-    data = np.memmap(path, dtype=np.int16, mode="r", shape=(n_samples, n_channels))
-    all_channels = tuple(range(n_channels)) == tuple(channels)
-    index = np.asarray(channels)
+    """Chunk reader over an interleaved int16 file (only the requested channels are returned).
+
+    Each call returns a new array. All channels are read straight into it; for a subset, the frames go
+    to a reused buffer first and the channels are copied out. (The name is historical: the file is read
+    with ``preadv``, not memory-mapped, so the RSS stays bounded; see ``InterleavedFile``.)
+    """
+    file = InterleavedFile(path, np.dtype(np.int16), n_channels, n_samples)
+    selector = channel_selector(tuple(channels), n_channels)
+    n_out = len(channels)
+    buffers = BufferPool()
 
     def read_chunk(start: int, stop: int) -> np.ndarray:
-        block = data[start:stop]
-        return np.ascontiguousarray(block if all_channels else block[:, index])
+        if selector is None:
+            return file.read(start, stop)
+        n = max(min(stop, n_samples) - start, 0)
+        with buffers.get((n, n_channels), np.int16) as frames:
+            file.read(start, stop, frames)
+            return select_channels(frames[:n], selector, np.empty((n, n_out), dtype=np.int16))
 
     return read_chunk
+
+
+class BufferPool:
+    """One reusable scratch array per reader (a fresh one if it is busy in another thread)."""
+
+    def __init__(self) -> None:
+        self._free: dict[tuple, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def get(self, shape: tuple[int, ...], dtype) -> Iterator[np.ndarray]:
+        key = (np.dtype(dtype).str, shape[1:])
+        with self._lock:
+            array = self._free.pop(key, None)
+        if array is None or array.shape[0] < shape[0]:
+            array = np.empty(shape, dtype=dtype)
+        try:
+            yield array
+        finally:
+            with self._lock:
+                self._free[key] = array

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import RecordingSource, memmap_int16_reader, parse_recording_date
+from ks_platform.core.formats.base import InterleavedFile, RecordingSource, BufferPool, channel_selector, memmap_int16_reader, parse_recording_date
 
 FORMAT = "raw_binary"
 DATA_SUFFIXES = (".bin", ".dat", ".raw")
@@ -117,16 +117,46 @@ def open_recording(session_dir: Path) -> RecordingSource:
     )
 
 
+#: Rows per float64 work block in ``float_scaling_reader``: ~1 MB of float64, so the passes stay in cache.
+_SCALE_BLOCK_VALUES = 128 * 1024
+
+
 def float_scaling_reader(path: Path, dtype: np.dtype, n_channels: int, n_samples: int, channels: tuple[int, ...], scale: float):
-    """Chunk reader that scales a float source to int16, refusing NaN/inf with a clear error."""
-    data = np.memmap(path, dtype=dtype, mode="r", shape=(n_samples, n_channels))
-    index = np.asarray(channels)
+    """Chunk reader that scales a float source to int16, refusing NaN/inf with a clear error.
+
+    Bit-identical to ``clip(rint(float64(x) * scale), ±32767).astype(int16)``, computed in float64 over
+    cache-sized row blocks into reused buffers instead of full-chunk float64 temporaries.
+    """
+    file = InterleavedFile(path, np.dtype(dtype), n_channels, n_samples)
+    selector = channel_selector(tuple(channels), n_channels)
+    n_out = len(channels)
+    block_rows = max(1, _SCALE_BLOCK_VALUES // max(n_out, 1))
+    buffers = BufferPool()
+    scale = float(scale)
 
     def read_chunk(start: int, stop: int) -> np.ndarray:
-        block = np.asarray(data[start:stop][:, index], dtype=np.float64)
-        if not np.isfinite(block).all():
-            bad = start + int(np.argwhere(~np.isfinite(block))[0][0])
-            raise SessionInputError(path, f"NaN or inf sample at sample {bad}", "repair or re-export the recording without NaN/inf")
-        return np.clip(np.rint(block * scale), -32767, 32767).astype(np.int16)
+        n = max(min(stop, n_samples) - start, 0)
+        out = np.empty((n, n_out), dtype=np.int16)
+        with buffers.get((n, n_channels), file.dtype) as frames, buffers.get((block_rows, n_out), np.float64) as work:
+            file.read(start, stop, frames)
+            for row in range(0, n, block_rows):
+                rows = min(block_rows, n - row)
+                source = frames[row : row + rows]
+                if selector is None:
+                    picked = source
+                elif isinstance(selector, slice):
+                    picked = source[:, selector]  # a strided view, read in place by multiply
+                else:
+                    picked = np.take(source, selector, axis=1)
+                values = work[:rows]
+                np.multiply(picked, scale, out=values, dtype=np.float64)  # float64 math, as float64(x) * scale
+                if not np.isfinite(np.add.reduce(values, axis=None)):  # NaN/inf propagate: a cheap first check
+                    bad_rows = np.flatnonzero(~np.isfinite(picked).all(axis=1))
+                    if bad_rows.size:  # else a huge finite value overflowed, as the unblocked formula allows
+                        raise SessionInputError(path, f"NaN or inf sample at sample {start + row + int(bad_rows[0])}", "repair or re-export the recording without NaN/inf")
+                np.rint(values, out=values)
+                np.clip(values, -32767, 32767, out=values)
+                np.copyto(out[row : row + rows], values, casting="unsafe")
+        return out
 
     return read_chunk

@@ -1,0 +1,366 @@
+"""Writers of real-format recordings (test fixtures and ``make-session --format`` demos).
+
+Each takes int16 traces ``[samples, channels]`` (in bits of ``uv_per_bit`` where the format stores a gain),
+the sampling rate, contact positions in µm, the recording date and optional shank ids, writes a session
+folder in that format and returns the folder. Samples are written block by block, so ``traces`` may be a
+``np.memmap``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+#: Intan's step, the default gain of the Open Ephys and NWB fixtures.
+DEFAULT_UV_PER_BIT = 0.195
+#: The Plexon fixture's gain: SlowMaxMagnitudeMV 5000 / (0.5 x 2^16 x Gain 1 x PreAmpGain 1000) mV per bit.
+PLEXON_UV_PER_BIT = 5000.0 / (0.5 * 2**16 * 1 * 1000) * 1000.0
+_NON_EPHYS_BIT_VOLTS = {"AUX": 0.0000374, "ADC": 0.00015258789}
+
+
+def _check(traces: np.ndarray, positions_um: np.ndarray, shank_ids: Sequence | None) -> tuple[int, int, list[str]]:
+    if traces.ndim != 2 or traces.dtype != np.int16:
+        raise ValueError(f"traces must be int16 [samples, channels], got {traces.dtype}{traces.shape}")
+    n_samples, n_channels = traces.shape
+    positions = np.asarray(positions_um)
+    if positions.shape != (n_channels, 2):
+        raise ValueError(f"positions_um must be [{n_channels}, 2], got {positions.shape}")
+    shanks = ["0"] * n_channels if shank_ids is None else [str(s) for s in shank_ids]
+    if len(shanks) != n_channels:
+        raise ValueError(f"shank_ids must list {n_channels} values")
+    return n_samples, n_channels, shanks
+
+
+# --------------------------------------------------------------------------------------------- Open Ephys
+
+
+def _settings_xml(date: dt.date, fs: float, n_total: int, stream: str, node_id: int, positions: np.ndarray, shanks: list[str], part_number: str | None) -> str:
+    """A GUI 0.6-style settings.xml with a Neuropixels-PXI NP_PROBE (older plugin: per-channel positions)."""
+    multi_shank = len(set(shanks)) > 1  # the plugin writes "bank:shank" for multi-shank probes, "bank" otherwise
+    channels = " ".join(f'CH{i}="0:{s}"' if multi_shank else f'CH{i}="0"' for i, s in enumerate(shanks))
+    xpos = " ".join(f'CH{i}="{float(x)!r}"' for i, x in enumerate(positions[:, 0]))
+    ypos = " ".join(f'CH{i}="{float(y)!r}"' for i, y in enumerate(positions[:, 1]))
+    stamp = dt.datetime.combine(date, dt.time(10, 0, 0)).strftime("%d %b %Y %H:%M:%S")
+    part = f' probe_part_number="{part_number}"' if part_number else ""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+
+<SETTINGS>
+  <INFO>
+    <VERSION>0.6.7</VERSION>
+    <PLUGIN_API_VERSION>8</PLUGIN_API_VERSION>
+    <DATE>{stamp}</DATE>
+    <OS>Linux</OS>
+    <MACHINE name="ks-platform-writer"/>
+  </INFO>
+  <SIGNALCHAIN>
+    <PROCESSOR name="Neuropix-PXI" insertionPoint="0" pluginName="Neuropix-PXI" type="4" index="0"
+               libraryName="Neuropix-PXI" libraryVersion="0.6.4" processorType="2" nodeId="{node_id}">
+      <GLOBAL_PARAMETERS/>
+      <STREAM name="{stream}" description="synthetic probe" sample_rate="{fs!r}" channel_count="{n_total}"/>
+      <CUSTOM_PARAMETERS/>
+      <EDITOR isCollapsed="0" displayName="Neuropix-PXI" activeStream="0">
+        <NP_PROBE slot="2" port="1" dock="1" probe_serial_number="0"{part} probe_name="synthetic probe"
+                  custom_probe_name="{stream}" isEnabled="1">
+          <CHANNELS {channels}/>
+          <ELECTRODE_XPOS {xpos}/>
+          <ELECTRODE_YPOS {ypos}/>
+        </NP_PROBE>
+      </EDITOR>
+    </PROCESSOR>
+    <PROCESSOR name="Record Node" insertionPoint="1" pluginName="Record Node" type="0" index="1"
+               libraryName="" libraryVersion="" processorType="8" nodeId="{node_id + 1}"/>
+  </SIGNALCHAIN>
+</SETTINGS>
+"""
+
+
+def write_openephys_session(
+    folder: Path,
+    traces: np.ndarray,
+    sampling_frequency: float,
+    positions_um: np.ndarray,
+    recording_date: dt.date,
+    shank_ids: Sequence | None = None,
+    *,
+    uv_per_bit: float = DEFAULT_UV_PER_BIT,
+    extra_channels: Sequence[str] = ("AUX1", "ADC1"),
+    first_sample: int = 30000,
+    probe_part_number: str | None = None,
+    chunk_samples: int = 65536,
+) -> Path:
+    """Write an Open Ephys GUI 0.6 binary recording; return ``folder``.
+
+    Layout: ``folder/<date>_10-00-00/Record Node 101/{settings.xml, experiment1/recording1/...}`` with
+    ``structure.oebin``, ``continuous/Neuropix-PXI-100.ProbeA/{continuous.dat, sample_numbers.npy,
+    timestamps.npy}`` and ``sync_messages.txt``. The stream holds the ephys channels ``CH1..CHn``
+    (``bit_volts=uv_per_bit``) followed by ``extra_channels`` (AUX/ADC inputs, in volts, carrying a 1 Hz
+    square wave). ``settings.xml`` stores the positions as Neuropixels-PXI ``ELECTRODE_XPOS/YPOS`` (and
+    ``probe_part_number`` when given, e.g. ``PRB_1_4_0480_1`` with NP1.0 positions as the plugin writes them).
+    """
+    n_samples, n_channels, shanks = _check(traces, positions_um, shank_ids)
+    node_dir = Path(folder) / f"{recording_date.isoformat()}_10-00-00" / "Record Node 101"
+    recording_dir = node_dir / "experiment1" / "recording1"
+    stream, stream_folder = "ProbeA", "Neuropix-PXI-100.ProbeA"
+    stream_dir = recording_dir / "continuous" / stream_folder
+    stream_dir.mkdir(parents=True, exist_ok=True)
+    n_total = n_channels + len(extra_channels)
+    with open(stream_dir / "continuous.dat", "wb") as handle:
+        for start in range(0, n_samples, chunk_samples):
+            stop = min(start + chunk_samples, n_samples)
+            block = np.zeros((stop - start, n_total), dtype="<i2")
+            block[:, :n_channels] = traces[start:stop]
+            square = (((first_sample + np.arange(start, stop)) // int(sampling_frequency // 2)) % 2).astype(np.int16)
+            for j, name in enumerate(extra_channels):
+                block[:, n_channels + j] = square * (10000 if "ADC" in name.upper() else 1000)
+            handle.write(block.tobytes())
+    samples = np.arange(first_sample, first_sample + n_samples, dtype=np.int64)
+    np.save(stream_dir / "sample_numbers.npy", samples)
+    np.save(stream_dir / "timestamps.npy", samples / float(sampling_frequency))
+    channels = [
+        {
+            "channel_name": f"CH{i + 1}",
+            "description": "Neuropixels electrode",
+            "identifier": "",
+            "history": "Neuropix-PXI -> Record Node",
+            "bit_volts": float(uv_per_bit),
+            "units": "uV",
+        }
+        for i in range(n_channels)
+    ]
+    for name in extra_channels:
+        kind = "ADC" if "ADC" in name.upper() else "AUX"
+        channels.append({"channel_name": name, "description": f"{kind} input", "identifier": "", "history": "Neuropix-PXI -> Record Node", "bit_volts": _NON_EPHYS_BIT_VOLTS[kind], "units": "V"})
+    oebin = {
+        "GUI version": "0.6.7",
+        "continuous": [
+            {
+                "folder_name": f"{stream_folder}/",
+                "sample_rate": float(sampling_frequency),
+                "source_processor_name": "Neuropix-PXI",
+                "source_processor_id": 100,
+                "stream_name": stream,
+                "recorded_processor": "Record Node",
+                "recorded_processor_id": 101,
+                "num_channels": n_total,
+                "channels": channels,
+            }
+        ],
+        "events": [],
+        "spikes": [],
+    }
+    (recording_dir / "structure.oebin").write_text(json.dumps(oebin, indent=2) + "\n")
+    (recording_dir / "sync_messages.txt").write_text(
+        f"Software Time (milliseconds since midnight Jan 1st 1970 UTC): 0\n"
+        f"Start Time for Neuropix-PXI (100) - {stream} @ {sampling_frequency:g} Hz: {first_sample}\n"
+    )
+    (node_dir / "settings.xml").write_text(_settings_xml(recording_date, float(sampling_frequency), n_total, stream, 100, np.asarray(positions_um, float), shanks, probe_part_number))
+    return Path(folder)
+
+
+# --------------------------------------------------------------------------------------------- NWB
+
+
+def write_nwb_session(
+    folder: Path,
+    traces: np.ndarray,
+    sampling_frequency: float,
+    positions_um: np.ndarray,
+    recording_date: dt.date,
+    shank_ids: Sequence | None = None,
+    *,
+    uv_per_bit: float = DEFAULT_UV_PER_BIT,
+    as_float: bool = False,
+    position_columns: tuple[str, str] = ("x", "y"),
+    file_name: str = "session.nwb",
+    chunk_samples: int = 30000,
+) -> Path:
+    """Write ``folder/<file_name>`` with pynwb; return ``folder``.
+
+    One ``ElectricalSeries`` ("ElectricalSeries") in acquisition: int16 data with
+    ``conversion = uv_per_bit * 1e-6`` (volts per bit), or, with ``as_float``, float32 volts. The electrodes
+    table has ``position_columns`` (µm) and one ``ElectrodeGroup`` per shank. Session start: 10:00 UTC.
+    """
+    from hdmf.data_utils import GenericDataChunkIterator
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ecephys import ElectricalSeries
+
+    n_samples, n_channels, shanks = _check(traces, positions_um, shank_ids)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = dt.datetime.combine(recording_date, dt.time(10, 0, 0), tzinfo=dt.timezone.utc)
+    nwbfile = NWBFile(
+        session_description="synthetic recording written by ks_platform",
+        identifier=f"ks-platform-{recording_date.isoformat()}-{n_channels}ch-{n_samples}",
+        session_start_time=start,
+    )
+    device = nwbfile.create_device(name="probe", description="synthetic probe")
+    groups = {}
+    for shank in dict.fromkeys(shanks):
+        groups[shank] = nwbfile.create_electrode_group(name=f"shank{shank}", description=f"shank {shank}", location="unknown", device=device)
+    cx, cy = position_columns
+    positions = np.asarray(positions_um, dtype=float)
+    for i in range(n_channels):
+        nwbfile.add_electrode(group=groups[shanks[i]], location="unknown", **{cx: float(positions[i, 0]), cy: float(positions[i, 1])})
+    region = nwbfile.create_electrode_table_region(region=list(range(n_channels)), description="all electrodes")
+
+    scale = np.float32(uv_per_bit * 1e-6)
+    dtype = np.dtype(np.float32 if as_float else np.int16)
+
+    class _Traces(GenericDataChunkIterator):
+        """Hands pynwb the traces one chunk at a time (float32 volts when ``as_float``)."""
+
+        def _get_data(self, selection: tuple[slice, ...]) -> np.ndarray:
+            block = np.asarray(traces[selection])
+            return block.astype(np.float32) * scale if as_float else block
+
+        def _get_maxshape(self) -> tuple[int, int]:
+            return (n_samples, n_channels)
+
+        def _get_dtype(self) -> np.dtype:
+            return dtype
+
+    chunk_shape = (min(chunk_samples, n_samples), n_channels)
+    iterator = _Traces(chunk_shape=chunk_shape, buffer_shape=chunk_shape, display_progress=False)
+    series = ElectricalSeries(
+        name="ElectricalSeries",
+        data=iterator,
+        electrodes=region,
+        rate=float(sampling_frequency),
+        starting_time=0.0,
+        conversion=1.0 if as_float else float(uv_per_bit) * 1e-6,
+        description="raw wideband voltage",
+    )
+    nwbfile.add_acquisition(series)
+    with NWBHDF5IO(str(folder / file_name), mode="w") as io:
+        io.write(nwbfile)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------- Plexon
+
+
+def write_plexon_session(
+    folder: Path,
+    traces: np.ndarray,
+    sampling_frequency: float,
+    positions_um: np.ndarray,
+    recording_date: dt.date,
+    shank_ids: Sequence | None = None,
+    *,
+    block_samples: int = 4096,
+    with_fp: bool = True,
+    with_spikes: bool = True,
+    write_probe_json: bool = True,
+    file_name: str = "session.plx",
+) -> Path:
+    """Write ``folder/<file_name>``, a PLX v106 file as OmniPlex lays it out; return ``folder``.
+
+    Slow channels ``WB01..WBnn`` (channel numbers 0..n-1, the int16 traces at ``PLEXON_UV_PER_BIT``), and
+    with ``with_fp`` ``FP01..FPnn`` at 1 kHz (traces decimated). Data blocks go in time order: for each
+    ``block_samples`` window one continuous block per WB channel, then the FP blocks, then spike snippet
+    blocks (type 1, 32 words) and a strobed event (type 4). The timestamp clock (ADFrequency) equals the
+    sampling rate. PLX carries no geometry: with ``write_probe_json`` a probeinterface JSON wired to the WB
+    channels is written next to it as ``<stem>.probe.json``.
+    """
+    from ks_platform.core.formats.plexon import BLOCK_HEADER, CHANNEL_HEADER, EVENT_HEADER, FILE_HEADER, MAGIC, SLOW_CHANNEL_HEADER
+
+    n_samples, n_channels, shanks = _check(traces, positions_um, shank_ids)
+    fs = int(round(sampling_frequency))
+    if fs != sampling_frequency or fs <= 0:
+        raise ValueError("PLX stores integer sampling rates")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / file_name
+    decimation = fs // 1000 if with_fp and fs % 1000 == 0 else 0
+    n_fp = n_channels if decimation else 0
+    n_dsp = n_channels if with_spikes else 0
+    wave_words, pre_threshold = 32, 8
+    spike_interval = max(fs // 50, wave_words)
+
+    file_header = np.zeros(1, FILE_HEADER)
+    h = file_header[0]
+    h["MagicNumber"], h["Version"], h["Comment"] = MAGIC, 106, b"synthetic recording written by ks_platform"
+    h["ADFrequency"], h["NumDSPChannels"], h["NumEventChannels"], h["NumSlowChannels"] = fs, n_dsp, 2, n_channels + n_fp
+    h["NumPointsWave"], h["NumPointsPreThr"] = wave_words, pre_threshold
+    h["Year"], h["Month"], h["Day"], h["Hour"] = recording_date.year, recording_date.month, recording_date.day, 10
+    h["WaveformFreq"], h["LastTimestamp"] = fs, float(n_samples)
+    h["Trodalness"], h["DataTrodalness"], h["BitsPerSpikeSample"], h["BitsPerSlowSample"] = 1, 1, 16, 16
+    h["SpikeMaxMagnitudeMV"], h["SlowMaxMagnitudeMV"], h["SpikePreAmpGain"] = 5000, 5000, 1000
+    h["AcquiringSoftware"], h["ProcessingSoftware"] = b"ks_platform", b"ks_platform"
+
+    dsp = np.zeros(n_dsp, CHANNEL_HEADER)
+    for i in range(n_dsp):
+        dsp[i]["Name"] = dsp[i]["SIGName"] = f"SPK{i + 1:02d}".encode()
+        dsp[i]["Channel"], dsp[i]["SIG"], dsp[i]["WFRate"], dsp[i]["Gain"] = i + 1, i + 1, 10, 1
+        dsp[i]["Threshold"], dsp[i]["Method"], dsp[i]["NUnits"], dsp[i]["SortWidth"] = -100, 1, 1, wave_words
+        dsp[i]["SrcId"], dsp[i]["ChanId"] = 1, i + 1
+    events = np.zeros(2, EVENT_HEADER)
+    for k, (name, channel) in enumerate(((b"Strobed", 257), (b"Start", 258))):
+        events[k]["Name"], events[k]["Channel"], events[k]["SrcId"], events[k]["ChanId"] = name, channel, 2, channel
+    slow = np.zeros(n_channels + n_fp, SLOW_CHANNEL_HEADER)
+    for i in range(n_channels + n_fp):
+        wideband = i < n_channels
+        number = i % n_channels + 1
+        slow[i]["Name"] = f"{'WB' if wideband else 'FP'}{number:02d}".encode()
+        slow[i]["Channel"], slow[i]["ADFreq"] = i, fs if wideband else 1000
+        slow[i]["Gain"], slow[i]["Enabled"], slow[i]["PreAmpGain"], slow[i]["SpikeChannel"] = 1, 1, 1000, number
+        slow[i]["SrcId"], slow[i]["ChanId"] = 3 if wideband else 4, number
+
+    def block(kind: int, timestamp: int, channel: int, unit: int, words: np.ndarray) -> bytes:
+        head = np.zeros(1, BLOCK_HEADER)
+        head["Type"], head["UpperByteOf5ByteTimestamp"], head["TimeStamp"] = kind, timestamp >> 32, timestamp & 0xFFFFFFFF
+        head["Channel"], head["Unit"] = channel, unit
+        head["NumberOfWaveforms"], head["NumberOfWordsInWaveform"] = (1, words.size) if words.size else (0, 0)
+        return head.tobytes() + np.ascontiguousarray(words, dtype="<i2").tobytes()
+
+    counts = {"ts": np.zeros(650, np.int64), "ev": np.zeros(512, np.int64)}
+    with open(path, "wb") as handle:
+        handle.write(b"\x00" * FILE_HEADER.itemsize)
+        handle.write(dsp.tobytes() + events.tobytes() + slow.tobytes())
+        handle.write(block(4, 0, 258, 0, np.zeros(0, np.int16)))
+        counts["ev"][258] += 1
+        for k, s0 in enumerate(range(0, n_samples, block_samples)):
+            s1 = min(s0 + block_samples, n_samples)
+            window = np.asarray(traces[s0:s1])
+            for c in range(n_channels):
+                handle.write(block(5, s0, c, 0, window[:, c]))
+            if decimation:
+                j0, j1 = -(-s0 // decimation), -(-s1 // decimation)
+                if j1 > j0:
+                    picks = np.asarray(traces[j0 * decimation : (j1 - 1) * decimation + 1 : decimation])
+                    for c in range(n_channels):
+                        handle.write(block(5, j0 * decimation, n_channels + c, 0, picks[:, c]))
+            for t in range(-(-max(s0, pre_threshold) // spike_interval) * spike_interval, s1, spike_interval):
+                if n_dsp and t + wave_words - pre_threshold <= n_samples:
+                    channel = (t // spike_interval) % n_dsp
+                    snippet = np.asarray(traces[t - pre_threshold : t - pre_threshold + wave_words, channel])
+                    handle.write(block(1, t, channel + 1, 1, snippet))
+                    if channel + 1 < 130:
+                        counts["ts"][(channel + 1) * 5 + 1] += 1
+            handle.write(block(4, s0, 257, k & 0x7FFF, np.zeros(0, np.int16)))
+            counts["ev"][257] += 1
+        for i in range(n_channels + n_fp):  # Plexon keeps continuous sample counts from EVCounts[300]
+            if 300 + i < 512:
+                total = n_samples if i < n_channels else len(range(0, n_samples, decimation))
+                counts["ev"][300 + i] = total
+        h["TSCounts"], h["WFCounts"], h["EVCounts"] = counts["ts"], counts["ts"], counts["ev"]
+        handle.seek(0)
+        handle.write(file_header.tobytes())
+    if write_probe_json:
+        _write_probe_json(path.with_suffix(".probe.json"), np.asarray(positions_um, float), list(range(n_channels)), shanks)
+    return folder
+
+
+def _write_probe_json(path: Path, positions: np.ndarray, channels: list[int], shanks: list[str]) -> None:
+    import probeinterface as pi
+
+    probe = pi.Probe(ndim=2, si_units="um")
+    probe.set_contacts(positions=positions, shapes="square", shape_params={"width": 12})
+    probe.set_device_channel_indices(np.asarray(channels))
+    if len(set(shanks)) > 1:
+        probe.set_shank_ids(np.asarray(shanks, dtype=str))
+    pi.write_probeinterface(path, probe)

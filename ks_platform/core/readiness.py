@@ -1,0 +1,142 @@
+"""Is a landing folder a *complete* session yet? And a cheap signature to notice when it changes.
+
+A copy into a landing root takes minutes to hours; a session must not be sorted half-copied. A folder is
+ready when
+
+* a **marker** file is configured (e.g. ``.ready`` or ``COPY_DONE``, written by the copy script as its
+  last step) and exists directly in the folder; or, with no marker configured,
+* nothing under it (files and sub-folders, recursively) has **changed for ``settle_seconds``**.
+
+"Changed" is the newer of a file's mtime and ctime: copy tools that preserve modification times
+(``rsync -a``, ``cp -p``, robocopy) give finished files an old mtime, but the kernel still sets the ctime
+when the file is written, renamed or re-stamped, and creating or deleting a file changes its folder's
+times. On network mounts both times come from the file server's clock, compared here with this host's
+clock: keep the settle time well above any clock skew.
+
+Either way a folder holding an in-progress copy (``*.part``, ``*.partial``, ``*.tmp``, ``*.crdownload``,
+``*.filepart``, rsync's hidden ``.name.XXXXXX`` temporaries) or no file at all is never ready.
+
+Plain Python, no Dagster: the sensor (``ks_platform.defs.sensors``) calls it once per folder and tick.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+#: Name endings of files that copy tools write while a transfer is still running.
+PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".filepart", ".!sync", ".inprogress")
+#: rsync writes ``.<name>.<6 random letters/digits>`` next to the final name, then renames it. A tail of
+#: six lowercase letters (``.notes.backup``) is taken for a word, not for rsync's random suffix.
+RSYNC_TEMP = re.compile(r"^\..+\.([A-Za-z0-9]{6})$")
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """What one ``stat`` walk of a session folder tells: its signature and when it last changed."""
+
+    #: xxh3-64 hex of every file's (relative name, size, mtime_ns, ctime_ns), sorted by name.
+    signature: str
+    #: Newest mtime/ctime (seconds since the epoch) of the folder, its sub-folders and its files.
+    latest_change: float
+    n_files: int
+    #: Relative names of files that look like a copy still in progress.
+    in_progress: tuple[str, ...]
+
+
+def is_partial_copy(name: str) -> bool:
+    """True for the temporary names copy tools use before the final rename."""
+    if name.lower().endswith(PARTIAL_SUFFIXES):
+        return True
+    match = RSYNC_TEMP.match(name)
+    return bool(match) and not match.group(1).islower()
+
+
+def scan_folder(folder: Path) -> FolderScan:
+    """One recursive ``stat`` walk (``os.scandir``; no file is opened).
+
+    Raises ``FileNotFoundError``/``NotADirectoryError`` when ``folder`` itself is gone. A sub-folder or
+    file that vanishes or cannot be read during the walk is recorded in the signature as such (it changes
+    the signature, and the recording reader reports the real problem later); it never aborts the walk.
+    """
+    top = os.stat(folder)
+    latest = max(top.st_mtime, top.st_ctime)
+    entries: list[str] = []
+    in_progress: list[str] = []
+    n_files = 0
+    stack = [(os.fspath(folder), "")]
+    while stack:
+        path, prefix = stack.pop()
+        try:
+            iterator = os.scandir(path)
+        except OSError as exc:
+            entries.append(f"{prefix}\0unreadable\0{exc.errno}")
+            continue
+        with iterator:
+            for entry in iterator:
+                rel = prefix + entry.name
+                try:
+                    is_dir = entry.is_dir()
+                    st = entry.stat()
+                except OSError:  # vanished between listing and stat, or a dangling symlink
+                    entries.append(f"{rel}\0gone")
+                    continue
+                change = max(st.st_mtime, st.st_ctime)
+                if change > latest:
+                    latest = change
+                if is_dir:
+                    stack.append((entry.path, rel + "/"))
+                    continue
+                n_files += 1
+                entries.append(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}")
+                if is_partial_copy(entry.name):
+                    in_progress.append(rel)
+    entries.sort()
+    signature = xxhash.xxh3_64_hexdigest("\n".join(entries).encode("utf-8", "surrogateescape"))
+    return FolderScan(signature, latest, n_files, tuple(sorted(in_progress)))
+
+
+def fast_folder_signature(folder: Path) -> str:
+    """Cheap signature of a folder's content: names, sizes, mtimes and ctimes of all files (no reads).
+
+    Any copy, append, edit, touch, rename, addition or deletion under the folder changes it.
+    """
+    return scan_folder(folder).signature
+
+
+def session_ready(
+    folder: Path,
+    settle_seconds: float,
+    marker_name: str | None,
+    now: float,
+    *,
+    scan: FolderScan | None = None,
+) -> tuple[bool, str]:
+    """``(ready, reason)`` for a landing folder (see the module docstring for the rules).
+
+    ``now`` is seconds since the epoch (``time.time()``); ``scan`` reuses a walk already made.
+    ``settle_seconds <= 0`` means "ready as soon as it is complete-looking" (tests, trusted atomic moves).
+    """
+    folder = Path(folder)
+    if scan is None:
+        try:
+            scan = scan_folder(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return False, "the folder no longer exists"
+    if scan.n_files == 0:
+        return False, "the folder is empty"
+    if scan.in_progress:
+        more = f" (+{len(scan.in_progress) - 1} more)" if len(scan.in_progress) > 1 else ""
+        return False, f"a copy is still in progress: {scan.in_progress[0]}{more}"
+    if marker_name:
+        if (folder / marker_name).is_file():
+            return True, f"marker {marker_name!r} present"
+        return False, f"waiting for the marker file {marker_name!r}"
+    age = now - scan.latest_change
+    if settle_seconds <= 0 or age >= settle_seconds:
+        return True, f"unchanged for {max(age, 0.0):.0f} s (settle time {settle_seconds:g} s)"
+    return False, f"changed {max(age, 0.0):.0f} s ago; waiting until it has been unchanged for {settle_seconds:g} s"
