@@ -17,7 +17,7 @@ Paths measured on each copy source, back to back and under the same page-cache t
   n_jobs=1, chunk_duration="1s")``, then an ``os.fsync`` of its output so every path ends on disk.
 
 Page cache: every path runs twice per source, ``cold`` (source fsynced then evicted with
-``posix_fadvise(DONTNEED)``, checked with ``fincore``-like residency) and ``warm`` (source read fully
+``posix_fadvise(DONTNEED)``, checked with util-linux ``fincore``: ``resident_before`` in the JSON rows) and ``warm`` (source read fully
 beforehand). MB/s = source bytes / seconds (1 MB = 1e6 bytes). ``ours`` and ``si`` run in a fresh child
 process each (timed inside the child around the conversion call only, imports excluded); the child
 reports its peak RSS (``VmHWM`` from /proc/self/status; see ``vm_hwm_mb`` for why not ``ru_maxrss``).
@@ -34,6 +34,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,7 +149,7 @@ def vm_hwm_mb() -> float:
 
 
 def _child(spec: dict) -> dict:
-    """Runs in a fresh interpreter: one conversion, timed around the call only, plus ru_maxrss."""
+    """Runs in a fresh interpreter: one conversion, timed around the call only, plus its peak RSS."""
     if spec["path"] == "ours":
         from ks_platform.core.conversion import write_recording_binary
         from ks_platform.core.formats import open_recording
@@ -246,7 +247,7 @@ def bench_size(size_gb: float, tmp_root: Path, caches: list[str], repeats: int) 
             src_bytes = info["data"].stat().st_size
             for cache in caches:
                 for rep in range(repeats):
-                    for path in ("cp", "ours", "si"):
+                    for path in rotate(("cp", "ours", "si"), rep):
                         dst = out / f"{source}_{path}"
                         resident = prepare(info["data"], cache)
                         if path == "cp":
@@ -275,38 +276,63 @@ def bench_size(size_gb: float, tmp_root: Path, caches: list[str], repeats: int) 
     return rows
 
 
-def _best(rows: list[dict], **match) -> dict | None:
-    """The fastest repeat of the rows matching ``match`` (best-of-N, same rule for every path)."""
+def rotate(items: tuple[str, ...], k: int) -> tuple[str, ...]:
+    """Repeat k runs the paths in a rotated order, so no path always runs first (or right after cp)."""
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+def _median(rows: list[dict], **match) -> dict:
+    """Medians over the repeats matching ``match`` (same rule for every path), plus the MB/s range."""
     hits = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
-    return min(hits, key=lambda r: r["seconds"]) if hits else None
+    seconds = statistics.median(r["seconds"] for r in hits)
+    speeds = [r["mb_per_s"] for r in hits]
+    agg = dict(hits[0])
+    agg.update(seconds=seconds, mb_per_s=hits[0]["source_bytes"] / 1e6 / seconds, mb_min=min(speeds), mb_max=max(speeds), n=len(hits))
+    if "peak_rss_mb" in hits[0]:
+        agg["peak_rss_mb"] = statistics.median(r["peak_rss_mb"] for r in hits)
+    return agg
+
+
+def _mbs(agg: dict) -> str:
+    return f"{agg['mb_per_s']:.0f} ({agg['mb_min']:.0f}–{agg['mb_max']:.0f})" if agg["n"] > 1 else f"{agg['mb_per_s']:.0f}"
 
 
 def summarize(rows: list[dict], sizes: list[float], caches: list[str]) -> str:
+    n = max(r["repeat"] for r in rows) + 1
     lines = [
-        "| size | source | cache | cp MB/s | ours MB/s | SI MB/s | ours/cp (≥0.8) | ours/SI (≥3) | ours peak RSS MB | SI peak RSS MB |",
+        f"MB/s = source bytes / seconds; median of {n} run(s), (min–max) in brackets; ratios of the medians.",
+        "",
+        "| size | source | cache | cp MB/s | ours MB/s | SI MB/s | ours/cp (goal ≥ 0.8) | ours/SI (goal ≥ 3) | ours peak RSS MB | SI peak RSS MB |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     names = {"sglx": "SpikeGLX int16 385→384 ch (forced copy)", "f32": "raw float32 384 ch → int16"}
     for size in sizes:
         for source in ("sglx", "f32"):
             for cache in caches:
-                cp, ours, si = (_best(rows, size_gb=size, source=source, cache=cache, path=p) for p in ("cp", "ours", "si"))
+                cp, ours, si = (_median(rows, size_gb=size, source=source, cache=cache, path=p) for p in ("cp", "ours", "si"))
                 lines.append(
-                    f"| {size:g} GB | {names[source]} | {cache} | {cp['mb_per_s']:.0f} | {ours['mb_per_s']:.0f} | {si['mb_per_s']:.0f} | "
+                    f"| {size:g} GB | {names[source]} | {cache} | {_mbs(cp)} | {_mbs(ours)} | {_mbs(si)} | "
                     f"{ours['mb_per_s'] / cp['mb_per_s']:.2f} | {ours['mb_per_s'] / si['mb_per_s']:.2f} | {ours['peak_rss_mb']:.0f} | {si['peak_rss_mb']:.0f} |"
                 )
-    lines += ["", "| size | zero-copy (int16 raw, 385 ch) | cache | seconds (hash in place) | MB/s hashed | bytes written to store (goal 0) | manifest bytes | peak RSS MB |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| size | zero-copy (int16 raw, 385 ch) | cache | seconds (hash in place) | MB/s hashed | recording bytes written to store (goal 0) | manifest bytes | peak RSS MB |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for size in sizes:
         for cache in caches:
-            z = _best(rows, size_gb=size, source="i16", cache=cache)
-            lines.append(f"| {size:g} GB | symlink={z['symlink']} | {cache} | {z['seconds']:.2f} | {z['mb_per_s']:.0f} | {z['store_bytes_written']} | {z['manifest_bytes']} | {z['peak_rss_mb']:.0f} |")
+            hits = [r for r in rows if r["size_gb"] == size and r["source"] == "i16" and r["cache"] == cache]
+            z = _median(rows, size_gb=size, source="i16", cache=cache)
+            written = max(r["store_bytes_written"] for r in hits)
+            symlinked = all(r["symlink"] and r["zero_copy"] and r["bytes_written_reported"] == 0 for r in hits)
+            lines.append(f"| {size:g} GB | symlink={symlinked} | {cache} | {z['seconds']:.2f} | {_mbs(z)} | {written} | {z['manifest_bytes']} | {z['peak_rss_mb']:.0f} |")
     if len(sizes) >= 2:
         small, big = min(sizes), max(sizes)
-        lines += ["", f"| peak RSS of our conversion (cold run, fresh process) | {small:g} GB | {big:g} GB | ratio {big:g}/{small:g} (goal ≤ 1.10) |", "|---|---:|---:|---:|"]
+        lines += ["", f"| peak RSS (VmHWM) of our conversion, fresh process, median over all its runs | {small:g} GB | {big:g} GB | ratio {big:g}/{small:g} (goal ≤ 1.10) |", "|---|---:|---:|---:|"]
         for source, label in (("sglx", names["sglx"]), ("f32", names["f32"]), ("i16", "int16 raw zero-copy (hash only)")):
-            a = _best(rows, size_gb=small, source=source, cache=caches[0], path="ours_zero_copy" if source == "i16" else "ours")
-            b = _best(rows, size_gb=big, source=source, cache=caches[0], path="ours_zero_copy" if source == "i16" else "ours")
-            lines.append(f"| {label} | {a['peak_rss_mb']:.0f} MB | {b['peak_rss_mb']:.0f} MB | {b['peak_rss_mb'] / a['peak_rss_mb']:.3f} |")
+            path = "ours_zero_copy" if source == "i16" else "ours"
+            a = statistics.median(r["peak_rss_mb"] for r in rows if r["size_gb"] == small and r["source"] == source and r["path"] == path)
+            b = statistics.median(r["peak_rss_mb"] for r in rows if r["size_gb"] == big and r["source"] == source and r["path"] == path)
+            lines.append(f"| {label} | {a:.1f} MB | {b:.1f} MB | {b / a:.3f} |")
+    same = [r["checksum"] == s["checksum"] for r in rows for s in rows if r["source"] == s["source"] == "sglx" and r["path"] == "ours" and s["path"] == "si" and "checksum" in s and all(r[k] == s[k] for k in ("size_gb", "cache", "repeat"))]
+    lines += ["", f"SpikeGLX: our recording.bin byte-identical to SpikeInterface's output (xxh3-128): {all(same) and bool(same)} ({len(same)} pairs compared)."]
     return "\n".join(lines)
 
 

@@ -97,7 +97,7 @@ def test_readiness_settle_marker_and_partial_copies(tmp_path):
 
     (folder / "run_g0").mkdir()
     (folder / "run_g0" / "a.ap.bin").write_bytes(b"\0" * 100)
-    changed = scan_folder(folder).latest_change
+    changed = scan_folder(folder).latest_change()
     ready, why = session_ready(folder, 120, None, changed + 10)
     assert not ready and "waiting until it has been unchanged for 120 s" in why
     assert session_ready(folder, 120, None, changed + 121)[0]
@@ -285,6 +285,9 @@ def test_malformed_session_is_skipped_with_reason_once(small_session, landing, t
     copy_session(small_session, landing, "good_g0")
     bad = copy_session(small_session, landing, "bad_g0")
     next(bad.glob("*.ap.meta")).unlink()
+    garbled = copy_session(small_session, landing, "garbled_g0")  # a value no reader check foresaw
+    meta = next(garbled.glob("*.ap.meta"))
+    meta.write_text(meta.read_text().replace("nSavedChans=33", "nSavedChans=thirty-three"))
     sensor = sensors.build_new_session_sensor(settle_seconds=0, marker_name="")
     platform = platform_for(landing, tmp_path)
 
@@ -292,14 +295,16 @@ def test_malformed_session_is_skipped_with_reason_once(small_session, landing, t
     first = tick(sensor, dagster_instance, platform, logs=logs)
     assert [r.partition_key for r in first.run_requests] == [key_of("good_g0")]
     assert [e.partition for e in first.asset_events] == [key_of("good_g0")]
-    warnings = [r.getMessage() for r in logs if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "rig1/bad_g0" in warnings[0] and "the SpikeGLX meta file is missing" in warnings[0]
-    assert "bad_g0" in json.loads(first.cursor)["seen"][ROOT]  # recorded: not re-logged every tick
+    warnings = sorted(r.getMessage() for r in logs if r.levelno == logging.WARNING)
+    assert len(warnings) == 2
+    assert "rig1/bad_g0" in warnings[0] and "the SpikeGLX meta file is missing" in warnings[0] and "Fix:" in warnings[0]
+    assert "rig1/garbled_g0" in warnings[1] and "thirty-three" in warnings[1]
+    assert {"bad_g0", "garbled_g0"} <= set(json.loads(first.cursor)["seen"][ROOT])  # recorded: not re-logged every tick
 
     logs.clear()
     second = tick(sensor, dagster_instance, platform, first.cursor, logs=logs)
     assert second.run_requests == [] and not [r for r in logs if r.levelno >= logging.WARNING]
-    assert len(identify_calls) == 2
+    assert len(identify_calls) == 3
 
     # Fixed (the meta copied in): examined again and requested.
     shutil.copy2(next(small_session.glob("*.ap.meta")), bad)

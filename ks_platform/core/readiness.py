@@ -16,7 +16,8 @@ clock: keep the settle time well above any clock skew.
 Either way a folder holding an in-progress copy (``*.part``, ``*.partial``, ``*.tmp``, ``*.crdownload``,
 ``*.filepart``, rsync's hidden ``.name.XXXXXX`` temporaries) or no file at all is never ready.
 
-Plain Python, no Dagster: the sensor (``ks_platform.defs.sensors``) calls it once per folder and tick.
+Plain Python, no Dagster: the sensor (``ks_platform.defs.sensors``) walks every landing folder once per
+tick (``scan_folder``) and asks ``session_ready`` only about folders that are new or changed.
 """
 
 from __future__ import annotations
@@ -37,67 +38,90 @@ RSYNC_TEMP = re.compile(r"^\..+\.([A-Za-z0-9]{6})$")
 
 @dataclass(frozen=True)
 class FolderScan:
-    """What one ``stat`` walk of a session folder tells: its signature and when it last changed."""
+    """What one ``stat`` walk of a session folder's files tells: its signature and when its files last changed."""
 
     #: xxh3-64 hex of every file's (relative name, size, mtime_ns, ctime_ns), sorted by name.
     signature: str
-    #: Newest mtime/ctime (seconds since the epoch) of the folder, its sub-folders and its files.
-    latest_change: float
-    n_files: int
-    #: Relative names of files that look like a copy still in progress.
-    in_progress: tuple[str, ...]
+    #: Newest mtime/ctime of any file under the folder, in ns since the epoch (0 when there is none).
+    latest_file_change_ns: int
+    #: Relative names of the files (``sub/name``), in walk order.
+    files: tuple[str, ...]
+    #: The folder and its sub-folders (absolute paths); their times are read only when readiness is asked.
+    dirs: tuple[str, ...]
+
+    @property
+    def in_progress(self) -> tuple[str, ...]:
+        """Relative names of files that look like a copy still in progress."""
+        return tuple(sorted(rel for rel in self.files if is_partial_copy(rel.rpartition("/")[2])))
+
+    def latest_change(self) -> float:
+        """Newest mtime/ctime (seconds since the epoch) of the folder, its sub-folders and its files.
+
+        The folders' own times matter: deleting or renaming a file changes only its folder's times.
+        """
+        latest = self.latest_file_change_ns
+        for path in self.dirs:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            latest = max(latest, st.st_mtime_ns, st.st_ctime_ns)
+        return latest / 1e9
 
 
 def is_partial_copy(name: str) -> bool:
     """True for the temporary names copy tools use before the final rename."""
     if name.lower().endswith(PARTIAL_SUFFIXES):
         return True
-    match = RSYNC_TEMP.match(name)
+    match = RSYNC_TEMP.match(name) if name.startswith(".") else None
     return bool(match) and not match.group(1).islower()
 
 
 def scan_folder(folder: Path) -> FolderScan:
-    """One recursive ``stat`` walk (``os.scandir``; no file is opened).
+    """One recursive ``stat`` walk of the files under ``folder`` (``os.scandir``; no file is opened).
 
-    Raises ``FileNotFoundError``/``NotADirectoryError`` when ``folder`` itself is gone. A sub-folder or
-    file that vanishes or cannot be read during the walk is recorded in the signature as such (it changes
-    the signature, and the recording reader reports the real problem later); it never aborts the walk.
+    One ``stat`` per file; sub-folders are recognised from the directory entries (no ``stat``) and not
+    followed through symlinks. Raises ``FileNotFoundError``/``NotADirectoryError`` when ``folder`` itself
+    is gone. A sub-folder or file that vanishes or cannot be read during the walk is recorded in the
+    signature as such (so the signature changes, and the recording reader reports the real problem
+    later); it never aborts the walk.
     """
-    top = os.stat(folder)
-    latest = max(top.st_mtime, top.st_ctime)
-    entries: list[str] = []
-    in_progress: list[str] = []
-    n_files = 0
-    stack = [(os.fspath(folder), "")]
+    top = os.fspath(folder)
+    entries: list[tuple] = []
+    dirs = [top]
+    latest = 0
+    stack = [(top, "")]
     while stack:
         path, prefix = stack.pop()
         try:
             iterator = os.scandir(path)
         except OSError as exc:
-            entries.append(f"{prefix}\0unreadable\0{exc.errno}")
+            if not prefix:
+                raise
+            entries.append((prefix, "unreadable", exc.errno))
             continue
         with iterator:
             for entry in iterator:
                 rel = prefix + entry.name
                 try:
-                    is_dir = entry.is_dir()
+                    if entry.is_dir(follow_symlinks=False):
+                        dirs.append(entry.path)
+                        stack.append((entry.path, rel + "/"))
+                        continue
                     st = entry.stat()
                 except OSError:  # vanished between listing and stat, or a dangling symlink
-                    entries.append(f"{rel}\0gone")
+                    entries.append((rel, "gone"))
                     continue
-                change = max(st.st_mtime, st.st_ctime)
-                if change > latest:
-                    latest = change
-                if is_dir:
-                    stack.append((entry.path, rel + "/"))
-                    continue
-                n_files += 1
-                entries.append(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}")
-                if is_partial_copy(entry.name):
-                    in_progress.append(rel)
+                mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+                if mtime > latest:
+                    latest = mtime
+                if ctime > latest:
+                    latest = ctime
+                entries.append((rel, st.st_size, mtime, ctime))
     entries.sort()
-    signature = xxhash.xxh3_64_hexdigest("\n".join(entries).encode("utf-8", "surrogateescape"))
-    return FolderScan(signature, latest, n_files, tuple(sorted(in_progress)))
+    signature = xxhash.xxh3_64_hexdigest(repr(entries).encode("utf-8", "surrogateescape"))
+    files = tuple(e[0] for e in entries if len(e) == 4)
+    return FolderScan(signature, latest, files, tuple(dirs))
 
 
 def fast_folder_signature(folder: Path) -> str:
@@ -127,16 +151,17 @@ def session_ready(
             scan = scan_folder(folder)
         except (FileNotFoundError, NotADirectoryError):
             return False, "the folder no longer exists"
-    if scan.n_files == 0:
+    if not scan.files:
         return False, "the folder is empty"
-    if scan.in_progress:
-        more = f" (+{len(scan.in_progress) - 1} more)" if len(scan.in_progress) > 1 else ""
-        return False, f"a copy is still in progress: {scan.in_progress[0]}{more}"
+    in_progress = scan.in_progress
+    if in_progress:
+        more = f" (+{len(in_progress) - 1} more)" if len(in_progress) > 1 else ""
+        return False, f"a copy is still in progress: {in_progress[0]}{more}"
     if marker_name:
         if (folder / marker_name).is_file():
             return True, f"marker {marker_name!r} present"
         return False, f"waiting for the marker file {marker_name!r}"
-    age = now - scan.latest_change
+    age = now - scan.latest_change()
     if settle_seconds <= 0 or age >= settle_seconds:
         return True, f"unchanged for {max(age, 0.0):.0f} s (settle time {settle_seconds:g} s)"
     return False, f"changed {max(age, 0.0):.0f} s ago; waiting until it has been unchanged for {settle_seconds:g} s"

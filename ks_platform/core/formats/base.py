@@ -87,6 +87,9 @@ def parse_recording_date(value: str, source: Path) -> dt.date:
             ) from None
 
 
+_HAS_PREADV = hasattr(os, "preadv")
+
+
 class InterleavedFile:
     """Frames ``[start:stop]`` of an interleaved binary, read with ``preadv`` into caller-owned arrays.
 
@@ -125,7 +128,12 @@ class InterleavedFile:
         view = memoryview(out.reshape(-1).view(np.uint8))
         fd, offset, done = self._descriptor(), start * self.frame_bytes, 0
         while done < view.nbytes:
-            got = os.preadv(fd, [view[done:]], offset + done)
+            if _HAS_PREADV:
+                got = os.preadv(fd, [view[done:]], offset + done)
+            else:  # e.g. older macOS: seek + readv under the lock
+                with self._lock:
+                    os.lseek(fd, offset + done, os.SEEK_SET)
+                    got = os.readv(fd, [view[done:]])
             if got == 0:
                 raise OSError(f"{self.path} ended {view.nbytes - done} bytes early at byte {offset + done} (was it truncated while being read?)")
             done += got
@@ -147,6 +155,8 @@ class InterleavedFile:
 def channel_selector(channels: tuple[int, ...], n_channels: int) -> slice | np.ndarray | None:
     """How to pick ``channels`` out of ``n_channels``: None (all), a slice (a contiguous run), or an index array."""
     channels = tuple(int(c) for c in channels)
+    if any(c < 0 or c >= n_channels for c in channels):
+        raise ValueError(f"channel indices must lie in 0..{n_channels - 1}")
     if channels == tuple(range(n_channels)):
         return None
     if channels and channels == tuple(range(channels[0], channels[-1] + 1)):
@@ -166,7 +176,7 @@ def select_channels(frames: np.ndarray, selector: slice | np.ndarray | None, out
             return np.ascontiguousarray(frames[:, selector])
         np.copyto(out, frames[:, selector])
         return out
-    return np.take(frames, selector, axis=1, out=out)  # ~5x faster than frames[:, index]
+    return np.take(frames, selector, axis=1, out=out, mode="clip")  # ~5x faster than frames[:, index]; indices checked by channel_selector
 
 
 def memmap_int16_reader(path: Path, n_channels: int, n_samples: int, channels: tuple[int, ...]) -> ChunkReader:
@@ -193,7 +203,12 @@ def memmap_int16_reader(path: Path, n_channels: int, n_samples: int, channels: t
 
 
 class BufferPool:
-    """One reusable scratch array per reader (a fresh one if it is busy in another thread)."""
+    """One reusable scratch array per reader and kind (a fresh one if it is busy in another thread).
+
+    Arrays over ``KEEP_BYTES`` are not kept, so one huge ``read_chunk`` call does not pin its buffer.
+    """
+
+    KEEP_BYTES = 64 * 1024 * 1024
 
     def __init__(self) -> None:
         self._free: dict[tuple, np.ndarray] = {}
@@ -209,5 +224,6 @@ class BufferPool:
         try:
             yield array
         finally:
-            with self._lock:
-                self._free[key] = array
+            if array.nbytes <= self.KEEP_BYTES:
+                with self._lock:
+                    self._free[key] = array
