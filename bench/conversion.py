@@ -1,4 +1,4 @@
-"""Benchmark (issue #3): recording → Kilosort binary, against ``cp`` and SpikeInterface, in one run.
+"""Benchmark: recording → Kilosort binary, against ``cp`` and SpikeInterface, in one run.
 
 For every size (GB of *source* bytes) the inputs are generated chunk by chunk under a temp dir in /tmp:
 
@@ -16,9 +16,10 @@ Paths measured on each copy source, back to back and under the same page-cache t
   ``spikeinterface.preprocessing.scale`` for float32) → ``write_binary_recording(dtype="int16",
   n_jobs=1, chunk_duration="1s")``, then an ``os.fsync`` of its output so every path ends on disk.
 
-Page cache: every path runs twice per source, ``cold`` (source fsynced then evicted with
-``posix_fadvise(DONTNEED)``, checked with util-linux ``fincore``: ``resident_before`` in the JSON rows) and ``warm`` (source read fully
-beforehand). MB/s = source bytes / seconds (1 MB = 1e6 bytes). ``ours`` and ``si`` run in a fresh child
+Every repeat runs cp, ours and SI back to back (order rotated per repeat) under each page-cache state:
+``cold`` (source fsynced then evicted with ``posix_fadvise(DONTNEED)``; ``resident_before`` in the JSON
+rows is util-linux ``fincore``'s check) and ``warm`` (source read fully beforehand). Before every
+measurement: ``sync``, then wait until the disk has been idle for 1 s (``quiesce``). MB/s = source bytes / seconds (1 MB = 1e6 bytes). ``ours`` and ``si`` run in a fresh child
 process each (timed inside the child around the conversion call only, imports excluded); the child
 reports its peak RSS (``VmHWM`` from /proc/self/status; see ``vm_hwm_mb`` for why not ``ru_maxrss``).
 
@@ -130,8 +131,37 @@ def make_warm(path: Path) -> None:
             pass
 
 
+def _device_stat(path: Path) -> Path | None:
+    st = os.stat(path)
+    stat = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/stat")
+    return stat if stat.is_file() else None
+
+
+def quiesce(path: Path, settle_s: float = 1.0, limit_s: float = 60.0) -> float:
+    """Wait until the block device holding ``path`` has had no I/O in flight or completed for ``settle_s``.
+
+    The previous step's output was just deleted; with ``-o discard`` (as here) ext4 then trims GBs, and a
+    VM disk may still be absorbing the writes: without this wait that debt lands on whichever path runs next.
+    """
+    stat = _device_stat(path)
+    started = time.perf_counter()
+    if stat is None:
+        time.sleep(settle_s)
+        return settle_s
+    last, quiet_since = stat.read_text().split(), time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        time.sleep(0.2)
+        now = stat.read_text().split()
+        if now != last or int(now[8]):  # field 9: I/Os in flight
+            last, quiet_since = now, time.perf_counter()
+        elif time.perf_counter() - quiet_since >= settle_s:
+            break
+    return time.perf_counter() - started
+
+
 def prepare(path: Path, cache: str) -> float:
     os.sync()  # no dirty pages from earlier steps left to flush during the measurement
+    quiesce(path)
     (make_cold if cache == "cold" else make_warm)(path)
     return resident_fraction(path)
 
@@ -294,6 +324,15 @@ def _median(rows: list[dict], **match) -> dict:
     return agg
 
 
+def _paired_ratio(rows: list[dict], other: str, **match) -> str:
+    """Median over repeats of ours/other MB/s within the same repeat; then the ratio of medians."""
+    mine = {r["repeat"]: r for r in rows if r["path"] == "ours" and all(r.get(k) == v for k, v in match.items())}
+    theirs = {r["repeat"]: r for r in rows if r["path"] == other and all(r.get(k) == v for k, v in match.items())}
+    paired = statistics.median(mine[k]["mb_per_s"] / theirs[k]["mb_per_s"] for k in mine if k in theirs)
+    of_medians = _median(rows, path="ours", **match)["mb_per_s"] / _median(rows, path=other, **match)["mb_per_s"]
+    return f"{paired:.2f} ({of_medians:.2f})"
+
+
 def _mbs(agg: dict) -> str:
     return f"{agg['mb_per_s']:.0f} ({agg['mb_min']:.0f}–{agg['mb_max']:.0f})" if agg["n"] > 1 else f"{agg['mb_per_s']:.0f}"
 
@@ -301,7 +340,9 @@ def _mbs(agg: dict) -> str:
 def summarize(rows: list[dict], sizes: list[float], caches: list[str]) -> str:
     n = max(r["repeat"] for r in rows) + 1
     lines = [
-        f"MB/s = source bytes / seconds; median of {n} run(s), (min–max) in brackets; ratios of the medians.",
+        f"MB/s = source bytes / seconds (1 MB = 1e6 B); median of {n} run(s), (min–max) in brackets. Ratios: median of the {n}"
+        " per-repeat ratios (each repeat runs cp, ours and SI back to back, so a ratio compares runs that saw the same disk),"
+        " then the ratio of the median MB/s in brackets.",
         "",
         "| size | source | cache | cp MB/s | ours MB/s | SI MB/s | ours/cp (goal ≥ 0.8) | ours/SI (goal ≥ 3) | ours peak RSS MB | SI peak RSS MB |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -311,9 +352,10 @@ def summarize(rows: list[dict], sizes: list[float], caches: list[str]) -> str:
         for source in ("sglx", "f32"):
             for cache in caches:
                 cp, ours, si = (_median(rows, size_gb=size, source=source, cache=cache, path=p) for p in ("cp", "ours", "si"))
+                vs_cp, vs_si = (_paired_ratio(rows, other, size_gb=size, source=source, cache=cache) for other in ("cp", "si"))
                 lines.append(
                     f"| {size:g} GB | {names[source]} | {cache} | {_mbs(cp)} | {_mbs(ours)} | {_mbs(si)} | "
-                    f"{ours['mb_per_s'] / cp['mb_per_s']:.2f} | {ours['mb_per_s'] / si['mb_per_s']:.2f} | {ours['peak_rss_mb']:.0f} | {si['peak_rss_mb']:.0f} |"
+                    f"{vs_cp} | {vs_si} | {ours['peak_rss_mb']:.0f} | {si['peak_rss_mb']:.0f} |"
                 )
     lines += ["", "| size | zero-copy (int16 raw, 385 ch) | cache | seconds (hash in place) | MB/s hashed | recording bytes written to store (goal 0) | manifest bytes | peak RSS MB |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for size in sizes:
