@@ -88,3 +88,11 @@ def test_bad_session_does_not_stop_others(workspace, short_session):
     assert [s.folder.name for s in found] == ["fine"]
     assert rejected[0].folder.name == "broken" and "meta file is missing" in rejected[0].reason
     assert workspace.store(workspace.key(good)) is not None
+
+
+def test_meta_with_non_numeric_value(workspace, short_session):
+    folder = _copy(short_session, workspace.landing, "wordymeta")
+    meta = next(folder.glob("*.ap.meta"))
+    meta.write_text(meta.read_text().replace("nSavedChans=33", "nSavedChans=thirty-three"))
+    message = _assert_clean_failure(workspace, workspace.key(folder), "raw_recording.json", meta.name, "restore the .meta")
+    assert "is not a number" in message

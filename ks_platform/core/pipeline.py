@@ -112,10 +112,8 @@ def build_recording_binary(session_dir: Path, store: SessionStore, allow_zero_co
     return StepOutput(binary.checksum, metadata)
 
 
-def effective_session_settings(session_dir: Path, store: SessionStore) -> settings.EffectiveSettings:
+def effective_session_settings(session_dir: Path, binary: conversion.RecordingBinary, probe_manifest: dict) -> settings.EffectiveSettings:
     """Layered, validated Kilosort settings for the session as it is now."""
-    binary = conversion.load_recording_binary(store.binary_dir)
-    _, probe_manifest = load_probe_map(store)
     overrides, _ = settings.read_session_overrides(session_dir)
     return settings.effective_settings(binary.n_chan_bin, binary.sampling_frequency, probe_manifest["probe_kind"], overrides)
 
@@ -126,7 +124,7 @@ def sort_session(session_dir: Path, store: SessionStore, backend: str = "auto", 
     ks_probe, probe_manifest = load_probe_map(store)
     if tuple(probe_manifest["binary_channels"]) != binary.binary_channels:
         raise SessionInputError(store.probe_dir, "the probe map was made for a different binary layout", "re-materialize probe_map and recording_binary together")
-    effective = effective_session_settings(session_dir, store)
+    effective = effective_session_settings(session_dir, binary, probe_manifest)
     result = sorting.sort_recording(binary, ks_probe, effective, store.sorting_dir, backend=backend, log=log, extra_lineage=extra_lineage)
     lineage = read_json(store.sorting_dir / sorting.LINEAGE_FILE)
     metadata = {

@@ -51,6 +51,19 @@ class RecordingSource:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.data_files)
 
+    @classmethod
+    def interleaved_int16(cls, data_path: Path, n_channels: int, n_samples: int, sorting_channels: tuple[int, ...], **facts: object) -> RecordingSource:
+        """A source that already is the interleaved int16 file Kilosort reads: chunked reader and zero-copy set."""
+        return cls(
+            **facts,
+            n_channels=n_channels,
+            n_samples=n_samples,
+            source_dtype="int16",
+            sorting_channels=sorting_channels,
+            read_chunk=memmap_int16_reader(data_path, n_channels, n_samples, sorting_channels),
+            zero_copy_path=data_path,
+        )
+
     def summary(self) -> dict[str, object]:
         """Plain facts for metadata and manifests."""
         return {

@@ -25,7 +25,7 @@ import numpy as np
 from probeinterface import Probe
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import RecordingSource, memmap_int16_reader
+from ks_platform.core.formats.base import RecordingSource
 
 FORMAT = "openephys"
 #: Channel-name markers of non-ephys channels (Intan aux/ADC inputs, Neuropixels sync line).
@@ -302,20 +302,18 @@ def open_recording(session_dir: Path) -> RecordingSource:
     date, date_note = _recording_date(root, recording_dir, session_dir, data_path)
     sorting = tuple(ephys)
     data_files = tuple(p for p in (data_path, oebin_path, count_file, settings) if p is not None)
-    return RecordingSource(
+    return RecordingSource.interleaved_int16(
+        data_path,
+        n_channels,
+        n_samples,
+        sorting,
         format=FORMAT,
         session_dir=session_dir,
         data_files=data_files,
         sampling_frequency=fs,
-        n_channels=n_channels,
-        n_samples=n_samples,
-        source_dtype="int16",
         recording_date=date,
-        sorting_channels=sorting,
         uv_per_bit=uv_per_bit,
-        read_chunk=memmap_int16_reader(data_path, n_channels, n_samples, sorting),
         probe=probe,
         probe_file=None,
-        zero_copy_path=data_path,
         scaling_note=f"bit_volts {uv_per_bit:g} µV/bit from structure.oebin ({folder}); probe: {probe_note}; date: {date_note}",
     )

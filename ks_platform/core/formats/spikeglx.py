@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import RecordingSource, memmap_int16_reader, parse_recording_date
+from ks_platform.core.formats.base import RecordingSource, parse_recording_date
 
 FORMAT = "spikeglx"
 
@@ -38,6 +38,15 @@ def _require(meta: dict[str, str], key: str, meta_path: Path) -> str:
     if key not in meta:
         raise SessionInputError(meta_path, f"the meta file has no {key!r} entry", "use the .meta SpikeGLX wrote for this run")
     return meta[key]
+
+
+def _number(meta: dict[str, str], key: str, meta_path: Path, kind: type = int, default: str | None = None) -> float:
+    """A numeric meta entry; a missing or malformed one is a clear error naming the meta file."""
+    text = meta.get(key, default) if default is not None else _require(meta, key, meta_path)
+    try:
+        return kind(text)
+    except ValueError:
+        raise SessionInputError(meta_path, f"{key}={text!r} is not a number", "restore the .meta SpikeGLX wrote for this recording") from None
 
 
 def _saved_channel_ids(meta: dict[str, str], meta_path: Path) -> list[int]:
@@ -80,14 +89,17 @@ def open_recording(session_dir: Path) -> RecordingSource:
     bin_path = bins[0]
     meta_path = bin_path.with_suffix(".meta")
     meta = parse_meta(meta_path)
-    n_channels = int(_require(meta, "nSavedChans", meta_path))
-    fs = float(meta.get("imSampRate") or _require(meta, "niSampRate", meta_path))
+    n_channels = int(_number(meta, "nSavedChans", meta_path))
+    fs = _number(meta, "imSampRate" if "imSampRate" in meta else "niSampRate", meta_path, float)
     size = bin_path.stat().st_size
     if size == 0:
         raise SessionInputError(bin_path, "the data file is empty (0 bytes)", "copy the recording again from the rig")
     frame = n_channels * 2
-    declared = int(meta.get("fileSizeBytes", size))
-    saved_ids = _saved_channel_ids(meta, meta_path)
+    declared = int(_number(meta, "fileSizeBytes", meta_path, default=str(size)))
+    try:
+        saved_ids = _saved_channel_ids(meta, meta_path)
+    except ValueError:
+        raise SessionInputError(meta_path, "snsSaveChanSubset/snsApLfSy are malformed", "restore the .meta SpikeGLX wrote for this recording") from None
     if len(saved_ids) != n_channels:
         raise SessionInputError(
             meta_path,
@@ -111,27 +123,25 @@ def open_recording(session_dir: Path) -> RecordingSource:
     sorting = tuple(i for i, cid in enumerate(saved_ids) if cid < n_ap_total)
     if not sorting:
         raise SessionInputError(meta_path, "no AP channels are saved in this file", "record the AP band (the .ap.bin)")
-    max_int = float(meta.get("imMaxInt", 512))
-    ai_range = float(meta.get("imAiRangeMax", 0.6))
+    max_int = _number(meta, "imMaxInt", meta_path, float, default="512")
+    ai_range = _number(meta, "imAiRangeMax", meta_path, float, default="0.6")
     gain = _ap_gain(meta)
     uv_per_bit = ai_range / max_int / gain * 1e6
     created = meta.get("fileCreateTime")
     date = parse_recording_date(created, meta_path) if created else dt.date.fromtimestamp(bin_path.stat().st_mtime)
     n_samples = size // frame
-    return RecordingSource(
+    return RecordingSource.interleaved_int16(
+        bin_path,
+        n_channels,
+        n_samples,
+        sorting,
         format=FORMAT,
         session_dir=session_dir,
         data_files=(bin_path, meta_path),
         sampling_frequency=fs,
-        n_channels=n_channels,
-        n_samples=n_samples,
-        source_dtype="int16",
         recording_date=date,
-        sorting_channels=sorting,
         uv_per_bit=uv_per_bit,
-        read_chunk=memmap_int16_reader(bin_path, n_channels, n_samples, sorting),
         probe=None,
         probe_file=meta_path,
-        zero_copy_path=bin_path,
         scaling_note=f"imAiRangeMax {ai_range} V / imMaxInt {max_int:g} / AP gain {gain:g} (from meta)",
     )
