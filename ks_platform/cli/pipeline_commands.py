@@ -1,4 +1,4 @@
-"""``ks-platform``: make demo sessions, register sessions, run the pipeline on the embedded Dagster instance."""
+"""``ks-platform make-session | register | demo``: demo sessions and the pipeline on the embedded Dagster instance."""
 
 from __future__ import annotations
 
@@ -95,20 +95,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_doctor(args: argparse.Namespace) -> int:
-    from ks_platform.core.doctor import healthy, report, run_checks
-
-    checks = run_checks(Path(os.environ.get("KS_PLATFORM_STORE", "data/store")), backend=args.backend, docker_url=args.docker_url or os.environ.get("KS_PLATFORM_DOCKER_URL"))
-    print(report(checks))
-    ok = healthy(checks)
-    print("healthy" if ok else "NOT healthy: fix the FAIL lines above before sorting on this host")
-    return 0 if ok else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ks-platform", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def register(sub) -> None:
+    """Add make-session, register and demo."""
     make = sub.add_parser("make-session", help="write a synthetic SpikeGLX session with ground truth")
     make.add_argument("--out", required=True)
     make.add_argument("--duration", type=float, default=15.0)
@@ -118,22 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("--date", default="2026-03-02")
     make.set_defaults(func=_cmd_make_session)
 
-    register = sub.add_parser("register", help="add every session under the landing roots as a partition")
-    register.set_defaults(func=_cmd_register)
+    register_cmd = sub.add_parser("register", help="add every session under the landing roots as a partition")
+    register_cmd.set_defaults(func=_cmd_register)
 
     demo = sub.add_parser("demo", help="make a demo session and materialize all its assets on the embedded instance")
     demo.add_argument("--duration", type=float, default=15.0)
     demo.add_argument("--seed", type=int, default=42)
     demo.set_defaults(func=_cmd_demo)
-
-    doctor = sub.add_parser("doctor", help="check this host: imports, backend + tiny kernel, disk, Docker")
-    doctor.add_argument("--backend", default=os.environ.get("KS_PLATFORM_BACKEND", "auto"))
-    doctor.add_argument("--docker-url", default=None)
-    doctor.set_defaults(func=_cmd_doctor)
-
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

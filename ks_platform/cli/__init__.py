@@ -1,0 +1,30 @@
+"""``ks-platform``: the command line. Each module in this package adds its subcommands with ``register(sub)``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Subcommand modules, in the order ``--help`` lists them.
+COMMAND_MODULES = (
+    "ks_platform.cli.pipeline_commands",
+    "ks_platform.cli.doctor_command",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ks-platform", description="Kilosort 4 sortings and Phy bundles from raw recordings, through Dagster.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

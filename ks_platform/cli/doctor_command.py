@@ -1,0 +1,26 @@
+"""``ks-platform doctor``: is this host ready to sort?"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from ks_platform.core.doctor import healthy, report, run_checks
+
+    checks = run_checks(Path(os.environ.get("KS_PLATFORM_STORE", "data/store")), backend=args.backend, docker_url=args.docker_url or os.environ.get("KS_PLATFORM_DOCKER_URL"))
+    print(report(checks))
+    ok = healthy(checks)
+    print("healthy" if ok else "NOT healthy: fix the FAIL lines above before sorting on this host")
+    return 0 if ok else 1
+
+
+def register(sub) -> None:
+    """Add doctor."""
+    doctor = sub.add_parser("doctor", help="check this host: imports, backend + tiny kernel, disk, Docker")
+    doctor.add_argument("--backend", default=os.environ.get("KS_PLATFORM_BACKEND", "auto"))
+    doctor.add_argument("--docker-url", default=None)
+    doctor.set_defaults(func=_cmd_doctor)
+
