@@ -7,7 +7,10 @@ Every step reads its inputs from the session store, writes its outputs there ato
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from ks_platform.core.formats import open_recording
 from ks_platform.core.formats.base import RecordingSource
 from ks_platform.core.ground_truth import has_ground_truth, score_sorting
 from ks_platform.core.sessions import fingerprint
-from ks_platform.core.store import SessionStore, atomic_directory, read_json, write_json_atomic
+from ks_platform.core.store import SessionStore, atomic_directory, read_json, session_lock, write_json_atomic
 
 PROBE_JSON = "probe.json"
 KILOSORT_PROBE_JSON = "kilosort_probe.json"
@@ -38,6 +41,19 @@ class StepOutput:
     figures: dict[str, Path] = field(default_factory=dict)
 
 
+def writes_session(step: Callable[..., StepOutput]) -> Callable[..., StepOutput]:
+    """Run a step under its session's write lock: a second run of the same session waits for it (see ``session_lock``)."""
+    signature = inspect.signature(step)
+
+    @functools.wraps(step)
+    def locked(*args: Any, **kwargs: Any) -> StepOutput:
+        bound = signature.bind(*args, **kwargs)
+        with session_lock(bound.arguments["store"], log=bound.arguments.get("log")):
+            return step(*args, **kwargs)
+
+    return locked
+
+
 def binary_layout(source: RecordingSource, allow_zero_copy: bool) -> tuple[int, ...]:
     """Source channels stored in the recording binary, in row order (all of them when zero-copy)."""
     if allow_zero_copy and source.zero_copy_path is not None:
@@ -45,6 +61,7 @@ def binary_layout(source: RecordingSource, allow_zero_copy: bool) -> tuple[int, 
     return tuple(source.sorting_channels)
 
 
+@writes_session
 def observe_raw_recording(session_dir: Path, store: SessionStore) -> StepOutput:
     """Describe and fingerprint the landing folder's recording; record it as ``raw_recording.json``."""
     source = open_recording(session_dir)
@@ -65,6 +82,7 @@ def open_unchanged_recording(session_dir: Path, store: SessionStore) -> Recordin
     return source
 
 
+@writes_session
 def build_probe_map(session_dir: Path, store: SessionStore, allow_zero_copy: bool = True) -> StepOutput:
     """Validated probe → ``probe.json`` (probeinterface), ``kilosort_probe.json`` and ``probe.png``."""
     source = open_unchanged_recording(session_dir, store)
@@ -104,6 +122,7 @@ def load_probe_map(store: SessionStore) -> tuple[dict, dict]:
     return probes.kilosort_probe_from_json(read_json(store.probe_dir / KILOSORT_PROBE_JSON)), read_json(store.probe_dir / PROBE_MANIFEST)
 
 
+@writes_session
 def build_recording_binary(session_dir: Path, store: SessionStore, allow_zero_copy: bool = True, progress: conversion.Progress | None = None) -> StepOutput:
     """Convert (streamed) or verify-and-reference (zero-copy) the recording into ``binary/``."""
     source = open_unchanged_recording(session_dir, store)
@@ -118,6 +137,7 @@ def effective_session_settings(session_dir: Path, binary: conversion.RecordingBi
     return settings.effective_settings(binary.n_chan_bin, binary.sampling_frequency, probe_manifest["probe_kind"], overrides)
 
 
+@writes_session
 def sort_session(session_dir: Path, store: SessionStore, backend: str = "auto", log: sorting.Log | None = None, extra_lineage: dict[str, Any] | None = None) -> StepOutput:
     """Kilosort 4 on the session's binary and probe map, with the session's settings, into ``sorting/``."""
     binary = conversion.load_recording_binary(store.binary_dir)
@@ -154,6 +174,7 @@ def score_session(session_dir: Path, store: SessionStore):
     return score_sorting(session_dir, spikes, clusters, binary.sampling_frequency)
 
 
+@writes_session
 def export_phy(store: SessionStore) -> StepOutput:
     """Phy folder with a relocatable ``params.py``, opened in phylib before it is published."""
     binary = conversion.load_recording_binary(store.binary_dir)

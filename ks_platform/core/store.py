@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
+import functools
 import json
 import os
+import time
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,30 +72,63 @@ def remove_stale_temporaries(parent: Path) -> list[Path]:
         return removed
     for entry in parent.iterdir():
         if entry.name.startswith(".") and (TEMP_MARK in entry.name or OLD_MARK in entry.name):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+            _remove(entry)
             removed.append(entry)
     return removed
 
 
-def replace_path(staged: Path, final: Path) -> None:
-    """Move ``staged`` to ``final``; an existing ``final`` is swapped out first, then deleted.
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    libc = _libc()
+    if libc is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
-    ``final`` is either the complete old output or the complete new one, never a mix.
+
+@functools.cache
+def _libc():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_path(staged: Path, final: Path) -> None:
+    """Move ``staged`` to ``final``: ``final`` is always either the complete old output or the complete new one.
+
+    An existing ``final`` is exchanged with ``staged`` atomically (``RENAME_EXCHANGE``) and the old one, now
+    under the staged name, is deleted. Where the kernel cannot exchange, the old output is renamed aside first:
+    a crash between the two renames then leaves ``final`` missing (never partial), and the next write of that
+    step cleans the aside copy up.
     """
-    old = None
     if final.exists() or final.is_symlink():
+        if _exchange(staged, final):
+            _fsync_dir(final.parent)
+            _remove(staged)
+            return
         old = final.parent / f".{final.name}{OLD_MARK}{uuid.uuid4().hex[:8]}"
         os.rename(final, old)
+        os.rename(staged, final)
+        _fsync_dir(final.parent)
+        _remove(old)
+        return
     os.rename(staged, final)
     _fsync_dir(final.parent)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -147,3 +185,37 @@ def contained_path(root: Path, candidate: Path) -> Path:
             "keep session files (and what symlinks point to) inside the landing root",
         )
     return resolved
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def session_lock(store: SessionStore, log: Callable[[str], None] | None = None, poll_seconds: float = 5.0) -> Iterator[None]:
+    """Hold the session's write lock (``flock`` on ``<session>/.lock``) for one step.
+
+    A second run of the same session waits here, saying so every ``poll_seconds``, until the first one's step
+    ends; the kernel releases the lock if its holder dies (even by ``kill -9``), so a crash never leaves a stale lock.
+    """
+    store.dir.mkdir(parents=True, exist_ok=True)
+    with open(store.dir / LOCK_FILE, "a+") as handle:
+        waited = 0.0
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                if log is not None and waited % 60 < poll_seconds:
+                    log(f"session {store.key} is being written by {holder}; waiting ({waited:.0f} s so far)")
+                time.sleep(poll_seconds)
+                waited += poll_seconds
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,275 @@
+"""Faults with real processes (issue #8): ``kill -9`` of the run worker mid-step, a full disk, a session that
+changes mid-run, two runs of one session at once. After each, the store holds no partial output under a final
+name and a re-materialization gives byte-identical outputs to an undisturbed run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ks_platform.core import conversion, pipeline
+from ks_platform.core.errors import SessionInputError
+from ks_platform.core.sessions import SessionRef
+from ks_platform.core.store import SessionStore, session_lock
+from ks_platform.core.synthetic import np1_probe
+from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC, leftovers
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: What makes each step's final folder complete; a final folder without it would be a partial output.
+COMPLETE_MARKERS = {"binary": conversion.MANIFEST_NAME, "sorting": "sorting_summary.json", "phy": "params.py", "probe": pipeline.PROBE_MANIFEST}
+
+
+class FinalNameWatcher(threading.Thread):
+    """Samples the session's final output folders while a worker runs; records any seen incomplete."""
+
+    def __init__(self, session_dir: Path) -> None:
+        super().__init__(daemon=True)
+        self.session_dir = session_dir
+        self.partial_seen: list[str] = []
+        self.samples = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            for step, marker in COMPLETE_MARKERS.items():
+                folder = self.session_dir / step
+                try:
+                    present = folder.is_dir()
+                    complete = (folder / marker).exists()
+                except OSError:
+                    continue
+                # Re-check: the folder may have been swapped between the two stats.
+                if present and not complete and folder.is_dir() and not (folder / marker).exists():
+                    self.partial_seen.append(step)
+            self.samples += 1
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def start_worker(home: Path, store: Path, landing: Path, key: str, assets: list[str] | None = None, zero_copy: bool = True) -> subprocess.Popen:
+    config = {"store": str(store), "landing": str(landing), "key": key, "assets": assets, "zero_copy": zero_copy}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO)}
+    log = open(home / f"worker-{time.time_ns()}.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "ks_platform_tests.run_worker", json.dumps(config)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.001) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def kill_when(worker: subprocess.Popen, predicate, timeout: float, what: str) -> None:
+    """``kill -9`` the worker's whole process group as soon as ``predicate()`` holds."""
+    try:
+        wait_for(lambda: predicate() or worker.poll() is not None, timeout, what)
+        assert worker.poll() is None, f"the worker ended (rc {worker.returncode}) before {what}"
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    assert worker.returncode == -signal.SIGKILL
+
+
+def staged(session_dir: Path, step: str) -> list[Path]:
+    return list(session_dir.glob(f".{step}.tmp-*"))
+
+
+def run_to_success(home: Path, store: Path, landing: Path, key: str, assets: list[str] | None = None, zero_copy: bool = True) -> None:
+    worker = start_worker(home, store, landing, key, assets, zero_copy)
+    assert worker.wait(timeout=1500) == 0, sorted(home.glob("worker-*.log"))[-1].read_text()[-3000:]
+
+
+def same_bytes(a: Path, b: Path, skip: tuple[str, ...] = ()) -> list[str]:
+    """Names of files that differ between folders ``a`` and ``b`` (missing counts as different)."""
+    names = {p.name for p in a.iterdir() if p.is_file()} | {p.name for p in b.iterdir() if p.is_file()}
+    return sorted(n for n in names - set(skip) if not ((a / n).is_file() and (b / n).is_file() and (a / n).read_bytes() == (b / n).read_bytes()))
+
+
+@pytest.fixture
+def fault_env(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    return home, tmp_path / "store", landing
+
+
+def write_raw_int16_session(folder: Path, seconds: float, n_channels: int = 64, fs: float = 30000.0) -> Path:
+    """A plain int16 binary + sidecar + probe, big enough that converting it takes a visible moment."""
+    import probeinterface as pi
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    n_samples = int(seconds * fs)
+    with open(folder / "recording.bin", "wb") as handle:
+        for start in range(0, n_samples, 300_000):
+            handle.write(rng.integers(-300, 300, size=(min(300_000, n_samples - start), n_channels), dtype=np.int16).tobytes())
+    probe = np1_probe(n_channels)
+    group = pi.ProbeGroup()
+    group.add_probe(probe)
+    pi.write_probeinterface(folder / "probe.json", group)
+    sidecar = {"sampling_frequency": fs, "n_channels": n_channels, "dtype": "int16", "probe_file": "probe.json", "recording_date": "2026-03-04", "uv_per_bit": 0.195}
+    (folder / "recording.json").write_text(json.dumps(sidecar))
+    return folder
+
+
+def test_kill_during_conversion_then_rematerialize_is_byte_identical(fault_env):
+    home, store, landing = fault_env
+    folder = write_raw_int16_session(landing / "long_raw", seconds=60)
+    key = SessionRef(ROOT_NAME, folder.name, __import__("datetime").date(2026, 3, 4)).key
+    session = SessionStore(store.resolve(), key).dir
+    run_to_success(home, store, landing, key, ["raw_recording"])
+
+    watcher = FinalNameWatcher(session)
+    watcher.start()
+    worker = start_worker(home, store, landing, key, ["recording_binary"], zero_copy=False)
+
+    def mid_write() -> bool:
+        files = [p / conversion.BINARY_NAME for p in staged(session, "binary")]
+        return any(f.exists() and f.stat().st_size > 20_000_000 for f in files)
+
+    kill_when(worker, mid_write, 300, "the conversion to be mid-way")
+    watcher.stop()
+    assert watcher.partial_seen == [] and watcher.samples > 10
+    assert not (session / "binary").exists(), "a killed conversion must not leave binary/ under its final name"
+    [partial] = staged(session, "binary")
+    assert (partial / conversion.BINARY_NAME).stat().st_size < 60 * 30000 * 64 * 2
+
+    run_to_success(home, store, landing, key, ["recording_binary"], zero_copy=False)
+    assert leftovers(session) == [], "the next write of the step cleans up what the killed one left"
+    undisturbed = conversion.write_recording_binary(pipeline.open_recording(folder), store.parent / "undisturbed" / "binary", allow_zero_copy=False)
+    assert (session / "binary" / conversion.BINARY_NAME).read_bytes() == undisturbed.path.read_bytes()
+    assert conversion.load_recording_binary(session / "binary").checksum == undisturbed.checksum
+
+
+@pytest.mark.slow
+def test_kill_during_sorting_and_phy_export_then_rematerialize_is_byte_identical(fault_env, generated_session, sorted_workspace):
+    home, store, landing = fault_env
+    shutil.copytree(generated_session, landing / generated_session.name)
+    key = SessionRef(ROOT_NAME, generated_session.name, TEST_SPEC.recording_date).key
+    session = SessionStore(store.resolve(), key).dir
+    run_to_success(home, store, landing, key, ["raw_recording", "probe_map", "recording_binary"])
+
+    # kill -9 while Kilosort runs
+    watcher = FinalNameWatcher(session)
+    watcher.start()
+    worker = start_worker(home, store, landing, key, ["sorted_units"])
+    started: list[float] = []
+
+    def sorting_for_a_while() -> bool:
+        if staged(session, "sorting") and not started:
+            started.append(time.monotonic())
+        return bool(started) and time.monotonic() - started[0] > 10
+
+    kill_when(worker, sorting_for_a_while, 600, "Kilosort to run for 10 s")
+    assert not (session / "sorting").exists()
+    assert staged(session, "sorting"), "the killed sort's staging folder is still there (cleaned by the next sort)"
+
+    run_to_success(home, store, landing, key, ["sorted_units", "phy_bundle"])
+    assert leftovers(session) == []
+    reference_ws, reference_key, _ = sorted_workspace
+    reference = reference_ws.store(reference_key)
+    assert same_bytes(session / "sorting", reference.sorting_dir, skip=("ops.npy", "kilosort4.log", "lineage.json", "sorting_summary.json", "effective_settings.json")) == []
+
+    # kill -9 during the Phy export: the previous Phy folder stays whole under its name
+    before = {p.name: p.read_bytes() for p in (session / "phy").iterdir() if p.is_file()}
+    worker = start_worker(home, store, landing, key, ["phy_bundle"])
+    kill_when(worker, lambda: bool(staged(session, "phy")), 300, "the Phy export to start")
+    watcher.stop()
+    assert watcher.partial_seen == []
+    assert {p.name: p.read_bytes() for p in (session / "phy").iterdir() if p.is_file()} == before
+
+    run_to_success(home, store, landing, key, ["phy_bundle"])
+    assert leftovers(session) == []
+    assert same_bytes(session / "phy", reference.phy_dir) == []
+
+
+def test_full_disk_during_conversion_names_the_store_and_removes_the_partial_file(tmp_path, generated_session):
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.fail("this test mounts a 16 MB tmpfs as the store: run it as root (CI does)")
+    mount = tmp_path / "small_store"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
+    try:
+        store = SessionStore(mount, "2026-03-02__rig1__demo_seed42")
+        pipeline.observe_raw_recording(generated_session, store)
+        with pytest.raises(SessionInputError) as caught:
+            pipeline.build_recording_binary(generated_session, store, allow_zero_copy=False)
+        message = str(caught.value)
+        assert "disk is full" in message and "Fix:" in message and str(store.dir) in message
+        assert not store.binary_dir.exists() and leftovers(store.dir) == []
+        assert shutil.disk_usage(mount).used < 1_000_000, "the partial binary was removed"
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_session_changing_mid_run_is_detected_by_its_fingerprint(tmp_path, generated_session):
+    folder = shutil.copytree(generated_session, tmp_path / "landing" / generated_session.name)
+    store = SessionStore(tmp_path / "store", "2026-03-02__rig1__demo_seed42")
+    pipeline.observe_raw_recording(folder, store)
+    [data] = folder.glob("*.ap.bin")
+    with open(data, "r+b") as handle:  # the file is replaced by another copy of the same size
+        handle.write(b"\1" * 66 * 100)
+    with pytest.raises(SessionInputError, match="changed since it was observed") as caught:
+        pipeline.build_recording_binary(folder, store)
+    assert "Fix:" in str(caught.value)
+    assert not store.binary_dir.exists() and leftovers(store.dir) == []
+    shutil.rmtree(folder)  # … or the session disappears
+    with pytest.raises(SessionInputError):
+        pipeline.build_recording_binary(folder, store)
+
+
+def test_two_runs_of_one_session_take_turns(tmp_path):
+    """The per-session lock: a second writer waits (saying so) until the first one's step ends."""
+    store = SessionStore(tmp_path / "store", "2026-03-02__rig1__s")
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from ks_platform.core.store import SessionStore, session_lock\n"
+        f"store = SessionStore(Path({str(store.root)!r}), {store.key!r})\n"
+        "with session_lock(store):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(3)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert holder.stdout.readline().strip() == "locked"
+    said: list[str] = []
+    started = time.monotonic()
+    with session_lock(store, log=said.append, poll_seconds=0.2):
+        waited = time.monotonic() - started
+    assert holder.wait() == 0
+    assert waited > 1.0, "the second writer waited for the first"
+    assert said and "is being written by pid" in said[0] and "waiting" in said[0]
+
+
+def test_a_killed_lock_holder_never_blocks_the_session(tmp_path):
+    store = SessionStore(tmp_path / "store", "2026-03-02__rig1__s")
+    script = (
+        "import time\nfrom pathlib import Path\nfrom ks_platform.core.store import SessionStore, session_lock\n"
+        f"with session_lock(SessionStore(Path({str(store.root)!r}), {store.key!r})):\n    print('locked', flush=True)\n    time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert holder.stdout.readline().strip() == "locked"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    started = time.monotonic()
+    with session_lock(store, poll_seconds=0.1):
+        assert time.monotonic() - started < 1.0
