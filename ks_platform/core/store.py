@@ -172,7 +172,7 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def contained_path(root: Path, candidate: Path) -> Path:
+def contained_path(root: Path, candidate: Path, root_label: str = "the configured root") -> Path:
     """Resolve ``candidate`` and refuse it unless it lies inside ``root`` (no traversal, no symlink escape)."""
     root_resolved = Path(root).resolve()
     resolved = Path(candidate).resolve()
@@ -181,8 +181,8 @@ def contained_path(root: Path, candidate: Path) -> Path:
 
         raise SessionInputError(
             candidate,
-            f"resolves to {resolved}, outside the configured root {root_resolved}",
-            "keep session files (and what symlinks point to) inside the landing root",
+            f"resolves to {resolved}, outside {root_label} {root_resolved}",
+            f"keep session files (and what symlinks point to) inside {root_label}",
         )
     return resolved
 
