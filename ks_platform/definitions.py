@@ -26,12 +26,24 @@ ALL_ASSETS = [ingest.raw_recording, ingest.probe_map, ingest.recording_binary, s
 ALL_CHECKS = [sorting.sorted_units_not_empty, sorting.sorted_units_match_ground_truth, review.phy_bundle_opens]
 
 
-def build_definitions(platform: PlatformResource | None = None) -> dg.Definitions:
+def executor_from_env() -> dg.ExecutorDefinition | None:
+    """The placing Docker executor when ``KS_PLATFORM_INVENTORY`` names a host inventory, else Dagster's default."""
+    import os
+
+    if not os.environ.get("KS_PLATFORM_INVENTORY"):
+        return None
+    from ks_platform.execution.docker_executor import placing_docker_executor
+
+    return placing_docker_executor
+
+
+def build_definitions(platform: PlatformResource | None = None, executor: dg.ExecutorDefinition | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=ALL_ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=[sort_session_job],
         resources={"platform": platform or PlatformResource.from_env()},
+        executor=executor or executor_from_env(),
     )
 
 

@@ -2,6 +2,8 @@
 # System packages the test suite needs (run as root; skipped when already present or not root).
 set -euo pipefail
 need=()
+# PostgreSQL server for the shared-instance tests (ks_platform_tests/postgres_support.py runs initdb/pg_ctl).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 # (later issues add: docker.io, postgresql, chromium)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then echo "not root: install ${need[*]} yourself" >&2; exit 0; fi

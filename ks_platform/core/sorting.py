@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,9 @@ from ks_platform.core.hardware import MIN_BATCH_SIZE, BackendInfo, detect_backen
 from ks_platform.core.lineage import lineage_record
 from ks_platform.core.settings import EffectiveSettings, settings_hash
 from ks_platform.core.store import atomic_directory, read_json, write_json_atomic
+
+#: Batch size chosen by the executor from the placed GPU's memory (same rule as recommended_batch_size).
+PLANNED_BATCH_SIZE_ENV = "KS_PLATFORM_BATCH_SIZE"
 
 SUMMARY_FILE = "sorting_summary.json"
 SETTINGS_FILE = "effective_settings.json"
@@ -139,7 +143,11 @@ def sort_recording(
     info: BackendInfo = detect_backend(backend)
     requested = dict(settings.settings)
     user_batch = any("batch_size" in layer for layer in settings.layers.values())
-    if not user_batch and info.free_memory_bytes is not None and info.backend != "cpu":
+    planned = os.environ.get(PLANNED_BATCH_SIZE_ENV, "").strip()  # set by the placing executor (ks_platform.execution)
+    if not user_batch and planned.isdigit() and info.backend != "cpu":
+        requested["batch_size"] = max(MIN_BATCH_SIZE, int(planned))
+        log(f"batch_size {requested['batch_size']} planned by the executor for the chosen GPU's memory")
+    elif not user_batch and info.free_memory_bytes is not None and info.backend != "cpu":
         requested["batch_size"] = recommended_batch_size(info.free_memory_bytes, ks_probe["n_chan"])
         log(f"batch_size {requested['batch_size']} chosen for {info.free_memory_bytes / 1024**3:.1f} GiB free on {info.device_name}")
     clear_cache = bool(requested.pop("clear_cache", False))

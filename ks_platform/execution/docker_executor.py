@@ -1,0 +1,339 @@
+"""A resource-aware Docker executor: each step goes to the host/GPU the placement policy picks.
+
+Built like dagster-docker's ``docker_executor`` (``StepDelegatingExecutor`` + a step handler; the step runs
+``dagster api execute_step`` in its container and reports to the shared instance storage), with what that
+executor lacks (dagster-docker 0.29 reads no per-step tags, one image per run, containers neither labelled nor
+removed): per-step host, image and devices from the inventory, slot accounting per GPU in the instance, steps
+that wait instead of failing when every usable GPU is busy, labelled containers whose logs are captured into the
+run before they are removed, and termination that stops them.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+import os
+import time
+from typing import Any
+
+import dagster as dg
+import docker
+import docker.errors
+from dagster import Field, IntSource, Permissive, StringSource
+from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
+from dagster._core.events import DagsterEvent, EngineEventData
+from dagster._core.execution.retries import RetryMode, get_retries_config
+from dagster._core.executor.step_delegating import StepDelegatingExecutor
+from dagster._core.executor.step_delegating.step_handler.base import CheckStepHealthResult, StepHandler, StepHandlerContext
+
+from ks_platform.core.errors import PlatformConfigError
+from ks_platform.core.pipeline import PROBE_MANIFEST
+from ks_platform.core.store import SessionStore, read_json
+from ks_platform.execution.inventory import INVENTORY_ENV, Inventory, load_inventory
+from ks_platform.execution.placement import MANAGED_LABEL, RUN_LABEL, Placement, PlacementError, StepRequest, all_slots, candidate_placements, container_spec
+from ks_platform.execution.slots import SlotLedger
+
+PARTITION_TAG = "dagster/partition"
+#: Characters of a container's log kept in the run's event log.
+LOG_TAIL_CHARS = 20_000
+#: Repeat the "waiting for a GPU" line this often while a step waits.
+WAIT_LOG_EVERY_SECONDS = 300.0
+
+
+@dataclass
+class _StepState:
+    """What the handler knows about one step of this run (one attempt)."""
+
+    request: StepRequest
+    candidates: list[Placement]
+    step_context: Any
+    placement: Placement | None = None
+    container_id: str | None = None
+    error: str | None = None
+    error_reported: bool = False
+    waiting_since: float = field(default_factory=time.monotonic)
+    last_wait_log: float | None = None
+    done: bool = False
+
+
+def read_channel_count(store_root: str, session: str | None) -> int | None:
+    """Sorted channels of a session from its probe map in the store (None when not readable yet)."""
+    if not session:
+        return None
+    try:
+        manifest = read_json(SessionStore(os.path.abspath(store_root), session).probe_dir / PROBE_MANIFEST)  # type: ignore[arg-type]
+        return int(manifest["n_sorted_channels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def docker_client(url: str) -> docker.DockerClient:
+    return docker.DockerClient(base_url=url, timeout=30)
+
+
+def image_digest(client: docker.DockerClient, image: str) -> str:
+    """The image's repository digest when it was pulled from a registry, else its content ID (``sha256:…``)."""
+    found = client.images.get(image)
+    repo_digests = found.attrs.get("RepoDigests") or []
+    return repo_digests[0] if repo_digests else found.id
+
+
+class PlacingDockerStepHandler(StepHandler):
+    """Places each step with :mod:`ks_platform.execution.placement` and runs it in a container on that host."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        super().__init__()
+        self.inventory = inventory
+        self._steps: dict[str, _StepState] = {}
+        self._clients: dict[str, docker.DockerClient] = {}
+        self._ledger: SlotLedger | None = None
+
+    @property
+    def name(self) -> str:
+        return "PlacingDockerStepHandler"
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+    def _ledger_for(self, instance: dg.DagsterInstance) -> SlotLedger:
+        if self._ledger is None:
+            self._ledger = SlotLedger(instance)
+            self._ledger.ensure_capacity(all_slots(self.inventory))
+        return self._ledger
+
+    def _client(self, placement: Placement) -> docker.DockerClient:
+        host = placement.host
+        if host.name not in self._clients:
+            self._clients[host.name] = docker_client(host.docker_url)
+        return self._clients[host.name]
+
+    @staticmethod
+    def _step_key(ctx: StepHandlerContext) -> str:
+        keys = ctx.execute_step_args.step_keys_to_execute or []
+        assert len(keys) == 1, "one step per launch"
+        return keys[0]
+
+    def _request(self, ctx: StepHandlerContext, step_key: str) -> StepRequest:
+        run = ctx.dagster_run
+        session = run.tags.get(PARTITION_TAG)
+        known = ctx.execute_step_args.known_state
+        attempt = known.get_retry_state().get_attempt_count(step_key) if known else 0
+        tags = dict(ctx.step_tags[step_key])
+        needs_gpu = StepRequest.from_tags(run.run_id, step_key, tags).needs_gpu
+        channels = read_channel_count(self.inventory.store, session) if needs_gpu else None
+        return StepRequest.from_tags(run.run_id, step_key, tags, n_channels=channels, session=session, job_name=run.job_name, attempt=attempt)
+
+    def _engine_event(self, state: _StepState, message: str, metadata: dict[str, Any] | None = None) -> DagsterEvent:
+        return DagsterEvent.engine_event(state.step_context, message, EngineEventData(metadata=metadata or {}))
+
+    # -- StepHandler ---------------------------------------------------------------------------------------------
+    def launch_step(self, step_handler_context: StepHandlerContext) -> Iterator[DagsterEvent]:
+        ctx = step_handler_context
+        step_key = self._step_key(ctx)
+        request = self._request(ctx, step_key)
+        state = _StepState(request=request, candidates=[], step_context=ctx.get_step_context(step_key))
+        self._steps[step_key] = state
+        try:
+            state.candidates = candidate_placements(self.inventory, request)
+        except PlacementError as exc:
+            state.error = str(exc)
+            yield self._engine_event(state, f"{step_key} cannot be placed: {exc}")
+            return
+        yield from self._try_start(ctx, state)
+
+    def _try_start(self, ctx: StepHandlerContext, state: _StepState) -> Iterator[DagsterEvent]:
+        request = state.request
+        ledger = self._ledger_for(ctx.instance)
+        placement = ledger.try_claim(request.run_id, request.step_key, state.candidates)
+        if placement is None:
+            now = time.monotonic()
+            if state.last_wait_log is None or now - state.last_wait_log >= WAIT_LOG_EVERY_SECONDS:
+                state.last_wait_log = now
+                busy = "; ".join(f"{c.slot}: {', '.join(ledger.holders(c.slot)) or 'queued'}" for c in state.candidates)
+                kind = "a GPU" if request.needs_gpu and state.candidates[0].gpu is not None else "a CPU slot"
+                yield self._engine_event(
+                    state,
+                    f"{request.step_key} waits for {kind} ({int(now - state.waiting_since)} s so far): every usable slot is busy — {busy}. It starts when one frees; nothing has failed.",
+                    {"candidates": dg.MetadataValue.json([c.slot.key for c in state.candidates])},
+                )
+            return
+        state.placement = placement
+        try:
+            client = self._client(placement)
+            digest = image_digest(client, placement.image)
+            command = [*ctx.execute_step_args.get_command_args(skip_serialized_namedtuple=True)[-2:]]
+            extra_env = {name: os.environ[name] for name in self.inventory.pass_env if name in os.environ}
+            extra_env.update({item["name"]: item["value"] for item in ctx.execute_step_args.get_command_env()})
+            spec = container_spec(self.inventory, placement, request, command, image_digest=digest, extra_env=extra_env)
+            kwargs = spec.docker_kwargs()
+            kwargs["mounts"] = [docker.types.Mount(m["target"], m["source"], type=m["type"], read_only=m["read_only"]) for m in spec.mounts]
+            container = client.containers.create(**kwargs)
+            state.container_id = container.id
+            container.start()
+        except Exception as exc:  # noqa: BLE001 - every engine problem becomes one clear step failure
+            state.error = self._explain(placement, exc)
+            self._cleanup(state, capture_logs=state.container_id is not None)
+            yield self._engine_event(state, f"{request.step_key} could not start on {placement.slot}: {state.error}")
+            return
+        waited = time.monotonic() - state.waiting_since
+        yield DagsterEvent.step_worker_starting(
+            state.step_context,
+            message=f"Launching {request.step_key} on {placement.describe()} in container {spec.name}" + (f" after waiting {waited:.0f} s" if waited > 1 else ""),
+            metadata={
+                "host": placement.host.name,
+                "device": placement.gpu.id if placement.gpu else "cpu",
+                "backend": placement.backend,
+                "image": placement.image,
+                "image_digest": digest,
+                "batch_size": placement.batch_size or "Kilosort default",
+                "container": spec.name,
+                "Docker container id": container.id,
+            },
+        )
+
+    def _explain(self, placement: Placement, exc: Exception) -> str:
+        source = self.inventory.source
+        host = placement.host
+        if isinstance(exc, docker.errors.ImageNotFound) or (isinstance(exc, docker.errors.NotFound) and "image" in str(exc).lower()):
+            return f"image {placement.image} is not on host {host.name} ({host.docker_url}). Fix: build it there (docker/build_images.sh) or set images.{placement.backend} of host {host.name} in {source}"
+        if isinstance(exc, docker.errors.APIError):
+            return f"the Docker engine of host {host.name} refused the container: {exc.explanation or exc}. Fix: check the host's devices/runtime, or its entry in {source}"
+        return f"the Docker engine of host {host.name} at {host.docker_url} is unreachable ({type(exc).__name__}: {str(exc)[:300]}). Fix: start dockerd there or correct docker_url of host {host.name} in {source}"
+
+    def check_step_health(self, step_handler_context: StepHandlerContext) -> CheckStepHealthResult:
+        ctx = step_handler_context
+        state = self._steps.get(self._step_key(ctx))
+        if state is None or state.done:
+            return CheckStepHealthResult.healthy()
+        if state.error is None and state.container_id is None:
+            list(self._try_start(ctx, state))  # still waiting for a slot: try again
+        if state.error is not None:
+            if state.error_reported:
+                return CheckStepHealthResult.healthy()
+            state.error_reported = True
+            return CheckStepHealthResult.unhealthy(state.error)
+        if state.container_id is None:
+            return CheckStepHealthResult.healthy()
+        try:
+            container = self._client(state.placement).containers.get(state.container_id)  # type: ignore[arg-type]
+            status, code = container.status, container.attrs.get("State", {}).get("ExitCode")
+        except docker.errors.NotFound:
+            state.error_reported = True
+            self._cleanup(state, capture_logs=False)
+            return CheckStepHealthResult.unhealthy(f"container of {state.request.step_key} on {state.placement.slot} disappeared")  # type: ignore[union-attr]
+        if status in ("created", "running", "restarting") or code == 0:
+            return CheckStepHealthResult.healthy()
+        state.error_reported = True
+        reason = f"container of {state.request.step_key} on {state.placement.slot} exited with code {code}" + (" (killed)" if code == 137 else "")  # type: ignore[union-attr]
+        self._cleanup(state, capture_logs=True)
+        return CheckStepHealthResult.unhealthy(reason)
+
+    def terminate_step(self, step_handler_context: StepHandlerContext) -> Iterator[DagsterEvent]:
+        state = self._steps.get(self._step_key(step_handler_context))
+        if state is None or state.done:
+            return
+        yield self._engine_event(state, f"Stopping {state.request.step_key}" + (f" (container on {state.placement.slot})" if state.container_id and state.placement else " (was waiting for a slot)"))
+        self._cleanup(state, capture_logs=True, stop=True)
+
+    # -- lifecycle hooks called by PlacingDockerExecutor ---------------------------------------------------------
+    def finish_step(self, step_key: str) -> None:
+        """The step reported success/failure/retry: wait for its container to exit, keep its logs, remove it."""
+        state = self._steps.get(step_key)
+        if state is not None and not state.done:
+            self._cleanup(state, capture_logs=True, wait=True)
+
+    def finish_run(self) -> None:
+        """End of the run (also on errors/termination): nothing of it may outlive the run."""
+        for state in list(self._steps.values()):
+            if not state.done:
+                self._cleanup(state, capture_logs=True, stop=True)
+
+    def _cleanup(self, state: _StepState, capture_logs: bool, stop: bool = False, wait: bool = False) -> None:
+        """Stop/wait, capture the container's logs into the run, remove it, give back its slot and queue entries."""
+        if state.done:
+            return
+        state.done = True
+        request = state.request
+        if state.container_id and state.placement is not None:
+            try:
+                client = self._client(state.placement)
+                container = client.containers.get(state.container_id)
+                if stop:
+                    container.stop(timeout=10)
+                elif wait:
+                    try:
+                        container.wait(timeout=self.inventory.exit_grace_seconds)
+                    except Exception:  # noqa: BLE001 - still running after the grace period: stop it
+                        container.stop(timeout=10)
+                container.reload()
+                code = container.attrs.get("State", {}).get("ExitCode")
+                if capture_logs:
+                    logs = container.logs(stdout=True, stderr=True).decode(errors="replace")
+                    self._engine_event(
+                        state,
+                        f"Container {container.name} of {request.step_key} on {state.placement.slot} exited with code {code}; its output is attached and the container was removed",
+                        {"container logs": dg.MetadataValue.text(logs[-LOG_TAIL_CHARS:]), "exit code": code if code is not None else -1},
+                    )
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except Exception as exc:  # noqa: BLE001 - report, never mask the step's own outcome
+                self._engine_event(state, f"Could not clean up the container of {request.step_key}: {exc}")
+        if self._ledger is not None:
+            self._ledger.withdraw(request.run_id, request.step_key, state.candidates)
+
+
+class PlacingDockerExecutor(StepDelegatingExecutor):
+    """``StepDelegatingExecutor`` that also tells the handler when a step ends and when the run ends."""
+
+    def __init__(self, handler: PlacingDockerStepHandler, retries: RetryMode, max_concurrent: int | None = None) -> None:
+        super().__init__(handler, retries=retries, check_step_health_interval_seconds=handler.inventory.poll_seconds, sleep_seconds=0.5, max_concurrent=max_concurrent)
+        self.handler = handler
+
+    def execute(self, plan_context, execution_plan):  # type: ignore[override]
+        try:
+            for event in super().execute(plan_context, execution_plan):
+                yield event
+                if event.step_key and (event.is_step_success or event.is_step_failure or event.is_step_up_for_retry):
+                    self.handler.finish_step(event.step_key)
+        finally:
+            self.handler.finish_run()
+
+
+def inventory_from_config(config: dict[str, Any]) -> Inventory:
+    """The inventory from executor config: ``inventory_file`` (or ``$KS_PLATFORM_INVENTORY``) or inline ``inventory``."""
+    inline = config.get("inventory")
+    path = config.get("inventory_file") or (None if inline else os.environ.get(INVENTORY_ENV))
+    if inline and path:
+        raise PlatformConfigError(f"executor config: give either inventory_file or inventory, not both. Fix: remove one of them ({path})")
+    if path:
+        return load_inventory(path)
+    if inline:
+        return Inventory.from_mapping(inline, source="executor config (execution.config.inventory)")
+    raise PlatformConfigError(f"executor config: no host inventory. Fix: set execution.config.inventory_file, execution.config.inventory or {INVENTORY_ENV}")
+
+
+def require_shared_storage(instance: dg.DagsterInstance) -> None:
+    """Step containers write events to the instance: SQLite files are not shared between containers/hosts."""
+    storage = type(instance.run_storage).__name__
+    if "Sqlite" in storage:
+        raise PlatformConfigError(
+            f"{instance.root_directory}/dagster.yaml: the instance uses {storage}, which step containers cannot share. "
+            "Fix: use PostgreSQL instance storage (deploy/dagster.postgres.yaml) for the Docker executor"
+        )
+
+
+@dg.executor(
+    name="ks_platform_docker",
+    config_schema={
+        "inventory_file": Field(StringSource, is_required=False, description=f"YAML/JSON host inventory (default: ${INVENTORY_ENV})."),
+        "inventory": Field(Permissive(), is_required=False, description="The inventory inline (same fields as the file)."),
+        "retries": get_retries_config(),
+        "max_concurrent": Field(IntSource, is_required=False, description="Containers of one run at a time (slots limit across runs)."),
+    },
+    requirements=multiple_process_executor_requirements(),
+)
+def placing_docker_executor(init_context: dg.InitExecutorContext) -> PlacingDockerExecutor:
+    """Runs each step in a container on the host/GPU the placement policy picks (see ks_platform.execution)."""
+    config = init_context.executor_config
+    inventory = inventory_from_config(config)
+    require_shared_storage(init_context.instance)
+    retries = RetryMode.from_config(config["retries"])
+    assert retries is not None
+    return PlacingDockerExecutor(PlacingDockerStepHandler(inventory), retries=retries, max_concurrent=config.get("max_concurrent"))

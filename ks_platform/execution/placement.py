@@ -1,0 +1,243 @@
+"""Placement policy: which host, device and image a step gets, and the container it runs in.
+
+Plain Python (no Dagster, no Docker client): the Docker step handler, the Kubernetes tag builder and the
+tests all use these functions. Rules:
+
+* a step tagged ``ks_platform/needs: gpu`` goes to a GPU of a ``cuda``/``rocm`` host with enough memory for
+  the session's channel count (the smallest batch Kilosort is allowed to run must fit, see
+  :func:`gpu_memory_needed_bytes`); GPUs with more memory come first, since they get larger batches;
+* when the inventory has no GPU host at all, such a step runs on CPU capacity with the ``cpu`` image;
+* every other step (ingest, conversion, asset checks — checks do not inherit ``op_tags``, Phy export) takes
+  a CPU slot, ``cpu`` hosts first;
+* the batch size follows the chosen GPU's memory (:func:`ks_platform.core.hardware.recommended_batch_size`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ks_platform.core.hardware import BYTES_PER_SAMPLE_CHANNEL, FIXED_OVERHEAD_BYTES, MIN_BATCH_SIZE, recommended_batch_size
+from ks_platform.core.lineage import IMAGE_DIGEST_ENV, IMAGE_ENV
+from ks_platform.execution.inventory import GpuSpec, HostSpec, Inventory, InventoryError
+
+NEEDS_TAG = "ks_platform/needs"
+NEEDS_GPU = "gpu"
+#: Channel count assumed when the session's probe map cannot be read yet (Neuropixels 1.0/2.0: 384).
+CONSERVATIVE_CHANNELS = 384
+MIB = 1024**2
+#: Environment the container gets: the planned batch size and the device as the platform names it.
+BATCH_SIZE_ENV = "KS_PLATFORM_BATCH_SIZE"
+BACKEND_ENV = "KS_PLATFORM_BACKEND"
+LABEL_PREFIX = "ks_platform."
+MANAGED_LABEL = f"{LABEL_PREFIX}managed"
+RUN_LABEL = f"{LABEL_PREFIX}run_id"
+STEP_LABEL = f"{LABEL_PREFIX}step"
+SESSION_LABEL = f"{LABEL_PREFIX}session"
+HOST_LABEL = f"{LABEL_PREFIX}host"
+DEVICE_LABEL = f"{LABEL_PREFIX}device"
+ROCM_DEVICES = ("/dev/kfd", "/dev/dri")
+ROCM_GROUPS = ("video", "render")
+
+
+class PlacementError(InventoryError):
+    """The step can never be placed with this inventory (not: all slots are busy right now)."""
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """What the policy needs to know about one step."""
+
+    run_id: str
+    step_key: str
+    needs_gpu: bool
+    n_channels: int | None = None
+    session: str | None = None
+    job_name: str = ""
+    attempt: int = 0
+
+    @classmethod
+    def from_tags(cls, run_id: str, step_key: str, tags: dict[str, str], **kwargs: Any) -> StepRequest:
+        return cls(run_id=run_id, step_key=step_key, needs_gpu=tags.get(NEEDS_TAG) == NEEDS_GPU, **kwargs)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A unit of capacity: one GPU, or the CPU slots of one host. ``key`` names its Dagster concurrency pool."""
+
+    host: str
+    kind: Literal["gpu", "cpu"]
+    device: str | None = None
+    capacity: int = 1
+
+    @property
+    def key(self) -> str:
+        return f"ks_platform/gpu/{self.host}/{self.device}" if self.kind == "gpu" else f"ks_platform/cpu/{self.host}"
+
+    def __str__(self) -> str:
+        return f"{self.host} GPU {self.device}" if self.kind == "gpu" else f"{self.host} CPU"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A candidate (or chosen) home for a step."""
+
+    host: HostSpec
+    backend: str
+    slot: Slot
+    gpu: GpuSpec | None = None
+    batch_size: int | None = None
+
+    @property
+    def image(self) -> str:
+        return self.host.image_for(self.backend)
+
+    @property
+    def device_backend(self) -> str:
+        """The backend string the sorter gets: the container sees only the chosen GPU, as index 0."""
+        return f"{self.backend}:0" if self.gpu is not None else "cpu"
+
+    def describe(self) -> str:
+        extra = f", batch_size {self.batch_size}" if self.batch_size else ""
+        return f"{self.slot} ({self.backend}, {self.image}{extra})"
+
+
+@dataclass
+class ContainerSpec:
+    """Everything ``docker create`` needs, as plain data (the tests assert on it)."""
+
+    name: str
+    image: str
+    entrypoint: list[str]
+    command: list[str]
+    environment: dict[str, str]
+    labels: dict[str, str]
+    mounts: list[dict[str, Any]]
+    device_requests: list[dict[str, Any]] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    group_add: list[str] = field(default_factory=list)
+    security_opt: list[str] = field(default_factory=list)
+    user: str | None = None
+    network_mode: str | None = None
+
+    def docker_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for docker-py's ``containers.create`` (mounts/device requests as plain dicts)."""
+        kwargs: dict[str, Any] = {
+            "image": self.image,
+            "name": self.name,
+            "entrypoint": self.entrypoint,
+            "command": self.command,
+            "environment": self.environment,
+            "labels": self.labels,
+            "detach": True,
+        }
+        optional = {"device_requests": self.device_requests, "devices": self.devices, "group_add": self.group_add, "security_opt": self.security_opt, "user": self.user, "network_mode": self.network_mode}
+        kwargs.update({key: value for key, value in optional.items() if value})
+        return kwargs
+
+
+def gpu_memory_needed_bytes(n_channels: int) -> int:
+    """The least GPU memory that still runs Kilosort at the smallest batch (same model as the batch rule)."""
+    return FIXED_OVERHEAD_BYTES + max(n_channels, 1) * BYTES_PER_SAMPLE_CHANNEL * MIN_BATCH_SIZE
+
+
+def all_slots(inventory: Inventory) -> list[Slot]:
+    """Every slot of the inventory (one per GPU, one CPU pool per host with CPU slots)."""
+    slots: list[Slot] = []
+    for host in inventory.hosts:
+        slots.extend(Slot(host.name, "gpu", gpu.id) for gpu in host.gpus)
+        if host.cpu_slots:
+            slots.append(Slot(host.name, "cpu", capacity=host.cpu_slots))
+    return slots
+
+
+def candidate_placements(inventory: Inventory, request: StepRequest) -> list[Placement]:
+    """The placements a step may take, best first. Raises :class:`PlacementError` when there is none at all."""
+    if request.needs_gpu and inventory.gpu_hosts:
+        channels = request.n_channels or CONSERVATIVE_CHANNELS
+        needed = gpu_memory_needed_bytes(channels)
+        gpus = [(host, gpu) for host in inventory.gpu_hosts for gpu in host.gpus]
+        usable = [(host, gpu) for host, gpu in gpus if gpu.memory_mib * MIB >= needed]
+        if not usable:
+            largest = max(gpu.memory_mib for _, gpu in gpus)
+            raise PlacementError(
+                inventory.source,
+                f"step {request.step_key} needs a GPU with ≥ {needed // MIB} MiB for {channels} channels, the largest listed has {largest} MiB",
+                "add a host with a larger GPU to the inventory, or sort fewer channels",
+            )
+        usable.sort(key=lambda pair: -pair[1].memory_mib)
+        return [
+            Placement(host, host.backend, Slot(host.name, "gpu", gpu.id), gpu, recommended_batch_size(gpu.memory_mib * MIB, channels))
+            for host, gpu in usable
+        ]
+    hosts = sorted((host for host in inventory.hosts if host.cpu_slots > 0), key=lambda host: host.is_gpu_host)
+    if not hosts:
+        raise PlacementError(inventory.source, f"step {request.step_key} needs CPU capacity and no host has cpu_slots > 0", "give at least one host cpu_slots ≥ 1")
+    return [Placement(host, "cpu", Slot(host.name, "cpu", capacity=host.cpu_slots)) for host in hosts]
+
+
+def container_name(request: StepRequest) -> str:
+    """Stable, unique per run/step/attempt, valid for Docker (``[a-zA-Z0-9][a-zA-Z0-9_.-]``)."""
+    import hashlib
+
+    digest = hashlib.sha1(f"{request.run_id}/{request.step_key}".encode()).hexdigest()[:12]
+    suffix = f"-{request.attempt}" if request.attempt else ""
+    step = "".join(c if c.isalnum() or c in "_.-" else "-" for c in request.step_key)[:40]
+    return f"ks-step-{step}-{digest}{suffix}"
+
+
+def container_spec(
+    inventory: Inventory,
+    placement: Placement,
+    request: StepRequest,
+    command: list[str],
+    image_digest: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> ContainerSpec:
+    """The container a placed step runs in: image, devices, groups, environment, labels, mounts."""
+    host = placement.host
+    env: dict[str, str] = {
+        "KS_PLATFORM_STORE": inventory.store,
+        BACKEND_ENV: placement.device_backend,
+        IMAGE_ENV: placement.image,
+        "DAGSTER_RUN_JOB_NAME": request.job_name,
+        "DAGSTER_RUN_STEP_KEY": request.step_key,
+    }
+    if inventory.landing:
+        env["KS_PLATFORM_LANDING"] = inventory.landing_spec()
+    if image_digest:
+        env[IMAGE_DIGEST_ENV] = image_digest
+    if placement.batch_size:
+        env[BATCH_SIZE_ENV] = str(placement.batch_size)
+    labels = {
+        MANAGED_LABEL: "true",
+        RUN_LABEL: request.run_id,
+        STEP_LABEL: request.step_key,
+        SESSION_LABEL: request.session or "",
+        HOST_LABEL: host.name,
+        DEVICE_LABEL: placement.gpu.id if placement.gpu else "cpu",
+    }
+    mounts = [{"source": inventory.store, "target": inventory.store, "type": "bind", "read_only": False}]
+    mounts += [{"source": path, "target": path, "type": "bind", "read_only": True} for path in inventory.landing.values()]
+    mounts += [{"source": source, "target": target, "type": "bind", "read_only": True} for source, target in inventory.extra_mounts.items()]
+    spec = ContainerSpec(
+        name=container_name(request),
+        image=placement.image,
+        entrypoint=list(inventory.step_entrypoint),
+        command=list(command),
+        environment={},
+        labels=labels,
+        mounts=mounts,
+        user=host.user,
+        network_mode=host.network_mode,
+    )
+    if placement.gpu is not None and placement.backend == "cuda":
+        spec.device_requests = [{"driver": "nvidia", "device_ids": [placement.gpu.id], "capabilities": [["gpu"]]}]
+    elif placement.gpu is not None and placement.backend == "rocm":
+        spec.devices = list(ROCM_DEVICES)
+        spec.group_add = list(ROCM_GROUPS)
+        spec.security_opt = ["seccomp=unconfined"]
+        # /dev/dri exposes every GPU of the host: the ROCm runtime shows only the chosen one (as HIP index 0).
+        env["ROCR_VISIBLE_DEVICES"] = placement.gpu.id
+    spec.environment = {**env, **inventory.env, **host.env, **(extra_env or {})}
+    return spec

@@ -1,0 +1,83 @@
+"""A throw-away PostgreSQL server for tests: initdb + pg_ctl in a temp dir, as a non-root user.
+
+Debian's ``postgresql`` package puts the server binaries in ``/usr/lib/postgresql/<version>/bin``
+(scripts/install_system_deps.sh installs it). PostgreSQL refuses to run as root, so when the tests run as
+root the cluster belongs to the ``postgres`` system user (``runuser``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+
+def postgres_bin_dir() -> Path | None:
+    """The newest ``/usr/lib/postgresql/<ver>/bin`` with initdb, or the directory of ``initdb`` on PATH."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    if versions:
+        return versions[-1].parent
+    found = shutil.which("initdb")
+    return Path(found).resolve().parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def postgres_server(db_name: str = "dagster") -> Iterator[str]:
+    """Start a server in a fresh temp dir; yield ``postgresql://…`` for a new database; stop and delete after."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        raise FileNotFoundError("PostgreSQL server binaries not found: run scripts/install_system_deps.sh (installs postgresql)")
+    as_root = os.geteuid() == 0
+    user = "postgres" if as_root else getpass.getuser()
+    # Directly under the system temp dir: pytest's tmp dirs are 0700 root-owned, the server user must enter.
+    base = Path(tempfile.mkdtemp(prefix="ks-platform-pg-"))
+    data, sockets, log = base / "pgdata", base / "sock", base / "postgres.log"
+    sockets.mkdir()
+    if as_root:
+        for path in (base, sockets):
+            shutil.chown(path, user)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        command = [str(bin_dir / args[0]), *args[1:]]
+        if as_root:
+            command = ["runuser", "-u", user, "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode:
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{' '.join(args[:1])} failed ({done.returncode}): {done.stderr.strip()[-2000:]} {tail}")
+        return done
+
+    port = _free_port()
+    try:
+        run("initdb", "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8", "--no-sync")
+        run("pg_ctl", "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off -c max_connections=200", "start")
+        try:
+            run("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", user, db_name)
+            yield f"postgresql://{user}@127.0.0.1:{port}/{db_name}"
+        finally:
+            run("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A running PostgreSQL for the session (skipped when the server binaries are not installed)."""
+    if postgres_bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed (scripts/install_system_deps.sh installs it)")
+    with postgres_server() as url:
+        yield url
