@@ -9,10 +9,11 @@ import dagster as dg
 # Partitioned asset checks are "preview" in dagster 1.13; we rely on them knowingly (pinned dagster version).
 warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
 
-from ks_platform.defs import ingest, review, sorting  # noqa: E402
+from ks_platform.defs import ingest, review, rollup, sorting  # noqa: E402
 
 from ks_platform.defs.partitions import session_partitions  # noqa: E402
 from ks_platform.defs.resources import PlatformResource  # noqa: E402
+from ks_platform.defs.sensors import build_new_session_sensor  # noqa: E402
 
 #: Everything for one session, recording to Phy folder.
 sort_session_job = dg.define_asset_job(
@@ -26,6 +27,11 @@ ALL_ASSETS = [ingest.raw_recording, ingest.probe_map, ingest.recording_binary, s
 ALL_CHECKS = [sorting.sorted_units_not_empty, sorting.sorted_units_match_ground_truth, review.phy_bundle_opens]
 
 
+def default_sensors() -> list[dg.SensorDefinition]:
+    """``new_session_sensor`` (stopped by default, see ``defs/sensors.py``) and ``daily_rollup_sensor`` (running)."""
+    return [build_new_session_sensor(), rollup.build_rollup_sensor()]
+
+
 def executor_from_env() -> dg.ExecutorDefinition | None:
     """The placing Docker executor when ``KS_PLATFORM_INVENTORY`` names a host inventory, else Dagster's default."""
     import os
@@ -37,11 +43,17 @@ def executor_from_env() -> dg.ExecutorDefinition | None:
     return placing_docker_executor
 
 
-def build_definitions(platform: PlatformResource | None = None, executor: dg.ExecutorDefinition | None = None) -> dg.Definitions:
+def build_definitions(
+    platform: PlatformResource | None = None,
+    executor: dg.ExecutorDefinition | None = None,
+    sensors: list[dg.SensorDefinition] | None = None,
+) -> dg.Definitions:
+    """The code location; ``sensors=None`` means :func:`default_sensors` (pass ``[]`` or your own to replace them)."""
     return dg.Definitions(
-        assets=ALL_ASSETS,
+        assets=[*ALL_ASSETS, rollup.daily_rollup],
         asset_checks=ALL_CHECKS,
-        jobs=[sort_session_job],
+        jobs=[sort_session_job, rollup.daily_rollup_job],
+        sensors=default_sensors() if sensors is None else sensors,
         resources={"platform": platform or PlatformResource.from_env()},
         executor=executor or executor_from_env(),
     )

@@ -366,9 +366,17 @@ def test_sensor_loads_in_the_code_location(landing, tmp_path):
     from ks_platform.definitions import build_definitions
 
     platform = platform_for(landing, tmp_path)
-    defs = dg.Definitions.merge(build_definitions(platform), dg.Definitions(sensors=[sensors.build_new_session_sensor()]))
+    defs = build_definitions(platform)  # the default sensors are part of the code location
     sensor = defs.resolve_sensor_def(sensors.SENSOR_NAME)
     assert sensor.job_name == "sort_session"
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED and sensor.minimum_interval_seconds == 60
+    assert defs.resolve_sensor_def("daily_rollup_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    import ks_platform.definitions as location
+
+    assert {s.name for s in location.defs.sensors} == {sensors.SENSOR_NAME, "daily_rollup_sensor"}  # what workspace.yaml loads
+    # A caller's own sensor replaces the default one (no duplicate name).
+    custom = build_definitions(platform, sensors=[sensors.build_new_session_sensor(settle_seconds=0, marker_name="")])
+    assert [s.name for s in custom.sensors] == [sensors.SENSOR_NAME]
     assert defs.resolve_job_def("sort_session").partitions_def.name == SESSIONS_PARTITIONS_NAME
 
 
@@ -388,9 +396,9 @@ def test_daemon_applies_requests_and_dedups_run_keys(small_session, landing, tmp
         "from ks_platform.definitions import build_definitions\n"
         "from ks_platform.defs.resources import PlatformResource\n"
         "from ks_platform.defs.sensors import build_new_session_sensor\n"
-        "defs = dg.Definitions.merge(\n"
-        f"    build_definitions(PlatformResource(store_root={str(tmp_path / 'store')!r}, landing_roots={f'{ROOT}={landing}'!r}, backend='cpu')),\n"
-        "    dg.Definitions(sensors=[build_new_session_sensor(settle_seconds=0, marker_name='', default_status=dg.DefaultSensorStatus.RUNNING)]),\n"
+        "defs = build_definitions(\n"
+        f"    PlatformResource(store_root={str(tmp_path / 'store')!r}, landing_roots={f'{ROOT}={landing}'!r}, backend='cpu'),\n"
+        "    sensors=[build_new_session_sensor(settle_seconds=0, marker_name='', default_status=dg.DefaultSensorStatus.RUNNING)],\n"
         ")\n"
     )
     origin = InProcessCodeLocationOrigin(LoadableTargetOrigin(python_file=str(location), attribute="defs", working_directory=str(tmp_path)), location_name="ks_platform_test")

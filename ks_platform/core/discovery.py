@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,3 +45,21 @@ def discover(landing_roots: dict[str, Path]) -> tuple[list[FoundSession], list[R
             except SessionInputError as exc:
                 rejected.append(RejectedFolder(folder, str(exc)))
     return found, rejected
+
+
+def session_keys_in_date_range(keys: Iterable[str], start: dt.date, end: dt.date) -> list[str]:
+    """The session partition keys whose recording date lies in ``[start, end]`` (both included), sorted.
+
+    Keys that are not ``<date>__<root>__<folder>`` are ignored: they cannot be sessions of any date.
+    """
+    if end < start:
+        raise ValueError(f"the end date {end} is before the start date {start}")
+    selected: list[str] = []
+    for key in keys:
+        try:
+            ref = SessionRef.parse(key)
+        except ValueError:
+            continue
+        if start <= ref.date <= end:
+            selected.append(key)
+    return sorted(set(selected))

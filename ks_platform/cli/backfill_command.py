@@ -1,0 +1,79 @@
+"""``ks-platform backfill --start DATE --end DATE [--only-stale] [--dry-run]``: re-sort the sessions recorded in a date range.
+
+Sessions in the landing roots are registered first; then ONE Dagster asset backfill of the session assets
+(group ``session_pipeline``) is recorded in the instance (``DAGSTER_HOME``) for exactly the sessions dated
+in the range. The running daemon launches its runs; it shows on the UI's Backfills page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; write YYYY-MM-DD (e.g. 2026-03-01)") from None
+
+
+def run_backfill(args: argparse.Namespace, instance=None, platform=None) -> int:
+    """The command; ``instance``/``platform`` default to ``DAGSTER_HOME`` and the ``KS_PLATFORM_*`` environment."""
+    from ks_platform.cli.pipeline_commands import _instance
+    from ks_platform.core.discovery import discover
+    from ks_platform.definitions import build_definitions
+    from ks_platform.defs import backfills
+    from ks_platform.defs.resources import PlatformResource
+
+    if args.end < args.start:
+        print(f"--end {args.end} is before --start {args.start}", file=sys.stderr)
+        return 2
+    platform = platform or PlatformResource.from_env()
+    instance = instance or _instance()
+    asset_graph = build_definitions(platform, sensors=[]).resolve_asset_graph()
+
+    extra: list[str] = []
+    if args.dry_run:  # change nothing: count landing sessions without registering them
+        found, rejected = discover(platform.roots())
+        extra = [s.ref.key for s in found]
+    else:
+        added, rejected = backfills.register_landing_sessions(instance, platform)
+        if added:
+            print(f"registered {len(added)} new session(s) from the landing roots")
+    for item in rejected:
+        print(f"skipped {item.folder}: {item.reason}", file=sys.stderr)
+
+    selection = backfills.select_backfill(instance, asset_graph, args.start, args.end, only_stale=args.only_stale, extra_keys=extra)
+    span = f"{args.start} to {args.end}"
+    if not selection.in_range:
+        print(f"no sessions recorded from {span}: nothing to backfill")
+        return 0
+    if args.only_stale and selection.up_to_date:
+        print(f"{len(selection.up_to_date)} session(s) already up to date (skipped)")
+    if not selection.selected:
+        print(f"no stale sessions recorded from {span}: nothing to backfill")
+        return 0
+    print(f"{len(selection.selected)} session(s) recorded from {span}:")
+    for key in selection.selected:
+        print(f"  {key}")
+    if args.dry_run:
+        print("dry run: no backfill launched")
+        return 0
+    backfill_id = backfills.launch_session_backfill(instance, asset_graph, selection, only_stale=args.only_stale)
+    print(f"launched backfill {backfill_id} ({len(selection.selected)} session(s) × {len(backfills.session_asset_keys(asset_graph))} assets); the daemon runs it, see the UI's Backfills page")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "backfill",
+        help="re-sort every session recorded in a date range (one Dagster backfill)",
+        description="Register the sessions in the landing roots, then launch one Dagster backfill of the session assets for the sessions recorded from --start to --end (inclusive).",
+    )
+    parser.add_argument("--start", type=_date, required=True, help="first recording date, YYYY-MM-DD")
+    parser.add_argument("--end", type=_date, required=True, help="last recording date (included), YYYY-MM-DD")
+    parser.add_argument("--only-stale", action="store_true", help="only sessions whose sort is missing or stale (Dagster's stale status)")
+    parser.add_argument("--dry-run", action="store_true", help="list the sessions; register and launch nothing")
+    parser.set_defaults(func=run_backfill)
