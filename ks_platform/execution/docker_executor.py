@@ -51,7 +51,8 @@ class _StepState:
     error_reported: bool = False
     waiting_since: float = field(default_factory=time.monotonic)
     last_wait_log: float | None = None
-    done: bool = False
+    #: Container removed and slot given back (cleanup is idempotent).
+    released: bool = False
 
 
 def read_channel_count(store_root: str, session: str | None) -> int | None:
@@ -199,13 +200,11 @@ class PlacingDockerStepHandler(StepHandler):
     def check_step_health(self, step_handler_context: StepHandlerContext) -> CheckStepHealthResult:
         ctx = step_handler_context
         state = self._steps.get(self._step_key(ctx))
-        if state is None or state.done:
+        if state is None or (state.released and state.error is None) or state.error_reported:
             return CheckStepHealthResult.healthy()
         if state.error is None and state.container_id is None:
             list(self._try_start(ctx, state))  # still waiting for a slot: try again
         if state.error is not None:
-            if state.error_reported:
-                return CheckStepHealthResult.healthy()
             state.error_reported = True
             return CheckStepHealthResult.unhealthy(state.error)
         if state.container_id is None:
@@ -226,7 +225,7 @@ class PlacingDockerStepHandler(StepHandler):
 
     def terminate_step(self, step_handler_context: StepHandlerContext) -> Iterator[DagsterEvent]:
         state = self._steps.get(self._step_key(step_handler_context))
-        if state is None or state.done:
+        if state is None or state.released:
             return
         yield self._engine_event(state, f"Stopping {state.request.step_key}" + (f" (container on {state.placement.slot})" if state.container_id and state.placement else " (was waiting for a slot)"))
         self._cleanup(state, capture_logs=True, stop=True)
@@ -235,20 +234,20 @@ class PlacingDockerStepHandler(StepHandler):
     def finish_step(self, step_key: str) -> None:
         """The step reported success/failure/retry: wait for its container to exit, keep its logs, remove it."""
         state = self._steps.get(step_key)
-        if state is not None and not state.done:
+        if state is not None and not state.released:
             self._cleanup(state, capture_logs=True, wait=True)
 
     def finish_run(self) -> None:
         """End of the run (also on errors/termination): nothing of it may outlive the run."""
         for state in list(self._steps.values()):
-            if not state.done:
+            if not state.released:
                 self._cleanup(state, capture_logs=True, stop=True)
 
     def _cleanup(self, state: _StepState, capture_logs: bool, stop: bool = False, wait: bool = False) -> None:
         """Stop/wait, capture the container's logs into the run, remove it, give back its slot and queue entries."""
-        if state.done:
+        if state.released:
             return
-        state.done = True
+        state.released = True
         request = state.request
         if state.container_id and state.placement is not None:
             try:

@@ -171,11 +171,11 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 def _fix_for(exc: ValidationError) -> str:
-    locations = [tuple(str(part) for part in error["loc"]) for error in exc.errors()]
-    if any(loc and loc[-1] in ("backend",) for loc in locations) or any("images" in loc for loc in locations):
-        return f"set each host's backend (and images keys) to one of {', '.join(BACKENDS)}"
-    if any(loc and loc[-1] == "gpus" or "gpus" in loc for loc in locations):
+    text = " ".join(f"{'.'.join(str(p) for p in error['loc'])} {error['msg']}" for error in exc.errors())
+    if "gpus" in text or "memory_mib" in text:
         return "list each GPU of a cuda/rocm host as {id: <device id>, memory_mib: <MiB>}, and none on cpu hosts"
+    if "backend" in text:
+        return f"set each host's backend (and images keys) to one of {', '.join(BACKENDS)}"
     return "correct the listed fields (see deploy/inventory.example.yaml for a complete inventory)"
 
 

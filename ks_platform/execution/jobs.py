@@ -41,3 +41,19 @@ def placement_smoke_job() -> None:
 
 def placement_smoke() -> dg.JobDefinition:
     return placement_smoke_job
+
+
+@dg.op(
+    tags={"ks_platform/needs": "gpu"},
+    retry_policy=dg.RetryPolicy(max_retries=1),
+    description="Like report_placement, but placed like the sorting step (needs a GPU when the inventory has one).",
+)
+def report_gpu_placement(context: dg.OpExecutionContext) -> None:
+    import os
+
+    context.log.info("placement " + json.dumps({name: os.environ.get(name) for name in ("KS_PLATFORM_BACKEND", "KS_PLATFORM_BATCH_SIZE", "KS_PLATFORM_IMAGE_DIGEST")}, sort_keys=True))
+
+
+@dg.job(executor_def=placing_docker_executor, description="Smoke test of GPU placement: one step tagged ks_platform/needs=gpu.")
+def gpu_placement_smoke_job() -> None:
+    report_gpu_placement()
