@@ -9,6 +9,7 @@ import sys
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES = (
     "ks_platform.cli.pipeline_commands",
+    "ks_platform.cli.sort_command",
     "ks_platform.cli.doctor_command",
     "ks_platform.cli.backfill_command",
 )

@@ -85,8 +85,16 @@ def open_unchanged_recording(session_dir: Path, store: SessionStore) -> Recordin
 @writes_session
 def build_probe_map(session_dir: Path, store: SessionStore, allow_zero_copy: bool = True) -> StepOutput:
     """Validated probe → ``probe.json`` (probeinterface), ``kilosort_probe.json`` and ``probe.png``."""
-    source = open_unchanged_recording(session_dir, store)
-    probe, origin = probes.probe_for_recording(source)
+    return write_probe_map(open_unchanged_recording(session_dir, store), store, allow_zero_copy)
+
+
+def write_probe_map(source: RecordingSource, store: SessionStore, allow_zero_copy: bool = True, probe_file: Path | None = None) -> StepOutput:
+    """The probe map of ``source`` (or of ``probe_file`` when given) into ``store.probe_dir``."""
+    if probe_file is not None:
+        probe, origin = probes.load_probe_file(probe_file), Path(probe_file)
+        probes.validate_probe(probe, source.n_channels, origin)
+    else:
+        probe, origin = probes.probe_for_recording(source)
     layout = binary_layout(source, allow_zero_copy)
     ks_probe = probes.kilosort_probe(probe, layout, source.sorting_channels)
     if ks_probe["n_chan"] == 0:
@@ -131,20 +139,22 @@ def build_recording_binary(session_dir: Path, store: SessionStore, allow_zero_co
     return StepOutput(binary.checksum, metadata)
 
 
-def effective_session_settings(session_dir: Path, binary: conversion.RecordingBinary, probe_manifest: dict) -> settings.EffectiveSettings:
-    """Layered, validated Kilosort settings for the session as it is now."""
-    overrides, _ = settings.read_session_overrides(session_dir)
+def effective_session_settings(session_dir: Path | None, binary: conversion.RecordingBinary, probe_manifest: dict, settings_file: Path | None = None) -> settings.EffectiveSettings:
+    """Layered, validated Kilosort settings for the session as it is now (``settings_file`` layered last)."""
+    overrides, _ = settings.read_session_overrides(session_dir) if session_dir is not None else ({}, None)
+    if settings_file is not None:
+        overrides = {**overrides, **settings.read_overrides_file(Path(settings_file))}
     return settings.effective_settings(binary.n_chan_bin, binary.sampling_frequency, probe_manifest["probe_kind"], overrides)
 
 
 @writes_session
-def sort_session(session_dir: Path, store: SessionStore, backend: str = "auto", log: sorting.Log | None = None, extra_lineage: dict[str, Any] | None = None) -> StepOutput:
+def sort_session(session_dir: Path | None, store: SessionStore, backend: str = "auto", log: sorting.Log | None = None, extra_lineage: dict[str, Any] | None = None, settings_file: Path | None = None) -> StepOutput:
     """Kilosort 4 on the session's binary and probe map, with the session's settings, into ``sorting/``."""
     binary = conversion.load_recording_binary(store.binary_dir)
     ks_probe, probe_manifest = load_probe_map(store)
     if tuple(probe_manifest["binary_channels"]) != binary.binary_channels:
         raise SessionInputError(store.probe_dir, "the probe map was made for a different binary layout", "re-materialize probe_map and recording_binary together")
-    effective = effective_session_settings(session_dir, binary, probe_manifest)
+    effective = effective_session_settings(session_dir, binary, probe_manifest, settings_file)
     result = sorting.sort_recording(binary, ks_probe, effective, store.sorting_dir, backend=backend, log=log, extra_lineage=extra_lineage)
     lineage = read_json(store.sorting_dir / sorting.LINEAGE_FILE)
     metadata = {

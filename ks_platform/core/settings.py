@@ -82,13 +82,18 @@ def read_session_overrides(session_dir: Path) -> tuple[dict[str, Any], Path | No
     path = session_dir / SESSION_SETTINGS_FILE
     if not path.exists():
         return {}, None
+    return read_overrides_file(path), path
+
+
+def read_overrides_file(path: Path) -> dict[str, Any]:
+    """A Kilosort settings JSON file, validated against Kilosort's own table."""
     try:
         payload = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise SessionInputError(path, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", "fix the JSON syntax (e.g. with `python -m json.tool`)") from None
     except OSError as exc:
         raise SessionInputError(path, f"cannot read the settings file ({exc.strerror})", "check the file's permissions") from None
-    return validate_overrides(payload, path), path
+    return validate_overrides(payload, path)
 
 
 def probe_kind(probe_annotations: dict[str, Any]) -> str:

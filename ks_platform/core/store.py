@@ -27,10 +27,18 @@ class SessionStore:
 
     root: Path
     key: str
+    #: Use this folder instead of ``<root>/sessions/<key>`` (``ks-platform sort --out``).
+    folder: Path | None = None
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> SessionStore:
+        """One session's outputs directly under ``folder`` (outside any store root)."""
+        folder = Path(folder).resolve()
+        return cls(folder.parent, folder.name, folder)
 
     @property
     def dir(self) -> Path:
-        return self.root / "sessions" / self.key
+        return self.folder if self.folder is not None else self.root / "sessions" / self.key
 
     @property
     def raw_manifest(self) -> Path:

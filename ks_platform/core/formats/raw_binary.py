@@ -55,7 +55,11 @@ def open_recording(session_dir: Path) -> RecordingSource:
         raise SessionInputError(session_dir, f"expected one raw binary with a JSON sidecar, found {len(files)}", "keep one recording per session folder")
     data_path = files[0]
     sidecar_path = data_path.with_suffix(".json")
-    meta = _sidecar(sidecar_path)
+    return describe_binary(data_path, _sidecar(sidecar_path), sidecar_path, session_dir)
+
+
+def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir: Path) -> RecordingSource:
+    """A raw binary described by sidecar-style ``meta`` (``sidecar_path`` is named in errors)."""
     try:
         dtype = np.dtype(meta["dtype"])
     except TypeError:

@@ -1,0 +1,82 @@
+"""``ks-platform sort``: one recording → Kilosort 4 sorting + Phy folder, without Dagster (also the images' entry point).
+
+    ks-platform sort SESSION_DIR --out OUT [--probe FILE] [--settings FILE] [--backend cpu|cuda|rocm|auto]
+    ks-platform sort recording.bin --n-channels 385 --fs 30000 --probe probe.json --out OUT
+
+Writes ``OUT/{raw_recording.json, probe/, binary/, sorting/, phy/}``: the same files and lineage record as the
+Dagster assets, each step atomically. Progress: a bar for the conversion, Kilosort's own stage logs after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _source(args: argparse.Namespace):
+    from ks_platform.core.errors import SessionInputError
+    from ks_platform.core.formats import open_recording
+    from ks_platform.core.formats.raw_binary import describe_binary
+
+    path = Path(args.recording).resolve()
+    if path.is_dir():
+        return open_recording(path), path
+    if not path.is_file():
+        raise SessionInputError(path, "no such session folder or binary file", "give a session folder or an int16 .bin file")
+    missing = [flag for flag, value in (("--n-channels", args.n_channels), ("--fs", args.fs), ("--probe", args.probe)) if value is None]
+    if missing:
+        raise SessionInputError(path, f"a bare binary needs {', '.join(missing)}", "pass the channel count, the sampling rate and a probe file, or give the session folder")
+    meta = {"sampling_frequency": args.fs, "n_channels": args.n_channels, "dtype": args.dtype, "uv_per_bit": args.uv_per_bit}
+    return describe_binary(path, meta, path, path.parent), None
+
+
+def _cmd_sort(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ks_platform.core import conversion, pipeline
+    from ks_platform.core.errors import SessionInputError
+    from ks_platform.core.sessions import fingerprint
+    from ks_platform.core.store import SessionStore, write_json_atomic
+
+    store = SessionStore.in_folder(Path(args.out))
+    try:
+        source, session_dir = _source(args)
+        write_json_atomic(store.raw_manifest, {**source.summary(), "fingerprint": fingerprint(source)})
+        probe = pipeline.write_probe_map(source, store, allow_zero_copy=not args.no_zero_copy, probe_file=Path(args.probe) if args.probe else None)
+        print(f"probe map: {probe.metadata['n_sorted_channels']} sorted channels, {probe.metadata['n_shanks']} shank(s)")
+        with tqdm(total=100, unit="%", desc="recording binary", disable=args.quiet, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]") as bar:
+
+            def progress(fraction: float, message: str) -> None:
+                bar.update(max(0.0, fraction * 100 - bar.n))
+                bar.set_postfix_str(message, refresh=False)
+
+            binary = conversion.write_recording_binary(source, store.binary_dir, allow_zero_copy=not args.no_zero_copy, progress=progress)
+        print(f"binary: {'zero-copy reference' if binary.zero_copy else 'converted'}, xxh3 {binary.checksum}")
+        sorted_ = pipeline.sort_session(session_dir, store, backend=args.backend, log=None if args.quiet else print, settings_file=Path(args.settings) if args.settings else None)
+        phy = pipeline.export_phy(store)
+    except SessionInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    meta = sorted_.metadata
+    print(f"sorted: {meta['n_units']} units ({meta['n_good_units']} good), {meta['n_spikes']} spikes in {meta['sort_seconds']} s on {meta['lineage']['backend']['backend']}")
+    print(f"Phy folder: {phy.metadata['path']}\n  open it with: {phy.metadata['open_command']}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add sort."""
+    sort = sub.add_parser("sort", help="sort one session folder or int16 binary into --out, without Dagster")
+    sort.add_argument("recording", help="a session folder (any supported format) or an int16 interleaved .bin")
+    sort.add_argument("--out", required=True, help="output folder (probe/, binary/, sorting/, phy/)")
+    sort.add_argument("--probe", help="probe file (probeinterface JSON, .prb, Kilosort .mat/.json); default: the session's own")
+    sort.add_argument("--settings", help="Kilosort 4 settings JSON, layered over the session's kilosort4-settings.json")
+    sort.add_argument("--backend", default=os.environ.get("KS_PLATFORM_BACKEND", "auto"), help="auto, cpu, cuda[:N], rocm[:N], mps")
+    sort.add_argument("--n-channels", type=int, help="bare binary: channels in the file")
+    sort.add_argument("--fs", type=float, help="bare binary: sampling rate in Hz")
+    sort.add_argument("--dtype", default="int16", help="bare binary: sample type (default int16)")
+    sort.add_argument("--uv-per-bit", type=float, default=1.0, help="bare binary: µV per bit (metadata only)")
+    sort.add_argument("--no-zero-copy", action="store_true", help="always write a copy of the binary into --out")
+    sort.add_argument("--quiet", action="store_true", help="no progress bar, no Kilosort logs")
+    sort.set_defaults(func=_cmd_sort)
