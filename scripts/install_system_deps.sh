@@ -4,9 +4,12 @@ set -euo pipefail
 need=()
 # PostgreSQL server for the shared-instance tests (ks_platform_tests/postgres_support.py runs initdb/pg_ctl).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
-# (later issues add: docker.io, postgresql, chromium)
+# Docker engine + debootstrap for the offline base image (ks_platform_tests/docker_support.py starts dockerd).
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v debootstrap >/dev/null || need+=(debootstrap)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then echo "not root: install ${need[*]} yourself" >&2; exit 0; fi
-  apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  echo "installed: ${need[*]}"
 fi
