@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.hardware import recommended_batch_size
+from ks_platform.core.hardware import BYTES_PER_SAMPLE_CHANNEL, FIXED_OVERHEAD_BYTES, MIN_BATCH_SIZE, recommended_batch_size
 from ks_platform.core.sessions import SessionRef, check_name
 from ks_platform.core.settings import effective_settings, validate_overrides
 from ks_platform.core.store import atomic_directory
@@ -45,6 +45,52 @@ def test_batch_size_rule_reproduces_lab_hand_tuning():
     assert recommended_batch_size(100 * 1024**2, 384) == 3_000  # floor
 
 
+def test_settings_reject_wrong_types_and_ranges_naming_file_and_fix(tmp_path):
+    path = tmp_path / "kilosort4-settings.json"
+    cases = {
+        "batch_size": (0, "out of range"),
+        "nblocks": (-1, "out of range"),
+        "Th_universal": (0, "not allowed"),  # Kilosort's table excludes 0
+        "max_peels": (10_001, "out of range"),
+        "nt": (61.5, "whole number"),
+        "templates_from_data": (1, "true or false"),
+        "Th_learned": (True, "must be a number"),
+        "highpass_cutoff": (float("nan"), "finite"),
+        "drift_smoothing": ([0.5, 0.5], "list of 3"),
+        "clear_cache": ("no", "true or false"),
+    }
+    for key, (value, problem) in cases.items():
+        with pytest.raises(SessionInputError, match=problem) as caught:
+            validate_overrides({key: value}, path)
+        error = caught.value
+        assert error.path == path and key in error.problem, key
+        assert f"set {key!r} to" in error.fix and "Kilosort's default" in error.fix, error.fix
+        assert str(path) in str(error) and "Fix:" in str(error)
+    with pytest.raises(SessionInputError, match="JSON object, got list"):
+        validate_overrides([1, 2], path)
+
+
+def test_settings_accept_what_kilosort_accepts(tmp_path):
+    path = tmp_path / "kilosort4-settings.json"
+    ok = {"batch_size": 5000.0, "nt0min": None, "dmin": None, "drift_smoothing": [0.5, 0, 1], "templates_from_data": False, "clear_cache": True, "max_cluster_subset": 1000}
+    clean = validate_overrides(ok, path)
+    assert clean["batch_size"] == 5000 and isinstance(clean["batch_size"], int)
+    assert clean["nt0min"] is None and clean["drift_smoothing"] == [0.5, 0.0, 1.0] and clean["clear_cache"] is True
+    with pytest.raises(SessionInputError, match="cannot be null"):
+        validate_overrides({"batch_size": None}, path)
+
+
+def test_batch_size_rule_boundaries():
+    per_sample = 384 * BYTES_PER_SAMPLE_CHANNEL
+    assert recommended_batch_size(FIXED_OVERHEAD_BYTES + per_sample * 60_000, 384) == 60_000
+    assert recommended_batch_size(FIXED_OVERHEAD_BYTES + per_sample * 60_000 - 1, 384) == 59_000  # rounded down to 1 000
+    assert recommended_batch_size(FIXED_OVERHEAD_BYTES + per_sample * 4_000, 384) == 4_000
+    assert recommended_batch_size(FIXED_OVERHEAD_BYTES + per_sample * 4_000 - 1, 384) == 3_000  # floor
+    assert recommended_batch_size(FIXED_OVERHEAD_BYTES - 1, 384) == MIN_BATCH_SIZE and recommended_batch_size(0, 384) == MIN_BATCH_SIZE
+    assert recommended_batch_size(FIXED_OVERHEAD_BYTES + 400 * 60_000, 0) == 60_000  # 0 channels counts as 1
+    assert recommended_batch_size(FIXED_OVERHEAD_BYTES + 32 * BYTES_PER_SAMPLE_CHANNEL * 20_000, 32) == 20_000  # scales with channels
+
+
 def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
     final = tmp_path / "out"
     with pytest.raises(RuntimeError):
@@ -75,3 +121,35 @@ def test_kilosort_probe_maps_rows_and_skips_sync():
     ks = kilosort_probe(probe, tuple(range(33)), tuple(range(32)))
     assert ks["n_chan"] == 32 and ks["chanMap"].tolist() == list(range(32))
     assert np.all(ks["kcoords"] == 0)
+
+
+def test_doctor_fails_when_a_program_kilosort_calls_is_missing(tmp_path, monkeypatch):
+    """A slim image without `ps` installs fine and fails minutes into the first sort: doctor says so up front."""
+    from ks_platform.core.doctor import healthy, report, run_checks
+
+    assert healthy(run_checks(tmp_path, backend="cpu"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no programs at all
+    checks = run_checks(tmp_path, backend="cpu")
+    assert not healthy(checks)
+    assert "[FAIL] program ps: not on PATH" in report(checks) and "apt-get install procps" in report(checks)
+
+
+def test_host_doctor_job_reports_each_check_and_fails_on_a_missing_program(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from ks_platform.definitions import build_definitions
+    from ks_platform.defs.resources import PlatformResource
+
+    platform = PlatformResource(store_root=str(tmp_path / "store"), landing_roots=f"rig1={tmp_path}", backend="cpu")
+    job = build_definitions(platform, sensors=[]).resolve_job_def("host_doctor")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance)
+        assert result.success
+        [output] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+        rows = output.event_specific_data.metadata["checks"].value.records
+        assert {"import kilosort", "program ps", "compute backend", "kernel on device", "free disk in store"} <= {r.data["check"] for r in rows}
+        monkeypatch.setenv("PATH", str(tmp_path))
+        failed = job.execute_in_process(instance=instance, raise_on_error=False)
+        assert not failed.success
+        [message] = [e.event_specific_data.error.message for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert "is not ready to sort" in message and "program ps" in message

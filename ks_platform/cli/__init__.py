@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "ks_platform.cli.pipeline_commands",
     "ks_platform.cli.sort_command",
     "ks_platform.cli.doctor_command",
+    "ks_platform.cli.determinism_command",
     "ks_platform.cli.backfill_command",
 )
 

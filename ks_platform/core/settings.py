@@ -18,6 +18,13 @@ from ks_platform.core.errors import SessionInputError
 
 SESSION_SETTINGS_FILE = "kilosort4-settings.json"
 DATA_DERIVED = ("n_chan_bin", "fs")
+#: Settings that are ``run_kilosort`` arguments rather than entries of Kilosort's table, in the same format.
+PLATFORM_SETTINGS: dict[str, dict[str, Any]] = {
+    "clear_cache": {"type": bool, "min": None, "max": None, "exclude": [], "default": False,
+                    "description": "Free cached GPU memory between Kilosort's steps (slower, fits smaller GPUs)."},
+}
+#: ``drift_smoothing`` is Kilosort's 3-element Gaussian smoothing (batches, depth bins, x bins).
+LIST_LENGTHS = {"drift_smoothing": 3}
 
 #: Platform defaults over Kilosort's own. Empty on purpose: Kilosort's defaults are the reference, so a
 #: platform sort equals a plain ``run_kilosort`` call unless the lab decides otherwise.
@@ -34,20 +41,40 @@ def kilosort_settings_table() -> dict[str, dict[str, Any]]:
     """Kilosort's own parameter table (name → type, min, max, exclude, default)."""
     from kilosort.parameters import EXTRA_PARAMETERS, MAIN_PARAMETERS
 
-    return {**MAIN_PARAMETERS, **EXTRA_PARAMETERS}
+    return {**MAIN_PARAMETERS, **EXTRA_PARAMETERS, **PLATFORM_SETTINGS}
+
+
+def _value_fix(key: str, spec: dict[str, Any]) -> str:
+    """The fix sentence of a bad value: the allowed type and range, and Kilosort's default."""
+    kind = spec["type"]
+    default = spec.get("default")
+    if kind is bool:
+        allowed = "true or false"
+    elif kind is list:
+        allowed = f"a list of {LIST_LENGTHS.get(key, 'some')} non-negative numbers"
+    else:
+        noun = "a whole number" if kind is int else "a number"
+        allowed = f"{noun} in [{spec['min']}, {spec['max']}]" + (f" other than {', '.join(map(str, spec['exclude']))}" if spec.get("exclude") else "")
+    nullable = " (or null for Kilosort's automatic choice)" if default is None and key not in DATA_DERIVED else ""
+    return f"set {key!r} to {allowed}{nullable}, or remove it to use Kilosort's default ({json.dumps(default, default=str)})"
 
 
 def _check_value(key: str, value: Any, spec: dict[str, Any], path: Path) -> Any:
     kind = spec["type"]
-    fix = f"give {key!r} a {kind.__name__} between {spec['min']} and {spec['max']}"
+    fix = _value_fix(key, spec)
+    if value is None:
+        if spec.get("default") is None:
+            return None  # Kilosort computes these itself when they are None (e.g. nt0min, dmin, x_centers)
+        raise SessionInputError(path, f"{key!r} cannot be null", fix)
     if kind is bool:
         if not isinstance(value, bool):
             raise SessionInputError(path, f"{key!r} must be true or false, got {value!r}", fix)
         return value
     if kind is list:
-        if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise SessionInputError(path, f"{key!r} must be a list of numbers, got {value!r}", fix)
-        return value
+        numbers = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in value)
+        if not numbers or (key in LIST_LENGTHS and len(value) != LIST_LENGTHS[key]):
+            raise SessionInputError(path, f"{key!r} must be a list of {LIST_LENGTHS.get(key, 'some')} non-negative numbers, got {value!r}", fix)
+        return [float(v) for v in value]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SessionInputError(path, f"{key!r} must be a number, got {type(value).__name__} {value!r}", fix)
     if kind is int and (isinstance(value, float) and not value.is_integer()):
@@ -55,15 +82,17 @@ def _check_value(key: str, value: Any, spec: dict[str, Any], path: Path) -> Any:
     number = kind(value)
     if isinstance(number, float) and not math.isfinite(number):
         raise SessionInputError(path, f"{key!r} must be finite, got {value!r}", fix)
-    if number < spec["min"] or number > spec["max"] or number in spec.get("exclude", []):
-        raise SessionInputError(path, f"{key!r}={value!r} is out of range [{spec['min']}, {spec['max']}] (excluded: {spec.get('exclude', [])})", fix)
+    if number < spec["min"] or number > spec["max"]:
+        raise SessionInputError(path, f"{key!r}={value!r} is out of range [{spec['min']}, {spec['max']}]", fix)
+    if number in spec.get("exclude", []):
+        raise SessionInputError(path, f"{key!r}={value!r} is not allowed (Kilosort excludes {spec['exclude']})", fix)
     return number
 
 
 def validate_overrides(overrides: dict[str, Any], path: Path) -> dict[str, Any]:
     """Check every key and value against Kilosort's table; unknown keys get the closest valid name."""
     if not isinstance(overrides, dict):
-        raise SessionInputError(path, "Kilosort settings must be a JSON object", 'write {"setting_name": value, ...}')
+        raise SessionInputError(path, f"Kilosort settings must be a JSON object, got {type(overrides).__name__}", 'write {"setting_name": value, ...}')
     table = kilosort_settings_table()
     clean: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -136,3 +165,4 @@ def effective_settings(
     settings = {**platform, **probe_defaults, **session, "n_chan_bin": int(n_chan_bin), "fs": float(sampling_frequency)}
     layers = {"platform": dict(platform), f"probe:{kind}": dict(probe_defaults), "session": dict(session)}
     return EffectiveSettings(settings=settings, layers=layers)
+

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ks_platform.core.conversion import RecordingBinary
-from ks_platform.core.hardware import MIN_BATCH_SIZE, BackendInfo, detect_backend, recommended_batch_size
+from ks_platform.core.hardware import MIN_BATCH_SIZE, BackendInfo, MemoryPlan, detect_backend, plan_memory
 from ks_platform.core.lineage import lineage_record
 from ks_platform.core.settings import EffectiveSettings, settings_hash
 from ks_platform.core.store import atomic_directory, read_json, write_json_atomic
@@ -30,6 +30,13 @@ KILOSORT_SEEDS = {"numpy": 1, "torch": 1, "torch_cuda": 1}
 RUNTIME_KEYS = ("runtime_preproc", "runtime_drift", "runtime_st0", "runtime_clu0", "runtime_st", "runtime_clu", "runtime_merge", "runtime_postproc", "runtime")
 
 Log = Callable[[str], None]
+
+
+def kilosort_seeds(settings: dict[str, Any]) -> dict[str, int]:
+    """The seeds of a sort: Kilosort's fixed numpy/torch seeds and the clustering seed of the settings."""
+    from ks_platform.core.settings import kilosort_settings_table
+
+    return {**KILOSORT_SEEDS, "cluster_init_seed": int(settings.get("cluster_init_seed", kilosort_settings_table()["cluster_init_seed"]["default"]))}
 
 
 @dataclass
@@ -125,6 +132,14 @@ def run_kilosort_once(binary: RecordingBinary, ks_probe: dict, settings: dict[st
     return ops
 
 
+def memory_plan_for(info: BackendInfo, settings: EffectiveSettings, n_channels: int) -> MemoryPlan:
+    """:func:`plan_memory` with the user's layers and the executor's planned batch (``KS_PLATFORM_BATCH_SIZE``)."""
+    user_batch = next((layer["batch_size"] for layer in reversed(list(settings.layers.values())) if "batch_size" in layer), None)
+    user_clear = next((layer["clear_cache"] for layer in reversed(list(settings.layers.values())) if "clear_cache" in layer), None)
+    planned = os.environ.get(PLANNED_BATCH_SIZE_ENV, "").strip()  # set by the placing executor (ks_platform.execution)
+    return plan_memory(info, n_channels, user_batch, user_clear, int(planned) if planned.isdigit() else None)
+
+
 def sort_recording(
     binary: RecordingBinary,
     ks_probe: dict,
@@ -136,21 +151,17 @@ def sort_recording(
 ) -> SortResult:
     """Sort ``binary`` into ``output_dir`` (atomically), retrying with smaller batches on GPU OOM.
 
-    The batch size follows the device's free memory (:func:`recommended_batch_size`) unless the
-    settings set ``batch_size`` explicitly.
+    ``batch_size``/``clear_cache`` follow :func:`ks_platform.core.hardware.plan_memory` (a user's
+    value always wins); each attempt, failed or not, is recorded in the summary and the lineage.
     """
     log = log or (lambda message: None)
     info: BackendInfo = detect_backend(backend)
     requested = dict(settings.settings)
-    user_batch = any("batch_size" in layer for layer in settings.layers.values())
-    planned = os.environ.get(PLANNED_BATCH_SIZE_ENV, "").strip()  # set by the placing executor (ks_platform.execution)
-    if not user_batch and planned.isdigit() and info.backend != "cpu":
-        requested["batch_size"] = max(MIN_BATCH_SIZE, int(planned))
-        log(f"batch_size {requested['batch_size']} planned by the executor for the chosen GPU's memory")
-    elif not user_batch and info.free_memory_bytes is not None and info.backend != "cpu":
-        requested["batch_size"] = recommended_batch_size(info.free_memory_bytes, ks_probe["n_chan"])
-        log(f"batch_size {requested['batch_size']} chosen for {info.free_memory_bytes / 1024**3:.1f} GiB free on {info.device_name}")
-    clear_cache = bool(requested.pop("clear_cache", False))
+    plan = memory_plan_for(info, settings, ks_probe["n_chan"])
+    requested["batch_size"] = plan.batch_size
+    requested.pop("clear_cache", None)
+    clear_cache = plan.clear_cache
+    log(f"batch_size {plan.batch_size}, clear_cache {clear_cache}: {plan.reason} ({info.backend} {info.device_name})")
     log(f"sorting {binary.path} ({binary.n_samples / binary.sampling_frequency:.1f} s, {ks_probe['n_chan']} channels) on {info.backend} {info.device_name}")
     attempts: list[SortAttempt] = []
     started = time.perf_counter()
@@ -184,9 +195,11 @@ def sort_recording(
                 params_hash=settings.params_hash,
                 input_checksum=binary.checksum,
                 output_checksum=result.output_checksum,
-                seeds=KILOSORT_SEEDS,
+                seeds=kilosort_seeds(requested),
                 stage_seconds=result.stage_seconds,
                 attempts=result.attempts,
+                memory_plan={"batch_size": plan.batch_size, "clear_cache": plan.clear_cache, "reason": plan.reason},
+                sort_seconds=result.seconds,
                 **(extra_lineage or {}),
             ),
         )

@@ -1,11 +1,14 @@
 """Review: the Phy bundle the lab opens for manual curation."""
 
 
+import socket
+
 import dagster as dg
 
 from ks_platform.core import pipeline
 from ks_platform.core.phy import validate_phy_folder
 from ks_platform.defs.ingest import GROUP
+from ks_platform.defs.lineage_metadata import lineage_metadata
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.reporting import step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
@@ -26,7 +29,8 @@ def phy_bundle(context: dg.AssetExecutionContext, platform: PlatformResource) ->
     with user_errors_as_failures():
         output = pipeline.export_phy(platform.store(key))
     context.log.info(f"Phy folder ready: {output.metadata['open_command']}")
-    return step_result(output, extra={"open_in_phy": dg.MetadataValue.md(f"```\n{output.metadata['open_command']}\n```")})
+    extra = {**lineage_metadata(output.metadata["lineage"]), "exported_on_host": socket.gethostname()}
+    return step_result(output, extra={**extra, "open_in_phy": dg.MetadataValue.md(f"```\n{output.metadata['open_command']}\n```")})
 
 
 @dg.asset_check(asset=phy_bundle, partitions_def=session_partitions, description="The published Phy folder opens in phylib and has spikes.")
