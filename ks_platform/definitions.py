@@ -8,8 +8,9 @@ import dagster as dg
 
 # Partitioned asset checks are "preview" in dagster 1.13; we rely on them knowingly (pinned dagster version).
 warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
+warnings.filterwarnings("ignore", message="Function `observable_source_asset` is currently in beta", category=dg.BetaWarning)
 
-from ks_platform.defs import ingest, review, rollup, sorting  # noqa: E402
+from ks_platform.defs import doctor, ingest, quality, review, rollup, sorting  # noqa: E402
 
 from ks_platform.defs.partitions import session_partitions  # noqa: E402
 from ks_platform.defs.resources import PlatformResource  # noqa: E402
@@ -20,11 +21,19 @@ sort_session_job = dg.define_asset_job(
     "sort_session",
     selection=dg.AssetSelection.groups(ingest.GROUP),
     partitions_def=session_partitions,
-    description="Materialize every asset of one session: recording → probe → binary → Kilosort 4 → Phy.",
+    description="Materialize every asset of one session: recording → probe → binary → Kilosort 4 → Phy → unit metrics.",
 )
 
-ALL_ASSETS = [ingest.raw_recording, ingest.probe_map, ingest.recording_binary, sorting.sorted_units, review.phy_bundle]
-ALL_CHECKS = [sorting.sorted_units_not_empty, sorting.sorted_units_match_ground_truth, review.phy_bundle_opens]
+#: Re-read sessions' kilosort4-settings.json (the UI's "Observe sources" does the same): edited ones turn the sorting stale.
+observe_settings_job = dg.define_asset_job(
+    "observe_session_settings",
+    selection=dg.AssetSelection.assets(sorting.session_settings.key),
+    partitions_def=session_partitions,
+    description="Observe the parameter set of one session (or all, without a partition): a changed kilosort4-settings.json marks its sorting stale.",
+)
+
+ALL_ASSETS = [sorting.session_settings, ingest.raw_recording, ingest.probe_map, ingest.recording_binary, sorting.sorted_units, review.phy_bundle, quality.unit_metrics]
+ALL_CHECKS = [sorting.sorted_units_not_empty, sorting.sorted_units_match_ground_truth, review.phy_bundle_opens, quality.unit_metrics_has_units, quality.unit_metrics_isi_violations]
 
 
 def default_sensors() -> list[dg.SensorDefinition]:
@@ -52,9 +61,9 @@ def build_definitions(
     return dg.Definitions(
         assets=[*ALL_ASSETS, rollup.daily_rollup],
         asset_checks=ALL_CHECKS,
-        jobs=[sort_session_job, rollup.daily_rollup_job],
+        jobs=[sort_session_job, observe_settings_job, rollup.daily_rollup_job, doctor.host_doctor],
         sensors=default_sensors() if sensors is None else sensors,
-        resources={"platform": platform or PlatformResource.from_env()},
+        resources={"platform": platform or PlatformResource.from_env(), "quality": quality.QualityResource()},
         executor=executor or executor_from_env(),
     )
 

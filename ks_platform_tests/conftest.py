@@ -48,6 +48,15 @@ class Workspace:
         job = defs.resolve_job_def("sort_session")
         return job.execute_in_process(partition_key=key, instance=self.instance, raise_on_error=False)
 
+    def run_assets(self, key: str, assets: list[str]):
+        """Materialize only ``assets`` of a session (e.g. the ingest steps, without Kilosort)."""
+        from ks_platform.definitions import build_definitions
+
+        if key not in self.instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME):
+            self.instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [key])
+        job = build_definitions(self.platform, sensors=[]).resolve_job_def("sort_session")
+        return job.execute_in_process(partition_key=key, instance=self.instance, raise_on_error=False, asset_selection=[dg.AssetKey(a) for a in assets])
+
 
 @pytest.fixture(scope="session")
 def generated_session(tmp_path_factory) -> Path:

@@ -1,4 +1,4 @@
-"""The spine through Dagster: five assets, a Phy folder phylib opens, ground truth, equivalence, determinism."""
+"""The spine through Dagster: the session assets, a Phy folder phylib opens, ground truth, equivalence, determinism."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from ks_platform.core.phy import validate_phy_folder
 from ks_platform.core.probes import kilosort_probe_from_json
 from ks_platform.core.store import read_json
 
-FIVE_ASSETS = {"raw_recording", "probe_map", "recording_binary", "sorted_units", "phy_bundle"}
+SESSION_ASSETS = {"raw_recording", "probe_map", "recording_binary", "sorted_units", "phy_bundle", "unit_metrics"}
 
 
-def test_all_five_assets_materialize_and_phy_opens(sorted_workspace):
+def test_all_session_assets_materialize_and_phy_opens(sorted_workspace):
     ws, key, result = sorted_workspace
     assert result.success, result.all_events
     materialized = {event.asset_key.path[-1] for event in result.get_asset_materialization_events()}
-    assert materialized == FIVE_ASSETS
+    assert materialized == SESSION_ASSETS
     store = ws.store(key)
     bundle = validate_phy_folder(store.phy_dir)
     assert bundle.n_spikes > 0

@@ -61,6 +61,18 @@ def _backend(preferred: str) -> list[Check]:
     return checks
 
 
+#: Programs Kilosort runs itself (``kilosort.utils.log_thread_count`` calls ``ps``); a slim image without them
+#: installs fine and then fails minutes into the first sort.
+REQUIRED_PROGRAMS = ("ps",)
+
+
+def _programs() -> list[Check]:
+    return [
+        Check(f"program {name}", shutil.which(name) is not None, shutil.which(name) or f"not on PATH: Kilosort calls it during sorting. Fix: install it (Debian: apt-get install procps)")
+        for name in REQUIRED_PROGRAMS
+    ]
+
+
 def _disk(store_root: Path) -> Check:
     probe = store_root
     while not probe.exists() and probe != probe.parent:
@@ -83,6 +95,7 @@ def _docker(url: str) -> Check:
 def run_checks(store_root: Path, backend: str = "auto", docker_url: str | None = None) -> list[Check]:
     """All checks; Docker only when a URL is configured."""
     checks = _imports()
+    checks += _programs()
     checks += _backend(backend)
     checks.append(_disk(store_root))
     if docker_url:

@@ -65,7 +65,7 @@ def binary_layout(source: RecordingSource, allow_zero_copy: bool) -> tuple[int, 
 def observe_raw_recording(session_dir: Path, store: SessionStore) -> StepOutput:
     """Describe and fingerprint the landing folder's recording; record it as ``raw_recording.json``."""
     source = open_recording(session_dir)
-    manifest = {**source.summary(), "fingerprint": fingerprint(source), "has_ground_truth": has_ground_truth(session_dir)}
+    manifest = {**source.summary(), "fingerprint": fingerprint(source, include_settings=False), "has_ground_truth": has_ground_truth(session_dir)}
     write_json_atomic(store.raw_manifest, manifest)
     return StepOutput(manifest["fingerprint"], manifest)
 
@@ -76,7 +76,7 @@ def open_unchanged_recording(session_dir: Path, store: SessionStore) -> Recordin
     if not store.raw_manifest.is_file():
         raise SessionInputError(store.raw_manifest, "the raw recording has not been observed yet", "materialize raw_recording for this session first")
     observed = read_json(store.raw_manifest)["fingerprint"]
-    now = fingerprint(source)
+    now = fingerprint(source, include_settings=False)
     if now != observed:
         raise SessionInputError(session_dir, f"the recording changed since it was observed (fingerprint {observed[:12]} → {now[:12]})", "wait until copying has finished, then re-materialize raw_recording and the steps after it")
     return source
@@ -137,6 +137,20 @@ def build_recording_binary(session_dir: Path, store: SessionStore, allow_zero_co
     binary = conversion.write_recording_binary(source, store.binary_dir, allow_zero_copy=allow_zero_copy, progress=progress)
     metadata = {**binary.to_json(), "source_format": source.format, "source_dtype": source.source_dtype, "scaling_note": source.scaling_note}
     return StepOutput(binary.checksum, metadata)
+
+
+def session_settings_version(session_dir: Path) -> str:
+    """Data version of the session's parameter set: hash of its validated overrides (``none`` without a file).
+
+    An invalid file still gets a version (hash of its bytes), so editing it marks the sorting stale and the
+    sort then fails with the validation message.
+    """
+    try:
+        overrides, path = settings.read_session_overrides(session_dir)
+    except SessionInputError:
+        raw = (session_dir / settings.SESSION_SETTINGS_FILE).read_bytes()
+        return "invalid-" + settings.settings_hash({"bytes": raw.hex()})
+    return settings.settings_hash(overrides) if path is not None else "none"
 
 
 def effective_session_settings(session_dir: Path | None, binary: conversion.RecordingBinary, probe_manifest: dict, settings_file: Path | None = None) -> settings.EffectiveSettings:
@@ -206,3 +220,15 @@ def export_phy(store: SessionStore) -> StepOutput:
     }
     version = sorting.sorting_checksum(store.phy_dir)
     return StepOutput(version, metadata)
+
+
+@writes_session
+def measure_units(store: SessionStore) -> StepOutput:
+    """SpikeInterface quality metrics and figures of the sorted units into ``metrics/``."""
+    from ks_platform.core import quality
+
+    if not (store.phy_dir / "params.py").is_file():
+        raise FileNotFoundError(f"{store.phy_dir} has no Phy folder: materialize phy_bundle first")
+    metrics = quality.compute_unit_metrics(store)
+    version = settings.settings_hash({"units": metrics.table.to_dict(orient="records")})
+    return StepOutput(version, {**metrics.summary, "path": str(store.metrics_dir), "units": metrics.table.to_dict(orient="records")}, metrics.figures)

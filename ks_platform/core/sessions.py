@@ -71,16 +71,18 @@ def candidate_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def fingerprint(source: RecordingSource) -> str:
-    """Cheap content fingerprint: names, sizes, mtimes and the first/last MiB of each data file, plus the settings file.
+def fingerprint(source: RecordingSource, include_settings: bool = True) -> str:
+    """Cheap content fingerprint: names, sizes, mtimes and the first/last MiB of each data file (+ the settings file).
 
     It changes when a file is replaced, appended or edited at either end; the full xxh3 checksum of
-    the binary is taken during conversion.
+    the binary is taken during conversion. The sensor includes the settings file (an edited parameter set
+    is a changed session to sort again); ``raw_recording``'s data version does not, so that a parameter
+    change makes only the sorting stale, not the binary (the parameters have their own asset, ``session_settings``).
     """
     hasher = xxhash.xxh3_128()
     files = list(source.data_files)
     settings = source.session_dir / SESSION_SETTINGS_FILE
-    if settings.exists():
+    if include_settings and settings.exists():
         files.append(settings)
     for path in files:
         stat = path.stat()

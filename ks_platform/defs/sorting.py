@@ -4,11 +4,14 @@
 from importlib import metadata
 
 import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ks_platform.core import pipeline
+from ks_platform.core.errors import SessionInputError
 from ks_platform.defs.ingest import GROUP, probe_map, recording_binary
 from ks_platform.defs.partitions import session_partitions
-from ks_platform.defs.reporting import step_result, to_metadata_value, user_errors_as_failures
+from ks_platform.defs.lineage_metadata import lineage_metadata
+from ks_platform.defs.reporting import step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
 
 #: Bump the suffix when the platform's sorting logic changes; the Kilosort version is part of it.
@@ -16,31 +19,50 @@ SORTING_CODE_VERSION = f"kilosort-{metadata.version('kilosort')}+1"
 SORT_POOL = "kilosort"
 
 
-@dg.asset(
+@dg.observable_source_asset(
     partitions_def=session_partitions,
     group_name=GROUP,
-    code_version=SORTING_CODE_VERSION,
-    deps=[recording_binary, probe_map],
-    kinds={"kilosort", "pytorch"},
     owners=["team:ephys"],
-    pool=SORT_POOL,
-    op_tags={"ks_platform/needs": "gpu"},
-    description="4 · Kilosort 4 spike sorting of the binary with the session's parameter set (platform defaults < probe type < kilosort4-settings.json).",
+    description="0 · The session's Kilosort parameter set (kilosort4-settings.json next to the recording). Its data version is the hash of the validated overrides: after an edit, 'Observe sources' (or the sensor) marks the sorting stale, not the binary.",
 )
-def sorted_units(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
-    key = context.partition_key
-    with user_errors_as_failures():
-        output = pipeline.sort_session(platform.session_dir(key), platform.store(key), backend=platform.backend, log=context.log.info, extra_lineage={"dagster_run_id": context.run_id, "partition": key})
-    lineage = output.metadata["lineage"]
-    extra = {
-        "device": f"{lineage['backend']['backend']}: {lineage['backend']['device_name']}",
-        "kilosort_version": lineage["versions"]["kilosort"],
-        "torch_version": lineage["versions"]["torch"],
-        "spikeinterface_version": lineage["versions"]["spikeinterface"],
-        "image_digest": to_metadata_value(lineage.get("image_digest")),
-        "seeds": dg.MetadataValue.json(lineage["seeds"]),
-    }
-    return step_result(output, extra=extra)
+def session_settings(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.DataVersionsByPartition:
+    keys = [context.partition_key] if context.has_partition_key else context.instance.get_dynamic_partitions(session_partitions.name)
+    versions = {}
+    for key in keys:
+        try:
+            versions[key] = pipeline.session_settings_version(platform.session_dir(key))
+        except (SessionInputError, OSError) as exc:
+            context.log.warning(f"{key}: {exc}")
+    return dg.DataVersionsByPartition(versions)
+
+
+def build_sorted_units(code_version: str = SORTING_CODE_VERSION) -> dg.AssetsDefinition:
+    """The ``sorted_units`` asset with the given code version (a different one marks every sorting stale)."""
+
+    @dg.asset(
+        name="sorted_units",
+        partitions_def=session_partitions,
+        group_name=GROUP,
+        code_version=code_version,
+        deps=[recording_binary, probe_map, session_settings.key],
+        kinds={"kilosort", "pytorch"},
+        owners=["team:ephys"],
+        pool=SORT_POOL,
+        op_tags={"ks_platform/needs": "gpu"},
+        description="4 · Kilosort 4 spike sorting of the binary with the session's parameter set (platform defaults < probe type < kilosort4-settings.json).",
+    )
+    def sorted_units(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
+        key = context.partition_key
+        session_dir = platform.session_dir(key)
+        with user_errors_as_failures():
+            output = pipeline.sort_session(session_dir, platform.store(key), backend=platform.backend, log=context.log.info, extra_lineage={"dagster_run_id": context.run_id, "partition": key, "code_version": code_version})
+        extra = {**lineage_metadata(output.metadata["lineage"]), "code_version": code_version}
+        return step_result(output, extra=extra)
+
+    return sorted_units
+
+
+sorted_units = build_sorted_units()
 
 
 @dg.asset_check(asset=sorted_units, partitions_def=session_partitions, description="At least one unit was sorted.")

@@ -118,6 +118,15 @@ def open_recording(session_dir: Path) -> RecordingSource:
             f"the meta declares fileSizeBytes={declared} but the file has {size} bytes",
             "copy the .bin again completely, or use the .meta that belongs to it",
         )
+    if "fileTimeSecs" in meta:
+        seconds = _number(meta, "fileTimeSecs", meta_path, float)
+        data_seconds = size / frame / fs
+        if abs(seconds - data_seconds) > max(0.01, 1e-4 * seconds):
+            raise SessionInputError(
+                meta_path,
+                f"fileTimeSecs={seconds:g} but the data holds {data_seconds:.3f} s at imSampRate={fs:g} Hz (the sampling rate or the duration in the meta is wrong)",
+                "restore the .meta SpikeGLX wrote for this recording",
+            )
     counts = [int(c) for c in meta["snsApLfSy"].split(",")]
     n_ap_total = counts[0]
     sorting = tuple(i for i, cid in enumerate(saved_ids) if cid < n_ap_total)
