@@ -74,8 +74,11 @@ def compare_sortings(first: Path, second: Path) -> tuple[list[ArrayDifference], 
     """Per-array differences of two Kilosort output folders, and the fraction of spike times found in both."""
     diffs = [ArrayDifference.of(name, np.load(first / name), np.load(second / name)) for name in COMPARED]
     times_a, times_b = np.load(first / "spike_times.npy").ravel(), np.load(second / "spike_times.npy").ravel()
-    shared = np.intersect1d(times_a, times_b).size / max(times_a.size, times_b.size, 1)
-    return diffs, float(shared)
+    values_a, counts_a = np.unique(times_a, return_counts=True)
+    values_b, counts_b = np.unique(times_b, return_counts=True)
+    _, in_a, in_b = np.intersect1d(values_a, values_b, assume_unique=True, return_indices=True)
+    matched = int(np.minimum(counts_a[in_a], counts_b[in_b]).sum())  # spikes sharing a sample count once per pair
+    return diffs, matched / max(times_a.size, times_b.size, 1)
 
 
 def load_binary(binary: Path) -> RecordingBinary:
