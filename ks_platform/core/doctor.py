@@ -30,6 +30,19 @@ def _imports() -> list[Check]:
     return checks
 
 
+def _rocm_target(gfx_arch: str | None) -> Check:
+    """Is the AMD GPU's gfx target one torch was built for? If not, which ``HSA_OVERRIDE_GFX_VERSION`` to set."""
+    import os
+
+    import torch
+
+    from ks_platform.core.hardware import gfx_override_hint
+
+    compiled = list(torch.cuda.get_arch_list())
+    hint = gfx_override_hint(gfx_arch, compiled, os.environ.get("HSA_OVERRIDE_GFX_VERSION"))
+    return Check("ROCm gfx target", hint is None, f"{gfx_arch} is built into torch" if hint is None else f"{hint}. Fix: export that variable before starting Dagster/the container")
+
+
 def _backend(preferred: str) -> list[Check]:
     try:
         from ks_platform.core.hardware import detect_backend
@@ -45,7 +58,9 @@ def _backend(preferred: str) -> list[Check]:
         except ImportError:
             pass
         return [Check("compute backend", False, f"{exc}.{hint}")]
-    checks = [Check("compute backend", True, f"{info.backend} {info.device_name} torch {info.torch_version} cuda {info.cuda_version} hip {info.hip_version}")]
+    checks = [Check("compute backend", True, f"{info.backend} {info.device_name} torch {info.torch_version} cuda {info.cuda_version} hip {info.hip_version} driver {info.driver_version}")]
+    if info.backend == "rocm":
+        checks.append(_rocm_target(info.gfx_arch))
     try:
         import torch
 
