@@ -69,9 +69,10 @@ def test_isi_check_passes_by_default_and_a_strict_threshold_fails_it(sorted_work
     from ks_platform.definitions import build_definitions
 
     defs = build_definitions(ws.platform, sensors=[])
-    defs = dg.Definitions.merge(defs, dg.Definitions(resources={"quality": QualityResource(isi_violations_ratio=0.0, max_violating_fraction=0.0)}))
+    strict_resources = {**defs.resources, "quality": QualityResource(isi_violations_ratio=0.0, max_violating_fraction=0.0)}
+    defs = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=defs.jobs, resources=strict_resources)
     job = defs.resolve_job_def("sort_session")
     check_key = dg.AssetCheckKey(dg.AssetKey("unit_metrics"), "unit_metrics_isi_violations")
-    rerun = job.execute_in_process(partition_key=key, instance=ws.instance, asset_selection=[], asset_check_selection=[check_key], raise_on_error=False)
+    rerun = job.get_subset(asset_check_selection={check_key}).execute_in_process(partition_key=key, instance=ws.instance, raise_on_error=False)
     [evaluation] = rerun.get_asset_check_evaluations()
     assert not evaluation.passed and evaluation.metadata["violating_fraction"].value > 0

@@ -2,6 +2,7 @@
 
 
 import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ks_platform.core import pipeline
 from ks_platform.defs.partitions import session_partitions
@@ -9,6 +10,8 @@ from ks_platform.defs.reporting import ThrottledProgress, step_result, user_erro
 from ks_platform.defs.resources import PlatformResource
 
 GROUP = "session_pipeline"
+#: The observable parameter set of a session (defined with the sorting, ``defs/sorting.py``).
+SESSION_SETTINGS_KEY = dg.AssetKey("session_settings")
 
 
 @dg.asset(
@@ -20,8 +23,13 @@ GROUP = "session_pipeline"
     description="1 · The session's recording as found in its landing folder: format, size, date, channels, duration and a content fingerprint (nothing is copied).",
 )
 def raw_recording(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
+    key = context.partition_key
     with user_errors_as_failures():
-        output = pipeline.observe_raw_recording(platform.session_dir(context.partition_key), platform.store(context.partition_key))
+        output = pipeline.observe_raw_recording(platform.session_dir(key), platform.store(key))
+        settings_version = pipeline.session_settings_version(platform.session_dir(key))
+    # The parameter set as this run finds it, recorded as an observation of session_settings (defs/sorting.py):
+    # the sorting's provenance then names it however the run was launched, and a later edit shows as stale.
+    context.log_event(dg.AssetObservation(asset_key=SESSION_SETTINGS_KEY, partition=key, tags={DATA_VERSION_TAG: settings_version}))
     context.log.info(f"{output.metadata['format']} recording, {output.metadata['duration_s']} s, {output.metadata['n_channels']} channels")
     return step_result(output, path_key=None, extra={"session_dir": dg.MetadataValue.path(output.metadata["session_dir"])})
 

@@ -4,7 +4,6 @@
 from importlib import metadata
 
 import dagster as dg
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ks_platform.core import pipeline
 from ks_platform.core.errors import SessionInputError
