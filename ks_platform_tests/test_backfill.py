@@ -24,7 +24,7 @@ from ks_platform.defs import backfills
 from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
 from ks_platform.defs.resources import PlatformResource
 
-SESSION_ASSETS = ["phy_bundle", "probe_map", "raw_recording", "recording_binary", "sorted_units"]
+SESSION_ASSETS = ["phy_bundle", "probe_map", "raw_recording", "recording_binary", "sorted_units", "unit_metrics"]
 
 
 def test_date_range_selection_is_inclusive_and_ignores_other_keys():

@@ -171,7 +171,7 @@ def test_sensor_sorts_a_dropped_session_and_backfill_targets_its_date(live_dagst
     backfill = graphql(BACKFILL, id=backfill_id)["partitionBackfillOrError"]
     assert backfill["__typename"] == "PartitionBackfill" and backfill["isAssetBackfill"], backfill
     assert backfill["partitionNames"] == [key]
-    assert sorted("/".join(a["path"]) for a in backfill["assetSelection"]) == ["phy_bundle", "probe_map", "raw_recording", "recording_binary", "sorted_units"]
+    assert sorted("/".join(a["path"]) for a in backfill["assetSelection"]) == ["phy_bundle", "probe_map", "raw_recording", "recording_binary", "sorted_units", "unit_metrics"]
 
     # The daemon launches the backfill's run(s), all for that one session; then we stop it (a second sort proves nothing more).
     backfill_tags = [{"key": "dagster/backfill", "value": backfill_id}]
