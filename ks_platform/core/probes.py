@@ -34,6 +34,12 @@ def load_probe_file(path: Path) -> Probe:
             return _single_probe(pi.read_probeinterface(path), path)
     except SessionInputError:
         raise
+    except PermissionError:
+        raise SessionInputError(path, "permission denied: the platform's user may not read the probe file", f"make it readable (e.g. chmod a+r '{path.name}')") from None
+    except ValueError as exc:
+        if "must be unique" in str(exc):  # probeinterface refuses repeated positions; in a .prb a channel listed twice gets its geometry twice
+            raise SessionInputError(path, f"two contacts share a channel or a position ({exc})", "give every contact its own channel index and its own (x, y) position") from None
+        raise SessionInputError(path, f"cannot read the probe description (ValueError: {exc})", "provide a probeinterface JSON, .prb, or Kilosort .mat/.json probe") from exc
     except Exception as exc:  # parsers raise many kinds; the user needs the file and the cause
         raise SessionInputError(path, f"cannot read the probe description ({type(exc).__name__}: {exc})", "provide a probeinterface JSON, .prb, or Kilosort .mat/.json probe") from exc
     raise SessionInputError(path, f"unknown probe file type {path.suffix!r}", "use probeinterface .json, .prb, or Kilosort .mat/.json")

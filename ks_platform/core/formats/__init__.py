@@ -21,13 +21,42 @@ def register(reader: ModuleType) -> None:
         READERS.append(reader)
 
 
+def permission_error(path: Path | str | None, fallback: Path) -> SessionInputError:
+    """The error for a file or folder the platform's user may not read (EACCES/EPERM)."""
+    who = f"uid {os.geteuid()}" if hasattr(os, "geteuid") else "the platform's user"
+    target = Path(path) if path else fallback
+    return SessionInputError(
+        target,
+        f"permission denied: the user running the platform ({who}) may not read it",
+        f"make it readable for that user (e.g. chmod a+r '{target.name}', and a+rx on its folders) or change its owner",
+    )
+
+
+def _orphan_data_files(session_dir: Path) -> list[Path]:
+    return sorted(p for p in session_dir.iterdir() if p.suffix in raw_binary.DATA_SUFFIXES and p.is_file())
+
+
 def detect_format(session_dir: Path) -> ModuleType:
     """The one reader whose files are in ``session_dir``; unknown or mixed folders get a clear error."""
     if not session_dir.is_dir():
         raise SessionInputError(session_dir, "the session folder does not exist or is not a folder", "check the landing root")
-    matches = [reader for reader in READERS if reader.find_files(session_dir)]
+    try:
+        matches = [reader for reader in READERS if reader.find_files(session_dir)]
+    except PermissionError as exc:
+        raise permission_error(exc.filename, session_dir) from None
     if not matches:
         known = ", ".join(r.FORMAT for r in READERS)
+        dats = sorted(session_dir.rglob("continuous.dat"))
+        if dats:  # <recording>/continuous/<stream>/continuous.dat
+            raise SessionInputError(dats[0].parents[2] / "structure.oebin", f"the Open Ephys structure.oebin is missing (found {dats[0].relative_to(session_dir)} without it)", "copy the recording folder again with the structure.oebin the Open Ephys GUI wrote")
+        orphans = _orphan_data_files(session_dir)
+        if orphans:
+            data = orphans[0]
+            raise SessionInputError(
+                data,
+                f"the data file has no sidecar {data.with_suffix('.json').name} (or belongs to no known format: {known})",
+                f"add {data.with_suffix('.json').name} with sampling_frequency, n_channels and dtype, or the format's own header/meta files",
+            )
         raise SessionInputError(session_dir, f"no recording of a known format found (known: {known})", "add the recording files, or a .bin with a same-name .json sidecar")
     if len(matches) > 1:
         names = ", ".join(r.FORMAT for r in matches)
@@ -36,8 +65,15 @@ def detect_format(session_dir: Path) -> ModuleType:
 
 
 def refuse_escaping_links(session_dir: Path) -> None:
-    """Every symlink inside the session folder must point inside it (nothing is read from elsewhere)."""
-    for folder, dirs, files in os.walk(session_dir):
+    """Every symlink inside the session folder must point inside it (nothing is read from elsewhere).
+
+    A folder that may not be listed is reported (``os.walk`` would skip it silently)."""
+
+    def unreadable(exc: OSError) -> None:
+        if isinstance(exc, PermissionError):
+            raise permission_error(exc.filename, session_dir) from None
+
+    for folder, dirs, files in os.walk(session_dir, onerror=unreadable):
         for name in dirs + files:
             entry = Path(folder) / name
             if entry.is_symlink():
@@ -49,10 +85,23 @@ def open_recording(session_dir: Path) -> RecordingSource:
     session_dir = Path(session_dir)
     if session_dir.is_dir():
         refuse_escaping_links(session_dir)
-    source = detect_format(session_dir).open_recording(session_dir)
+    reader = detect_format(session_dir)
+    try:
+        source = reader.open_recording(session_dir)
+    except PermissionError as exc:  # a reader met a file it may not open: name that file
+        raise permission_error(exc.filename, session_dir) from None
     for path in (*source.data_files, *([source.probe_file] if source.probe_file else [])):
         contained_path(session_dir, path, "the session folder")
+        require_readable(path)
     return source
+
+
+def require_readable(path: Path) -> None:
+    """Open ``path`` for reading once (the kernel's check, not ``os.access``), so EACCES is reported up front."""
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except PermissionError:
+        raise permission_error(path, path) from None
 
 
 __all__ = ["RecordingSource", "detect_format", "open_recording", "register", "READERS"]

@@ -86,6 +86,8 @@ def open_recording(session_dir: Path) -> RecordingSource:
             warnings.simplefilter("ignore")
             io = NWBHDF5IO(str(path), mode="r", load_namespaces=True)
             nwbfile = io.read()
+    except PermissionError as exc:  # h5py's carries no file name: add it; formats.open_recording reports it
+        raise PermissionError(exc.errno, exc.strerror or "Permission denied", str(path)) from None
     except Exception as exc:  # h5py/hdmf raise many kinds for truncated or foreign files
         raise SessionInputError(path, f"cannot read the NWB file ({type(exc).__name__}: {exc})", "copy the file again completely; it must be an HDF5 NWB 2.x file") from None
     try:

@@ -45,6 +45,8 @@ def find_files(session_dir: Path) -> list[Path]:
 def _load_oebin(path: Path) -> dict:
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
+    except PermissionError:
+        raise  # reported by formats.open_recording with the permission fix
     except json.JSONDecodeError as exc:
         raise SessionInputError(path, f"structure.oebin is not valid JSON ({exc.msg} at line {exc.lineno})", "copy structure.oebin again from the acquisition computer") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -102,6 +104,8 @@ def _settings_file(recording_dir: Path) -> Path | None:
 def _parse_settings(path: Path) -> ET.Element:
     try:
         return ET.parse(path).getroot()
+    except PermissionError:
+        raise  # reported by formats.open_recording with the permission fix
     except (ET.ParseError, OSError) as exc:
         raise SessionInputError(path, f"settings.xml is not readable XML ({exc})", "copy settings.xml again from the acquisition computer, or remove it (the probe must then come from a probe file)") from None
 

@@ -38,6 +38,8 @@ def _sidecar(path: Path) -> dict:
         payload = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise SessionInputError(path, f"the sidecar is not valid JSON ({exc.msg} at line {exc.lineno})", "fix the JSON syntax") from None
+    except PermissionError:
+        raise  # reported by formats.open_recording with the permission fix
     except OSError as exc:
         raise SessionInputError(path, f"cannot read the sidecar ({exc.strerror})", "check the file's permissions") from None
     if not isinstance(payload, dict):

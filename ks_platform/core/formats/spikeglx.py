@@ -25,7 +25,9 @@ def parse_meta(meta_path: Path) -> dict[str, str]:
     meta: dict[str, str] = {}
     try:
         text = meta_path.read_text(errors="strict")
-    except (UnicodeDecodeError, PermissionError, OSError) as exc:
+    except PermissionError:
+        raise  # reported by formats.open_recording with the permission fix
+    except (UnicodeDecodeError, OSError) as exc:
         raise SessionInputError(meta_path, f"cannot read the meta file ({exc})", "check the file's permissions and that it is text") from exc
     for line in text.splitlines():
         if "=" in line:
