@@ -15,7 +15,7 @@ import numpy as np
 from probeinterface import Probe
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import ChunkReader, RecordingSource
+from ks_platform.core.formats.base import BufferPool, ChunkReader, RecordingSource, scale_to_int16
 
 FORMAT = "nwb"
 SUFFIXES = (".nwb",)
@@ -193,17 +193,46 @@ def _int16_reader(data_file: Path, data_name: str, n_samples: int, n_channels: i
 
 
 def _scaling_reader(data_file: Path, data_name: str, n_samples: int, n_channels: int, scale: np.ndarray, shift: float) -> ChunkReader:
-    """Scale any numeric series to int16 bits; NaN/inf is refused naming the file and the sample."""
+    """Scale any numeric series to int16 bits; NaN/inf is refused naming the file, the sample and the channel.
+
+    The HDF5 file stays open for the reader's life (re-opening it per chunk cost more than the chunk), and each
+    chunk is read by HDF5 straight into a reused float32 buffer (``read_direct`` converts other dtypes on the
+    way), then scaled there in place by ``scale_to_int16``.
+    """
+    import h5py
+
+    buffers = BufferPool()
+    scale32 = np.asarray(scale, dtype=np.float32)
+    state: dict[str, object] = {}
+
+    def dataset():
+        if "dataset" not in state:
+            try:
+                handle = h5py.File(data_file, "r")
+            except OSError as exc:
+                raise SessionInputError(data_file, f"cannot open the NWB file for reading ({exc})", "copy the NWB file again completely") from None
+            state["file"], state["dataset"] = handle, handle[data_name]
+        return state["dataset"]
 
     def read_chunk(start: int, stop: int) -> np.ndarray:
         if not 0 <= start <= stop <= n_samples:
             raise ValueError(f"samples {start}:{stop} are outside 0:{n_samples}")
-        block = np.asarray(_read_rows(data_file, data_name, start, stop), dtype=np.float64)
-        if not np.isfinite(block).all():
-            row, col = np.argwhere(~np.isfinite(block))[0]
-            raise SessionInputError(data_file, f"NaN or inf sample at sample {start + int(row)}, channel {int(col)} of the ElectricalSeries", "repair or re-export the recording without NaN/inf")
-        block *= scale
-        block += shift
-        return np.clip(np.rint(block), -32767, 32767).astype(np.int16)
+        n = stop - start
+        out = np.empty((n, n_channels), dtype=np.int16)
+        if n == 0:
+            return out
+        with buffers.get((n, n_channels), np.float32) as work:
+            values = work[:n]
+            data = dataset()
+            try:
+                data.read_direct(values.reshape((n,) + data.shape[1:]), source_sel=np.s_[start:stop])
+            except (OSError, ValueError) as exc:
+                raise SessionInputError(data_file, f"cannot read samples {start}:{stop} ({exc})", "copy the NWB file again completely") from None
+            bad = scale_to_int16(values, scale32, out, shift=shift, original=lambda: _read_rows(data_file, data_name, start, stop))
+            if bad is not None:
+                row = _read_rows(data_file, data_name, start + bad, start + bad + 1)[0]
+                col = int(np.flatnonzero(~np.isfinite(row.astype(np.float64)))[0])
+                raise SessionInputError(data_file, f"NaN or inf sample at sample {start + bad}, channel {col} of the ElectricalSeries", "repair or re-export the recording without NaN/inf")
+        return out
 
     return read_chunk

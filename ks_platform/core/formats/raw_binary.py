@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import BufferPool, InterleavedFile, RecordingSource, channel_selector, memmap_int16_reader, parse_recording_date
+from ks_platform.core.formats.base import BufferPool, InterleavedFile, RecordingSource, channel_selector, memmap_int16_reader, parse_recording_date, scale_to_int16
 
 FORMAT = "raw_binary"
 DATA_SUFFIXES = (".bin", ".dat", ".raw")
@@ -103,7 +103,7 @@ def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir
         uv_per_bit = FLOAT_UV_PER_BIT
         reader = float_scaling_reader(data_path, dtype, n_channels, n_samples, sorting, scale)
         zero_copy = None
-        note = f"{dtype.name} in {units} scaled by {scale:g} to int16 ({FLOAT_UV_PER_BIT} µV/bit, clipped at ±32767)"
+        note = f"{dtype.name} in {units} scaled by {scale:g} to int16 ({FLOAT_UV_PER_BIT} µV/bit, float32 math, rounded to nearest, clipped at ±32767)"
     return RecordingSource(
         format=FORMAT,
         session_dir=session_dir,
@@ -123,50 +123,40 @@ def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir
     )
 
 
-#: Rows per float64 work block in ``float_scaling_reader``: ~1 MB of float64, so the passes stay in cache.
-_SCALE_BLOCK_VALUES = 128 * 1024
-
-
 def float_scaling_reader(path: Path, dtype: np.dtype, n_channels: int, n_samples: int, channels: tuple[int, ...], scale: float):
     """Chunk reader that scales a float source to int16, refusing NaN/inf with a clear error.
 
-    Bit-identical to ``clip(rint(float64(x) * scale), ±32767).astype(int16)``, computed in float64 over
-    cache-sized row blocks into reused buffers instead of full-chunk float64 temporaries.
+    ``clip(rint(x * scale), ±32767)`` in float32, in place: the frames are read with ``preadv`` straight into a
+    reused buffer and scaled there (a float32 source with all channels sorted needs no other array), or, for a
+    channel subset or another dtype, scaled while being copied into a reused float32 buffer. See
+    ``scale_to_int16`` for the precision and the NaN/inf rule.
     """
     file = InterleavedFile(path, np.dtype(dtype), n_channels, n_samples)
     selector = channel_selector(tuple(channels), n_channels)
     n_out = len(channels)
-    block_rows = max(1, _SCALE_BLOCK_VALUES // max(n_out, 1))
+    in_place = selector is None and file.dtype == np.float32
     buffers = BufferPool()
-    scale = float(scale)
+    scale32 = np.float32(scale)
 
     def read_chunk(start: int, stop: int) -> np.ndarray:
         n = max(min(stop, n_samples) - start, 0)
         out = np.empty((n, n_out), dtype=np.int16)
-        with buffers.get((n, n_channels), file.dtype) as frames, buffers.get((block_rows, n_out), np.float64) as work:
-            file.read(start, stop, frames)
-            for row in range(0, n, block_rows):
-                rows = min(block_rows, n - row)
-                source = frames[row : row + rows]
-                if selector is None:
-                    picked = source
-                elif isinstance(selector, slice):
-                    picked = source[:, selector]  # a strided view, read in place by multiply
-                else:
-                    picked = np.take(source, selector, axis=1)
-                values = work[:rows]
-                np.multiply(picked, scale, out=values, dtype=np.float64)  # float64 math, as float64(x) * scale
-                np.rint(values, out=values)
-                # min and max propagate NaN/inf, and tell whether clipping is needed at all: two cheap
-                # reductions instead of an isfinite pass plus an (almost always idle) clip pass.
-                low, high = np.minimum.reduce(values, axis=None), np.maximum.reduce(values, axis=None)
-                if not (np.isfinite(low) and np.isfinite(high)):
-                    bad_rows = np.flatnonzero(~np.isfinite(picked).all(axis=1))
-                    if bad_rows.size:  # else a huge finite value overflowed, as the unblocked formula allows
-                        raise SessionInputError(path, f"NaN or inf sample at sample {start + row + int(bad_rows[0])}", "repair or re-export the recording without NaN/inf")
-                if not (-32767 <= low and high <= 32767):
-                    np.clip(values, -32767, 32767, out=values)
-                np.copyto(out[row : row + rows], values, casting="unsafe")
+        with buffers.get((n, n_channels), file.dtype) as frames, buffers.get((n, n_out), np.float32) as work:
+            frames = file.read(start, stop, frames)
+            if in_place:
+                values = frames
+            else:
+                values = work[:n]
+                picked = frames if selector is None else frames[:, selector] if isinstance(selector, slice) else np.take(frames, selector, axis=1)
+                np.copyto(values, picked, casting="unsafe")
+
+            def original() -> np.ndarray:
+                raw = file.read(start, stop)
+                return raw if selector is None else raw[:, selector]
+
+            bad = scale_to_int16(values, scale32, out, original=original)
+            if bad is not None:
+                raise SessionInputError(path, f"NaN or inf sample at sample {start + bad}", "repair or re-export the recording without NaN/inf")
         return out
 
     return read_chunk
