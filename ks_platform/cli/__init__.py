@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = (
     "ks_platform.cli.pipeline_commands",
     "ks_platform.cli.sort_command",
+    "ks_platform.cli.convert_command",
     "ks_platform.cli.doctor_command",
     "ks_platform.cli.determinism_command",
     "ks_platform.cli.backfill_command",
