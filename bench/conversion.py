@@ -260,7 +260,7 @@ def remove(path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- main
 
 
-def bench_size(size_gb: float, tmp_root: Path, caches: list[str], repeats: int) -> list[dict]:
+def bench_size(size_gb: float, tmp_root: Path, caches: list[str], repeats: int, sources: list[str] = ("sglx", "f32", "i16")) -> list[dict]:
     rows: list[dict] = []
     size_bytes = int(size_gb * 1e9)
     with tempfile.TemporaryDirectory(prefix="ks_conv_bench_", dir=tmp_root) as tmp:
@@ -272,7 +272,7 @@ def bench_size(size_gb: float, tmp_root: Path, caches: list[str], repeats: int) 
         out = tmp / "out"
         out.mkdir()
 
-        for source in ("sglx", "f32"):
+        for source in [s for s in ("sglx", "f32") if s in sources]:
             info = inputs[source]
             src_bytes = info["data"].stat().st_size
             for cache in caches:
@@ -292,7 +292,7 @@ def bench_size(size_gb: float, tmp_root: Path, caches: list[str], repeats: int) 
                         remove(dst)
 
         info = inputs["i16"]
-        for cache in caches:
+        for cache in caches if "i16" in sources else []:
             for rep in range(repeats):
                 dst = out / "i16_zero_copy"
                 resident = prepare(info["data"], cache)
@@ -348,8 +348,9 @@ def summarize(rows: list[dict], sizes: list[float], caches: list[str]) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     names = {"sglx": "SpikeGLX int16 385→384 ch (forced copy)", "f32": "raw float32 384 ch → int16"}
+    present = {r["source"] for r in rows}
     for size in sizes:
-        for source in ("sglx", "f32"):
+        for source in [s for s in ("sglx", "f32") if s in present]:
             for cache in caches:
                 cp, ours, si = (_median(rows, size_gb=size, source=source, cache=cache, path=p) for p in ("cp", "ours", "si"))
                 vs_cp, vs_si = (_paired_ratio(rows, other, size_gb=size, source=source, cache=cache) for other in ("cp", "si"))
@@ -358,7 +359,7 @@ def summarize(rows: list[dict], sizes: list[float], caches: list[str]) -> str:
                     f"{vs_cp} | {vs_si} | {ours['peak_rss_mb']:.0f} | {si['peak_rss_mb']:.0f} |"
                 )
     lines += ["", "| size | zero-copy (int16 raw, 385 ch) | cache | seconds (hash in place) | MB/s hashed | recording bytes written to store (goal 0) | manifest bytes | peak RSS MB |", "|---|---|---|---:|---:|---:|---:|---:|"]
-    for size in sizes:
+    for size in sizes if "i16" in present else []:
         for cache in caches:
             hits = [r for r in rows if r["size_gb"] == size and r["source"] == "i16" and r["cache"] == cache]
             z = _median(rows, size_gb=size, source="i16", cache=cache)
@@ -368,13 +369,14 @@ def summarize(rows: list[dict], sizes: list[float], caches: list[str]) -> str:
     if len(sizes) >= 2:
         small, big = min(sizes), max(sizes)
         lines += ["", f"| peak RSS (VmHWM) of our conversion, fresh process, median over all its runs | {small:g} GB | {big:g} GB | ratio {big:g}/{small:g} (goal ≤ 1.10) |", "|---|---:|---:|---:|"]
-        for source, label in (("sglx", names["sglx"]), ("f32", names["f32"]), ("i16", "int16 raw zero-copy (hash only)")):
+        for source, label in [(s, l) for s, l in (("sglx", names["sglx"]), ("f32", names["f32"]), ("i16", "int16 raw zero-copy (hash only)")) if s in present]:
             path = "ours_zero_copy" if source == "i16" else "ours"
             a = statistics.median(r["peak_rss_mb"] for r in rows if r["size_gb"] == small and r["source"] == source and r["path"] == path)
             b = statistics.median(r["peak_rss_mb"] for r in rows if r["size_gb"] == big and r["source"] == source and r["path"] == path)
             lines.append(f"| {label} | {a:.1f} MB | {b:.1f} MB | {b / a:.3f} |")
     same = [r["checksum"] == s["checksum"] for r in rows for s in rows if r["source"] == s["source"] == "sglx" and r["path"] == "ours" and s["path"] == "si" and "checksum" in s and all(r[k] == s[k] for k in ("size_gb", "cache", "repeat"))]
-    lines += ["", f"SpikeGLX: our recording.bin byte-identical to SpikeInterface's output (xxh3-128): {all(same) and bool(same)} ({len(same)} pairs compared)."]
+    if "sglx" in present:
+        lines += ["", f"SpikeGLX: our recording.bin byte-identical to SpikeInterface's output (xxh3-128): {all(same) and bool(same)} ({len(same)} pairs compared)."]
     return "\n".join(lines)
 
 
@@ -384,6 +386,7 @@ def main() -> None:
     parser.add_argument("--cache", choices=["cold", "warm", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=1, help="runs per path; the fastest is reported (same rule for all paths)")
     parser.add_argument("--tmp-root", type=Path, default=Path("/tmp"))
+    parser.add_argument("--sources", nargs="+", choices=["sglx", "f32", "i16"], default=["sglx", "f32", "i16"], help="which inputs to measure (default: all)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -392,7 +395,7 @@ def main() -> None:
     caches = ["cold", "warm"] if args.cache == "both" else [args.cache]
     rows: list[dict] = []
     for size in args.sizes_gb:
-        rows += bench_size(size, args.tmp_root, caches, args.repeats)
+        rows += bench_size(size, args.tmp_root, caches, args.repeats, args.sources)
     table = summarize(rows, args.sizes_gb, caches)
     host = {"nproc": os.cpu_count(), "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "python": platform.python_version(), "kernel": platform.release()}
     when = time.strftime("%Y-%m-%d %H:%M")
