@@ -3,9 +3,11 @@
 #   - starts/installs the Docker engine if needed (scripts/start_docker.sh)
 #   - cpu : from the local offline base (docker/make_base_image.sh) unless BASE_IMAGE is set; torch = the local
 #           CPU wheel (pip's find-links, copied into the build context)
-#   - cuda: BASE_IMAGE defaults to the local base too (torch's PyPI wheels bundle the CUDA runtime; several GB)
-#   - rocm: needs the rocm/pytorch base from Docker Hub: cannot be built offline (the Dockerfile is linted instead)
-# Tags: ks-platform:<backend>. Build output goes to /tmp/ks-platform-build-<backend>.log.
+#   - cuda: BASE_IMAGE defaults to the local base too (torch==2.13.0 from PyPI: CUDA 13 wheels that bundle the CUDA
+#           user-space libraries, several GB); real-world base: BASE_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
+#   - rocm: needs BASE_IMAGE=rocm/pytorch:… (Docker Hub; its torch is the ROCm build): cannot be built offline, so
+#           without BASE_IMAGE it is skipped with a message (the Dockerfile is linted by the tests instead)
+# Tags: ks-platform:<backend>. Build output goes to /tmp/ks-platform-build-<backend>.log. Prints tag, id, seconds, size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backends=("${@:-cpu}")
@@ -32,15 +34,27 @@ for backend in "${backends[@]}"; do
       base=${BASE_IMAGE:-ks-platform-base:bookworm}
       torch_req="torch==2.13.0" ;;
     rocm)
-      echo "rocm: the image builds FROM rocm/pytorch (Docker Hub), which cannot be pulled here; lint only" >&2
-      continue ;;
+      if [[ -z ${BASE_IMAGE:-} ]]; then
+        echo "rocm: the image builds FROM rocm/pytorch (Docker Hub), which cannot be pulled here; set BASE_IMAGE=rocm/pytorch:rocm7.2.4_ubuntu24.04_py3.12_pytorch_release_2.10.0 where it can" >&2
+        continue
+      fi
+      base=$BASE_IMAGE
+      torch_req="" ;;
     *) echo "unknown backend $backend (cpu, cuda, rocm)" >&2; exit 2 ;;
   esac
-  [[ $base == ks-platform-base:* ]] && bash docker/make_base_image.sh "$base"
+  # Concurrent callers (test sessions, the executor's fixtures) wait for each other per image, not across images.
+  if [[ $base == ks-platform-base:* ]]; then
+    (flock 9; bash docker/make_base_image.sh "$base") 9>/tmp/ks-platform-build-base.lock
+  fi
+  commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+  [[ -z $(git status --porcelain -- ks_platform pyproject.toml 2>/dev/null) ]] || commit="$commit-dirty"
   echo "building ks-platform:$backend from $base (log: $log)"
   start=$(date +%s)
-  docker build --network host -f docker/Dockerfile \
-    --build-arg BASE_IMAGE="$base" --build-arg BACKEND="$backend" --build-arg TORCH_REQUIREMENT="$torch_req" \
-    --build-arg IMAGE_TAG="ks-platform:$backend" --build-arg GIT_COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)" -t "ks-platform:$backend" . >"$log" 2>&1 || { tail -40 "$log" >&2; exit 1; }
+  (
+    flock 9
+    docker build --network host -f docker/Dockerfile \
+      --build-arg BASE_IMAGE="$base" --build-arg BACKEND="$backend" --build-arg TORCH_REQUIREMENT="$torch_req" \
+      --build-arg IMAGE_TAG="ks-platform:$backend" --build-arg GIT_COMMIT="$commit" -t "ks-platform:$backend" . >"$log" 2>&1
+  ) 9>"/tmp/ks-platform-build-$backend.lock" || { tail -40 "$log" >&2; exit 1; }
   docker image inspect "ks-platform:$backend" --format "ks-platform:$backend {{.Id}} $(( $(date +%s) - start )) s, {{.Size}} bytes"
 done

@@ -24,39 +24,67 @@ DOCKERFILE = REPO / "docker" / "Dockerfile"
 #: Build arguments of each backend's real-world build (docker/build_images.sh passes the local base instead).
 BACKEND_BASES = {
     "cpu": "python:3.11-slim-bookworm",
-    "cuda": "nvidia/cuda:12.4.1-runtime-ubuntu22.04",
-    "rocm": "rocm/pytorch:rocm6.2_ubuntu22.04_py3.10_pytorch_release_2.3.0",
+    "cuda": "nvidia/cuda:13.0.2-runtime-ubuntu24.04",
+    "rocm": "rocm/pytorch:rocm7.2.4_ubuntu24.04_py3.12_pytorch_release_2.10.0",
 }
+LOCK = REPO / "docker" / "requirements.lock"
 
 
-def test_dockerfile_passes_hadolint():
+def _lock_pins() -> dict[str, str]:
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[_normalise(name)] = version.strip()
+    return pins
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("_", "-").replace(".", "-")
+
+
+def test_every_dockerfile_passes_hadolint():
     hadolint = Path(sys.executable).parent / "hadolint"
-    done = subprocess.run([str(hadolint), "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True)
+    dockerfiles = sorted((REPO / "docker").glob("**/Dockerfile*"))
+    assert DOCKERFILE in dockerfiles
+    done = subprocess.run([str(hadolint), "--failure-threshold", "info", *map(str, dockerfiles)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("backend", sorted(BACKEND_BASES))
 def test_each_backend_builds_from_a_pinned_real_base_as_non_root_with_the_cli_entry_point(backend):
     parser = DockerfileParser(path=str(DOCKERFILE), build_args={"BASE_IMAGE": BACKEND_BASES[backend], "BACKEND": backend})
-    assert parser.baseimage == BACKEND_BASES[backend] and ":latest" not in parser.baseimage
+    # stages: runtime FROM the backend's base, build FROM runtime, final FROM runtime
+    assert parser.parent_images == [BACKEND_BASES[backend], "runtime", "runtime"]
+    assert ":latest" not in BACKEND_BASES[backend] and ":" in BACKEND_BASES[backend]
     instructions = [(i["instruction"], i["value"]) for i in parser.structure]
-    users = [value for op, value in instructions if op == "USER"]
+    final = instructions[max(n for n, (op, _) in enumerate(instructions) if op == "FROM") :]
+    users = [value for op, value in final if op == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}
-    assert ("ENTRYPOINT", '["ks-platform"]') in instructions
+    assert ("ENTRYPOINT", '["ks-platform"]') in final
+    assert any(op == "HEALTHCHECK" for op, _ in final)
     runs = " ".join(value for op, value in instructions if op == "RUN")
-    assert "pip install -r /tmp/requirements.lock" in runs, "dependencies come from the pinned lock file"
+    assert "pip\" install --no-cache-dir -r /tmp/requirements.lock" in runs, "dependencies come from the pinned lock file"
+    # build inputs (wheels, CA, lock) stay in the build stage; the final stage copies only the virtualenv
+    assert not [value for op, value in final if op == "COPY" and ("wheels" in value or "build-ca" in value)]
+    assert ("COPY", "--from=build /opt/ks-platform /opt/ks-platform") in final
     # nothing may install at run time: no pip in the entry point, command or healthcheck
     assert all("pip" not in value for op, value in instructions if op in {"ENTRYPOINT", "CMD", "HEALTHCHECK"})
+    labels = parser.labels
+    for key in ("title", "description", "version", "revision", "source"):
+        assert labels.get(f"org.opencontainers.image.{key}"), key
+    assert backend in labels["org.opencontainers.image.title"]
 
 
 def test_the_lock_pins_every_dependency_the_platform_declares():
-    lock = {line.split("==")[0].lower().replace("_", "-") for line in (REPO / "docker" / "requirements.lock").read_text().splitlines() if "==" in line and not line.startswith("#")}
     import tomllib
 
+    lock = set(_lock_pins())
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower().replace("_", "-") for d in declared}
+    names = {_normalise(d.split(">")[0].split("=")[0].split("<")[0]) for d in declared}
     assert names - {"torch"} <= lock, f"missing from docker/requirements.lock: {sorted(names - {'torch'} - lock)}"
     assert "torch" not in lock, "torch is per backend, not in the shared lock"
+    assert {"setuptools", "wheel"} <= lock, "the final stage installs ks_platform without build isolation"
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +104,26 @@ def test_cpu_image_works_offline_as_non_root(cpu_image):
     assert "healthy" in doctor.stdout
     versions = _docker("run", "--rm", "--network", "none", "--entrypoint", "python", cpu_image, "-c", "import kilosort, torch, spikeinterface, dagster; print(kilosort.__version__, torch.__version__, spikeinterface.__version__, dagster.__version__)")
     assert versions.returncode == 0 and versions.stdout.split() == ["4.1.7", "2.13.0+cpu", "0.105.3", "1.13.27"]
+
+
+def test_cpu_image_holds_exactly_the_pinned_versions_and_no_build_inputs(cpu_image):
+    listing = _docker("run", "--rm", "--network", "none", "--entrypoint", "pip", cpu_image, "list", "--format", "json")
+    assert listing.returncode == 0, listing.stderr
+    installed = {_normalise(p["name"]): p["version"] for p in json.loads(listing.stdout)}
+    wrong = {name: (version, installed.get(name)) for name, version in _lock_pins().items() if installed.get(name) != version}
+    assert not wrong, f"image differs from docker/requirements.lock (pinned, installed): {wrong}"
+    assert installed["torch"] == "2.13.0+cpu" and installed["ks-platform"] == "0.1.0"
+    # dependency closure is complete: pip finds no missing or conflicting requirement inside the image
+    check = _docker("run", "--rm", "--network", "none", "--entrypoint", "pip", cpu_image, "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    leftovers = _docker("run", "--rm", "--network", "none", "--entrypoint", "ls", cpu_image, "-A", "/tmp")
+    assert leftovers.returncode == 0 and leftovers.stdout.split() == [], leftovers.stdout
+    config = docker_support.docker_engine().images.get(cpu_image).attrs["Config"]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["KS_PLATFORM_IMAGE"] == cpu_image and env["KS_PLATFORM_GIT_COMMIT"] not in {"", "unknown"}
+    assert config["Labels"]["org.opencontainers.image.ref.name"] == cpu_image
+    assert config["Healthcheck"]["Test"] == ["CMD", "ks-platform", "doctor"]
+    assert config["User"] == "1000:1000" and config["Entrypoint"] == ["ks-platform"]
 
 
 @pytest.mark.slow
@@ -102,3 +150,46 @@ def test_sort_inside_the_cpu_image_equals_the_in_process_sort(cpu_image, tmp_pat
     lineage = json.loads((out / "session" / "sorting" / "lineage.json").read_text())
     assert lineage["image"] == cpu_image and lineage["image_digest"] == digest
     assert (out / "session" / "phy" / "params.py").read_text().count("../binary/recording.bin") == 1
+
+
+def _spikeglx_numbers(meta_path: Path) -> tuple[int, float]:
+    meta = dict(line.split("=", 1) for line in meta_path.read_text().splitlines() if "=" in line)
+    return int(meta["nSavedChan"]), float(meta["imSampRate"])
+
+
+@pytest.mark.slow
+def test_sort_command_on_a_bare_binary_equals_the_asset_sorting(sorted_workspace, generated_session, tmp_path, capsys):
+    """``ks-platform sort recording.bin --n-channels --fs --probe`` in-process, no Dagster: same spikes as the assets."""
+    from ks_platform.cli import main
+
+    ws, key, _ = sorted_workspace
+    store = ws.store(key)
+    binary = next(generated_session.glob("*.ap.bin"))
+    n_channels, fs = _spikeglx_numbers(binary.with_suffix(".meta"))
+    out = tmp_path / "out"
+    code = main(["sort", str(binary), "--n-channels", str(n_channels), "--fs", str(fs), "--probe", str(store.probe_dir / "probe.json"), "--out", str(out), "--backend", "cpu"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "binary: zero-copy reference" in printed and f"Phy folder: {out / 'phy'}" in printed
+    assert "Kilosort" in printed or "kilosort" in printed, "Kilosort's own stage logs are printed"
+    reference = store.sorting_dir
+    for name in ("spike_times.npy", "spike_clusters.npy", "templates.npy", "amplitudes.npy"):
+        assert np.array_equal(np.load(out / "sorting" / name), np.load(reference / name)), name
+    # the same record as the asset: settings, summary and lineage files with the same fields
+    for name in ("sorting_summary.json", "effective_settings.json", "lineage.json"):
+        ours, theirs = (json.loads((folder / name).read_text()) for folder in (out / "sorting", reference))
+        assert set(ours) == set(theirs), name
+    assert json.loads((out / "sorting" / "effective_settings.json").read_text()) == json.loads((reference / "effective_settings.json").read_text())
+    lineage = json.loads((out / "sorting" / "lineage.json").read_text())
+    assert lineage["image"] == os.environ.get("KS_PLATFORM_IMAGE")  # not in a container: None
+    assert (out / "phy" / "params.py").is_file() and (out / "phy" / "spike_times.npy").is_file()
+
+
+def test_sort_command_names_what_a_bare_binary_lacks(tmp_path, capsys):
+    from ks_platform.cli import main
+
+    binary = tmp_path / "rec.bin"
+    np.zeros((100, 4), dtype=np.int16).tofile(binary)
+    assert main(["sort", str(binary), "--n-channels", "4", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(binary) in err and "--fs" in err and "--probe" in err

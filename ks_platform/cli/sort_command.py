@@ -2,6 +2,7 @@
 
     ks-platform sort SESSION_DIR --out OUT [--probe FILE] [--settings FILE] [--backend cpu|cuda|rocm|auto]
     ks-platform sort recording.bin --n-channels 385 --fs 30000 --probe probe.json --out OUT
+    ks-platform sort recording.bin --out OUT          (recording.json sidecar: n_channels, sampling_frequency, probe_file)
 
 Writes ``OUT/{raw_recording.json, probe/, binary/, sorting/, phy/}``: the same files and lineage record as the
 Dagster assets, each step atomically. Progress: a bar for the conversion, Kilosort's own stage logs after it.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 def _source(args: argparse.Namespace):
     from ks_platform.core.errors import SessionInputError
-    from ks_platform.core.formats import open_recording
+    from ks_platform.core.formats import open_recording, raw_binary
     from ks_platform.core.formats.raw_binary import describe_binary
 
     path = Path(args.recording).resolve()
@@ -25,11 +26,18 @@ def _source(args: argparse.Namespace):
         return open_recording(path), path
     if not path.is_file():
         raise SessionInputError(path, "no such session folder or binary file", "give a session folder or an int16 .bin file")
-    missing = [flag for flag, value in (("--n-channels", args.n_channels), ("--fs", args.fs), ("--probe", args.probe)) if value is None]
+    # A same-stem JSON sidecar (raw_binary format) supplies what the flags do not; flags win.
+    sidecar = path.with_suffix(".json")
+    meta = raw_binary._sidecar(sidecar) if sidecar.is_file() else {}
+    flags = {"n_channels": args.n_channels, "sampling_frequency": args.fs, "dtype": args.dtype, "uv_per_bit": args.uv_per_bit}
+    meta.update({key: value for key, value in flags.items() if value is not None})
+    meta.setdefault("dtype", "int16")
+    meta.setdefault("uv_per_bit", 1.0)
+    needs = (("--n-channels", "n_channels"), ("--fs", "sampling_frequency"), ("--probe", "probe_file"))
+    missing = [flag for flag, key in needs if meta.get(key) is None and not (key == "probe_file" and args.probe)]
     if missing:
-        raise SessionInputError(path, f"a bare binary needs {', '.join(missing)}", "pass the channel count, the sampling rate and a probe file, or give the session folder")
-    meta = {"sampling_frequency": args.fs, "n_channels": args.n_channels, "dtype": args.dtype, "uv_per_bit": args.uv_per_bit}
-    return describe_binary(path, meta, path, path.parent), None
+        raise SessionInputError(path, f"a bare binary needs {', '.join(missing)} (or a {sidecar.name} sidecar with them)", "pass the channel count, the sampling rate and a probe file, or give the session folder")
+    return describe_binary(path, meta, sidecar if sidecar.is_file() else path, path.parent), None
 
 
 def _cmd_sort(args: argparse.Namespace) -> int:
@@ -73,10 +81,10 @@ def register(sub) -> None:
     sort.add_argument("--probe", help="probe file (probeinterface JSON, .prb, Kilosort .mat/.json); default: the session's own")
     sort.add_argument("--settings", help="Kilosort 4 settings JSON, layered over the session's kilosort4-settings.json")
     sort.add_argument("--backend", default=os.environ.get("KS_PLATFORM_BACKEND", "auto"), help="auto, cpu, cuda[:N], rocm[:N], mps")
-    sort.add_argument("--n-channels", type=int, help="bare binary: channels in the file")
-    sort.add_argument("--fs", type=float, help="bare binary: sampling rate in Hz")
-    sort.add_argument("--dtype", default="int16", help="bare binary: sample type (default int16)")
-    sort.add_argument("--uv-per-bit", type=float, default=1.0, help="bare binary: µV per bit (metadata only)")
+    sort.add_argument("--n-channels", type=int, help="bare binary: channels in the file (or the same-stem .json sidecar's n_channels)")
+    sort.add_argument("--fs", type=float, help="bare binary: sampling rate in Hz (or the sidecar's sampling_frequency)")
+    sort.add_argument("--dtype", help="bare binary: sample type (default int16)")
+    sort.add_argument("--uv-per-bit", type=float, help="bare binary: µV per bit (metadata only; default 1.0)")
     sort.add_argument("--no-zero-copy", action="store_true", help="always write a copy of the binary into --out")
     sort.add_argument("--quiet", action="store_true", help="no progress bar, no Kilosort logs")
     sort.set_defaults(func=_cmd_sort)
