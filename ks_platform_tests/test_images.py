@@ -154,7 +154,7 @@ def test_sort_inside_the_cpu_image_equals_the_in_process_sort(cpu_image, tmp_pat
 
 def _spikeglx_numbers(meta_path: Path) -> tuple[int, float]:
     meta = dict(line.split("=", 1) for line in meta_path.read_text().splitlines() if "=" in line)
-    return int(meta["nSavedChan"]), float(meta["imSampRate"])
+    return int(meta["nSavedChans"]), float(meta["imSampRate"])
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import functools
 import json
+import logging
 import os
 import time
 import shutil
@@ -204,7 +205,11 @@ def session_lock(store: SessionStore, log: Callable[[str], None] | None = None, 
 
     A second run of the same session waits here, saying so every ``poll_seconds``, until the first one's step
     ends; the kernel releases the lock if its holder dies (even by ``kill -9``), so a crash never leaves a stale lock.
+    Without ``log`` the wait is logged as a warning on the ``ks_platform`` logger (a Dagster-managed logger, so it
+    reaches the run's event log).
     """
+    if log is None:
+        log = logging.getLogger(__name__).warning
     store.dir.mkdir(parents=True, exist_ok=True)
     with open(store.dir / LOCK_FILE, "a+") as handle:
         waited = 0.0
