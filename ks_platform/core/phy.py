@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from ks_platform.core.conversion import RecordingBinary
+from ks_platform.core.figures import new_figure, save_figure
 from ks_platform.core.store import atomic_directory
 
 #: Kilosort outputs that are not part of a Phy folder (kept with the sorting).
 NOT_FOR_PHY = {"ops.npy", "kilosort4.log"}
+#: A picture of what Phy will show, written into the bundle (Phy ignores it; the UI renders it).
+OVERVIEW_PNG = "overview.png"
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,49 @@ def build_phy_bundle(sorting_dir: Path, binary: RecordingBinary, channel_shanks:
         relative = os.path.relpath(binary.path, phy_dir)
         (staged / "params.py").write_text(params_py(relative, binary))
         bundle = validate_phy_folder(staged, final_path=phy_dir)
+        plot_phy_overview(staged, staged / OVERVIEW_PNG, binary.sampling_frequency)
     return bundle
+
+
+def _cluster_labels(folder: Path) -> dict[int, str]:
+    """Kilosort's good/mua label per cluster id (``cluster_KSLabel.tsv``), empty when absent."""
+    path = folder / "cluster_KSLabel.tsv"
+    if not path.is_file():
+        return {}
+    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
+    return {int(cluster): label.strip() for cluster, label in rows}
+
+
+def plot_phy_overview(folder: Path, path: Path, sampling_frequency: float) -> Path:
+    """Amplitude over time of every spike by cluster (Phy's amplitude view) and each cluster's template on its
+    peak channel, labelled with Kilosort's good/mua call and spike count."""
+    times = np.load(folder / "spike_times.npy").ravel() / sampling_frequency
+    clusters = np.load(folder / "spike_clusters.npy").ravel()
+    amplitudes = np.load(folder / "amplitudes.npy").ravel()
+    templates = np.load(folder / "templates.npy", mmap_mode="r")
+    labels = _cluster_labels(folder)
+    ids = np.unique(clusters)
+    colors = [f"C{i % 10}" for i in range(len(ids))]
+
+    plt, fig = new_figure(10, 4)
+    amplitude_ax = fig.add_subplot(1, 2, 1)
+    for cluster, color in zip(ids, colors):
+        mine = clusters == cluster
+        amplitude_ax.scatter(times[mine], amplitudes[mine], s=3, color=color, linewidths=0)
+    amplitude_ax.set(xlabel="time (s)", ylabel="amplitude (a.u.)", title=f"{len(times)} spikes in {len(ids)} clusters")
+
+    template_ax = fig.add_subplot(1, 2, 2)
+    offset = 0.0
+    for cluster, color in zip(ids, colors):
+        template = np.asarray(templates[cluster]) if cluster < templates.shape[0] else np.zeros((templates.shape[1], 1))
+        trace = template[:, int(np.argmax(np.ptp(template, axis=0)))]
+        span = float(np.ptp(trace)) or 1.0
+        template_ax.plot(np.arange(trace.size) / sampling_frequency * 1000, trace / span + offset, color=color)
+        label = labels.get(int(cluster), "")
+        template_ax.annotate(f"{int(cluster)} {label} ({int((clusters == cluster).sum())})", (0, offset + 0.25), fontsize=7)
+        offset -= 1.2
+    template_ax.set(xlabel="ms", yticks=[], title="templates on their peak channel: id label (spikes)")
+    return save_figure(plt, fig, path)
 
 
 def validate_phy_folder(folder: Path, final_path: Path | None = None) -> PhyBundle:

@@ -219,7 +219,7 @@ def export_phy(store: SessionStore) -> StepOutput:
         "lineage": lineage,
     }
     version = sorting.sorting_checksum(store.phy_dir)
-    return StepOutput(version, metadata)
+    return StepOutput(version, metadata, {"phy_overview": store.phy_dir / phy.OVERVIEW_PNG})
 
 
 @writes_session

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ks_platform.core import conversion
+from ks_platform.core.figures import new_figure, save_figure
 from ks_platform.core.store import SessionStore, atomic_directory
 
 METRICS_CSV = "unit_metrics.csv"
@@ -133,18 +134,9 @@ def load_unit_metrics(store: SessionStore) -> UnitMetrics:
     return UnitMetrics(table, summary, {name: store.metrics_dir / f"{name}.png" for name in FIGURES})
 
 
-def _figure(width: float, height: float):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt, plt.figure(figsize=(width, height), dpi=100)
-
-
 def _plot_drift_map(analyzer, path: Path) -> None:
     """Spike depth over time, darker and larger for larger amplitudes (a raster drift map)."""
-    plt, fig = _figure(8, 4)
+    plt, fig = new_figure(8, 4)
     spikes = analyzer.sorting.to_spike_vector()
     depths = analyzer.get_extension("spike_locations").get_data()["y"]
     amplitudes = np.abs(analyzer.get_extension("spike_amplitudes").get_data())
@@ -152,14 +144,12 @@ def _plot_drift_map(analyzer, path: Path) -> None:
     ax = fig.add_subplot(1, 1, 1)
     ax.scatter(spikes["sample_index"] / analyzer.sampling_frequency, depths, s=2 + 8 * scaled, c=scaled, cmap="Greys", vmin=0, vmax=1, linewidths=0)
     ax.set(xlabel="time (s)", ylabel="depth (µm)", title=f"drift map: {len(spikes)} spikes, {analyzer.sorting.get_num_units()} units")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 def _plot_unit_locations(analyzer, table: pd.DataFrame, path: Path) -> None:
     """Contacts of the probe and each unit's estimated position, coloured by Kilosort label."""
-    plt, fig = _figure(4, 7)
+    plt, fig = new_figure(4, 7)
     ax = fig.add_subplot(1, 1, 1)
     positions = analyzer.get_channel_locations()
     ax.scatter(positions[:, 0], positions[:, 1], marker="s", s=18, c="#d0d0d0", label="contacts")
@@ -170,14 +160,12 @@ def _plot_unit_locations(analyzer, table: pd.DataFrame, path: Path) -> None:
         ax.annotate(str(int(row["unit_id"])), (row["x_um"], row["y_um"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel="x (µm)", ylabel="y (µm)", title="units on the probe")
     ax.legend(loc="upper right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 def _plot_waveforms(analyzer, table: pd.DataFrame, path: Path) -> None:
     """Mean waveform on the best channel for the highest-SNR units."""
-    plt, fig = _figure(9, 3.2)
+    plt, fig = new_figure(9, 3.2)
     templates = analyzer.get_extension("templates").get_data(operator="average")
     best = table.sort_values("snr", ascending=False).head(N_WAVEFORM_UNITS)
     unit_index = {int(u): i for i, u in enumerate(analyzer.unit_ids)}
@@ -192,6 +180,4 @@ def _plot_waveforms(analyzer, table: pd.DataFrame, path: Path) -> None:
         ax.tick_params(labelsize=6)
         if panel == 1:
             ax.set_ylabel("µV", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(plt, fig, path)
