@@ -101,6 +101,7 @@ def parse_recording_date(value: str, source: Path) -> dt.date:
 
 
 _HAS_PREADV = hasattr(os, "preadv")
+_HAS_FADVISE = hasattr(os, "posix_fadvise")
 
 
 class InterleavedFile:
@@ -124,7 +125,7 @@ class InterleavedFile:
         with self._lock:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDONLY)
-                if hasattr(os, "posix_fadvise"):
+                if _HAS_FADVISE:
                     os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             return self._fd
 
@@ -150,7 +151,14 @@ class InterleavedFile:
             if got == 0:
                 raise OSError(f"{self.path} ended {view.nbytes - done} bytes early at byte {offset + done} (was it truncated while being read?)")
             done += got
+        self._prefetch(fd, stop, n)
         return out
+
+    def _prefetch(self, fd: int, start: int, n: int) -> None:
+        """Ask the kernel to start reading the next ``n`` frames now (``POSIX_FADV_WILLNEED``, asynchronous), so
+        a chunked reader's next read overlaps the work done on this chunk instead of waiting on the disk."""
+        if _HAS_FADVISE and n and start < self.n_samples:
+            os.posix_fadvise(fd, start * self.frame_bytes, min(n, self.n_samples - start) * self.frame_bytes, os.POSIX_FADV_WILLNEED)
 
     def close(self) -> None:
         with self._lock:
