@@ -3,15 +3,23 @@
 Without a Docker engine these still exercise: per-GPU slots shared by runs, a step that waits for its GPU
 (log line, no failure) and then starts, an unreachable engine → clear step failure + retry policy. With the
 engine and the ``ks-platform:cpu`` image (``ks_platform_tests.docker_support``) they also run steps in
-containers: missing image, labels/removal, and a partitioned sort whose Kilosort step runs in the image.
+containers: missing image, labels/removal, and a partitioned sort whose Kilosort step runs in the image; and
+the faults of a step container: killed mid-step (clear failure, the retry runs in a new container), the run
+terminated (its containers stopped and removed), killed mid-sort (clear failure, no ``sorting/`` half-written).
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -20,12 +28,13 @@ import dagster as dg
 import numpy as np
 import pytest
 import yaml
+from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from ks_platform.core.errors import PlatformConfigError
 from ks_platform.execution.docker_executor import require_shared_storage
 from ks_platform.execution.inventory import Inventory
 from ks_platform.execution.jobs import gpu_placement_smoke_job, placement_smoke_job, sort_session_in_containers
-from ks_platform.execution.placement import RUN_LABEL, StepRequest, candidate_placements
+from ks_platform.execution.placement import RUN_LABEL, STEP_LABEL, StepRequest, candidate_placements
 from ks_platform.execution.slots import SlotLedger
 from ks_platform_tests.conftest import failure_messages
 from ks_platform_tests.postgres_support import postgres_url  # noqa: F401 - session fixture
@@ -230,7 +239,234 @@ def test_sort_step_runs_in_cpu_image_with_postgres_and_matches_in_process(pg_ins
     theirs = reference_ws.store(reference_key).sorting_dir
     for name in ("spike_times.npy", "spike_clusters.npy"):
         np.testing.assert_array_equal(np.load(ours / name), np.load(theirs / name))
-    import json
-
     lineage = json.loads((ours / "lineage.json").read_text())
     assert lineage["image"] == image and str(lineage["image_digest"]).startswith("sha256:")
+
+
+# -- faults of step containers (real engine, real containers, real instance) -------------------------------------
+TEST_TAG = "ks_platform_tests/marker"
+SMOKE_STEP = "report_placement"
+CPU_SLOT = "ks_platform/cpu/local"  # the CPU pool of cpu_inventory's host "local"
+
+#: A run worker in its own process, as the run launcher starts one: ``execute_job`` in the main thread, so
+#: Dagster captures SIGINT (termination) and the executor's loop forwards it to the running steps.
+RUN_WORKER = """
+import json, sys
+import dagster as dg
+from ks_platform.execution.jobs import placement_smoke_job
+run_config, tags = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+with dg.DagsterInstance.get() as instance:
+    with dg.execute_job(dg.reconstructable(placement_smoke_job), instance=instance, run_config=run_config, tags=tags) as result:
+        print(f"run {result.run_id} success={result.success}", flush=True)
+"""
+
+
+def wait_until(predicate, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def tagged_run_id(instance: dg.DagsterInstance, marker: str) -> str | None:
+    runs = instance.get_runs(RunsFilter(tags={TEST_TAG: marker}))
+    return runs[0].run_id if runs else None
+
+
+def running_step_container(client, run_id: str, step_key: str):
+    found = client.containers.list(filters={"label": [f"{RUN_LABEL}={run_id}", f"{STEP_LABEL}={step_key}"], "status": "running"})
+    return found[0] if found else None
+
+
+def step_started(instance: dg.DagsterInstance, run_id: str, step_key: str) -> bool:
+    return any(entry.step_key == step_key for entry in events_of(instance, run_id, dg.DagsterEventType.STEP_START))
+
+
+def engine_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    return [entry.message or "" for entry in events_of(instance, run_id, dg.DagsterEventType.ENGINE_EVENT)]
+
+
+def slot_holders(instance: dg.DagsterInstance, slot_key: str) -> list[str]:
+    return [claim.run_id for claim in instance.event_log_storage.get_concurrency_info(slot_key).claimed_slots]
+
+
+class BackgroundRun(threading.Thread):
+    """``execute_job(reconstructable(job))`` in a thread, tagged so the test finds its run while it runs."""
+
+    def __init__(self, instance: dg.DagsterInstance, job, run_config: dict, tags: dict[str, str] | None = None) -> None:
+        super().__init__(daemon=True)
+        self.instance, self.job, self.run_config = instance, job, run_config
+        self.marker = uuid.uuid4().hex
+        self.tags = {**(tags or {}), TEST_TAG: self.marker}
+        self.success: bool | None = None
+        self.failures: list[str] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with dg.execute_job(dg.reconstructable(self.job), instance=self.instance, run_config=self.run_config, tags=self.tags) as result:
+                self.success, self.failures = result.success, failure_messages(result)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread by finish()
+            self.error = exc
+
+    def run_id(self, timeout: float) -> str:
+        def created() -> str | None:
+            if not self.is_alive() and self.error is not None:
+                raise self.error
+            return tagged_run_id(self.instance, self.marker)
+
+        return wait_until(created, timeout, "the run to be created")
+
+    def finish(self, timeout: float) -> bool:
+        self.join(timeout)
+        assert not self.is_alive(), f"the run did not end within {timeout:.0f} s"
+        if self.error is not None:
+            raise self.error
+        assert self.success is not None
+        return self.success
+
+
+def test_container_killed_mid_step_fails_clearly_then_the_retry_policy_reruns_it(pg_instance, tmp_path, engine_and_cpu_image):
+    """SIGKILL of the step's container while its op runs: the health check fails that attempt with the exit code,
+    the op's RetryPolicy(max_retries=1) reruns it in a new container, the run succeeds, no container is left."""
+    client, image = engine_and_cpu_image
+    config = cpu_inventory(tmp_path, image)
+    run_config = {"execution": {"config": {"inventory": config}}, "ops": {SMOKE_STEP: {"config": {"hold_seconds": 15.0}}}}
+    run = BackgroundRun(pg_instance, placement_smoke_job, run_config)
+    run.start()
+    run_id = run.run_id(timeout=60)
+    first = wait_until(lambda: step_started(pg_instance, run_id, SMOKE_STEP) and running_step_container(client, run_id, SMOKE_STEP), 120, f"{SMOKE_STEP} to run in its container")
+    first.kill()  # SIGKILL, while the op holds its slot: exit code 137
+    assert run.finish(timeout=240), run.failures
+
+    retries = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    assert len(retries) == 1
+    reason = retries[0].dagster_event.event_specific_data.error.message
+    assert f"Step {SMOKE_STEP} failed health check: container of {SMOKE_STEP} on local CPU exited with code 137 (killed)" in reason
+    assert events_of(pg_instance, run_id, dg.DagsterEventType.STEP_FAILURE) == []
+    assert [entry.step_key for entry in events_of(pg_instance, run_id, dg.DagsterEventType.STEP_SUCCESS)] == [SMOKE_STEP]
+    # the retried attempt ran in a new container (its own name, attempt suffix -1), which finished the op
+    starts = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_WORKER_STARTING)
+    containers = [entry.dagster_event.event_specific_data.metadata["Docker container id"].value for entry in starts]
+    names = [entry.dagster_event.event_specific_data.metadata["container"].value for entry in starts]
+    assert len(containers) == 2 and containers[0] == first.id and containers[1] != first.id
+    assert names[0] == first.name and names[1] == f"{first.name}-1"
+    messages = engine_messages(pg_instance, run_id)
+    assert any(f"Container {names[0]} of {SMOKE_STEP} on local CPU exited with code 137; its output is attached and the container was removed" in m for m in messages)
+    assert any(f"Container {names[1]} of {SMOKE_STEP} on local CPU exited with code 0; its output is attached and the container was removed" in m for m in messages)
+    assert len([entry for entry in pg_instance.all_logs(run_id) if "placement {" in (entry.user_message or "")]) == 1
+    assert labelled_containers(client, run_id) == []
+    assert run_id not in slot_holders(pg_instance, CPU_SLOT)
+
+
+def test_terminating_a_run_stops_and_removes_its_containers(pg_instance, tmp_path, engine_and_cpu_image):
+    """Dagster terminates a run by marking it CANCELING and interrupting its run worker (SIGINT): the executor
+    forwards it to the running step (terminate_step), whose container is stopped and removed; the run ends
+    CANCELED within seconds (the op would hold 300 s), its slot is free."""
+    client, image = engine_and_cpu_image
+    config = cpu_inventory(tmp_path, image)
+    run_config = {"execution": {"config": {"inventory": config}}, "ops": {SMOKE_STEP: {"config": {"hold_seconds": 300.0}}}}
+    marker = uuid.uuid4().hex
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    instance_config = yaml.safe_load((REPO / "deploy" / "dagster.postgres.yaml").read_text())
+    instance_config.pop("concurrency")  # as pg_instance: same PostgreSQL database (DAGSTER_PG_* from the fixture)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
+    log = tmp_path / "run_worker.log"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO)}
+    with open(log, "w") as handle:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", RUN_WORKER, json.dumps(run_config), json.dumps({TEST_TAG: marker})],
+            cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    run_id = None
+    try:
+        def created() -> str | None:
+            assert worker.poll() is None, f"the run worker ended early:\n{log.read_text()[-3000:]}"
+            return tagged_run_id(pg_instance, marker)
+
+        run_id = wait_until(created, 90, "the run worker to create its run")
+        container = wait_until(lambda: step_started(pg_instance, run_id, SMOKE_STEP) and running_step_container(client, run_id, SMOKE_STEP), 120, f"{SMOKE_STEP} to run in its container")
+        # What the run launcher's terminate() does: mark the run CANCELING, then the code server interrupts the worker.
+        pg_instance.report_run_canceling(pg_instance.get_run_by_id(run_id))
+        interrupted = time.monotonic()
+        os.kill(worker.pid, signal.SIGINT)
+        try:
+            worker.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the run worker did not end within 90 s of SIGINT:\n{log.read_text()[-3000:]}") from None
+        stopped_after = time.monotonic() - interrupted
+        assert stopped_after < 60, f"the worker took {stopped_after:.0f} s to stop (the op holds 300 s)"
+
+        run = pg_instance.get_run_by_id(run_id)
+        assert run is not None and run.status == DagsterRunStatus.CANCELED, (run and run.status, log.read_text()[-3000:])
+        messages = engine_messages(pg_instance, run_id)
+        assert any(m.startswith(f"Stopping {SMOKE_STEP} (container on local CPU)") for m in messages), messages
+        assert any(f"Container {container.name} of {SMOKE_STEP} on local CPU exited with code" in m and "the container was removed" in m for m in messages), messages
+        assert events_of(pg_instance, run_id, dg.DagsterEventType.STEP_SUCCESS) == []
+        assert client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}) == []
+        assert run_id not in slot_holders(pg_instance, CPU_SLOT)
+        print(f"terminated run {run_id[:8]}: {run.status.value}, worker ended {stopped_after:.1f} s after SIGINT (rc {worker.returncode})")
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+        if run_id is not None:  # never leave a container behind for later tests, even when an assertion failed
+            for leftover in labelled_containers(client, run_id):
+                leftover.remove(force=True)
+
+
+@pytest.mark.slow
+def test_container_killed_mid_sort_fails_the_step_clearly_with_nothing_half_written(pg_instance, tmp_path, engine_and_cpu_image, generated_session, monkeypatch):
+    """SIGKILL of the sorted_units container while Kilosort writes: the step fails with the exit code (the op has no
+    retry policy: one sort), the run fails, no ``sorting/`` under its final name, no container, lock and slot free."""
+    from ks_platform.core.sessions import SessionRef
+    from ks_platform.core.store import LOCK_FILE
+    from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
+    from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC
+
+    client, image = engine_and_cpu_image
+    landing = tmp_path / "landing"
+    shutil.copytree(generated_session, landing / generated_session.name)
+    config = cpu_inventory(tmp_path, image, cpu_slots=2)
+    config["landing"] = {ROOT_NAME: str(landing)}
+    for path in (tmp_path, landing, Path(config["store"])):  # the image's non-root user writes the store
+        for item in [path, *path.rglob("*")]:
+            os.chmod(item, 0o777 if item.is_dir() else 0o666)
+    monkeypatch.setenv("KS_PLATFORM_STORE", config["store"])
+    monkeypatch.setenv("KS_PLATFORM_LANDING", f"{ROOT_NAME}={landing}")
+    monkeypatch.setenv("KS_PLATFORM_BACKEND", "cpu")
+    key = SessionRef(ROOT_NAME, generated_session.name, TEST_SPEC.recording_date).key
+    pg_instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [key])
+    session = Path(config["store"]) / "sessions" / key
+
+    run = BackgroundRun(pg_instance, sort_session_in_containers, {"execution": {"config": {"inventory": config}}}, tags={"dagster/partition": key})
+    run.start()
+    run_id = run.run_id(timeout=120)
+
+    def kilosort_writing() -> bool:  # Kilosort has opened its log in the step's temporary sibling of sorting/
+        return any(any(staged.iterdir()) for staged in session.glob(".sorting.tmp-*"))
+
+    container = wait_until(lambda: kilosort_writing() and running_step_container(client, run_id, "sorted_units"), 900, "Kilosort to write into its temporary sorting folder", poll=0.5)
+    time.sleep(3)  # inside Kilosort, not at its first line
+    staged = [item.name for tmp in session.glob(".sorting.tmp-*") for item in tmp.iterdir()]
+    container.kill()  # SIGKILL: exit code 137
+    assert not run.finish(timeout=300)
+
+    failures = [entry for entry in events_of(pg_instance, run_id, dg.DagsterEventType.STEP_FAILURE) if entry.step_key == "sorted_units"]
+    assert len(failures) == 1
+    reason = failures[0].dagster_event.event_specific_data.error.message
+    assert "Step sorted_units failed health check: container of sorted_units on local CPU exited with code 137 (killed)" in reason
+    assert events_of(pg_instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY) == []
+    assert "sorted_units" not in {entry.step_key for entry in events_of(pg_instance, run_id, dg.DagsterEventType.STEP_SUCCESS)}
+    assert not (session / "sorting").exists(), "a killed sort must leave no sorting/ under its final name"
+    assert not (session / "phy").exists()
+    assert (session / "binary").is_dir()  # the steps before it are whole
+    assert labelled_containers(client, run_id) == []
+    assert run_id not in slot_holders(pg_instance, CPU_SLOT)
+    with open(session / LOCK_FILE, "a+") as handle:  # the kernel released the killed container's session lock
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print(f"killed sorted_units of run {run_id[:8]} while Kilosort had written {sorted(staged)}")

@@ -211,7 +211,8 @@ class PlacingDockerStepHandler(StepHandler):
             return CheckStepHealthResult.healthy()
         try:
             container = self._client(state.placement).containers.get(state.container_id)  # type: ignore[arg-type]
-            status, code = container.status, container.attrs.get("State", {}).get("ExitCode")
+            container_state = container.attrs.get("State", {})
+            status, code = container.status, container_state.get("ExitCode")
         except docker.errors.NotFound:
             state.error_reported = True
             self._cleanup(state, capture_logs=False)
@@ -219,7 +220,11 @@ class PlacingDockerStepHandler(StepHandler):
         if status in ("created", "running", "restarting") or code == 0:
             return CheckStepHealthResult.healthy()
         state.error_reported = True
-        reason = f"container of {state.request.step_key} on {state.placement.slot} exited with code {code}" + (" (killed)" if code == 137 else "")  # type: ignore[union-attr]
+        if container_state.get("OOMKilled"):
+            cause = " (out of memory: the host's kernel killed it. Fix: free memory on that host, or sort with a smaller batch_size in kilosort4-settings.json)"
+        else:
+            cause = " (killed)" if code == 137 else ""
+        reason = f"container of {state.request.step_key} on {state.placement.slot} exited with code {code}{cause}"  # type: ignore[union-attr]
         self._cleanup(state, capture_logs=True)
         return CheckStepHealthResult.unhealthy(reason)
 
