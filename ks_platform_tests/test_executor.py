@@ -362,6 +362,26 @@ def test_container_killed_mid_step_fails_clearly_then_the_retry_policy_reruns_it
     assert run_id not in slot_holders(pg_instance, CPU_SLOT)
 
 
+def test_container_that_exits_without_reporting_fails_after_the_grace_period(pg_instance, tmp_path, engine_and_cpu_image):
+    """A step process that ends with code 0 before its outcome reaches the database (lost events): the run does not
+    wait for ever; after ``exit_grace_seconds`` the attempt fails with what happened and what to check."""
+    client, image = engine_and_cpu_image
+    config = {**cpu_inventory(tmp_path, image), "exit_grace_seconds": 5}
+    run_config = {"execution": {"config": {"inventory": config}}, "ops": {SMOKE_STEP: {"config": {"vanish": True}}}}
+    run = BackgroundRun(pg_instance, placement_smoke_job, run_config)
+    run.start()
+    run_id = run.run_id(timeout=60)
+    assert not run.finish(timeout=240), "both attempts vanished: the run fails"
+    retries = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    failures = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_FAILURE)
+    assert len(retries) == 1 and len(failures) == 1
+    for entry in (*retries, *failures):
+        message = entry.dagster_event.event_specific_data.error.message
+        assert "exited with code 0 but its step reported no outcome within 5" in message and "Fix: check that step containers reach the same PostgreSQL" in message, message
+    assert labelled_containers(client, run_id) == []
+    assert run_id not in slot_holders(pg_instance, CPU_SLOT)
+
+
 def test_terminating_a_run_stops_and_removes_its_containers(pg_instance, tmp_path, engine_and_cpu_image):
     """Dagster terminates a run by marking it CANCELING and interrupting its run worker (SIGINT): the executor
     forwards it to the running step (terminate_step), whose container is stopped and removed; the run ends

@@ -53,6 +53,8 @@ class _StepState:
     last_wait_log: float | None = None
     #: Container removed and slot given back (cleanup is idempotent).
     released: bool = False
+    #: When the container was first seen exited with code 0 while its step had not reported an outcome yet.
+    exited_ok_at: float | None = None
 
 
 def read_channel_count(store_root: str, session: str | None) -> int | None:
@@ -217,8 +219,20 @@ class PlacingDockerStepHandler(StepHandler):
             state.error_reported = True
             self._cleanup(state, capture_logs=False)
             return CheckStepHealthResult.unhealthy(f"container of {state.request.step_key} on {state.placement.slot} disappeared")  # type: ignore[union-attr]
-        if status in ("created", "running", "restarting") or code == 0:
+        if status in ("created", "running", "restarting"):
             return CheckStepHealthResult.healthy()
+        if code == 0:
+            # Its success/failure event is normally in the database already; give a lagging one the grace period,
+            # then fail the attempt rather than wait for ever on an outcome that was lost.
+            state.exited_ok_at = state.exited_ok_at or time.monotonic()
+            if time.monotonic() - state.exited_ok_at < self.inventory.exit_grace_seconds:
+                return CheckStepHealthResult.healthy()
+            state.error_reported = True
+            self._cleanup(state, capture_logs=True)
+            return CheckStepHealthResult.unhealthy(
+                f"container of {state.request.step_key} on {state.placement.slot} exited with code 0 but its step reported no outcome within {self.inventory.exit_grace_seconds} s "  # type: ignore[union-attr]
+                "(its events did not reach the instance database. Fix: check that step containers reach the same PostgreSQL as the run)"
+            )
         state.error_reported = True
         if container_state.get("OOMKilled"):
             cause = " (out of memory: the host's kernel killed it. Fix: free memory on that host, or sort with a smaller batch_size in kilosort4-settings.json)"

@@ -19,7 +19,10 @@ def sort_session_in_containers() -> dg.JobDefinition:
 
 @dg.op(
     retry_policy=dg.RetryPolicy(max_retries=1),
-    config_schema={"hold_seconds": dg.Field(float, default_value=0.0)},
+    config_schema={
+        "hold_seconds": dg.Field(float, default_value=0.0),
+        "vanish": dg.Field(bool, default_value=False, description="fault drill: end the step process with code 0 before it reports, as if its events were lost"),
+    },
     description="Reports where it ran (host, backend, image digest, planned batch size); holds its slot for hold_seconds.",
 )
 def report_placement(context: dg.OpExecutionContext) -> None:
@@ -31,6 +34,8 @@ def report_placement(context: dg.OpExecutionContext) -> None:
     seen["hostname"] = socket.gethostname()
     seen["uid"] = str(os.getuid())
     time.sleep(context.op_config["hold_seconds"])
+    if context.op_config["vanish"]:
+        os._exit(0)
     context.log.info("placement " + json.dumps(seen, sort_keys=True))
 
 
