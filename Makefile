@@ -8,7 +8,7 @@ export KS_PLATFORM_STORE ?= $(CURDIR)/data/store
 export KS_PLATFORM_LANDING ?= rig1=$(CURDIR)/data/landing/rig1
 export KS_PLATFORM_BACKEND ?= auto
 
-.PHONY: install demo test dev bench clean
+.PHONY: install demo test dev bench screenshots clean
 
 $(BIN)/ks-platform: pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: install
 ## Browse the same assets in the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
 dev: install
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## Refresh the README's UI screenshots: the browser test (real Chromium) saves one per step.
+screenshots: install
+	bash scripts/install_system_deps.sh
+	$(BIN)/python -m pytest -v ks_platform_tests/test_ui_browser.py
+	mkdir -p docs/screenshots && cp test-artifacts/ui/[0-9]*.png docs/screenshots/
 
 bench: install
 	$(BIN)/python bench/run_all.py

@@ -56,5 +56,7 @@ for backend in "${backends[@]}"; do
       --build-arg BASE_IMAGE="$base" --build-arg BACKEND="$backend" --build-arg TORCH_REQUIREMENT="$torch_req" \
       --build-arg IMAGE_TAG="ks-platform:$backend" --build-arg GIT_COMMIT="$commit" -t "ks-platform:$backend" . >"$log" 2>&1
   ) 9>"/tmp/ks-platform-build-$backend.lock" || { tail -40 "$log" >&2; exit 1; }
+  # The tag moved to the new build: drop this image's older, now untagged builds (~2 GB each; never one in use).
+  docker image prune --force --filter "label=org.opencontainers.image.ref.name=ks-platform:$backend" >/dev/null
   docker image inspect "ks-platform:$backend" --format "ks-platform:$backend {{.Id}} $(( $(date +%s) - start )) s, {{.Size}} bytes"
 done

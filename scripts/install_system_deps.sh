@@ -7,6 +7,9 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 # Docker engine + debootstrap for the offline base image (ks_platform_tests/docker_support.py starts dockerd).
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+# Chromium for the browser test of the UI (ks_platform_tests/test_ui_browser.py drives it with Playwright;
+# Playwright's own browser download does not work offline, so the test points it at /usr/bin/chromium).
+command -v chromium >/dev/null || need+=(chromium)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then echo "not root: install ${need[*]} yourself" >&2; exit 0; fi
   apt-get update -qq
