@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +104,14 @@ def failure_messages(result) -> list[str]:
 def leftovers(store_dir: Path) -> list[Path]:
     """Temporary or swapped-out paths still in the store (must be none)."""
     return [p for p in store_dir.rglob("*") if ".tmp-" in p.name or ".old-" in p.name] if store_dir.exists() else []
+
+
+def wait_until(predicate, timeout: float, what: str, poll: float = 0.2):
+    """Call ``predicate`` every ``poll`` seconds until it returns something truthy (returned); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

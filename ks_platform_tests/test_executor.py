@@ -36,7 +36,7 @@ from ks_platform.execution.inventory import Inventory
 from ks_platform.execution.jobs import gpu_placement_smoke_job, placement_smoke_job, sort_session_in_containers
 from ks_platform.execution.placement import RUN_LABEL, STEP_LABEL, StepRequest, candidate_placements
 from ks_platform.execution.slots import SlotLedger
-from ks_platform_tests.conftest import failure_messages
+from ks_platform_tests.conftest import failure_messages, wait_until
 from ks_platform_tests.postgres_support import postgres_url  # noqa: F401 - session fixture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,6 +167,28 @@ def cpu_inventory(tmp_path: Path, image: str, docker_url: str = "unix:///var/run
     }
 
 
+def container_session(tmp_path: Path, image: str, generated_session: Path, monkeypatch, instance: dg.DagsterInstance) -> tuple[dict, str]:
+    """The canonical session in a landing root the image's non-root user can read and a store it can write, an
+    inventory for the local engine (2 CPU slots), the platform env for the step containers, and its partition."""
+    from ks_platform.core.sessions import SessionRef
+    from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
+    from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC
+
+    landing = tmp_path / "landing"
+    shutil.copytree(generated_session, landing / generated_session.name)
+    config = cpu_inventory(tmp_path, image, cpu_slots=2)
+    config["landing"] = {ROOT_NAME: str(landing)}
+    for path in (tmp_path, landing, Path(config["store"])):  # the image's non-root user writes the store
+        for item in [path, *path.rglob("*")]:
+            os.chmod(item, 0o777 if item.is_dir() else 0o666)
+    monkeypatch.setenv("KS_PLATFORM_STORE", config["store"])
+    monkeypatch.setenv("KS_PLATFORM_LANDING", f"{ROOT_NAME}={landing}")
+    monkeypatch.setenv("KS_PLATFORM_BACKEND", "cpu")
+    key = SessionRef(ROOT_NAME, generated_session.name, TEST_SPEC.recording_date).key
+    instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [key])
+    return config, key
+
+
 def test_missing_image_is_a_clear_failure_with_retry_and_no_orphans(pg_instance, tmp_path, engine_and_cpu_image):
     client, _ = engine_and_cpu_image
     config = cpu_inventory(tmp_path, "ks-platform:no-such-tag")
@@ -210,25 +232,10 @@ def test_cpu_slots_queue_concurrent_runs_and_containers_are_removed(pg_instance,
 
 def test_sort_step_runs_in_cpu_image_with_postgres_and_matches_in_process(pg_instance, tmp_path, engine_and_cpu_image, sorted_workspace, generated_session, monkeypatch):
     """A partitioned sort_session run through the executor: every step in a ks-platform:cpu container."""
-    from ks_platform.core.sessions import SessionRef
-    from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
-    from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC
-
     client, image = engine_and_cpu_image
     reference_ws, reference_key, reference_result = sorted_workspace
     assert reference_result.success
-    landing = tmp_path / "landing"
-    shutil.copytree(generated_session, landing / generated_session.name)
-    config = cpu_inventory(tmp_path, image, cpu_slots=2)
-    config["landing"] = {ROOT_NAME: str(landing)}
-    for path in (tmp_path, landing, Path(config["store"])):  # the image's non-root user writes the store
-        for item in [path, *path.rglob("*")]:
-            os.chmod(item, 0o777 if item.is_dir() else 0o666)
-    monkeypatch.setenv("KS_PLATFORM_STORE", config["store"])
-    monkeypatch.setenv("KS_PLATFORM_LANDING", f"{ROOT_NAME}={landing}")
-    monkeypatch.setenv("KS_PLATFORM_BACKEND", "cpu")
-    key = SessionRef(ROOT_NAME, generated_session.name, TEST_SPEC.recording_date).key
-    pg_instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [key])
+    config, key = container_session(tmp_path, image, generated_session, monkeypatch, pg_instance)
     with dg.execute_job(dg.reconstructable(sort_session_in_containers), instance=pg_instance, run_config={"execution": {"config": {"inventory": config}}}, tags={"dagster/partition": key}) as result:
         assert result.success, failure_messages(result)
         run_id = result.run_id
@@ -259,16 +266,6 @@ with dg.DagsterInstance.get() as instance:
     with dg.execute_job(dg.reconstructable(placement_smoke_job), instance=instance, run_config=run_config, tags=tags) as result:
         print(f"run {result.run_id} success={result.success}", flush=True)
 """
-
-
-def wait_until(predicate, timeout: float, what: str, poll: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def tagged_run_id(instance: dg.DagsterInstance, marker: str) -> str | None:
@@ -443,24 +440,10 @@ def test_terminating_a_run_stops_and_removes_its_containers(pg_instance, tmp_pat
 def test_container_killed_mid_sort_fails_the_step_clearly_with_nothing_half_written(pg_instance, tmp_path, engine_and_cpu_image, generated_session, monkeypatch):
     """SIGKILL of the sorted_units container while Kilosort writes: the step fails with the exit code (the op has no
     retry policy: one sort), the run fails, no ``sorting/`` under its final name, no container, lock and slot free."""
-    from ks_platform.core.sessions import SessionRef
     from ks_platform.core.store import LOCK_FILE
-    from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
-    from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC
 
     client, image = engine_and_cpu_image
-    landing = tmp_path / "landing"
-    shutil.copytree(generated_session, landing / generated_session.name)
-    config = cpu_inventory(tmp_path, image, cpu_slots=2)
-    config["landing"] = {ROOT_NAME: str(landing)}
-    for path in (tmp_path, landing, Path(config["store"])):  # the image's non-root user writes the store
-        for item in [path, *path.rglob("*")]:
-            os.chmod(item, 0o777 if item.is_dir() else 0o666)
-    monkeypatch.setenv("KS_PLATFORM_STORE", config["store"])
-    monkeypatch.setenv("KS_PLATFORM_LANDING", f"{ROOT_NAME}={landing}")
-    monkeypatch.setenv("KS_PLATFORM_BACKEND", "cpu")
-    key = SessionRef(ROOT_NAME, generated_session.name, TEST_SPEC.recording_date).key
-    pg_instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [key])
+    config, key = container_session(tmp_path, image, generated_session, monkeypatch, pg_instance)
     session = Path(config["store"]) / "sessions" / key
 
     run = BackgroundRun(pg_instance, sort_session_in_containers, {"execution": {"config": {"inventory": config}}}, tags={"dagster/partition": key})

@@ -27,7 +27,7 @@ from ks_platform.core import conversion, pipeline
 from ks_platform.core.sessions import SessionRef
 from ks_platform.core.store import LOCK_FILE, SessionStore, session_lock
 from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
-from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC, leftovers
+from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC, leftovers, wait_until
 from ks_platform_tests.postgres_support import postgres_bin_dir, postgres_server
 from ks_platform_tests.test_faults import COMPLETE_MARKERS, FinalNameWatcher, write_raw_int16_session
 
@@ -63,16 +63,6 @@ def launch_worker(home: Path, store: Path, landing: Path, key: str, assets: list
     with open(log, "w") as handle:
         process = subprocess.Popen([sys.executable, "-m", "ks_platform_tests.run_worker", json.dumps(config)], env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     return Worker(process, log)
-
-
-def wait_until(predicate, timeout: float, what: str, poll: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def home_with(config_file: Path, home: Path) -> Path:

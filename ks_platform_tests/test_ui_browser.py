@@ -192,7 +192,7 @@ def test_a_lab_day_in_the_dagster_ui(ui: LiveDagster, page):
     shown(page, str(phy_dir)).wait_for()
     for lineage_field in ("kilosort_version", "torch_version", "device", "image_digest", "params_hash", "input_checksum", "seeds"):
         assert page.locator("tr", has_text=lineage_field).count() > 0, lineage_field
-    page.locator("tr", has_text="open_in_phy").filter(visible=True).first.scroll_into_view_if_needed()
+    page.locator("tr", has_text="ks_platform_version").filter(visible=True).first.scroll_into_view_if_needed()
     steps.shot("phy_bundle_materialization")
     # Dagster renders markdown over 1,000 characters (an inlined PNG) in a dialog: one click on the figure's row.
     figure_row = page.locator("tr", has_text="figure_phy_overview").filter(visible=True).first
