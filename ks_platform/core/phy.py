@@ -65,11 +65,13 @@ def build_phy_bundle(sorting_dir: Path, binary: RecordingBinary, channel_shanks:
 
 def _cluster_labels(folder: Path) -> dict[int, str]:
     """Kilosort's good/mua label per cluster id (``cluster_KSLabel.tsv``), empty when absent."""
+    import pandas as pd
+
     path = folder / "cluster_KSLabel.tsv"
     if not path.is_file():
         return {}
-    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
-    return {int(cluster): label.strip() for cluster, label in rows}
+    table = pd.read_csv(path, sep="\t")
+    return dict(zip(table["cluster_id"].astype(int), table["KSLabel"].astype(str)))
 
 
 def plot_phy_overview(folder: Path, path: Path, sampling_frequency: float) -> Path:
@@ -80,7 +82,7 @@ def plot_phy_overview(folder: Path, path: Path, sampling_frequency: float) -> Pa
     amplitudes = np.load(folder / "amplitudes.npy").ravel()
     templates = np.load(folder / "templates.npy", mmap_mode="r")
     labels = _cluster_labels(folder)
-    ids = np.unique(clusters)
+    ids, counts = np.unique(clusters, return_counts=True)
     colors = [f"C{i % 10}" for i in range(len(ids))]
 
     plt, fig = new_figure(10, 4)
@@ -92,13 +94,13 @@ def plot_phy_overview(folder: Path, path: Path, sampling_frequency: float) -> Pa
 
     template_ax = fig.add_subplot(1, 2, 2)
     offset = 0.0
-    for cluster, color in zip(ids, colors):
+    for cluster, count, color in zip(ids, counts, colors):
         template = np.asarray(templates[cluster]) if cluster < templates.shape[0] else np.zeros((templates.shape[1], 1))
         trace = template[:, int(np.argmax(np.ptp(template, axis=0)))]
         span = float(np.ptp(trace)) or 1.0
         template_ax.plot(np.arange(trace.size) / sampling_frequency * 1000, trace / span + offset, color=color)
         label = labels.get(int(cluster), "")
-        template_ax.annotate(f"{int(cluster)} {label} ({int((clusters == cluster).sum())})", (0, offset + 0.25), fontsize=7)
+        template_ax.annotate(f"{int(cluster)} {label} ({int(count)})", (0, offset + 0.25), fontsize=7)
         offset -= 1.2
     template_ax.set(xlabel="ms", yticks=[], title="templates on their peak channel: id label (spikes)")
     return save_figure(plt, fig, path)
