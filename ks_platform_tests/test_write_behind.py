@@ -1,0 +1,79 @@
+"""WriteBehindFile: the bytes land exactly, errors from the writer thread reach the caller, nothing hangs."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import shutil
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+
+from ks_platform.core.write_behind import WriteBehindFile
+
+BLOCK = 4 * mmap.PAGESIZE
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache"])
+@pytest.mark.parametrize("total", [0, 1, BLOCK - 2, BLOCK, 3 * BLOCK, 7 * BLOCK + 1234], ids=lambda n: f"{n}B")
+def test_bytes_land_exactly_whatever_the_sizes_of_the_writes(tmp_path, direct, total):
+    rng = np.random.default_rng(total)
+    payload = rng.integers(0, 256, size=total, dtype=np.uint8).tobytes()
+    cuts = np.sort(rng.integers(0, total + 1, size=9)) if total else np.zeros(0, dtype=int)
+    pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, total])]  # some empty, some spanning blocks
+    target = tmp_path / "out.bin"
+    with WriteBehindFile(target, block_bytes=BLOCK, n_blocks=2, direct=direct) as output:
+        for piece in pieces:
+            output.write(piece)
+    assert target.read_bytes() == payload
+    assert output.bytes_written == total
+
+
+def test_int16_arrays_are_written_as_their_bytes(tmp_path):
+    block = np.arange(-5000, 5000, dtype=np.int16).reshape(-1, 40)
+    with WriteBehindFile(tmp_path / "a.bin", block_bytes=BLOCK) as output:
+        for _ in range(5):
+            output.write(block)
+    assert (tmp_path / "a.bin").read_bytes() == block.tobytes() * 5
+
+
+def test_o_direct_is_used_on_this_disk_and_the_threads_end(tmp_path):
+    before = threading.active_count()
+    with WriteBehindFile(tmp_path / "a.bin", block_bytes=BLOCK) as output:
+        output.write(b"x" * (BLOCK * 2 + 10))
+        assert output.direct, "ext4/tmpfs accept O_DIRECT on Linux; the fast path must be the one tested"
+    assert threading.active_count() == before
+
+
+def test_a_full_disk_reaches_the_caller_as_ENOSPC_and_nothing_hangs(tmp_path):
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.fail("this test mounts a 1 MB tmpfs: run it as root (CI does)")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        with pytest.raises(OSError) as caught:
+            with WriteBehindFile(mount / "big.bin", block_bytes=BLOCK, n_blocks=2) as output:
+                for _ in range(200):  # 3.2 MB into 1 MB
+                    output.write(b"\0" * BLOCK)
+        assert caught.value.errno == errno.ENOSPC
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_an_error_in_the_producer_stops_the_writer_without_fsync(tmp_path):
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="reader failed"):
+        with WriteBehindFile(tmp_path / "a.bin", block_bytes=BLOCK) as output:
+            output.write(b"y" * (BLOCK + 1))
+            raise RuntimeError("reader failed")
+    assert threading.active_count() == before
+    assert (tmp_path / "a.bin").stat().st_size == BLOCK, "only full blocks were written; the caller removes the partial file"
+
+
+def test_block_size_must_suit_o_direct(tmp_path):
+    with pytest.raises(ValueError, match="multiple of"):
+        WriteBehindFile(tmp_path / "a.bin", block_bytes=BLOCK + 1)
