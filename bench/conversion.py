@@ -11,12 +11,15 @@ For every size (GB of *source* bytes) the inputs are generated chunk by chunk un
 Paths measured on each copy source, back to back and under the same page-cache treatment:
 
 * ``cp``   – ``cp SRC DST && sync DST`` (coreutils; ``sync FILE`` fsyncs that file).
+* ``io``   – the I/O alone, nothing computed: read the source in 2 MB blocks and write as many bytes as the
+  binary has (zeros, through the same ``WriteBehindFile`` as ours), fsync. What this disk allows for the
+  conversion's byte pattern; ``ours/io`` near 1 means the conversion is waiting on the disk, not the CPU.
 * ``ours`` – ``write_recording_binary`` (its own fsync, manifest and atomic rename included).
 * ``si``   – ``spikeinterface.core.read_binary`` (+ ``select_channels`` dropping the sync channel, or
   ``spikeinterface.preprocessing.scale`` for float32) → ``write_binary_recording(dtype="int16",
   n_jobs=1, chunk_duration="1s")``, then an ``os.fsync`` of its output so every path ends on disk.
 
-Every repeat runs cp, ours and SI back to back (order rotated per repeat) under each page-cache state:
+Every repeat runs cp, io, ours and SI back to back (order rotated per repeat) under each page-cache state:
 ``cold`` (source fsynced then evicted with ``posix_fadvise(DONTNEED)``; ``resident_before`` in the JSON
 rows is util-linux ``fincore``'s check) and ``warm`` (source read fully beforehand). Before every
 measurement: ``sync``, then wait until the disk has been idle for 1 s (``quiesce``). MB/s = source bytes / seconds (1 MB = 1e6 bytes). ``ours`` and ``si`` run in a fresh child
@@ -180,7 +183,25 @@ def vm_hwm_mb() -> float:
 
 def _child(spec: dict) -> dict:
     """Runs in a fresh interpreter: one conversion, timed around the call only, plus its peak RSS."""
-    if spec["path"] == "ours":
+    if spec["path"] == "io":
+        from ks_platform.core.write_behind import WriteBehindFile
+
+        in_bytes = os.path.getsize(spec["data"])
+        frame_in, frame_out = spec["n_channels"] * np.dtype(spec["dtype"]).itemsize, 384 * 2
+        block = bytearray(2 * 1024 * 1024 // frame_in * frame_in)
+        zeros = bytes(len(block) // frame_in * frame_out)
+        out = Path(spec["out"])
+        out.mkdir(parents=True)
+        rss_before = vm_hwm_mb()
+        t0 = time.perf_counter()
+        with open(spec["data"], "rb", buffering=0) as handle, WriteBehindFile(out / "recording.bin") as output:
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            while n := handle.readinto(block):
+                output.write(zeros[: n // frame_in * frame_out])
+        seconds = time.perf_counter() - t0
+        assert output.bytes_written == in_bytes // frame_in * frame_out
+        extra = {}
+    elif spec["path"] == "ours":
         from ks_platform.core.conversion import write_recording_binary
         from ks_platform.core.formats import open_recording
 
@@ -277,7 +298,7 @@ def bench_size(size_gb: float, tmp_root: Path, caches: list[str], repeats: int, 
             src_bytes = info["data"].stat().st_size
             for cache in caches:
                 for rep in range(repeats):
-                    for path in rotate(("cp", "ours", "si"), rep):
+                    for path in rotate(("cp", "ours", "si", "io"), rep):
                         dst = out / f"{source}_{path}"
                         resident = prepare(info["data"], cache)
                         if path == "cp":
@@ -324,12 +345,13 @@ def _median(rows: list[dict], **match) -> dict:
     return agg
 
 
-def _paired_ratio(rows: list[dict], other: str, **match) -> str:
-    """Median over repeats of ours/other MB/s within the same repeat; then the ratio of medians."""
-    mine = {r["repeat"]: r for r in rows if r["path"] == "ours" and all(r.get(k) == v for k, v in match.items())}
+def _paired_ratio(rows: list[dict], other: str, mine: str = "ours", **match) -> str:
+    """Median over repeats of mine/other MB/s within the same repeat; then the ratio of medians."""
+    path = mine
+    mine = {r["repeat"]: r for r in rows if r["path"] == path and all(r.get(k) == v for k, v in match.items())}
     theirs = {r["repeat"]: r for r in rows if r["path"] == other and all(r.get(k) == v for k, v in match.items())}
     paired = statistics.median(mine[k]["mb_per_s"] / theirs[k]["mb_per_s"] for k in mine if k in theirs)
-    of_medians = _median(rows, path="ours", **match)["mb_per_s"] / _median(rows, path=other, **match)["mb_per_s"]
+    of_medians = _median(rows, path=path, **match)["mb_per_s"] / _median(rows, path=other, **match)["mb_per_s"]
     return f"{paired:.2f} ({of_medians:.2f})"
 
 
@@ -341,22 +363,23 @@ def summarize(rows: list[dict], sizes: list[float], caches: list[str]) -> str:
     n = max(r["repeat"] for r in rows) + 1
     lines = [
         f"MB/s = source bytes / seconds (1 MB = 1e6 B); median of {n} run(s), (min–max) in brackets. Ratios: median of the {n}"
-        " per-repeat ratios (each repeat runs cp, ours and SI back to back, so a ratio compares runs that saw the same disk),"
+        " per-repeat ratios (each repeat runs cp, I/O only, ours and SI back to back, so a ratio compares runs that saw the same disk),"
         " then the ratio of the median MB/s in brackets.",
         "",
-        "| size | source | cache | cp MB/s | ours MB/s | SI MB/s | ours/cp (goal ≥ 0.8) | ours/SI (goal ≥ 3) | ours peak RSS MB | SI peak RSS MB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| size | source | cache | cp MB/s | I/O only MB/s | ours MB/s | SI MB/s | ours/cp (goal ≥ 0.8) | ours/SI (goal ≥ 3) | ours/I/O only | I/O only/SI | ours peak RSS MB | SI peak RSS MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     names = {"sglx": "SpikeGLX int16 385→384 ch (forced copy)", "f32": "raw float32 384 ch → int16"}
     present = {r["source"] for r in rows}
     for size in sizes:
         for source in [s for s in ("sglx", "f32") if s in present]:
             for cache in caches:
-                cp, ours, si = (_median(rows, size_gb=size, source=source, cache=cache, path=p) for p in ("cp", "ours", "si"))
-                vs_cp, vs_si = (_paired_ratio(rows, other, size_gb=size, source=source, cache=cache) for other in ("cp", "si"))
+                cp, io, ours, si = (_median(rows, size_gb=size, source=source, cache=cache, path=p) for p in ("cp", "io", "ours", "si"))
+                vs_cp, vs_si, vs_io = (_paired_ratio(rows, other, size_gb=size, source=source, cache=cache) for other in ("cp", "si", "io"))
+                io_vs_si = _paired_ratio(rows, "si", mine="io", size_gb=size, source=source, cache=cache)
                 lines.append(
-                    f"| {size:g} GB | {names[source]} | {cache} | {_mbs(cp)} | {_mbs(ours)} | {_mbs(si)} | "
-                    f"{vs_cp} | {vs_si} | {ours['peak_rss_mb']:.0f} | {si['peak_rss_mb']:.0f} |"
+                    f"| {size:g} GB | {names[source]} | {cache} | {_mbs(cp)} | {_mbs(io)} | {_mbs(ours)} | {_mbs(si)} | "
+                    f"{vs_cp} | {vs_si} | {vs_io} | {io_vs_si} | {ours['peak_rss_mb']:.0f} | {si['peak_rss_mb']:.0f} |"
                 )
     lines += ["", "| size | zero-copy (int16 raw, 385 ch) | cache | seconds (hash in place) | MB/s hashed | recording bytes written to store (goal 0) | manifest bytes | peak RSS MB |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for size in sizes if "i16" in present else []:
