@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +108,19 @@ def failure_messages(result) -> list[str]:
 def leftovers(store_dir: Path) -> list[Path]:
     """Temporary or swapped-out paths still in the store (must be none)."""
     return [p for p in store_dir.rglob("*") if ".tmp-" in p.name or ".old-" in p.name] if store_dir.exists() else []
+
+
+@contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real filesystem of ``size`` (e.g. "16m") mounted at ``path`` for disk-full tests; needs root (CI is)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.fail(f"this test mounts a {size} tmpfs: run it as root (CI does)")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
 
 
 def wait_until(predicate, timeout: float, what: str, poll: float = 0.2):

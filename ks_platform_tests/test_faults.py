@@ -22,7 +22,7 @@ from ks_platform.core.errors import SessionInputError
 from ks_platform.core.sessions import SessionRef
 from ks_platform.core.store import SessionStore, session_lock
 from ks_platform.core.synthetic import np1_probe
-from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC, leftovers
+from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC, leftovers, small_tmpfs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -204,12 +204,7 @@ def test_kill_during_sorting_and_phy_export_then_rematerialize_is_byte_identical
 
 
 def test_full_disk_during_conversion_names_the_store_and_removes_the_partial_file(tmp_path, generated_session):
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.fail("this test mounts a 16 MB tmpfs as the store: run it as root (CI does)")
-    mount = tmp_path / "small_store"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "small_store", "16m") as mount:
         store = SessionStore(mount, "2026-03-02__rig1__demo_seed42")
         pipeline.observe_raw_recording(generated_session, store)
         with pytest.raises(SessionInputError) as caught:
@@ -218,8 +213,6 @@ def test_full_disk_during_conversion_names_the_store_and_removes_the_partial_fil
         assert "disk is full" in message and "Fix:" in message and str(store.dir) in message
         assert not store.binary_dir.exists() and leftovers(store.dir) == []
         assert shutil.disk_usage(mount).used < 1_000_000, "the partial binary was removed"
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_session_changing_mid_run_is_detected_by_its_fingerprint(tmp_path, generated_session):

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import errno
 import mmap
-import os
-import shutil
-import subprocess
 import threading
 
 import numpy as np
 import pytest
 
 from ks_platform.core.write_behind import WriteBehindFile
+from ks_platform_tests.conftest import small_tmpfs
 
 BLOCK = 4 * mmap.PAGESIZE
 
@@ -49,19 +47,12 @@ def test_o_direct_is_used_on_this_disk_and_the_threads_end(tmp_path):
 
 
 def test_a_full_disk_reaches_the_caller_as_ENOSPC_and_nothing_hangs(tmp_path):
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.fail("this test mounts a 1 MB tmpfs: run it as root (CI does)")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "tiny", "1m") as mount:
         with pytest.raises(OSError) as caught:
             with WriteBehindFile(mount / "big.bin", block_bytes=BLOCK, n_blocks=2) as output:
                 for _ in range(200):  # 3.2 MB into 1 MB
                     output.write(b"\0" * BLOCK)
         assert caught.value.errno == errno.ENOSPC
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_an_error_in_the_producer_stops_the_writer_without_fsync(tmp_path):
