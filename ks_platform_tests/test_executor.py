@@ -202,25 +202,21 @@ def test_missing_image_is_a_clear_failure_with_retry_and_no_orphans(pg_instance,
 
 
 def test_cpu_slots_queue_concurrent_runs_and_containers_are_removed(pg_instance, tmp_path, engine_and_cpu_image):
-    """One CPU slot, two runs holding it 8 s each: the second waits, both succeed, logs kept, containers gone."""
+    """One CPU slot, two runs (two run-worker processes) holding it 8 s each: the second waits, both succeed, logs
+    kept, containers gone."""
     client, image = engine_and_cpu_image
     config = cpu_inventory(tmp_path, image)
     run_config = {"execution": {"config": {"inventory": config}}, "ops": {"report_placement": {"config": {"hold_seconds": 8.0}}}}
-    results: dict[str, str] = {}
-
-    def launch(name: str) -> None:
-        with dg.execute_job(dg.reconstructable(placement_smoke_job), instance=pg_instance, run_config=run_config) as result:
-            results[name] = result.run_id if result.success else f"failed {failure_messages(result)}"
-
-    threads = [threading.Thread(target=launch, args=(name,)) for name in ("a", "b")]
-    for thread in threads:
-        thread.start()
-        time.sleep(1.0)
-    for thread in threads:
-        thread.join(timeout=300)
-    assert all(not value.startswith("failed") for value in results.values()), results
+    workers = []
+    for name in ("a", "b"):
+        workers.append(RunWorker(tmp_path / name, "placement_smoke_job", run_config))
+        workers[-1].run_id(pg_instance, timeout=90)
+    run_ids = []
+    for worker in workers:
+        assert worker.finish(pg_instance, timeout=300), worker.failures(pg_instance)
+        run_ids.append(worker.run_id(pg_instance, timeout=0))
     waited = []
-    for run_id in results.values():
+    for run_id in run_ids:
         messages = [entry.message or "" for entry in events_of(pg_instance, run_id, dg.DagsterEventType.ENGINE_EVENT)]
         waited.append(any("waits for a CPU slot" in m for m in messages))
         assert any("its output is attached and the container was removed" in m for m in messages)
@@ -255,15 +251,17 @@ TEST_TAG = "ks_platform_tests/marker"
 SMOKE_STEP = "report_placement"
 CPU_SLOT = "ks_platform/cpu/local"  # the CPU pool of cpu_inventory's host "local"
 
-#: A run worker in its own process, as the run launcher starts one: ``execute_job`` in the main thread, so
-#: Dagster captures SIGINT (termination) and the executor's loop forwards it to the running steps.
+#: A run worker in its own process, as Dagster's run launcher starts one: ``execute_job`` in the main thread, so
+#: Dagster captures SIGINT (termination) and the executor's loop forwards it to the running steps. Runs are never
+#: started in threads of the test process: each ``execute_job`` reconfigures Python logging (``python_logs``) and
+#: two of them in one process can deadlock on logging's locks.
 RUN_WORKER = """
 import json, sys
 import dagster as dg
-from ks_platform.execution.jobs import placement_smoke_job
-run_config, tags = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+from ks_platform.execution import jobs
+job, run_config, tags = getattr(jobs, sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
 with dg.DagsterInstance.get() as instance:
-    with dg.execute_job(dg.reconstructable(placement_smoke_job), instance=instance, run_config=run_config, tags=tags) as result:
+    with dg.execute_job(dg.reconstructable(job), instance=instance, run_config=run_config, tags=tags) as result:
         print(f"run {result.run_id} success={result.success}", flush=True)
 """
 
@@ -271,6 +269,63 @@ with dg.DagsterInstance.get() as instance:
 def tagged_run_id(instance: dg.DagsterInstance, marker: str) -> str | None:
     runs = instance.get_runs(RunsFilter(tags={TEST_TAG: marker}))
     return runs[0].run_id if runs else None
+
+
+class RunWorker:
+    """One run of a job of ``ks_platform.execution.jobs`` in its own run-worker process on the test's PostgreSQL
+    instance (``DAGSTER_PG_*`` from ``pg_instance``), tagged so the test finds its run while it runs."""
+
+    def __init__(self, folder: Path, job_name: str, run_config: dict, tags: dict[str, str] | None = None) -> None:
+        home = folder / "dagster_home"
+        home.mkdir(parents=True)
+        instance_config = yaml.safe_load((REPO / "deploy" / "dagster.postgres.yaml").read_text())
+        instance_config.pop("concurrency")  # as pg_instance: the tests set their own slots
+        (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
+        self.marker = uuid.uuid4().hex
+        self.log = folder / "run_worker.log"
+        env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO)}
+        with open(self.log, "w") as handle:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", RUN_WORKER, job_name, json.dumps(run_config), json.dumps({**(tags or {}), TEST_TAG: self.marker})],
+                cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text()[-3000:]
+
+    def run_id(self, instance: dg.DagsterInstance, timeout: float) -> str:
+        def created() -> str | None:
+            found = tagged_run_id(instance, self.marker)
+            assert found or self.process.poll() is None, f"the run worker ended before creating its run:\n{self.output()}"
+            return found
+
+        return wait_until(created, timeout, "the run worker to create its run") if timeout else created()
+
+    def finish(self, instance: dg.DagsterInstance, timeout: float) -> bool:
+        """Wait for the worker to end; whether its run succeeded (as recorded in the instance)."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the run did not end within {timeout:.0f} s:\n{self.output()}") from None
+        run = instance.get_run_by_id(self.run_id(instance, timeout=0))
+        assert run is not None and run.is_finished, (run and run.status, self.output())
+        return run.status == DagsterRunStatus.SUCCESS
+
+    def failures(self, instance: dg.DagsterInstance) -> list[str]:
+        run_id = tagged_run_id(instance, self.marker)
+        events = events_of(instance, run_id, dg.DagsterEventType.STEP_FAILURE) if run_id else []
+        return [entry.dagster_event.event_specific_data.error.message for entry in events] or [self.output()]
+
+    def stop(self, client, instance: dg.DagsterInstance) -> None:
+        """After a failed assertion: kill a worker that still runs and remove its run's containers (a worker that
+        ended by itself had the chance to remove them, which the tests check)."""
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        run_id = tagged_run_id(instance, self.marker)
+        for leftover in labelled_containers(client, run_id) if run_id else []:
+            leftover.remove(force=True)
 
 
 def running_step_container(client, run_id: str, step_key: str):
@@ -290,54 +345,20 @@ def slot_holders(instance: dg.DagsterInstance, slot_key: str) -> list[str]:
     return [claim.run_id for claim in instance.event_log_storage.get_concurrency_info(slot_key).claimed_slots]
 
 
-class BackgroundRun(threading.Thread):
-    """``execute_job(reconstructable(job))`` in a thread, tagged so the test finds its run while it runs."""
-
-    def __init__(self, instance: dg.DagsterInstance, job, run_config: dict, tags: dict[str, str] | None = None) -> None:
-        super().__init__(daemon=True)
-        self.instance, self.job, self.run_config = instance, job, run_config
-        self.marker = uuid.uuid4().hex
-        self.tags = {**(tags or {}), TEST_TAG: self.marker}
-        self.success: bool | None = None
-        self.failures: list[str] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with dg.execute_job(dg.reconstructable(self.job), instance=self.instance, run_config=self.run_config, tags=self.tags) as result:
-                self.success, self.failures = result.success, failure_messages(result)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread by finish()
-            self.error = exc
-
-    def run_id(self, timeout: float) -> str:
-        def created() -> str | None:
-            if not self.is_alive() and self.error is not None:
-                raise self.error
-            return tagged_run_id(self.instance, self.marker)
-
-        return wait_until(created, timeout, "the run to be created")
-
-    def finish(self, timeout: float) -> bool:
-        self.join(timeout)
-        assert not self.is_alive(), f"the run did not end within {timeout:.0f} s"
-        if self.error is not None:
-            raise self.error
-        assert self.success is not None
-        return self.success
-
-
 def test_container_killed_mid_step_fails_clearly_then_the_retry_policy_reruns_it(pg_instance, tmp_path, engine_and_cpu_image):
     """SIGKILL of the step's container while its op runs: the health check fails that attempt with the exit code,
     the op's RetryPolicy(max_retries=1) reruns it in a new container, the run succeeds, no container is left."""
     client, image = engine_and_cpu_image
     config = cpu_inventory(tmp_path, image)
     run_config = {"execution": {"config": {"inventory": config}}, "ops": {SMOKE_STEP: {"config": {"hold_seconds": 15.0}}}}
-    run = BackgroundRun(pg_instance, placement_smoke_job, run_config)
-    run.start()
-    run_id = run.run_id(timeout=60)
-    first = wait_until(lambda: step_started(pg_instance, run_id, SMOKE_STEP) and running_step_container(client, run_id, SMOKE_STEP), 120, f"{SMOKE_STEP} to run in its container")
-    first.kill()  # SIGKILL, while the op holds its slot: exit code 137
-    assert run.finish(timeout=240), run.failures
+    worker = RunWorker(tmp_path / "worker", "placement_smoke_job", run_config)
+    try:
+        run_id = worker.run_id(pg_instance, timeout=90)
+        first = wait_until(lambda: step_started(pg_instance, run_id, SMOKE_STEP) and running_step_container(client, run_id, SMOKE_STEP), 120, f"{SMOKE_STEP} to run in its container")
+        first.kill()  # SIGKILL, while the op holds its slot: exit code 137
+        assert worker.finish(pg_instance, timeout=240), worker.failures(pg_instance)
+    finally:
+        worker.stop(client, pg_instance)
 
     retries = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     assert len(retries) == 1
@@ -365,10 +386,12 @@ def test_container_that_exits_without_reporting_fails_after_the_grace_period(pg_
     client, image = engine_and_cpu_image
     config = {**cpu_inventory(tmp_path, image), "exit_grace_seconds": 5}
     run_config = {"execution": {"config": {"inventory": config}}, "ops": {SMOKE_STEP: {"config": {"vanish": True}}}}
-    run = BackgroundRun(pg_instance, placement_smoke_job, run_config)
-    run.start()
-    run_id = run.run_id(timeout=60)
-    assert not run.finish(timeout=240), "both attempts vanished: the run fails"
+    worker = RunWorker(tmp_path / "worker", "placement_smoke_job", run_config)
+    try:
+        run_id = worker.run_id(pg_instance, timeout=90)
+        assert not worker.finish(pg_instance, timeout=240), "both attempts vanished: the run fails"
+    finally:
+        worker.stop(client, pg_instance)
     retries = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     failures = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_FAILURE)
     assert len(retries) == 1 and len(failures) == 1
@@ -386,54 +409,32 @@ def test_terminating_a_run_stops_and_removes_its_containers(pg_instance, tmp_pat
     client, image = engine_and_cpu_image
     config = cpu_inventory(tmp_path, image)
     run_config = {"execution": {"config": {"inventory": config}}, "ops": {SMOKE_STEP: {"config": {"hold_seconds": 300.0}}}}
-    marker = uuid.uuid4().hex
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    instance_config = yaml.safe_load((REPO / "deploy" / "dagster.postgres.yaml").read_text())
-    instance_config.pop("concurrency")  # as pg_instance: same PostgreSQL database (DAGSTER_PG_* from the fixture)
-    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
-    log = tmp_path / "run_worker.log"
-    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO)}
-    with open(log, "w") as handle:
-        worker = subprocess.Popen(
-            [sys.executable, "-c", RUN_WORKER, json.dumps(run_config), json.dumps({TEST_TAG: marker})],
-            cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    run_id = None
+    worker = RunWorker(tmp_path / "worker", "placement_smoke_job", run_config)
     try:
-        def created() -> str | None:
-            assert worker.poll() is None, f"the run worker ended early:\n{log.read_text()[-3000:]}"
-            return tagged_run_id(pg_instance, marker)
-
-        run_id = wait_until(created, 90, "the run worker to create its run")
+        run_id = worker.run_id(pg_instance, timeout=90)
         container = wait_until(lambda: step_started(pg_instance, run_id, SMOKE_STEP) and running_step_container(client, run_id, SMOKE_STEP), 120, f"{SMOKE_STEP} to run in its container")
         # What the run launcher's terminate() does: mark the run CANCELING, then the code server interrupts the worker.
         pg_instance.report_run_canceling(pg_instance.get_run_by_id(run_id))
         interrupted = time.monotonic()
-        os.kill(worker.pid, signal.SIGINT)
+        os.kill(worker.process.pid, signal.SIGINT)
         try:
-            worker.wait(timeout=90)
+            worker.process.wait(timeout=90)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"the run worker did not end within 90 s of SIGINT:\n{log.read_text()[-3000:]}") from None
+            raise AssertionError(f"the run worker did not end within 90 s of SIGINT:\n{worker.output()}") from None
         stopped_after = time.monotonic() - interrupted
         assert stopped_after < 60, f"the worker took {stopped_after:.0f} s to stop (the op holds 300 s)"
 
         run = pg_instance.get_run_by_id(run_id)
-        assert run is not None and run.status == DagsterRunStatus.CANCELED, (run and run.status, log.read_text()[-3000:])
+        assert run is not None and run.status == DagsterRunStatus.CANCELED, (run and run.status, worker.output())
         messages = engine_messages(pg_instance, run_id)
         assert any(m.startswith(f"Stopping {SMOKE_STEP} (container on local CPU)") for m in messages), messages
         assert any(f"Container {container.name} of {SMOKE_STEP} on local CPU exited with code" in m and "the container was removed" in m for m in messages), messages
         assert events_of(pg_instance, run_id, dg.DagsterEventType.STEP_SUCCESS) == []
         assert client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}) == []
         assert run_id not in slot_holders(pg_instance, CPU_SLOT)
-        print(f"terminated run {run_id[:8]}: {run.status.value}, worker ended {stopped_after:.1f} s after SIGINT (rc {worker.returncode})")
-    finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
-        if run_id is not None:  # never leave a container behind for later tests, even when an assertion failed
-            for leftover in labelled_containers(client, run_id):
-                leftover.remove(force=True)
+        print(f"terminated run {run_id[:8]}: {run.status.value}, worker ended {stopped_after:.1f} s after SIGINT (rc {worker.process.returncode})")
+    finally:  # never leave a worker or a container behind for later tests, even when an assertion failed
+        worker.stop(client, pg_instance)
 
 
 @pytest.mark.slow
@@ -446,18 +447,20 @@ def test_container_killed_mid_sort_fails_the_step_clearly_with_nothing_half_writ
     config, key = container_session(tmp_path, image, generated_session, monkeypatch, pg_instance)
     session = Path(config["store"]) / "sessions" / key
 
-    run = BackgroundRun(pg_instance, sort_session_in_containers, {"execution": {"config": {"inventory": config}}}, tags={"dagster/partition": key})
-    run.start()
-    run_id = run.run_id(timeout=120)
-
     def kilosort_writing() -> bool:  # Kilosort has opened its log in the step's temporary sibling of sorting/
         return any(any(staged.iterdir()) for staged in session.glob(".sorting.tmp-*"))
 
-    container = wait_until(lambda: kilosort_writing() and running_step_container(client, run_id, "sorted_units"), 900, "Kilosort to write into its temporary sorting folder", poll=0.5)
-    time.sleep(3)  # inside Kilosort, not at its first line
-    staged = [item.name for tmp in session.glob(".sorting.tmp-*") for item in tmp.iterdir()]
-    container.kill()  # SIGKILL: exit code 137
-    assert not run.finish(timeout=300)
+    worker = RunWorker(tmp_path / "worker", "sort_session_in_containers", {"execution": {"config": {"inventory": config}}}, tags={"dagster/partition": key})
+    try:
+        run_id = worker.run_id(pg_instance, timeout=120)
+        container = wait_until(lambda: kilosort_writing() and running_step_container(client, run_id, "sorted_units"), 900, "Kilosort to write into its temporary sorting folder", poll=0.5)
+        time.sleep(3)  # inside Kilosort, not at its first line
+        staged = [item.name for tmp in session.glob(".sorting.tmp-*") for item in tmp.iterdir()]
+        container.kill()  # SIGKILL: exit code 137
+        assert not worker.finish(pg_instance, timeout=300)
+    finally:
+        worker.stop(client, pg_instance)
+
 
     failures = [entry for entry in events_of(pg_instance, run_id, dg.DagsterEventType.STEP_FAILURE) if entry.step_key == "sorted_units"]
     assert len(failures) == 1
