@@ -98,8 +98,8 @@ def compute_unit_metrics(store: SessionStore, n_jobs: int = 1) -> UnitMetrics:
     recording, binary = _recording(store)
     sorting = read_kilosort(store.phy_dir, keep_good_only=False)
     labels = dict(zip(sorting.unit_ids, sorting.get_property("KSLabel") if "KSLabel" in sorting.get_property_keys() else ["unsorted"] * len(sorting.unit_ids)))
-    analyzer = si.create_sorting_analyzer(sorting, recording, sparse=True, format="memory", n_jobs=n_jobs, progress_bar=False)
     job = {"n_jobs": n_jobs, "chunk_duration": "1s", "progress_bar": False}
+    analyzer = si.create_sorting_analyzer(sorting, recording, sparse=True, format="memory", job_kwargs=job)
     analyzer.compute({"random_spikes": {"max_spikes_per_unit": 300, "seed": 0}, "waveforms": {}, "templates": {}, "noise_levels": {"random_slices_kwargs": {"seed": 0}}}, **job)
     analyzer.compute({"spike_amplitudes": {}, "unit_locations": {"method": "monopolar_triangulation"}, "spike_locations": {"method": "center_of_mass"}}, **job)
     metrics = analyzer.compute("quality_metrics", metric_names=list(METRIC_NAMES), metric_params=metric_params(binary.n_samples / binary.sampling_frequency), **job).get_data()
