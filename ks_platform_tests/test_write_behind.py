@@ -68,3 +68,27 @@ def test_an_error_in_the_producer_stops_the_writer_without_fsync(tmp_path):
 def test_block_size_must_suit_o_direct(tmp_path):
     with pytest.raises(ValueError, match="multiple of"):
         WriteBehindFile(tmp_path / "a.bin", block_bytes=BLOCK + 1)
+
+
+def test_a_mount_that_refuses_o_direct_writes_falls_back_to_the_page_cache(tmp_path, monkeypatch):
+    """Some network/FUSE mounts accept an O_DIRECT open and then fail every direct write with EINVAL: the writer
+    drops O_DIRECT for the rest of the file and every byte still lands (EINVAL injected while O_DIRECT is set)."""
+    import fcntl
+    import os
+
+    from ks_platform.core import write_behind
+
+    real_pwrite, refused = os.pwrite, []
+
+    def pwrite(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(write_behind.os, "pwrite", pwrite)
+    payload = np.random.default_rng(3).integers(0, 256, size=3 * BLOCK + 77, dtype=np.uint8).tobytes()
+    with WriteBehindFile(tmp_path / "a.bin", block_bytes=BLOCK, n_blocks=2) as output:
+        output.write(payload)
+    assert refused == [0] and not output.direct
+    assert (tmp_path / "a.bin").read_bytes() == payload

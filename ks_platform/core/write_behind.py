@@ -6,7 +6,8 @@ writeback threshold on a 24 GB host), so the disk first only reads and then only
 a thread that writes them straight to the device keeps both directions busy at once: on the benchmark's VM disk a
 cold 4 GB float32 → int16 conversion now runs at the speed of its I/O alone (BENCHMARKS.md, "Conversion").
 ``O_DIRECT`` also keeps the binary from pushing other files out of the page cache. Where the filesystem refuses
-``O_DIRECT`` (or the platform has none) the same thread writes through the page cache instead.
+``O_DIRECT``, at open or at the first write (or the platform has none), the same thread writes through the page
+cache instead.
 
 Memory: ``n_blocks`` blocks of ``block_bytes`` (24 MiB by default), whatever the file's size.
 """
@@ -139,7 +140,13 @@ class WriteBehindFile:
         view, done = memoryview(block), 0
         try:
             while done < length:
-                wrote = os.pwrite(self._fd, view[done:length], offset + done)
+                try:
+                    wrote = os.pwrite(self._fd, view[done:length], offset + done)
+                except OSError as exc:
+                    if not (self.direct and exc.errno == errno.EINVAL):
+                        raise
+                    self._stop_direct()  # opened with O_DIRECT but refused at write time (some network/FUSE mounts)
+                    continue
                 done += wrote
                 if self.direct and done < length and wrote % mmap.PAGESIZE:
                     self._stop_direct()  # a short, unaligned write: finish the block through the page cache
