@@ -148,19 +148,41 @@ def kilosort_probe_from_json(payload: dict) -> dict:
 
 
 def plot_probe(probe: Probe, path: Path, title: str = "", highlight_channels: tuple[int, ...] | None = None) -> Path:
-    """PNG of the probe layout; recorded (sorted) channels highlighted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """PNG of the probe: the whole probe with the recorded span boxed (left) and that span enlarged (right), the
+    recorded (sorted) channels in orange, other contacts grey, each shank's id under it."""
+    from matplotlib.patches import Rectangle
     from probeinterface.plotting import plot_probe as pi_plot_probe
 
+    from ks_platform.core.figures import new_figure, save_figure
+
     recorded = np.isin(probe.device_channel_indices, highlight_channels) if highlight_channels else np.ones(probe.get_contact_count(), bool)
-    colors = np.where(recorded, "tab:orange", "lightgrey")
-    fig, ax = plt.subplots(figsize=(3, 6), dpi=100)
-    pi_plot_probe(probe, ax=ax, contacts_colors=list(colors), with_contact_id=False, title=False)
-    ax.set_title(title or f"{probe.get_contact_count()} contacts, {int(recorded.sum())} recorded", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    colors = list(np.where(recorded, "tab:orange", "lightgrey"))
+    positions = probe.contact_positions[recorded] if recorded.any() else probe.contact_positions
+    margin = 2 * float(np.max(probe.contact_shape_params[0].get("radius", probe.contact_shape_params[0].get("width", 10)))) + 20
+    (x0, y0), (x1, y1) = positions.min(axis=0) - margin, positions.max(axis=0) + margin
+
+    plt, fig = new_figure(6, 6)
+    whole, zoom = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2]})
+    for ax in (whole, zoom):
+        pi_plot_probe(probe, ax=ax, contacts_colors=colors, with_contact_id=False, title=False, contact_kwargs={"alpha": 1.0, "edgecolor": "dimgrey", "lw": 0.5 if len(colors) <= 128 else 0.0, "zorder": 2}, probe_shape_kwargs={"facecolor": "#e4e4e4", "edgecolor": "grey", "alpha": 1.0, "zorder": 1})
+        ax.set_xlabel("x (µm)", fontsize=9)
+        ax.set_ylabel("")
+        ax.tick_params(labelsize=8)
+    whole.set_xticks([])
+    whole.set_xlabel("")
+    whole.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="tab:red", linewidth=1.2))
+    whole.set_ylabel("depth along the probe (µm)", fontsize=9)
+    whole.set_title("whole probe", fontsize=9)
+    zoom.set_xlim(x0, x1)
+    zoom.set_ylim(y0, y1)
+    if (y1 - y0) > 3 * (x1 - x0):  # a long narrow span (a Neuropixels bank): stretch it across the panel
+        zoom.set_aspect("auto")
+    zoom.set_title(f"recorded span: {positions[:, 1].min():.0f}–{positions[:, 1].max():.0f} µm", fontsize=9)
+    shanks = np.asarray(probe.shank_ids) if probe.shank_ids is not None and len(probe.shank_ids) and probe.shank_ids[0] != "" else None
+    if shanks is not None and len(set(shanks)) > 1:
+        for shank in sorted(set(shanks)):
+            x = probe.contact_positions[shanks == shank, 0].mean()
+            if x0 <= x <= x1:
+                zoom.annotate(f"shank {shank}", (x, y0), xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8)
+    fig.suptitle(title or f"{probe.get_contact_count()} contacts, {int(recorded.sum())} recorded", fontsize=10)
+    return save_figure(plt, fig, path)

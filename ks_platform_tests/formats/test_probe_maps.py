@@ -210,3 +210,18 @@ def test_two_shank_ids_reach_kilosort_and_the_phy_bundle(tmp_path, capsys):
     channel_map = np.load(out / "phy" / "channel_map.npy").ravel()
     channel_shanks = np.load(out / "phy" / "channel_shanks.npy")
     assert channel_shanks.tolist() == [syn.shank_ids()[c] for c in channel_map]
+
+
+def test_probe_picture_marks_recorded_contacts_orange_and_the_others_grey(tmp_path):
+    """The probe_map picture: recorded channels in orange, unrecorded contacts grey, enlarged enough to see them."""
+    import matplotlib.image
+
+    probe = _probe()
+    recorded = tuple(range(0, syn.N_CHANNELS, 2))  # every other channel recorded
+    path = probes.plot_probe(probe, tmp_path / "probe.png", highlight_channels=recorded)
+    rgb = matplotlib.image.imread(path)[..., :3]
+    orange = np.all(np.abs(rgb - np.array([1.0, 0.498, 0.055])) < 0.02, axis=-1).sum()  # tab:orange
+    grey = np.all(np.abs(rgb - 0.827) < 0.01, axis=-1).sum()  # lightgrey contacts (the probe body is lighter)
+    assert orange > 16 * 40 and grey > 16 * 40, (orange, grey)  # 16 contacts each, tens of pixels apiece
+    everything = probes.plot_probe(probe, tmp_path / "all.png", highlight_channels=None)
+    assert np.all(np.abs(matplotlib.image.imread(everything)[..., :3] - 0.827) < 0.01, axis=-1).sum() < 16 * 40
