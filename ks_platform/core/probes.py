@@ -158,7 +158,8 @@ def plot_probe(probe: Probe, path: Path, title: str = "", highlight_channels: tu
     recorded = np.isin(probe.device_channel_indices, highlight_channels) if highlight_channels else np.ones(probe.get_contact_count(), bool)
     colors = list(np.where(recorded, "tab:orange", "lightgrey"))
     positions = probe.contact_positions[recorded] if recorded.any() else probe.contact_positions
-    margin = 2 * float(np.max(probe.contact_shape_params[0].get("radius", probe.contact_shape_params[0].get("width", 10)))) + 20
+    contact_size = max(max(params.values(), default=10) for params in probe.contact_shape_params)  # µm: radius/width
+    margin = 2 * float(contact_size) + 20
     (x0, y0), (x1, y1) = positions.min(axis=0) - margin, positions.max(axis=0) + margin
 
     plt, fig = new_figure(6, 6)
@@ -178,10 +179,10 @@ def plot_probe(probe: Probe, path: Path, title: str = "", highlight_channels: tu
     if (y1 - y0) > 3 * (x1 - x0):  # a long narrow span (a Neuropixels bank): stretch it across the panel
         zoom.set_aspect("auto")
     zoom.set_title(f"recorded span: {positions[:, 1].min():.0f}–{positions[:, 1].max():.0f} µm", fontsize=9)
-    shanks = np.asarray(probe.shank_ids) if probe.shank_ids is not None and len(probe.shank_ids) and probe.shank_ids[0] != "" else None
-    if shanks is not None and len(set(shanks)) > 1:
-        for shank in sorted(set(shanks)):
-            x = probe.contact_positions[shanks == shank, 0].mean()
+    shank_ids = np.asarray(probe.shank_ids if probe.shank_ids is not None else [""] * probe.get_contact_count())
+    if len(names := sorted(set(shank_ids) - {""})) > 1:
+        for shank in names:
+            x = probe.contact_positions[shank_ids == shank, 0].mean()
             if x0 <= x <= x1:
                 zoom.annotate(f"shank {shank}", (x, y0), xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8)
     fig.suptitle(title or f"{probe.get_contact_count()} contacts, {int(recorded.sum())} recorded", fontsize=10)
