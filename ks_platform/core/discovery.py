@@ -8,16 +8,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats import open_recording
-from ks_platform.core.sessions import SessionRef, candidate_folders, check_name, fingerprint
+from ks_platform.core.formats import list_probes, open_recording
+from ks_platform.core.sessions import SessionRef, candidate_folders, check_name, fingerprint, key_name
 from ks_platform.core.store import contained_path
 
 
 @dataclass(frozen=True)
 class FoundSession:
+    """One probe of a landing folder, named as a partition."""
+
     ref: SessionRef
     folder: Path
     fingerprint: str
+    #: The probe's name as the acquisition software wrote it (the key holds ``key_name`` of it).
+    probe_name: str = ""
+    #: Every probe of the folder and the streams it skips (shared by the folder's partitions).
+    session_probes: tuple[str, ...] = ()
+    skipped_streams: tuple[str, ...] = ()
+
+    def metadata(self) -> dict[str, object]:
+        """Real names and the session's other probes, for the partition's records."""
+        return {
+            "session_folder": str(self.folder),
+            "folder_name": self.folder.name,
+            "probe_name": self.probe_name,
+            "session_key": self.ref.session_key,
+            "session_probes": list(self.session_probes),
+            "skipped_streams": list(self.skipped_streams),
+        }
 
 
 @dataclass(frozen=True)
@@ -26,12 +44,22 @@ class RejectedFolder:
     reason: str
 
 
-def identify_session(root_name: str, root: Path, folder: Path) -> FoundSession:
-    """Name one landing folder as a session; raises SessionInputError with the reason when it is not one."""
-    check_name(folder.name, folder)
+def identify_session(root_name: str, root: Path, folder: Path) -> list[FoundSession]:
+    """Name each probe of one landing folder as a partition; SessionInputError with the reason when it holds none.
+
+    All probes of a folder are read before any is named, so a folder is registered whole or not at all; they share
+    the date of the first probe's recording (a run's probes start together).
+    """
+    check_name(root_name, root)
     contained_path(root, folder)
-    source = open_recording(folder)
-    return FoundSession(SessionRef(root_name, folder.name, source.recording_date), folder, fingerprint(source))
+    listing = list_probes(folder)
+    sources = [open_recording(folder, name) for name in sorted(listing.probes)]
+    date = min(source.recording_date for source in sources)
+    names = tuple(source.probe_name for source in sources)
+    return [
+        FoundSession(SessionRef(root_name, key_name(folder.name), date, key_name(source.probe_name)), folder, fingerprint(source), source.probe_name, names, listing.skipped)
+        for source in sources
+    ]
 
 
 def discover(landing_roots: dict[str, Path]) -> tuple[list[FoundSession], list[RejectedFolder]]:
@@ -41,7 +69,7 @@ def discover(landing_roots: dict[str, Path]) -> tuple[list[FoundSession], list[R
     for name, root in sorted(landing_roots.items()):
         for folder in candidate_folders(Path(root)):
             try:
-                found.append(identify_session(name, Path(root), folder))
+                found.extend(identify_session(name, Path(root), folder))
             except SessionInputError as exc:
                 rejected.append(RejectedFolder(folder, str(exc)))
     return found, rejected
@@ -50,7 +78,7 @@ def discover(landing_roots: dict[str, Path]) -> tuple[list[FoundSession], list[R
 def session_keys_in_date_range(keys: Iterable[str], start: dt.date, end: dt.date) -> list[str]:
     """The session partition keys whose recording date lies in ``[start, end]`` (both included), sorted.
 
-    Keys that are not ``<date>__<root>__<folder>`` are ignored: they cannot be sessions of any date.
+    Keys that are not partition keys (``<date>__<root>__<session>__<probe>``) are ignored: they have no date.
     """
     if end < start:
         raise ValueError(f"the end date {end} is before the start date {start}")

@@ -62,17 +62,17 @@ def binary_layout(source: RecordingSource, allow_zero_copy: bool) -> tuple[int, 
 
 
 @writes_session
-def observe_raw_recording(session_dir: Path, store: SessionStore) -> StepOutput:
-    """Describe and fingerprint the landing folder's recording; record it as ``raw_recording.json``."""
-    source = open_recording(session_dir)
+def observe_raw_recording(session_dir: Path, store: SessionStore, probe: str | None = None) -> StepOutput:
+    """Describe and fingerprint one probe's recording in the landing folder; record it as ``raw_recording.json``."""
+    source = open_recording(session_dir, probe)
     manifest = {**source.summary(), "fingerprint": fingerprint(source, include_settings=False), "has_ground_truth": has_ground_truth(session_dir)}
     write_json_atomic(store.raw_manifest, manifest)
     return StepOutput(manifest["fingerprint"], manifest)
 
 
-def open_unchanged_recording(session_dir: Path, store: SessionStore) -> RecordingSource:
-    """Open the recording and refuse it if it changed since ``raw_recording`` observed it."""
-    source = open_recording(session_dir)
+def open_unchanged_recording(session_dir: Path, store: SessionStore, probe: str | None = None) -> RecordingSource:
+    """Open the probe's recording and refuse it if it changed since ``raw_recording`` observed it."""
+    source = open_recording(session_dir, probe)
     if not store.raw_manifest.is_file():
         raise SessionInputError(store.raw_manifest, "the raw recording has not been observed yet", "materialize raw_recording for this session first")
     observed = read_json(store.raw_manifest)["fingerprint"]
@@ -83,9 +83,9 @@ def open_unchanged_recording(session_dir: Path, store: SessionStore) -> Recordin
 
 
 @writes_session
-def build_probe_map(session_dir: Path, store: SessionStore, allow_zero_copy: bool = True) -> StepOutput:
+def build_probe_map(session_dir: Path, store: SessionStore, allow_zero_copy: bool = True, probe: str | None = None) -> StepOutput:
     """Validated probe → ``probe.json`` (probeinterface), ``kilosort_probe.json`` and ``probe.png``."""
-    return write_probe_map(open_unchanged_recording(session_dir, store), store, allow_zero_copy)
+    return write_probe_map(open_unchanged_recording(session_dir, store, probe), store, allow_zero_copy)
 
 
 def write_probe_map(source: RecordingSource, store: SessionStore, allow_zero_copy: bool = True, probe_file: Path | None = None) -> StepOutput:
@@ -131,15 +131,15 @@ def load_probe_map(store: SessionStore) -> tuple[dict, dict]:
 
 
 @writes_session
-def build_recording_binary(session_dir: Path, store: SessionStore, allow_zero_copy: bool = True, progress: conversion.Progress | None = None) -> StepOutput:
-    """Convert (streamed) or verify-and-reference (zero-copy) the recording into ``binary/``."""
-    source = open_unchanged_recording(session_dir, store)
+def build_recording_binary(session_dir: Path, store: SessionStore, allow_zero_copy: bool = True, progress: conversion.Progress | None = None, probe: str | None = None) -> StepOutput:
+    """Convert (streamed) or verify-and-reference (zero-copy) the probe's recording into ``binary/``."""
+    source = open_unchanged_recording(session_dir, store, probe)
     binary = conversion.write_recording_binary(source, store.binary_dir, allow_zero_copy=allow_zero_copy, progress=progress)
     metadata = {**binary.to_json(), "source_format": source.format, "source_dtype": source.source_dtype, "scaling_note": source.scaling_note}
     return StepOutput(binary.checksum, metadata)
 
 
-def session_settings_version(session_dir: Path) -> str:
+def session_settings_version(session_dir: Path, probe: str | None = None) -> str:
     """Data version of the session's parameter set: hash of its validated overrides (``none`` without a file).
 
     An invalid file still gets a version (hash of its bytes), so editing it marks the sorting stale and the
@@ -162,7 +162,7 @@ def effective_session_settings(session_dir: Path | None, binary: conversion.Reco
 
 
 @writes_session
-def sort_session(session_dir: Path | None, store: SessionStore, backend: str = "auto", log: sorting.Log | None = None, extra_lineage: dict[str, Any] | None = None, settings_file: Path | None = None) -> StepOutput:
+def sort_session(session_dir: Path | None, store: SessionStore, backend: str = "auto", log: sorting.Log | None = None, extra_lineage: dict[str, Any] | None = None, settings_file: Path | None = None, probe: str | None = None) -> StepOutput:
     """Kilosort 4 on the session's binary and probe map, with the session's settings, into ``sorting/``."""
     binary = conversion.load_recording_binary(store.binary_dir)
     ks_probe, probe_manifest = load_probe_map(store)

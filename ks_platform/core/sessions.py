@@ -1,8 +1,9 @@
-"""Sessions: one probe of one recording, in a folder directly under a landing root.
+"""Sessions and probes: the partition key of one probe of one recording in a folder under a landing root.
 
-A session's partition key is ``<recording date>__<landing root name>__<folder name>`` (e.g.
-``2026-03-02__rig1__mouse12_g0``): unique, sortable by date, and it carries the date so backfills over
-a date range select exactly the sessions recorded then.
+Key grammar (stable; docs/partition_keys.md): ``<YYYY-MM-DD>__<root>__<session>__<probe>``, e.g.
+``2026-03-02__rig1__mouse12_g0__imec0``. Each part is a *key name*: the real name when it is safe
+(letters, digits, ``._-``, no ``__`` or ``..``, at most 80 characters), else a slug of it plus ``-h`` and 8 hex
+digits of its hash, so raw folders are never renamed; the real names are kept in metadata.
 """
 
 from __future__ import annotations
@@ -20,48 +21,84 @@ from ks_platform.core.settings import SESSION_SETTINGS_FILE
 from ks_platform.core.store import contained_path
 
 KEY_SEPARATOR = "__"
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+KEY_PARTS = ("date", "root", "session", "probe")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+|_{2,}|\.{2,}")
 FINGERPRINT_EDGE_BYTES = 1024 * 1024
+
+
+def is_safe_name(name: str) -> bool:
+    """A name that can be a key part and a folder name as it is."""
+    return bool(SAFE_NAME.match(name)) and KEY_SEPARATOR not in name and ".." not in name and not name.endswith(".")
+
+
+def key_name(name: str) -> str:
+    """``name`` itself when safe, else a readable slug of it plus ``-h<8 hex>`` of its hash (stable, unique)."""
+    if is_safe_name(name):
+        return name
+    slug = _UNSAFE_RUN.sub("-", name).strip("-._")[:60] or "x"
+    return f"{slug}-h{xxhash.xxh3_64_hexdigest(name.encode('utf-8', 'surrogateescape'))[:8]}"
 
 
 @dataclass(frozen=True)
 class SessionRef:
-    """Identity of a session: landing root, folder and recording date."""
+    """Identity of one probe of a session: landing root, folder key name, recording date and probe key name."""
 
     root: str
     name: str
     date: dt.date
+    probe: str
 
     @property
     def key(self) -> str:
+        return KEY_SEPARATOR.join((self.date.isoformat(), self.root, self.name, self.probe))
+
+    @property
+    def session_key(self) -> str:
+        """The key of the session all its probes share (``<date>__<root>__<session>``)."""
         return KEY_SEPARATOR.join((self.date.isoformat(), self.root, self.name))
 
     @classmethod
     def parse(cls, key: str) -> SessionRef:
-        parts = key.split(KEY_SEPARATOR)
-        if len(parts) != 3:
-            raise ValueError(f"partition key {key!r} is not <date>__<root>__<session>")
-        date_text, root, name = parts
-        return cls(root=root, name=name, date=dt.date.fromisoformat(date_text))
+        """Parse and check a partition key; anything else (traversal, separators, bad date) is refused."""
+        parts = key.split(KEY_SEPARATOR) if isinstance(key, str) else []
+        if len(parts) != len(KEY_PARTS):
+            raise ValueError(f"partition key {key!r} is not <date>__<root>__<session>__<probe>")
+        date_text, root, name, probe = parts
+        for label, part in zip(KEY_PARTS[1:], (root, name, probe)):
+            if not is_safe_name(part):
+                raise ValueError(f"partition key {key!r}: its {label} part {part!r} is not a key name (letters, digits, '._-')")
+        try:
+            date = dt.date.fromisoformat(date_text)
+        except ValueError:
+            raise ValueError(f"partition key {key!r}: {date_text!r} is not a YYYY-MM-DD date") from None
+        if date.isoformat() != date_text:
+            raise ValueError(f"partition key {key!r}: {date_text!r} is not a YYYY-MM-DD date")
+        return cls(root=root, name=name, date=date, probe=probe)
 
 
 def check_name(name: str, path: Path) -> None:
-    """Session and root names become partition keys and folder names: letters, digits, ``._-`` only."""
-    if not SAFE_NAME.match(name) or KEY_SEPARATOR in name or ".." in name:
+    """Landing root names become key parts as they are: letters, digits, ``._-`` only, no ``__``."""
+    if not is_safe_name(name):
         raise SessionInputError(
             path,
-            f"the name {name!r} contains characters the platform does not accept (spaces, unicode, '..', '__' or shell characters)",
-            "rename the folder using only letters, digits, '.', '_' and '-' (no '__' or '..')",
+            f"the landing root name {name!r} cannot be part of a partition key (spaces, unicode, '..', '__' or shell characters)",
+            "name the landing root in KS_PLATFORM_LANDING with letters, digits, '.', '_' and '-' only (the folder itself may keep its name)",
         )
 
 
 def session_dir(ref: SessionRef, landing_roots: dict[str, Path]) -> Path:
-    """The session folder, resolved inside its landing root (no traversal, no symlink escape)."""
+    """The session folder whose key name is ``ref.name``, resolved inside its landing root (no escape)."""
     if ref.root not in landing_roots:
         raise SessionInputError(Path(ref.root), f"no landing root named {ref.root!r} is configured (known: {sorted(landing_roots)})", "add it to the platform's landing_roots config")
     root = Path(landing_roots[ref.root])
-    check_name(ref.name, root / ref.name)
-    return contained_path(root, root / ref.name)
+    direct = root / ref.name
+    if direct.is_dir():
+        return contained_path(root, direct)
+    for folder in candidate_folders(root):
+        if key_name(folder.name) == ref.name:
+            return contained_path(root, folder)
+    raise SessionInputError(direct, "the session folder does not exist (moved, renamed or deleted since it was registered)", "put the folder back, or retire the partition")
 
 
 def candidate_folders(root: Path) -> list[Path]:

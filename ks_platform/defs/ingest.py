@@ -25,8 +25,8 @@ SESSION_SETTINGS_KEY = dg.AssetKey("session_settings")
 def raw_recording(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     key = context.partition_key
     with user_errors_as_failures():
-        output = pipeline.observe_raw_recording(platform.session_dir(key), platform.store(key))
-        settings_version = pipeline.session_settings_version(platform.session_dir(key))
+        output = pipeline.observe_raw_recording(platform.session_dir(key), platform.store(key), platform.probe(key))
+        settings_version = pipeline.session_settings_version(platform.session_dir(key), platform.probe(key))
     # The parameter set as this run finds it, recorded as an observation of session_settings (defs/sorting.py):
     # the sorting's provenance then names it however the run was launched, and a later edit shows as stale.
     context.log_event(dg.AssetObservation(asset_key=SESSION_SETTINGS_KEY, partition=key, tags={DATA_VERSION_TAG: settings_version}))
@@ -46,7 +46,7 @@ def raw_recording(context: dg.AssetExecutionContext, platform: PlatformResource)
 def probe_map(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     key = context.partition_key
     with user_errors_as_failures():
-        output = pipeline.build_probe_map(platform.session_dir(key), platform.store(key), platform.allow_zero_copy)
+        output = pipeline.build_probe_map(platform.session_dir(key), platform.store(key), platform.allow_zero_copy, platform.probe(key))
     return step_result(output, extra={"path": dg.MetadataValue.path(str(platform.store(key).probe_dir))})
 
 
@@ -62,6 +62,6 @@ def probe_map(context: dg.AssetExecutionContext, platform: PlatformResource) -> 
 def recording_binary(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     key = context.partition_key
     with user_errors_as_failures():
-        output = pipeline.build_recording_binary(platform.session_dir(key), platform.store(key), platform.allow_zero_copy, progress=ThrottledProgress(context.log.info))
+        output = pipeline.build_recording_binary(platform.session_dir(key), platform.store(key), platform.allow_zero_copy, progress=ThrottledProgress(context.log.info), probe=platform.probe(key))
     context.log.info(f"binary ready: zero_copy={output.metadata['zero_copy']}, checksum {output.data_version}")
     return step_result(output)

@@ -53,4 +53,9 @@ class PlatformResource(dg.ConfigurableResource):
         return SessionStore(Path(self.store_root).expanduser().resolve(), partition_key)
 
     def session_dir(self, partition_key: str) -> Path:
+        """The landing folder of the partition's session."""
         return session_dir(SessionRef.parse(partition_key), self.roots())
+
+    def probe(self, partition_key: str) -> str:
+        """The partition's probe, as its key names it (readers accept the real name or its key name)."""
+        return SessionRef.parse(partition_key).probe

@@ -29,7 +29,7 @@ def session_settings(context: dg.AssetExecutionContext, platform: PlatformResour
     versions = {}
     for key in keys:
         try:
-            versions[key] = pipeline.session_settings_version(platform.session_dir(key))
+            versions[key] = pipeline.session_settings_version(platform.session_dir(key), platform.probe(key))
         except (SessionInputError, OSError) as exc:
             context.log.warning(f"{key}: {exc}")
     return dg.DataVersionsByPartition(versions)
@@ -54,7 +54,7 @@ def build_sorted_units(code_version: str = SORTING_CODE_VERSION) -> dg.AssetsDef
         key = context.partition_key
         session_dir = platform.session_dir(key)
         with user_errors_as_failures():
-            output = pipeline.sort_session(session_dir, platform.store(key), backend=platform.backend, log=context.log.info, extra_lineage={"dagster_run_id": context.run_id, "partition": key, "code_version": code_version})
+            output = pipeline.sort_session(session_dir, platform.store(key), backend=platform.backend, log=context.log.info, extra_lineage={"dagster_run_id": context.run_id, "partition": key, "code_version": code_version}, probe=platform.probe(key))
         extra = {**lineage_metadata(output.metadata["lineage"]), "code_version": code_version}
         return step_result(output, extra=extra)
 
@@ -77,7 +77,7 @@ def sorted_units_not_empty(context: dg.AssetCheckExecutionContext, platform: Pla
 )
 def sorted_units_match_ground_truth(context: dg.AssetCheckExecutionContext, platform: PlatformResource) -> dg.AssetCheckResult:
     key = context.partition_key
-    score = pipeline.score_session(platform.session_dir(key), platform.store(key))
+    score = pipeline.score_session(platform.session_dir(key), platform.store(key), platform.probe(key))
     if score is None:
         return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN, description="no ground truth in this session", metadata={"has_ground_truth": False})
     table = dg.MetadataValue.table(

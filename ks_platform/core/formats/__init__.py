@@ -1,4 +1,5 @@
-"""Recording formats. Each module offers ``FORMAT``, ``find_files(dir)`` and ``open_recording(dir)``."""
+"""Recording formats. Each module offers ``FORMAT``, ``find_files(dir)`` (detection), ``list_probes(dir)``
+(a :class:`ProbeListing`) and ``open_recording(dir, probe)`` (one probe's :class:`RecordingSource`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from types import ModuleType
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import nwb, openephys, plexon, raw_binary, spikeglx
-from ks_platform.core.formats.base import RecordingSource
+from ks_platform.core.formats.base import ProbeListing, RecordingSource
 from ks_platform.core.store import contained_path
 
 #: Registered readers, in detection order.
@@ -80,14 +81,30 @@ def refuse_escaping_links(session_dir: Path) -> None:
                 contained_path(session_dir, entry, "the session folder")
 
 
-def open_recording(session_dir: Path) -> RecordingSource:
-    """Detect the format of ``session_dir`` and describe its recording (only from files inside the folder)."""
+def list_probes(session_dir: Path) -> ProbeListing:
+    """The probes in ``session_dir`` (one partition each) and the streams that are skipped, with why."""
     session_dir = Path(session_dir)
     if session_dir.is_dir():
         refuse_escaping_links(session_dir)
     reader = detect_format(session_dir)
     try:
-        source = reader.open_recording(session_dir)
+        listing = reader.list_probes(session_dir)
+    except PermissionError as exc:
+        raise permission_error(exc.filename, session_dir) from None
+    if not listing.probes:
+        skipped = "; ".join(listing.skipped) or "none"
+        raise SessionInputError(session_dir, f"no probe recording to sort in this {reader.FORMAT} folder (skipped streams: {skipped})", "record the wideband/AP band of at least one probe")
+    return listing
+
+
+def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
+    """Describe one probe's recording in ``session_dir`` (``probe=None``: the only one), from files inside the folder."""
+    session_dir = Path(session_dir)
+    if session_dir.is_dir():
+        refuse_escaping_links(session_dir)
+    reader = detect_format(session_dir)
+    try:
+        source = reader.open_recording(session_dir, probe)
     except PermissionError as exc:  # a reader met a file it may not open: name that file
         raise permission_error(exc.filename, session_dir) from None
     for path in (*source.data_files, *([source.probe_file] if source.probe_file else [])):
@@ -104,4 +121,4 @@ def require_readable(path: Path) -> None:
         raise permission_error(path, path) from None
 
 
-__all__ = ["RecordingSource", "detect_format", "open_recording", "register", "READERS"]
+__all__ = ["ProbeListing", "RecordingSource", "detect_format", "list_probes", "open_recording", "register", "READERS"]

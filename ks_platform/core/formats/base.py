@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +15,37 @@ from probeinterface import Probe
 
 #: ``read_chunk(start, stop)`` returns int16 samples ``[stop - start, len(sorting_channels)]``.
 ChunkReader = Callable[[int, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ProbeListing:
+    """What a session folder holds: its probes (one partition each, by probe name) and the streams it skips.
+
+    ``probes`` maps each probe name (as the acquisition software names it: ``imec0``, ``ProbeA``, an
+    ElectricalSeries name) to the files that hold its data; ``skipped`` lists ``"<stream>: <why>"`` for every
+    stream that is not sorted (NI-DAQ, LF band, sync, ADC, …), so nothing is ignored silently.
+    """
+
+    probes: Mapping[str, tuple[Path, ...]]
+    skipped: tuple[str, ...] = ()
+
+    def pick(self, probe: str | None, session_dir: Path) -> str:
+        """The probe name ``probe`` refers to (``None`` only when there is exactly one); a clear error otherwise."""
+        from ks_platform.core.errors import SessionInputError
+
+        names = sorted(self.probes)
+        if probe is None:
+            if len(names) == 1:
+                return names[0]
+            raise SessionInputError(session_dir, f"the folder holds {len(names)} probes ({', '.join(names)}); a probe name is needed", f"name one of {names} (e.g. --probe {names[0] if names else 'imec0'})")
+        if probe in self.probes:
+            return probe
+        from ks_platform.core.sessions import key_name
+
+        by_key = {key_name(name): name for name in names}
+        if probe in by_key:
+            return by_key[probe]
+        raise SessionInputError(session_dir, f"no probe named {probe!r} in this folder (it holds {', '.join(names) or 'none'})", "use a probe name the folder holds, or retire the partition if the probe was removed")
 
 
 @dataclass(frozen=True)
@@ -42,6 +73,10 @@ class RecordingSource:
     zero_copy_path: Path | None = None
     #: Where gain/scaling facts came from, for the record.
     scaling_note: str = ""
+    #: The probe's name as the acquisition software wrote it (``imec0``, ``ProbeA``, a series name).
+    probe_name: str = ""
+    #: Format-specific facts for the record (segments of a multi-gate run, skipped streams, real names…).
+    details: Mapping[str, object] = field(default_factory=dict, compare=False)
 
     @property
     def duration_s(self) -> float:
@@ -82,6 +117,8 @@ class RecordingSource:
             "zero_copy_capable": self.zero_copy_path is not None,
             "probe_file": str(self.probe_file) if self.probe_file else None,
             "scaling_note": self.scaling_note,
+            "probe_name": self.probe_name,
+            **dict(self.details),
         }
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from probeinterface import Probe
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import BufferPool, ChunkReader, RecordingSource, scale_to_int16
+from ks_platform.core.formats.base import BufferPool, ProbeListing, ChunkReader, RecordingSource, scale_to_int16
 
 FORMAT = "nwb"
 SUFFIXES = (".nwb",)
@@ -70,12 +70,18 @@ def _probe(table, path: Path) -> tuple[Probe | None, str]:
     return probe, f"electrodes table {cx}/{cy}" + (f", {len(set(shanks))} shanks from group" if len(set(shanks)) > 1 else "")
 
 
-def open_recording(session_dir: Path) -> RecordingSource:
-    """Describe the ElectricalSeries of the single ``.nwb`` file in ``session_dir``."""
+def list_probes(session_dir: Path) -> ProbeListing:
+    """The single ``.nwb`` file's sortable ElectricalSeries (one probe)."""
     files = find_files(session_dir)
     if len(files) != 1:
         raise SessionInputError(session_dir, f"expected one .nwb file, found {len(files)}", "keep one NWB recording per session folder")
-    path = files[0]
+    return ProbeListing({"nwb": (files[0],)})
+
+
+def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
+    """Describe the ElectricalSeries of the single ``.nwb`` file in ``session_dir``."""
+    listing = list_probes(session_dir)
+    path = listing.probes[listing.pick(probe, session_dir)][0]
     if path.stat().st_size == 0:
         raise SessionInputError(path, "the NWB file is empty (0 bytes)", "copy the file again")
     import h5py
@@ -150,6 +156,7 @@ def open_recording(session_dir: Path) -> RecordingSource:
         probe_file=None,
         zero_copy_path=None,
         scaling_note=f"{note}; ElectricalSeries {series_name!r}; {fs_note}; probe: {probe_note}",
+        probe_name="nwb",
     )
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from probeinterface import Probe
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import RecordingSource
+from ks_platform.core.formats.base import ProbeListing, RecordingSource
 
 FORMAT = "openephys"
 #: Channel-name markers of non-ephys channels (Intan aux/ADC inputs, Neuropixels sync line).
@@ -240,8 +240,8 @@ def _sample_count_file(stream_dir: Path) -> Path | None:
     return None
 
 
-def open_recording(session_dir: Path) -> RecordingSource:
-    """Describe the single Open Ephys binary recording under ``session_dir``."""
+def list_probes(session_dir: Path) -> ProbeListing:
+    """The probe stream of the single Open Ephys recording under ``session_dir``."""
     oebins = find_files(session_dir)
     if len(oebins) != 1:
         raise SessionInputError(
@@ -249,7 +249,19 @@ def open_recording(session_dir: Path) -> RecordingSource:
             f"expected one Open Ephys recording (structure.oebin), found {len(oebins)}",
             "put one recording (one Record Node / experiment / recording) per session folder",
         )
-    oebin_path = oebins[0]
+    stream = _select_stream(_load_oebin(oebins[0]), oebins[0])
+    return ProbeListing({_probe_name(stream): (oebins[0],)})
+
+
+def _probe_name(stream: dict) -> str:
+    name = str(stream.get("stream_name") or stream.get("folder_name", "")).strip("/")
+    return re.sub(r"-AP$", "", name) or "probe"
+
+
+def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
+    """Describe one probe stream of the Open Ephys binary recording under ``session_dir``."""
+    listing = list_probes(session_dir)
+    oebin_path = listing.probes[listing.pick(probe, session_dir)][0]
     recording_dir = oebin_path.parent
     oebin = _load_oebin(oebin_path)
     stream = _select_stream(oebin, oebin_path)
@@ -320,4 +332,5 @@ def open_recording(session_dir: Path) -> RecordingSource:
         probe=probe,
         probe_file=None,
         scaling_note=f"bit_volts {uv_per_bit:g} µV/bit from structure.oebin ({folder}); probe: {probe_note}; date: {date_note}",
+        probe_name=_probe_name(stream),
     )

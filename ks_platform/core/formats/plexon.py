@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import ChunkReader, RecordingSource
+from ks_platform.core.formats.base import ProbeListing, ChunkReader, RecordingSource
 
 FORMAT = "plexon"
 MAGIC = 0x58454C50  # "PLEX"
@@ -337,12 +337,16 @@ def _candidate_groups(slow: np.ndarray) -> list[list[int]]:
     return [g for g in groups if g]
 
 
-def open_recording(session_dir: Path) -> RecordingSource:
-    """Describe the single ``.plx`` recording in ``session_dir`` (one header pass; samples stay on disk)."""
-    files = find_files(session_dir)
-    if len(files) != 1:
-        raise SessionInputError(session_dir, f"expected one Plexon .plx file, found {len(files)}", "keep one .plx recording per session folder")
-    path = files[0]
+def list_probes(session_dir: Path) -> ProbeListing:
+    """One probe per ``.plx`` file, named by its file stem."""
+    return ProbeListing({path.stem: (path,) for path in find_files(session_dir)})
+
+
+def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
+    """Describe one ``.plx`` recording in ``session_dir`` (one header pass; samples stay on disk)."""
+    listing = list_probes(session_dir)
+    name = listing.pick(probe, session_dir)
+    path = listing.probes[name][0]
     header = read_file_header(path)
     slow = read_slow_channel_headers(path, header)
     numbers = [int(h["Channel"]) for h in slow]
@@ -402,6 +406,7 @@ def open_recording(session_dir: Path) -> RecordingSource:
         probe_file=probe_file if probe_file.is_file() else None,
         zero_copy_path=None,
         scaling_note=note,
+        probe_name=path.stem,
     )
 
 

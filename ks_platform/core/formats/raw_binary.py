@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import BufferPool, InterleavedFile, RecordingSource, channel_selector, memmap_int16_reader, parse_recording_date, scale_to_int16
+from ks_platform.core.formats.base import BufferPool, ProbeListing, InterleavedFile, RecordingSource, channel_selector, memmap_int16_reader, parse_recording_date, scale_to_int16
 
 FORMAT = "raw_binary"
 DATA_SUFFIXES = (".bin", ".dat", ".raw")
@@ -50,12 +50,15 @@ def _sidecar(path: Path) -> dict:
     return payload
 
 
-def open_recording(session_dir: Path) -> RecordingSource:
-    """Describe the raw binary recording in ``session_dir``."""
-    files = find_files(session_dir)
-    if len(files) != 1:
-        raise SessionInputError(session_dir, f"expected one raw binary with a JSON sidecar, found {len(files)}", "keep one recording per session folder")
-    data_path = files[0]
+def list_probes(session_dir: Path) -> ProbeListing:
+    """One probe per data file with a sidecar, named by the file's stem."""
+    return ProbeListing({path.stem: (path, path.with_suffix(".json")) for path in find_files(session_dir)})
+
+
+def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
+    """Describe one raw binary recording (data file + sidecar) in ``session_dir``."""
+    listing = list_probes(session_dir)
+    data_path = listing.probes[listing.pick(probe, session_dir)][0]
     sidecar_path = data_path.with_suffix(".json")
     return describe_binary(data_path, _sidecar(sidecar_path), sidecar_path, session_dir)
 
@@ -120,6 +123,7 @@ def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir
         probe_file=probe_path,
         zero_copy_path=zero_copy,
         scaling_note=note,
+        probe_name=data_path.stem,
     )
 
 

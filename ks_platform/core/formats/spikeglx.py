@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import RecordingSource, parse_recording_date
+from ks_platform.core.formats.base import ProbeListing, RecordingSource, parse_recording_date
 
 FORMAT = "spikeglx"
 
@@ -79,15 +80,25 @@ def _ap_gain(meta: dict[str, str]) -> float:
     return 500.0
 
 
-def open_recording(session_dir: Path) -> RecordingSource:
-    """Describe the single SpikeGLX AP recording in ``session_dir`` and verify it against its meta."""
-    bins = find_files(session_dir)
+_PROBE_IN_NAME = re.compile(r"\.(imec\d*)\.ap\.bin$")
+
+
+def list_probes(session_dir: Path) -> ProbeListing:
+    """One probe per ``imecN`` of the run (``imec`` for phase 3A files)."""
+    probes: dict[str, list[Path]] = {}
+    for path in find_files(session_dir):
+        match = _PROBE_IN_NAME.search(path.name)
+        probes.setdefault(match.group(1) if match else "imec", []).append(path)
+    return ProbeListing({name: tuple(paths) for name, paths in probes.items()})
+
+
+def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
+    """Describe one probe's SpikeGLX AP recording in ``session_dir`` and verify it against its meta."""
+    listing = list_probes(session_dir)
+    name = listing.pick(probe, session_dir)
+    bins = listing.probes[name]
     if len(bins) != 1:
-        raise SessionInputError(
-            session_dir,
-            f"expected one SpikeGLX .ap.bin, found {len(bins)}",
-            "put one probe's recording per session folder (split imec0/imec1 into separate sessions)",
-        )
+        raise SessionInputError(session_dir, f"expected one SpikeGLX .ap.bin for {name}, found {len(bins)}", "keep one gate/trigger per probe")
     bin_path = bins[0]
     meta_path = bin_path.with_suffix(".meta")
     meta = parse_meta(meta_path)
@@ -155,4 +166,5 @@ def open_recording(session_dir: Path) -> RecordingSource:
         probe=None,
         probe_file=meta_path,
         scaling_note=f"imAiRangeMax {ai_range} V / imMaxInt {max_int:g} / AP gain {gain:g} (from meta)",
+        probe_name=name,
     )
