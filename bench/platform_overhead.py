@@ -53,7 +53,7 @@ def main() -> None:
         probe, _ = probe_for_recording(source)
         ks_probe = kilosort_probe(probe, tuple(range(source.n_channels)), source.sorting_channels)
         platform = PlatformResource(store_root=str(tmp / "store"), landing_roots=f"rig1={tmp / 'landing'}", backend="cpu")
-        key = SessionRef("rig1", folder.name, spec.recording_date).key
+        key = SessionRef("rig1", folder.name, spec.recording_date, "imec0").key
         instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [key])
         job = build_definitions(platform, sensors=[]).resolve_job_def("sort_session")
         # The five assets of issue #2 and their checks; unit_metrics (SpikeInterface quality metrics, issue #4) is

@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ks_platform.core.sessions import SessionRef
+from ks_platform.core.sessions import SessionRef, key_name
 from ks_platform.core.store import SessionStore
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
@@ -23,6 +23,19 @@ from ks_platform.defs.resources import PlatformResource
 #: 15 s, 32 channels, 10 units, seed 42: ~90 s of Kilosort on 2 CPU cores.
 TEST_SPEC = DemoSessionSpec()
 ROOT_NAME = "rig1"
+
+
+def only_probe(folder: Path) -> str:
+    """The key name of the single probe a folder holds; ``imec0`` when the folder cannot be listed (a bad input)."""
+    from ks_platform.core.errors import SessionInputError
+    from ks_platform.core.formats import list_probes
+
+    try:
+        names = list(list_probes(folder).probes)
+    except (SessionInputError, OSError):
+        return "imec0"
+    assert len(names) == 1, f"{folder} holds {names}: name the probe"
+    return key_name(names[0])
 
 
 @dataclass
@@ -37,8 +50,9 @@ class Workspace:
     def platform(self) -> PlatformResource:
         return PlatformResource(store_root=str(self.store_root), landing_roots=f"{ROOT_NAME}={self.landing}", backend="cpu")
 
-    def key(self, folder: Path, date=TEST_SPEC.recording_date) -> str:
-        return SessionRef(ROOT_NAME, folder.name, date).key
+    def key(self, folder: Path, date=TEST_SPEC.recording_date, probe: str | None = None) -> str:
+        """The partition key of ``folder``'s probe (``None``: its only probe, as the reader lists it)."""
+        return SessionRef(ROOT_NAME, key_name(folder.name), date, probe or only_probe(folder)).key
 
     def store(self, key: str) -> SessionStore:
         return SessionStore(self.store_root.resolve(), key)

@@ -28,8 +28,8 @@ SESSION_ASSETS = ["phy_bundle", "probe_map", "raw_recording", "recording_binary"
 
 
 def test_date_range_selection_is_inclusive_and_ignores_other_keys():
-    keys = ["2026-03-01__rig1__a", "2026-03-15__rig2__b", "2026-03-16__rig1__c", "2026-02-28__rig1__d", "not-a-session", "2026-13-01__rig1__e"]
-    assert session_keys_in_date_range(keys, dt.date(2026, 3, 1), dt.date(2026, 3, 15)) == ["2026-03-01__rig1__a", "2026-03-15__rig2__b"]
+    keys = ["2026-03-01__rig1__a__imec0", "2026-03-15__rig2__b__imec0", "2026-03-16__rig1__c__imec0", "2026-02-28__rig1__d__imec0", "not-a-session", "2026-13-01__rig1__e__imec0"]
+    assert session_keys_in_date_range(keys, dt.date(2026, 3, 1), dt.date(2026, 3, 15)) == ["2026-03-01__rig1__a__imec0", "2026-03-15__rig2__b__imec0"]
     assert session_keys_in_date_range(keys, dt.date(2026, 4, 1), dt.date(2026, 4, 30)) == []
     with pytest.raises(ValueError, match="before the start"):
         session_keys_in_date_range(keys, dt.date(2026, 3, 2), dt.date(2026, 3, 1))
@@ -53,15 +53,15 @@ def cli(*argv: str) -> argparse.Namespace:
 def test_cli_launches_one_backfill_for_exactly_the_sessions_in_range(dated_landing, capsys):
     landing, platform = dated_landing
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, ["2026-03-05__rig2__gone_g0"])  # registered earlier, folder since removed
+        instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, ["2026-03-05__rig2__gone_g0__imec0"])  # registered earlier, folder since removed
         assert run_backfill(cli("--start", "2026-03-01", "--end", "2026-03-15"), instance, platform) == 0
         out = capsys.readouterr()
         assert "registered 3 new session(s)" in out.out and "skipped" in out.err and "notes" in out.err
 
         # Registration added the landing sessions in key (= date) order.
-        assert instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME) == ["2026-03-05__rig2__gone_g0", "2026-03-02__rig1__m1_g0", "2026-03-02__rig1__m2_g0", "2026-03-20__rig1__m3_g0"]
+        assert instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME) == ["2026-03-05__rig2__gone_g0__imec0", "2026-03-02__rig1__m1_g0__imec0", "2026-03-02__rig1__m2_g0__imec0", "2026-03-20__rig1__m3_g0__imec0"]
         [backfill] = instance.get_backfills()
-        expected = ["2026-03-02__rig1__m1_g0", "2026-03-02__rig1__m2_g0", "2026-03-05__rig2__gone_g0"]
+        expected = ["2026-03-02__rig1__m1_g0__imec0", "2026-03-02__rig1__m2_g0__imec0", "2026-03-05__rig2__gone_g0__imec0"]
         assert backfills.backfill_partitions(instance, backfill.backfill_id) == {asset: expected for asset in SESSION_ASSETS}
         assert backfill.is_asset_backfill and backfill.status == BulkActionStatus.REQUESTED
         assert backfill.tags[backfills.TAG_RANGE] == "2026-03-01..2026-03-15" and "2026-03-01" in backfill.title
@@ -82,7 +82,7 @@ def test_dry_run_registers_and_launches_nothing(dated_landing, capsys):
     with dg.instance_for_test() as instance:
         assert run_backfill(cli("--start", "2026-03-20", "--end", "2026-03-20", "--dry-run"), instance, platform) == 0
         out = capsys.readouterr().out
-        assert "2026-03-20__rig1__m3_g0" in out and "2026-03-02" not in out and "dry run" in out
+        assert "2026-03-20__rig1__m3_g0__imec0" in out and "2026-03-02" not in out and "dry run" in out
         assert instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME) == [] and instance.get_backfills() == []
 
 
@@ -97,8 +97,8 @@ def test_only_stale_uses_dagsters_stale_status(sorted_workspace, capsys):
     ws, sorted_key, result = sorted_workspace
     assert result.success
     instance = ws.instance
-    never_sorted = "2026-03-02__rig9__never_sorted_g0"
-    other_day = "2026-03-03__rig9__other_day_g0"
+    never_sorted = "2026-03-02__rig9__never_sorted_g0__imec0"
+    other_day = "2026-03-03__rig9__other_day_g0__imec0"
     instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [never_sorted, other_day])
     graph = build_definitions(ws.platform, sensors=[]).resolve_asset_graph()
 

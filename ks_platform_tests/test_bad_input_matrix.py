@@ -17,6 +17,7 @@ import probeinterface as pi
 import pytest
 
 from ks_platform.core.discovery import discover
+from ks_platform.core.sessions import SessionRef, session_dir
 from ks_platform.core.errors import PlatformConfigError, SessionInputError
 from ks_platform.core.formats.writers import write_nwb_session, write_plexon_session
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session, np1_probe
@@ -205,15 +206,23 @@ def test_bad_input_fails_its_session_clearly_and_cleanly(case, workspace, good_t
 NAME_CASES = ["with space", "ünïcode", "shell;rm -rf", "$(id)", "a__b", "up..down", "back`tick`"]
 
 
-def test_bad_session_folder_names_are_reported_and_the_good_one_is_found(tmp_path, good_template):
+def test_folder_names_that_are_not_safe_keys_get_derived_keys_and_keep_their_real_names(tmp_path, good_template):
     landing = tmp_path / "landing"
     shutil.copytree(good_template, landing / "good_one")
     for name in NAME_CASES:
         shutil.copytree(good_template, landing / name)
     found, rejected = discover({"rig1": landing})
-    assert [f.folder.name for f in found] == ["good_one"]
-    assert sorted(r.folder.name for r in rejected) == sorted(NAME_CASES)
-    assert all("rename the folder" in r.reason for r in rejected), [r.reason for r in rejected]
+    assert rejected == []
+    by_folder = {f.folder.name: f for f in found}
+    assert sorted(by_folder) == sorted(["good_one", *NAME_CASES])
+    assert by_folder["good_one"].ref.name == "good_one"
+    keys = [f.ref.key for f in found]
+    assert len(set(keys)) == len(keys)
+    for name in NAME_CASES:
+        item = by_folder[name]
+        assert item.ref.name != name and SessionRef.parse(item.ref.key) == item.ref
+        assert item.metadata()["folder_name"] == name
+        assert session_dir(item.ref, {"rig1": landing}) == (landing / name).resolve()
 
 
 def test_an_inventory_with_an_unknown_backend_names_the_file_and_the_fix(tmp_path):

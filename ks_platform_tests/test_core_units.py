@@ -9,7 +9,7 @@ import pytest
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.hardware import BYTES_PER_SAMPLE_CHANNEL, FIXED_OVERHEAD_BYTES, MIN_BATCH_SIZE, recommended_batch_size
-from ks_platform.core.sessions import SessionRef, check_name
+from ks_platform.core.sessions import is_safe_name, key_name, SessionRef, check_name
 from ks_platform.core.settings import effective_settings, validate_overrides
 from ks_platform.core.store import atomic_directory
 
@@ -105,12 +105,27 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
     assert sorted(p.name for p in final.iterdir()) == ["b"] and len(list(tmp_path.iterdir())) == 1
 
 
-def test_partition_keys_round_trip_and_refuse_unsafe_names(tmp_path):
-    ref = SessionRef("rig1", "mouse12_g0", dt.date(2026, 3, 2))
-    assert ref.key == "2026-03-02__rig1__mouse12_g0" and SessionRef.parse(ref.key) == ref
+def test_partition_keys_round_trip_and_refuse_unsafe_keys(tmp_path):
+    ref = SessionRef("rig1", "mouse12_g0", dt.date(2026, 3, 2), "imec0")
+    assert ref.key == "2026-03-02__rig1__mouse12_g0__imec0" and SessionRef.parse(ref.key) == ref
+    assert ref.session_key == "2026-03-02__rig1__mouse12_g0"
+    for bad in ("2026-03-02__rig1__mouse12_g0", "2026-03-02__rig1__..__imec0", "2026-03-02__rig1__a b__imec0", "2026-3-2__rig1__a__imec0", "2026-03-02__rig1__x/../../y__imec0"):
+        with pytest.raises(ValueError):
+            SessionRef.parse(bad)
     for bad in ("with space", "ünïcode", "..", "a__b", "x;rm -rf", "$(id)"):
-        with pytest.raises(SessionInputError, match="rename the folder"):
+        with pytest.raises(SessionInputError, match="KS_PLATFORM_LANDING"):
             check_name(bad, tmp_path / "x")
+
+
+def test_unsafe_folder_names_get_a_stable_derived_key_name_never_a_rename_request():
+    assert key_name("mouse12_g0") == "mouse12_g0"
+    derived = {name: key_name(name) for name in ("with space", "ünïcode run", "..", "a__b", "x;rm -rf", "$(id)", "Record Node 101")}
+    for name, key in derived.items():
+        assert is_safe_name(key), (name, key)
+        assert key == key_name(name)  # stable
+        SessionRef.parse(f"2026-03-02__rig1__{key}__imec0")
+    assert len(set(derived.values())) == len(derived)  # unique
+    assert derived["with space"].startswith("with-space-h")
 
 
 def test_kilosort_probe_maps_rows_and_skips_sync():

@@ -184,7 +184,7 @@ def container_session(tmp_path: Path, image: str, generated_session: Path, monke
     monkeypatch.setenv("KS_PLATFORM_STORE", config["store"])
     monkeypatch.setenv("KS_PLATFORM_LANDING", f"{ROOT_NAME}={landing}")
     monkeypatch.setenv("KS_PLATFORM_BACKEND", "cpu")
-    key = SessionRef(ROOT_NAME, generated_session.name, TEST_SPEC.recording_date).key
+    key = SessionRef(ROOT_NAME, generated_session.name, TEST_SPEC.recording_date, "imec0").key
     instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [key])
     return config, key
 

@@ -134,7 +134,7 @@ def write_raw_int16_session(folder: Path, seconds: float, n_channels: int = 64, 
 def test_kill_during_conversion_then_rematerialize_is_byte_identical(fault_env):
     home, store, landing = fault_env
     folder = write_raw_int16_session(landing / "long_raw", seconds=60)
-    key = SessionRef(ROOT_NAME, folder.name, __import__("datetime").date(2026, 3, 4)).key
+    key = SessionRef(ROOT_NAME, folder.name, __import__("datetime").date(2026, 3, 4), "imec0").key
     session = SessionStore(store.resolve(), key).dir
     run_to_success(home, store, landing, key, ["raw_recording"])
 
@@ -164,7 +164,7 @@ def test_kill_during_conversion_then_rematerialize_is_byte_identical(fault_env):
 def test_kill_during_sorting_and_phy_export_then_rematerialize_is_byte_identical(fault_env, generated_session, sorted_workspace):
     home, store, landing = fault_env
     shutil.copytree(generated_session, landing / generated_session.name)
-    key = SessionRef(ROOT_NAME, generated_session.name, TEST_SPEC.recording_date).key
+    key = SessionRef(ROOT_NAME, generated_session.name, TEST_SPEC.recording_date, "imec0").key
     session = SessionStore(store.resolve(), key).dir
     run_to_success(home, store, landing, key, ["raw_recording", "probe_map", "recording_binary"])
 
@@ -205,7 +205,7 @@ def test_kill_during_sorting_and_phy_export_then_rematerialize_is_byte_identical
 
 def test_full_disk_during_conversion_names_the_store_and_removes_the_partial_file(tmp_path, generated_session):
     with small_tmpfs(tmp_path / "small_store", "16m") as mount:
-        store = SessionStore(mount, "2026-03-02__rig1__demo_seed42")
+        store = SessionStore(mount, "2026-03-02__rig1__demo_seed42__imec0")
         pipeline.observe_raw_recording(generated_session, store)
         with pytest.raises(SessionInputError) as caught:
             pipeline.build_recording_binary(generated_session, store, allow_zero_copy=False)
@@ -217,7 +217,7 @@ def test_full_disk_during_conversion_names_the_store_and_removes_the_partial_fil
 
 def test_session_changing_mid_run_is_detected_by_its_fingerprint(tmp_path, generated_session):
     folder = shutil.copytree(generated_session, tmp_path / "landing" / generated_session.name)
-    store = SessionStore(tmp_path / "store", "2026-03-02__rig1__demo_seed42")
+    store = SessionStore(tmp_path / "store", "2026-03-02__rig1__demo_seed42__imec0")
     pipeline.observe_raw_recording(folder, store)
     [data] = folder.glob("*.ap.bin")
     with open(data, "r+b") as handle:  # the file is replaced by another copy of the same size
@@ -233,7 +233,7 @@ def test_session_changing_mid_run_is_detected_by_its_fingerprint(tmp_path, gener
 
 def test_two_runs_of_one_session_take_turns(tmp_path):
     """The per-session lock: a second writer waits (saying so) until the first one's step ends."""
-    store = SessionStore(tmp_path / "store", "2026-03-02__rig1__s")
+    store = SessionStore(tmp_path / "store", "2026-03-02__rig1__s__imec0")
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
@@ -255,7 +255,7 @@ def test_two_runs_of_one_session_take_turns(tmp_path):
 
 
 def test_a_killed_lock_holder_never_blocks_the_session(tmp_path):
-    store = SessionStore(tmp_path / "store", "2026-03-02__rig1__s")
+    store = SessionStore(tmp_path / "store", "2026-03-02__rig1__s__imec0")
     script = (
         "import time\nfrom pathlib import Path\nfrom ks_platform.core.store import SessionStore, session_lock\n"
         f"with session_lock(SessionStore(Path({str(store.root)!r}), {store.key!r})):\n    print('locked', flush=True)\n    time.sleep(600)\n"

@@ -81,7 +81,7 @@ def run_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
 
 
 def session_key(folder_name: str, date: datetime.date = TEST_SPEC.recording_date) -> str:
-    return SessionRef(ROOT_NAME, folder_name, date).key
+    return SessionRef(ROOT_NAME, folder_name, date, "imec0").key
 
 
 def assert_outputs_complete(session_dir: Path, steps: list[str]) -> None:

@@ -37,7 +37,7 @@ def live_dagster(tmp_path, request):
 def test_sensor_sorts_a_dropped_session_and_backfill_targets_its_date(live_dagster, generated_session):
     graphql, env, landing = live_dagster
     date = "2026-03-02"
-    key = f"{date}__rig1__{generated_session.name}"
+    key = f"{date}__rig1__{generated_session.name}__imec0"
 
     # The lab's copy: files first, the marker last.
     shutil.copytree(generated_session, landing / generated_session.name)
@@ -67,7 +67,7 @@ def test_sensor_sorts_a_dropped_session_and_backfill_targets_its_date(live_dagst
     assert rollup["n_sessions"] == 1 and rollup["n_sorted"] == 1 and rollup["n_units"] > 0
 
     # Another registered session on another date must not be in a backfill of this date.
-    added = graphql(ADD_PARTITION, selector=REPOSITORY_SELECTOR, name="ks_platform_sessions", key="2026-03-20__rig1__elsewhere_g0")
+    added = graphql(ADD_PARTITION, selector=REPOSITORY_SELECTOR, name="ks_platform_sessions", key="2026-03-20__rig1__elsewhere_g0__imec0")
     assert added["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", added
 
     cli = subprocess.run([str(Path(sys.executable).with_name("ks-platform")), "backfill", "--start", date, "--end", date], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

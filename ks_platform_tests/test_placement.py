@@ -44,7 +44,7 @@ def three_hosts(**overrides) -> Inventory:
 
 
 def sort_request(channels: int | None = 32, attempt: int = 0) -> StepRequest:
-    return StepRequest.from_tags("run-1234", "sorted_units", {"ks_platform/needs": "gpu"}, n_channels=channels, session="2024-03-01__rig1__m1", job_name="sort_session", attempt=attempt)
+    return StepRequest.from_tags("run-1234", "sorted_units", {"ks_platform/needs": "gpu"}, n_channels=channels, session="2024-03-01__rig1__m1__imec0", job_name="sort_session", attempt=attempt)
 
 
 def test_gpu_step_prefers_largest_gpu_and_batch_follows_its_memory():
@@ -72,7 +72,7 @@ def test_cuda_container_spec():
         "ks_platform.managed": "true",
         "ks_platform.run_id": "run-1234",
         "ks_platform.step": "sorted_units",
-        "ks_platform.session": "2024-03-01__rig1__m1",
+        "ks_platform.session": "2024-03-01__rig1__m1__imec0",
         "ks_platform.host": "nv",
         "ks_platform.device": "1",
     }

@@ -25,7 +25,7 @@ DAY = dt.date(2026, 3, 2)
 
 
 def test_empty_day_has_a_rollup_and_a_figure(tmp_path):
-    result = core_rollup.build_daily_rollup(tmp_path / "store", DAY, ["2026-03-03__rig1__other_g0"])
+    result = core_rollup.build_daily_rollup(tmp_path / "store", DAY, ["2026-03-03__rig1__other_g0__imec0__imec0"])
     assert result.n_sessions == 0 and result.n_units == 0 and result.devices == []
     files = core_rollup.write_daily_rollup(tmp_path / "store", result)
     assert files.png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -42,7 +42,7 @@ def rollup_setup(sorted_workspace, tmp_path):
     broken = shutil.copytree(ws.landing / sorted_key.split("__")[2], broken_landing / "broken_g0")
     next(broken.glob("*.ap.meta")).unlink()
     platform = PlatformResource(store_root=str(ws.store_root), landing_roots=f"rig1={ws.landing},rigx={broken_landing}", backend="cpu")
-    keys = {"sorted": sorted_key, "broken": "2026-03-02__rigx__broken_g0", "waiting": "2026-03-02__rigx__waiting_g0", "other_day": "2026-03-05__rigx__later_g0"}
+    keys = {"sorted": sorted_key, "broken": "2026-03-02__rigx__broken_g0__imec0", "waiting": "2026-03-02__rigx__waiting_g0__imec0", "other_day": "2026-03-05__rigx__later_g0__imec0"}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, list(keys.values()))
         defs = build_definitions(platform, sensors=[])
@@ -112,7 +112,7 @@ def test_rollup_sensor_requests_the_date_of_each_finished_session_run(rollup_set
     assert json.loads(replay.cursor) == json.loads(third.cursor)
 
     # A session dated before the rollup's first day is logged, not requested.
-    early = "2023-05-01__rigx__early_g0"
+    early = "2023-05-01__rigx__early_g0__imec0"
     instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [early])
     defs.resolve_job_def("sort_session").execute_in_process(partition_key=early, instance=instance, raise_on_error=False)
     assert tick(third.cursor).run_requests == []

@@ -57,7 +57,7 @@ def test_a_session_folder_linking_out_of_its_landing_root_is_rejected_not_fatal(
     assert bad.folder.name == "escape" and "outside" in bad.reason
 
 
-@pytest.mark.parametrize("key", ["2026-03-02__rig1__..", "2026-03-02__rig1__a b", "2026-03-02__rig1__x;id", "2026-03-02__rig9__s"])
+@pytest.mark.parametrize("key", ["2026-03-02__rig1__..__imec0", "2026-03-02__rig1__a b__imec0", "2026-03-02__rig1__x;id__imec0", "2026-03-02__rig9__s__imec0"])
 def test_partition_keys_cannot_name_paths_outside_the_roots(tmp_path, key):
     platform = PlatformResource(store_root=str(tmp_path / "store"), landing_roots=f"rig1={tmp_path / 'landing'}", backend="cpu")
     with pytest.raises((SessionInputError, ValueError)):

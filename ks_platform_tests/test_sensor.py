@@ -50,7 +50,7 @@ def copy_session(template: Path, landing: Path, name: str) -> Path:
 
 
 def key_of(name: str) -> str:
-    return f"{SMALL.recording_date.isoformat()}__{ROOT}__{name}"
+    return f"{SMALL.recording_date.isoformat()}__{ROOT}__{name}__imec0"
 
 
 class _Records(logging.Handler):
@@ -169,7 +169,7 @@ def test_sensor_requests_one_run_per_complete_session(small_session, landing, tm
     sensor = sensors.build_new_session_sensor(settle_seconds=0, marker_name="")
     result = tick(sensor, dagster_instance, platform_for(landing, tmp_path))
 
-    found = discovery.identify_session(ROOT, landing.resolve(), folder.resolve())
+    [found] = discovery.identify_session(ROOT, landing.resolve(), folder.resolve())
     key = key_of("mouse1_g0")
     assert found.ref.key == key
     [request] = result.run_requests
@@ -271,7 +271,7 @@ def test_changed_data_gets_a_new_run_key(small_session, landing, tmp_path, dagst
     [after] = second.run_requests
     assert after.partition_key == before.partition_key == key_of("edited")
     assert after.run_key != before.run_key
-    assert after.run_key == f"{key_of('edited')}:{discovery.identify_session(ROOT, landing.resolve(), folder.resolve()).fingerprint}"
+    assert after.run_key == f"{key_of('edited')}:{discovery.identify_session(ROOT, landing.resolve(), folder.resolve())[0].fingerprint}"
     assert [a.partition for a in second.asset_events] == [key_of("edited")]
 
     # A change that does not touch the recording (here: only the times) re-examines the folder but keeps the run key.

@@ -39,7 +39,7 @@ SESSIONS_PARTITIONS = "ks_platform_sessions"
 
 
 def key(date: str, folder: str) -> str:
-    return f"{date}__rig1__{folder}"
+    return f"{date}__rig1__{folder}__imec0"
 
 
 GOOD_KEY, TYPO_KEY, OUT_OF_RANGE_KEY = key("2026-03-02", GOOD), key("2026-03-05", TYPO), key("2026-03-20", "elsewhere_g0")

@@ -35,7 +35,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     store = SessionStore.in_folder(Path(args.out))
     try:
-        source = open_recording(Path(args.session_dir).resolve())
+        source = open_recording(Path(args.session_dir).resolve(), args.probe_name)
         write_json_atomic(store.raw_manifest, {**source.summary(), "fingerprint": fingerprint(source, include_settings=False)})
         print(f"{source.format} recording: {source.duration_s:.1f} s, {source.n_channels} channels ({len(source.sorting_channels)} sorted), {source.size_bytes / 1e6:.0f} MB")
         with tqdm(total=100, unit="%", desc="recording binary", disable=args.quiet, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]{postfix}") as bar:
@@ -58,6 +58,7 @@ def register(sub) -> None:
     """Add convert."""
     convert = sub.add_parser("convert", help="convert one session folder into the int16 binary Kilosort reads (progress bar, checksum)")
     convert.add_argument("session_dir", help="a session folder in any supported format")
+    convert.add_argument("--probe-name", help="which probe of a multi-probe session folder (imec0, ProbeA, a series name)")
     convert.add_argument("--out", required=True, help="output folder (raw_recording.json, binary/)")
     convert.add_argument("--no-zero-copy", action="store_true", help="always write a copy, even for int16 interleaved sources")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")

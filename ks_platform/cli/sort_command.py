@@ -1,6 +1,6 @@
 """``ks-platform sort``: one recording → Kilosort 4 sorting + Phy folder, without Dagster (also the images' entry point).
 
-    ks-platform sort SESSION_DIR --out OUT [--probe FILE] [--settings FILE] [--backend cpu|cuda|rocm|auto]
+    ks-platform sort SESSION_DIR --out OUT [--probe-name imec0] [--probe FILE] [--settings FILE] [--backend cpu|cuda|rocm|auto]
     ks-platform sort recording.bin --n-channels 385 --fs 30000 --probe probe.json --out OUT
     ks-platform sort recording.bin --out OUT          (recording.json sidecar: n_channels, sampling_frequency, probe_file)
 
@@ -23,7 +23,7 @@ def _source(args: argparse.Namespace):
 
     path = Path(args.recording).resolve()
     if path.is_dir():
-        return open_recording(path), path
+        return open_recording(path, args.probe_name), path
     if not path.is_file():
         raise SessionInputError(path, "no such session folder or binary file", "give a session folder or an int16 .bin file")
     # A same-stem JSON sidecar (raw_binary format) supplies what the flags do not; flags win.
@@ -62,7 +62,7 @@ def _cmd_sort(args: argparse.Namespace) -> int:
 
             binary = conversion.write_recording_binary(source, store.binary_dir, allow_zero_copy=not args.no_zero_copy, progress=progress)
         print(f"binary: {'zero-copy reference' if binary.zero_copy else 'converted'}, xxh3 {binary.checksum}")
-        sorted_ = pipeline.sort_session(session_dir, store, backend=args.backend, log=None if args.quiet else print, settings_file=Path(args.settings) if args.settings else None)
+        sorted_ = pipeline.sort_session(session_dir, store, backend=args.backend, log=None if args.quiet else print, settings_file=Path(args.settings) if args.settings else None, probe=source.probe_name if session_dir else None)
         phy = pipeline.export_phy(store)
     except SessionInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -78,6 +78,7 @@ def register(sub) -> None:
     sort = sub.add_parser("sort", help="sort one session folder or int16 binary into --out, without Dagster")
     sort.add_argument("recording", help="a session folder (any supported format) or an int16 interleaved .bin")
     sort.add_argument("--out", required=True, help="output folder (probe/, binary/, sorting/, phy/)")
+    sort.add_argument("--probe-name", help="which probe of a multi-probe session folder (imec0, ProbeA, a series name); needed when it holds several")
     sort.add_argument("--probe", help="probe file (probeinterface JSON, .prb, Kilosort .mat/.json); default: the session's own")
     sort.add_argument("--settings", help="Kilosort 4 settings JSON, layered over the session's kilosort4-settings.json")
     sort.add_argument("--backend", default=os.environ.get("KS_PLATFORM_BACKEND", "auto"), help="auto, cpu, cuda[:N], rocm[:N], mps")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ks_platform.core.errors import SessionInputError
@@ -25,6 +25,8 @@ class FoundSession:
     #: Every probe of the folder and the streams it skips (shared by the folder's partitions).
     session_probes: tuple[str, ...] = ()
     skipped_streams: tuple[str, ...] = ()
+    #: The probe's recording summary (``RecordingSource.summary``) as read when it was found.
+    summary: dict[str, object] = field(default_factory=dict, compare=False)
 
     def metadata(self) -> dict[str, object]:
         """Real names and the session's other probes, for the partition's records."""
@@ -57,7 +59,7 @@ def identify_session(root_name: str, root: Path, folder: Path) -> list[FoundSess
     date = min(source.recording_date for source in sources)
     names = tuple(source.probe_name for source in sources)
     return [
-        FoundSession(SessionRef(root_name, key_name(folder.name), date, key_name(source.probe_name)), folder, fingerprint(source), source.probe_name, names, listing.skipped)
+        FoundSession(SessionRef(root_name, key_name(folder.name), date, key_name(source.probe_name)), folder, fingerprint(source), source.probe_name, names, listing.skipped, source.summary())
         for source in sources
     ]
 

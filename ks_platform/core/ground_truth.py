@@ -25,17 +25,25 @@ class GroundTruthScore:
         return self.well_detected >= self.min_well_detected_units
 
 
-def has_ground_truth(session_dir: Path) -> bool:
-    return (session_dir / GROUND_TRUTH_SPEC).is_file()
+def find_ground_truth(session_dir: Path, probe_folder: Path | None = None) -> Path | None:
+    """The ``ground_truth.json`` nearest to a probe's recording: its folder, then each parent up to the session folder."""
+    session_dir = Path(session_dir)
+    folder = Path(probe_folder) if probe_folder is not None else session_dir
+    for candidate in (folder, *folder.parents):
+        if (candidate / GROUND_TRUTH_SPEC).is_file():
+            return candidate / GROUND_TRUTH_SPEC
+        if candidate == session_dir or session_dir not in candidate.parents:
+            return None
+    return None
 
 
-def score_sorting(session_dir: Path, spike_samples: np.ndarray, spike_clusters: np.ndarray, sampling_frequency: float) -> GroundTruthScore:
-    """Compare the sorting to the session's ``ground_truth.json``/``.npz`` (exhaustive ground truth)."""
+def score_sorting(spec_path: Path, spike_samples: np.ndarray, spike_clusters: np.ndarray, sampling_frequency: float) -> GroundTruthScore:
+    """Compare the sorting to the ground truth that ``spec_path`` (``ground_truth.json`` + ``.npz``) describes."""
     from spikeinterface.comparison import compare_sorter_to_ground_truth
     from spikeinterface.core import NumpySorting
 
-    spec = json.loads((session_dir / GROUND_TRUTH_SPEC).read_text())
-    truth = np.load(session_dir / spec["spike_file"])
+    spec = json.loads(Path(spec_path).read_text())
+    truth = np.load(Path(spec_path).parent / spec["spike_file"])
     gt = NumpySorting.from_samples_and_labels([truth["samples"]], [truth["labels"]], sampling_frequency)
     tested = NumpySorting.from_samples_and_labels([np.asarray(spike_samples).ravel()], [np.asarray(spike_clusters).ravel()], sampling_frequency)
     comparison = compare_sorter_to_ground_truth(gt, tested, exhaustive_gt=True)

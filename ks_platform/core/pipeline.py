@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import probeinterface as pi
 
-from ks_platform.core import conversion, phy, probes, settings, sorting
+from ks_platform.core import conversion, phy, probes, session_config, settings, sorting
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats import open_recording
+from ks_platform.core.formats import list_probes, open_recording, probe_config
 from ks_platform.core.formats.base import RecordingSource
-from ks_platform.core.ground_truth import has_ground_truth, score_sorting
+from ks_platform.core.ground_truth import find_ground_truth, score_sorting
 from ks_platform.core.sessions import fingerprint
 from ks_platform.core.store import SessionStore, atomic_directory, read_json, session_lock, write_json_atomic
 
@@ -65,7 +65,9 @@ def binary_layout(source: RecordingSource, allow_zero_copy: bool) -> tuple[int, 
 def observe_raw_recording(session_dir: Path, store: SessionStore, probe: str | None = None) -> StepOutput:
     """Describe and fingerprint one probe's recording in the landing folder; record it as ``raw_recording.json``."""
     source = open_recording(session_dir, probe)
-    manifest = {**source.summary(), "fingerprint": fingerprint(source, include_settings=False), "has_ground_truth": has_ground_truth(session_dir)}
+    listing = list_probes(session_dir)
+    session = {"folder_name": Path(session_dir).name, "session_probes": sorted(listing.probes), "skipped_streams": list(listing.skipped)}
+    manifest = {**source.summary(), **session, "fingerprint": fingerprint(source, include_settings=False), "has_ground_truth": find_ground_truth(session_dir, session_config.probe_scope(source.data_files)) is not None}
     write_json_atomic(store.raw_manifest, manifest)
     return StepOutput(manifest["fingerprint"], manifest)
 
@@ -140,22 +142,22 @@ def build_recording_binary(session_dir: Path, store: SessionStore, allow_zero_co
 
 
 def session_settings_version(session_dir: Path, probe: str | None = None) -> str:
-    """Data version of the session's parameter set: hash of its validated overrides (``none`` without a file).
+    """Data version of the probe's Kilosort parameter set: hash of its validated overrides (``none`` without any).
 
-    An invalid file still gets a version (hash of its bytes), so editing it marks the sorting stale and the
-    sort then fails with the validation message.
+    An invalid config still gets a version (hash of the config files' bytes), so editing it marks the sorting
+    stale and the sort then fails with the validation message.
     """
     try:
-        overrides, path = settings.read_session_overrides(session_dir)
+        overrides = probe_config(session_dir, probe).kilosort
     except SessionInputError:
-        raw = (session_dir / settings.SESSION_SETTINGS_FILE).read_bytes()
-        return "invalid-" + settings.settings_hash({"bytes": raw.hex()})
-    return settings.settings_hash(overrides) if path is not None else "none"
+        files = session_config.config_files(session_dir)
+        return "invalid-" + settings.settings_hash({str(p): p.read_bytes().hex() if p.is_file() else "?" for p in files})
+    return settings.settings_hash(overrides) if overrides else "none"
 
 
-def effective_session_settings(session_dir: Path | None, binary: conversion.RecordingBinary, probe_manifest: dict, settings_file: Path | None = None) -> settings.EffectiveSettings:
-    """Layered, validated Kilosort settings for the session as it is now (``settings_file`` layered last)."""
-    overrides, _ = settings.read_session_overrides(session_dir) if session_dir is not None else ({}, None)
+def effective_session_settings(session_dir: Path | None, binary: conversion.RecordingBinary, probe_manifest: dict, settings_file: Path | None = None, probe: str | None = None) -> settings.EffectiveSettings:
+    """Layered, validated Kilosort settings for the probe as its session config says now (``settings_file`` last)."""
+    overrides = probe_config(session_dir, probe).kilosort if session_dir is not None else {}
     if settings_file is not None:
         overrides = {**overrides, **settings.read_overrides_file(Path(settings_file))}
     return settings.effective_settings(binary.n_chan_bin, binary.sampling_frequency, probe_manifest["probe_kind"], overrides)
@@ -168,7 +170,7 @@ def sort_session(session_dir: Path | None, store: SessionStore, backend: str = "
     ks_probe, probe_manifest = load_probe_map(store)
     if tuple(probe_manifest["binary_channels"]) != binary.binary_channels:
         raise SessionInputError(store.probe_dir, "the probe map was made for a different binary layout", "re-materialize probe_map and recording_binary together")
-    effective = effective_session_settings(session_dir, binary, probe_manifest, settings_file)
+    effective = effective_session_settings(session_dir, binary, probe_manifest, settings_file, probe)
     result = sorting.sort_recording(binary, ks_probe, effective, store.sorting_dir, backend=backend, log=log, extra_lineage=extra_lineage)
     lineage = read_json(store.sorting_dir / sorting.LINEAGE_FILE)
     metadata = {
@@ -188,14 +190,16 @@ def sort_session(session_dir: Path | None, store: SessionStore, backend: str = "
     return StepOutput(result.output_checksum, metadata, figures)
 
 
-def score_session(session_dir: Path, store: SessionStore):
-    """Ground-truth score of the session's sorting, or None when the session carries no ground truth."""
-    if not has_ground_truth(session_dir):
+def score_session(session_dir: Path, store: SessionStore, probe: str | None = None):
+    """Ground-truth score of the probe's sorting, or None when its recording carries no ground truth."""
+    listing = list_probes(session_dir)
+    spec = find_ground_truth(session_dir, session_config.probe_scope(listing.probes[listing.pick(probe, session_dir)]))
+    if spec is None:
         return None
     spikes = np.load(store.sorting_dir / "spike_times.npy")
     clusters = np.load(store.sorting_dir / "spike_clusters.npy")
     binary = conversion.load_recording_binary(store.binary_dir)
-    return score_sorting(session_dir, spikes, clusters, binary.sampling_frequency)
+    return score_sorting(spec, spikes, clusters, binary.sampling_frequency)
 
 
 @writes_session

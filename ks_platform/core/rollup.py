@@ -1,4 +1,4 @@
-"""Daily rollup: what happened to the sessions recorded on one date (counts, units, failures, times, devices).
+"""Daily rollup: what happened to the probe partitions recorded on one date, grouped by session (counts, units, failures, times, devices).
 
 Reads only the session store (``raw_recording.json``, ``sorting/sorting_summary.json``); which sessions
 exist and which last sort failed come from the caller (the Dagster layer asks the instance). Written
@@ -84,9 +84,19 @@ class DailyRollup:
     def devices(self) -> list[str]:
         return sorted({s.device for s in self.sessions if s.device})
 
+    @property
+    def by_session(self) -> dict[str, dict[str, str]]:
+        """Each recorded session (``<date>__<root>__<folder>``) with its probes side by side: probe → status."""
+        grouped: dict[str, dict[str, str]] = {}
+        for outcome in self.sessions:
+            ref = SessionRef.parse(outcome.key)
+            grouped.setdefault(ref.session_key, {})[ref.probe] = outcome.status
+        return grouped
+
     def to_json(self) -> dict[str, Any]:
         return {
             "date": self.date.isoformat(),
+            "n_recording_sessions": len(self.by_session),
             "n_sessions": self.n_sessions,
             "n_sorted": self.n_sorted,
             "n_failed": self.n_failed,
@@ -97,6 +107,7 @@ class DailyRollup:
             "sorting_seconds": self.sorting_seconds,
             "devices": self.devices,
             "sessions": [asdict(s) for s in self.sessions],
+            "recording_sessions": self.by_session,
         }
 
     def content_hash(self) -> str:
@@ -154,6 +165,10 @@ def rollup_dir(store_root: Path, date: dt.date) -> Path:
     return Path(store_root) / "rollups" / date.isoformat()
 
 
+def _label(ref: SessionRef) -> str:
+    return f"{ref.root}/{ref.name}/{ref.probe}"
+
+
 def plot_daily_rollup(rollup: DailyRollup, path: Path) -> Path:
     """Units and good units per session (bars; failed sessions hatched red), sorting time on a second axis."""
     import matplotlib
@@ -161,7 +176,7 @@ def plot_daily_rollup(rollup: DailyRollup, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [SessionRef.parse(s.key).root + "/" + SessionRef.parse(s.key).name for s in rollup.sessions] or ["(no sessions)"]
+    names = [_label(SessionRef.parse(s.key)) for s in rollup.sessions] or ["(no sessions)"]
     units = [s.n_units or 0 for s in rollup.sessions] or [0]
     good = [s.n_good_units or 0 for s in rollup.sessions] or [0]
     width = max(4.0, min(12.0, 1.2 + 0.6 * len(names)))

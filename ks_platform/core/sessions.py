@@ -17,7 +17,6 @@ import xxhash
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats.base import RecordingSource
-from ks_platform.core.settings import SESSION_SETTINGS_FILE
 from ks_platform.core.store import contained_path
 
 KEY_SEPARATOR = "__"
@@ -112,15 +111,14 @@ def fingerprint(source: RecordingSource, include_settings: bool = True) -> str:
     """Cheap content fingerprint: names, sizes, mtimes and the first/last MiB of each data file (+ the settings file).
 
     It changes when a file is replaced, appended or edited at either end; the full xxh3 checksum of
-    the binary is taken during conversion. The sensor includes the settings file (an edited parameter set
+    the binary is taken during conversion. The sensor includes the session config files (an edited parameter set
     is a changed session to sort again); ``raw_recording``'s data version does not, so that a parameter
     change makes only the sorting stale, not the binary (the parameters have their own asset, ``session_settings``).
     """
     hasher = xxhash.xxh3_128()
     files = list(source.data_files)
-    settings = source.session_dir / SESSION_SETTINGS_FILE
-    if include_settings and settings.exists():
-        files.append(settings)
+    if include_settings:
+        files.extend(Path(p) for p in source.details.get("config_files", ()))
     for path in files:
         stat = path.stat()
         hasher.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}|".encode())

@@ -95,10 +95,12 @@ def daily_rollup(context: dg.AssetExecutionContext, platform: PlatformResource) 
             ]
         ),
     )
-    context.log.info(f"{date}: {rollup.n_sessions} sessions, {rollup.n_sorted} sorted, {rollup.n_failed} failed, {rollup.n_units} units")
+    context.log.info(f"{date}: {len(rollup.by_session)} sessions, {rollup.n_sessions} probe partitions, {rollup.n_sorted} sorted, {rollup.n_failed} failed, {rollup.n_units} units")
     return dg.MaterializeResult(
         metadata={
+            "recording_sessions": dg.MetadataValue.int(len(rollup.by_session)),
             "sessions": dg.MetadataValue.int(rollup.n_sessions),
+            "probes_by_session": dg.MetadataValue.json(rollup.by_session),
             "sorted": dg.MetadataValue.int(rollup.n_sorted),
             "failed": dg.MetadataValue.int(rollup.n_failed),
             "pending": dg.MetadataValue.int(rollup.n_pending),

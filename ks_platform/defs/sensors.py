@@ -34,9 +34,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from ks_platform.core.discovery import identify_session
+from ks_platform.core.discovery import FoundSession, identify_session
 from ks_platform.core.errors import PlatformConfigError, SessionInputError
-from ks_platform.core.formats import open_recording
 from ks_platform.core.readiness import scan_folder, session_ready
 from ks_platform.defs.ingest import raw_recording
 from ks_platform.defs.partitions import session_partitions
@@ -120,13 +119,14 @@ def run_key(partition_key: str, fingerprint: str) -> str:
     return f"{partition_key}:{fingerprint}"
 
 
-def _observation(partition_key: str, root_name: str, folder: Path, fingerprint: str) -> dg.AssetObservation:
-    summary = open_recording(folder).summary()
+def _observation(found: FoundSession, root_name: str) -> dg.AssetObservation:
+    summary, fingerprint, folder = found.summary, found.fingerprint, found.folder
     return dg.AssetObservation(
         asset_key=raw_recording.key,
-        partition=partition_key,
-        description="Complete session found in the landing root by new_session_sensor.",
+        partition=found.ref.key,
+        description="Complete session found in the landing root by new_session_sensor (one probe of it).",
         metadata={
+            **found.metadata(),
             "format": summary["format"],
             "size_bytes": dg.MetadataValue.int(int(summary["size_bytes"])),
             "recording_date": summary["recording_date"],
@@ -138,6 +138,15 @@ def _observation(partition_key: str, root_name: str, folder: Path, fingerprint: 
             "landing_root": root_name,
             "session_dir": dg.MetadataValue.path(str(folder)),
         },
+    )
+
+
+def _sort_request(found: FoundSession, root_name: str) -> dg.RunRequest:
+    key = found.ref.key
+    return dg.RunRequest(
+        run_key=run_key(key, found.fingerprint),
+        partition_key=key,
+        tags={"dagster/partition": key, TAG_ROOT: root_name, TAG_FOLDER: str(found.folder), TAG_FINGERPRINT: found.fingerprint},
     )
 
 
@@ -204,8 +213,8 @@ def build_new_session_sensor(
                     continue
                 examined += 1
                 try:
-                    found = identify_session(root_name, root, folder)
-                    observation = _observation(found.ref.key, root_name, folder, found.fingerprint)
+                    probes = identify_session(root_name, root, folder)
+                    probe_observations = [_observation(found, root_name) for found in probes]
                 except SessionInputError as exc:
                     context.log.warning(f"skipped landing folder {root_name}/{name}: {exc}")
                     kept[name] = scan.signature  # reported once; examined again when it changes
@@ -217,23 +226,13 @@ def build_new_session_sensor(
                     context.log.warning(f"skipped landing folder {root_name}/{name}: unexpected {type(exc).__name__} while reading it: {exc}")
                     kept[name] = scan.signature
                     continue
-                key = found.ref.key
                 kept[name] = scan.signature
-                new_keys.append(key)
-                observations.append(observation)
-                run_requests.append(
-                    dg.RunRequest(
-                        run_key=run_key(key, found.fingerprint),
-                        partition_key=key,
-                        tags={
-                            "dagster/partition": key,
-                            TAG_ROOT: root_name,
-                            TAG_FOLDER: str(folder),
-                            TAG_FINGERPRINT: found.fingerprint,
-                        },
-                    )
-                )
-                context.log.info(f"session {key} is complete ({why}); requesting sort_session, fingerprint {found.fingerprint[:12]}")
+                observations.extend(probe_observations)
+                for found in probes:
+                    new_keys.append(found.ref.key)
+                    run_requests.append(_sort_request(found, root_name))
+                keys = ", ".join(found.ref.key for found in probes)
+                context.log.info(f"session {root_name}/{name} is complete ({why}); requesting sort_session for {len(probes)} probe(s): {keys}")
             if kept:
                 seen[root_name] = kept
         if waiting:

@@ -56,7 +56,7 @@ def test_spikeglx_np2_geometry_and_shanks_from_the_imro_table(tmp_path, four_sha
     source = open_recording(session)
     assert source.n_channels == 33 and source.sorting_channels == tuple(range(32))  # sync excluded from sorting
     assert source.uv_per_bit == pytest.approx(0.5 / 8192 / 80 * 1e6)  # NP2.0: fixed gain 80, 14-bit
-    store = SessionStore(tmp_path / "store", f"{syn.DATE}__rig1__np2")
+    store = SessionStore(tmp_path / "store", f"{syn.DATE}__rig1__np2__imec0")
     pipeline.observe_raw_recording(session, store)
     out = pipeline.build_probe_map(session, store)
     ks_probe, manifest = pipeline.load_probe_map(store)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from types import ModuleType
@@ -10,6 +11,7 @@ from types import ModuleType
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import nwb, openephys, plexon, raw_binary, spikeglx
 from ks_platform.core.formats.base import ProbeListing, RecordingSource
+from ks_platform.core.session_config import ProbeConfig, check_configs_apply, config_files, read_probe_config
 from ks_platform.core.store import contained_path
 
 #: Registered readers, in detection order.
@@ -94,7 +96,27 @@ def list_probes(session_dir: Path) -> ProbeListing:
     if not listing.probes:
         skipped = "; ".join(listing.skipped) or "none"
         raise SessionInputError(session_dir, f"no probe recording to sort in this {reader.FORMAT} folder (skipped streams: {skipped})", "record the wideband/AP band of at least one probe")
+    check_configs_apply(session_dir, listing.probes)
     return listing
+
+
+def probe_config(session_dir: Path, probe: str | None = None) -> ProbeConfig:
+    """What the session's config files say about one probe (empty when the folder has none)."""
+    session_dir = Path(session_dir)
+    if not config_files(session_dir):
+        return ProbeConfig()
+    listing = list_probes(session_dir)
+    return read_probe_config(session_dir, listing.probes, listing.pick(probe, session_dir))
+
+
+def _with_config(source: RecordingSource, config: ProbeConfig) -> RecordingSource:
+    """The source as the session config amends it (recording date, probe file), noting which files applied."""
+    changes: dict[str, object] = {"details": {**source.details, "config_files": [str(p) for p in config.files]}}
+    if config.recording_date is not None:
+        changes["recording_date"] = config.recording_date
+    if config.probe_file is not None:
+        changes.update(probe_file=config.probe_file, probe=None)
+    return dataclasses.replace(source, **changes)
 
 
 def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
@@ -107,6 +129,8 @@ def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSour
         source = reader.open_recording(session_dir, probe)
     except PermissionError as exc:  # a reader met a file it may not open: name that file
         raise permission_error(exc.filename, session_dir) from None
+    if session_dir.is_dir() and config_files(session_dir):
+        source = _with_config(source, probe_config(session_dir, source.probe_name))
     for path in (*source.data_files, *([source.probe_file] if source.probe_file else [])):
         contained_path(session_dir, path, "the session folder")
         require_readable(path)

@@ -1,0 +1,171 @@
+"""The session config files: Kilosort settings per probe, a probe file, a recording date.
+
+Lookup rule (README, "The session config file"): every ``ks_session.json`` and every ``kilosort4-settings.json``
+inside the session folder, at any depth, applies to the probes whose recording lies in its folder or below it
+(a probe's folder is the deepest folder holding all its files). For each probe the files that apply are layered
+from the session folder down: the file nearest to the recording wins, key by key. A file that applies to no
+probe, or that names a probe the folder does not hold, is an error: nothing found is ever silently ignored.
+
+``ks_session.json``::
+
+    {"recording_date": "2026-03-02",            # overrides the date the recording's header gives
+     "probe_file": "probe.json",                # for formats without geometry; relative to this file
+     "kilosort": {"Th_universal": 10},          # Kilosort settings for every probe below this folder
+     "probes": {"imec1": {"kilosort": {"batch_size": 30000}, "probe_file": "imec1_probe.json"}}}
+
+``kilosort4-settings.json`` holds Kilosort settings only (the same as ``{"kilosort": {...}}``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ks_platform.core.errors import SessionInputError
+from ks_platform.core.settings import SESSION_SETTINGS_FILE, validate_overrides
+from ks_platform.core.store import contained_path
+
+CONFIG_FILE = "ks_session.json"
+CONFIG_NAMES = (CONFIG_FILE, SESSION_SETTINGS_FILE)
+CONFIG_KEYS = ("recording_date", "probe_file", "kilosort", "probes")
+PROBE_KEYS = ("recording_date", "probe_file", "kilosort")
+MAX_CONFIG_BYTES = 1024 * 1024
+_FIX_SYNTAX = 'write a JSON object such as {"kilosort": {"Th_universal": 10}, "probes": {"imec0": {...}}}'
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """What the session's config files say about one probe, with the files it came from (nearest last)."""
+
+    kilosort: dict[str, Any] = field(default_factory=dict)
+    probe_file: Path | None = None
+    recording_date: dt.date | None = None
+    files: tuple[Path, ...] = ()
+
+
+def config_files(session_dir: Path) -> list[Path]:
+    """Every config file in the session folder, shallowest first (hidden folders skipped)."""
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(session_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(Path(folder) / name for name in CONFIG_NAMES if name in files)
+    return sorted(found, key=lambda p: (len(p.parts), p.name != SESSION_SETTINGS_FILE, str(p)))
+
+
+def probe_scope(files: tuple[Path, ...] | list[Path]) -> Path:
+    """The deepest folder holding all of a probe's files."""
+    return Path(os.path.commonpath([str(Path(p).parent) for p in files]))
+
+
+def _applies(config: Path, scope: Path) -> bool:
+    return config.parent == scope or config.parent in scope.parents
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """One config file as a JSON object; every way it can be unreadable is one clear error."""
+    if not path.is_file():
+        raise SessionInputError(path, "the config file is not a regular file", f"make {path.name} a JSON file (or remove it)")
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise SessionInputError(path, f"the config file is larger than {MAX_CONFIG_BYTES // 1024} KiB", "keep only settings in it")
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SessionInputError(path, "the config file is not UTF-8 text", "save it as UTF-8 JSON") from None
+    except json.JSONDecodeError as exc:
+        raise SessionInputError(path, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", "fix the JSON syntax (e.g. with `python -m json.tool`)") from None
+    except RecursionError:
+        raise SessionInputError(path, "the JSON is nested too deeply to be a config file", _FIX_SYNTAX) from None
+    except PermissionError:
+        raise
+    except OSError as exc:
+        raise SessionInputError(path, f"cannot read the config file ({exc.strerror})", "check the file's permissions") from None
+    if not isinstance(payload, dict):
+        raise SessionInputError(path, f"the config file must hold a JSON object, not {type(payload).__name__}", _FIX_SYNTAX)
+    return {"kilosort": payload} if path.name == SESSION_SETTINGS_FILE else payload
+
+
+def _check_keys(payload: Mapping[str, Any], allowed: tuple[str, ...], path: Path, where: str) -> None:
+    unknown = sorted(set(payload) - set(allowed))
+    if unknown:
+        raise SessionInputError(path, f"unknown key(s) {unknown} {where}", f"use only {list(allowed)} there")
+
+
+def _layer(config: ProbeConfig, section: Mapping[str, Any], path: Path, session_dir: Path) -> ProbeConfig:
+    """``config`` with one section of a config file layered over it (validated)."""
+    _check_keys(section, PROBE_KEYS, path, "in a probe section")
+    kilosort = config.kilosort
+    if "kilosort" in section:
+        kilosort = {**kilosort, **validate_overrides(section["kilosort"], path)}
+    probe_file = config.probe_file
+    if "probe_file" in section:
+        name = section["probe_file"]
+        if not isinstance(name, str) or not name:
+            raise SessionInputError(path, f"probe_file must be a file name, got {name!r}", "name a probe file next to the config file")
+        probe_file = contained_path(session_dir, path.parent / name, "the session folder")
+        if not probe_file.is_file():
+            raise SessionInputError(path, f"probe_file {name!r} does not exist next to the config file", "copy the probe file there or fix its name")
+    date = config.recording_date
+    if "recording_date" in section:
+        date = _date(section["recording_date"], path)
+    return ProbeConfig(kilosort, probe_file, date, config.files)
+
+
+def _date(value: Any, path: Path) -> dt.date:
+    if not isinstance(value, str):
+        raise SessionInputError(path, f"recording_date must be a YYYY-MM-DD string, got {value!r}", 'write "recording_date": "2026-03-02"')
+    try:
+        return dt.date.fromisoformat(value.strip())
+    except ValueError:
+        raise SessionInputError(path, f"recording_date {value!r} is not a YYYY-MM-DD date", 'write "recording_date": "2026-03-02"') from None
+
+
+def _probe_section(payload: Mapping[str, Any], probe: str, path: Path) -> Mapping[str, Any] | None:
+    sections = payload.get("probes", {})
+    if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
+        raise SessionInputError(path, "'probes' must map probe names to objects", '"probes": {"imec0": {"kilosort": {...}}}')
+    from ks_platform.core.sessions import key_name
+
+    return next((section for name, section in sections.items() if name in (probe, key_name(probe))), None)
+
+
+def read_probe_config(session_dir: Path, probes: Mapping[str, tuple[Path, ...]], probe: str) -> ProbeConfig:
+    """The layered config of ``probe`` (a name in ``probes``, the folder's probe → files map)."""
+    check_configs_apply(session_dir, probes)
+    scope = probe_scope(probes[probe])
+    config = ProbeConfig()
+    for path in config_files(session_dir):
+        if not _applies(path, scope):
+            continue
+        payload = _load(path)
+        config = ProbeConfig(config.kilosort, config.probe_file, config.recording_date, (*config.files, path))
+        config = _layer(config, {k: v for k, v in payload.items() if k != "probes"}, path, session_dir)
+        section = _probe_section(payload, probe, path)
+        if section is not None:
+            config = _layer(config, section, path, session_dir)
+    return config
+
+
+def check_configs_apply(session_dir: Path, probes: Mapping[str, tuple[Path, ...]]) -> None:
+    """Refuse a config file that applies to no probe, names an unknown probe or has unknown keys."""
+    from ks_platform.core.sessions import key_name
+
+    scopes = {name: probe_scope(files) for name, files in probes.items()}
+    known = set(probes) | {key_name(name) for name in probes}
+    for path in config_files(session_dir):
+        covered = [name for name, scope in scopes.items() if _applies(path, scope)]
+        if not covered:
+            raise SessionInputError(path, f"this config file applies to no probe (probes: {', '.join(sorted(probes))}; a file applies to the recordings in its folder and below)", "move it to the session folder or next to the probe's recording, or remove it")
+        payload = _load(path)
+        _check_keys(payload, CONFIG_KEYS, path, "at the top level")
+        sections = payload.get("probes", {})
+        _probe_section(payload, "", path)
+        for name in sections:
+            if name not in known:
+                raise SessionInputError(path, f"'probes' names {name!r}, which this folder does not hold (it holds {', '.join(sorted(probes))})", f"use one of {sorted(probes)}")
+            if not any(name in (covered_name, key_name(covered_name)) for covered_name in covered):
+                raise SessionInputError(path, f"'probes' names {name!r}, whose recording is not in this file's folder or below", "put the section in a config file above that probe's recording")
