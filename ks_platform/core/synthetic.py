@@ -11,7 +11,6 @@ import numpy as np
 
 #: NP1.0 AP scaling used for the synthetic file: 0.6 V / 512 / gain 500 = 2.34375 µV per bit.
 NP1_UV_PER_BIT = 0.6 / 512 / 500 * 1e6
-GROUND_TRUTH_FILE = "ground_truth.npz"
 GROUND_TRUTH_SPEC = "ground_truth.json"
 
 
@@ -29,15 +28,21 @@ class DemoSessionSpec:
     noise_uv: float = 6.0
     #: The session's declared ground-truth bar (see ``ground_truth.json``).
     min_well_detected_units: int = 5
+    #: Acquired NP1.0 channel ids saved in the file (SpikeGLX ``snsSaveChanSubset``); None: ``0..n_channels-1``.
+    saved_channels: tuple[int, ...] | None = None
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(range(self.n_channels)) if self.saved_channels is None else tuple(self.saved_channels)
 
 
-def np1_probe(n_channels: int):
-    """The first ``n_channels`` bank-0 contacts of a Neuropixels 1.0 probe (built offline)."""
+def np1_probe(n_channels: int, channels: tuple[int, ...] | None = None):
+    """Bank-0 contacts ``channels`` (default the first ``n_channels``) of a Neuropixels 1.0 probe (built offline)."""
     from probeinterface.neuropixels_tools import build_neuropixels_probe
 
     full = build_neuropixels_probe("NP1000")
-    probe = full.get_slice(np.arange(n_channels))
-    probe.set_device_channel_indices(np.arange(n_channels))
+    probe = full.get_slice(np.asarray(channels if channels is not None else np.arange(n_channels)))
+    probe.set_device_channel_indices(np.arange(probe.get_contact_count()))
     return probe
 
 
@@ -46,14 +51,15 @@ def _imro_np1(n_total: int = 384) -> str:
     return f"(0,{n_total}){entries}"
 
 
-def spikeglx_meta(n_saved_ap: int, n_samples: int, fs: float, date: dt.date) -> str:
-    """A SpikeGLX 3B/NP1.0 meta for an AP file saving channels 0..n-1 plus the sync channel (768)."""
-    n_saved = n_saved_ap + 1
+def spikeglx_meta(n_saved_ap: int, n_samples: int, fs: float, date: dt.date, channels: tuple[int, ...] | None = None, file_name: str = "demo_g0_t0.imec0.ap.bin") -> str:
+    """A SpikeGLX 3B/NP1.0 meta for an AP file saving ``channels`` (default 0..n-1) plus the sync channel (768)."""
+    channels = tuple(range(n_saved_ap)) if channels is None else tuple(channels)
+    n_saved = len(channels) + 1
     fields = {
         "acqApLfSy": "384,384,1",
         "appVersion": "20230425",
         "fileCreateTime": f"{date.isoformat()}T10:00:00",
-        "fileName": "demo_g0_t0.imec0.ap.bin",
+        "fileName": file_name,
         "fileSizeBytes": str(n_samples * n_saved * 2),
         "fileTimeSecs": f"{n_samples / fs:.6f}",
         "firstSample": "0",
@@ -66,9 +72,9 @@ def spikeglx_meta(n_saved_ap: int, n_samples: int, fs: float, date: dt.date) -> 
         "imSampRate": f"{fs:g}",
         "imroTbl": _imro_np1(),
         "nSavedChans": str(n_saved),
-        "snsApLfSy": "384,0,1",
-        "snsChanMap": "(384,0,1)" + "".join(f"(AP{c};{c}:{c})" for c in range(n_saved_ap)) + "(SY0;768:768)",
-        "snsSaveChanSubset": f"0:{n_saved_ap - 1},768",
+        "snsApLfSy": f"{len(channels)},0,1",
+        "snsChanMap": "(384,0,1)" + "".join(f"(AP{c};{c}:{c})" for c in channels) + "(SY0;768:768)",
+        "snsSaveChanSubset": _subset_text((*channels, 768)),
         "typeImEnabled": "1",
         "typeThis": "imec",
     }
@@ -79,15 +85,16 @@ def spikeglx_meta(n_saved_ap: int, n_samples: int, fs: float, date: dt.date) -> 
     return "\n".join(lines) + "\n"
 
 
-def make_spikeglx_session(folder: Path, spec: DemoSessionSpec = DemoSessionSpec(), chunk_s: float = 2.0) -> Path:
-    """Write ``folder/demo_g0_t0.imec0.ap.{bin,meta}`` plus ground truth; return the folder.
+def make_spikeglx_session(folder: Path, spec: DemoSessionSpec = DemoSessionSpec(), chunk_s: float = 2.0, file_name: str = "demo_g0_t0.imec0.ap.bin", ground_truth_name: str = GROUND_TRUTH_SPEC) -> Path:
+    """Write ``folder/<file_name>`` and its ``.meta`` plus ground truth (``ground_truth_name``); return the folder.
 
     Samples are written chunk by chunk; the sync channel carries a 1 Hz square wave as on a rig.
     """
     from spikeinterface.core import generate_ground_truth_recording
 
     folder.mkdir(parents=True, exist_ok=True)
-    probe = np1_probe(spec.n_channels)
+    probe = np1_probe(spec.n_channels, spec.channels)
+    n_saved = probe.get_contact_count()
     recording, sorting = generate_ground_truth_recording(
         durations=[spec.duration_s],
         sampling_frequency=spec.sampling_frequency,
@@ -99,23 +106,24 @@ def make_spikeglx_session(folder: Path, spec: DemoSessionSpec = DemoSessionSpec(
     )
     n_samples = recording.get_num_samples()
     fs = spec.sampling_frequency
-    bin_path = folder / "demo_g0_t0.imec0.ap.bin"
+    bin_path = folder / file_name
     step = int(chunk_s * fs)
     with open(bin_path, "wb") as handle:
         for start in range(0, n_samples, step):
             stop = min(start + step, n_samples)
             traces = recording.get_traces(start_frame=start, end_frame=stop).astype(np.float64)
-            block = np.empty((stop - start, spec.n_channels + 1), dtype=np.int16)
+            block = np.empty((stop - start, n_saved + 1), dtype=np.int16)
             block[:, :-1] = np.clip(np.rint(traces / NP1_UV_PER_BIT), -32768, 32767)
             block[:, -1] = ((np.arange(start, stop) // int(fs / 2)) % 2) * 64
             handle.write(block.tobytes())
-    bin_path.with_suffix(".meta").write_text(spikeglx_meta(spec.n_channels, n_samples, fs, spec.recording_date))
+    bin_path.with_suffix(".meta").write_text(spikeglx_meta(n_saved, n_samples, fs, spec.recording_date, spec.channels, file_name))
     samples, labels = sorting.to_spike_vector()["sample_index"], sorting.to_spike_vector()["unit_index"]
-    np.savez(folder / GROUND_TRUTH_FILE, samples=samples.astype(np.int64), labels=labels.astype(np.int64), sampling_frequency=fs)
-    (folder / GROUND_TRUTH_SPEC).write_text(
+    spike_file = Path(ground_truth_name).stem + ".npz"
+    np.savez(folder / spike_file, samples=samples.astype(np.int64), labels=labels.astype(np.int64), sampling_frequency=fs)
+    (folder / ground_truth_name).write_text(
         json.dumps(
             {
-                "spike_file": GROUND_TRUTH_FILE,
+                "spike_file": spike_file,
                 "well_detected_accuracy": 0.8,
                 "min_well_detected_units": spec.min_well_detected_units,
                 "generator": "spikeinterface.core.generate_ground_truth_recording",
@@ -127,3 +135,107 @@ def make_spikeglx_session(folder: Path, spec: DemoSessionSpec = DemoSessionSpec(
         + "\n"
     )
     return folder
+
+
+# ------------------------------------------------------------------------------------------------ SpikeGLX runs
+@dataclass(frozen=True)
+class GlxProbe:
+    """One probe of a generated SpikeGLX run: NP1.0 (gain 500, sync id 768) or NP2.0 4-shank NP2013 (gain 100,
+    no LF, sync id 384); ``saved_ap`` lists the acquired AP channel ids saved (None: all 384)."""
+
+    name: str = "imec0"
+    saved_ap: tuple[int, ...] | None = None
+    np2: bool = False
+
+    @property
+    def saved_ids(self) -> tuple[int, ...]:
+        ap = tuple(range(384)) if self.saved_ap is None else tuple(self.saved_ap)
+        return (*ap, 384 if self.np2 else 768)
+
+
+def _subset_text(ids: tuple[int, ...]) -> str:
+    """``0:35,72:95,384``: runs of consecutive ids as SpikeGLX writes ``snsSaveChanSubset``."""
+    runs: list[list[int]] = []
+    for channel in ids:
+        if runs and channel == runs[-1][-1] + 1:
+            runs[-1].append(channel)
+        else:
+            runs.append([channel])
+    return ",".join(f"{r[0]}:{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+def spikeglx_run_meta(probe: GlxProbe, n_samples: int, fs: float, date: dt.date, file_name: str) -> str:
+    """The meta of one AP file of ``probe`` as SpikeGLX writes it (the keys the readers use)."""
+    ids = probe.saved_ids
+    if probe.np2:
+        imro = "(2013,384)" + "".join(f"({c} {c // 96} 0 0 {c % 96})" for c in range(384))
+        fields = {"acqApLfSy": "384,0,1", "imAiRangeMax": "0.62", "imAiRangeMin": "-0.62", "imChan0apGain": "100", "imDatPrb_pn": "NP2013", "imDatPrb_type": "2013", "imMaxInt": "2048"}
+    else:
+        imro = _imro_np1()
+        fields = {"acqApLfSy": "384,384,1", "imAiRangeMax": "0.6", "imAiRangeMin": "-0.6", "imDatPrb_pn": "PRB_1_4_0480_1", "imDatPrb_type": "0", "imMaxInt": "512"}
+    fields.update(
+        {
+            "appVersion": "20230425",
+            "fileCreateTime": f"{date.isoformat()}T10:00:00",
+            "fileName": file_name,
+            "fileSizeBytes": str(n_samples * len(ids) * 2),
+            "fileTimeSecs": f"{n_samples / fs:.9f}",
+            "imSampRate": f"{fs:g}",
+            "nSavedChans": str(len(ids)),
+            "snsApLfSy": f"{len(ids) - 1},0,1",
+            "snsSaveChanSubset": _subset_text(ids),
+            "typeThis": "imec",
+            "~imroTbl": imro,
+            "~snsChanMap": f"({fields['acqApLfSy']})" + "".join(f"(AP{c};{c}:{c})" for c in ids[:-1]) + f"(SY0;{ids[-1]}:{ids[-1]})",
+        }
+    )
+    return "".join(f"{key}={value}\n" for key, value in sorted(fields.items(), key=lambda kv: kv[0].lstrip("~")))
+
+
+def write_spikeglx_run(
+    folder: Path,
+    probes: tuple[GlxProbe, ...] = (GlxProbe(),),
+    gates: tuple[int, ...] = (0,),
+    triggers: tuple[int, ...] = (0,),
+    run: str = "run",
+    n_samples: int = 200,
+    fs: float = 30000.0,
+    date: dt.date = dt.date(2026, 3, 2),
+    catgt: bool = False,
+    other_streams: bool = False,
+    seed: int = 0,
+) -> dict[str, list[Path]]:
+    """Write a SpikeGLX run as SpikeGLX nests it (``<run>_gG/<run>_gG_imecN/<run>_gG_tT.imecN.ap.{bin,meta}``).
+
+    Every gate × trigger file of every probe holds ``n_samples`` random int16 frames (sync channel last).
+    ``catgt``: also ``catgt_<run>_g<first gate>/…_tcat.imecN.ap.bin`` holding all of a probe's files appended;
+    ``other_streams``: also an NI-DAQ file per gate/trigger and an LF file per AP file. Returns each probe's raw
+    AP files in time order (gate, then trigger).
+    """
+    rng = np.random.default_rng(seed)
+    written: dict[str, list[Path]] = {probe.name: [] for probe in probes}
+    for gate in gates:
+        gate_dir = folder / f"{run}_g{gate}"
+        for trigger in triggers:
+            for probe in probes:
+                name = f"{run}_g{gate}_t{trigger}.{probe.name}.ap.bin"
+                data = rng.integers(-500, 500, (n_samples, len(probe.saved_ids)), dtype=np.int16)
+                path = _write_glx_file(gate_dir / f"{run}_g{gate}_{probe.name}" / name, data, spikeglx_run_meta(probe, n_samples, fs, date, name))
+                written[probe.name].append(path)
+                if other_streams:
+                    _write_glx_file(path.with_name(name.replace(".ap.bin", ".lf.bin")), data[::12], "typeThis=imec\nsnsApLfSy=0,384,1\n")
+            if other_streams:
+                _write_glx_file(gate_dir / f"{run}_g{gate}_t{trigger}.nidq.bin", rng.integers(-9, 9, (n_samples, 9), dtype=np.int16), "typeThis=nidq\nniSampRate=25000\n")
+    if catgt:
+        for probe in probes:
+            data = np.concatenate([np.fromfile(p, np.int16).reshape(-1, len(probe.saved_ids)) for p in written[probe.name]])
+            name = f"{run}_g{gates[0]}_tcat.{probe.name}.ap.bin"
+            _write_glx_file(folder / f"catgt_{run}_g{gates[0]}" / f"{run}_g{gates[0]}_{probe.name}" / name, data, spikeglx_run_meta(probe, len(data), fs, date, name))
+    return written
+
+
+def _write_glx_file(path: Path, data: np.ndarray, meta: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data.tofile(path)
+    path.with_suffix(".meta").write_text(meta)
+    return path

@@ -1,22 +1,159 @@
-"""SpikeGLX: ``*.ap.bin`` + ``*.ap.meta``; probe and channel map from the meta's imro table."""
+"""SpikeGLX: ``*.ap.bin`` + ``*.ap.meta`` per probe (``imecN``); probe and channel map from the meta's imro table.
+
+A run folder may hold several probes (``imec0``, ``imec1``; phase 3A files ``*.imec.ap.bin`` are ``imec``), several
+gates and triggers (``<run>_g0_t0``, ``<run>_g1_t0``…, nested folders are normal) and CatGT output
+(``catgt_<run>_g0/…/<run>_g0_tcat.imec0.ap.bin``). One probe is one recording: its gate/trigger files are
+concatenated in time (the CatGT convention: by gate, then trigger), after checking they agree. When CatGT output
+is present for a probe, it is used and that probe's raw files are listed as skipped. NI-DAQ, LF and OneBox
+streams are listed as skipped. ``open_recording(folder, "imec0-g1")`` reads one gate only (not listed as a probe).
+
+Channels: ``snsSaveChanSubset`` lists *acquired* channel ids; AP channels are those below ``acqApLfSy[0]``, the
+sync channel(s) come last and are never sorted. µV per bit = ``imAiRangeMax / imMaxInt / AP gain * 1e6``.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import math
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import ProbeListing, RecordingSource, parse_recording_date
+from ks_platform.core.formats.base import (
+    BufferPool,
+    ChunkReader,
+    InterleavedFile,
+    ProbeListing,
+    RecordingSource,
+    channel_selector,
+    parse_recording_date,
+    select_channels,
+)
 
 FORMAT = "spikeglx"
+RESTORE = "restore the .meta SpikeGLX wrote for this recording"
+
+#: Streams that are recognised but not sorted, by file-name ending, with why.
+SKIPPED_STREAMS = {
+    ".lf.bin": "LF band (sorting uses the AP band)",
+    ".nidq.bin": "NI-DAQ stream (not a probe)",
+    ".obx.bin": "OneBox stream (not a probe)",
+}
+#: imro types whose table entries carry each channel's AP gain (``(channel bank ref apGain lfGain …)``, NP1.0 style).
+PER_CHANNEL_GAIN_TYPES = frozenset({"0", "1020", "1030", "1100", "1120", "1121", "1122", "1123", "1200", "1300"})
+#: imro types whose table header carries the AP gain, by header field (NP1110: ``(1110,colMode,ref,apGain,…)``).
+HEADER_GAIN_FIELD = {"1110": 3}
+#: imro types with a fixed AP gain (NP2.0 phase 1: 80; NP2.0 commercial and NXT: 100).
+FIXED_AP_GAIN = {
+    "21": 80.0,
+    "24": 80.0,
+    "2003": 100.0,
+    "2004": 100.0,
+    "2013": 100.0,
+    "2014": 100.0,
+    "2020": 100.0,
+    "2021": 100.0,
+    "3010": 100.0,
+    "3020": 100.0,
+    "3022": 100.0,
+}
+#: ``imMaxInt`` for older metas that omit it (NP1.0: 10-bit ADC, NP2.0 phase 1: 14-bit).
+DEFAULT_MAX_INT = {**dict.fromkeys(PER_CHANNEL_GAIN_TYPES, 512.0), "1110": 512.0, "21": 8192.0, "24": 8192.0}
+
+_PROBE_IN_NAME = re.compile(r"\.(imec\d*)\.ap\.bin$")
+_GATE_TRIGGER = re.compile(r"^(?P<run>.*)_g(?P<gate>\d+)(?:_t(?P<trigger>\d+|cat))?$")
+_SPLIT_REQUEST = re.compile(r"^(?P<probe>.+)-g(?P<gate>\d+)$")
+
+
+# ------------------------------------------------------------------------------------------------ file names
+@dataclass(frozen=True)
+class FileName:
+    """What a SpikeGLX AP file name says: run, gate, trigger (``None`` for CatGT's ``_tcat``) and probe."""
+
+    path: Path
+    run: str
+    gate: int
+    trigger: int | None
+    probe: str
+
+    @property
+    def catgt(self) -> bool:
+        return self.trigger is None
+
+    @property
+    def order(self) -> tuple:
+        return (self.run, self.gate, -1 if self.trigger is None else self.trigger, self.path.name)
+
+
+def parse_name(path: Path) -> FileName:
+    """Run/gate/trigger/probe of an ``.ap.bin`` (a name without ``_gN_tM`` is gate 0, trigger 0)."""
+    match = _PROBE_IN_NAME.search(path.name)
+    probe = match.group(1) if match else "imec"
+    stem = path.name[: match.start()] if match else path.name[: -len(".ap.bin")]
+    parts = _GATE_TRIGGER.match(stem)
+    if parts is None:
+        return FileName(path, stem, 0, 0, probe)
+    trigger = parts.group("trigger")
+    return FileName(
+        path, parts.group("run"), int(parts.group("gate")), None if trigger == "cat" else int(trigger or 0), probe
+    )
+
+
+def _skipped_kind(name: str) -> str | None:
+    return next((why for ending, why in SKIPPED_STREAMS.items() if name.endswith(ending)), None)
+
+
+def _binaries(session_dir: Path) -> list[Path]:
+    """Every ``.ap.bin`` and every LF/NI-DAQ/OneBox binary in the folder, searched recursively (runs nest)."""
+    found = sorted(session_dir.rglob("*.bin"))
+    return [p for p in found if (p.name.endswith(".ap.bin") or _skipped_kind(p.name)) and p.is_file()]
 
 
 def find_files(session_dir: Path) -> list[Path]:
-    """The AP band binaries in a session folder (searched recursively, as SpikeGLX nests runs)."""
-    return sorted(p for p in session_dir.rglob("*.ap.bin") if p.is_file())
+    """SpikeGLX binaries (detection): every ``.ap.bin``, and LF/NI-DAQ/OneBox binaries that have their ``.meta``
+    (so a folder holding only those is still recognised as SpikeGLX, and reported as holding no probe)."""
+    return [p for p in _binaries(session_dir) if p.name.endswith(".ap.bin") or p.with_suffix(".meta").is_file()]
 
 
+def _relative(path: Path, session_dir: Path) -> str:
+    try:
+        return str(path.relative_to(session_dir))
+    except ValueError:
+        return str(path)
+
+
+def list_probes(session_dir: Path) -> ProbeListing:
+    """One probe per ``imecN`` (its AP files in time order); LF/NI-DAQ/OneBox streams and raw files superseded by
+    CatGT output are listed as skipped."""
+    raw: dict[str, list[FileName]] = {}
+    catgt: dict[str, list[FileName]] = {}
+    skipped: list[str] = []
+    for path in _binaries(session_dir):
+        why = _skipped_kind(path.name)
+        if why is not None:
+            skipped.append(f"{_relative(path, session_dir)}: {why}")
+            continue
+        name = parse_name(path)
+        (catgt if name.catgt else raw).setdefault(name.probe, []).append(name)
+    probes: dict[str, tuple[Path, ...]] = {}
+    for probe in sorted(set(raw) | set(catgt)):
+        chosen = catgt.get(probe) or raw[probe]
+        probes[probe] = tuple(n.path for n in sorted(chosen, key=lambda n: n.order))
+        if probe in catgt:
+            output = _relative(probes[probe][0], session_dir)
+            skipped += [
+                f"{_relative(n.path, session_dir)}: raw {probe} file superseded by the CatGT output {output}"
+                for n in sorted(raw.get(probe, []), key=lambda n: n.order)
+            ]
+    return ProbeListing(probes, tuple(skipped))
+
+
+# ------------------------------------------------------------------------------------------------ meta files
 def parse_meta(meta_path: Path) -> dict[str, str]:
     """Parse a ``.meta`` file (``key=value`` lines; imro keys start with ``~``)."""
     if not meta_path.is_file():
@@ -29,7 +166,9 @@ def parse_meta(meta_path: Path) -> dict[str, str]:
     except PermissionError:
         raise  # reported by formats.open_recording with the permission fix
     except (UnicodeDecodeError, OSError) as exc:
-        raise SessionInputError(meta_path, f"cannot read the meta file ({exc})", "check the file's permissions and that it is text") from exc
+        raise SessionInputError(
+            meta_path, f"cannot read the meta file ({exc})", "check the file's permissions and that it is text"
+        ) from exc
     for line in text.splitlines():
         if "=" in line:
             key, value = line.split("=", 1)
@@ -37,94 +176,249 @@ def parse_meta(meta_path: Path) -> dict[str, str]:
     return meta
 
 
-def _require(meta: dict[str, str], key: str, meta_path: Path) -> str:
+def _require(meta: Mapping[str, str], key: str, meta_path: Path) -> str:
     if key not in meta:
-        raise SessionInputError(meta_path, f"the meta file has no {key!r} entry", "use the .meta SpikeGLX wrote for this run")
+        raise SessionInputError(
+            meta_path, f"the meta file has no {key!r} entry", "use the .meta SpikeGLX wrote for this run"
+        )
     return meta[key]
 
 
-def _number(meta: dict[str, str], key: str, meta_path: Path, kind: type = int, default: str | None = None) -> float:
-    """A numeric meta entry; a missing or malformed one is a clear error naming the meta file."""
+def _number(
+    meta: Mapping[str, str],
+    key: str,
+    meta_path: Path,
+    kind: type = int,
+    default: str | None = None,
+    allow_zero: bool = False,
+) -> float:
+    """A numeric meta entry that must be finite and > 0 (>= 0 with ``allow_zero``); else an error naming file and key."""
     text = meta.get(key, default) if default is not None else _require(meta, key, meta_path)
     try:
-        return kind(text)
+        value = kind(text)
+    except (ValueError, OverflowError):
+        raise SessionInputError(meta_path, f"{key}={text!r} is not a number", RESTORE) from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise SessionInputError(
+            meta_path, f"{key}={text!r} must be a finite number {'>= 0' if allow_zero else '> 0'}", RESTORE
+        )
+    return value
+
+
+def _counts(meta: Mapping[str, str], key: str, meta_path: Path) -> tuple[int, int, int]:
+    """``acqApLfSy``/``snsApLfSy``: three non-negative channel counts (AP, LF, sync)."""
+    text = _require(meta, key, meta_path)
+    try:
+        counts = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise SessionInputError(meta_path, f"{key}={text!r} is not a number", "restore the .meta SpikeGLX wrote for this recording") from None
+        counts = ()
+    if len(counts) != 3 or min(counts) < 0:
+        raise SessionInputError(meta_path, f"{key}={text!r} is not three channel counts (AP,LF,SY)", RESTORE)
+    return counts  # type: ignore[return-value]
 
 
-def _saved_channel_ids(meta: dict[str, str], meta_path: Path) -> list[int]:
-    subset = meta.get("snsSaveChanSubset", "all")
-    counts = [int(c) for c in _require(meta, "snsApLfSy", meta_path).split(",")]
-    if subset.strip() == "all":
-        return list(range(sum(counts)))
-    ids: list[int] = []
-    for part in subset.split(","):
-        if ":" in part:
-            lo, hi = part.split(":")
-            ids.extend(range(int(lo), int(hi) + 1))
-        else:
-            ids.append(int(part))
+def saved_channel_ids(meta: Mapping[str, str], meta_path: Path) -> tuple[int, ...]:
+    """The acquired channel id of each stored channel (``snsSaveChanSubset``: ``all`` or ``a:b,c,…`` inclusive)."""
+    n_saved = int(_number(meta, "nSavedChans", meta_path))
+    subset = meta.get("snsSaveChanSubset", "all").strip()
+    acquired = sum(_counts(meta, "acqApLfSy", meta_path)) if "acqApLfSy" in meta else n_saved
+    if subset == "all":
+        ids: tuple[int, ...] = tuple(range(acquired))
+    else:
+        ids = _parse_subset(subset, meta_path)
+    if any(b <= a for a, b in itertools.pairwise(ids)) or (ids and (ids[0] < 0 or ids[-1] >= acquired)):
+        raise SessionInputError(
+            meta_path,
+            f"snsSaveChanSubset={subset!r} is not an increasing list of channel ids in 0..{acquired - 1} (acqApLfSy)",
+            RESTORE,
+        )
+    if len(ids) != n_saved:
+        raise SessionInputError(
+            meta_path,
+            f"nSavedChans={n_saved} disagrees with the {len(ids)} channels listed in snsSaveChanSubset/acqApLfSy",
+            RESTORE,
+        )
     return ids
 
 
-def _ap_gain(meta: dict[str, str]) -> float:
-    """AP gain of the first imro entry (NP1.0 stores it per channel; NP2.0 is fixed at 80)."""
-    probe_type = meta.get("imDatPrb_type", "0")
-    if probe_type not in ("0", "1020", "1030", "1100", "1120", "1121", "1122", "1123", "1200", "1300"):
-        return 80.0
-    entries = meta.get("imroTbl", "").split(")(")
-    if len(entries) > 1:
-        fields = entries[1].strip("()").split()
+def _parse_subset(subset: str, meta_path: Path) -> tuple[int, ...]:
+    ids: list[int] = []
+    for part in subset.split(","):
+        low, _, high = part.partition(":")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise SessionInputError(
+                meta_path, f"snsSaveChanSubset={subset!r} is not a channel list such as 0:383,768", RESTORE
+            ) from None
+        if last < first:
+            raise SessionInputError(
+                meta_path, f"snsSaveChanSubset={subset!r} has the range {part!r} running backwards", RESTORE
+            )
+        ids.extend(range(first, last + 1))
+    return tuple(ids)
+
+
+def ap_channel_limit(meta: Mapping[str, str], meta_path: Path) -> int:
+    """Acquired ids below this are AP channels (``acqApLfSy[0]``; older metas without it: ``snsApLfSy[0]``)."""
+    key = "acqApLfSy" if "acqApLfSy" in meta else "snsApLfSy"
+    return _counts(meta, key, meta_path)[0]
+
+
+# ------------------------------------------------------------------------------------------------ gains
+def _imro(meta: Mapping[str, str], meta_path: Path) -> tuple[str, list[str], list[list[str]]]:
+    """(imro type, header fields, entry fields) of ``imroTbl``; phase 3A's 3-field header is type ``0``."""
+    text = _require(meta, "imroTbl", meta_path)
+    groups = re.findall(r"\(([^)]*)\)", text)
+    if not groups:
+        raise SessionInputError(meta_path, "imroTbl is not a SpikeGLX imro table", RESTORE)
+    header = [field.strip() for field in groups[0].split(",")]
+    kind = "0" if len(header) == 3 else header[0].removeprefix("NP")
+    return kind, header, [entry.split() for entry in groups[1:]]
+
+
+def _catalogue_gain(part_number: str | None) -> float | None:
+    """The probe's only AP gain from probeinterface's Neuropixels catalogue (None if unknown or selectable)."""
+    if not part_number:
+        return None
+    try:  # a private helper of probeinterface: a fallback only, so a change there costs nothing else
+        from probeinterface.neuropixels_tools import _load_np_probe_features
+
+        features = _load_np_probe_features()["neuropixels_probes"].get(part_number, {})
+    except (ImportError, AttributeError, KeyError, OSError, ValueError):
+        return None
+    gains = str(features.get("ap_gain_list", "")).split(",")
+    return float(gains[0]) if len(gains) == 1 and gains[0] else None
+
+
+def ap_gain(meta: Mapping[str, str], meta_path: Path, ap_ids: tuple[int, ...]) -> tuple[float, str]:
+    """The AP gain shared by the saved AP channels ``ap_ids`` and where it came from.
+
+    Per-channel imro entries (NP1.0 style) first, then ``imChan0apGain``, the imro header (NP1110), the fixed gain
+    of the imro type, probeinterface's catalogue. Channels with different gains are refused: one µV/bit is kept
+    per recording and the int16 samples stay as stored.
+    """
+    kind, header, entries = _imro(meta, meta_path)
+    if kind in PER_CHANNEL_GAIN_TYPES:
+        return _per_channel_gain(entries, ap_ids, meta_path), "imroTbl"
+    if "imChan0apGain" in meta:
+        return _number(meta, "imChan0apGain", meta_path, float), "imChan0apGain"
+    if kind in HEADER_GAIN_FIELD:
+        field = HEADER_GAIN_FIELD[kind]
+        return _number(
+            {"imroTbl header": header[field] if len(header) > field else ""}, "imroTbl header", meta_path, float
+        ), "imroTbl header"
+    if kind in FIXED_AP_GAIN:
+        return FIXED_AP_GAIN[kind], f"fixed for imro type {kind}"
+    gain = _catalogue_gain(meta.get("imDatPrb_pn"))
+    if gain is None:
+        raise SessionInputError(
+            meta_path,
+            f"cannot tell the AP gain of probe type {kind!r} (imDatPrb_pn={meta.get('imDatPrb_pn')!r}; no imChan0apGain)",
+            "use the .meta SpikeGLX wrote (recent versions write imChan0apGain)",
+        )
+    return gain, "probeinterface catalogue"
+
+
+def _per_channel_gain(entries: list[list[str]], ap_ids: tuple[int, ...], meta_path: Path) -> float:
+    gains: dict[int, str] = {}
+    for fields in entries:
         if len(fields) >= 4:
-            return float(fields[3])
-    return 500.0
+            gains[int(fields[0]) if fields[0].isdigit() else -1] = fields[3]
+    missing = [c for c in ap_ids if c not in gains]
+    if missing:
+        raise SessionInputError(
+            meta_path, f"imroTbl has no (channel bank ref apGain …) entry for channels {missing[:5]}", RESTORE
+        )
+    used: dict[str, list[int]] = {}
+    for channel in ap_ids:
+        used.setdefault(gains[channel], []).append(channel)
+    if len(used) > 1:
+        listed = "; ".join(
+            f"gain {g} on {len(chs)} channels (e.g. {chs[:3]})"
+            for g, chs in sorted(used.items(), key=lambda item: -len(item[1]))
+        )
+        raise SessionInputError(
+            meta_path,
+            f"the AP gains differ across the saved channels ({listed}); one µV/bit per recording is kept",
+            "record with one AP gain on all channels (imro table), or convert to a common gain first",
+        )
+    (text,) = used
+    return _number({"imroTbl apGain": text}, "imroTbl apGain", meta_path, float)
 
 
-_PROBE_IN_NAME = re.compile(r"\.(imec\d*)\.ap\.bin$")
+def uv_per_bit(meta: Mapping[str, str], meta_path: Path, ap_ids: tuple[int, ...]) -> tuple[float, str]:
+    """µV per bit of the AP channels and a note saying where the numbers came from."""
+    kind = _imro(meta, meta_path)[0]
+    gain, origin = ap_gain(meta, meta_path, ap_ids)
+    default_max = DEFAULT_MAX_INT.get(kind)
+    max_int = _number(meta, "imMaxInt", meta_path, float, default=None if default_max is None else str(default_max))
+    ai_range = _number(meta, "imAiRangeMax", meta_path, float)
+    value = ai_range / max_int / gain * 1e6
+    if not (math.isfinite(value) and value > 0):
+        raise SessionInputError(
+            meta_path,
+            f"imAiRangeMax={ai_range:g} / imMaxInt={max_int:g} / gain={gain:g} gives no usable µV per bit",
+            RESTORE,
+        )
+    return value, f"imAiRangeMax {ai_range:g} V / imMaxInt {max_int:g} / AP gain {gain:g} ({origin})"
 
 
-def list_probes(session_dir: Path) -> ProbeListing:
-    """One probe per ``imecN`` of the run (``imec`` for phase 3A files)."""
-    probes: dict[str, list[Path]] = {}
-    for path in find_files(session_dir):
-        match = _PROBE_IN_NAME.search(path.name)
-        probes.setdefault(match.group(1) if match else "imec", []).append(path)
-    return ProbeListing({name: tuple(paths) for name, paths in probes.items()})
+# ------------------------------------------------------------------------------------------------ one file
+@dataclass(frozen=True)
+class Segment:
+    """One ``.ap.bin`` of a probe, checked against its meta."""
+
+    name: FileName
+    meta_path: Path
+    meta: Mapping[str, str]
+    n_channels: int
+    n_samples: int
+    sampling_frequency: float
+    saved_ids: tuple[int, ...]
+    sorting_channels: tuple[int, ...]
+    uv_per_bit: float
+    scaling_note: str
+
+    @property
+    def bin_path(self) -> Path:
+        return self.name.path
 
 
-def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
-    """Describe one probe's SpikeGLX AP recording in ``session_dir`` and verify it against its meta."""
-    listing = list_probes(session_dir)
-    name = listing.pick(probe, session_dir)
-    bins = listing.probes[name]
-    if len(bins) != 1:
-        raise SessionInputError(session_dir, f"expected one SpikeGLX .ap.bin for {name}, found {len(bins)}", "keep one gate/trigger per probe")
-    bin_path = bins[0]
+def read_segment(bin_path: Path) -> Segment:
+    """Read and check one AP file's meta against the file (size, duration, channel subset, scaling)."""
     meta_path = bin_path.with_suffix(".meta")
+    if not meta_path.is_file():
+        raise SessionInputError(
+            meta_path,
+            f"the SpikeGLX meta file is missing (the .meta of {bin_path.name})",
+            "copy the .ap.meta written by SpikeGLX next to the .ap.bin",
+        )
     meta = parse_meta(meta_path)
     n_channels = int(_number(meta, "nSavedChans", meta_path))
-    fs = _number(meta, "imSampRate" if "imSampRate" in meta else "niSampRate", meta_path, float)
+    fs = _number(meta, "imSampRate", meta_path, float)
+    n_samples = _check_size(bin_path, meta, meta_path, n_channels, fs)
+    saved = saved_channel_ids(meta, meta_path)
+    limit = ap_channel_limit(meta, meta_path)
+    sorting = tuple(i for i, channel in enumerate(saved) if channel < limit)
+    if not sorting:
+        raise SessionInputError(meta_path, "no AP channels are saved in this file", "record the AP band (the .ap.bin)")
+    scale, note = uv_per_bit(meta, meta_path, tuple(saved[i] for i in sorting))
+    return Segment(parse_name(bin_path), meta_path, meta, n_channels, n_samples, fs, saved, sorting, scale, note)
+
+
+def _check_size(bin_path: Path, meta: Mapping[str, str], meta_path: Path, n_channels: int, fs: float) -> int:
     size = bin_path.stat().st_size
     if size == 0:
         raise SessionInputError(bin_path, "the data file is empty (0 bytes)", "copy the recording again from the rig")
     frame = n_channels * 2
-    declared = int(_number(meta, "fileSizeBytes", meta_path, default=str(size)))
-    try:
-        saved_ids = _saved_channel_ids(meta, meta_path)
-    except ValueError:
-        raise SessionInputError(meta_path, "snsSaveChanSubset/snsApLfSy are malformed", "restore the .meta SpikeGLX wrote for this recording") from None
-    if len(saved_ids) != n_channels:
-        raise SessionInputError(
-            meta_path,
-            f"nSavedChans={n_channels} disagrees with the {len(saved_ids)} channels listed in snsSaveChanSubset/snsApLfSy",
-            "restore the .meta SpikeGLX wrote for this recording",
-        )
     if size % frame:
         raise SessionInputError(
             bin_path,
             f"size {size} bytes is not a multiple of {n_channels} channels x 2 bytes (truncated copy, or the meta's nSavedChans is wrong)",
             "copy the .bin again completely, or use the .meta that belongs to it",
         )
+    declared = int(_number(meta, "fileSizeBytes", meta_path, default=str(size)))
     if declared != size:
         raise SessionInputError(
             bin_path,
@@ -138,33 +432,152 @@ def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSour
             raise SessionInputError(
                 meta_path,
                 f"fileTimeSecs={seconds:g} but the data holds {data_seconds:.3f} s at imSampRate={fs:g} Hz (the sampling rate or the duration in the meta is wrong)",
-                "restore the .meta SpikeGLX wrote for this recording",
+                RESTORE,
             )
-    counts = [int(c) for c in meta["snsApLfSy"].split(",")]
-    n_ap_total = counts[0]
-    sorting = tuple(i for i, cid in enumerate(saved_ids) if cid < n_ap_total)
-    if not sorting:
-        raise SessionInputError(meta_path, "no AP channels are saved in this file", "record the AP band (the .ap.bin)")
-    max_int = _number(meta, "imMaxInt", meta_path, float, default="512")
-    ai_range = _number(meta, "imAiRangeMax", meta_path, float, default="0.6")
-    gain = _ap_gain(meta)
-    uv_per_bit = ai_range / max_int / gain * 1e6
-    created = meta.get("fileCreateTime")
-    date = parse_recording_date(created, meta_path) if created else dt.date.fromtimestamp(bin_path.stat().st_mtime)
-    n_samples = size // frame
-    return RecordingSource.interleaved_int16(
-        bin_path,
-        n_channels,
-        n_samples,
-        sorting,
-        format=FORMAT,
-        session_dir=session_dir,
-        data_files=(bin_path, meta_path),
-        sampling_frequency=fs,
-        recording_date=date,
-        uv_per_bit=uv_per_bit,
-        probe=None,
-        probe_file=meta_path,
-        scaling_note=f"imAiRangeMax {ai_range} V / imMaxInt {max_int:g} / AP gain {gain:g} (from meta)",
-        probe_name=name,
+    return size // frame
+
+
+# ------------------------------------------------------------------------------------------------ one probe
+#: What every gate/trigger of a probe must share to be concatenated: (description, value of a segment).
+AGREEMENT = (
+    ("nSavedChans", lambda s: s.n_channels),
+    ("imSampRate", lambda s: s.sampling_frequency),
+    ("snsSaveChanSubset", lambda s: s.saved_ids),
+    ("µV per bit (gain)", lambda s: s.uv_per_bit),
+    ("imroTbl", lambda s: s.meta.get("imroTbl")),
+)
+
+
+def _check_segments(segments: list[Segment], probe: str) -> None:
+    first = segments[0]
+    runs = sorted({s.name.run for s in segments})
+    if len(runs) > 1:
+        raise SessionInputError(
+            first.bin_path.parent,
+            f"{probe} has files of {len(runs)} runs ({', '.join(runs)}) in one session folder",
+            "keep one SpikeGLX run per session folder",
+        )
+    seen: dict[tuple, Path] = {}
+    for segment in segments:
+        key = (segment.name.gate, segment.name.trigger)
+        if key in seen:
+            raise SessionInputError(
+                segment.bin_path,
+                f"gate {key[0]} trigger {key[1]} of {probe} is also in {seen[key]}",
+                "keep one copy of each file in the session folder",
+            )
+        seen[key] = segment.bin_path
+        for what, value in AGREEMENT:
+            if value(segment) != value(first):
+                raise SessionInputError(
+                    segment.meta_path,
+                    f"{what} differs from {first.meta_path.name} ({what} of {probe}'s gates/triggers must agree to concatenate them)",
+                    f"sort the gates separately (open '{probe}-g<N>'), or put each run in its own session folder",
+                )
+
+
+def _select_gate(request: str | None, listing: ProbeListing) -> tuple[str | None, int | None]:
+    """``imec0-g1`` → (``imec0``, 1) when that is not itself a probe name; otherwise (request, None)."""
+    match = _SPLIT_REQUEST.match(request or "")
+    if request is None or request in listing.probes or match is None:
+        return request, None
+    return match.group("probe"), int(match.group("gate"))
+
+
+def concatenated_reader(segments: list[Segment]) -> ChunkReader:
+    """Chunk reader over the segments appended in time; a chunk may span files. Bounded memory: one pooled
+    frame buffer per call, never a whole file."""
+    first = segments[0]
+    files = [InterleavedFile(s.bin_path, np.dtype(np.int16), first.n_channels, s.n_samples) for s in segments]
+    starts = np.cumsum([0] + [s.n_samples for s in segments]).tolist()
+    total, n_out = starts[-1], len(first.sorting_channels)
+    selector = channel_selector(first.sorting_channels, first.n_channels)
+    buffers = BufferPool()
+
+    def read_chunk(start: int, stop: int) -> np.ndarray:
+        stop = min(stop, total)
+        out = np.empty((max(stop - start, 0), n_out), dtype=np.int16)
+        for file, begin, end in zip(files, starts, starts[1:]):
+            low, high = max(start, begin), min(stop, end)
+            if low >= high:
+                continue
+            with buffers.get((high - low, first.n_channels), np.int16) as frames:
+                file.read(low - begin, high - begin, frames)
+                select_channels(frames[: high - low], selector, out[low - start : high - start])
+        return out
+
+    return read_chunk
+
+
+def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
+    """Describe one probe's SpikeGLX AP recording (all its gates/triggers appended) and verify it against its metas."""
+    listing = list_probes(session_dir)
+    request, gate = _select_gate(probe, listing)
+    name = listing.pick(request, session_dir)
+    bins = [path for path in listing.probes[name] if gate is None or parse_name(path).gate == gate]
+    if not bins:
+        raise SessionInputError(
+            session_dir,
+            f"{name} has no gate {gate} (gates: {sorted({parse_name(p).gate for p in listing.probes[name]})})",
+            f"name a gate the folder holds, e.g. {name}",
+        )
+    segments = [read_segment(path) for path in bins]
+    _check_segments(segments, name)
+    first = segments[0]
+    facts = {
+        "format": FORMAT,
+        "session_dir": session_dir,
+        "data_files": tuple(path for s in segments for path in (s.bin_path, s.meta_path)),
+        "sampling_frequency": first.sampling_frequency,
+        "recording_date": created_date(first),
+        "uv_per_bit": first.uv_per_bit,
+        "probe": None,
+        "probe_file": first.meta_path,
+        "scaling_note": first.scaling_note,
+        "probe_name": name if gate is None else f"{name}-g{gate}",
+        "details": _details(segments, listing, session_dir),
+    }
+    n_samples = sum(s.n_samples for s in segments)
+    if len(segments) == 1:
+        return RecordingSource.interleaved_int16(
+            first.bin_path, first.n_channels, n_samples, first.sorting_channels, **facts
+        )
+    return RecordingSource(
+        **facts,
+        n_channels=first.n_channels,
+        n_samples=n_samples,
+        source_dtype="int16",
+        sorting_channels=first.sorting_channels,
+        read_chunk=concatenated_reader(segments),
+        zero_copy_path=None,
     )
+
+
+def created_date(segment: Segment) -> dt.date:
+    """``fileCreateTime`` of the meta, else the data file's modification date."""
+    created = segment.meta.get("fileCreateTime")
+    if created:
+        return parse_recording_date(created, segment.meta_path)
+    return dt.date.fromtimestamp(segment.bin_path.stat().st_mtime)
+
+
+def _details(segments: list[Segment], listing: ProbeListing, session_dir: Path) -> dict[str, object]:
+    """Segment boundaries (file, gate, trigger, first sample, samples), skipped streams and the saved subset."""
+    rows, start = [], 0
+    for s in segments:
+        rows.append(
+            {
+                "file": _relative(s.bin_path, session_dir),
+                "gate": s.name.gate,
+                "trigger": "cat" if s.name.catgt else s.name.trigger,
+                "start_sample": start,
+                "n_samples": s.n_samples,
+            }
+        )
+        start += s.n_samples
+    return {
+        "segments": rows,
+        "skipped_streams": list(listing.skipped),
+        "saved_channels": segments[0].meta.get("snsSaveChanSubset", "all"),
+        "catgt": segments[0].name.catgt,
+    }
