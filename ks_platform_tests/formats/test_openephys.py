@@ -131,11 +131,15 @@ def test_corrupt_oebin_and_missing_data_are_refused(session):
         openephys.open_recording(session)
 
 
-def test_two_recordings_in_one_session_are_refused(session):
+def test_two_recordings_of_one_experiment_are_concatenated(session, written):
+    traces = written[1]
     recording = next(session.rglob("structure.oebin")).parent
     shutil.copytree(recording, recording.parent / "recording2")
-    with pytest.raises(SessionInputError, match="found 2"):
-        openephys.open_recording(session)
+    source = openephys.open_recording(session)
+    n = traces.shape[0]
+    assert source.n_samples == 2 * n and source.zero_copy_path is None
+    assert [s["start_sample"] for s in source.details["segments"]] == [0, n]
+    np.testing.assert_array_equal(source.read_chunk(n - 100, n + 100), np.concatenate([traces[-100:], traces[:100]]))
 
 
 def test_neuropixels_part_number_uses_the_probeinterface_catalogue(tmp_path):

@@ -1,59 +1,123 @@
 """Open Ephys binary format: ``structure.oebin`` + ``continuous/<stream>/continuous.dat``.
 
-Expected nesting (as the GUI writes it, any level may be the session folder)::
+Nesting as the GUI writes it (any level may be the session folder)::
 
-    <YYYY-MM-DD_HH-MM-SS>/Record Node 101/settings.xml
-                                         /experiment1/recording1/structure.oebin
-                                                                /continuous/<stream>/continuous.dat
-                                                                /continuous/<stream>/sample_numbers.npy
+    <YYYY-MM-DD_HH-MM-SS>/Record Node 101/settings.xml            (settings_<E>.xml for experiment E > 1)
+                         /Record Node 101/experiment<E>/recording<R>/structure.oebin
+                                                                  /continuous/<stream>/continuous.dat
 
-``continuous.dat`` is interleaved int16 over all channels of the stream, so Kilosort reads it in place.
-Channel scaling (``bit_volts``, µV per bit for ephys channels) comes from the oebin; ADC/AUX/SYNC channels
-are not sorted. Probe geometry comes from ``settings.xml`` when the Neuropixels-PXI plugin wrote it.
+``continuous.dat`` is interleaved int16 over all channels of the stream; ``bit_volts`` (µV per bit for
+ephys channels) comes from the oebin. Which streams are probes (one partition each):
+
+* Each wideband ephys stream is a probe: a Neuropixels AP stream (GUI 0.6+/1.0 ``ProbeA-AP`` or ``ProbeA``
+  is named ``ProbeA``: ``-AP`` stripped), a Quad Base shank stream (``ProbeC-1``), an acquisition board /
+  Intan stream. GUI 0.5.x writes no stream names: the probe is named by its folder (``Neuropix-PXI-100.0``).
+  Its AP/LFP streams are told apart by rate; the Neuropix-PXI plugin numbers sub-processors probe after
+  probe, AP then LFP for parts with an LFP band (NP1.0 family; NP2.0: AP only), so ``.0``/``.1`` are probe
+  0's AP/LFP for NP1.0 but probes 0 and 1 for NP2.0. The probes' parts in settings.xml give the mapping to
+  probeinterface's probe ``<nodeId>.<k>`` (without settings.xml: the rank among the AP streams).
+* An acquisition-board stream whose ephys channels carry several headstage prefixes (``A1-CH1``,
+  ``B1-CH1``; see ``HEADSTAGE_PREFIX``) is one probe per headstage: ``<stream>-A1``, ``<stream>-B1``.
+* NI-DAQ, ADC / analog-input, LFP, sync-only and slow (< 10 kHz) streams are skipped and listed in
+  ``ProbeListing.skipped`` with the reason. ADC/AUX/SYNC channels inside a probe stream are not sorted.
+
+Record Nodes: when several Record Nodes hold the same stream (same ``folder_name``), the lowest-numbered
+node whose data files are present is used; the others are listed as skipped (``details["record_node"]``
+names the one used).
+
+Experiments and recordings follow SpikeInterface's model (experiment = block, recording = segment):
+the recordings of one experiment are one probe partition, concatenated in ``recording<R>`` order (the
+GUI starts a new recording when recording is toggled with acquisition running, so the probe, its settings
+and the channel list are unchanged; a mismatch is refused). Each experiment (acquisition restarted,
+possibly with other settings) is its own partition; when the folder holds more than one experiment, every
+probe name gets ``-e<E>`` (``ProbeA-e1``, ``ProbeA-e2``; ``-<run folder>-e<E>`` when the session folder holds
+several GUI run folders). Several recordings are read chunk by chunk across the files (``zero_copy_path`` is
+None then); ``details["segments"]`` lists where each one starts.
+
+Geometry comes from the experiment's settings.xml: probeinterface's ``read_openephys_neuropixels`` (the
+catalogue probe sliced to the recorded electrodes, Channel Map and channel subsets applied, as SpikeInterface
+does), else the per-channel ``ELECTRODE_XPOS``/``ELECTRODE_YPOS`` the Neuropixels-PXI plugin writes. A channel
+without an electrode in settings.xml (an NP1.0 reference channel such as CH191) is not sorted.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 import warnings
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from probeinterface import Probe
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import ProbeListing, RecordingSource
+from ks_platform.core.formats.base import ChunkReader, ProbeListing, RecordingSource, memmap_int16_reader
 
 FORMAT = "openephys"
 #: Channel-name markers of non-ephys channels (Intan aux/ADC inputs, Neuropixels sync line).
 NON_EPHYS_MARKERS = ("ADC", "AUX", "SYNC")
+#: Headstage prefix of acquisition-board channel names (``A1-CH1``, ``B2_CH7``, ``C1-5``).
+HEADSTAGE_PREFIX = re.compile(r"^([A-H][1-2])[-_]")
+#: Streams sampled slower than this (Neuropixels LFP at 2.5 kHz, IMU, memory monitor) are not sorted.
+MIN_WIDEBAND_RATE = 10_000.0
 _UNIT_TO_UV = {"": 1.0, "uv": 1.0, "µv": 1.0, "microvolts": 1.0, "mv": 1e3, "millivolts": 1e3, "v": 1e6, "volts": 1e6}
 _SETTINGS_DATE_FORMATS = ("%d %b %Y %H:%M:%S", "%d %B %Y %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
-#: Streams sampled slower than this (e.g. Neuropixels LFP at 2.5 kHz) are not sorted when a faster one exists.
-MIN_WIDEBAND_RATE = 10_000.0
 _FOLDER_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})_\d{2}-\d{2}-\d{2}")
+_NODE = re.compile(r"^Record[ _]Node[ _](\d+)$")
+_NUMBERED = {"experiment": re.compile(r"^experiment(\d+)$"), "recording": re.compile(r"^recording(\d+)$")}
+_RESTORE = "restore the structure.oebin the GUI wrote"
+
+
+_ADC_STREAM = re.compile(r"(^|[-_. ])ADC\b|ANALOGIN|ANALOGIO")
+_LFP_STREAM = re.compile(r"LFP|-LF\b")
+_AUX_STREAM = re.compile(r"DIGITAL|MEMORYMONITOR|BNO055|TTL")
+
+
+def _label(entry: dict) -> str:
+    """Stream name, folder and source processor, upper case (what the skip rules look at)."""
+    return f"{entry.get('stream_name', '')} {entry.get('folder_name', '')} {entry.get('source_processor_name', '')}".upper()
+
+
+def _stream_text(entry: dict) -> str:
+    return str(entry.get("stream_name") or entry.get("folder_name", "")).upper()
+
+
+def _rate_or_none(entry: dict) -> float | None:
+    try:
+        rate = float(entry.get("sample_rate"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return rate if math.isfinite(rate) else None
+
+
+def _sync_only(entry: dict) -> bool:
+    channels = _channel_list(entry)
+    return bool(channels) and not any(is_ephys_channel(c) for c in channels)
+
+
+#: ``(test, why)`` for streams that are not probes, checked in order; the first match names the reason. A stream
+#: with an invalid rate or no channels is not skipped: open_recording reports the bad value.
+SKIP_RULES: tuple[tuple[Callable[[dict], bool], str], ...] = (
+    (lambda e: "NI-DAQ" in _label(e), "NI-DAQ analog inputs, not a probe"),
+    (lambda e: _ADC_STREAM.search(_stream_text(e)) is not None, "ADC / analog inputs, not a probe"),
+    (lambda e: _LFP_STREAM.search(_label(e)) is not None, "LFP band, not sorted"),
+    (lambda e: _AUX_STREAM.search(_label(e)) is not None, "digital / auxiliary data, not a probe"),
+    (_sync_only, "sync / ADC / AUX channels only, not a probe"),
+    (
+        lambda e: 0 < (_rate_or_none(e) or 0) < MIN_WIDEBAND_RATE,
+        "sampled below 10 kHz (LFP band or slow data), not sorted",
+    ),
+)
 
 
 def find_files(session_dir: Path) -> list[Path]:
     """The ``structure.oebin`` files under the session folder (one per recording)."""
     return sorted(p for p in session_dir.rglob("structure.oebin") if p.is_file())
-
-
-def _load_oebin(path: Path) -> dict:
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except PermissionError:
-        raise  # reported by formats.open_recording with the permission fix
-    except json.JSONDecodeError as exc:
-        raise SessionInputError(path, f"structure.oebin is not valid JSON ({exc.msg} at line {exc.lineno})", "copy structure.oebin again from the acquisition computer") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SessionInputError(path, f"cannot read structure.oebin ({exc})", "check the file's permissions and copy it again") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("continuous"), list):
-        raise SessionInputError(path, "structure.oebin has no 'continuous' stream list", "copy structure.oebin again from the acquisition computer")
-    return payload
 
 
 def is_ephys_channel(channel: dict) -> bool:
@@ -63,42 +127,343 @@ def is_ephys_channel(channel: dict) -> bool:
     return not any(marker in name for marker in NON_EPHYS_MARKERS) and units not in ("v", "volts")
 
 
-def _rate(stream: dict) -> float:
+def _channel_list(entry: dict) -> list[dict]:
+    channels = entry.get("channels")
+    return [c for c in channels if isinstance(c, dict)] if isinstance(channels, list) else []
+
+
+def _load_oebin(path: Path) -> dict:
     try:
-        return float(stream.get("sample_rate", 0))
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except PermissionError:
+        raise  # reported by formats.open_recording with the permission fix
+    except json.JSONDecodeError as exc:
+        raise SessionInputError(
+            path,
+            f"structure.oebin is not valid JSON ({exc.msg} at line {exc.lineno})",
+            "copy structure.oebin again from the acquisition computer",
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SessionInputError(
+            path, f"cannot read structure.oebin ({exc})", "check the file's permissions and copy it again"
+        ) from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("continuous"), list):
+        raise SessionInputError(
+            path,
+            "structure.oebin has no 'continuous' stream list",
+            "copy structure.oebin again from the acquisition computer",
+        )
+    return payload
+
+
+# --------------------------------------------------------------------------------------------- folder scan
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """One stream of one recording: an oebin ``continuous`` entry and where it lies."""
+
+    oebin: Path
+    index: int
+    entry: dict = field(compare=False, repr=False)
+    gui_version: str
+    node: str
+    node_id: int
+    run: str
+    experiment: int
+    recording: int
+
+    @property
+    def folder(self) -> str:
+        return str(self.entry.get("folder_name", "")).strip("/")
+
+    @property
+    def data_path(self) -> Path:
+        return self.oebin.parent / "continuous" / self.folder / "continuous.dat"
+
+    @property
+    def where(self) -> str:
+        return "/".join(p for p in (self.node, f"experiment{self.experiment}", f"recording{self.recording}") if p)
+
+
+@dataclass
+class _Plan:
+    """A probe: its segments (recordings of one experiment, in order) and its channels when a headstage group."""
+
+    segments: list[_Segment]
+    group: str = ""
+    group_channels: tuple[int, ...] | None = None
+    other_nodes: tuple[str, ...] = ()
+
+
+def _number(path: Path, kind: str) -> int:
+    match = _NUMBERED[kind].match(path.name)
+    return int(match.group(1)) if match else 1
+
+
+def _segments(session_dir: Path) -> list[_Segment]:
+    segments = []
+    for oebin in find_files(session_dir):
+        payload = _load_oebin(oebin)
+        recording_dir, experiment_dir = oebin.parent, oebin.parent.parent
+        node_match = _NODE.match(experiment_dir.parent.name)
+        node_dir = experiment_dir.parent if node_match else None
+        run = (
+            str(node_dir.parent.relative_to(session_dir))
+            if node_dir is not None and node_dir != session_dir and session_dir in node_dir.parents
+            else ""
+        )
+        for index, entry in enumerate(payload["continuous"]):
+            if isinstance(entry, dict):
+                segments.append(
+                    _Segment(
+                        oebin=oebin,
+                        index=index,
+                        entry=entry,
+                        gui_version=str(payload.get("GUI version", "")),
+                        node=node_dir.name if node_dir is not None else "",
+                        node_id=int(node_match.group(1)) if node_match else -1,
+                        run="" if run == "." else run,
+                        experiment=_number(experiment_dir, "experiment"),
+                        recording=_number(recording_dir, "recording"),
+                    )
+                )
+    return segments
+
+
+def skip_reason(entry: dict) -> str | None:
+    """Why an oebin ``continuous`` entry is not a probe (None: it is one)."""
+    return next((why for test, why in SKIP_RULES if test(entry)), None)
+
+
+def stream_probe_name(entry: dict) -> str:
+    """``ProbeA`` for ``ProbeA-AP``/``ProbeA``; the folder name when the GUI (0.5.x) wrote no stream name."""
+    name = str(entry.get("stream_name") or "").strip()
+    if not name:
+        return str(entry.get("folder_name", "")).strip("/") or "probe"
+    return re.sub(r"-AP$", "", name) or name
+
+
+def headstage_groups(channels: list[dict]) -> dict[str, tuple[int, ...]]:
+    """Ephys channel indices by headstage prefix (``A1``, ``B1``…); empty unless every ephys channel has one."""
+    groups: dict[str, list[int]] = {}
+    for i, channel in enumerate(channels):
+        if is_ephys_channel(channel):
+            match = HEADSTAGE_PREFIX.match(str(channel.get("channel_name", "")))
+            if match is None:
+                return {}
+            groups.setdefault(match.group(1), []).append(i)
+    return {prefix: tuple(idx) for prefix, idx in groups.items()}
+
+
+def _has_data(segments: list[_Segment]) -> bool:
+    return all(s.data_path.is_file() for s in segments)
+
+
+def _scan(session_dir: Path) -> tuple[dict[str, _Plan], tuple[str, ...]]:
+    """Probe plans by name and the skipped streams (see the module docstring for the rules)."""
+    skipped: dict[str, None] = {}
+    by_stream: dict[tuple[str, int, str], dict[tuple[int, str], list[_Segment]]] = {}
+    for segment in _segments(session_dir):
+        why = skip_reason(segment.entry)
+        if why is not None:
+            skipped[f"{segment.folder or segment.oebin}: {why}"] = None
+            continue
+        key = (segment.run, segment.experiment, segment.folder)
+        by_stream.setdefault(key, {}).setdefault((segment.node_id, segment.node), []).append(segment)
+    chosen: dict[tuple[str, int, str], _Plan] = {}
+    for key, nodes in by_stream.items():
+        ordered = sorted(nodes)
+        used = next((n for n in ordered if _has_data(nodes[n])), ordered[0])
+        others = tuple(node for node_id, node in ordered if (node_id, node) != used)
+        for node in others:
+            skipped[
+                f"{node}/{key[2]}: also recorded by {used[1]}, which is used (the lowest-numbered Record Node with the data)"
+            ] = None
+        chosen[key] = _Plan(sorted(nodes[used], key=lambda s: (s.recording, str(s.oebin))), other_nodes=others)
+    return _name_plans(chosen), tuple(skipped)
+
+
+def _name_plans(chosen: dict[tuple[str, int, str], _Plan]) -> dict[str, _Plan]:
+    """Probe names: the stream's (folder on a clash within an experiment), ``-e<E>`` when there are several."""
+    blocks = sorted({(run, experiment) for run, experiment, _ in chosen})
+    runs = {run for run, _ in blocks}
+    plans: dict[str, _Plan] = {}
+    for run, experiment in blocks:
+        block = {folder: plan for (r, e, folder), plan in chosen.items() if (r, e) == (run, experiment)}
+        base = {folder: stream_probe_name(plan.segments[0].entry) for folder, plan in block.items()}
+        for folder, plan in sorted(block.items()):
+            name = folder if list(base.values()).count(base[folder]) > 1 else base[folder]
+            if len(blocks) > 1:
+                name += f"-e{experiment}" if len(runs) == 1 else f"-{Path(run).name}-e{experiment}"
+            groups = headstage_groups(_channel_list(plan.segments[0].entry))
+            if len(groups) < 2:
+                plans[name] = plan
+                continue
+            for prefix, channels in groups.items():
+                plans[f"{name}-{prefix}"] = _Plan(plan.segments, prefix, channels, plan.other_nodes)
+    return plans
+
+
+def list_probes(session_dir: Path) -> ProbeListing:
+    """The probe streams of the Open Ephys recordings under ``session_dir`` and the streams skipped, with why."""
+    plans, skipped = _scan(session_dir)
+    return ProbeListing({name: tuple(s.data_path for s in plan.segments) for name, plan in plans.items()}, skipped)
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """Validated facts of one segment."""
+
+    n_channels: int
+    n_samples: int
+    sampling_frequency: float
+    channel_names: tuple[str, ...]
+    first_sample: int | None
+    count_file: Path | None
+
+
+def _bad(path: Path, problem: str) -> SessionInputError:
+    return SessionInputError(path, problem, _RESTORE)
+
+
+def _positive_number(value: object, path: Path, key: str) -> float:
+    """``value`` as a finite number > 0, else an error naming ``path`` and ``key``."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return 0.0
+        raise _bad(path, f"{key}={value!r} is not a number") from None
+    if not math.isfinite(number) or number <= 0:
+        raise _bad(path, f"{key}={value!r} must be a finite number > 0")
+    return number
 
 
-def _is_lfp(stream: dict) -> bool:
-    label = f"{stream.get('stream_name', '')} {stream.get('folder_name', '')}".upper()
-    return "LFP" in label or "-LF" in label
+def _entry_key(segment: _Segment, key: str) -> str:
+    return f"continuous[{segment.index}] ({segment.folder or '?'}) {key}"
 
 
-def _select_stream(oebin: dict, path: Path) -> dict:
-    streams = [s for s in oebin["continuous"] if isinstance(s, dict)]
-    candidates = [s for s in streams if not _is_lfp(s) and any(is_ephys_channel(c) for c in s.get("channels", []) if isinstance(c, dict))]
-    wideband = [s for s in candidates if _rate(s) >= MIN_WIDEBAND_RATE]
-    candidates = wideband or candidates  # GUI 0.5 names Neuropixels AP/LFP streams only ".0"/".1"
-    if not candidates:
-        names = ", ".join(str(s.get("folder_name", "?")) for s in streams) or "none"
-        raise SessionInputError(path, f"no continuous stream with ephys channels (streams: {names})", "record the wideband/AP stream of the probe")
-    if len(candidates) > 1:
-        names = ", ".join(str(s.get("folder_name", "?")).strip("/") for s in candidates)
-        raise SessionInputError(path, f"the recording has several ephys streams ({names})", "put one probe per session folder (record each probe in its own Record Node or session)")
-    return candidates[0]
+def _check_entry(segment: _Segment) -> tuple[list[dict], float]:
+    entry, path = segment.entry, segment.oebin
+    if not segment.folder:
+        raise _bad(path, f"{_entry_key(segment, 'folder_name')} is empty")
+    channels = _channel_list(entry)
+    if not channels:
+        raise _bad(path, f"{_entry_key(segment, 'channels')} lists no channels")
+    declared = entry.get("num_channels", len(channels))
+    if (
+        isinstance(declared, bool)
+        or not isinstance(declared, (int, float, str))
+        or str(declared).strip() != str(len(channels))
+    ):
+        raise _bad(path, f"{_entry_key(segment, 'num_channels')}={declared!r} but {len(channels)} channels are listed")
+    if "sample_rate" not in entry:
+        raise _bad(path, f"{_entry_key(segment, 'sample_rate')} is missing")
+    return channels, _positive_number(entry["sample_rate"], path, _entry_key(segment, "sample_rate"))
 
 
-def _settings_file(recording_dir: Path) -> Path | None:
-    """``settings.xml`` (experiment1) or ``settings_<n>.xml`` in the Record Node folder."""
-    experiment_dir = recording_dir.parent
-    node_dir = experiment_dir.parent
-    match = re.fullmatch(r"experiment(\d+)", experiment_dir.name)
-    names = ["settings.xml"] if not match or match.group(1) == "1" else [f"settings_{match.group(1)}.xml", "settings.xml"]
-    for name in names:
-        if (node_dir / name).is_file():
-            return node_dir / name
-    return None
+def _check_data(segment: _Segment, n_channels: int) -> tuple[int, int | None, Path | None]:
+    data_path = segment.data_path
+    if not data_path.is_file():
+        raise SessionInputError(
+            data_path,
+            "the continuous data file is missing",
+            "copy the whole recording folder (continuous/<stream>/continuous.dat) from the acquisition computer",
+        )
+    size = data_path.stat().st_size
+    if size == 0:
+        raise SessionInputError(
+            data_path, "the data file is empty (0 bytes)", "copy the recording again from the acquisition computer"
+        )
+    frame = 2 * n_channels
+    if size % frame:
+        raise SessionInputError(
+            data_path,
+            f"size {size} bytes is not a multiple of {n_channels} channels x 2 bytes (truncated copy, or structure.oebin lists the wrong channels)",
+            "copy continuous.dat again completely, or use the structure.oebin that belongs to it",
+        )
+    n_samples = size // frame
+    count_file = next(
+        (data_path.parent / n for n in ("sample_numbers.npy", "timestamps.npy") if (data_path.parent / n).is_file()),
+        None,
+    )
+    first = None
+    if count_file is not None:
+        try:
+            numbers = np.load(count_file, mmap_mode="r")
+            listed = int(numbers.shape[0])
+            first = int(numbers[0]) if listed and numbers.dtype.kind in "iu" else None
+        except (ValueError, OSError, IndexError) as exc:
+            raise SessionInputError(
+                count_file, f"cannot read the sample index ({exc})", "copy the recording folder again"
+            ) from None
+        if listed != n_samples:
+            raise SessionInputError(
+                data_path,
+                f"holds {n_samples} samples of the {n_channels} channels listed in structure.oebin, but {count_file.name} lists {listed} samples (truncated copy, or the oebin's channel list does not match the data)",
+                "copy continuous.dat again completely, or use the structure.oebin that belongs to it",
+            )
+    return n_samples, first, count_file
+
+
+def _segment_facts(segment: _Segment) -> _Facts:
+    channels, fs = _check_entry(segment)
+    n_samples, first, count_file = _check_data(segment, len(channels))
+    names = tuple(str(c.get("channel_name", "")) for c in channels)
+    return _Facts(len(channels), n_samples, fs, names, first, count_file)
+
+
+def _stream_scale(segment: _Segment, channels: list[dict], sorting: tuple[int, ...]) -> float:
+    """µV per bit of the sorted channels (one value: Kilosort takes one gain)."""
+    values = []
+    for i in sorting:
+        channel = channels[i]
+        units = str(channel.get("units", "")).strip().lower()
+        key = _entry_key(segment, f"channels[{i}] ({channel.get('channel_name')!r})")
+        if units not in _UNIT_TO_UV:
+            raise _bad(segment.oebin, f"{key} units={units!r} is not a known unit (µV, mV, V)")
+        values.append(
+            _positive_number(channel.get("bit_volts"), segment.oebin, f"{key} bit_volts") * _UNIT_TO_UV[units]
+        )
+    if not np.allclose(values, values[0], rtol=1e-6):
+        raise SessionInputError(
+            segment.oebin,
+            f"the ephys channels of {segment.folder} have different bit_volts ({min(values):g}..{max(values):g} µV)",
+            "record all ephys channels of the stream with one gain",
+        )
+    return float(values[0])
+
+
+def _check_same(first: _Segment, facts0: _Facts, segment: _Segment, facts: _Facts) -> None:
+    differs = [
+        what
+        for what, same in (
+            ("sample_rate", facts.sampling_frequency == facts0.sampling_frequency),
+            ("channels", facts.channel_names == facts0.channel_names),
+        )
+        if not same
+    ]
+    if differs:
+        raise SessionInputError(
+            segment.oebin,
+            f"{segment.where} of {segment.folder} differs from {first.where} in {', '.join(differs)}, so the recordings cannot be sorted as one",
+            "move the differing recording folder to a session folder of its own",
+        )
+
+
+# --------------------------------------------------------------------------------------------- settings.xml
+
+
+def _settings_file(segment: _Segment, session_dir: Path) -> Path | None:
+    """``settings.xml`` (experiment 1) or ``settings_<E>.xml`` in the Record Node folder (else settings.xml),
+    when that folder lies inside the session folder."""
+    node_dir = segment.oebin.parent.parent.parent
+    if node_dir != session_dir and session_dir not in node_dir.parents:
+        return None
+    names = ["settings.xml"] if segment.experiment == 1 else [f"settings_{segment.experiment}.xml", "settings.xml"]
+    return next((node_dir / n for n in names if (node_dir / n).is_file()), None)
 
 
 def _parse_settings(path: Path) -> ET.Element:
@@ -107,7 +472,11 @@ def _parse_settings(path: Path) -> ET.Element:
     except PermissionError:
         raise  # reported by formats.open_recording with the permission fix
     except (ET.ParseError, OSError) as exc:
-        raise SessionInputError(path, f"settings.xml is not readable XML ({exc})", "copy settings.xml again from the acquisition computer, or remove it (the probe must then come from a probe file)") from None
+        raise SessionInputError(
+            path,
+            f"settings.xml is not readable XML ({exc})",
+            "copy settings.xml again from the acquisition computer, or remove it (the probe must then come from a probe file)",
+        ) from None
 
 
 def _settings_date(root: ET.Element) -> dt.date | None:
@@ -120,7 +489,9 @@ def _settings_date(root: ET.Element) -> dt.date | None:
     return None
 
 
-def _recording_date(root: ET.Element | None, recording_dir: Path, session_dir: Path, data_path: Path) -> tuple[dt.date, str]:
+def _recording_date(
+    root: ET.Element | None, recording_dir: Path, session_dir: Path, data_path: Path
+) -> tuple[dt.date, str]:
     """Date from settings.xml ``<INFO><DATE>``, else the GUI's ``YYYY-MM-DD_HH-MM-SS`` folder, else file time."""
     if root is not None and (date := _settings_date(root)) is not None:
         return date, "settings.xml INFO/DATE"
@@ -136,7 +507,57 @@ def _recording_date(root: ET.Element | None, recording_dir: Path, session_dir: P
     return dt.date.fromtimestamp(data_path.stat().st_mtime), "file modification time"
 
 
-def _contact_probe(positions: np.ndarray, channels: list[int], shank_ids: list[str] | None, name: str) -> Probe:
+def has_lf_band(part_number: str) -> bool:
+    """Whether a Neuropixels part has a separate LFP band (probeinterface's catalogue; NP1.0 family otherwise)."""
+    try:
+        from probeinterface.neuropixels_tools import _load_np_probe_features
+
+        features = _load_np_probe_features()["neuropixels_probes"].get(part_number)
+    except Exception:  # noqa: BLE001 - a private probeinterface helper: fall back to the part-number rule
+        features = None
+    if features is not None:
+        return float(features.get("lf_sample_frequency_hz") or 0) > 0
+    return part_number.startswith(("PRB_1", "NP1"))
+
+
+def _sub_idx(entry: dict) -> int | None:
+    sub = entry.get("source_processor_sub_idx")
+    if isinstance(sub, int) and not isinstance(sub, bool):
+        return sub
+    match = re.search(r"\.(\d+)/?$", str(entry.get("folder_name", "")))
+    return int(match.group(1)) if match else None
+
+
+def _legacy_ap_subprocessors(root: ET.Element) -> dict[int, int]:
+    """GUI 0.5.x Neuropix-PXI: AP sub-processor index -> probe index. The plugin numbers each enabled probe's
+    AP band, then its LFP band when the part has one (NP1.0 family), probe after probe."""
+    table: dict[int, int] = {}
+    counter = 0
+    for k, probe in enumerate(p for p in root.iter("NP_PROBE") if p.attrib.get("isEnabled", "1") != "0"):
+        table[counter] = k
+        part = probe.attrib.get("probe_part_number") or probe.attrib.get("probePartNumber") or ""
+        counter += 2 if has_lf_band(part) else 1
+    return table
+
+
+def legacy_probe_index(segment: _Segment, siblings: list[dict], root: ET.Element | None = None) -> int | None:
+    """GUI 0.5.x: which probe of its processor this AP stream is (probeinterface's ``<nodeId>.<k>``): from the
+    sub-processor index and the probes in settings.xml, else its rank among the processor's AP streams."""
+    if segment.entry.get("stream_name"):
+        return None
+    sub = _sub_idx(segment.entry)
+    table = _legacy_ap_subprocessors(root) if root is not None else {}
+    if sub is not None and sub in table:
+        return table[sub]
+    processor = segment.entry.get("source_processor_id")
+    ap = [e for e in siblings if e.get("source_processor_id") == processor and skip_reason(e) is None]
+    ap.sort(key=lambda e: (_sub_idx(e) if _sub_idx(e) is not None else 1 << 30, str(e.get("folder_name"))))
+    folders = [str(e.get("folder_name")) for e in ap]
+    folder = str(segment.entry.get("folder_name"))
+    return folders.index(folder) if folder in folders else None
+
+
+def _contact_probe(positions: np.ndarray, channels: tuple[int, ...], shank_ids: list[str] | None, name: str) -> Probe:
     probe = Probe(ndim=2, si_units="um", name=name)
     probe.set_contacts(positions=np.asarray(positions, dtype=float), shapes="square", shape_params={"width": 12})
     probe.set_device_channel_indices(np.asarray(channels, dtype=int))
@@ -145,192 +566,235 @@ def _contact_probe(positions: np.ndarray, channels: list[int], shank_ids: list[s
     return probe
 
 
-def _np_probe_element(root: ET.Element, stream_name: str) -> ET.Element | None:
-    """The ``NP_PROBE`` element of the stream's probe (the only one, or matched by name/order)."""
+def _np_probe_element(root: ET.Element, probe_key: str, legacy_index: int | None) -> ET.Element | None:
+    """The enabled ``NP_PROBE`` of the stream: the only one, by custom name, or by the order of its streams."""
     probes = [p for p in root.iter("NP_PROBE") if p.attrib.get("isEnabled", "1") != "0"]
     if len(probes) <= 1:
         return probes[0] if probes else None
-    base = re.sub(r"-(AP|LFP)$", "", stream_name)
+    if legacy_index is not None:
+        return probes[legacy_index] if legacy_index < len(probes) else None
     for probe in probes:
-        if base and base in (probe.attrib.get("custom_probe_name"), probe.attrib.get("probe_serial_number")):
+        if probe_key and probe_key in (probe.attrib.get("custom_probe_name"), probe.attrib.get("probe_serial_number")):
             return probe
-    streams: list[str] = []
     for processor in root.iter("PROCESSOR"):
         if probes[0] in list(processor.iter("NP_PROBE")):
+            streams: list[str] = []
             for stream in processor.findall("STREAM"):
-                probe_name = re.sub(r"-(AP|LFP)$", "", stream.attrib.get("name", ""))
-                if "ADC" not in probe_name and probe_name not in streams:
-                    streams.append(probe_name)
-    return probes[streams.index(base)] if base in streams and streams.index(base) < len(probes) else None
+                name = re.sub(r"-(AP|LFP)$", "", stream.attrib.get("name", ""))
+                if "ADC" not in name and name not in streams:
+                    streams.append(name)
+            if probe_key in streams and streams.index(probe_key) < len(probes):
+                return probes[streams.index(probe_key)]
+    return None
 
 
-def _positions_from_np_probe(element: ET.Element) -> tuple[np.ndarray, list[str] | None] | None:
-    """Per-channel ``ELECTRODE_XPOS``/``ELECTRODE_YPOS`` (µm) and shank ids from ``CHANNELS`` ("bank:shank")."""
+def _finite_attr(element: ET.Element, key: str, settings: Path) -> float:
+    value = element.attrib[key]
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise SessionInputError(
+            settings,
+            f"NP_PROBE {element.tag} {key}={value!r} is not a finite number",
+            "copy settings.xml again from the acquisition computer",
+        )
+    return number
+
+
+def _positions_from_np_probe(
+    element: ET.Element, settings: Path
+) -> tuple[np.ndarray, list[str] | None, list[str]] | None:
+    """Per-channel ``ELECTRODE_XPOS``/``ELECTRODE_YPOS`` (µm), shank ids from ``CHANNELS`` ("bank:shank"), keys."""
     xpos, ypos = element.find("ELECTRODE_XPOS"), element.find("ELECTRODE_YPOS")
     if xpos is None or ypos is None:
         return None
     keys = sorted((k for k in xpos.attrib if re.fullmatch(r"CH\d+", k)), key=lambda k: int(k[2:]))
     if not keys or any(k not in ypos.attrib for k in keys):
         return None
-    try:
-        positions = np.array([[float(xpos.attrib[k]), float(ypos.attrib[k])] for k in keys])
-    except ValueError:
-        return None
-    shanks = None
+    positions = np.array([[_finite_attr(xpos, k, settings), _finite_attr(ypos, k, settings)] for k in keys])
     channels = element.find("CHANNELS")
+    shanks = None
     if channels is not None and all(":" in channels.attrib.get(k, "") for k in keys):
         shanks = [channels.attrib[k].split(":")[1] for k in keys]
-    return positions, shanks
+    return positions, shanks, keys
 
 
-def probe_from_settings(settings: Path, root: ET.Element, stream_name: str, ephys_channels: list[int]) -> tuple[Probe | None, str]:
-    """Probe geometry of the stream from settings.xml, wired to ``ephys_channels``; ``(None, why)`` if absent.
-
-    Tries probeinterface's Open Ephys Neuropixels reader (catalogue probes, all plugin versions), then the
-    per-channel ``ELECTRODE_XPOS``/``ELECTRODE_YPOS`` the Neuropixels-PXI plugin writes.
-    """
+def _probeinterface_probe(settings: Path, folder: str, legacy_index: int | None, processor_id: object) -> Probe | None:
+    """probeinterface's probe for the stream (as SpikeInterface selects it), or None where it cannot say."""
     import probeinterface as pi
 
-    n = len(ephys_channels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            probe = pi.read_openephys_neuropixels(settings, stream_name=stream_name or None, raise_error=False)
-    except Exception:  # probeinterface raises many kinds on files it does not know; fall back below
-        probe = None
-    if probe is not None and probe.get_contact_count() == n:
-        probe.set_device_channel_indices(np.asarray(ephys_channels, dtype=int))
-        return probe, "settings.xml (probeinterface Neuropixels catalogue)"
-    element = _np_probe_element(root, stream_name)
+            if legacy_index is not None:
+                return pi.read_openephys_neuropixels(
+                    settings, probe_name=f"{processor_id}.{legacy_index}", raise_error=False
+                )
+            if not pi.has_neuropixels_probes(settings, stream_name=folder):
+                return None
+            return pi.read_openephys_neuropixels(settings, stream_name=folder, raise_error=False)
+    except Exception:  # noqa: BLE001 - probeinterface raises many kinds on files it does not know; use the plugin's positions
+        return None
+
+
+def wire_contacts(n_contacts: int, keys: object, ephys: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The stored channel of each contact: the ephys channels in order when the counts agree; else, when
+    settings.xml lists fewer electrodes than channels (an NP1.0 reference channel such as CH191 has none), the
+    ephys channel each ``CH<i>`` key names. None when neither applies."""
+    if n_contacts == len(ephys):
+        return ephys
+    if keys is None or len(keys) != n_contacts or n_contacts > len(ephys):  # type: ignore[arg-type]
+        return None
+    numbers = [int(k[2:]) if re.fullmatch(r"CH\d+", str(k)) else -1 for k in keys]  # type: ignore[union-attr]
+    if len(set(numbers)) != len(numbers) or not all(0 <= i < len(ephys) for i in numbers):
+        return None
+    return tuple(ephys[i] for i in numbers)
+
+
+def probe_from_settings(
+    settings: Path, root: ET.Element, segment: _Segment, ephys: tuple[int, ...], siblings: list[dict]
+) -> tuple[Probe | None, str, tuple[int, ...]]:
+    """Probe geometry of the stream from settings.xml wired to stored channel indices, the note, and the channels
+    to sort (``ephys`` less any channel without an electrode); ``(None, why, ephys)`` without geometry."""
+    legacy = legacy_probe_index(segment, siblings, root)
+    probe = _probeinterface_probe(settings, segment.folder, legacy, segment.entry.get("source_processor_id"))
+    if probe is not None:
+        wired = wire_contacts(probe.get_contact_count(), probe.contact_annotations.get("settings_channel_key"), ephys)
+        if wired is not None:
+            probe.set_device_channel_indices(np.asarray(wired, dtype=int))
+            return probe, f"{settings.name} (probeinterface Neuropixels catalogue)", tuple(sorted(wired))
+    element = _np_probe_element(root, stream_probe_name(segment.entry), legacy)
     if element is None:
-        return None, "settings.xml has no Neuropixels probe geometry"
-    parsed = _positions_from_np_probe(element)
+        return None, f"{settings.name} has no Neuropixels probe geometry for this stream", ephys
+    parsed = _positions_from_np_probe(element, settings)
     if parsed is None:
-        return None, "settings.xml NP_PROBE has no ELECTRODE_XPOS/ELECTRODE_YPOS"
-    positions, shanks = parsed
-    if len(positions) != n:
-        return None, f"settings.xml lists {len(positions)} electrode positions for {n} ephys channels"
-    name = element.attrib.get("custom_probe_name") or element.attrib.get("probe_name") or stream_name
-    return _contact_probe(positions, ephys_channels, shanks, name), "settings.xml NP_PROBE ELECTRODE_XPOS/YPOS"
-
-
-def _stream_scale(channels: list[dict], ephys: list[int], oebin_path: Path) -> float:
-    values = []
-    for i in ephys:
-        channel = channels[i]
-        units = str(channel.get("units", "")).strip().lower()
-        if units not in _UNIT_TO_UV:
-            raise SessionInputError(oebin_path, f"channel {channel.get('channel_name')!r} has unknown units {units!r}", "restore the structure.oebin the GUI wrote")
-        try:
-            bit_volts = float(channel["bit_volts"])
-        except (KeyError, TypeError, ValueError):
-            raise SessionInputError(oebin_path, f"channel {channel.get('channel_name')!r} has no numeric bit_volts", "restore the structure.oebin the GUI wrote") from None
-        values.append(bit_volts * _UNIT_TO_UV[units])
-    if min(values) <= 0:
-        raise SessionInputError(oebin_path, "an ephys channel has bit_volts <= 0", "restore the structure.oebin the GUI wrote")
-    if not np.allclose(values, values[0], rtol=1e-6):
-        raise SessionInputError(oebin_path, f"the ephys channels have different bit_volts ({min(values):g}..{max(values):g} µV)", "record all ephys channels of the stream with one gain")
-    return float(values[0])
-
-
-def _sample_count_file(stream_dir: Path) -> Path | None:
-    for name in ("sample_numbers.npy", "timestamps.npy"):
-        if (stream_dir / name).is_file():
-            return stream_dir / name
-    return None
-
-
-def list_probes(session_dir: Path) -> ProbeListing:
-    """The probe stream of the single Open Ephys recording under ``session_dir``."""
-    oebins = find_files(session_dir)
-    if len(oebins) != 1:
-        raise SessionInputError(
-            session_dir,
-            f"expected one Open Ephys recording (structure.oebin), found {len(oebins)}",
-            "put one recording (one Record Node / experiment / recording) per session folder",
+        return None, f"{settings.name} NP_PROBE has no ELECTRODE_XPOS/ELECTRODE_YPOS", ephys
+    positions, shanks, keys = parsed
+    wired = wire_contacts(len(positions), keys, ephys)
+    if wired is None:
+        return (
+            None,
+            f"{settings.name} lists {len(positions)} electrode positions for {len(ephys)} ephys channels",
+            ephys,
         )
-    stream = _select_stream(_load_oebin(oebins[0]), oebins[0])
-    return ProbeListing({_probe_name(stream): (oebins[0],)})
+    name = element.attrib.get("custom_probe_name") or element.attrib.get("probe_name") or segment.folder
+    return (
+        _contact_probe(positions, wired, shanks, name),
+        f"{settings.name} NP_PROBE ELECTRODE_XPOS/YPOS",
+        tuple(sorted(wired)),
+    )
 
 
-def _probe_name(stream: dict) -> str:
-    name = str(stream.get("stream_name") or stream.get("folder_name", "")).strip("/")
-    return re.sub(r"-AP$", "", name) or "probe"
+# --------------------------------------------------------------------------------------------- reading
+
+
+def concatenated_reader(parts: list[tuple[Path, int, int]], channels: tuple[int, ...]) -> ChunkReader:
+    """Chunk reader over several interleaved int16 files ``(path, n_channels, n_samples)`` read as one, in order."""
+    readers = [memmap_int16_reader(path, n_channels, n_samples, channels) for path, n_channels, n_samples in parts]
+    bounds = np.cumsum([0] + [n for _, _, n in parts])
+
+    def read_chunk(start: int, stop: int) -> np.ndarray:
+        stop = min(stop, int(bounds[-1]))
+        pieces = [
+            readers[i](max(start, lo) - lo, min(stop, hi) - lo)
+            for i, (lo, hi) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+            if max(start, lo) < min(stop, hi)
+        ]
+        if len(pieces) == 1:
+            return pieces[0]
+        return np.concatenate(pieces) if pieces else np.empty((0, len(channels)), dtype=np.int16)
+
+    return read_chunk
+
+
+def _checked(plan: _Plan) -> tuple[list[_Facts], tuple[int, ...], float]:
+    """Validate every segment and that they agree; the ephys channels to sort and their µV per bit."""
+    first = plan.segments[0]
+    facts = [_segment_facts(s) for s in plan.segments]
+    for segment, fact in zip(plan.segments[1:], facts[1:]):
+        _check_same(first, facts[0], segment, fact)
+    channels = _channel_list(first.entry)
+    ephys = tuple(i for i, c in enumerate(channels) if is_ephys_channel(c))
+    sorting = tuple(i for i in ephys if plan.group_channels is None or i in plan.group_channels)
+    scales = [_stream_scale(s, _channel_list(s.entry), sorting) for s in plan.segments]
+    for segment, scale in zip(plan.segments[1:], scales[1:]):
+        if not math.isclose(scale, scales[0], rel_tol=1e-6):
+            raise SessionInputError(
+                segment.oebin,
+                f"{segment.where} of {first.folder} has bit_volts {scale:g} µV, {first.where} {scales[0]:g} µV, so the recordings cannot be sorted as one",
+                "move the differing recording folder to a session folder of its own",
+            )
+    return facts, sorting, scales[0]
 
 
 def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
-    """Describe one probe stream of the Open Ephys binary recording under ``session_dir``."""
-    listing = list_probes(session_dir)
-    oebin_path = listing.probes[listing.pick(probe, session_dir)][0]
-    recording_dir = oebin_path.parent
-    oebin = _load_oebin(oebin_path)
-    stream = _select_stream(oebin, oebin_path)
-    channels = [c for c in stream.get("channels", []) if isinstance(c, dict)]
-    folder = str(stream.get("folder_name", "")).strip("/")
-    if not folder:
-        raise SessionInputError(oebin_path, "the continuous stream has no folder_name", "restore the structure.oebin the GUI wrote")
-    stream_dir = recording_dir / "continuous" / folder
-    data_path = stream_dir / "continuous.dat"
-    if not data_path.is_file():
-        raise SessionInputError(data_path, "the continuous data file is missing", "copy the whole recording folder (continuous/<stream>/continuous.dat) from the acquisition computer")
-    n_channels = len(channels)
-    declared = stream.get("num_channels", n_channels)
-    if str(declared) != str(n_channels):
-        raise SessionInputError(oebin_path, f"num_channels={declared} but {n_channels} channels are listed for {folder}", "restore the structure.oebin the GUI wrote")
-    try:
-        fs = float(stream["sample_rate"])
-    except (KeyError, TypeError, ValueError):
-        raise SessionInputError(oebin_path, f"the stream {folder} has no numeric sample_rate", "restore the structure.oebin the GUI wrote") from None
-    if fs <= 0 or n_channels == 0:
-        raise SessionInputError(oebin_path, f"the stream {folder} has sample_rate={fs} and {n_channels} channels", "restore the structure.oebin the GUI wrote")
-    size = data_path.stat().st_size
-    if size == 0:
-        raise SessionInputError(data_path, "the data file is empty (0 bytes)", "copy the recording again from the acquisition computer")
-    frame = 2 * n_channels
-    if size % frame:
-        raise SessionInputError(
-            data_path,
-            f"size {size} bytes is not a multiple of {n_channels} channels x 2 bytes (truncated copy, or structure.oebin lists the wrong channels)",
-            "copy continuous.dat again completely, or use the structure.oebin that belongs to it",
-        )
-    n_samples = size // frame
-    count_file = _sample_count_file(stream_dir)
-    if count_file is not None:
-        try:
-            listed = int(np.load(count_file, mmap_mode="r").shape[0])
-        except (ValueError, OSError, IndexError) as exc:
-            raise SessionInputError(count_file, f"cannot read the sample index ({exc})", "copy the recording folder again") from None
-        if listed != n_samples:
-            raise SessionInputError(
-                data_path,
-                f"holds {n_samples} samples of the {n_channels} channels listed in structure.oebin, but {count_file.name} lists {listed} samples (truncated copy, or the oebin's channel list does not match the data)",
-                "copy continuous.dat again completely, or use the structure.oebin that belongs to it",
-            )
-    ephys = [i for i, c in enumerate(channels) if is_ephys_channel(c)]
-    uv_per_bit = _stream_scale(channels, ephys, oebin_path)
-    settings = _settings_file(recording_dir)
+    """Describe one probe (see the module docstring) of the Open Ephys recordings under ``session_dir``."""
+    plans, skipped = _scan(session_dir)
+    listing = ProbeListing({name: tuple(s.data_path for s in plan.segments) for name, plan in plans.items()}, skipped)
+    name = listing.pick(probe, session_dir)
+    plan = plans[name]
+    first = plan.segments[0]
+    facts, sorting, uv_per_bit = _checked(plan)
+    settings = _settings_file(first, session_dir)
     root = _parse_settings(settings) if settings is not None else None
-    stream_name = str(stream.get("stream_name") or folder.split(".", 1)[-1])
+    probe_obj, probe_note = None, "no settings.xml"
     if settings is not None and root is not None:
-        probe, probe_note = probe_from_settings(settings, root, stream_name, ephys)
-    else:
-        probe, probe_note = None, "no settings.xml"
-    date, date_note = _recording_date(root, recording_dir, session_dir, data_path)
-    sorting = tuple(ephys)
-    data_files = tuple(p for p in (data_path, oebin_path, count_file, settings) if p is not None)
-    return RecordingSource.interleaved_int16(
-        data_path,
-        n_channels,
-        n_samples,
-        sorting,
-        format=FORMAT,
-        session_dir=session_dir,
-        data_files=data_files,
-        sampling_frequency=fs,
-        recording_date=date,
-        uv_per_bit=uv_per_bit,
-        probe=probe,
-        probe_file=None,
-        scaling_note=f"bit_volts {uv_per_bit:g} µV/bit from structure.oebin ({folder}); probe: {probe_note}; date: {date_note}",
-        probe_name=_probe_name(stream),
+        siblings = [e for e in _load_oebin(first.oebin)["continuous"] if isinstance(e, dict)]
+        probe_obj, probe_note, sorting = probe_from_settings(settings, root, first, sorting, siblings)
+    date, date_note = _recording_date(root, first.oebin.parent, session_dir, first.data_path)
+    files = (p for s, f in zip(plan.segments, facts) for p in (s.data_path, s.oebin, f.count_file, settings))
+    common: dict = {
+        "format": FORMAT,
+        "session_dir": session_dir,
+        "data_files": tuple(dict.fromkeys(p for p in files if p is not None)),
+        "sampling_frequency": facts[0].sampling_frequency,
+        "recording_date": date,
+        "uv_per_bit": uv_per_bit,
+        "probe": probe_obj,
+        "probe_file": None,
+        "scaling_note": f"bit_volts {uv_per_bit:g} µV/bit from structure.oebin ({first.folder}); probe: {probe_note}; date: {date_note}",
+        "probe_name": name,
+        "details": _details(plan, facts, skipped, probe_note),
+    }
+    n_channels, n_samples = facts[0].n_channels, sum(f.n_samples for f in facts)
+    if len(plan.segments) == 1:
+        return RecordingSource.interleaved_int16(first.data_path, n_channels, n_samples, sorting, **common)
+    parts = [(s.data_path, n_channels, f.n_samples) for s, f in zip(plan.segments, facts)]
+    reader = concatenated_reader(parts, sorting)
+    return RecordingSource(
+        **common,
+        n_channels=n_channels,
+        n_samples=n_samples,
+        source_dtype="int16",
+        sorting_channels=sorting,
+        read_chunk=reader,
     )
+
+
+def _details(plan: _Plan, facts: list[_Facts], skipped: tuple[str, ...], probe_note: str) -> dict[str, object]:
+    first = plan.segments[0]
+    starts = np.cumsum([0] + [f.n_samples for f in facts[:-1]]).tolist()
+    details: dict[str, object] = {
+        "openephys_stream": first.folder,
+        "record_node": first.node,
+        "experiment": first.experiment,
+        "gui_version": first.gui_version,
+        "segments": [
+            {
+                "recording": s.where,
+                "start_sample": int(start),
+                "n_samples": f.n_samples,
+                "first_sample_number": f.first_sample,
+            }
+            for s, f, start in zip(plan.segments, facts, starts)
+        ],
+        "skipped_streams": list(skipped),
+        "probe_geometry": probe_note,
+    }
+    if plan.other_nodes:
+        details["unused_record_nodes"] = list(plan.other_nodes)
+    if plan.group:
+        details["headstage"] = plan.group
+    return details

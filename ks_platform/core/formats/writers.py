@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,6 +93,8 @@ def write_openephys_session(
     first_sample: int = 30000,
     probe_part_number: str | None = None,
     chunk_samples: int = 65536,
+    extra_streams: Sequence[dict] = (),
+    record_nodes: Sequence[int] = (101,),
 ) -> Path:
     """Write an Open Ephys GUI 0.6 binary recording; return ``folder``.
 
@@ -100,9 +104,11 @@ def write_openephys_session(
     (``bit_volts=uv_per_bit``) followed by ``extra_channels`` (AUX/ADC inputs, in volts, carrying a 1 Hz
     square wave). ``settings.xml`` stores the positions as Neuropixels-PXI ``ELECTRODE_XPOS/YPOS`` (and
     ``probe_part_number`` when given, e.g. ``PRB_1_4_0480_1`` with NP1.0 positions as the plugin writes them).
+    ``extra_streams`` (oebin entries, see ``openephys_stream_entry``: an LFP band, an NI-DAQ board…) are recorded
+    too, with random samples; ``record_nodes`` lists the Record Nodes that each record all of it.
     """
     n_samples, n_channels, shanks = _check(traces, positions_um, shank_ids)
-    node_dir = Path(folder) / f"{recording_date.isoformat()}_10-00-00" / "Record Node 101"
+    node_dir = Path(folder) / f"{recording_date.isoformat()}_10-00-00" / f"Record Node {record_nodes[0]}"
     recording_dir = node_dir / "experiment1" / "recording1"
     stream, stream_folder = "ProbeA", "Neuropix-PXI-100.ProbeA"
     stream_dir = recording_dir / "continuous" / stream_folder
@@ -158,7 +164,124 @@ def write_openephys_session(
         f"Start Time for Neuropix-PXI (100) - {stream} @ {sampling_frequency:g} Hz: {first_sample}\n"
     )
     (node_dir / "settings.xml").write_text(_settings_xml(recording_date, float(sampling_frequency), n_total, stream, 100, np.asarray(positions_um, float), shanks, probe_part_number))
+    rng = np.random.default_rng(0)
+    for entry in extra_streams:
+        _write_openephys_stream(recording_dir, entry, None, first_sample=first_sample, legacy=False, rng=rng, n_samples=n_samples)
+    oebin["continuous"].extend(extra_streams)
+    (recording_dir / "structure.oebin").write_text(json.dumps(oebin, indent=2) + "\n")
+    for node in record_nodes[1:]:
+        shutil.copytree(node_dir, node_dir.parent / f"Record Node {node}")
     return Path(folder)
+
+
+def openephys_channels(
+    names: Sequence[str],
+    bit_volts: float | Sequence[float],
+    units: str | Sequence[str] = "uV",
+    history: str = "Record Node",
+) -> list[dict]:
+    """oebin ``channels`` entries as the GUI writes them (one ``bit_volts``/``units`` for all, or one per channel)."""
+    n = len(names)
+    volts = [float(bit_volts)] * n if np.isscalar(bit_volts) else [float(v) for v in bit_volts]  # type: ignore[arg-type]
+    unit_list = [units] * n if isinstance(units, str) else list(units)
+    return [
+        {"channel_name": name, "description": "", "identifier": "", "history": history, "bit_volts": v, "units": u}
+        for name, v, u in zip(names, volts, unit_list)
+    ]
+
+
+def openephys_stream_entry(
+    source: str,
+    source_id: int,
+    stream: str | None,
+    sample_rate: float,
+    channels: list[dict],
+    *,
+    record_node: int = 101,
+    sub_idx: int = 0,
+) -> dict:
+    """One oebin ``continuous`` entry: GUI 0.6+ (``stream`` given: folder ``<source>-<id>.<stream>``) or 0.5.x
+    (``stream=None``: folder ``<source>-<id>.<sub_idx>``, ``source_processor_sub_idx``, no stream name)."""
+    folder = f"{source.replace(' ', '_')}-{source_id}.{stream if stream is not None else sub_idx}/"
+    entry: dict = {
+        "folder_name": folder,
+        "sample_rate": float(sample_rate),
+        "source_processor_name": source,
+        "source_processor_id": source_id,
+    }
+    if stream is None:
+        entry["source_processor_sub_idx"] = sub_idx
+    else:
+        entry["stream_name"] = stream
+    entry.update(
+        {
+            "recorded_processor": "Record Node",
+            "recorded_processor_id": record_node,
+            "num_channels": len(channels),
+            "channels": channels,
+        }
+    )
+    return entry
+
+
+def _write_openephys_stream(
+    recording_dir: Path,
+    entry: dict,
+    samples: np.ndarray | None,
+    *,
+    first_sample: int,
+    legacy: bool,
+    rng: np.random.Generator,
+    n_samples: int,
+) -> np.ndarray:
+    """``continuous/<folder>/continuous.dat`` and its sample index files; random int16 samples unless given."""
+    stream_dir = Path(recording_dir) / "continuous" / str(entry["folder_name"]).strip("/")
+    stream_dir.mkdir(parents=True, exist_ok=True)
+    if samples is None:
+        samples = rng.integers(-2000, 2000, size=(n_samples, int(entry["num_channels"])), dtype=np.int16)
+    samples = np.ascontiguousarray(samples, dtype="<i2")
+    samples.tofile(stream_dir / "continuous.dat")
+    numbers = np.arange(first_sample, first_sample + samples.shape[0], dtype=np.int64)
+    if legacy:
+        np.save(stream_dir / "timestamps.npy", numbers)
+    else:
+        np.save(stream_dir / "sample_numbers.npy", numbers)
+        np.save(stream_dir / "timestamps.npy", numbers / float(entry["sample_rate"]))
+    return samples
+
+
+def write_openephys_recording(
+    recording_dir: Path,
+    entries: Sequence[dict],
+    *,
+    gui_version: str = "0.6.7",
+    n_samples: int = 300,
+    first_sample: int = 0,
+    data: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Write ``structure.oebin`` with ``entries`` and each stream's ``continuous.dat`` (``data[folder]`` or random
+    int16 ``[n_samples, num_channels]``) with the sample index files that GUI version writes: 0.6+ writes
+    ``sample_numbers.npy`` (int64) and ``timestamps.npy`` (float64 s), 0.5.x only ``timestamps.npy`` holding
+    the int64 sample numbers. Returns the samples written, by folder name (without the slash)."""
+    recording_dir = Path(recording_dir)
+    rng = np.random.default_rng(seed)
+    legacy = tuple(int(p) for p in re.findall(r"\d+", gui_version)[:2]) < (0, 6)
+    written: dict[str, np.ndarray] = {}
+    for entry in entries:
+        folder = str(entry["folder_name"]).strip("/")
+        written[folder] = _write_openephys_stream(
+            recording_dir,
+            entry,
+            (data or {}).get(folder),
+            first_sample=first_sample,
+            legacy=legacy,
+            rng=rng,
+            n_samples=n_samples,
+        )
+    oebin = {"GUI version": gui_version, "continuous": list(entries), "events": [], "spikes": []}
+    (recording_dir / "structure.oebin").write_text(json.dumps(oebin, indent=2) + "\n")
+    return written
 
 
 # --------------------------------------------------------------------------------------------- NWB
@@ -174,7 +297,7 @@ def write_nwb_session(
     *,
     uv_per_bit: float = DEFAULT_UV_PER_BIT,
     as_float: bool = False,
-    position_columns: tuple[str, str] = ("x", "y"),
+    position_columns: tuple[str, str] = ("rel_x", "rel_y"),
     file_name: str = "session.nwb",
     chunk_samples: int = 30000,
 ) -> Path:
@@ -182,7 +305,8 @@ def write_nwb_session(
 
     One ``ElectricalSeries`` ("ElectricalSeries") in acquisition: int16 data with
     ``conversion = uv_per_bit * 1e-6`` (volts per bit), or, with ``as_float``, float32 volts. The electrodes
-    table has ``position_columns`` (µm) and one ``ElectrodeGroup`` per shank. Session start: 10:00 UTC.
+    table has ``position_columns`` (µm; ``rel_x``/``rel_y`` are positions on the probe, ``x``/``y`` would be brain
+    coordinates) and one ``ElectrodeGroup`` per shank. Session start: 10:00 UTC.
     """
     from hdmf.data_utils import GenericDataChunkIterator
     from pynwb import NWBHDF5IO, NWBFile
@@ -200,11 +324,15 @@ def write_nwb_session(
     device = nwbfile.create_device(name="probe", description="synthetic probe")
     groups = {}
     for shank in dict.fromkeys(shanks):
-        groups[shank] = nwbfile.create_electrode_group(name=f"shank{shank}", description=f"shank {shank}", location="unknown", device=device)
+        groups[shank] = nwbfile.create_electrode_group(
+            name=f"shank{shank}", description=f"shank {shank}", location="unknown", device=device
+        )
     cx, cy = position_columns
     positions = np.asarray(positions_um, dtype=float)
     for i in range(n_channels):
-        nwbfile.add_electrode(group=groups[shanks[i]], location="unknown", **{cx: float(positions[i, 0]), cy: float(positions[i, 1])})
+        nwbfile.add_electrode(
+            group=groups[shanks[i]], location="unknown", **{cx: float(positions[i, 0]), cy: float(positions[i, 1])}
+        )
     region = nwbfile.create_electrode_table_region(region=list(range(n_channels)), description="all electrodes")
 
     scale = np.float32(uv_per_bit * 1e-6)
@@ -266,7 +394,14 @@ def write_plexon_session(
     sampling rate. PLX carries no geometry: with ``write_probe_json`` a probeinterface JSON wired to the WB
     channels is written next to it as ``<stem>.probe.json``.
     """
-    from ks_platform.core.formats.plexon import BLOCK_HEADER, CHANNEL_HEADER, EVENT_HEADER, FILE_HEADER, MAGIC, SLOW_CHANNEL_HEADER
+    from ks_platform.core.formats.plexon import (
+        BLOCK_HEADER,
+        CHANNEL_HEADER,
+        EVENT_HEADER,
+        FILE_HEADER,
+        MAGIC,
+        SLOW_CHANNEL_HEADER,
+    )
 
     n_samples, n_channels, shanks = _check(traces, positions_um, shank_ids)
     fs = int(round(sampling_frequency))
@@ -312,7 +447,11 @@ def write_plexon_session(
 
     def block(kind: int, timestamp: int, channel: int, unit: int, words: np.ndarray) -> bytes:
         head = np.zeros(1, BLOCK_HEADER)
-        head["Type"], head["UpperByteOf5ByteTimestamp"], head["TimeStamp"] = kind, timestamp >> 32, timestamp & 0xFFFFFFFF
+        head["Type"], head["UpperByteOf5ByteTimestamp"], head["TimeStamp"] = (
+            kind,
+            timestamp >> 32,
+            timestamp & 0xFFFFFFFF,
+        )
         head["Channel"], head["Unit"] = channel, unit
         head["NumberOfWaveforms"], head["NumberOfWordsInWaveform"] = (1, words.size) if words.size else (0, 0)
         return head.tobytes() + np.ascontiguousarray(words, dtype="<i2").tobytes()
@@ -351,7 +490,9 @@ def write_plexon_session(
         handle.seek(0)
         handle.write(file_header.tobytes())
     if write_probe_json:
-        _write_probe_json(path.with_suffix(".probe.json"), np.asarray(positions_um, float), list(range(n_channels)), shanks)
+        _write_probe_json(
+            path.with_suffix(".probe.json"), np.asarray(positions_um, float), list(range(n_channels)), shanks
+        )
     return folder
 
 
