@@ -18,6 +18,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ks_platform.core.sessions import key_name
 from ks_platform.core import discovery
 from ks_platform.core.readiness import fast_folder_signature, is_partial_copy, scan_folder, session_ready
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
@@ -312,7 +313,7 @@ def test_malformed_session_is_skipped_with_reason_once(small_session, landing, t
     assert [r.partition_key for r in third.run_requests] == [key_of("bad_g0")]
 
 
-def test_bad_folder_names_and_vanished_folders_do_not_stop_the_tick(small_session, landing, tmp_path, dagster_instance):
+def test_unsafe_folder_names_get_derived_keys_and_vanished_roots_do_not_stop_the_tick(small_session, landing, tmp_path, dagster_instance):
     copy_session(small_session, landing, "ok_g0")
     copy_session(small_session, landing, "bad name")
     (landing / "not_a_session").mkdir()
@@ -320,7 +321,11 @@ def test_bad_folder_names_and_vanished_folders_do_not_stop_the_tick(small_sessio
     sensor = sensors.build_new_session_sensor(settle_seconds=0, marker_name="")
     platform = PlatformResource(store_root=str(tmp_path / "store"), landing_roots=f"{ROOT}={landing},rig2={tmp_path / 'missing_root'}")
     result = tick(sensor, dagster_instance, platform)
-    assert [r.partition_key for r in result.run_requests] == [key_of("ok_g0")]
+    derived = key_of(key_name("bad name"))
+    assert sorted(r.partition_key for r in result.run_requests) == sorted([key_of("ok_g0"), derived])
+    assert "bad-name-h" in derived
+    [request] = [r for r in result.run_requests if r.partition_key == derived]
+    assert request.tags["ks_platform/session_folder"].endswith("/bad name")
     assert set(json.loads(result.cursor)["seen"][ROOT]) == {"ok_g0", "bad name", "not_a_session"}
 
 

@@ -25,14 +25,17 @@ class GroundTruthScore:
         return self.well_detected >= self.min_well_detected_units
 
 
-def find_ground_truth(session_dir: Path, probe_folder: Path | None = None) -> Path | None:
-    """The ``ground_truth.json`` nearest to a probe's recording: its folder, then each parent up to the session folder."""
+def find_ground_truth(session_dir: Path, probe_files: tuple[Path, ...] | list[Path] = (), probe: str = "") -> Path | None:
+    """The ground truth of a probe: ``ground_truth.<probe>.json`` or ``ground_truth.json``, nearest to the probe's
+    first file (its folder, then each parent up to the session folder)."""
     session_dir = Path(session_dir)
-    folder = Path(probe_folder) if probe_folder is not None else session_dir
-    for candidate in (folder, *folder.parents):
-        if (candidate / GROUND_TRUTH_SPEC).is_file():
-            return candidate / GROUND_TRUTH_SPEC
-        if candidate == session_dir or session_dir not in candidate.parents:
+    start = Path(probe_files[0]).parent if probe_files else session_dir
+    names = ([f"{Path(GROUND_TRUTH_SPEC).stem}.{probe}.json"] if probe else []) + [GROUND_TRUTH_SPEC]
+    for folder in (start, *start.parents):
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+        if folder == session_dir or session_dir not in folder.parents:
             return None
     return None
 

@@ -45,17 +45,33 @@ def params_py(dat_path: str, binary: RecordingBinary) -> str:
     )
 
 
-def build_phy_bundle(sorting_dir: Path, binary: RecordingBinary, channel_shanks: np.ndarray, phy_dir: Path) -> PhyBundle:
+SEGMENTS_TSV = "recording_segments.tsv"
+
+
+def write_segments_tsv(segments: list[dict], path: Path, sampling_frequency: float) -> None:
+    """The files a concatenated recording was made of, with where each starts in the sorted binary."""
+    columns = ("file", "gate", "trigger", "start_sample", "n_samples")
+    lines = ["\t".join((*columns, "start_s"))]
+    for segment in segments:
+        cells = [str(segment.get(column, "")) for column in columns]
+        lines.append("\t".join((*cells, f"{int(segment.get('start_sample', 0)) / sampling_frequency:.6f}")))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def build_phy_bundle(sorting_dir: Path, binary: RecordingBinary, channel_shanks: np.ndarray, phy_dir: Path, segments: list[dict] | None = None) -> PhyBundle:
     """Copy the sorting's Phy files to ``phy_dir`` with ``dat_path`` relative to it, then open it in phylib.
 
     The relative path (``../binary/recording.bin``) keeps working when the whole store is moved.
-    ``channel_shanks`` gives the shank of each channel in ``channel_map.npy`` order.
+    ``channel_shanks`` gives the shank of each channel in ``channel_map.npy`` order; ``segments`` (files of a
+    concatenated multi-gate/trigger recording) are written to ``recording_segments.tsv``.
     """
     with atomic_directory(phy_dir) as staged:
         for item in sorting_dir.iterdir():
             if item.is_file() and item.name not in NOT_FOR_PHY and item.suffix in (".npy", ".tsv"):
                 shutil.copy2(item, staged / item.name)
         np.save(staged / "channel_shanks.npy", np.asarray(channel_shanks, dtype=np.int32))
+        if segments:
+            write_segments_tsv(segments, staged / SEGMENTS_TSV, binary.sampling_frequency)
         relative = os.path.relpath(binary.path, phy_dir)
         (staged / "params.py").write_text(params_py(relative, binary))
         bundle = validate_phy_folder(staged, final_path=phy_dir)

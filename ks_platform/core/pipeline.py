@@ -67,7 +67,7 @@ def observe_raw_recording(session_dir: Path, store: SessionStore, probe: str | N
     source = open_recording(session_dir, probe)
     listing = list_probes(session_dir)
     session = {"folder_name": Path(session_dir).name, "session_probes": sorted(listing.probes), "skipped_streams": list(listing.skipped)}
-    manifest = {**source.summary(), **session, "fingerprint": fingerprint(source, include_settings=False), "has_ground_truth": find_ground_truth(session_dir, session_config.probe_scope(source.data_files)) is not None}
+    manifest = {**source.summary(), **session, "fingerprint": fingerprint(source, include_settings=False), "has_ground_truth": find_ground_truth(session_dir, source.data_files, source.probe_name) is not None}
     write_json_atomic(store.raw_manifest, manifest)
     return StepOutput(manifest["fingerprint"], manifest)
 
@@ -193,7 +193,8 @@ def sort_session(session_dir: Path | None, store: SessionStore, backend: str = "
 def score_session(session_dir: Path, store: SessionStore, probe: str | None = None):
     """Ground-truth score of the probe's sorting, or None when its recording carries no ground truth."""
     listing = list_probes(session_dir)
-    spec = find_ground_truth(session_dir, session_config.probe_scope(listing.probes[listing.pick(probe, session_dir)]))
+    name = listing.pick(probe, session_dir)
+    spec = find_ground_truth(session_dir, listing.probes[name], name)
     if spec is None:
         return None
     spikes = np.load(store.sorting_dir / "spike_times.npy")
@@ -209,7 +210,8 @@ def export_phy(store: SessionStore) -> StepOutput:
     ks_probe, _ = load_probe_map(store)
     if not (store.sorting_dir / sorting.SUMMARY_FILE).is_file():
         raise FileNotFoundError(f"{store.sorting_dir} has no sorting: materialize sorted_units first")
-    bundle = phy.build_phy_bundle(store.sorting_dir, binary, np.asarray(ks_probe["kcoords"]).astype(int), store.phy_dir)
+    segments = read_json(store.raw_manifest).get("segments") if store.raw_manifest.is_file() else None
+    bundle = phy.build_phy_bundle(store.sorting_dir, binary, np.asarray(ks_probe["kcoords"]).astype(int), store.phy_dir, segments)
     lineage = read_json(store.sorting_dir / sorting.LINEAGE_FILE)
     metadata = {
         "path": str(bundle.path),

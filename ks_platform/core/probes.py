@@ -76,7 +76,13 @@ def probe_for_recording(source: RecordingSource) -> tuple[Probe, Path]:
     elif source.probe is not None:
         probe, origin = source.probe, source.data_files[0]
     else:
-        raise SessionInputError(source.session_dir, "no probe description found for this recording", "add a probe file (probeinterface .json, .prb, Kilosort .mat) and name it in the sidecar")
+        raise SessionInputError(
+            source.data_files[0] if source.data_files else source.session_dir,
+            f"no probe description: the recording of probe {source.probe_name!r} carries no geometry",
+            'put a probe file (probeinterface .json, .prb, Kilosort .mat) in the session folder and name it in ks_session.json: {"probes": {"'
+            + (source.probe_name or "probe")
+            + '": {"probe_file": "probe.json"}}}',
+        )
     validate_probe(probe, source.n_channels, origin)
     return probe, origin
 

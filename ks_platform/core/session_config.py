@@ -1,8 +1,8 @@
 """The session config files: Kilosort settings per probe, a probe file, a recording date.
 
 Lookup rule (README, "The session config file"): every ``ks_session.json`` and every ``kilosort4-settings.json``
-inside the session folder, at any depth, applies to the probes whose recording lies in its folder or below it
-(a probe's folder is the deepest folder holding all its files). For each probe the files that apply are layered
+inside the session folder, at any depth, applies to the probes that have a file in its folder or below it (so a
+file next to ``<run>_g0_imec0/…imec0.ap.bin`` applies to imec0 only). For each probe the files that apply are layered
 from the session folder down: the file nearest to the recording wins, key by key. A file that applies to no
 probe, or that names a probe the folder does not hold, is an error: nothing found is ever silently ignored.
 
@@ -28,7 +28,6 @@ from typing import Any
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.settings import SESSION_SETTINGS_FILE, validate_overrides
-from ks_platform.core.store import contained_path
 
 CONFIG_FILE = "ks_session.json"
 CONFIG_NAMES = (CONFIG_FILE, SESSION_SETTINGS_FILE)
@@ -53,17 +52,13 @@ def config_files(session_dir: Path) -> list[Path]:
     found: list[Path] = []
     for folder, dirs, files in os.walk(session_dir):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(Path(folder) / name for name in CONFIG_NAMES if name in files)
+        found.extend(Path(folder) / name for name in CONFIG_NAMES if name in files or name in dirs)
     return sorted(found, key=lambda p: (len(p.parts), p.name != SESSION_SETTINGS_FILE, str(p)))
 
 
-def probe_scope(files: tuple[Path, ...] | list[Path]) -> Path:
-    """The deepest folder holding all of a probe's files."""
-    return Path(os.path.commonpath([str(Path(p).parent) for p in files]))
-
-
-def _applies(config: Path, scope: Path) -> bool:
-    return config.parent == scope or config.parent in scope.parents
+def applies_to(config: Path, probe_files: tuple[Path, ...] | list[Path]) -> bool:
+    """Whether a config file applies to a probe: one of the probe's files lies in the config's folder or below."""
+    return any(config.parent in Path(p).parents for p in probe_files)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -106,7 +101,9 @@ def _layer(config: ProbeConfig, section: Mapping[str, Any], path: Path, session_
         name = section["probe_file"]
         if not isinstance(name, str) or not name:
             raise SessionInputError(path, f"probe_file must be a file name, got {name!r}", "name a probe file next to the config file")
-        probe_file = contained_path(session_dir, path.parent / name, "the session folder")
+        probe_file = (path.parent / name).resolve()
+        if probe_file != Path(session_dir).resolve() and Path(session_dir).resolve() not in probe_file.parents:
+            raise SessionInputError(path, f"probe_file {name!r} resolves to {probe_file}, outside the session folder", "copy the probe file into the session folder and name it relative to the config file")
         if not probe_file.is_file():
             raise SessionInputError(path, f"probe_file {name!r} does not exist next to the config file", "copy the probe file there or fix its name")
     date = config.recording_date
@@ -136,10 +133,9 @@ def _probe_section(payload: Mapping[str, Any], probe: str, path: Path) -> Mappin
 def read_probe_config(session_dir: Path, probes: Mapping[str, tuple[Path, ...]], probe: str) -> ProbeConfig:
     """The layered config of ``probe`` (a name in ``probes``, the folder's probe → files map)."""
     check_configs_apply(session_dir, probes)
-    scope = probe_scope(probes[probe])
     config = ProbeConfig()
     for path in config_files(session_dir):
-        if not _applies(path, scope):
+        if not applies_to(path, probes[probe]):
             continue
         payload = _load(path)
         config = ProbeConfig(config.kilosort, config.probe_file, config.recording_date, (*config.files, path))
@@ -154,10 +150,9 @@ def check_configs_apply(session_dir: Path, probes: Mapping[str, tuple[Path, ...]
     """Refuse a config file that applies to no probe, names an unknown probe or has unknown keys."""
     from ks_platform.core.sessions import key_name
 
-    scopes = {name: probe_scope(files) for name, files in probes.items()}
     known = set(probes) | {key_name(name) for name in probes}
     for path in config_files(session_dir):
-        covered = [name for name, scope in scopes.items() if _applies(path, scope)]
+        covered = [name for name, files in probes.items() if applies_to(path, files)]
         if not covered:
             raise SessionInputError(path, f"this config file applies to no probe (probes: {', '.join(sorted(probes))}; a file applies to the recordings in its folder and below)", "move it to the session folder or next to the probe's recording, or remove it")
         payload = _load(path)
