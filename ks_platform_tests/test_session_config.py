@@ -137,3 +137,21 @@ def test_one_bad_config_stops_only_its_own_session(run):
     found, rejected = discover({"rig1": run.parent})
     assert [f.ref.key for f in found] == ["2026-03-02__rig1__m2__imec0"]
     assert [r.folder.name for r in rejected] == ["m1"] and "imec9" in rejected[0].reason
+
+
+def test_split_segments_makes_one_partition_per_gate_with_the_probe_settings(tmp_path):
+    """Gates are concatenated by default (CatGT's convention); the lab may ask for one sort per gate instead."""
+    session = tmp_path / "landing" / "m3"
+    written = write_spikeglx_run(session, (GlxProbe("imec0"), GlxProbe("imec1")), gates=(0, 1))
+    found, _ = discover({"rig1": session.parent})
+    assert [f.ref.probe for f in found] == ["imec0", "imec1"]
+    _write(session / session_config.CONFIG_FILE, {"probes": {"imec0": {"split_segments": True, "kilosort": {"Th_universal": 11}}}})
+    found, rejected = discover({"rig1": session.parent})
+    assert rejected == [] and [f.ref.probe for f in found] == ["imec0-g0", "imec0-g1", "imec1"]
+    gate1 = open_recording(session, "imec0-g1")
+    assert gate1.n_samples == 200 and [s["gate"] for s in gate1.details["segments"]] == [1]
+    assert np.array_equal(gate1.read_chunk(0, 200), np.fromfile(written["imec0"][1], np.int16).reshape(200, -1)[:, :384])
+    assert probe_config(session, "imec0-g1").kilosort == {"Th_universal": 11} and probe_config(session, "imec1").kilosort == {}
+    _write(session / session_config.CONFIG_FILE, {"probes": {"imec0": {"split_segments": "yes"}}})
+    with pytest.raises(SessionInputError, match="split_segments must be true or false"):
+        list_probes(session)

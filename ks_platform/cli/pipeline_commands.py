@@ -66,6 +66,7 @@ def run_session(instance, platform, key: str):
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from ks_platform.core.sessions import SessionRef, key_name
     from ks_platform.core.store import read_json
     from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
     from ks_platform.defs.resources import PlatformResource
@@ -77,7 +78,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         make_spikeglx_session(folder, DemoSessionSpec(duration_s=args.duration, seed=args.seed))
         print(f"made demo session {folder}")
     instance = _instance()
-    keys = [k for k in register_sessions(instance, platform) if k.endswith(f"__{root_name}__{folder.name}")]
+    keys = [k for k in register_sessions(instance, platform) if SessionRef.parse(k).session_key.endswith(f"__{root_name}__{key_name(folder.name)}")]
     key = keys[0]
     print(f"materializing session {key} (Kilosort 4 on {platform.backend}; this takes a few minutes on CPU)")
     result = run_session(instance, platform, key)

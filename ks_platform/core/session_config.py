@@ -11,7 +11,8 @@ probe, or that names a probe the folder does not hold, is an error: nothing foun
     {"recording_date": "2026-03-02",            # overrides the date the recording's header gives
      "probe_file": "probe.json",                # for formats without geometry; relative to this file
      "kilosort": {"Th_universal": 10},          # Kilosort settings for every probe below this folder
-     "probes": {"imec1": {"kilosort": {"batch_size": 30000}, "probe_file": "imec1_probe.json"}}}
+     "probes": {"imec1": {"kilosort": {"batch_size": 30000}, "probe_file": "imec1_probe.json"},
+                "imec0": {"split_segments": true}}}    # sort each gate of imec0 on its own (imec0-g0, imec0-g1)
 
 ``kilosort4-settings.json`` holds Kilosort settings only (the same as ``{"kilosort": {...}}``).
 """
@@ -31,8 +32,8 @@ from ks_platform.core.settings import SESSION_SETTINGS_FILE, validate_overrides
 
 CONFIG_FILE = "ks_session.json"
 CONFIG_NAMES = (CONFIG_FILE, SESSION_SETTINGS_FILE)
-CONFIG_KEYS = ("recording_date", "probe_file", "kilosort", "probes")
-PROBE_KEYS = ("recording_date", "probe_file", "kilosort")
+CONFIG_KEYS = ("recording_date", "probe_file", "kilosort", "split_segments", "probes")
+PROBE_KEYS = ("recording_date", "probe_file", "kilosort", "split_segments")
 MAX_CONFIG_BYTES = 1024 * 1024
 _FIX_SYNTAX = 'write a JSON object such as {"kilosort": {"Th_universal": 10}, "probes": {"imec0": {...}}}'
 
@@ -45,6 +46,8 @@ class ProbeConfig:
     probe_file: Path | None = None
     recording_date: dt.date | None = None
     files: tuple[Path, ...] = ()
+    #: Sort each segment (SpikeGLX gate, Open Ephys recording) as its own partition instead of concatenating them.
+    split_segments: bool = False
 
 
 def config_files(session_dir: Path) -> list[Path]:
@@ -109,7 +112,12 @@ def _layer(config: ProbeConfig, section: Mapping[str, Any], path: Path, session_
     date = config.recording_date
     if "recording_date" in section:
         date = _date(section["recording_date"], path)
-    return ProbeConfig(kilosort, probe_file, date, config.files)
+    split = config.split_segments
+    if "split_segments" in section:
+        split = section["split_segments"]
+        if not isinstance(split, bool):
+            raise SessionInputError(path, f"split_segments must be true or false, got {split!r}", '"split_segments": true')
+    return ProbeConfig(kilosort, probe_file, date, config.files, split)
 
 
 def _date(value: Any, path: Path) -> dt.date:
@@ -121,36 +129,43 @@ def _date(value: Any, path: Path) -> dt.date:
         raise SessionInputError(path, f"recording_date {value!r} is not a YYYY-MM-DD date", 'write "recording_date": "2026-03-02"') from None
 
 
-def _probe_section(payload: Mapping[str, Any], probe: str, path: Path) -> Mapping[str, Any] | None:
+def _probe_section(payload: Mapping[str, Any], names: tuple[str, ...], path: Path) -> Mapping[str, Any] | None:
+    """The section of ``payload["probes"]`` for a probe known by any of ``names`` (its name, key name, unsplit name)."""
     sections = payload.get("probes", {})
     if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
         raise SessionInputError(path, "'probes' must map probe names to objects", '"probes": {"imec0": {"kilosort": {...}}}')
     from ks_platform.core.sessions import key_name
 
-    return next((section for name, section in sections.items() if name in (probe, key_name(probe))), None)
+    known = {alias for name in names for alias in (name, key_name(name))}
+    return next((section for name, section in sections.items() if name in known), None)
 
 
-def read_probe_config(session_dir: Path, probes: Mapping[str, tuple[Path, ...]], probe: str) -> ProbeConfig:
-    """The layered config of ``probe`` (a name in ``probes``, the folder's probe → files map)."""
-    check_configs_apply(session_dir, probes)
+def read_probe_config(session_dir: Path, probes: Mapping[str, tuple[Path, ...]], probe: str, split_from: Mapping[str, str] | None = None) -> ProbeConfig:
+    """The layered config of ``probe`` (a name in ``probes``, the folder's probe → files map). ``split_from`` maps
+    segment partitions (``imec0-g1``) to the probe they were split from, whose sections apply to them too."""
+    split_from = split_from or {}
+    names = (probe,) if probe not in split_from else (split_from[probe], probe)
+    check_configs_apply(session_dir, probes, tuple(sorted(set(split_from.values()))))
     config = ProbeConfig()
     for path in config_files(session_dir):
         if not applies_to(path, probes[probe]):
             continue
         payload = _load(path)
-        config = ProbeConfig(config.kilosort, config.probe_file, config.recording_date, (*config.files, path))
+        config = ProbeConfig(config.kilosort, config.probe_file, config.recording_date, (*config.files, path), config.split_segments)
         config = _layer(config, {k: v for k, v in payload.items() if k != "probes"}, path, session_dir)
-        section = _probe_section(payload, probe, path)
-        if section is not None:
-            config = _layer(config, section, path, session_dir)
+        for name in names:
+            section = _probe_section(payload, (name,), path)
+            if section is not None:
+                config = _layer(config, section, path, session_dir)
     return config
 
 
-def check_configs_apply(session_dir: Path, probes: Mapping[str, tuple[Path, ...]]) -> None:
-    """Refuse a config file that applies to no probe, names an unknown probe or has unknown keys."""
+def check_configs_apply(session_dir: Path, probes: Mapping[str, tuple[Path, ...]], unsplit: tuple[str, ...] = ()) -> None:
+    """Refuse a config file that applies to no probe, names an unknown probe or has unknown keys (``unsplit``:
+    names of probes that are listed split into segments, which config files may still name)."""
     from ks_platform.core.sessions import key_name
 
-    known = set(probes) | {key_name(name) for name in probes}
+    known = {alias for name in (*probes, *unsplit) for alias in (name, key_name(name))}
     for path in config_files(session_dir):
         covered = [name for name, files in probes.items() if applies_to(path, files)]
         if not covered:
@@ -158,9 +173,11 @@ def check_configs_apply(session_dir: Path, probes: Mapping[str, tuple[Path, ...]
         payload = _load(path)
         _check_keys(payload, CONFIG_KEYS, path, "at the top level")
         sections = payload.get("probes", {})
-        _probe_section(payload, "", path)
+        _probe_section(payload, (), path)
         for name in sections:
             if name not in known:
                 raise SessionInputError(path, f"'probes' names {name!r}, which this folder does not hold (it holds {', '.join(sorted(probes))})", f"use one of {sorted(probes)}")
+            if unsplit and name in unsplit:
+                continue
             if not any(name in (covered_name, key_name(covered_name)) for covered_name in covered):
                 raise SessionInputError(path, f"'probes' names {name!r}, whose recording is not in this file's folder or below", "put the section in a config file above that probe's recording")

@@ -97,7 +97,27 @@ def list_probes(session_dir: Path) -> ProbeListing:
         skipped = "; ".join(listing.skipped) or "none"
         raise SessionInputError(session_dir, f"no probe recording to sort in this {reader.FORMAT} folder (skipped streams: {skipped})", "record the wideband/AP band of at least one probe")
     check_configs_apply(session_dir, listing.probes)
-    return listing
+    return split_segments(reader, session_dir, listing)
+
+
+def split_segments(reader: ModuleType, session_dir: Path, listing: ProbeListing) -> ProbeListing:
+    """The listing with each probe whose config sets ``split_segments`` replaced by one probe per segment."""
+    if not config_files(session_dir):
+        return listing
+    configs = {name: read_probe_config(session_dir, listing.probes, name) for name in listing.probes}
+    split = [name for name, config in configs.items() if config.split_segments]
+    if not split:
+        return listing
+    if not hasattr(reader, "split_segments"):
+        config = configs[split[0]]
+        raise SessionInputError(config.files[-1], f"split_segments is set, but {reader.FORMAT} recordings are not made of segments", "remove split_segments")
+    probes: dict[str, tuple[Path, ...]] = {}
+    split_from: dict[str, str] = {}
+    for name, files in listing.probes.items():
+        parts = reader.split_segments(name, files) if name in split else {name: files}
+        probes.update(parts)
+        split_from.update({part: name for part in parts if name in split})
+    return ProbeListing(probes, listing.skipped, split_from)
 
 
 def probe_config(session_dir: Path, probe: str | None = None) -> ProbeConfig:
@@ -106,7 +126,8 @@ def probe_config(session_dir: Path, probe: str | None = None) -> ProbeConfig:
     if not config_files(session_dir):
         return ProbeConfig()
     listing = list_probes(session_dir)
-    return read_probe_config(session_dir, listing.probes, listing.pick(probe, session_dir))
+    name = listing.pick(probe, session_dir)
+    return read_probe_config(session_dir, listing.probes, name, listing.split_from)
 
 
 def _with_config(source: RecordingSource, config: ProbeConfig) -> RecordingSource:

@@ -28,6 +28,8 @@ class ProbeListing:
 
     probes: Mapping[str, tuple[Path, ...]]
     skipped: tuple[str, ...] = ()
+    #: Segment partitions (``imec0-g1``) → the probe they were split from, when the session config asks for it.
+    split_from: Mapping[str, str] = field(default_factory=dict)
 
     def pick(self, probe: str | None, session_dir: Path) -> str:
         """The probe name ``probe`` refers to (``None`` only when there is exactly one); a clear error otherwise."""

@@ -153,6 +153,15 @@ def list_probes(session_dir: Path) -> ProbeListing:
     return ProbeListing(probes, tuple(skipped))
 
 
+def split_segments(probe: str, files: tuple[Path, ...]) -> dict[str, tuple[Path, ...]]:
+    """One partition per gate of ``probe`` (``imec0-g0``, ``imec0-g1``; a gate's triggers stay appended), for a
+    session config that sets ``split_segments``."""
+    gates: dict[int, list[Path]] = {}
+    for path in files:
+        gates.setdefault(parse_name(path).gate, []).append(path)
+    return {f"{probe}-g{gate}": tuple(paths) for gate, paths in sorted(gates.items())}
+
+
 # ------------------------------------------------------------------------------------------------ meta files
 def parse_meta(meta_path: Path) -> dict[str, str]:
     """Parse a ``.meta`` file (``key=value`` lines; imro keys start with ``~``)."""
