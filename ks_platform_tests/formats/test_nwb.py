@@ -25,13 +25,24 @@ def traces() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def int16_session(tmp_path_factory, traces) -> Path:
-    return write_nwb_session(tmp_path_factory.mktemp("nwb") / "session", traces, syn.FS, syn.positions(), syn.DATE, syn.shank_ids())
+    return write_nwb_session(
+        tmp_path_factory.mktemp("nwb") / "session", traces, syn.FS, syn.positions(), syn.DATE, syn.shank_ids()
+    )
 
 
 @pytest.fixture(scope="module")
 def float_session(tmp_path_factory, traces) -> Path:
     folder = tmp_path_factory.mktemp("nwb_float") / "session"
-    return write_nwb_session(folder, traces, syn.FS, syn.positions(), syn.DATE, syn.shank_ids(), as_float=True, position_columns=("rel_x", "rel_y"))
+    return write_nwb_session(
+        folder,
+        traces,
+        syn.FS,
+        syn.positions(),
+        syn.DATE,
+        syn.shank_ids(),
+        as_float=True,
+        position_columns=("rel_x", "rel_y"),
+    )
 
 
 def _copy(folder: Path, tmp_path: Path) -> Path:
@@ -48,7 +59,7 @@ def test_pynwb_reads_the_written_file(int16_session, traces):
         np.testing.assert_array_equal(series.data[:], traces)
         assert series.conversion == pytest.approx(0.195e-6)
         table = series.electrodes.to_dataframe()
-        np.testing.assert_allclose(table[["x", "y"]].to_numpy(), syn.positions())
+        np.testing.assert_allclose(table[["rel_x", "rel_y"]].to_numpy(), syn.positions())
         assert list(table["group_name"]) == [f"shank{s}" for s in syn.shank_ids()]
         assert nwbfile.session_start_time.date() == syn.DATE
 
@@ -56,7 +67,12 @@ def test_pynwb_reads_the_written_file(int16_session, traces):
 def test_open_recording_int16_kept_as_stored(int16_session, traces):
     assert nwb.find_files(int16_session) == [int16_session / "session.nwb"]
     source = nwb.open_recording(int16_session)
-    assert (source.format, source.n_channels, source.n_samples, source.sampling_frequency) == ("nwb", syn.N_CHANNELS, N_SAMPLES, syn.FS)
+    assert (source.format, source.n_channels, source.n_samples, source.sampling_frequency) == (
+        "nwb",
+        syn.N_CHANNELS,
+        N_SAMPLES,
+        syn.FS,
+    )
     assert source.source_dtype == "int16" and source.uv_per_bit == pytest.approx(0.195)
     assert source.recording_date == syn.DATE and source.zero_copy_path is None
     assert source.sorting_channels == tuple(range(syn.N_CHANNELS))
@@ -91,8 +107,12 @@ def test_channel_conversion_and_offset_are_applied(float_session, traces, tmp_pa
         dataset = group.create_dataset("channel_conversion", data=gains)
         dataset.attrs["axis"] = 1
     source = nwb.open_recording(session)
-    expected = np.rint(traces.astype(np.float64) + 1.0 / 0.195).astype(np.int16)
-    np.testing.assert_array_equal(source.read_chunk(100, 5000), expected[100:5000])
+    # the +1 µV offset lifts the full-scale samples past ±32767 x 0.195 µV: the step grows so nothing clips
+    largest = 32767 * 0.195 + 1.0
+    assert source.uv_per_bit == pytest.approx(largest / 32767, rel=1e-3) and source.uv_per_bit >= largest / 32767
+    expected = np.rint((traces.astype(np.float64) * 0.195 + 1.0) / source.uv_per_bit)
+    assert np.abs(expected).max() <= 32767
+    np.testing.assert_allclose(source.read_chunk(0, N_SAMPLES), expected, atol=1)
 
 
 def test_nan_in_float_series_is_refused_naming_the_file(float_session, tmp_path):
@@ -108,7 +128,11 @@ def test_nan_in_float_series_is_refused_naming_the_file(float_session, tmp_path)
 def test_file_without_electrical_series_is_refused(tmp_path):
     from pynwb import NWBHDF5IO, NWBFile, TimeSeries
 
-    nwbfile = NWBFile(session_description="behaviour only", identifier="no-ephys", session_start_time=dt.datetime(2025, 1, 2, tzinfo=dt.timezone.utc))
+    nwbfile = NWBFile(
+        session_description="behaviour only",
+        identifier="no-ephys",
+        session_start_time=dt.datetime(2025, 1, 2, tzinfo=dt.timezone.utc),
+    )
     nwbfile.add_acquisition(TimeSeries(name="running_speed", data=np.zeros(100), unit="m/s", rate=10.0))
     (tmp_path / "s").mkdir()
     with NWBHDF5IO(str(tmp_path / "s" / "behaviour.nwb"), mode="w") as io:

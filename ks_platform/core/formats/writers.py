@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +41,44 @@ def _check(traces: np.ndarray, positions_um: np.ndarray, shank_ids: Sequence | N
 # --------------------------------------------------------------------------------------------- Open Ephys
 
 
-def _settings_xml(date: dt.date, fs: float, n_total: int, stream: str, node_id: int, positions: np.ndarray, shanks: list[str], part_number: str | None) -> str:
-    """A GUI 0.6-style settings.xml with a Neuropixels-PXI NP_PROBE (older plugin: per-channel positions)."""
+@dataclass(frozen=True)
+class OpenEphysProbe:
+    """One Neuropixels stream of a Record Node: int16 ``traces`` ``[samples, channels]``, contact positions (µm),
+    optional shank ids and part number (``PRB_1_4_0480_1``: probeinterface builds the catalogue probe from it)."""
+
+    name: str
+    traces: np.ndarray
+    positions_um: np.ndarray
+    shank_ids: Sequence | None = None
+    part_number: str | None = None
+
+
+def _np_probe_xml(k: int, stream: str, positions: np.ndarray, shanks: list[str], part_number: str | None) -> str:
+    """The Neuropixels-PXI plugin's ``NP_PROBE`` (older plugin: per-channel positions) of the ``k``-th probe."""
     multi_shank = len(set(shanks)) > 1  # the plugin writes "bank:shank" for multi-shank probes, "bank" otherwise
     channels = " ".join(f'CH{i}="0:{s}"' if multi_shank else f'CH{i}="0"' for i, s in enumerate(shanks))
     xpos = " ".join(f'CH{i}="{float(x)!r}"' for i, x in enumerate(positions[:, 0]))
     ypos = " ".join(f'CH{i}="{float(y)!r}"' for i, y in enumerate(positions[:, 1]))
-    stamp = dt.datetime.combine(date, dt.time(10, 0, 0)).strftime("%d %b %Y %H:%M:%S")
     part = f' probe_part_number="{part_number}"' if part_number else ""
+    return f"""        <NP_PROBE slot="2" port="{k + 1}" dock="1" probe_serial_number="{k}"{part}
+                  probe_name="synthetic probe" custom_probe_name="{stream}" isEnabled="1">
+          <CHANNELS {channels}/>
+          <ELECTRODE_XPOS {xpos}/>
+          <ELECTRODE_YPOS {ypos}/>
+        </NP_PROBE>
+"""
+
+
+def _settings_xml(
+    date: dt.date, fs: float, node_id: int, streams: Sequence[tuple[str, int]], np_probes: Sequence[str]
+) -> str:
+    """A GUI 0.6-style settings.xml: one Neuropix-PXI processor with ``streams`` (name, channel count) and their
+    ``np_probes`` (``_np_probe_xml``), then a Record Node."""
+    stamp = dt.datetime.combine(date, dt.time(10, 0, 0)).strftime("%d %b %Y %H:%M:%S")
+    stream_xml = "".join(
+        f'      <STREAM name="{name}" description="synthetic probe" sample_rate="{fs!r}" channel_count="{n}"/>\n'
+        for name, n in streams
+    )
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 
 <SETTINGS>
@@ -62,22 +93,105 @@ def _settings_xml(date: dt.date, fs: float, n_total: int, stream: str, node_id: 
     <PROCESSOR name="Neuropix-PXI" insertionPoint="0" pluginName="Neuropix-PXI" type="4" index="0"
                libraryName="Neuropix-PXI" libraryVersion="0.6.4" processorType="2" nodeId="{node_id}">
       <GLOBAL_PARAMETERS/>
-      <STREAM name="{stream}" description="synthetic probe" sample_rate="{fs!r}" channel_count="{n_total}"/>
-      <CUSTOM_PARAMETERS/>
+{stream_xml}      <CUSTOM_PARAMETERS/>
       <EDITOR isCollapsed="0" displayName="Neuropix-PXI" activeStream="0">
-        <NP_PROBE slot="2" port="1" dock="1" probe_serial_number="0"{part} probe_name="synthetic probe"
-                  custom_probe_name="{stream}" isEnabled="1">
-          <CHANNELS {channels}/>
-          <ELECTRODE_XPOS {xpos}/>
-          <ELECTRODE_YPOS {ypos}/>
-        </NP_PROBE>
-      </EDITOR>
+{"".join(np_probes)}      </EDITOR>
     </PROCESSOR>
     <PROCESSOR name="Record Node" insertionPoint="1" pluginName="Record Node" type="0" index="1"
                libraryName="" libraryVersion="" processorType="8" nodeId="{node_id + 1}"/>
   </SIGNALCHAIN>
 </SETTINGS>
 """
+
+
+def _write_probe_stream(
+    recording_dir: Path,
+    entry: dict,
+    traces: np.ndarray,
+    extra_channels: Sequence[str],
+    sampling_frequency: float,
+    first_sample: int,
+    chunk_samples: int,
+) -> None:
+    """A probe stream's ``continuous.dat`` block by block: ``traces`` then ``extra_channels`` carrying a 1 Hz square
+    wave; with its sample index files."""
+    stream_dir = Path(recording_dir) / "continuous" / str(entry["folder_name"]).strip("/")
+    stream_dir.mkdir(parents=True, exist_ok=True)
+    n_samples, n_channels = traces.shape
+    with open(stream_dir / "continuous.dat", "wb") as handle:
+        for start in range(0, n_samples, chunk_samples):
+            stop = min(start + chunk_samples, n_samples)
+            block = np.zeros((stop - start, n_channels + len(extra_channels)), dtype="<i2")
+            block[:, :n_channels] = traces[start:stop]
+            square = (((first_sample + np.arange(start, stop)) // int(sampling_frequency // 2)) % 2).astype(np.int16)
+            for j, name in enumerate(extra_channels):
+                block[:, n_channels + j] = square * (10000 if "ADC" in name.upper() else 1000)
+            handle.write(block.tobytes())
+    _write_sample_index(stream_dir, first_sample, n_samples, sampling_frequency, legacy=False)
+
+
+def write_openephys_node(
+    folder: Path,
+    probes: Sequence[OpenEphysProbe],
+    sampling_frequency: float,
+    recording_date: dt.date,
+    *,
+    uv_per_bit: float = DEFAULT_UV_PER_BIT,
+    extra_channels: Sequence[str] = ("AUX1", "ADC1"),
+    first_sample: int = 30000,
+    chunk_samples: int = 65536,
+    extra_streams: Sequence[dict] = (),
+    record_nodes: Sequence[int] = (101,),
+) -> Path:
+    """Write an Open Ephys GUI 0.6 binary recording whose Record Node holds one Neuropixels stream per probe;
+    return ``folder``.
+
+    Layout: ``folder/<date>_10-00-00/Record Node 101/{settings.xml, experiment1/recording1/...}`` with
+    ``structure.oebin``, ``continuous/Neuropix-PXI-100.<probe name>/{continuous.dat, sample_numbers.npy,
+    timestamps.npy}`` per probe and ``sync_messages.txt``. Each probe stream holds its ephys channels
+    ``CH1..CHn`` (``bit_volts=uv_per_bit``) followed by ``extra_channels`` (AUX/ADC inputs, in volts, carrying a
+    1 Hz square wave). ``settings.xml`` has one STREAM and one NP_PROBE per probe (``custom_probe_name`` = its
+    name, positions as ``ELECTRODE_XPOS/YPOS``, ``probe_part_number`` when given, e.g. ``PRB_1_4_0480_1`` with
+    NP1.0 positions as the plugin writes them). ``extra_streams`` (oebin entries, see ``openephys_stream_entry``:
+    an LFP band, an NI-DAQ board…) are recorded too, with random samples as long as the first probe's;
+    ``record_nodes`` lists the Record Nodes that each record all of it.
+    """
+    if not probes or len({p.name for p in probes}) != len(probes):
+        raise ValueError(f"probes must have distinct names, got {[p.name for p in probes]}")
+    fs = float(sampling_frequency)
+    node_dir = Path(folder) / f"{recording_date.isoformat()}_10-00-00" / f"Record Node {record_nodes[0]}"
+    recording_dir = node_dir / "experiment1" / "recording1"
+    history = "Neuropix-PXI -> Record Node"
+    extra_volts = [_NON_EPHYS_BIT_VOLTS["ADC" if "ADC" in n.upper() else "AUX"] for n in extra_channels]
+    entries: list[dict] = []
+    streams: list[tuple[str, int]] = []
+    np_probes: list[str] = []
+    sync: list[str] = []
+    for k, probe in enumerate(probes):
+        _, n_channels, shanks = _check(probe.traces, probe.positions_um, probe.shank_ids)
+        channels = openephys_channels([f"CH{i + 1}" for i in range(n_channels)], uv_per_bit, "uV", history)
+        channels += openephys_channels(list(extra_channels), extra_volts, "V", history)
+        entry = openephys_stream_entry("Neuropix-PXI", 100, probe.name, fs, channels, record_node=record_nodes[0])
+        _write_probe_stream(recording_dir, entry, probe.traces, extra_channels, fs, first_sample, chunk_samples)
+        entries.append(entry)
+        streams.append((probe.name, len(channels)))
+        np_probes.append(_np_probe_xml(k, probe.name, np.asarray(probe.positions_um, float), shanks, probe.part_number))
+        sync.append(f"Start Time for Neuropix-PXI (100) - {probe.name} @ {fs:g} Hz: {first_sample}\n")
+    rng = np.random.default_rng(0)
+    n_first = probes[0].traces.shape[0]
+    for entry in extra_streams:
+        _write_openephys_stream(
+            recording_dir, entry, None, first_sample=first_sample, legacy=False, rng=rng, n_samples=n_first
+        )
+    oebin = {"GUI version": "0.6.7", "continuous": [*entries, *extra_streams], "events": [], "spikes": []}
+    (recording_dir / "structure.oebin").write_text(json.dumps(oebin, indent=2) + "\n")
+    (recording_dir / "sync_messages.txt").write_text(
+        "Software Time (milliseconds since midnight Jan 1st 1970 UTC): 0\n" + "".join(sync)
+    )
+    (node_dir / "settings.xml").write_text(_settings_xml(recording_date, fs, 100, streams, np_probes))
+    for node in record_nodes[1:]:
+        shutil.copytree(node_dir, node_dir.parent / f"Record Node {node}")
+    return Path(folder)
 
 
 def write_openephys_session(
@@ -96,82 +210,21 @@ def write_openephys_session(
     extra_streams: Sequence[dict] = (),
     record_nodes: Sequence[int] = (101,),
 ) -> Path:
-    """Write an Open Ephys GUI 0.6 binary recording; return ``folder``.
-
-    Layout: ``folder/<date>_10-00-00/Record Node 101/{settings.xml, experiment1/recording1/...}`` with
-    ``structure.oebin``, ``continuous/Neuropix-PXI-100.ProbeA/{continuous.dat, sample_numbers.npy,
-    timestamps.npy}`` and ``sync_messages.txt``. The stream holds the ephys channels ``CH1..CHn``
-    (``bit_volts=uv_per_bit``) followed by ``extra_channels`` (AUX/ADC inputs, in volts, carrying a 1 Hz
-    square wave). ``settings.xml`` stores the positions as Neuropixels-PXI ``ELECTRODE_XPOS/YPOS`` (and
-    ``probe_part_number`` when given, e.g. ``PRB_1_4_0480_1`` with NP1.0 positions as the plugin writes them).
-    ``extra_streams`` (oebin entries, see ``openephys_stream_entry``: an LFP band, an NI-DAQ board…) are recorded
-    too, with random samples; ``record_nodes`` lists the Record Nodes that each record all of it.
-    """
-    n_samples, n_channels, shanks = _check(traces, positions_um, shank_ids)
-    node_dir = Path(folder) / f"{recording_date.isoformat()}_10-00-00" / f"Record Node {record_nodes[0]}"
-    recording_dir = node_dir / "experiment1" / "recording1"
-    stream, stream_folder = "ProbeA", "Neuropix-PXI-100.ProbeA"
-    stream_dir = recording_dir / "continuous" / stream_folder
-    stream_dir.mkdir(parents=True, exist_ok=True)
-    n_total = n_channels + len(extra_channels)
-    with open(stream_dir / "continuous.dat", "wb") as handle:
-        for start in range(0, n_samples, chunk_samples):
-            stop = min(start + chunk_samples, n_samples)
-            block = np.zeros((stop - start, n_total), dtype="<i2")
-            block[:, :n_channels] = traces[start:stop]
-            square = (((first_sample + np.arange(start, stop)) // int(sampling_frequency // 2)) % 2).astype(np.int16)
-            for j, name in enumerate(extra_channels):
-                block[:, n_channels + j] = square * (10000 if "ADC" in name.upper() else 1000)
-            handle.write(block.tobytes())
-    samples = np.arange(first_sample, first_sample + n_samples, dtype=np.int64)
-    np.save(stream_dir / "sample_numbers.npy", samples)
-    np.save(stream_dir / "timestamps.npy", samples / float(sampling_frequency))
-    channels = [
-        {
-            "channel_name": f"CH{i + 1}",
-            "description": "Neuropixels electrode",
-            "identifier": "",
-            "history": "Neuropix-PXI -> Record Node",
-            "bit_volts": float(uv_per_bit),
-            "units": "uV",
-        }
-        for i in range(n_channels)
-    ]
-    for name in extra_channels:
-        kind = "ADC" if "ADC" in name.upper() else "AUX"
-        channels.append({"channel_name": name, "description": f"{kind} input", "identifier": "", "history": "Neuropix-PXI -> Record Node", "bit_volts": _NON_EPHYS_BIT_VOLTS[kind], "units": "V"})
-    oebin = {
-        "GUI version": "0.6.7",
-        "continuous": [
-            {
-                "folder_name": f"{stream_folder}/",
-                "sample_rate": float(sampling_frequency),
-                "source_processor_name": "Neuropix-PXI",
-                "source_processor_id": 100,
-                "stream_name": stream,
-                "recorded_processor": "Record Node",
-                "recorded_processor_id": 101,
-                "num_channels": n_total,
-                "channels": channels,
-            }
-        ],
-        "events": [],
-        "spikes": [],
-    }
-    (recording_dir / "structure.oebin").write_text(json.dumps(oebin, indent=2) + "\n")
-    (recording_dir / "sync_messages.txt").write_text(
-        f"Software Time (milliseconds since midnight Jan 1st 1970 UTC): 0\n"
-        f"Start Time for Neuropix-PXI (100) - {stream} @ {sampling_frequency:g} Hz: {first_sample}\n"
+    """Write an Open Ephys GUI 0.6 binary recording of one probe, ``ProbeA`` (see ``write_openephys_node``);
+    return ``folder``."""
+    probe = OpenEphysProbe("ProbeA", traces, positions_um, shank_ids, probe_part_number)
+    return write_openephys_node(
+        folder,
+        [probe],
+        sampling_frequency,
+        recording_date,
+        uv_per_bit=uv_per_bit,
+        extra_channels=extra_channels,
+        first_sample=first_sample,
+        chunk_samples=chunk_samples,
+        extra_streams=extra_streams,
+        record_nodes=record_nodes,
     )
-    (node_dir / "settings.xml").write_text(_settings_xml(recording_date, float(sampling_frequency), n_total, stream, 100, np.asarray(positions_um, float), shanks, probe_part_number))
-    rng = np.random.default_rng(0)
-    for entry in extra_streams:
-        _write_openephys_stream(recording_dir, entry, None, first_sample=first_sample, legacy=False, rng=rng, n_samples=n_samples)
-    oebin["continuous"].extend(extra_streams)
-    (recording_dir / "structure.oebin").write_text(json.dumps(oebin, indent=2) + "\n")
-    for node in record_nodes[1:]:
-        shutil.copytree(node_dir, node_dir.parent / f"Record Node {node}")
-    return Path(folder)
 
 
 def openephys_channels(
@@ -241,13 +294,21 @@ def _write_openephys_stream(
         samples = rng.integers(-2000, 2000, size=(n_samples, int(entry["num_channels"])), dtype=np.int16)
     samples = np.ascontiguousarray(samples, dtype="<i2")
     samples.tofile(stream_dir / "continuous.dat")
-    numbers = np.arange(first_sample, first_sample + samples.shape[0], dtype=np.int64)
+    _write_sample_index(stream_dir, first_sample, samples.shape[0], float(entry["sample_rate"]), legacy=legacy)
+    return samples
+
+
+def _write_sample_index(
+    stream_dir: Path, first_sample: int, n_samples: int, sample_rate: float, *, legacy: bool
+) -> None:
+    """GUI 0.6+: ``sample_numbers.npy`` (int64) and ``timestamps.npy`` (float64 s); 0.5.x: ``timestamps.npy`` only,
+    holding the int64 sample numbers."""
+    numbers = np.arange(first_sample, first_sample + n_samples, dtype=np.int64)
     if legacy:
         np.save(stream_dir / "timestamps.npy", numbers)
     else:
         np.save(stream_dir / "sample_numbers.npy", numbers)
-        np.save(stream_dir / "timestamps.npy", numbers / float(entry["sample_rate"]))
-    return samples
+        np.save(stream_dir / "timestamps.npy", numbers / float(sample_rate))
 
 
 def write_openephys_recording(
