@@ -21,7 +21,7 @@ def _date(text: str) -> dt.date:
 
 def run_backfill(args: argparse.Namespace, instance=None, platform=None) -> int:
     """The command; ``instance``/``platform`` default to ``DAGSTER_HOME`` and the ``KS_PLATFORM_*`` environment."""
-    from ks_platform.cli.pipeline_commands import _instance
+    from ks_platform.cli.pipeline_commands import _instance, report_rejected
     from ks_platform.core.discovery import discover
     from ks_platform.definitions import build_definitions
     from ks_platform.defs import backfills
@@ -42,8 +42,7 @@ def run_backfill(args: argparse.Namespace, instance=None, platform=None) -> int:
         added, rejected = backfills.register_landing_sessions(instance, platform)
         if added:
             print(f"registered {len(added)} new session(s) from the landing roots")
-    for item in rejected:
-        print(f"skipped {item.folder}: {item.reason}", file=sys.stderr)
+    report_rejected(rejected)
 
     selection = backfills.select_backfill(instance, asset_graph, args.start, args.end, only_stale=args.only_stale, extra_keys=extra)
     span = f"{args.start} to {args.end}"

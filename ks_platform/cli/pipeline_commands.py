@@ -32,14 +32,21 @@ def _instance():
     return DagsterInstance.get()
 
 
+def report_rejected(rejected) -> None:
+    """Each landing folder that is not a session, with why, then how many (on stderr)."""
+    for item in rejected:
+        print(f"skipped {item.folder}: {item.reason}", file=sys.stderr)
+    if rejected:
+        print(f"skipped {len(rejected)} landing folder(s) that are not sessions (reasons above); the others go on", file=sys.stderr)
+
+
 def register_sessions(instance, platform) -> list[str]:
     """Add every valid session under the landing roots as a partition; print rejected folders."""
     from ks_platform.core.discovery import discover
     from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
 
     found, rejected = discover(platform.roots())
-    for item in rejected:
-        print(f"skipped {item.folder}: {item.reason}", file=sys.stderr)
+    report_rejected(rejected)
     keys = sorted(s.ref.key for s in found)
     existing = set(instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME))
     new = [k for k in keys if k not in existing]

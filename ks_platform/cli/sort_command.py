@@ -51,7 +51,7 @@ def _cmd_sort(args: argparse.Namespace) -> int:
     store = SessionStore.in_folder(Path(args.out))
     try:
         source, session_dir = _source(args)
-        write_json_atomic(store.raw_manifest, {**source.summary(), "fingerprint": fingerprint(source)})
+        write_json_atomic(store.raw_manifest, {**source.summary(), "fingerprint": fingerprint(source, include_settings=False)})
         probe = pipeline.write_probe_map(source, store, allow_zero_copy=not args.no_zero_copy, probe_file=Path(args.probe) if args.probe else None)
         print(f"probe map: {probe.metadata['n_sorted_channels']} sorted channels, {probe.metadata['n_shanks']} shank(s)")
         with tqdm(total=100, unit="%", desc="recording binary", disable=args.quiet, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]") as bar:

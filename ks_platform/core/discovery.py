@@ -74,7 +74,14 @@ def discover(landing_roots: dict[str, Path]) -> tuple[list[FoundSession], list[R
                 found.extend(identify_session(name, Path(root), folder))
             except SessionInputError as exc:
                 rejected.append(RejectedFolder(folder, str(exc)))
+            except Exception as exc:  # a reader bug or an input no check foresaw: that folder's report, never the others'
+                rejected.append(RejectedFolder(folder, unexpected_error(folder, exc)))
     return found, rejected
+
+
+def unexpected_error(folder: Path, exc: BaseException) -> str:
+    """The report of a folder whose reading failed in a way no check foresaw (names the folder and what to do)."""
+    return f"{folder}: unexpected {type(exc).__name__} while reading it ({exc}). Fix: check that the folder holds a complete recording; report the message if it does"
 
 
 def session_keys_in_date_range(keys: Iterable[str], start: dt.date, end: dt.date) -> list[str]:

@@ -165,7 +165,12 @@ def effective_session_settings(session_dir: Path | None, binary: conversion.Reco
 
 @writes_session
 def sort_session(session_dir: Path | None, store: SessionStore, backend: str = "auto", log: sorting.Log | None = None, extra_lineage: dict[str, Any] | None = None, settings_file: Path | None = None, probe: str | None = None) -> StepOutput:
-    """Kilosort 4 on the session's binary and probe map, with the session's settings, into ``sorting/``."""
+    """Kilosort 4 on the session's binary and probe map, with the session's settings, into ``sorting/``.
+
+    With ``session_dir`` the landing recording is first checked against the fingerprint ``raw_recording`` took, so a
+    recording replaced after conversion is never sorted under the old lineage."""
+    if session_dir is not None:
+        open_unchanged_recording(session_dir, store, probe)
     binary = conversion.load_recording_binary(store.binary_dir)
     ks_probe, probe_manifest = load_probe_map(store)
     if tuple(probe_manifest["binary_channels"]) != binary.binary_channels:

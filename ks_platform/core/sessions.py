@@ -76,6 +76,18 @@ class SessionRef:
         return cls(root=root, name=name, date=date, probe=probe)
 
 
+def parse_partition_key(key: str) -> SessionRef:
+    """``SessionRef.parse`` for keys that come from outside (a run, the UI): a bad key is a user error, not a crash."""
+    try:
+        return SessionRef.parse(key)
+    except ValueError as exc:
+        raise SessionInputError(
+            Path(str(key)),
+            f"not a partition key of this platform ({exc})",
+            "run only partitions that the sensor or `ks-platform register` added; delete this one from the UI (Partitions) or with `dagster instance`",
+        ) from None
+
+
 def check_name(name: str, path: Path) -> None:
     """Landing root names become key parts as they are: letters, digits, ``._-`` only, no ``__``."""
     if not is_safe_name(name):

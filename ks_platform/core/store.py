@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import re
 import time
 import shutil
 import uuid
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: A key is one folder name under ``<store>/sessions``: no separators, no ``..``, nothing hidden.
+STORE_KEY = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,400}$")
 TEMP_MARK = ".tmp-"
 OLD_MARK = ".old-"
 
@@ -30,6 +33,10 @@ class SessionStore:
     key: str
     #: Use this folder instead of ``<root>/sessions/<key>`` (``ks-platform sort --out``).
     folder: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.folder is None and not STORE_KEY.match(self.key or ""):
+            raise ValueError(f"{self.key!r} is not a partition key the store accepts (one folder name of letters, digits, '._-'): nothing is written for it")
 
     @classmethod
     def in_folder(cls, folder: Path) -> SessionStore:

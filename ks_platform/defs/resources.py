@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ks_platform.core.sessions import SessionRef, session_dir
+from ks_platform.core.sessions import parse_partition_key, session_dir
 from ks_platform.core.store import SessionStore
 
 DEFAULT_STORE = "data/store"
@@ -49,13 +49,14 @@ class PlatformResource(dg.ConfigurableResource):
         return parse_landing_roots(self.landing_roots)
 
     def store(self, partition_key: str) -> SessionStore:
-        SessionRef.parse(partition_key)
+        """The partition's outputs, checked against the key grammar before any path is made from it."""
+        parse_partition_key(partition_key)
         return SessionStore(Path(self.store_root).expanduser().resolve(), partition_key)
 
     def session_dir(self, partition_key: str) -> Path:
         """The landing folder of the partition's session."""
-        return session_dir(SessionRef.parse(partition_key), self.roots())
+        return session_dir(parse_partition_key(partition_key), self.roots())
 
     def probe(self, partition_key: str) -> str:
         """The partition's probe, as its key names it (readers accept the real name or its key name)."""
-        return SessionRef.parse(partition_key).probe
+        return parse_partition_key(partition_key).probe
