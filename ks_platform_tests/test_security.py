@@ -95,3 +95,15 @@ def test_the_ui_binds_to_localhost_by_default():
     makefile = (PACKAGE.parent / "Makefile").read_text()
     dev = [line for line in makefile.splitlines() if "dagster dev" in line]
     assert dev and all("-h 127.0.0.1" in line for line in dev)
+
+
+def test_a_hand_added_traversal_partition_writes_nothing_outside_the_store(workspace, tmp_path):
+    """The first wave's hole: phy_bundle for ``…__x/../../../../elsewhere/pwned`` made ``elsewhere/pwned/.lock``."""
+    from ks_platform_tests.conftest import failure_messages
+
+    key = "2026-03-02__rig1__x/../../../../elsewhere/pwned"
+    result = workspace.run_assets(key, ["phy_bundle"])
+    assert not result.success
+    [message] = failure_messages(result)
+    assert "not a partition key" in message and "Fix:" in message
+    assert not any(p.name == "pwned" or p.name == ".lock" for p in tmp_path.rglob("*")), list(tmp_path.rglob("*"))
