@@ -87,7 +87,10 @@ def test_bad_session_does_not_stop_others(workspace, short_session):
     found, rejected = discover(workspace.platform.roots())
     assert [s.folder.name for s in found] == ["fine"]
     assert rejected[0].folder.name == "broken" and "meta file is missing" in rejected[0].reason
-    assert workspace.store(workspace.key(good)) is not None
+    result = workspace.run_assets(workspace.key(good), ["raw_recording", "probe_map", "recording_binary"])
+    assert result.success
+    store = workspace.store(workspace.key(good))
+    assert (store.probe_dir / "probe_map.json").is_file() and (store.binary_dir / "binary.json").is_file()
 
 
 def test_meta_with_non_numeric_value(workspace, short_session):
