@@ -168,3 +168,21 @@ def test_host_doctor_job_reports_each_check_and_fails_on_a_missing_program(tmp_p
         assert not failed.success
         [message] = [e.event_specific_data.error.message for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
         assert "is not ready to sort" in message and "program ps" in message
+
+
+def test_landing_root_problems_name_each_root_and_the_fix(tmp_path):
+    from ks_platform.core.discovery import landing_root_problems
+    from ks_platform.core.doctor import report, run_checks
+
+    good, afile = tmp_path / "good", tmp_path / "afile"
+    good.mkdir()
+    afile.write_text("x")
+    roots = {"rig1": good, "rig__2": good, "gone": tmp_path / "gone", "file": afile}
+    problems = landing_root_problems(roots, good / "store")
+    assert len(problems) == 5, problems
+    assert all("Fix:" in p for p in problems)
+    for needle in ("rig1=", "rig__2=", "gone=", "file=", "does not exist", "is a file", "cannot be part of a partition key", "lies inside"):
+        assert any(needle in p for p in problems), (needle, problems)
+    assert landing_root_problems({"rig1": good}, tmp_path / "store") == []
+    text = report(run_checks(tmp_path / "store", backend="cpu", landing_roots=roots))
+    assert "[warn] landing roots:" in text and "does not exist" in text

@@ -320,7 +320,9 @@ def test_unsafe_folder_names_get_derived_keys_and_vanished_roots_do_not_stop_the
     (landing / "not_a_session" / "notes.txt").write_text("hello")
     sensor = sensors.build_new_session_sensor(settle_seconds=0, marker_name="")
     platform = PlatformResource(store_root=str(tmp_path / "store"), landing_roots=f"{ROOT}={landing},rig2={tmp_path / 'missing_root'}")
-    result = tick(sensor, dagster_instance, platform)
+    logs: list[logging.LogRecord] = []
+    result = tick(sensor, dagster_instance, platform, logs=logs)
+    assert any("landing root rig2=" in r.getMessage() and "does not exist" in r.getMessage() for r in logs), [r.getMessage() for r in logs]
     derived = key_of(key_name("bad name"))
     assert sorted(r.partition_key for r in result.run_requests) == sorted([key_of("ok_g0"), derived])
     assert "bad-name-h" in derived

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import list_probes, open_recording
-from ks_platform.core.sessions import SessionRef, candidate_folders, check_name, fingerprint, key_name
+from ks_platform.core.sessions import SessionRef, candidate_folders, check_name, fingerprint, is_safe_name, key_name
 from ks_platform.core.store import contained_path
 
 
@@ -62,6 +63,26 @@ def identify_session(root_name: str, root: Path, folder: Path) -> list[FoundSess
         FoundSession(SessionRef(root_name, key_name(folder.name), date, key_name(source.probe_name)), folder, fingerprint(source), source.probe_name, names, listing.skipped, source.summary())
         for source in sources
     ]
+
+
+def landing_root_problems(landing_roots: dict[str, Path], store_root: Path | None = None) -> list[str]:
+    """What is wrong with the configured landing roots, each with its fix (empty when all are usable)."""
+    problems: list[str] = []
+    store = Path(store_root).resolve() if store_root is not None else None
+    for name, root in sorted(landing_roots.items()):
+        root = Path(root)
+        where = f"landing root {name}={root}"
+        if not is_safe_name(name):
+            problems.append(f"{where}: the name cannot be part of a partition key (letters, digits, '._-' only, no '__'). Fix: rename it in KS_PLATFORM_LANDING (the folder may keep its name)")
+        if not root.exists():
+            problems.append(f"{where} does not exist: no session can be found there. Fix: create it, mount it, or correct KS_PLATFORM_LANDING")
+        elif not root.is_dir():
+            problems.append(f"{where} is a file, not a folder. Fix: point KS_PLATFORM_LANDING at the folder that holds the session folders")
+        elif not os.access(root, os.R_OK | os.X_OK):
+            problems.append(f"{where} cannot be listed by uid {os.geteuid()}. Fix: give that user read and execute access")
+        elif store is not None and (store == root.resolve() or root.resolve() in store.parents):
+            problems.append(f"the store {store} lies inside {where}: its folders would be taken for sessions. Fix: move the store (KS_PLATFORM_STORE) out of the landing root")
+    return problems
 
 
 def discover(landing_roots: dict[str, Path]) -> tuple[list[FoundSession], list[RejectedFolder]]:

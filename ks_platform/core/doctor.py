@@ -107,12 +107,22 @@ def _docker(url: str) -> Check:
         return Check("docker engine", False, f"{url}: {type(exc).__name__}: {exc}. Fix: start dockerd or correct the URL")
 
 
-def run_checks(store_root: Path, backend: str = "auto", docker_url: str | None = None) -> list[Check]:
-    """All checks; Docker only when a URL is configured."""
+def _landing(landing_roots: dict[str, Path], store_root: Path) -> Check:
+    from ks_platform.core.discovery import landing_root_problems
+
+    problems = landing_root_problems(landing_roots, store_root)
+    detail = "; ".join(problems) or f"{len(landing_roots)} landing root(s) readable: " + ", ".join(f"{n}={p}" for n, p in sorted(landing_roots.items()))
+    return Check("landing roots", not problems, detail, required=False)
+
+
+def run_checks(store_root: Path, backend: str = "auto", docker_url: str | None = None, landing_roots: dict[str, Path] | None = None) -> list[Check]:
+    """All checks; Docker only when a URL is configured, landing roots when given."""
     checks = _imports()
     checks += _programs()
     checks += _backend(backend)
     checks.append(_disk(store_root))
+    if landing_roots is not None:
+        checks.append(_landing(landing_roots, store_root))
     if docker_url:
         checks.append(_docker(docker_url))
     return checks

@@ -16,10 +16,10 @@ class DoctorConfig(dg.Config):
     docker_url: str = ""
 
 
-@dg.op(description="Imports, programs Kilosort calls, compute backend + a tiny kernel on the device, free disk in the store, Docker.")
+@dg.op(description="Imports, programs Kilosort calls, compute backend + a tiny kernel on the device, free disk in the store, landing roots, Docker.")
 def check_host(context: dg.OpExecutionContext, config: DoctorConfig, platform: PlatformResource) -> dg.Output[bool]:
     backend = platform.backend if config.backend == "auto" else config.backend
-    checks = run_checks(Path(platform.store_root), backend=backend, docker_url=config.docker_url or None)
+    checks = run_checks(Path(platform.store_root), backend=backend, docker_url=config.docker_url or None, landing_roots=platform.roots())
     text = report(checks)
     for line in text.splitlines():
         context.log.info(line)

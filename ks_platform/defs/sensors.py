@@ -34,7 +34,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ks_platform.core.discovery import FoundSession, identify_session
+from ks_platform.core.discovery import FoundSession, identify_session, landing_root_problems
 from ks_platform.core.errors import PlatformConfigError, SessionInputError
 from ks_platform.core.readiness import scan_folder, session_ready
 from ks_platform.defs.ingest import raw_recording
@@ -180,6 +180,8 @@ def build_new_session_sensor(
     )
     def new_session_sensor(context: dg.SensorEvaluationContext, platform: PlatformResource) -> dg.SensorResult:
         now = clock()
+        for problem in landing_root_problems(platform.roots(), Path(platform.store_root)):
+            context.log.warning(problem)
         previous = load_cursor(context.cursor)
         seen: dict[str, dict[str, str]] = {}
         run_requests: list[dg.RunRequest] = []
