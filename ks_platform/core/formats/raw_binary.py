@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +66,9 @@ def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSour
 
 def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir: Path) -> RecordingSource:
     """A raw binary described by sidecar-style ``meta`` (``sidecar_path`` is named in errors)."""
-    try:
-        dtype = np.dtype(meta["dtype"])
-    except TypeError:
-        raise SessionInputError(sidecar_path, f"unknown dtype {meta['dtype']!r}", "use a numpy dtype name such as int16 or float32") from None
-    n_channels = int(meta["n_channels"])
-    fs = float(meta["sampling_frequency"])
-    if n_channels <= 0 or fs <= 0:
-        raise SessionInputError(sidecar_path, "n_channels and sampling_frequency must be positive", "correct the sidecar")
+    dtype = _sample_dtype(meta["dtype"], sidecar_path)
+    n_channels = _whole_number(meta, "n_channels", sidecar_path)
+    fs = _positive_number(meta, "sampling_frequency", sidecar_path)
     size = data_path.stat().st_size
     if size == 0:
         raise SessionInputError(data_path, "the data file is empty (0 bytes)", "copy the recording again")
@@ -85,16 +81,23 @@ def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir
         )
     n_samples = size // frame
     probe_file = meta.get("probe_file")
+    if probe_file is not None and not isinstance(probe_file, str):
+        raise SessionInputError(sidecar_path, f"probe_file must be a file name, got {probe_file!r}", 'write "probe_file": "probe.json"')
     probe_path = (session_dir / probe_file) if probe_file else None
     if probe_path is not None and not probe_path.is_file():
         raise SessionInputError(sidecar_path, f"probe_file {probe_file!r} does not exist", "put the probe file in the session folder or fix the path")
-    sorting = tuple(int(c) for c in meta.get("sorting_channels", range(n_channels)))
+    listed = meta.get("sorting_channels", list(range(n_channels)))
+    if not isinstance(listed, list) or not listed or not all(isinstance(c, int) and not isinstance(c, bool) for c in listed):
+        raise SessionInputError(sidecar_path, f"sorting_channels must be a non-empty list of channel indices, got {listed!r}", "list the channels to sort, e.g. [0, 1, 2], or remove the key")
+    sorting = tuple(listed)
     if any(c < 0 or c >= n_channels for c in sorting):
         raise SessionInputError(sidecar_path, "sorting_channels lists channels outside 0..n_channels-1", "correct sorting_channels")
     date_text = meta.get("recording_date")
+    if date_text is not None and not isinstance(date_text, str):
+        raise SessionInputError(sidecar_path, f"recording_date must be a YYYY-MM-DD string, got {date_text!r}", 'write "recording_date": "2026-03-02"')
     date = parse_recording_date(date_text, sidecar_path) if date_text else dt.date.fromtimestamp(data_path.stat().st_mtime)
     if dtype == np.int16:
-        uv_per_bit = float(meta.get("uv_per_bit", 1.0))
+        uv_per_bit = _positive_number({"uv_per_bit": 1.0, **meta}, "uv_per_bit", sidecar_path)
         reader = memmap_int16_reader(data_path, n_channels, n_samples, sorting)
         zero_copy = data_path  # Kilosort reads all n_channels and selects via chanMap
         note = f"int16 source, uv_per_bit={uv_per_bit} from sidecar"
@@ -125,6 +128,34 @@ def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir
         scaling_note=note,
         probe_name=data_path.stem,
     )
+
+
+#: Sample types a sidecar may declare: int16 (used as stored) and the floats numpy computes with natively.
+SAMPLE_DTYPES = ("int16", "float16", "float32", "float64")
+
+
+def _sample_dtype(value: object, path: Path) -> np.dtype:
+    try:
+        dtype = np.dtype(value) if isinstance(value, str) else None
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.name not in SAMPLE_DTYPES or not dtype.isnative:
+        raise SessionInputError(path, f"dtype {value!r} is not a sample type the platform reads", f"use one of {', '.join(SAMPLE_DTYPES)} (little-endian)")
+    return dtype
+
+
+def _whole_number(meta: dict, key: str, path: Path) -> int:
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SessionInputError(path, f"{key} must be a whole number > 0, got {value!r}", f"write the {key} as a number, e.g. 384")
+    return value
+
+
+def _positive_number(meta: dict, key: str, path: Path) -> float:
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise SessionInputError(path, f"{key} must be a finite number > 0, got {value!r}", f"write the {key} as a number, e.g. 30000")
+    return float(value)
 
 
 def float_scaling_reader(path: Path, dtype: np.dtype, n_channels: int, n_samples: int, channels: tuple[int, ...], scale: float):
