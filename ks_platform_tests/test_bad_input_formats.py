@@ -210,8 +210,8 @@ CASES = [
     BadInput("openephys oebin lists more channels than stored", _openephys, _oebin_num_channels, "structure.oebin that belongs to it", "35 channels"),
     BadInput("raw sidecar channel count disagrees with the size", _raw, _sidecar(n_channels=31), "correct the sidecar", "31 channels"),
     BadInput("raw sidecar dtype disagrees with the size", _raw, _sidecar(dtype="float32", n_channels=7), "correct the sidecar", "7 channels x 4 bytes"),
-    BadInput("nwb electrodes region disagrees with the data columns", _nwb, _nwb_fewer_electrodes, "", "31"),
-    BadInput("plexon header slow-channel count disagrees with the data", _plexon, _plx_header("NumSlowChannels", 2 * syn.N_CHANNELS - 1), ".plx", "corrupt data block"),
+    BadInput("nwb electrodes region disagrees with the data columns", _nwb, _nwb_fewer_electrodes, "one electrodes-table row per data column", "31"),
+    BadInput("plexon header slow-channel count disagrees with the data", _plexon, _plx_header("NumSlowChannels", 2 * syn.N_CHANNELS - 1), "copy the .plx again", "corrupt data block"),
     # missing meta / header files
     BadInput("openephys missing structure.oebin", _openephys, lambda f: (_oe_file(f, "structure.oebin").unlink(), next(f.rglob("continuous")).parent / "structure.oebin")[1], "structure.oebin", "missing"),
     BadInput("raw missing sidecar", _raw, lambda f: ((f / "rec.json").unlink(), f / "rec.bin")[1], "add rec.json", "no sidecar"),
@@ -226,7 +226,7 @@ CASES = [
     BadInput("kilosort .mat with more channels than the data", lambda f: _raw(f, "chanMap.mat", n_channels=16), lambda f: f / "chanMap.mat", "probe file that matches", "only 16 channels", "probe"),
     # corrupt .plx header
     BadInput("plexon impossible channel counts in the header", _plexon, _plx_header("NumDSPChannels", -7), "copy the .plx again", "impossible channel counts"),
-    BadInput("plexon unsupported version in the header", _plexon, _plx_header("Version", 3), ".plx", "version 3"),
+    BadInput("plexon unsupported version in the header", _plexon, _plx_header("Version", 3), "re-save the file as .plx", "version 3"),
 ]
 
 #: Unreadable files and folders: run without root's permission override (see the module docstring).
@@ -257,7 +257,7 @@ def _check_outcome(case: BadInput, named: Path, messages: list[str], store_dir: 
     assert len(messages) == 1, messages
     [message] = messages
     assert str(named) in message, f"the message does not name {named}: {message}"
-    assert "Fix:" in message and case.fix_hint in message and case.problem_hint in message, message
+    assert "Fix:" in message and case.fix_hint in message.split("Fix:", 1)[1] and case.problem_hint in message, message
     outputs = ["raw_recording.json", "probe", "binary"]
     for output in outputs[outputs.index(case.failed_output):] if case.failed_output != "probe" else ["probe"]:
         assert not (store_dir / output).exists(), f"{output} of the bad session left in the store"
