@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from ks_platform_tests.conftest import missing_dependency
+
 
 def postgres_bin_dir() -> Path | None:
     """The newest ``/usr/lib/postgresql/<ver>/bin`` with initdb, or the directory of ``initdb`` on PATH."""
@@ -78,6 +80,6 @@ def postgres_server(db_name: str = "dagster") -> Iterator[str]:
 def postgres_url() -> Iterator[str]:
     """A running PostgreSQL for the session (skipped when the server binaries are not installed)."""
     if postgres_bin_dir() is None:
-        pytest.skip("PostgreSQL is not installed (scripts/install_system_deps.sh installs it)")
+        missing_dependency("PostgreSQL is not installed")
     with postgres_server() as url:
         yield url

@@ -147,8 +147,9 @@ def test_step_that_can_never_be_placed_fails_at_once(pg_instance, tmp_path):
 # -- with a Docker engine and the cpu image ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def engine_and_cpu_image():
-    """(docker client, cpu image tag) from the images fixtures; skipped when either is unavailable."""
-    support = pytest.importorskip("ks_platform_tests.docker_support", reason="docker fixtures (ks_platform_tests/docker_support.py) not present")
+    """(docker client, cpu image tag) from the images fixtures (docker_support starts dockerd and builds the image)."""
+    from ks_platform_tests import docker_support as support
+
     return support.docker_engine(), support.cpu_image()
 
 

@@ -27,7 +27,7 @@ from ks_platform.core import conversion, pipeline
 from ks_platform.core.sessions import SessionRef
 from ks_platform.core.store import LOCK_FILE, SessionStore, session_lock
 from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
-from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC, leftovers, wait_until
+from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC, leftovers, wait_until, missing_dependency
 from ks_platform_tests.postgres_support import postgres_bin_dir, postgres_server
 from ks_platform_tests.test_faults import COMPLETE_MARKERS, FinalNameWatcher, write_raw_int16_session
 
@@ -121,7 +121,7 @@ def restart_postgres(url: str) -> None:
 def postgres_home(tmp_path: Path, monkeypatch) -> Iterator[tuple[Path, str]]:
     """A fresh PostgreSQL server and a ``DAGSTER_HOME`` configured by deploy/dagster.postgres.yaml for it."""
     if postgres_bin_dir() is None:
-        pytest.skip("PostgreSQL is not installed (scripts/install_system_deps.sh installs it)")
+        missing_dependency("PostgreSQL is not installed")
     with postgres_server("dagster_restart") as url:
         parsed = urlparse(url)
         env = {"DAGSTER_PG_USERNAME": parsed.username, "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_HOST": parsed.hostname, "DAGSTER_PG_DB": parsed.path[1:], "DAGSTER_PG_PORT": str(parsed.port)}

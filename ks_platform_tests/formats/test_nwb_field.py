@@ -12,6 +12,8 @@ import h5py
 import numpy as np
 import pytest
 
+from ks_platform_tests.conftest import require_module
+
 from ks_platform.core import formats, probes
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import nwb
@@ -135,7 +137,7 @@ def _neuroconv_metadata(converter) -> dict:
 
 @pytest.fixture(scope="module")
 def neuroconv_one_probe(tmp_path_factory) -> tuple[Path, Path]:
-    pytest.importorskip("neuroconv")
+    require_module("neuroconv")
     from neuroconv.datainterfaces import SpikeGLXRecordingInterface
 
     base = tmp_path_factory.mktemp("nc_one")
@@ -166,7 +168,7 @@ def test_neuroconv_spikeglx_file_reads_like_spikeinterface(neuroconv_one_probe):
 
 
 def test_neuroconv_two_probes_are_two_partitions(tmp_path):
-    pytest.importorskip("neuroconv")
+    require_module("neuroconv")
     from neuroconv.converters import SpikeGLXConverterPipe
 
     raw = _spikeglx_folder(tmp_path / "spikeglx", probes_=(0, 1))
@@ -203,7 +205,7 @@ def _numpy_recording(with_location: bool):
 
 @pytest.mark.parametrize("with_location", [True, False], ids=["rel_x", "no_positions"])
 def test_neuroconv_spikeinterface_pipe(tmp_path, with_location):
-    pytest.importorskip("neuroconv")
+    require_module("neuroconv")
     from neuroconv.tools.spikeinterface import write_recording_to_nwbfile
 
     file = tmp_path / "session" / "si.nwb"
@@ -402,7 +404,7 @@ def test_partial_scan_leaves_headroom_and_a_block_that_would_clip_is_refused(tmp
 
 
 def test_zarr_backed_nwb(tmp_path):
-    pytest.importorskip("hdmf_zarr")
+    require_module("hdmf_zarr")
     positions = _linear_positions()
     file = _write_pynwb(
         tmp_path / "s" / "rec.nwb.zarr",
