@@ -406,8 +406,8 @@ def read_segment(bin_path: Path) -> Segment:
     meta = parse_meta(meta_path)
     n_channels = int(_number(meta, "nSavedChans", meta_path))
     fs = _number(meta, "imSampRate", meta_path, float)
+    saved = saved_channel_ids(meta, meta_path)  # checked against nSavedChans first: a wrong meta names the meta
     n_samples = _check_size(bin_path, meta, meta_path, n_channels, fs)
-    saved = saved_channel_ids(meta, meta_path)
     limit = ap_channel_limit(meta, meta_path)
     sorting = tuple(i for i, channel in enumerate(saved) if channel < limit)
     if not sorting:
