@@ -186,3 +186,18 @@ def test_landing_root_problems_name_each_root_and_the_fix(tmp_path):
     assert landing_root_problems({"rig1": good}, tmp_path / "store") == []
     text = report(run_checks(tmp_path / "store", backend="cpu", landing_roots=roots))
     assert "[warn] landing roots:" in text and "does not exist" in text
+
+
+def test_cli_instance_without_dagster_home_uses_the_projects_dagster_yaml(tmp_path, monkeypatch):
+    from ks_platform.cli import pipeline_commands
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    instance = pipeline_commands._instance()
+    try:
+        written = tmp_path / "data" / "dagster_home" / "dagster.yaml"
+        assert written.read_text() == pipeline_commands.PROJECT_DAGSTER_YAML.read_text()
+        assert "max_concurrent_runs: 4" in written.read_text()
+    finally:
+        instance.dispose()
+        monkeypatch.delenv("DAGSTER_HOME", raising=False)

@@ -19,15 +19,22 @@ def _cmd_make_session(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The project's embedded instance config (the checkout's top-level dagster.yaml).
+PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
+
+
 def _instance():
+    """The Dagster instance of ``DAGSTER_HOME``; unset: ``data/dagster_home`` with the project's dagster.yaml."""
     from dagster import DagsterInstance
 
     if "DAGSTER_HOME" not in os.environ:
         home = Path("data/dagster_home").resolve()
         home.mkdir(parents=True, exist_ok=True)
-        config = Path(__file__).resolve().parent.parent / "dagster.yaml"
-        if config.exists() and not (home / "dagster.yaml").exists():
-            (home / "dagster.yaml").write_text(config.read_text())
+        if not (home / "dagster.yaml").exists():
+            if PROJECT_DAGSTER_YAML.is_file():
+                (home / "dagster.yaml").write_text(PROJECT_DAGSTER_YAML.read_text())
+            else:
+                print(f"DAGSTER_HOME is not set and {PROJECT_DAGSTER_YAML} does not exist: using Dagster's defaults in {home} (set DAGSTER_HOME to your instance)", file=sys.stderr)
         os.environ["DAGSTER_HOME"] = str(home)
     return DagsterInstance.get()
 
