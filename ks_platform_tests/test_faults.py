@@ -134,7 +134,7 @@ def write_raw_int16_session(folder: Path, seconds: float, n_channels: int = 64, 
 def test_kill_during_conversion_then_rematerialize_is_byte_identical(fault_env):
     home, store, landing = fault_env
     folder = write_raw_int16_session(landing / "long_raw", seconds=60)
-    key = SessionRef(ROOT_NAME, folder.name, __import__("datetime").date(2026, 3, 4), "imec0").key
+    key = SessionRef(ROOT_NAME, folder.name, __import__("datetime").date(2026, 3, 4), "recording").key  # the .bin's stem
     session = SessionStore(store.resolve(), key).dir
     run_to_success(home, store, landing, key, ["raw_recording"])
 

@@ -80,8 +80,8 @@ def run_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     return [entry.user_message for entry in instance.all_logs(run_id)]
 
 
-def session_key(folder_name: str, date: datetime.date = TEST_SPEC.recording_date) -> str:
-    return SessionRef(ROOT_NAME, folder_name, date, "imec0").key
+def session_key(folder_name: str, date: datetime.date = TEST_SPEC.recording_date, probe: str = "imec0") -> str:
+    return SessionRef(ROOT_NAME, folder_name, date, probe).key
 
 
 def assert_outputs_complete(session_dir: Path, steps: list[str]) -> None:
@@ -283,7 +283,7 @@ def test_two_run_workers_of_one_session_take_turns_and_leave_one_whole_binary(tm
     home = home_with(REPO / "dagster.yaml", tmp_path / "dagster_home")
     landing, store = tmp_path / "landing", tmp_path / "store"
     folder = write_raw_int16_session(landing / "twin_raw", seconds=40)
-    key = session_key(folder.name, datetime.date(2026, 3, 4))
+    key = session_key(folder.name, datetime.date(2026, 3, 4), "recording")  # a raw binary's probe is its file stem
     session = SessionStore(store.resolve(), key).dir
     prepare = launch_worker(home, store, landing, key, ["raw_recording"], "prepare")
     assert prepare.finish(timeout=600) == 0, prepare.output()[-3000:]
