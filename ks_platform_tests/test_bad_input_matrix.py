@@ -165,7 +165,7 @@ CASES = [
     BadInput("corrupt .plx header", _corrupt_plx, "copy the .plx again"),
     BadInput("data file linked from outside the session", _data_linked_outside, "inside the session folder"),
     BadInput("settings file is not JSON", lambda f: _settings(f, '{"batch_size": 60000,'), "fix the JSON syntax"),
-    BadInput("unknown Kilosort setting", lambda f: _settings(f, '{"batch_sise": 60000}'), "did you mean 'batch_size'"),
+    BadInput("unknown Kilosort setting", lambda f: _settings(f, '{"batch_sise": 60000}'), "rename or remove 'batch_sise'"),
     BadInput("zero batch size", lambda f: _settings(f, '{"batch_size": 0}'), "batch_size"),
     BadInput("negative batch size", lambda f: _settings(f, '{"batch_size": -5000}'), "batch_size"),
     BadInput("setting of the wrong type", lambda f: _settings(f, '{"nblocks": "two"}'), "set 'nblocks' to a whole number"),

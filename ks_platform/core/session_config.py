@@ -93,12 +93,16 @@ def _check_keys(payload: Mapping[str, Any], allowed: tuple[str, ...], path: Path
         raise SessionInputError(path, f"unknown key(s) {unknown} {where}", f"use only {list(allowed)} there")
 
 
-def _layer(config: ProbeConfig, section: Mapping[str, Any], path: Path, session_dir: Path) -> ProbeConfig:
-    """``config`` with one section of a config file layered over it (validated)."""
+def _layer(config: ProbeConfig, section: Mapping[str, Any], path: Path, session_dir: Path, check_kilosort: bool) -> ProbeConfig:
+    """``config`` with one section of a config file layered over it (validated; Kilosort values only when
+    ``check_kilosort``)."""
     _check_keys(section, PROBE_KEYS, path, "in a probe section")
     kilosort = config.kilosort
     if "kilosort" in section:
-        kilosort = {**kilosort, **validate_overrides(section["kilosort"], path)}
+        values = section["kilosort"]
+        if check_kilosort:
+            values = validate_overrides(values, path)
+        kilosort = {**kilosort, **(values if isinstance(values, dict) else {})}
     probe_file = config.probe_file
     if "probe_file" in section:
         name = section["probe_file"]
@@ -140,9 +144,13 @@ def _probe_section(payload: Mapping[str, Any], names: tuple[str, ...], path: Pat
     return next((section for name, section in sections.items() if name in known), None)
 
 
-def read_probe_config(session_dir: Path, probes: Mapping[str, tuple[Path, ...]], probe: str, split_from: Mapping[str, str] | None = None) -> ProbeConfig:
+def read_probe_config(
+    session_dir: Path, probes: Mapping[str, tuple[Path, ...]], probe: str, split_from: Mapping[str, str] | None = None, check_kilosort: bool = True
+) -> ProbeConfig:
     """The layered config of ``probe`` (a name in ``probes``, the folder's probe → files map). ``split_from`` maps
-    segment partitions (``imec0-g1``) to the probe they were split from, whose sections apply to them too."""
+    segment partitions (``imec0-g1``) to the probe they were split from, whose sections apply to them too.
+    ``check_kilosort=False`` (finding sessions): Kilosort values are checked when the probe is sorted, so a typo
+    there fails that probe's sort with the file and the fix, visible in the UI, instead of hiding the session."""
     split_from = split_from or {}
     names = (probe,) if probe not in split_from else (split_from[probe], probe)
     check_configs_apply(session_dir, probes, tuple(sorted(set(split_from.values()))))
@@ -152,11 +160,11 @@ def read_probe_config(session_dir: Path, probes: Mapping[str, tuple[Path, ...]],
             continue
         payload = _load(path)
         config = ProbeConfig(config.kilosort, config.probe_file, config.recording_date, (*config.files, path), config.split_segments)
-        config = _layer(config, {k: v for k, v in payload.items() if k != "probes"}, path, session_dir)
+        config = _layer(config, {k: v for k, v in payload.items() if k != "probes"}, path, session_dir, check_kilosort)
         for name in names:
             section = _probe_section(payload, (name,), path)
             if section is not None:
-                config = _layer(config, section, path, session_dir)
+                config = _layer(config, section, path, session_dir, check_kilosort)
     return config
 
 

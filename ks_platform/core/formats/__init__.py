@@ -104,7 +104,7 @@ def split_segments(reader: ModuleType, session_dir: Path, listing: ProbeListing)
     """The listing with each probe whose config sets ``split_segments`` replaced by one probe per segment."""
     if not config_files(session_dir):
         return listing
-    configs = {name: read_probe_config(session_dir, listing.probes, name) for name in listing.probes}
+    configs = {name: read_probe_config(session_dir, listing.probes, name, check_kilosort=False) for name in listing.probes}
     split = [name for name, config in configs.items() if config.split_segments]
     if not split:
         return listing
@@ -120,14 +120,14 @@ def split_segments(reader: ModuleType, session_dir: Path, listing: ProbeListing)
     return ProbeListing(probes, listing.skipped, split_from)
 
 
-def probe_config(session_dir: Path, probe: str | None = None) -> ProbeConfig:
+def probe_config(session_dir: Path, probe: str | None = None, check_kilosort: bool = True) -> ProbeConfig:
     """What the session's config files say about one probe (empty when the folder has none)."""
     session_dir = Path(session_dir)
     if not config_files(session_dir):
         return ProbeConfig()
     listing = list_probes(session_dir)
     name = listing.pick(probe, session_dir)
-    return read_probe_config(session_dir, listing.probes, name, listing.split_from)
+    return read_probe_config(session_dir, listing.probes, name, listing.split_from, check_kilosort)
 
 
 def _with_config(source: RecordingSource, config: ProbeConfig) -> RecordingSource:
@@ -151,7 +151,7 @@ def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSour
     except PermissionError as exc:  # a reader met a file it may not open: name that file
         raise permission_error(exc.filename, session_dir) from None
     if session_dir.is_dir() and config_files(session_dir):
-        source = _with_config(source, probe_config(session_dir, source.probe_name))
+        source = _with_config(source, probe_config(session_dir, source.probe_name, check_kilosort=False))
     for path in (*source.data_files, *([source.probe_file] if source.probe_file else [])):
         contained_path(session_dir, path, "the session folder")
         require_readable(path)
