@@ -103,6 +103,11 @@ class Steps:
         return path
 
 
+def key_text(key: str) -> re.Pattern:
+    """A partition key as the UI shows it: whole, or middle-truncated to fit its column (``2026-03-02__rig1…__imec0``)."""
+    return re.compile(rf"^{re.escape(key[:10])}\S*(…)?\S*{re.escape(key[-10:])}$")
+
+
 def shown(page, text, exact: bool = True):
     """The first *visible* element with ``text`` (Dagster keeps hidden copies for tooltips and truncation)."""
     return page.get_by_text(text, exact=exact).filter(visible=True).first
@@ -151,7 +156,7 @@ def test_a_lab_day_in_the_dagster_ui(ui: LiveDagster, page):
     # 2. The session's partition, as the Catalog lists it: nothing materialized yet.
     page.goto(f"{ui.url}/assets/raw_recording?view=partitions")
     page.get_by_placeholder("Filter by name…").fill(GOOD)
-    shown(page, GOOD_KEY).click()
+    shown(page, key_text(GOOD_KEY)).click()
     page.wait_for_url(re.compile(rf"partition={GOOD_KEY}"))
     page.get_by_text("Latest materialization").wait_for()
     steps.shot("session_partition")
@@ -159,7 +164,7 @@ def test_a_lab_day_in_the_dagster_ui(ui: LiveDagster, page):
     # 3. Materialize all six assets for that one partition.
     dialog = open_materialize_dialog(page, ui)
     filter_partitions(page, dialog, GOOD)
-    page.locator("span", has_text=GOOD_KEY).filter(visible=True).first.click()
+    page.locator("span").filter(has_text=key_text(GOOD_KEY)).filter(visible=True).first.click()
     page.keyboard.press("Escape")
     launch = dialog.get_by_role("button", name="Launch 1 run")
     launch.wait_for()
@@ -211,7 +216,7 @@ def test_a_lab_day_in_the_dagster_ui(ui: LiveDagster, page):
     filter_partitions(page, dialog, "2026-03-0")
     select_all = page.get_by_text("Select all (3)")
     select_all.wait_for()
-    assert page.locator("span", has_text=OUT_OF_RANGE_KEY).count() == 0, "a session from the 20th is outside 1–9 March"
+    assert page.locator("span").filter(has_text=key_text(OUT_OF_RANGE_KEY)).count() == 0, "a session from the 20th is outside 1–9 March"
     steps.shot("backfill_date_filter")
     select_all.click()
     page.keyboard.press("Escape")
