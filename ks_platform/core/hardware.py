@@ -69,6 +69,7 @@ def detect_backend(preferred: str = "auto") -> BackendInfo:
             raise RuntimeError(f"backend {preferred!r} was requested but torch {torch.__version__} sees no GPU (cuda={cuda}, hip={hip})")
         index = int(choice.split(":")[1]) if ":" in choice else 0
         free, total = torch.cuda.mem_get_info(index)
+        free = min(free, _process_memory_cap(torch, index, total))
         arch = str(getattr(torch.cuda.get_device_properties(index), "gcnArchName", "") or "").split(":")[0] or None
         return BackendInfo(
             backend="rocm" if hip else "cuda",
@@ -88,6 +89,15 @@ def detect_backend(preferred: str = "auto") -> BackendInfo:
     if choice != "cpu":
         raise ValueError(f"unknown backend {preferred!r}: use auto, cpu, cuda[:N], rocm[:N] or mps")
     return BackendInfo("cpu", "cpu", _cpu_name(), _total_ram(), None, torch.__version__, cuda, hip)
+
+
+def _process_memory_cap(torch: Any, index: int, total: int) -> int:
+    """What this process may still allocate under ``torch.cuda.set_per_process_memory_fraction`` (a shared GPU)."""
+    getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    fraction = float(getter(index)) if getter else 1.0
+    if fraction >= 1.0:
+        return total
+    return max(int(total * fraction) - int(torch.cuda.memory_reserved(index)), 0)
 
 
 def gpu_driver_version() -> str | None:
