@@ -8,7 +8,7 @@ export KS_PLATFORM_STORE ?= $(CURDIR)/data/store
 export KS_PLATFORM_LANDING ?= rig1=$(CURDIR)/data/landing/rig1
 export KS_PLATFORM_BACKEND ?= auto
 
-.PHONY: install demo test dev bench screenshots clean
+.PHONY: install demo test dev executor-dev bench screenshots clean gpu-bundle
 
 $(BIN)/ks-platform: pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ test: install
 dev: install
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+## The UI with every step in a ks-platform:cpu container (local Docker engine, local PostgreSQL under data/executor-dev)
+executor-dev: install
+	bash scripts/install_system_deps.sh
+	bash scripts/start_docker.sh
+	docker image inspect ks-platform:cpu >/dev/null 2>&1 || bash docker/build_images.sh cpu
+	bash scripts/executor_dev.sh
+
 ## Refresh the README's UI screenshots: the browser test (real Chromium) saves one per step.
 screenshots: install
 	bash scripts/install_system_deps.sh
@@ -44,6 +51,11 @@ screenshots: install
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+## Wheels for an air-gapped GPU node (bench/gpu_bundle.txt, <= 64 MiB in .gpu_bundle); on the node run
+## `bash bench/gpu_acceptance.sh run --mode gpu --out OUT` (see README, "GPU acceptance run").
+gpu-bundle: install
+	bash bench/gpu_acceptance.sh bundle
 
 clean:
 	rm -rf data/store data/dagster_home

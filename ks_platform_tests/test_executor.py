@@ -10,6 +10,7 @@ terminated (its containers stopped and removed), killed mid-sort (clear failure,
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import json
 import os
@@ -160,6 +161,7 @@ def labelled_containers(client, run_id: str) -> list:
 def cpu_inventory(tmp_path: Path, image: str, docker_url: str = "unix:///var/run/docker.sock", cpu_slots: int = 1) -> dict:
     store = tmp_path / "store"
     store.mkdir(exist_ok=True)
+    store.chmod(0o777)  # the image's uid 1000 writes it (the executor checks before launching)
     return {
         "store": str(store),
         "poll_seconds": 1,
@@ -190,15 +192,54 @@ def container_session(tmp_path: Path, image: str, generated_session: Path, monke
     return config, key
 
 
-def test_missing_image_is_a_clear_failure_with_retry_and_no_orphans(pg_instance, tmp_path, engine_and_cpu_image):
+def hold_cpu_slot(instance: dg.DagsterInstance, inventory: Inventory) -> tuple[str, list]:
+    """Another run takes the only CPU slot of ``inventory`` (as a running step of it would)."""
+    holder = instance.create_run_for_job(placement_smoke_job)
+    candidates = candidate_placements(inventory, StepRequest.from_tags(holder.run_id, SMOKE_STEP, {}))
+    ledger = SlotLedger(instance)
+    ledger.ensure_capacity([candidates[0].slot])
+    assert ledger.try_claim(holder.run_id, SMOKE_STEP, candidates) is not None
+    return holder.run_id, candidates
+
+
+def test_missing_image_fails_clearly_before_a_slot_is_taken(pg_instance, tmp_path, engine_and_cpu_image):
+    """The only CPU slot is busy for 120 s, the image is not on the host: the step fails at once (it does not
+    wait for the slot) with one message naming image, host and fix; the retry policy applies; no container."""
     client, _ = engine_and_cpu_image
     config = cpu_inventory(tmp_path, "ks-platform:no-such-tag")
+    holder, candidates = hold_cpu_slot(pg_instance, Inventory.from_mapping(config))
+    started = time.monotonic()
+    try:
+        with dg.execute_job(dg.reconstructable(placement_smoke_job), instance=pg_instance, run_config={"execution": {"config": {"inventory": config}}}) as result:
+            assert not result.success
+            messages = failure_messages(result)
+            run_id = result.run_id
+    finally:
+        SlotLedger(pg_instance).withdraw(holder, SMOKE_STEP, candidates)
+    took = time.monotonic() - started
+    assert took < 60, f"the step waited for the busy slot ({took:.0f} s) instead of failing on the missing image"
+    assert "image ks-platform:no-such-tag is missing on host local (unix:///var/run/docker.sock). Fix: build/load it there (docker/README.md" in messages[-1], messages
+    assert "or set pull: true for host local in executor config" in messages[-1]
+    assert len(events_of(pg_instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)) == 1
+    assert events_of(pg_instance, run_id, dg.DagsterEventType.STEP_WORKER_STARTING) == []
+    assert not any("waits for a CPU slot" in m for m in engine_messages(pg_instance, run_id))
+    assert labelled_containers(client, run_id) == []
+    print(f"missing image: run failed in {took:.1f} s with the slot held by another run")
+
+
+def test_missing_image_is_pulled_when_allowed_and_a_failed_pull_is_clear(pg_instance, tmp_path, engine_and_cpu_image):
+    """``pull: true``: the executor pulls the missing image before placing; a registry that does not answer
+    (127.0.0.1:9) makes that a clear failure naming the image, the host and the engine's reason."""
+    client, _ = engine_and_cpu_image
+    image = "127.0.0.1:9/ks-platform:cpu"
+    config = cpu_inventory(tmp_path, image)
+    config["hosts"][0]["pull"] = True
     with dg.execute_job(dg.reconstructable(placement_smoke_job), instance=pg_instance, run_config={"execution": {"config": {"inventory": config}}}) as result:
         assert not result.success
         messages = failure_messages(result)
         run_id = result.run_id
-    assert "image ks-platform:no-such-tag is not on host local" in messages[-1] and "Fix: build it there" in messages[-1]
-    assert len(events_of(pg_instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)) == 1
+    assert any(m.startswith(f"Pulling {image} on host local") for m in engine_messages(pg_instance, run_id))
+    assert f"image {image} is missing on host local and pulling it failed: " in messages[-1] and "Fix: check the image name and the host's registry access" in messages[-1], messages
     assert labelled_containers(client, run_id) == []
 
 
@@ -276,7 +317,7 @@ class RunWorker:
     """One run of a job of ``ks_platform.execution.jobs`` in its own run-worker process on the test's PostgreSQL
     instance (``DAGSTER_PG_*`` from ``pg_instance``), tagged so the test finds its run while it runs."""
 
-    def __init__(self, folder: Path, job_name: str, run_config: dict, tags: dict[str, str] | None = None) -> None:
+    def __init__(self, folder: Path, job_name: str, run_config: dict, tags: dict[str, str] | None = None, code: str = RUN_WORKER, env: dict[str, str] | None = None) -> None:
         home = folder / "dagster_home"
         home.mkdir(parents=True)
         instance_config = yaml.safe_load((REPO / "deploy" / "dagster.postgres.yaml").read_text())
@@ -284,10 +325,10 @@ class RunWorker:
         (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
         self.marker = uuid.uuid4().hex
         self.log = folder / "run_worker.log"
-        env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO), **(env or {})}
         with open(self.log, "w") as handle:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", RUN_WORKER, job_name, json.dumps(run_config), json.dumps({**(tags or {}), TEST_TAG: self.marker})],
+                [sys.executable, "-c", code, job_name, json.dumps(run_config), json.dumps({**(tags or {}), TEST_TAG: self.marker})],
                 cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
@@ -315,7 +356,7 @@ class RunWorker:
     def failures(self, instance: dg.DagsterInstance) -> list[str]:
         run_id = tagged_run_id(instance, self.marker)
         events = events_of(instance, run_id, dg.DagsterEventType.STEP_FAILURE) if run_id else []
-        return [entry.dagster_event.event_specific_data.error.message for entry in events] or [self.output()]
+        return [error_chain(entry.dagster_event.event_specific_data.error) for entry in events] or [self.output()]
 
     def stop(self, client, instance: dg.DagsterInstance) -> None:
         """After a failed assertion: kill a worker that still runs and remove its run's containers (a worker that
@@ -327,6 +368,15 @@ class RunWorker:
         run_id = tagged_run_id(instance, self.marker)
         for leftover in labelled_containers(client, run_id) if run_id else []:
             leftover.remove(force=True)
+
+
+def error_chain(error) -> str:
+    """A step failure's message and the messages of its causes (the user code's exception is a cause)."""
+    parts = []
+    while error is not None:
+        parts.append(error.message.strip())
+        error = error.cause or error.context
+    return " <- ".join(parts)
 
 
 def running_step_container(client, run_id: str, step_key: str):
@@ -477,3 +527,198 @@ def test_container_killed_mid_sort_fails_the_step_clearly_with_nothing_half_writ
     with open(session / LOCK_FILE, "a+") as handle:  # the kernel released the killed container's session lock
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     print(f"killed sorted_units of run {run_id[:8]} while Kilosort had written {sorted(staged)}")
+
+
+# -- the code location's own jobs (ks_platform.definitions, as workspace.yaml loads it) in step containers ----------
+#: A run worker for a job of the code location: its executor follows ``KS_PLATFORM_INVENTORY`` /
+#: ``KS_PLATFORM_EXECUTOR`` of the worker's environment; the step container loads the same code location.
+DEFS_RUN_WORKER = """
+import json, sys
+import dagster as dg
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+job = ReconstructableRepository.for_module("ks_platform.definitions", "defs").get_reconstructable_job(sys.argv[1])
+run_config, tags = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+with dg.DagsterInstance.get() as instance:
+    with dg.execute_job(job, instance=instance, run_config=run_config, tags=tags) as result:
+        print(f"run {result.run_id} success={result.success}", flush=True)
+"""
+
+
+def doctor_inventory(tmp_path: Path, image: str, host: str) -> tuple[dict, Path]:
+    """A local cpu-engine inventory (host ``host``) with a store and a landing root uid 1000 can use, as a file."""
+    config = cpu_inventory(tmp_path, image)
+    config["hosts"][0]["name"] = host
+    landing = tmp_path / "landing"
+    landing.mkdir(exist_ok=True)
+    config["landing"] = {"rig1": str(landing)}
+    for path in (tmp_path, landing, Path(config["store"])):
+        os.chmod(path, 0o777)
+    path = tmp_path / f"{host}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return config, path
+
+
+@pytest.mark.parametrize("route", ["inventory_env", "run_config_over_env", "run_config_only"])
+def test_code_location_executor_settings_reach_the_step_container(route, pg_instance, tmp_path, engine_and_cpu_image):
+    """daily_rollup_job of the code location through the placing executor, configured three ways: the documented
+    ``KS_PLATFORM_INVENTORY``; that plus ``execution.config`` in run config (inventory_file, retries,
+    max_concurrent: each step container used to fail with DagsterInvalidConfigError, exit code 1); run config
+    alone with ``KS_PLATFORM_EXECUTOR=ks_platform_docker``. The step runs in its container on the chosen host."""
+    client, image = engine_and_cpu_image
+    _, env_file = doctor_inventory(tmp_path, image, "local-env")
+    _, rc_file = doctor_inventory(tmp_path, image, "local-rc")
+    env = {"KS_PLATFORM_INVENTORY": str(env_file), "KS_PLATFORM_EXECUTOR": ""}
+    run_config: dict = {}
+    if route != "inventory_env":
+        run_config["execution"] = {"config": {"inventory_file": str(rc_file), "retries": {"disabled": {}}, "max_concurrent": 1}}
+    if route == "run_config_only":
+        env = {"KS_PLATFORM_INVENTORY": "", "KS_PLATFORM_EXECUTOR": "ks_platform_docker"}
+    from ks_platform.core.sessions import SessionRef
+    from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
+
+    day = (dt.date.today() - dt.timedelta(days=1)).isoformat()
+    # one registered (not yet sorted) session on that date: the rollup has a row to write
+    pg_instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [SessionRef("rig1", f"m-{route}", dt.date.fromisoformat(day), "imec0").key])
+    worker = RunWorker(tmp_path / "worker", "daily_rollup_job", run_config, tags={"dagster/partition": day}, code=DEFS_RUN_WORKER, env=env)
+    started = time.monotonic()
+    try:
+        run_id = worker.run_id(pg_instance, timeout=120)
+        assert worker.finish(pg_instance, timeout=300), worker.failures(pg_instance)
+    finally:
+        worker.stop(client, pg_instance)
+    [start] = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_WORKER_STARTING)
+    host = "local-env" if route == "inventory_env" else "local-rc"
+    assert start.dagster_event.event_specific_data.metadata["host"].value == host
+    assert [entry.step_key for entry in events_of(pg_instance, run_id, dg.DagsterEventType.STEP_SUCCESS)] == ["daily_rollup"]
+    assert labelled_containers(client, run_id) == []
+    written = sorted(p.relative_to(tmp_path) for p in (tmp_path / "store").rglob("*") if p.is_file())
+    assert written and all(p.stat().st_uid == 1000 for p in (tmp_path / "store").rglob("*") if p.is_file()), written
+    print(f"{route}: daily_rollup wrote {[str(p) for p in written]} in a step container on {host} in {time.monotonic() - started:.1f} s")
+
+
+def test_container_that_exits_non_zero_puts_its_cause_in_the_step_failure(pg_instance, tmp_path, engine_and_cpu_image):
+    """The classic mistake: no ``network_mode: host`` while PostgreSQL listens on 127.0.0.1. The step process
+    cannot reach the instance and exits 1 before reporting anything; the failure names the cause from its output."""
+    client, image = engine_and_cpu_image
+    config = cpu_inventory(tmp_path, image)
+    del config["hosts"][0]["network_mode"]
+    run_config = {"execution": {"config": {"inventory": config, "retries": {"disabled": {}}}}}
+    with dg.execute_job(dg.reconstructable(placement_smoke_job), instance=pg_instance, run_config=run_config) as result:
+        assert not result.success
+        messages = failure_messages(result)
+        run_id = result.run_id
+    assert f"Step {SMOKE_STEP} failed health check: container of {SMOKE_STEP} on local CPU exited with code 1. Its last output lines" in messages[-1], messages
+    assert "Connection refused" in messages[-1] and "psycopg2.OperationalError" in messages[-1], messages[-1]
+    assert labelled_containers(client, run_id) == []
+    print(messages[-1][-600:])
+
+
+def test_store_folder_not_writable_by_the_container_user_fails_before_launch(pg_instance, tmp_path, engine_and_cpu_image, generated_session, monkeypatch):
+    """An output folder of the session owned by root (0755) while step containers run as the image's uid 1000:
+    the first step fails before any container starts, naming the folder, owner, mode and the fix. The check agrees
+    with the engine: a real uid-1000 container cannot write there, and can after the suggested chmod."""
+    client, image = engine_and_cpu_image
+    config, key = container_session(tmp_path, image, generated_session, monkeypatch, pg_instance)
+    folder = Path(config["store"]) / "sessions" / key / "probe"
+    folder.mkdir(parents=True)
+    for parent in (folder.parent, folder.parent.parent):
+        os.chmod(parent, 0o777)
+    os.chown(folder, 0, 0)
+    os.chmod(folder, 0o755)
+    run_config = {"execution": {"config": {"inventory": config, "retries": {"disabled": {}}}}}
+    with dg.execute_job(dg.reconstructable(sort_session_in_containers), instance=pg_instance, run_config=run_config, tags={"dagster/partition": key}) as result:
+        assert not result.success
+        messages = failure_messages(result)
+        run_id = result.run_id
+    assert f"store folder {folder} (owner 0:0, mode drwxr-xr-x) is not writable by uid 1000:1000, the user step containers of image {image} run as on host local" in messages[0], messages
+    assert messages[0].endswith(f"Fix: chown -R 1000:1000 {folder} (or chmod -R a+rwX {folder})"), messages[0]
+    assert events_of(pg_instance, run_id, dg.DagsterEventType.STEP_WORKER_STARTING) == []
+    assert labelled_containers(client, run_id) == []
+
+    def write_as_the_image_user() -> tuple[int, str]:
+        box = client.containers.run(image, entrypoint=["sh", "-c", f"touch {folder}/probe.json"], volumes={config["store"]: {"bind": config["store"], "mode": "rw"}}, detach=True)
+        try:
+            return box.wait(timeout=60)["StatusCode"], box.logs().decode()
+        finally:
+            box.remove(force=True)
+
+    code, output = write_as_the_image_user()
+    assert code != 0 and "Permission denied" in output
+    os.chmod(folder, 0o777)
+    assert write_as_the_image_user() == (0, "")
+
+
+def test_rocm_group_add_is_numeric_host_gids():
+    """group_add carries numbers: the host's ``group_ids``, else this machine's video/render gids for a local engine;
+    a remote ROCm host without group_ids is refused with the fix."""
+    import grp
+
+    from ks_platform.execution.inventory import InventoryError
+    from ks_platform.execution.placement import container_spec
+
+    def rocm_spec(**host) -> list[str]:
+        data = {"store": "/srv/store", "hosts": [{"name": "amd", "backend": "rocm", "cpu_slots": 0, "gpus": [{"id": "1", "memory_mib": 16368}], **host}]}
+        inventory = Inventory.from_mapping(data, source="test inventory")
+        request = StepRequest.from_tags("run-1", "sorted_units", {"ks_platform/needs": "gpu"}, n_channels=32)
+        [placement] = candidate_placements(inventory, request)
+        spec = container_spec(inventory, placement, request, ["api", "execute_step"])
+        assert spec.devices == ["/dev/kfd", "/dev/dri"] and spec.docker_kwargs()["group_add"] == spec.group_add
+        return spec.group_add
+
+    local = [str(grp.getgrnam(name).gr_gid) for name in ("video", "render") if name in {g.gr_name for g in grp.getgrall()}]
+    assert local and rocm_spec() == local and all(gid.isdigit() for gid in local)
+    assert rocm_spec(group_ids=[44, 109]) == ["44", "109"]
+    assert rocm_spec(docker_url="tcp://amd.lab:2376", group_ids=[44, 992]) == ["44", "992"]
+    with pytest.raises(InventoryError, match=r"test inventory: hosts\.0: host 'amd' is a remote rocm engine without group_ids.*Fix: give each remote rocm host group_ids"):
+        rocm_spec(docker_url="ssh://ops@amd.lab")
+
+
+def test_make_executor_dev_starts_the_ui_on_postgres_with_the_docker_executor(tmp_path, engine_and_cpu_image):
+    """scripts/executor_dev.sh (``make executor-dev``): PostgreSQL cluster, DAGSTER_HOME, inventory, ``dagster dev``;
+    the webserver answers with the code location loaded on PostgreSQL storage; SIGTERM stops dagster and the database."""
+    import socket
+    import urllib.request
+
+    from ks_platform_tests.postgres_support import _free_port
+
+    import tempfile
+
+    port, pgport = _free_port(), _free_port()
+    dev = Path(tempfile.mkdtemp(prefix="ks-platform-executor-dev-"))  # pytest's 0700 tmp dirs keep user postgres out
+    env = {**os.environ, "KS_DEV_DATA": str(dev), "KS_DEV_PORT": str(port), "KS_DEV_PGPORT": str(pgport), "KS_PLATFORM_STORE": str(tmp_path / "store"), "KS_PLATFORM_LANDING": f"rig1={tmp_path / 'landing'}"}
+    log = tmp_path / "executor_dev.log"
+    started = time.monotonic()
+    with open(log, "w") as handle:
+        process = subprocess.Popen(["bash", str(REPO / "scripts" / "executor_dev.sh")], cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    query = b'{"query": "{ instance { runLauncher { name } } repositoriesOrError { ... on RepositoryConnection { nodes { jobs { name } } } } }"}'
+
+    def answered() -> str | None:
+        assert process.poll() is None, f"executor_dev.sh ended:\n{log.read_text()[-3000:]}"
+        try:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=query, headers={"Content-Type": "application/json"})
+            return urllib.request.urlopen(request, timeout=5).read().decode()
+        except OSError:
+            return None
+
+    try:
+        body = wait_until(answered, 150, "the Dagster webserver of executor-dev to answer", poll=1)
+        up = time.monotonic() - started
+        assert '"sort_session"' in body and '"host_doctor"' in body, body
+        inventory = yaml.safe_load((dev / "inventory.yaml").read_text())
+        assert inventory["hosts"][0]["network_mode"] == "host" and inventory["store"] == str(tmp_path / "store")
+        assert "storage:\n  postgres:" in (dev / "dagster_home" / "dagster.yaml").read_text()
+        assert Path(tmp_path / "store").stat().st_uid == 1000
+        with socket.create_connection(("127.0.0.1", pgport), timeout=5):
+            pass
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        shutil.rmtree(dev, ignore_errors=True)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", pgport), timeout=5)
+    print(f"executor-dev answered after {up:.1f} s; stopped with rc {process.returncode}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import json
 
 import dagster as dg
@@ -87,7 +88,7 @@ def test_rocm_container_spec():
     spec = container_spec(inventory, amd, sort_request(attempt=1), ["api", "execute_step"])
     assert spec.image == "ks-platform:rocm"
     assert spec.devices == ["/dev/kfd", "/dev/dri"]
-    assert spec.group_add == ["video", "render"]
+    assert spec.group_add == [str(grp.getgrnam(name).gr_gid) for name in ("video", "render")]  # numeric host gids
     assert spec.security_opt == ["seccomp=unconfined"]
     assert spec.device_requests == []
     assert spec.environment["HSA_OVERRIDE_GFX_VERSION"] == "10.3.0"

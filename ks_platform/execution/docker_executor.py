@@ -16,7 +16,9 @@ from typing import Any
 
 import dagster as dg
 import docker
+import docker.constants
 import docker.errors
+import docker.tls
 from dagster import Field, IntSource, Permissive, StringSource
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
 from dagster._core.events import DagsterEvent, EngineEventData
@@ -27,13 +29,23 @@ from dagster._core.executor.step_delegating.step_handler.base import CheckStepHe
 from ks_platform.core.errors import PlatformConfigError
 from ks_platform.core.pipeline import PROBE_MANIFEST
 from ks_platform.core.store import SessionStore, read_json
-from ks_platform.execution.inventory import INVENTORY_ENV, Inventory, load_inventory
-from ks_platform.execution.placement import MANAGED_LABEL, RUN_LABEL, Placement, PlacementError, StepRequest, all_slots, candidate_placements, container_spec
+from ks_platform.execution.inventory import INVENTORY_ENV, HostSpec, Inventory, InventoryError, load_inventory
+from ks_platform.execution.placement import (
+    Placement,
+    PlacementError,
+    StepRequest,
+    all_slots,
+    candidate_placements,
+    container_spec,
+    store_write_problem,
+)
 from ks_platform.execution.slots import SlotLedger
 
 PARTITION_TAG = "dagster/partition"
 #: Characters of a container's log kept in the run's event log.
 LOG_TAIL_CHARS = 20_000
+#: Lines of a failed container's output put into the step failure message (the cause is usually at the end).
+FAILURE_TAIL_LINES = 15
 #: Repeat the "waiting for a GPU" line this often while a step waits.
 WAIT_LOG_EVERY_SECONDS = 300.0
 
@@ -68,8 +80,28 @@ def read_channel_count(store_root: str, session: str | None) -> int | None:
         return None
 
 
-def docker_client(url: str) -> docker.DockerClient:
-    return docker.DockerClient(base_url=url, timeout=30)
+def docker_client(host: HostSpec, source: str = "the inventory") -> docker.DockerClient:
+    """A client for the host's engine: unix socket, ``tcp://`` (TLS when ``tls`` is set) or ``ssh://`` (paramiko)."""
+    tls: docker.tls.TLSConfig | bool = False
+    if host.tls is not None:
+        for label, path in (("ca_cert", host.tls.ca_cert), ("client_cert", host.tls.client_cert), ("client_key", host.tls.client_key)):
+            if path is not None and not os.path.isfile(path):
+                raise InventoryError(source, f"tls.{label} of host {host.name} ({path}) does not exist on this machine", f"copy the file there or correct tls.{label} of host {host.name}")
+        cert = (host.tls.client_cert, host.tls.client_key) if host.tls.client_cert and host.tls.client_key else None
+        tls = docker.tls.TLSConfig(client_cert=cert, ca_cert=host.tls.ca_cert, verify=host.tls.verify)
+    if host.docker_url.startswith("ssh://"):
+        try:
+            import paramiko  # noqa: F401 - docker-py's ssh:// transport
+        except ImportError:
+            raise InventoryError(source, f"host {host.name} uses {host.docker_url}, which needs the paramiko package", "pip install paramiko (or use tcp:// with tls)") from None
+    if host.tls is None:
+        return docker.DockerClient(base_url=host.docker_url, timeout=30)
+    # requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE replace the engine's CA (and routes via env proxies): turn that
+    # off before the first request, which is docker-py's API version probe (private in docker 7.x, pinned).
+    client = docker.DockerClient(base_url=host.docker_url, timeout=30, tls=tls, version=docker.constants.DEFAULT_DOCKER_API_VERSION)
+    client.api.trust_env = False
+    client.api._version = client.api._retrieve_server_version()
+    return client
 
 
 def image_digest(client: docker.DockerClient, image: str) -> str:
@@ -77,6 +109,17 @@ def image_digest(client: docker.DockerClient, image: str) -> str:
     found = client.images.get(image)
     repo_digests = found.attrs.get("RepoDigests") or []
     return repo_digests[0] if repo_digests else found.id
+
+
+def output_tail(container: Any, lines: int = FAILURE_TAIL_LINES) -> str:
+    """The container's last output lines that say something: Python traceback frames (indented lines) are left
+    out, so a chained exception's cause (e.g. psycopg2's "Connection refused") stays in view; "" if unreadable."""
+    try:
+        text = container.logs(stdout=True, stderr=True, tail=500).decode(errors="replace")
+    except Exception:  # noqa: BLE001 - the exit code alone still makes a failure message
+        return ""
+    kept = [line.rstrip() for line in text.splitlines() if line.strip() and not line[0].isspace() and not line.startswith("Traceback (most recent call last)")]
+    return "\n".join(kept[-lines:])
 
 
 class PlacingDockerStepHandler(StepHandler):
@@ -103,7 +146,7 @@ class PlacingDockerStepHandler(StepHandler):
     def _client(self, placement: Placement) -> docker.DockerClient:
         host = placement.host
         if host.name not in self._clients:
-            self._clients[host.name] = docker_client(host.docker_url)
+            self._clients[host.name] = docker_client(host, self.inventory.source)
         return self._clients[host.name]
 
     @staticmethod
@@ -138,7 +181,52 @@ class PlacingDockerStepHandler(StepHandler):
             state.error = str(exc)
             yield self._engine_event(state, f"{step_key} cannot be placed: {exc}")
             return
-        yield from self._try_start(ctx, state)
+        yield from self._check_hosts(state)
+        if state.error is None:
+            yield from self._try_start(ctx, state)
+
+    def _check_hosts(self, state: _StepState) -> Iterator[DagsterEvent]:
+        """Before any slot is taken: drop candidates whose image is missing (pulling it where the inventory allows)
+        or whose container user cannot write the store; the step fails when no candidate is left."""
+        problems: list[str] = []
+        usable: list[Placement] = []
+        for placement in state.candidates:
+            host, image = placement.host, placement.image
+            try:
+                client = self._client(placement)
+                try:
+                    found = client.images.get(image)
+                except docker.errors.ImageNotFound:
+                    if not host.pulls(image):
+                        problems.append(
+                            f"image {image} is missing on host {host.name} ({host.docker_url}). Fix: build/load it there "
+                            f"(docker/README.md, e.g. docker save {image} | docker -H {host.docker_url} load) or set pull: true for host {host.name} in {self.inventory.source}"
+                        )
+                        continue
+                    yield self._engine_event(state, f"Pulling {image} on host {host.name} (missing there, pull allowed by {self.inventory.source})")
+                    try:
+                        found = client.images.pull(image)
+                    except docker.errors.APIError as exc:
+                        problems.append(f"image {image} is missing on host {host.name} and pulling it failed: {exc.explanation or exc}. Fix: check the image name and the host's registry access, or build/load it there (docker/README.md)")
+                        continue
+            except InventoryError as exc:
+                problems.append(str(exc))
+                continue
+            except Exception:  # noqa: BLE001 - engine unreachable now: keep it, the start reports it (it may come back)
+                usable.append(placement)
+                continue
+            user = host.user if host.user is not None else found.attrs.get("Config", {}).get("User")
+            problem = store_write_problem(self.inventory, placement, state.request.session, user, image)
+            if problem:
+                problems.append(problem)
+                continue
+            usable.append(placement)
+        if not usable:
+            state.error = "; ".join(dict.fromkeys(problems))
+            yield self._engine_event(state, f"{state.request.step_key} cannot start: {state.error}")
+        elif problems:
+            yield self._engine_event(state, f"{state.request.step_key} skips {len(state.candidates) - len(usable)} host(s): " + "; ".join(dict.fromkeys(problems)))
+        state.candidates = usable
 
     def _try_start(self, ctx: StepHandlerContext, state: _StepState) -> Iterator[DagsterEvent]:
         request = state.request
@@ -193,10 +281,14 @@ class PlacingDockerStepHandler(StepHandler):
     def _explain(self, placement: Placement, exc: Exception) -> str:
         source = self.inventory.source
         host = placement.host
+        if isinstance(exc, InventoryError):
+            return str(exc)
         if isinstance(exc, docker.errors.ImageNotFound) or (isinstance(exc, docker.errors.NotFound) and "image" in str(exc).lower()):
-            return f"image {placement.image} is not on host {host.name} ({host.docker_url}). Fix: build it there (docker/build_images.sh) or set images.{placement.backend} of host {host.name} in {source}"
+            return f"image {placement.image} is missing on host {host.name} ({host.docker_url}). Fix: build/load it there (docker/README.md) or set pull: true for host {host.name} in {source}"
         if isinstance(exc, docker.errors.APIError):
             return f"the Docker engine of host {host.name} refused the container: {exc.explanation or exc}. Fix: check the host's devices/runtime, or its entry in {source}"
+        if "ssl" in f"{type(exc).__name__} {exc}".lower():
+            return f"the Docker engine of host {host.name} at {host.docker_url} refused the TLS connection ({type(exc).__name__}: {str(exc)[:300]}). Fix: set tls (ca_cert, client_cert, client_key) of host {host.name} in {source} to certificates that engine's --tlscacert trusts"
         return f"the Docker engine of host {host.name} at {host.docker_url} is unreachable ({type(exc).__name__}: {str(exc)[:300]}). Fix: start dockerd there or correct docker_url of host {host.name} in {source}"
 
     def check_step_health(self, step_handler_context: StepHandlerContext) -> CheckStepHealthResult:
@@ -239,6 +331,9 @@ class PlacingDockerStepHandler(StepHandler):
         else:
             cause = " (killed)" if code == 137 else ""
         reason = f"container of {state.request.step_key} on {state.placement.slot} exited with code {code}{cause}"  # type: ignore[union-attr]
+        tail = output_tail(container)
+        if tail:
+            reason += f". Its last output lines (all of it is attached to the run's engine events):\n{tail}"
         self._cleanup(state, capture_logs=True)
         return CheckStepHealthResult.unhealthy(reason)
 

@@ -46,6 +46,26 @@ class GpuSpec(BaseModel):
         return str(value)
 
 
+class TlsSpec(BaseModel):
+    """Client TLS settings for a ``tcp://host:2376`` engine started with ``--tlsverify`` (paths on the orchestrator)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: CA that signed the engine's server certificate (None: the system's CA bundle).
+    ca_cert: str | None = None
+    #: Client certificate and key the engine accepts (both or neither).
+    client_cert: str | None = None
+    client_key: str | None = None
+    #: Check the engine's certificate against ``ca_cert`` and its host name.
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> TlsSpec:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("tls needs client_cert and client_key together")
+        return self
+
+
 class HostSpec(BaseModel):
     """A Docker engine that runs step containers."""
 
@@ -65,6 +85,12 @@ class HostSpec(BaseModel):
     network_mode: str | None = None
     #: ``uid:gid`` to run as (must own the store); None keeps the image's non-root user.
     user: str | None = None
+    #: TLS client settings for a ``tcp://`` engine (``ssh://`` engines use the orchestrator's ~/.ssh/config).
+    tls: TlsSpec | None = None
+    #: Pull a missing image: ``true`` for any image of this host, or a list of image names; else a missing image fails.
+    pull: bool | list[str] = False
+    #: ROCm: numeric group ids for ``/dev/kfd``/``/dev/dri`` (default on a local engine: this machine's video, render).
+    group_ids: list[int] | None = None
     #: Kubernetes: node selector and tolerations for pods placed like this host.
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
@@ -94,7 +120,20 @@ class HostSpec(BaseModel):
             raise ValueError(f"host {self.name!r} has backend cpu but lists GPUs")
         if self.backend != "cpu" and not self.gpus:
             raise ValueError(f"host {self.name!r} has backend {self.backend} but no gpus")
+        if self.backend == "rocm" and self.group_ids is None and not self.is_local:
+            raise ValueError(f"host {self.name!r} is a remote rocm engine without group_ids: the video/render group ids of that machine are unknown here; set group_ids: [<gid of video>, <gid of render>] (`getent group video render` on {self.name})")
+        if self.tls is not None and not self.docker_url.startswith("tcp://"):
+            raise ValueError(f"host {self.name!r} has tls settings but docker_url {self.docker_url} is not tcp://")
         return self
+
+    @property
+    def is_local(self) -> bool:
+        """The engine runs on the machine of the executor (a unix socket)."""
+        return self.docker_url.startswith("unix://")
+
+    def pulls(self, image: str) -> bool:
+        """Whether a missing ``image`` may be pulled on this host."""
+        return self.pull is True or (isinstance(self.pull, list) and image in self.pull)
 
     @property
     def is_gpu_host(self) -> bool:
@@ -172,6 +211,10 @@ def _describe(error: dict[str, Any]) -> str:
 
 def _fix_for(exc: ValidationError) -> str:
     text = " ".join(f"{'.'.join(str(p) for p in error['loc'])} {error['msg']}" for error in exc.errors())
+    if "group_ids" in text:
+        return "give each remote rocm host group_ids: the numeric gids of its video and render groups"
+    if "tls" in text:
+        return "give tls (ca_cert, client_cert + client_key, verify) only to tcp:// hosts, with cert and key together"
     if "gpus" in text or "memory_mib" in text:
         return "list each GPU of a cuda/rocm host as {id: <device id>, memory_mib: <MiB>}, and none on cpu hosts"
     if "backend" in text:

@@ -3,23 +3,102 @@
 On Kubernetes the scheduler picks the node and the device plugin picks the GPU, so the policy only says what
 kind of node and how many GPUs: each inventory host stands for a node pool (``node_selector`` +
 ``tolerations``), its backend chooses the image and the GPU resource name (``nvidia.com/gpu`` /
-``amd.com/gpu``), and its smallest GPU sets the planned batch size. Plain Python, no Dagster import.
+``amd.com/gpu``), and its smallest GPU sets the planned batch size. Storage (the store read-write, the landing
+roots read-only, at the inventory's paths) is declared once in a deployment file; the Helm values generated from it
+give it to the code location, which passes it to every run and step pod (``includeConfigInLaunchedRuns``).
+Per-step configs replace the defaults key by key (dagster-k8s ``merge_behavior: SHALLOW``), so a pod never carries two
+values of one variable. Plain Python, no Dagster import.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from ks_platform.core.hardware import recommended_batch_size
-from ks_platform.execution.inventory import HostSpec, Inventory
+from ks_platform.execution.inventory import HostSpec, Inventory, InventoryError, load_inventory
 from ks_platform.execution.placement import BACKEND_ENV, BATCH_SIZE_ENV, CONSERVATIVE_CHANNELS, MIB, NEEDS_GPU, NEEDS_TAG, PlacementError, gpu_memory_needed_bytes
 
 K8S_CONFIG_TAG = "dagster-k8s/config"
 GPU_RESOURCE = {"cuda": "nvidia.com/gpu", "rocm": "amd.com/gpu"}
 #: CPU steps: enough for conversion and Phy export of one session (override per deployment in the inventory env).
 CPU_REQUESTS = {"cpu": "1", "memory": "4Gi"}
+#: Environment variable naming a deployment file (deploy/kubernetes.example.yaml): steps then run as Kubernetes Jobs.
+KUBERNETES_ENV = "KS_PLATFORM_KUBERNETES"
+
+
+class VolumeSource(BaseModel):
+    """Where one mounted folder comes from: a PersistentVolumeClaim (ReadWriteMany for the store) or a node path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    claim: str | None = None
+    host_path: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VolumeSource:
+        if (self.claim is None) == (self.host_path is None):
+            raise ValueError("give exactly one of 'claim' (a PersistentVolumeClaim) or 'host_path'")
+        return self
+
+    def volume(self, name: str) -> dict[str, Any]:
+        if self.claim is not None:
+            return {"name": name, "persistent_volume_claim": {"claim_name": self.claim}}
+        return {"name": name, "host_path": {"path": self.host_path, "type": "Directory"}}
+
+
+class KubernetesStorage(BaseModel):
+    """The store and each landing root, declared once; mounted at the inventory's paths in every step pod."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: VolumeSource
+    landing: dict[str, VolumeSource] = Field(default_factory=dict)
+
+    def pod_volumes(self) -> list[dict[str, Any]]:
+        return [self.store.volume("store"), *(source.volume(f"landing-{name}") for name, source in sorted(self.landing.items()))]
+
+    def volume_mounts(self, inventory: Inventory) -> list[dict[str, Any]]:
+        missing = sorted(set(self.landing) - set(inventory.landing))
+        if missing:
+            raise InventoryError(inventory.source, f"storage declares landing root(s) {missing} the inventory does not list", "add them under 'landing' in the inventory or remove them from 'storage'")
+        mounts = [{"name": "store", "mount_path": inventory.store}]
+        mounts += [{"name": f"landing-{name}", "mount_path": inventory.landing[name], "read_only": True} for name in sorted(self.landing)]
+        return mounts
+
+
+class KubernetesDeployment(BaseModel):
+    """A deployment file: the inventory of node pools and the storage every step pod mounts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inventory: Inventory
+    storage: KubernetesStorage
+
+
+def load_deployment(path: Path | str) -> KubernetesDeployment:
+    """Read a deployment file (``inventory:`` a path relative to it, ``storage:`` volumes); errors name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InventoryError(str(path), f"cannot read the Kubernetes deployment file ({exc})", "see deploy/kubernetes.example.yaml") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("inventory"), str):
+        raise InventoryError(str(path), "needs 'inventory: <path of the node-pool inventory>' and 'storage:'", "see deploy/kubernetes.example.yaml")
+    inventory = load_inventory(path.parent / data["inventory"])
+    try:
+        storage = KubernetesStorage.model_validate(data.get("storage"))
+    except ValidationError as exc:
+        problems = "; ".join(f"storage.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise InventoryError(str(path), problems, "declare 'storage: {store: {claim: NAME}, landing: {ROOT: {claim: NAME}}}'") from exc
+    deployment = KubernetesDeployment(inventory=inventory, storage=storage)
+    storage.volume_mounts(inventory)  # landing roots must match the inventory's
+    return deployment
 
 
 def _env_list(env: Mapping[str, str]) -> list[dict[str, str]]:
@@ -44,10 +123,17 @@ def gpu_node_pool(inventory: Inventory, n_channels: int | None = None) -> HostSp
     return max(pools, key=lambda host: min(gpu.memory_mib for gpu in host.gpus), default=None)
 
 
-def k8s_step_config(inventory: Inventory, needs_gpu: bool, n_channels: int | None = None) -> dict[str, Any]:
-    """``dagster-k8s/config`` for one step (shape of ``dagster_k8s.job.USER_DEFINED_K8S_JOB_CONFIG_SCHEMA``)."""
+def k8s_step_config(inventory: Inventory, needs_gpu: bool, n_channels: int | None = None, storage: KubernetesStorage | None = None) -> dict[str, Any]:
+    """``dagster-k8s/config`` for one step (shape of ``dagster_k8s.job.USER_DEFINED_K8S_JOB_CONFIG_SCHEMA``).
+
+    Marked ``merge_behavior: SHALLOW``: merged over the executor's defaults it replaces them instead of appending a
+    second value of each variable. With ``storage`` the pod also mounts the store and landing roots itself (without
+    the Helm values of :func:`helm_values`, whose code location passes them to every run and step pod).
+    """
     pool = gpu_node_pool(inventory, n_channels) if needs_gpu else None
     env = dict(inventory.env)
+    if storage is not None:  # standalone pods; under the Helm values the code location's context brings these
+        env.update({"KS_PLATFORM_STORE": inventory.store, "KS_PLATFORM_LANDING": inventory.landing_spec()})
     if pool is None:
         cpu_pools = [host for host in inventory.hosts if not host.is_gpu_host] or inventory.hosts
         host = cpu_pools[0]
@@ -62,24 +148,88 @@ def k8s_step_config(inventory: Inventory, needs_gpu: bool, n_channels: int | Non
         env[BATCH_SIZE_ENV] = str(recommended_batch_size(smallest * MIB, n_channels or CONSERVATIVE_CHANNELS))
         container = {"image": host.image_for(host.backend), "resources": {"limits": {GPU_RESOURCE[host.backend]: "1"}, "requests": dict(CPU_REQUESTS)}}
     container["env"] = _env_list(env)
-    config: dict[str, Any] = {"container_config": container}
     pod = _pod_spec(host)
+    if storage is not None:
+        container["volume_mounts"] = storage.volume_mounts(inventory)
+        pod["volumes"] = storage.pod_volumes()
+    config: dict[str, Any] = {"container_config": container, "merge_behavior": "SHALLOW"}
     if pod:
         config["pod_spec_config"] = pod
     return config
 
 
-def k8s_op_tags(inventory: Inventory, needs_gpu: bool, n_channels: int | None = None) -> dict[str, str]:
+def k8s_op_tags(inventory: Inventory, needs_gpu: bool, n_channels: int | None = None, storage: KubernetesStorage | None = None) -> dict[str, str]:
     """Op tags carrying the step's Kubernetes config (JSON-encoded, as Dagster passes tag values)."""
-    return {K8S_CONFIG_TAG: json.dumps(k8s_step_config(inventory, needs_gpu, n_channels), sort_keys=True)}
+    return {K8S_CONFIG_TAG: json.dumps(k8s_step_config(inventory, needs_gpu, n_channels, storage), sort_keys=True)}
 
 
-def k8s_executor_config(inventory: Inventory, op_tags: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def k8s_executor_config(inventory: Inventory, op_tags: Mapping[str, Mapping[str, Any]], storage: KubernetesStorage | None = None) -> dict[str, Any]:
     """``k8s_job_executor`` config: CPU defaults for every step, GPU config for ops tagged ``ks_platform/needs: gpu``.
 
     ``op_tags`` maps op names to their tags (asset checks are their own ops and carry no tags: CPU).
     """
     return {
-        "step_k8s_config": k8s_step_config(inventory, needs_gpu=False),
-        "per_step_k8s_config": {op: k8s_step_config(inventory, needs_gpu=True) for op, tags in sorted(op_tags.items()) if tags.get(NEEDS_TAG) == NEEDS_GPU},
+        "step_k8s_config": k8s_step_config(inventory, needs_gpu=False, storage=storage),
+        "per_step_k8s_config": {op: k8s_step_config(inventory, needs_gpu=True, storage=storage) for op, tags in sorted(op_tags.items()) if tags.get(NEEDS_TAG) == NEEDS_GPU},
     }
+
+
+#: Where the Helm values mount the deployment files (a ConfigMap made from deploy/kubernetes*.yaml and the inventory).
+DEPLOYMENT_MOUNT = "/etc/ks_platform"
+
+
+def _camel_volume(volume: dict[str, Any]) -> dict[str, Any]:
+    """A volume in the Kubernetes API's own spelling (Helm values), from the Python client's snake_case."""
+    if "persistent_volume_claim" in volume:
+        return {"name": volume["name"], "persistentVolumeClaim": {"claimName": volume["persistent_volume_claim"]["claim_name"]}}
+    return {"name": volume["name"], "hostPath": dict(volume["host_path"])}
+
+
+def helm_values(deployment: KubernetesDeployment, deployment_file: str, image_repository: str, image_tag: str = "cpu") -> dict[str, Any]:
+    """Values for the ``dagster/dagster`` chart's code location, generated from the one storage declaration.
+
+    The code server (sensors read the landing roots) and, through ``includeConfigInLaunchedRuns``, every run worker
+    (where ``k8s_job_executor`` runs) get the store, the landing roots, the deployment ConfigMap and the variables
+    that select the Kubernetes executor; step pods get the same storage from :func:`k8s_executor_config`.
+    """
+    inventory, storage = deployment.inventory, deployment.storage
+    mounts = [{"name": m["name"], "mountPath": m["mount_path"], **({"readOnly": True} if m.get("read_only") else {})} for m in storage.volume_mounts(inventory)]
+    volumes = [_camel_volume(v) for v in storage.pod_volumes()]
+    volumes.append({"name": "ks-platform-deployment", "configMap": {"name": "ks-platform-deployment"}})
+    mounts.append({"name": "ks-platform-deployment", "mountPath": DEPLOYMENT_MOUNT, "readOnly": True})
+    env = {"KS_PLATFORM_STORE": inventory.store, "KS_PLATFORM_LANDING": inventory.landing_spec(), KUBERNETES_ENV: f"{DEPLOYMENT_MOUNT}/{Path(deployment_file).name}"}
+    code_location = {
+        "name": "ks-platform",
+        "image": {"repository": image_repository, "tag": image_tag, "pullPolicy": "IfNotPresent"},
+        "dagsterApiGrpcArgs": ["--module-name", "ks_platform.definitions"],
+        "port": 3030,
+        "includeConfigInLaunchedRuns": {"enabled": True},
+        "env": [{"name": name, "value": value} for name, value in env.items()],
+        "envSecrets": [{"name": "dagster-postgresql-env"}],
+        "volumes": volumes,
+        "volumeMounts": mounts,
+    }
+    return {
+        "dagster-user-deployments": {"enabled": True, "enableSubchart": True, "deployments": [code_location]},
+        "runLauncher": {"type": "K8sRunLauncher", "config": {"k8sRunLauncher": {"imagePullPolicy": "IfNotPresent", "loadInclusterConfig": True}}},
+        "dagsterDaemon": {"runCoordinator": {"enabled": True, "type": "QueuedRunCoordinator", "config": {"queuedRunCoordinator": {"maxConcurrentRuns": 8}}}},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ks_platform.execution.kubernetes DEPLOYMENT.yaml [REPOSITORY [TAG]]``: print the Helm values."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    deployment = load_deployment(args[0])
+    values = helm_values(deployment, args[0], args[1] if len(args) > 1 else "registry.lab/ks-platform", args[2] if len(args) > 2 else "cpu")
+    print("# Generated by: python -m ks_platform.execution.kubernetes " + " ".join(args) + " (do not edit by hand)")
+    print(yaml.safe_dump(values, sort_keys=False), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,6 +15,9 @@ tests all use these functions. Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import grp
+from pathlib import Path
+import stat
 from typing import Any, Literal
 
 from ks_platform.core.hardware import BYTES_PER_SAMPLE_CHANNEL, FIXED_OVERHEAD_BYTES, MIN_BATCH_SIZE, recommended_batch_size
@@ -38,6 +41,9 @@ HOST_LABEL = f"{LABEL_PREFIX}host"
 DEVICE_LABEL = f"{LABEL_PREFIX}device"
 ROCM_DEVICES = ("/dev/kfd", "/dev/dri")
 ROCM_GROUPS = ("video", "render")
+#: Set in every step container so the code location it loads uses this executor too (its run config must validate).
+EXECUTOR_ENV = "KS_PLATFORM_EXECUTOR"
+EXECUTOR_NAME = "ks_platform_docker"
 
 
 class PlacementError(InventoryError):
@@ -202,6 +208,7 @@ def container_spec(
         IMAGE_ENV: placement.image,
         "DAGSTER_RUN_JOB_NAME": request.job_name,
         "DAGSTER_RUN_STEP_KEY": request.step_key,
+        EXECUTOR_ENV: EXECUTOR_NAME,
     }
     if inventory.landing:
         env["KS_PLATFORM_LANDING"] = inventory.landing_spec()
@@ -235,9 +242,80 @@ def container_spec(
         spec.device_requests = [{"driver": "nvidia", "device_ids": [placement.gpu.id], "capabilities": [["gpu"]]}]
     elif placement.gpu is not None and placement.backend == "rocm":
         spec.devices = list(ROCM_DEVICES)
-        spec.group_add = list(ROCM_GROUPS)
+        spec.group_add = [str(gid) for gid in rocm_group_ids(inventory, host)]
         spec.security_opt = ["seccomp=unconfined"]
         # /dev/dri exposes every GPU of the host: the ROCm runtime shows only the chosen one (as HIP index 0).
         env["ROCR_VISIBLE_DEVICES"] = placement.gpu.id
     spec.environment = {**env, **inventory.env, **host.env, **(extra_env or {})}
     return spec
+
+
+def rocm_group_ids(inventory: Inventory, host: HostSpec) -> list[int]:
+    """Numeric gids for ``group_add``: the host's ``group_ids``, else (local engine) this machine's video/render.
+
+    Never group names: Docker resolves those in the image's /etc/group, which rarely matches the host's numbers.
+    """
+    if host.group_ids is not None:
+        return list(host.group_ids)
+    if not host.is_local:
+        raise InventoryError(inventory.source, f"host {host.name} is remote and has no group_ids", "set group_ids: [<gid of video>, <gid of render>] for it")
+    found = []
+    for name in ROCM_GROUPS:
+        try:
+            found.append(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            continue
+    if not found:
+        raise InventoryError(inventory.source, f"host {host.name}: this machine has neither a video nor a render group, so the ROCm devices' groups are unknown", f"set group_ids of host {host.name} to the gids owning /dev/kfd and /dev/dri/renderD*")
+    return found
+
+
+def parse_user(user: str | None) -> tuple[int, int] | None:
+    """``uid[:gid]`` as numbers (gid defaults to uid); None for names or an empty user (root)."""
+    if not user:
+        return (0, 0)
+    uid, _, gid = user.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        return None
+    return int(uid), int(gid or uid)
+
+
+def _writable(path: Path, uid: int, gid: int) -> bool:
+    info = path.stat()
+    if uid == 0:
+        return True
+    need = stat.S_IWUSR | stat.S_IXUSR
+    if info.st_uid == uid:
+        return info.st_mode & need == need
+    if info.st_gid == gid:
+        return info.st_mode & (need >> 3) == need >> 3
+    return info.st_mode & (need >> 6) == need >> 6
+
+
+def store_write_problem(inventory: Inventory, placement: Placement, session: str | None, user: str | None, image: str) -> str | None:
+    """Why ``user`` (the container's) cannot write the store folders a step writes, with the fix; None when it can.
+
+    Checks, as seen from this machine (the store is mounted at the same path everywhere), the store root,
+    ``sessions/``, the session's folder and its output folders that exist already.
+    """
+    ids = parse_user(user)
+    root = Path(inventory.store)
+    if ids is None or not root.is_dir():
+        return None
+    uid, gid = ids
+    paths = [root, root / "sessions"]
+    if session:
+        folder = root / "sessions" / session
+        paths.append(folder)
+        if folder.is_dir():
+            paths += sorted(child for child in folder.iterdir() if child.is_dir() and not child.name.startswith("."))
+    for path in paths:
+        if path.is_dir() and not _writable(path, uid, gid):
+            info = path.stat()
+            host = placement.host.name
+            as_owner = f", or run the containers as the store's owner (user: \"{info.st_uid}:{info.st_gid}\" of host {host} in {inventory.source})" if info.st_uid else ""
+            return (
+                f"store folder {path} (owner {info.st_uid}:{info.st_gid}, mode {stat.filemode(info.st_mode)}) is not writable by uid {uid}:{gid}, "
+                f"the user step containers of image {image} run as on host {host}. Fix: chown -R {uid}:{gid} {path} (or chmod -R a+rwX {path}){as_owner}"
+            )
+    return None
