@@ -163,6 +163,8 @@ def test_host_doctor_job_reports_each_check_and_fails_on_a_missing_program(tmp_p
         [output] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
         rows = output.event_specific_data.metadata["checks"].value.records
         assert {"import kilosort", "program ps", "compute backend", "kernel on device", "free disk in store"} <= {r.data["check"] for r in rows}
+        # nothing goes through an IO manager (a step container could not write the orchestrator's DAGSTER_HOME)
+        assert not [e for e in result.all_events if e.event_type_value == "HANDLED_OUTPUT"]
         monkeypatch.setenv("PATH", str(tmp_path))
         failed = job.execute_in_process(instance=instance, raise_on_error=False)
         assert not failed.success

@@ -16,8 +16,11 @@ class DoctorConfig(dg.Config):
     docker_url: str = ""
 
 
-@dg.op(description="Imports, programs Kilosort calls, compute backend + a tiny kernel on the device, free disk in the store, landing roots, Docker.")
-def check_host(context: dg.OpExecutionContext, config: DoctorConfig, platform: PlatformResource) -> dg.Output[bool]:
+@dg.op(
+    out=dg.Out(dg.Nothing),  # the checks travel as metadata: no IO manager, so it runs in a step container too
+    description="Imports, programs Kilosort calls, compute backend + a tiny kernel on the device, free disk in the store, landing roots, Docker.",
+)
+def check_host(context: dg.OpExecutionContext, config: DoctorConfig, platform: PlatformResource) -> dg.Output:
     backend = platform.backend if config.backend == "auto" else config.backend
     checks = run_checks(Path(platform.store_root), backend=backend, docker_url=config.docker_url or None, landing_roots=platform.roots())
     text = report(checks)
@@ -30,7 +33,7 @@ def check_host(context: dg.OpExecutionContext, config: DoctorConfig, platform: P
     if not healthy(checks):
         failed = "; ".join(line for line in text.splitlines() if line.startswith("[FAIL]"))
         raise dg.Failure(description=f"host {socket.gethostname()} is not ready to sort: {failed}", metadata={"checks": table}, allow_retries=False)
-    return dg.Output(True, metadata={"host": socket.gethostname(), "checks": table})
+    return dg.Output(None, metadata={"host": socket.gethostname(), "checks": table})
 
 
 @dg.job(description="Check this host before real work (what `ks-platform doctor` prints); fails with the checks to fix.", tags={"ks_platform/kind": "doctor"})
