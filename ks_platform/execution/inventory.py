@@ -66,6 +66,20 @@ class TlsSpec(BaseModel):
         return self
 
 
+class SshSpec(BaseModel):
+    """Client settings for an ``ssh://user@host[:port]`` engine (paths on the orchestrator; docker-py's paramiko
+    transport runs ``docker system dial-stdio`` there). Unset fields fall back to the orchestrator's ~/.ssh."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Private key (unencrypted) whose public half is in the remote user's authorized_keys. None: ``IdentityFile``
+    #: of ~/.ssh/config, the ssh agent or ~/.ssh/id_*.
+    identity_file: str | None = None
+    #: known_hosts file holding the engine host's key (``ssh-keyscan -p <port> <host>``, fingerprint checked); only
+    #: this file is read. None: ~/.ssh/known_hosts. A host whose key is not there is refused, never added.
+    known_hosts: str | None = None
+
+
 class HostSpec(BaseModel):
     """A Docker engine that runs step containers."""
 
@@ -85,8 +99,10 @@ class HostSpec(BaseModel):
     network_mode: str | None = None
     #: ``uid:gid`` to run as (must own the store); None keeps the image's non-root user.
     user: str | None = None
-    #: TLS client settings for a ``tcp://`` engine (``ssh://`` engines use the orchestrator's ~/.ssh/config).
+    #: TLS client settings for a ``tcp://`` engine.
     tls: TlsSpec | None = None
+    #: Key and known_hosts for an ``ssh://`` engine (else the orchestrator's ~/.ssh: config, agent, known_hosts).
+    ssh: SshSpec | None = None
     #: Pull a missing image: ``true`` for any image of this host, or a list of image names; else a missing image fails.
     pull: bool | list[str] = False
     #: ROCm: numeric group ids for ``/dev/kfd``/``/dev/dri`` (default on a local engine: this machine's video, render).
@@ -124,6 +140,8 @@ class HostSpec(BaseModel):
             raise ValueError(f"host {self.name!r} is a remote rocm engine without group_ids: the video/render group ids of that machine are unknown here; set group_ids: [<gid of video>, <gid of render>] (`getent group video render` on {self.name})")
         if self.tls is not None and not self.docker_url.startswith("tcp://"):
             raise ValueError(f"host {self.name!r} has tls settings but docker_url {self.docker_url} is not tcp://")
+        if self.ssh is not None and not self.docker_url.startswith("ssh://"):
+            raise ValueError(f"host {self.name!r} has ssh settings but docker_url {self.docker_url} is not ssh://")
         return self
 
     @property
@@ -215,6 +233,8 @@ def _fix_for(exc: ValidationError) -> str:
         return "give each remote rocm host group_ids: the numeric gids of its video and render groups"
     if "tls" in text:
         return "give tls (ca_cert, client_cert + client_key, verify) only to tcp:// hosts, with cert and key together"
+    if "ssh settings" in text or ".ssh" in text:
+        return "give ssh (identity_file, known_hosts: files on this machine) only to ssh://user@host[:port] hosts"
     if "gpus" in text or "memory_mib" in text:
         return "list each GPU of a cuda/rocm host as {id: <device id>, memory_mib: <MiB>}, and none on cpu hosts"
     if "backend" in text:
