@@ -6,6 +6,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -47,6 +48,48 @@ def container_image() -> dict[str, str | None]:
     return {"image": os.environ.get(IMAGE_ENV), "image_digest": os.environ.get(IMAGE_DIGEST_ENV)}
 
 
+#: Set by the SLURM executor: ``venv`` (the platform's environment on the shared filesystem) or ``apptainer``.
+ENVIRONMENT_KIND_ENV = "KS_PLATFORM_ENVIRONMENT"
+#: The GRES the SLURM executor requested for the job.
+REQUESTED_GRES_ENV = "KS_PLATFORM_SLURM_GRES"
+
+
+@lru_cache(maxsize=1)
+def environment_hash() -> str:
+    """``sha256:…`` of this Python's installed distributions (``name==version``, sorted: ``pip freeze``'s content)."""
+    import hashlib
+
+    pins = sorted({f"{(dist.metadata['Name'] or '').lower()}=={dist.version}" for dist in metadata.distributions()})
+    return "sha256:" + hashlib.sha256("\n".join(pins).encode()).hexdigest()
+
+
+def slurm_job() -> dict[str, Any]:
+    """The SLURM job this process runs in (job id, node, partition, GPUs, GRES), or {} outside SLURM."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return {}
+    facts: dict[str, Any] = {
+        "job_id": job_id,
+        "node": os.environ.get("SLURMD_NODENAME"),
+        "partition": os.environ.get("SLURM_JOB_PARTITION"),
+        "cluster": os.environ.get("SLURM_CLUSTER_NAME"),
+        "gpus": os.environ.get("SLURM_JOB_GPUS"),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "rocr_visible_devices": os.environ.get("ROCR_VISIBLE_DEVICES"),
+        "gres_requested": os.environ.get(REQUESTED_GRES_ENV),
+    }
+    try:  # what slurmctld granted (TresPerNode / AllocTRES), as `scontrol show job` reports it
+        command = ["scontrol", "show", "job", "-o", job_id]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+        granted = dict(part.split("=", 1) for part in out.stdout.split() if "=" in part)
+        facts["gres"] = granted.get("TresPerNode") or granted.get("TresPerJob")
+        facts["alloc_tres"] = granted.get("AllocTRES")
+    except (OSError, subprocess.SubprocessError):
+        facts["gres"] = None
+    kind = os.environ.get(ENVIRONMENT_KIND_ENV, "venv")
+    return {"slurm": facts, "environment": {"kind": kind, "prefix": sys.prefix, "lock_hash": environment_hash()}}
+
+
 def host_facts() -> dict[str, Any]:
     return {"host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version()}
 
@@ -58,5 +101,6 @@ def lineage_record(**extra: Any) -> dict[str, Any]:
         "git_commit": git_commit(),
         **container_image(),
         **host_facts(),
+        **slurm_job(),
         **extra,
     }
