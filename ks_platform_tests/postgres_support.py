@@ -31,6 +31,28 @@ def postgres_bin_dir() -> Path | None:
     return Path(found).resolve().parent if found else None
 
 
+def run_server_program(program: str, *args: str, log: Path | None = None) -> subprocess.CompletedProcess:
+    """Run one of the server's programs (``pg_ctl``, ``initdb``, …) as the cluster's owner; raise if it fails."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        raise FileNotFoundError("PostgreSQL server binaries not found: run scripts/install_system_deps.sh")
+    command = [str(bin_dir / program), *args]
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: the cluster belongs to the postgres user
+        command = ["runuser", "-u", "postgres", "--", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode:
+        tail = log.read_text()[-2000:] if log is not None and log.exists() else ""
+        raise RuntimeError(f"{program} failed ({done.returncode}): {done.stderr.strip()[-2000:]} {tail}")
+    return done
+
+
+def pg_ctl(data_dir: Path, action: str) -> None:
+    """``pg_ctl stop`` (fast: every open connection is cut), ``start`` or ``restart`` of a ``postgres_server``
+    cluster, waiting until it is done; the server's log goes on in its ``postgres.log``."""
+    log = Path(data_dir).parent / "postgres.log"
+    run_server_program("pg_ctl", "-D", str(data_dir), "-l", str(log), "-m", "fast", "-w", "-t", "60", action, log=log)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -54,24 +76,24 @@ def postgres_server(db_name: str = "dagster") -> Iterator[str]:
             shutil.chown(path, user)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        command = [str(bin_dir / args[0]), *args[1:]]
-        if as_root:
-            command = ["runuser", "-u", user, "--", *command]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode:
-            tail = log.read_text()[-2000:] if log.exists() else ""
-            raise RuntimeError(f"{' '.join(args[:1])} failed ({done.returncode}): {done.stderr.strip()[-2000:]} {tail}")
-        return done
+        return run_server_program(*args, log=log)
 
     port = _free_port()
     try:
         run("initdb", "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8", "--no-sync")
-        run("pg_ctl", "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off -c max_connections=200", "start")
+        # In the cluster's own config (not ``pg_ctl -o``), so a plain ``pg_ctl stop``/``start`` of the data
+        # directory (the fault tests in test_faults_instance.py) brings back the same server.
+        settings = {"listen_addresses": "'127.0.0.1'", "port": str(port), "unix_socket_directories": f"'{sockets}'",
+                    "fsync": "off", "max_connections": "200"}
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write("".join(f"{name} = {value}\n" for name, value in settings.items()))
+        run("pg_ctl", "-D", str(data), "-l", str(log), "-w", "-t", "60", "start")
         try:
             run("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", user, db_name)
             yield f"postgresql://{user}@127.0.0.1:{port}/{db_name}"
         finally:
-            run("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
+            if (data / "postmaster.pid").exists():  # a fault test may have left it stopped
+                run("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -89,7 +89,16 @@ def kill_when(worker: subprocess.Popen, predicate, timeout: float, what: str) ->
 
 
 def staged(session_dir: Path, step: str) -> list[Path]:
+    """The staging folders of ``step`` (``core/store.py: atomic_directory`` writes into ``.<step>.tmp-<hex>``)."""
     return list(session_dir.glob(f".{step}.tmp-*"))
+
+
+def files_in(folder: Path) -> list[str]:
+    """Names of the files in ``folder``; none when it is gone (a staging folder is renamed or removed at its end)."""
+    try:
+        return sorted(p.name for p in folder.iterdir() if p.is_file())
+    except FileNotFoundError:
+        return []
 
 
 def run_to_success(home: Path, store: Path, landing: Path, key: str, assets: list[str] | None = None, zero_copy: bool = True) -> None:
@@ -168,38 +177,50 @@ def test_kill_during_sorting_and_phy_export_then_rematerialize_is_byte_identical
     session = SessionStore(store.resolve(), key).dir
     run_to_success(home, store, landing, key, ["raw_recording", "probe_map", "recording_binary"])
 
-    # kill -9 while Kilosort runs
+    # kill -9 while Kilosort runs, once it has started writing into its staging folder (its kilosort4.log)
     watcher = FinalNameWatcher(session)
     watcher.start()
     worker = start_worker(home, store, landing, key, ["sorted_units"])
     started: list[float] = []
 
     def sorting_for_a_while() -> bool:
-        if staged(session, "sorting") and not started:
+        if not started and any(files_in(p) for p in staged(session, "sorting")):
             started.append(time.monotonic())
         return bool(started) and time.monotonic() - started[0] > 10
 
-    kill_when(worker, sorting_for_a_while, 600, "Kilosort to run for 10 s")
-    assert not (session / "sorting").exists()
-    assert staged(session, "sorting"), "the killed sort's staging folder is still there (cleaned by the next sort)"
+    kill_when(worker, sorting_for_a_while, 600, "Kilosort to write into its staging folder for 10 s")
+    killed = staged(session, "sorting")
+    assert len(killed) == 1, "the kill landed while the sort was being written, before it was put in place"
+    written = files_in(killed[0])
+    assert "kilosort4.log" in written and "sorting_summary.json" not in written, written
+    assert not (session / "sorting").exists(), "a killed sort leaves no sorting/ under its final name"
 
     run_to_success(home, store, landing, key, ["sorted_units", "phy_bundle"])
-    assert leftovers(session) == []
+    assert leftovers(session) == [], "the next sort removed the killed one's staging folder"
     reference_ws, reference_key, _ = sorted_workspace
     reference = reference_ws.store(reference_key)
     # Kilosort's own params.py holds the absolute binary path and ops.npy/logs/lineage hold timings; the rest is equal.
-    assert same_bytes(session / "sorting", reference.sorting_dir, skip=("ops.npy", "kilosort4.log", "params.py", "lineage.json", "sorting_summary.json", "effective_settings.json")) == []
+    varies = ("ops.npy", "kilosort4.log", "params.py", "lineage.json", "sorting_summary.json", "effective_settings.json")
+    assert same_bytes(session / "sorting", reference.sorting_dir, skip=varies) == []
 
-    # kill -9 during the Phy export: the previous Phy folder stays whole under its name
+    # kill -9 during the Phy export, once it has written a first file into its staging folder: the previous Phy
+    # folder (the one unit_metrics reads) stays whole under its name, byte for byte and the very same folder
     before = {p.name: p.read_bytes() for p in (session / "phy").iterdir() if p.is_file()}
+    previous = (session / "phy").stat().st_ino
     worker = start_worker(home, store, landing, key, ["phy_bundle"])
-    kill_when(worker, lambda: bool(staged(session, "phy")), 300, "the Phy export to start")
+    kill_when(worker, lambda: any(files_in(p) for p in staged(session, "phy")), 300, "the Phy export to write a file")
     watcher.stop()
-    assert watcher.partial_seen == []
+    killed = staged(session, "phy")
+    assert len(killed) == 1, "the kill landed while the export was being written, before it was put in place"
+    written = files_in(killed[0])
+    assert written, "the killed export had written into its staging folder"
+    print(f"killed the Phy export after it had written {written}")
+    assert watcher.partial_seen == [] and watcher.samples > 10
+    assert (session / "phy").stat().st_ino == previous, "phy/ is still the previous export's folder"
     assert {p.name: p.read_bytes() for p in (session / "phy").iterdir() if p.is_file()} == before
 
     run_to_success(home, store, landing, key, ["phy_bundle"])
-    assert leftovers(session) == []
+    assert leftovers(session) == [], "the next export removed the killed one's staging folder"
     assert same_bytes(session / "phy", reference.phy_dir) == []
 
 
