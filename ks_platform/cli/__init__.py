@@ -26,8 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a configuration or input error a user can fix is one ``error:`` line and exit status 2."""
+    from ks_platform.core.errors import PlatformConfigError, SessionInputError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (PlatformConfigError, SessionInputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

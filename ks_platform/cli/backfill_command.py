@@ -21,7 +21,7 @@ def _date(text: str) -> dt.date:
 
 def run_backfill(args: argparse.Namespace, instance=None, platform=None) -> int:
     """The command; ``instance``/``platform`` default to ``DAGSTER_HOME`` and the ``KS_PLATFORM_*`` environment."""
-    from ks_platform.cli.pipeline_commands import _instance, report_rejected
+    from ks_platform.cli.pipeline_commands import _instance, report_landing_roots, report_rejected
     from ks_platform.core.discovery import discover
     from ks_platform.definitions import build_definitions
     from ks_platform.defs import backfills
@@ -34,6 +34,7 @@ def run_backfill(args: argparse.Namespace, instance=None, platform=None) -> int:
     instance = instance or _instance()
     asset_graph = build_definitions(platform, sensors=[]).resolve_asset_graph()
 
+    report_landing_roots(platform)
     extra: list[str] = []
     if args.dry_run:  # change nothing: count landing sessions without registering them
         found, rejected = discover(platform.roots())
@@ -69,7 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "backfill",
         help="re-sort every session recorded in a date range (one Dagster backfill)",
-        description="Register the sessions in the landing roots, then launch one Dagster backfill of the session assets for the sessions recorded from --start to --end (inclusive).",
+        description="Register the sessions in the landing roots, then launch one Dagster backfill of the session "
+        "assets for the sessions recorded from --start to --end (inclusive). Folders that are not valid sessions, and "
+        "landing roots that cannot be searched, are reported on stderr (file, problem, fix) with how many were "
+        "skipped; the other sessions go on. Exit status: 0 when the roots were searched (even if folders were "
+        "skipped), 2 on a bad date range or an unusable configuration.",
     )
     parser.add_argument("--start", type=_date, required=True, help="first recording date, YYYY-MM-DD")
     parser.add_argument("--end", type=_date, required=True, help="last recording date (included), YYYY-MM-DD")

@@ -28,6 +28,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ks_platform.core.conversion import write_recording_binary
+    from ks_platform.core.discovery import unexpected_error
     from ks_platform.core.errors import SessionInputError
     from ks_platform.core.formats import open_recording
     from ks_platform.core.sessions import fingerprint
@@ -36,7 +37,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     store = SessionStore.in_folder(Path(args.out))
     try:
         source = open_recording(Path(args.session_dir).resolve(), args.probe_name)
-        write_json_atomic(store.raw_manifest, {**source.summary(), "fingerprint": fingerprint(source, include_settings=False)})
+        manifest = {**source.summary(), "fingerprint": fingerprint(source, include_settings=False)}
         print(f"{source.format} recording: {source.duration_s:.1f} s, {source.n_channels} channels ({len(source.sorting_channels)} sorted), {source.size_bytes / 1e6:.0f} MB")
         with tqdm(total=100, unit="%", desc="recording binary", disable=args.quiet, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]{postfix}") as bar:
 
@@ -45,8 +46,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                 bar.update(max(0.0, fraction * 100 - bar.n))
 
             binary = write_recording_binary(source, store.binary_dir, allow_zero_copy=not args.no_zero_copy, progress=progress)
+        write_json_atomic(store.raw_manifest, manifest)  # last: a failed conversion leaves nothing in --out
     except SessionInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a reader bug or an input no check foresaw: one line, never a traceback
+        print(f"error: {unexpected_error(Path(args.session_dir), exc)}", file=sys.stderr)
         return 2
     print(zero_copy_decision(source, binary))
     print(f"checksum: {binary.checksum_algorithm} {binary.checksum}")

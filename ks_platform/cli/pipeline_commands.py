@@ -39,6 +39,23 @@ def _instance():
     return DagsterInstance.get()
 
 
+def report_landing_roots(platform) -> None:
+    """Each configured landing root that cannot hold sessions (missing, a file, a bad name), with its fix (on stderr);
+    the other roots are still searched."""
+    from ks_platform.core.discovery import landing_root_problems
+    from ks_platform.core.errors import PlatformConfigError
+
+    try:
+        roots = platform.roots()
+    except ValueError as exc:
+        raise PlatformConfigError(
+            f"KS_PLATFORM_LANDING={platform.landing_roots!r}: {exc}. "
+            "Fix: write it as name=path[,name=path...], e.g. rig1=/data/landing/rig1"
+        ) from None
+    for problem in landing_root_problems(roots, Path(platform.store_root)):
+        print(f"warning: {problem}", file=sys.stderr)
+
+
 def report_rejected(rejected) -> None:
     """Each landing folder that is not a session, with why, then how many (on stderr)."""
     for item in rejected:
@@ -52,6 +69,7 @@ def register_sessions(instance, platform) -> list[str]:
     from ks_platform.core.discovery import discover
     from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
 
+    report_landing_roots(platform)
     found, rejected = discover(platform.roots())
     report_rejected(rejected)
     keys = sorted(s.ref.key for s in found)
@@ -121,7 +139,14 @@ def register(sub) -> None:
     make.add_argument("--date", default="2026-03-02")
     make.set_defaults(func=_cmd_make_session)
 
-    register_cmd = sub.add_parser("register", help="add every session under the landing roots as a partition")
+    register_cmd = sub.add_parser(
+        "register",
+        help="add every session under the landing roots as a partition",
+        description="Add every session under the landing roots as a partition and print the keys. Folders that are not "
+        "valid sessions, and landing roots that cannot be searched, are reported on stderr (file, problem, fix) with "
+        "how many were skipped; the other sessions are registered all the same. Exit status: 0 when the roots were "
+        "searched (even if folders were skipped), 2 when the platform's configuration is unusable.",
+    )
     register_cmd.set_defaults(func=_cmd_register)
 
     demo = sub.add_parser("demo", help="make a demo session and materialize all its assets on the embedded instance")

@@ -73,6 +73,29 @@ class SessionStore:
         return self.dir / "metrics"
 
 
+#: errno values that mean "the store may not be written here" (not a bad input, not a full disk).
+_READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextmanager
+def store_writes(where: Path) -> Iterator[None]:
+    """Turn "the store is read-only / not ours" into one clear error naming the path and the fix."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _READ_ONLY_ERRNOS:
+            raise
+        from ks_platform.core.errors import SessionInputError
+
+        who = f"uid {os.geteuid()}" if hasattr(os, "geteuid") else "the platform's user"
+        raise SessionInputError(
+            Path(exc.filename or where),
+            f"the store cannot be written ({exc.strerror}; {who})",
+            "make the store writable (remount it read-write, or give that user write access to it), "
+            "or set KS_PLATFORM_STORE to a writable folder",
+        ) from None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -150,10 +173,11 @@ def replace_path(staged: Path, final: Path) -> None:
 @contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it becomes ``final``, on error it is removed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(final.parent)
     staged = final.parent / f".{final.name}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
-    staged.mkdir()
+    with store_writes(final.parent):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final.parent)
+        staged.mkdir()
     try:
         yield staged
     except BaseException:
@@ -165,7 +189,8 @@ def atomic_directory(final: Path) -> Iterator[Path]:
 @contextmanager
 def atomic_file(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling file path; on success it is renamed to ``final``."""
-    final.parent.mkdir(parents=True, exist_ok=True)
+    with store_writes(final.parent):
+        final.parent.mkdir(parents=True, exist_ok=True)
     staged = final.parent / f".{final.name}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
     try:
         yield staged
@@ -180,7 +205,7 @@ def atomic_file(final: Path) -> Iterator[Path]:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write ``payload`` as indented JSON to ``path`` atomically."""
-    with atomic_file(path) as staged:
+    with atomic_file(path) as staged, store_writes(path.parent):
         staged.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
@@ -217,8 +242,10 @@ def session_lock(store: SessionStore, log: Callable[[str], None] | None = None, 
     """
     if log is None:
         log = logging.getLogger(__name__).warning
-    store.dir.mkdir(parents=True, exist_ok=True)
-    with open(store.dir / LOCK_FILE, "a+") as handle:
+    with store_writes(store.dir):
+        store.dir.mkdir(parents=True, exist_ok=True)
+        handle = open(store.dir / LOCK_FILE, "a+")
+    with handle:
         waited = 0.0
         while True:
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from pathlib import Path
 from types import ModuleType
 
@@ -39,6 +40,24 @@ def _orphan_data_files(session_dir: Path) -> list[Path]:
     return sorted(p for p in session_dir.iterdir() if p.suffix in raw_binary.DATA_SUFFIXES and p.is_file())
 
 
+#: Names of data files that must be regular files (a folder or a missing file under such a name is a broken copy).
+_DATA_FILE_SUFFIXES = (".bin", ".dat", ".raw", ".plx")
+
+
+def _refuse_missing_data(session_dir: Path) -> None:
+    """In a folder no reader recognises: name a data file that is a folder, or a SpikeGLX .meta without its .bin."""
+    for path in sorted(session_dir.rglob("*")):
+        if path.suffix in _DATA_FILE_SUFFIXES and path.is_dir():
+            fix = f"copy the recording file {path.name} itself into the session folder"
+            raise SessionInputError(path, "is a folder, not a data file", fix)
+        if path.name.endswith(".ap.meta") and path.is_file() and not path.with_suffix(".bin").is_file():
+            raise SessionInputError(
+                path.with_suffix(".bin"),
+                f"the SpikeGLX data file of {path.name} is missing",
+                "copy the .ap.bin SpikeGLX wrote next to its .ap.meta (or remove the .meta)",
+            )
+
+
 def detect_format(session_dir: Path) -> ModuleType:
     """The one reader whose files are in ``session_dir``; unknown or mixed folders get a clear error."""
     if not session_dir.is_dir():
@@ -48,6 +67,7 @@ def detect_format(session_dir: Path) -> ModuleType:
     except PermissionError as exc:
         raise permission_error(exc.filename, session_dir) from None
     if not matches:
+        _refuse_missing_data(session_dir)
         known = ", ".join(r.FORMAT for r in READERS)
         dats = sorted(session_dir.rglob("continuous.dat"))
         if dats:  # <recording>/continuous/<stream>/continuous.dat
@@ -79,8 +99,28 @@ def refuse_escaping_links(session_dir: Path) -> None:
     for folder, dirs, files in os.walk(session_dir, onerror=unreadable):
         for name in dirs + files:
             entry = Path(folder) / name
-            if entry.is_symlink():
-                contained_path(session_dir, entry, "the session folder")
+            mode = entry.lstat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                raise SessionInputError(
+                    entry,
+                    "is a named pipe, socket or device, not a file (reading it could block forever)",
+                    "copy the real file into the session folder, or remove this entry",
+                )
+            if stat.S_ISLNK(mode):
+                try:
+                    contained_path(session_dir, entry, "the session folder")
+                except (RuntimeError, OSError):  # Python reports a symlink loop as RuntimeError
+                    raise SessionInputError(
+                        entry,
+                        "is a symbolic link that loops (it never reaches a file)",
+                        "replace the link by the file it should point to, or remove it",
+                    ) from None
+                if not entry.exists():
+                    raise SessionInputError(
+                        entry,
+                        f"is a symbolic link to {os.readlink(entry)}, which does not exist",
+                        "copy the file itself into the session folder, or fix the link",
+                    )
 
 
 def list_probes(session_dir: Path) -> ProbeListing:

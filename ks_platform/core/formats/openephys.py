@@ -143,9 +143,21 @@ def _load_oebin(path: Path) -> dict:
             f"structure.oebin is not valid JSON ({exc.msg} at line {exc.lineno})",
             "copy structure.oebin again from the acquisition computer",
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise SessionInputError(
-            path, f"cannot read structure.oebin ({exc})", "check the file's permissions and copy it again"
+            path,
+            f"structure.oebin is not UTF-8 text ({exc.reason} at byte {exc.start})",
+            "copy structure.oebin again from the acquisition computer",
+        ) from None
+    except RecursionError:
+        raise SessionInputError(
+            path,
+            "structure.oebin is JSON nested too deeply to be an Open Ephys structure file",
+            "copy structure.oebin again from the acquisition computer",
+        ) from None
+    except OSError as exc:
+        raise SessionInputError(
+            path, f"cannot read structure.oebin ({exc.strerror or exc})", "check the file's permissions and copy it again"
         ) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("continuous"), list):
         raise SessionInputError(

@@ -34,17 +34,24 @@ def find_files(session_dir: Path) -> list[Path]:
     return found
 
 
+_FIX_SIDECAR = 'write a JSON object such as {"sampling_frequency": 30000, "n_channels": 384, "dtype": "int16"}'
+
+
 def _sidecar(path: Path) -> dict:
     try:
-        payload = json.loads(path.read_text())
+        payload = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise SessionInputError(path, f"the sidecar is not valid JSON ({exc.msg} at line {exc.lineno})", "fix the JSON syntax") from None
+    except UnicodeDecodeError:
+        raise SessionInputError(path, "the sidecar is not UTF-8 text", "save it as UTF-8 JSON") from None
+    except RecursionError:
+        raise SessionInputError(path, "the sidecar's JSON is nested too deeply to be a sidecar", _FIX_SIDECAR) from None
     except PermissionError:
         raise  # reported by formats.open_recording with the permission fix
     except OSError as exc:
         raise SessionInputError(path, f"cannot read the sidecar ({exc.strerror})", "check the file's permissions") from None
     if not isinstance(payload, dict):
-        raise SessionInputError(path, "the sidecar must be a JSON object", "write {\"sampling_frequency\": ..., \"n_channels\": ..., ...}")
+        raise SessionInputError(path, "the sidecar must be a JSON object", _FIX_SIDECAR)
     for key in ("sampling_frequency", "n_channels", "dtype"):
         if key not in payload:
             raise SessionInputError(path, f"the sidecar has no {key!r}", f"add {key!r} to the sidecar")
@@ -73,6 +80,13 @@ def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir
     if size == 0:
         raise SessionInputError(data_path, "the data file is empty (0 bytes)", "copy the recording again")
     frame = n_channels * dtype.itemsize
+    if frame > size:
+        raise SessionInputError(
+            sidecar_path,
+            f"one frame of {n_channels} channels x {dtype.itemsize} bytes is larger than the whole data file "
+            f"({size} bytes)",
+            f"correct n_channels/dtype in {sidecar_path.name} (or copy {data_path.name} again completely)",
+        )
     if size % frame:
         raise SessionInputError(
             data_path,
@@ -84,6 +98,15 @@ def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir
     if probe_file is not None and not isinstance(probe_file, str):
         raise SessionInputError(sidecar_path, f"probe_file must be a file name, got {probe_file!r}", 'write "probe_file": "probe.json"')
     probe_path = (session_dir / probe_file) if probe_file else None
+    if probe_path is not None and Path(session_dir).resolve() not in probe_path.resolve().parents:
+        raise SessionInputError(
+            sidecar_path,
+            f"probe_file {probe_file!r} resolves to {probe_path.resolve()}, outside the session folder",
+            "copy the probe file into the session folder and name it relative to that folder",
+        )
+    if probe_path is not None and probe_path.is_dir():
+        problem = f"probe_file {probe_file!r} is a folder, not a probe file"
+        raise SessionInputError(sidecar_path, problem, "name the probe file itself (.json, .prb or .mat)")
     if probe_path is not None and not probe_path.is_file():
         raise SessionInputError(sidecar_path, f"probe_file {probe_file!r} does not exist", "put the probe file in the session folder or fix the path")
     listed = meta.get("sorting_channels", list(range(n_channels)))
@@ -91,7 +114,9 @@ def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir
         raise SessionInputError(sidecar_path, f"sorting_channels must be a non-empty list of channel indices, got {listed!r}", "list the channels to sort, e.g. [0, 1, 2], or remove the key")
     sorting = tuple(listed)
     if any(c < 0 or c >= n_channels for c in sorting):
-        raise SessionInputError(sidecar_path, "sorting_channels lists channels outside 0..n_channels-1", "correct sorting_channels")
+        problem = f"sorting_channels lists channels outside 0..{n_channels - 1}"
+        fix = f"list only channels 0 to {n_channels - 1} in sorting_channels, or remove the key"
+        raise SessionInputError(sidecar_path, problem, fix)
     date_text = meta.get("recording_date")
     if date_text is not None and not isinstance(date_text, str):
         raise SessionInputError(sidecar_path, f"recording_date must be a YYYY-MM-DD string, got {date_text!r}", 'write "recording_date": "2026-03-02"')
@@ -151,10 +176,14 @@ def _whole_number(meta: dict, key: str, path: Path) -> int:
     return value
 
 
+_EXAMPLES = {"sampling_frequency": "30000", "uv_per_bit": "0.195"}
+
+
 def _positive_number(meta: dict, key: str, path: Path) -> float:
     value = meta[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise SessionInputError(path, f"{key} must be a finite number > 0, got {value!r}", f"write the {key} as a number, e.g. 30000")
+        fix = f"write the {key} as a number, e.g. {_EXAMPLES.get(key, '1.0')}"
+        raise SessionInputError(path, f"{key} must be a finite number > 0, got {value!r}", fix)
     return float(value)
 
 

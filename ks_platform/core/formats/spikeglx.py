@@ -174,10 +174,16 @@ def parse_meta(meta_path: Path) -> dict[str, str]:
         text = meta_path.read_text(errors="strict")
     except PermissionError:
         raise  # reported by formats.open_recording with the permission fix
-    except (UnicodeDecodeError, OSError) as exc:
+    except UnicodeDecodeError as exc:
         raise SessionInputError(
-            meta_path, f"cannot read the meta file ({exc})", "check the file's permissions and that it is text"
-        ) from exc
+            meta_path,
+            f"the meta file is not text ({exc.reason} at byte {exc.start})",
+            "restore the .meta SpikeGLX wrote for this recording",
+        ) from None
+    except OSError as exc:
+        raise SessionInputError(
+            meta_path, f"cannot read the meta file ({exc.strerror or exc})", "check the file's permissions and copy it again"
+        ) from None
     for line in text.splitlines():
         if "=" in line:
             key, value = line.split("=", 1)
@@ -397,6 +403,9 @@ class Segment:
 def read_segment(bin_path: Path) -> Segment:
     """Read and check one AP file's meta against the file (size, duration, channel subset, scaling)."""
     meta_path = bin_path.with_suffix(".meta")
+    if meta_path.is_dir():
+        fix = f"replace it by the .meta file SpikeGLX wrote for {bin_path.name}"
+        raise SessionInputError(meta_path, "is a folder, not the SpikeGLX meta file", fix)
     if not meta_path.is_file():
         raise SessionInputError(
             meta_path,
