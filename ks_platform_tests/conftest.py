@@ -121,6 +121,36 @@ def sorted_workspace(tmp_path_factory, generated_session, dagster_instance):
     return ws, key, result
 
 
+#: A folder name the lab chose that is not a safe partition key (space): it must not need renaming.
+SESSION_FOLDER = "mouse7 day3"
+
+
+def sort_every_probe(base, folder: str, write, dagster_instance):
+    """Write one session with ``write(session, scratch)``, discover it in the landing root and sort each probe
+    through Dagster: ``(workspace, found, what write returned, {probe: (key, run result)})``."""
+    from ks_platform.core.discovery import discover
+
+    landing = base / "landing"
+    session = landing / folder
+    session.mkdir(parents=True)
+    written = write(session, base / "scratch")
+    ws = Workspace(landing, base / "store", dagster_instance)
+    found, rejected = discover(ws.platform.roots())
+    assert rejected == []
+    results = {item.probe_name: (item.ref.key, ws.run(item.ref.key)) for item in found}
+    return ws, found, written, results
+
+
+@pytest.fixture(scope="session")
+def two_probe_run(tmp_path_factory, dagster_instance):
+    """A two-probe, two-gate SpikeGLX run registered from the landing root and sorted probe by probe (shared by
+    test_multi_probe_e2e and test_phy_gui)."""
+    from ks_platform_tests.multi_probe_support import write_two_probe_two_gate_run
+
+    base = tmp_path_factory.mktemp("two_probe")
+    return sort_every_probe(base, SESSION_FOLDER, write_two_probe_two_gate_run, dagster_instance)
+
+
 @pytest.fixture
 def workspace(tmp_path, dagster_instance) -> Workspace:
     landing = tmp_path / "landing"

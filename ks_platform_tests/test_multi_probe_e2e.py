@@ -6,41 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ks_platform.core.discovery import discover
 from ks_platform.core.phy import SEGMENTS_TSV, validate_phy_folder
 from ks_platform.core.store import read_json
-from ks_platform_tests.conftest import ROOT_NAME, Workspace, failure_messages
-from ks_platform_tests.multi_probe_support import (
-    OPENEPHYS_PROBES,
-    SUBSET_CHANNELS,
-    write_openephys_two_probe_node,
-    write_two_probe_two_gate_run,
-)
+from ks_platform_tests.conftest import ROOT_NAME, SESSION_FOLDER, failure_messages, sort_every_probe
+from ks_platform_tests.multi_probe_support import OPENEPHYS_PROBES, SUBSET_CHANNELS, write_openephys_two_probe_node
 
-#: A folder name the lab chose that is not a safe partition key (space): it must not need renaming.
-SESSION_FOLDER = "mouse7 day3"
 #: The Open Ephys rig's session folder (one Record Node, ProbeA + ProbeB + an NI-DAQ board).
 OPENEPHYS_FOLDER = "mouse8"
-
-
-def sort_every_probe(base, folder: str, write, dagster_instance):
-    """Write one session with ``write(session, scratch)``, discover it in the landing root and sort each probe
-    through Dagster: ``(workspace, found, what write returned, {probe: (key, run result)})``."""
-    landing = base / "landing"
-    session = landing / folder
-    session.mkdir(parents=True)
-    written = write(session, base / "scratch")
-    ws = Workspace(landing, base / "store", dagster_instance)
-    found, rejected = discover(ws.platform.roots())
-    assert rejected == []
-    results = {item.probe_name: (item.ref.key, ws.run(item.ref.key)) for item in found}
-    return ws, found, written, results
-
-
-@pytest.fixture(scope="session")
-def two_probe_run(tmp_path_factory, dagster_instance):
-    """A two-probe, two-gate SpikeGLX run registered from the landing root and sorted probe by probe."""
-    return sort_every_probe(tmp_path_factory.mktemp("two_probe"), SESSION_FOLDER, write_two_probe_two_gate_run, dagster_instance)
 
 
 def test_each_probe_of_the_run_is_one_partition_with_a_derived_key(two_probe_run):

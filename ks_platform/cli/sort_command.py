@@ -6,6 +6,9 @@
 
 Writes ``OUT/{raw_recording.json, probe/, binary/, sorting/, phy/}``: the same files and lineage record as the
 Dagster assets, each step atomically. Progress: a bar for the conversion, Kilosort's own stage logs after it.
+
+A zero-copy ``binary/recording.bin`` is a symlink to the raw file (``--link``): inside an image (``KS_PLATFORM_IMAGE``
+set) it is relative by default, so the Phy folder also opens on the host, where the mounts have other paths.
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ def _source(args: argparse.Namespace):
     return describe_binary(path, meta, sidecar if sidecar.is_file() else path, path.parent), None
 
 
+def _relative_link(choice: str) -> bool:
+    """``--link``: auto is relative inside an image (its mount paths mean nothing on the host), absolute elsewhere."""
+    if choice == "auto":
+        from ks_platform.core.lineage import IMAGE_ENV
+
+        return bool(os.environ.get(IMAGE_ENV))
+    return choice == "relative"
+
+
 def _cmd_sort(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -60,7 +72,9 @@ def _cmd_sort(args: argparse.Namespace) -> int:
                 bar.update(max(0.0, fraction * 100 - bar.n))
                 bar.set_postfix_str(message, refresh=False)
 
-            binary = conversion.write_recording_binary(source, store.binary_dir, allow_zero_copy=not args.no_zero_copy, progress=progress)
+            binary = conversion.write_recording_binary(
+                source, store.binary_dir, not args.no_zero_copy, progress, relative_link=_relative_link(args.link)
+            )
         print(f"binary: {'zero-copy reference' if binary.zero_copy else 'converted'}, xxh3 {binary.checksum}")
         sorted_ = pipeline.sort_session(session_dir, store, backend=args.backend, log=None if args.quiet else print, settings_file=Path(args.settings) if args.settings else None, probe=source.probe_name if session_dir else None)
         phy = pipeline.export_phy(store)
@@ -87,5 +101,12 @@ def register(sub) -> None:
     sort.add_argument("--dtype", help="bare binary: sample type (default int16)")
     sort.add_argument("--uv-per-bit", type=float, help="bare binary: µV per bit (metadata only; default 1.0)")
     sort.add_argument("--no-zero-copy", action="store_true", help="always write a copy of the binary into --out")
+    sort.add_argument(
+        "--link",
+        choices=("auto", "relative", "absolute"),
+        default=os.environ.get("KS_PLATFORM_LINK", "auto"),
+        help="zero-copy symlink to the raw file: relative (resolves wherever the landing folder and --out keep their "
+        "layout, on the host and in a container) or absolute; auto (default): relative inside an image",
+    )
     sort.add_argument("--quiet", action="store_true", help="no progress bar, no Kilosort logs")
     sort.set_defaults(func=_cmd_sort)

@@ -1,7 +1,8 @@
 """Recording → the int16 interleaved binary Kilosort reads: streamed, bounded memory, checksummed.
 
 Zero-copy sources (already int16 interleaved) are verified by hashing them in place and referenced by a
-symlink; everything else is converted chunk by chunk into a temporary file renamed on success.
+symlink (absolute, or relative to the binary's folder: see ``link_target``); everything else is converted chunk by
+chunk into a temporary file renamed on success.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,14 +96,35 @@ def _disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def write_recording_binary(source: RecordingSource, binary_dir: Path, allow_zero_copy: bool = True, progress: Progress | None = None) -> RecordingBinary:
-    """Produce ``binary_dir/recording.bin`` (+ ``binary.json``) atomically and return its description."""
+def link_target(source: Path, binary_dir: Path, relative: bool) -> str:
+    """What a zero-copy ``binary_dir/recording.bin`` symlink points at: the source's real path, or that path
+    relative to ``binary_dir``'s real location.
+
+    Absolute survives moving the store alone (the platform mounts store and landing at the same paths in every
+    container). Relative survives moving landing and output together, and resolves on the host as well as in a
+    container that mounts them elsewhere in the same layout (``ks-platform sort`` in an image, by hand).
+    """
+    real = source.resolve()
+    return os.path.relpath(real, binary_dir.resolve()) if relative else str(real)
+
+
+def write_recording_binary(
+    source: RecordingSource,
+    binary_dir: Path,
+    allow_zero_copy: bool = True,
+    progress: Progress | None = None,
+    relative_link: bool = False,
+) -> RecordingBinary:
+    """Produce ``binary_dir/recording.bin`` (+ ``binary.json``) atomically and return its description.
+
+    ``relative_link``: a zero-copy symlink points at the source relative to ``binary_dir`` (``link_target``).
+    """
     started = time.perf_counter()
     with atomic_directory(binary_dir) as staged:
         target = staged / BINARY_NAME
         if allow_zero_copy and source.zero_copy_path is not None:
             checksum = hash_file(source.zero_copy_path, progress)
-            os.symlink(source.zero_copy_path.resolve(), target)
+            os.symlink(link_target(source.zero_copy_path, binary_dir, relative_link), target)
             channels = tuple(range(source.n_channels))
             written, zero_copy = 0, True
         else:
@@ -153,11 +175,12 @@ def _convert(source: RecordingSource, target: Path, progress: Progress | None) -
 
 
 def load_recording_binary(binary_dir: Path) -> RecordingBinary:
-    """Read back a binary's manifest; refuses a missing or dangling one."""
+    """Read back a binary's manifest (``path``: ``binary_dir/recording.bin``); refuses a missing or dangling one."""
     manifest = binary_dir / MANIFEST_NAME
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} is missing: materialize recording_binary for this session first")
-    binary = RecordingBinary.from_json(read_json(manifest))
+    # The binary is where the manifest is now: the recorded path goes stale when the store moves.
+    binary = replace(RecordingBinary.from_json(read_json(manifest)), path=binary_dir / BINARY_NAME)
     if not binary.path.exists():
         raise FileNotFoundError(f"{binary.path} is missing or its zero-copy source has moved: re-materialize recording_binary")
     return binary
