@@ -157,10 +157,30 @@ def session_settings_version(session_dir: Path, probe: str | None = None) -> str
 
 def effective_session_settings(session_dir: Path | None, binary: conversion.RecordingBinary, probe_manifest: dict, settings_file: Path | None = None, probe: str | None = None) -> settings.EffectiveSettings:
     """Layered, validated Kilosort settings for the probe as its session config says now (``settings_file`` last)."""
-    overrides = probe_config(session_dir, probe).kilosort if session_dir is not None else {}
+    config = probe_config(session_dir, probe) if session_dir is not None else session_config.ProbeConfig()
+    overrides, files = config.kilosort, list(config.files)
     if settings_file is not None:
         overrides = {**overrides, **settings.read_overrides_file(Path(settings_file))}
+        files.append(Path(settings_file))
+    check_batch_size(overrides, binary, files)
     return settings.effective_settings(binary.n_chan_bin, binary.sampling_frequency, probe_manifest["probe_kind"], overrides)
+
+
+def check_batch_size(overrides: dict[str, Any], binary: conversion.RecordingBinary, files: list[Path]) -> None:
+    """Refuse a ``batch_size`` set longer than the whole recording (Kilosort would sort padding, or run out of
+    memory); the message names the nearest settings file that sets it."""
+    value = overrides.get("batch_size")
+    if value is None or value <= binary.n_samples:
+        return
+    setting = [p for p in files if p.is_file() and '"batch_size"' in p.read_text(encoding="utf-8", errors="replace")]
+    named = (setting or files or [binary.path])[-1]
+    raise SessionInputError(
+        named,
+        f"batch_size={value:g} samples is longer than the whole recording ({binary.n_samples} samples, "
+        f"{binary.n_samples / binary.sampling_frequency:.2f} s)",
+        f"set batch_size to at most {binary.n_samples} samples (Kilosort's default is 60000, 2 s at 30 kHz), "
+        "or remove it",
+    )
 
 
 @writes_session
