@@ -42,14 +42,41 @@ def default_sensors() -> list[dg.SensorDefinition]:
 
 
 def executor_from_env() -> dg.ExecutorDefinition | None:
-    """The placing Docker executor when ``KS_PLATFORM_INVENTORY`` names a host inventory, else Dagster's default."""
+    """The executor the environment selects: dagster-k8s's (``KS_PLATFORM_KUBERNETES``), SLURM jobs
+    (``KS_PLATFORM_SLURM`` or ``KS_PLATFORM_EXECUTOR=ks_platform_slurm``), the placing Docker executor
+    (``KS_PLATFORM_INVENTORY`` or ``KS_PLATFORM_EXECUTOR=ks_platform_docker``; the latter is set in every step container
+    and job so run config validates there too), else Dagster's default."""
     import os
 
-    if not os.environ.get("KS_PLATFORM_INVENTORY"):
+    from ks_platform.execution.kubernetes import KUBERNETES_ENV
+
+    if os.environ.get(KUBERNETES_ENV):
+        return kubernetes_executor(os.environ[KUBERNETES_ENV])
+    if os.environ.get("KS_PLATFORM_SLURM") or os.environ.get("KS_PLATFORM_EXECUTOR") == "ks_platform_slurm":
+        from ks_platform.execution.slurm_executor import slurm_executor
+
+        return slurm_executor
+    if not os.environ.get("KS_PLATFORM_INVENTORY") and os.environ.get("KS_PLATFORM_EXECUTOR") != "ks_platform_docker":
         return None
     from ks_platform.execution.docker_executor import placing_docker_executor
 
     return placing_docker_executor
+
+
+def kubernetes_executor_config(deployment_file: str) -> dict:
+    """The placement policy's ``k8s_job_executor`` config for these assets (GPU config for the sorting op)."""
+    from ks_platform.execution.kubernetes import k8s_executor_config, load_deployment
+
+    deployment = load_deployment(deployment_file)
+    op_tags = {asset.op.name: dict(asset.op.tags) for asset in ALL_ASSETS if isinstance(asset, dg.AssetsDefinition)}
+    return k8s_executor_config(deployment.inventory, op_tags)
+
+
+def kubernetes_executor(deployment_file: str) -> dg.ExecutorDefinition:
+    """dagster-k8s's ``k8s_job_executor`` configured by :func:`kubernetes_executor_config` (``KS_PLATFORM_KUBERNETES``)."""
+    from dagster_k8s import k8s_job_executor
+
+    return k8s_job_executor.configured(kubernetes_executor_config(deployment_file))
 
 
 def build_definitions(
