@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import probeinterface as pi
 
-from ks_platform.core import conversion, phy, probes, session_config, settings, sorting
+from ks_platform.core import conversion, curation, phy, probes, session_config, settings, sorting
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import list_probes, open_recording, probe_config
 from ks_platform.core.formats.base import RecordingSource
@@ -236,6 +236,7 @@ def export_phy(store: SessionStore) -> StepOutput:
     if not (store.sorting_dir / sorting.SUMMARY_FILE).is_file():
         raise FileNotFoundError(f"{store.sorting_dir} has no sorting: materialize sorted_units first")
     segments = read_json(store.raw_manifest).get("segments") if store.raw_manifest.is_file() else None
+    curation.preserve_phy_curation(store)  # a curation saved in Phy outlives the rebuilt folder (curation/history/)
     bundle = phy.build_phy_bundle(store.sorting_dir, binary, np.asarray(ks_probe["kcoords"]).astype(int), store.phy_dir, segments)
     lineage = read_json(store.sorting_dir / sorting.LINEAGE_FILE)
     metadata = {

@@ -65,7 +65,7 @@ def metric_params(duration_s: float) -> dict[str, dict[str, Any]]:
     }
 
 
-def _recording(store: SessionStore):
+def spike_band_recording(store: SessionStore):
     """The session's binary as a SpikeInterface recording with the Kilosort probe attached (µV gains)."""
     import probeinterface as pi
     import spikeinterface.core as si
@@ -88,6 +88,15 @@ def _recording(store: SessionStore):
     return highpass_filter(recording.select_channels_with_probegroup(group), freq_min=300.0), binary
 
 
+def curated_labels(store: SessionStore, unit_ids: list[int]) -> list[str]:
+    """Phy's label per unit when ``curated_units`` recorded a curation of the current sorting, else ``""``."""
+    from ks_platform.core.curation import CURATED, current_record
+
+    record = current_record(store)
+    labels = record.labels if record is not None and record.status == CURATED else {}
+    return [labels.get(u, "") for u in unit_ids]
+
+
 def compute_unit_metrics(store: SessionStore, n_jobs: int = 1) -> UnitMetrics:
     """Quality metrics + figures for the session's Phy folder, written to ``store.metrics_dir``."""
     import spikeinterface.core as si
@@ -95,7 +104,7 @@ def compute_unit_metrics(store: SessionStore, n_jobs: int = 1) -> UnitMetrics:
     import spikeinterface.postprocessing  # noqa: F401
     from spikeinterface.extractors import read_kilosort
 
-    recording, binary = _recording(store)
+    recording, binary = spike_band_recording(store)
     sorting = read_kilosort(store.phy_dir, keep_good_only=False)
     labels = dict(zip(sorting.unit_ids, sorting.get_property("KSLabel") if "KSLabel" in sorting.get_property_keys() else ["unsorted"] * len(sorting.unit_ids)))
     job = {"n_jobs": n_jobs, "chunk_duration": "1s", "progress_bar": False}
@@ -106,7 +115,8 @@ def compute_unit_metrics(store: SessionStore, n_jobs: int = 1) -> UnitMetrics:
     table = metrics.copy()
     table.insert(0, "unit_id", [int(u) for u in metrics.index])
     table.insert(1, "kilosort_label", [str(labels.get(u, "")) for u in metrics.index])
-    table.insert(2, "n_spikes", [int(n) for n in sorting.count_num_spikes_per_unit(outputs="array")])
+    table.insert(2, "curated_label", curated_labels(store, [int(u) for u in metrics.index]))
+    table.insert(3, "n_spikes", [int(n) for n in sorting.count_num_spikes_per_unit(outputs="array")])
     locations = analyzer.get_extension("unit_locations").get_data()
     table["x_um"], table["y_um"] = locations[:, 0], locations[:, 1]
     table = table.reset_index(drop=True).round(4)
@@ -118,6 +128,7 @@ def compute_unit_metrics(store: SessionStore, n_jobs: int = 1) -> UnitMetrics:
         "median_presence_ratio": float(table["presence_ratio"].median()) if len(table) else 0.0,
         "duration_s": float(binary.n_samples / binary.sampling_frequency),
         "metric_names": list(METRIC_NAMES),
+        "curated_counts": {label: int((table["curated_label"] == label).sum()) for label in sorted(set(table["curated_label"]) - {""})},
     }
     with atomic_directory(store.metrics_dir) as staged:
         table.to_csv(staged / METRICS_CSV, index=False)

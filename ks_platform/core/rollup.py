@@ -16,6 +16,7 @@ from typing import Any
 
 import xxhash
 
+from ks_platform.core import curation
 from ks_platform.core.sessions import KEY_SEPARATOR, SessionRef
 from ks_platform.core.sorting import SUMMARY_FILE
 from ks_platform.core.store import SessionStore, atomic_file, read_json, write_json_atomic
@@ -38,6 +39,9 @@ class SessionOutcome:
     sorting_seconds: float | None = None
     device: str | None = None
     error: str | None = None
+    #: Phy curation of the current sorting (``curated``/``uncurated``/``stale``, None before ``curated_units``).
+    curation_status: str | None = None
+    n_curated_good_units: int | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,11 @@ class DailyRollup:
         return sum(s.n_good_units or 0 for s in self.sessions)
 
     @property
+    def n_curated_good_units(self) -> int:
+        """Units labelled good in Phy, over the sessions whose curation applies to their current sorting."""
+        return sum(s.n_curated_good_units or 0 for s in self.sessions)
+
+    @property
     def recording_seconds(self) -> float:
         return round(sum(s.recording_seconds or 0.0 for s in self.sessions), 3)
 
@@ -103,6 +112,7 @@ class DailyRollup:
             "n_pending": self.n_pending,
             "n_units": self.n_units,
             "n_good_units": self.n_good_units,
+            "n_curated_good_units": self.n_curated_good_units,
             "recording_seconds": self.recording_seconds,
             "sorting_seconds": self.sorting_seconds,
             "devices": self.devices,
@@ -137,6 +147,9 @@ def session_outcome(store_root: Path, key: str, failure: str | None = None) -> S
     summary_path = store.sorting_dir / SUMMARY_FILE
     summary = read_json(summary_path) if summary_path.is_file() else None
     status = FAILED if failure is not None else (SORTED if summary else PENDING)
+    record = curation.load_record(store) if summary else None
+    if record is not None and record.sorting_checksum != summary.get("output_checksum"):
+        record = None  # made for an earlier sorting: curated_units has not run since the re-sort
     return SessionOutcome(
         key=key,
         status=status,
@@ -146,6 +159,8 @@ def session_outcome(store_root: Path, key: str, failure: str | None = None) -> S
         sorting_seconds=float(summary["seconds"]) if summary else None,
         device=_device(summary) if summary else None,
         error=failure,
+        curation_status=record.status if record else None,
+        n_curated_good_units=record.counts.get("good", 0) if record and record.status == curation.CURATED else None,
     )
 
 

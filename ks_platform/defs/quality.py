@@ -15,6 +15,7 @@ _DEFAULTS = QualityThresholds()
 TABLE_COLUMNS = {
     "unit_id": "int",
     "kilosort_label": "string",
+    "curated_label": "string",
     "n_spikes": "int",
     "firing_rate": "float",
     "snr": "float",

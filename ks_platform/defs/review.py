@@ -4,8 +4,10 @@
 import socket
 
 import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ks_platform.core import pipeline
+from ks_platform.core.curation import curation_fingerprint
 from ks_platform.core.phy import validate_phy_folder
 from ks_platform.defs.ingest import GROUP
 from ks_platform.defs.lineage_metadata import lineage_metadata
@@ -29,6 +31,10 @@ def phy_bundle(context: dg.AssetExecutionContext, platform: PlatformResource) ->
     with user_errors_as_failures():
         output = pipeline.export_phy(platform.store(key))
     context.log.info(f"Phy folder ready: {output.metadata['open_command']}")
+    # The fresh folder's curation files, as an observation of phy_curation (defs/curation.py), so a later save in Phy,
+    # once observed, marks curated_units stale (as raw_recording records session_settings).
+    fingerprint = curation_fingerprint(platform.store(key).phy_dir)
+    context.log_event(dg.AssetObservation(asset_key=dg.AssetKey("phy_curation"), partition=key, tags={DATA_VERSION_TAG: fingerprint}))
     extra = {**lineage_metadata(output.metadata["lineage"]), "exported_on_host": socket.gethostname()}
     return step_result(output, extra={**extra, "open_in_phy": dg.MetadataValue.md(f"```\n{output.metadata['open_command']}\n```")})
 

@@ -79,7 +79,7 @@ def daily_rollup(context: dg.AssetExecutionContext, platform: PlatformResource) 
     files = write_daily_rollup(store_root, rollup)
     table = dg.MetadataValue.table(
         records=[
-            dg.TableRecord({"session": s.key, "status": s.status, "units": s.n_units or 0, "good_units": s.n_good_units or 0, "recording_s": s.recording_seconds or 0.0, "sorting_s": s.sorting_seconds or 0.0, "device": s.device or "", "error": s.error or ""})
+            dg.TableRecord({"session": s.key, "status": s.status, "units": s.n_units or 0, "good_units": s.n_good_units or 0, "recording_s": s.recording_seconds or 0.0, "sorting_s": s.sorting_seconds or 0.0, "device": s.device or "", "error": s.error or "", "curation": s.curation_status or "", "curated_good": s.n_curated_good_units or 0})
             for s in rollup.sessions
         ],
         schema=dg.TableSchema(
@@ -92,6 +92,8 @@ def daily_rollup(context: dg.AssetExecutionContext, platform: PlatformResource) 
                 dg.TableColumn("sorting_s", "float"),
                 dg.TableColumn("device", "string"),
                 dg.TableColumn("error", "string"),
+                dg.TableColumn("curation", "string"),
+                dg.TableColumn("curated_good", "int"),
             ]
         ),
     )
@@ -106,6 +108,7 @@ def daily_rollup(context: dg.AssetExecutionContext, platform: PlatformResource) 
             "pending": dg.MetadataValue.int(rollup.n_pending),
             "units": dg.MetadataValue.int(rollup.n_units),
             "good_units": dg.MetadataValue.int(rollup.n_good_units),
+            "curated_good_units": dg.MetadataValue.int(rollup.n_curated_good_units),
             "recording_time_s": dg.MetadataValue.float(rollup.recording_seconds),
             "sorting_time_s": dg.MetadataValue.float(rollup.sorting_seconds),
             "devices": ", ".join(rollup.devices) or "none",

@@ -1,0 +1,193 @@
+"""Curation: the Phy curation as an observable source, the curated units, and the units as NWB.
+
+These live in their own group and job (``curate_session``), not in ``session_pipeline``: curation is a person's
+work in Phy after the sort job has finished, on its own cadence, and ``sort_session`` stays "recording → metrics".
+"""
+
+import json
+
+import dagster as dg
+import xxhash
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+
+from ks_platform.core import curation, nwb_export
+from ks_platform.defs.partitions import session_partitions
+from ks_platform.defs.quality import unit_metrics
+from ks_platform.defs.reporting import user_errors_as_failures
+from ks_platform.defs.resources import PlatformResource
+from ks_platform.defs.review import phy_bundle
+from ks_platform.defs.sorting import sorted_units
+
+CURATION_GROUP = "session_curation"
+
+
+@dg.observable_source_asset(
+    partitions_def=session_partitions,
+    group_name=CURATION_GROUP,
+    owners=["team:ephys"],
+    description="The curation saved in the Phy folder (cluster_group.tsv, cluster_info.tsv, spike_clusters.npy). Its data version is the hash of those files: a save in Phy, once observed, marks curated_units stale.",
+)
+def phy_curation(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.DataVersionsByPartition:
+    keys = (
+        [context.partition_key]
+        if context.has_partition_key
+        else context.instance.get_dynamic_partitions(session_partitions.name)
+    )
+    versions = {}
+    for key in keys:
+        if platform.store(key).phy_dir.is_dir():
+            versions[key] = curation.curation_fingerprint(platform.store(key).phy_dir)
+    return dg.DataVersionsByPartition(versions)
+
+
+def _units_table(record: curation.CurationRecord) -> dg.MetadataValue:
+    columns = {
+        "cluster_id": "int",
+        "n_spikes": "int",
+        "kilosort_label": "string",
+        "curated_label": "string",
+        "merged_from": "string",
+    }
+    rows = [
+        {
+            "cluster_id": c,
+            "n_spikes": n,
+            "kilosort_label": record.kilosort_labels.get(c, ""),
+            "curated_label": record.labels.get(c, ""),
+            "merged_from": ",".join(map(str, record.merges.get(c, []))),
+        }
+        for c, n in sorted(record.n_spikes.items())
+    ]
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(r) for r in rows],
+        schema=dg.TableSchema(columns=[dg.TableColumn(k, v) for k, v in columns.items()]),
+    )
+
+
+@dg.asset(
+    partitions_def=session_partitions,
+    group_name=CURATION_GROUP,
+    code_version="1",
+    deps=[phy_curation.key, phy_bundle, sorted_units],
+    kinds={"phy"},
+    owners=["team:ephys"],
+    description="7 · The units after curation in Phy: labels, merges and splits (diffed against the sorting), counts per label, kept under curation/ with the sorting they were made on. STALE (and not applied) when the sorting changed since.",
+)
+def curated_units(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
+    key = context.partition_key
+    store = platform.store(key)
+    # The Phy folder as this run finds it, recorded as an observation of phy_curation (as raw_recording does for
+    # session_settings): the record names it however the run was launched, and a later save in Phy shows as stale.
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=phy_curation.key,
+            partition=key,
+            tags={DATA_VERSION_TAG: curation.curation_fingerprint(store.phy_dir)},
+        )
+    )
+    with user_errors_as_failures():
+        record = curation.record_curation(store)
+    context.log.info(
+        f"curation {record.status}: {record.counts or 'no labels'}; {len(record.merges)} merges, {len(record.splits)} splits"
+    )
+    content = {k: v for k, v in record.to_json().items() if k != "recorded_at"}
+    return dg.MaterializeResult(
+        metadata={
+            "status": record.status,
+            "stale": record.status == curation.STALE,
+            "sorting_version": record.sorting_version,
+            "curation_basis": record.curation_basis or "—",
+            "fingerprint": record.fingerprint or "—",
+            "recorded_at": record.recorded_at,
+            "counts": dg.MetadataValue.json(record.counts),
+            "merges": dg.MetadataValue.json({str(k): v for k, v in record.merges.items()}),
+            "splits": dg.MetadataValue.json({str(k): v for k, v in record.splits.items()}),
+            "n_units": len(record.n_spikes),
+            "note": record.note or "—",
+            "units": _units_table(record),
+            "path": dg.MetadataValue.path(str(curation.curation_dir(store))),
+        },
+        data_version=dg.DataVersion(xxhash.xxh3_64_hexdigest(json.dumps(content, sort_keys=True, default=str).encode())),
+    )
+
+
+@dg.asset_check(
+    asset=curated_units,
+    partitions_def=session_partitions,
+    description="The latest curation was made on the current sorting (warns when it is STALE: re-curate the new sorting in Phy).",
+)
+def curated_units_not_stale(context: dg.AssetCheckExecutionContext, platform: PlatformResource) -> dg.AssetCheckResult:
+    record = curation.load_record(platform.store(context.partition_key))
+    status = record.status if record else "missing"
+    return dg.AssetCheckResult(
+        passed=status in (curation.CURATED, curation.UNCURATED),
+        severity=dg.AssetCheckSeverity.WARN,
+        description=record.note if record else "no record",
+        metadata={"status": status},
+    )
+
+
+@dg.asset(
+    partitions_def=session_partitions,
+    group_name=CURATION_GROUP,
+    code_version="1",
+    deps=[curated_units, unit_metrics],
+    kinds={"nwb"},
+    owners=["team:ephys"],
+    description="8 · The (curated) units as an NWB file: spike times, Kilosort and Phy labels, quality metrics, mean waveforms, probe geometry per shank and the sorting's lineage.",
+)
+def units_nwb(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
+    with user_errors_as_failures():
+        export = nwb_export.export_units_nwb(platform.store(context.partition_key), platform.session_dir(context.partition_key))
+    meta = {
+        "n_units": export.n_units,
+        "n_spikes": export.n_spikes,
+        "curation_status": export.curation_status,
+        "identifier": export.identifier,
+    }
+    return dg.MaterializeResult(
+        metadata={**meta, "path": dg.MetadataValue.path(str(export.path))},
+        data_version=dg.DataVersion(export.identifier),
+    )
+
+
+@dg.asset_check(
+    asset=units_nwb,
+    partitions_def=session_partitions,
+    description="nwbinspector finds nothing CRITICAL, no best-practice violation and no schema error.",
+)
+def units_nwb_passes_inspector(
+    context: dg.AssetCheckExecutionContext, platform: PlatformResource
+) -> dg.AssetCheckResult:
+    messages = nwb_export.inspect_nwb(platform.store(context.partition_key).dir / "nwb" / nwb_export.NWB_FILE)
+    blocking = [m for m in messages if m["importance"] in nwb_export.BLOCKING]
+    counts = {
+        level: sum(1 for m in messages if m["importance"] == level)
+        for level in sorted({m["importance"] for m in messages})
+    }
+    text = (
+        "; ".join(f"{m['importance']} {m['check']}: {m['message']}" for m in blocking) or f"{len(messages)} suggestions"
+    )
+    if any(m["check"] == "check_subject_exists" for m in blocking):
+        text = f"{text.rstrip('.')}. Fix: {nwb_export.SUBJECT_FIX} into the session folder's {nwb_export.SUBJECT_JSON}"
+    return dg.AssetCheckResult(
+        passed=not blocking,
+        description=text[:2000],
+        metadata={"counts": dg.MetadataValue.json(counts), "messages": dg.MetadataValue.json(messages[:50])},
+    )
+
+
+curate_session_job = dg.define_asset_job(
+    "curate_session",
+    selection=dg.AssetSelection.groups(CURATION_GROUP),
+    partitions_def=session_partitions,
+    description="After curating in Phy: observe the Phy folder, record the curated units and write the NWB file.",
+)
+
+#: Re-read the Phy folders (the UI's "Observe sources" does the same): a save in Phy marks curated_units stale.
+observe_curation_job = dg.define_asset_job(
+    "observe_phy_curation",
+    selection=dg.AssetSelection.assets(phy_curation.key),
+    partitions_def=session_partitions,
+    description="Observe the Phy curation of one session (or all, without a partition).",
+)
