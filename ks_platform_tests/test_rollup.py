@@ -27,6 +27,8 @@ DAY = dt.date(2026, 3, 2)
 def test_empty_day_has_a_rollup_and_a_figure(tmp_path):
     result = core_rollup.build_daily_rollup(tmp_path / "store", DAY, ["2026-03-03__rig1__other_g0__imec0__imec0"])
     assert result.n_sessions == 0 and result.n_units == 0 and result.devices == []
+    # the asset reports these as MetadataValue.float, which refuses the int 0 an empty sum gives
+    assert isinstance(result.recording_seconds, float) and isinstance(result.sorting_seconds, float)
     files = core_rollup.write_daily_rollup(tmp_path / "store", result)
     assert files.png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert read_json(files.json_path)["n_sessions"] == 0

@@ -83,11 +83,11 @@ class DailyRollup:
 
     @property
     def recording_seconds(self) -> float:
-        return round(sum(s.recording_seconds or 0.0 for s in self.sessions), 3)
+        return round(sum((s.recording_seconds or 0.0 for s in self.sessions), 0.0), 3)  # a float on empty days too
 
     @property
     def sorting_seconds(self) -> float:
-        return round(sum(s.sorting_seconds or 0.0 for s in self.sessions), 2)
+        return round(sum((s.sorting_seconds or 0.0 for s in self.sessions), 0.0), 2)
 
     @property
     def devices(self) -> list[str]:
