@@ -126,3 +126,26 @@ def test_streamed_writer_round_trips_a_synthetic_sorting(tmp_path):
             assert np.array_equal(units["spike_times"][index], samples[clusters == unit] / 30000.0)
     iterator = nwb_export.SpikeTimesIterator(samples, np.lexsort((samples, clusters)), 30000.0, chunk_spikes=999)
     assert iterator.chunk_shape == (999,)
+
+
+def test_dandi_organizes_and_validates_the_file_offline(exported, tmp_path):
+    """What a lab runs before uploading: ``dandi organize`` into a Dandiset, then ``dandi validate`` (offline)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ws, key, _, _ = exported
+    dandiset = tmp_path / "dandiset"
+    dandiset.mkdir()
+    (dandiset / "dandiset.yaml").write_text("identifier: DANDI:000000\nname: ks_platform test\ndescription: test\n")
+    dandi = [str(Path(sys.executable).parent / "dandi")]
+    env = {**os.environ, "DANDI_NO_ET": "1", "HOME": str(tmp_path)}  # no update check; logs under tmp
+    source = tmp_path / "units.nwb"
+    shutil.copy2(ws.store(key).dir / "nwb" / "units.nwb", source)
+    organize = subprocess.run([*dandi, "organize", "--files-mode", "copy", "-d", str(dandiset), str(source)], env=env, capture_output=True, text=True, timeout=300)
+    assert organize.returncode == 0, organize.stderr[-2000:]
+    assert len(list(dandiset.rglob("sub-*/*.nwb"))) == 1, organize.stderr[-2000:]
+    validate = subprocess.run([*dandi, "validate", str(dandiset)], env=env, capture_output=True, text=True, timeout=300)
+    assert validate.returncode == 0 and "No errors found" in validate.stdout + validate.stderr, validate.stdout[-2000:] + validate.stderr[-2000:]
