@@ -32,7 +32,7 @@ import yaml
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from ks_platform.core.errors import PlatformConfigError
-from ks_platform.execution.docker_executor import require_shared_storage
+from ks_platform.execution.step_executor import require_shared_storage
 from ks_platform.execution.inventory import Inventory
 from ks_platform.execution.jobs import gpu_placement_smoke_job, placement_smoke_job, sort_session_in_containers
 from ks_platform.execution.placement import RUN_LABEL, STEP_LABEL, StepRequest, candidate_placements
@@ -78,9 +78,9 @@ def events_of(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventTy
 
 def test_postgres_instance_is_shared_storage_and_sqlite_is_refused(pg_instance):
     assert type(pg_instance.run_storage).__name__ == "PostgresRunStorage"
-    require_shared_storage(pg_instance)  # no error
+    require_shared_storage(pg_instance, "Docker executor", "step containers")  # no error
     with dg.instance_for_test() as sqlite_instance, pytest.raises(PlatformConfigError, match="dagster.yaml: the instance uses .*Sqlite.*Fix: use PostgreSQL"):
-        require_shared_storage(sqlite_instance)
+        require_shared_storage(sqlite_instance, "Docker executor", "step containers")
 
 
 def test_one_sort_per_gpu_across_runs_and_processes(pg_instance, tmp_path):

@@ -24,7 +24,6 @@ from dagster import Field, IntSource, Permissive, StringSource
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
 from dagster._core.events import DagsterEvent, EngineEventData
 from dagster._core.execution.retries import RetryMode, get_retries_config
-from dagster._core.executor.step_delegating import StepDelegatingExecutor
 from dagster._core.executor.step_delegating.step_handler.base import CheckStepHealthResult, StepHandler, StepHandlerContext
 
 from ks_platform.core.errors import PlatformConfigError
@@ -41,6 +40,7 @@ from ks_platform.execution.placement import (
     store_write_problem,
 )
 from ks_platform.execution.slots import SlotLedger
+from ks_platform.execution.step_executor import FinishingStepExecutor, require_shared_storage
 
 PARTITION_TAG = "dagster/partition"
 #: Characters of a container's log kept in the run's event log.
@@ -458,7 +458,7 @@ class PlacingDockerStepHandler(StepHandler):
         self._cleanup(state, capture_logs=True, stop=True)
 
     # -- lifecycle hooks called by PlacingDockerExecutor ---------------------------------------------------------
-    def finish_step(self, step_key: str) -> None:
+    def finish_step(self, step_key: str, failed: bool = False) -> None:
         """The step reported success/failure/retry: wait for its container to exit, keep its logs, remove it."""
         state = self._steps.get(step_key)
         if state is not None and not state.released:
@@ -505,21 +505,11 @@ class PlacingDockerStepHandler(StepHandler):
             self._ledger.withdraw(request.run_id, request.step_key, state.candidates)
 
 
-class PlacingDockerExecutor(StepDelegatingExecutor):
-    """``StepDelegatingExecutor`` that also tells the handler when a step ends and when the run ends."""
+class PlacingDockerExecutor(FinishingStepExecutor):
+    """Steps in containers placed by the inventory; the handler hears when steps and runs end."""
 
     def __init__(self, handler: PlacingDockerStepHandler, retries: RetryMode, max_concurrent: int | None = None) -> None:
-        super().__init__(handler, retries=retries, check_step_health_interval_seconds=handler.inventory.poll_seconds, sleep_seconds=0.5, max_concurrent=max_concurrent)
-        self.handler = handler
-
-    def execute(self, plan_context, execution_plan):  # type: ignore[override]
-        try:
-            for event in super().execute(plan_context, execution_plan):
-                yield event
-                if event.step_key and (event.is_step_success or event.is_step_failure or event.is_step_up_for_retry):
-                    self.handler.finish_step(event.step_key)
-        finally:
-            self.handler.finish_run()
+        super().__init__(handler, retries, handler.inventory.poll_seconds, max_concurrent)
 
 
 def inventory_from_config(config: dict[str, Any]) -> Inventory:
@@ -533,16 +523,6 @@ def inventory_from_config(config: dict[str, Any]) -> Inventory:
     if inline:
         return Inventory.from_mapping(inline, source="executor config (execution.config.inventory)")
     raise PlatformConfigError(f"executor config: no host inventory. Fix: set execution.config.inventory_file, execution.config.inventory or {INVENTORY_ENV}")
-
-
-def require_shared_storage(instance: dg.DagsterInstance) -> None:
-    """Step containers write events to the instance: SQLite files are not shared between containers/hosts."""
-    storage = type(instance.run_storage).__name__
-    if "Sqlite" in storage:
-        raise PlatformConfigError(
-            f"{instance.root_directory}/dagster.yaml: the instance uses {storage}, which step containers cannot share. "
-            "Fix: use PostgreSQL instance storage (deploy/dagster.postgres.yaml) for the Docker executor"
-        )
 
 
 @dg.executor(
@@ -559,7 +539,7 @@ def placing_docker_executor(init_context: dg.InitExecutorContext) -> PlacingDock
     """Runs each step in a container on the host/GPU the placement policy picks (see ks_platform.execution)."""
     config = init_context.executor_config
     inventory = inventory_from_config(config)
-    require_shared_storage(init_context.instance)
+    require_shared_storage(init_context.instance, "Docker executor", "step containers")
     retries = RetryMode.from_config(config["retries"])
     assert retries is not None
     return PlacingDockerExecutor(PlacingDockerStepHandler(inventory), retries=retries, max_concurrent=config.get("max_concurrent"))

@@ -35,7 +35,6 @@ from dagster import Field, IntSource, Permissive, StringSource
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
 from dagster._core.events import DagsterEvent, EngineEventData
 from dagster._core.execution.retries import RetryMode, get_retries_config
-from dagster._core.executor.step_delegating import StepDelegatingExecutor
 from dagster._core.executor.step_delegating.step_handler.base import (
     CheckStepHealthResult,
     StepHandler,
@@ -58,6 +57,7 @@ from ks_platform.execution.placement import (
     NEEDS_TAG,
     gpu_memory_needed_bytes,
 )
+from ks_platform.execution.step_executor import FinishingStepExecutor, require_shared_storage
 
 SLURM_SETTINGS_ENV = "KS_PLATFORM_SLURM"
 EXECUTOR_NAME = "ks_platform_slurm"
@@ -503,38 +503,11 @@ class SlurmStepHandler(StepHandler):
                 self._cancel(job)
 
 
-class SlurmExecutor(StepDelegatingExecutor):
-    """``StepDelegatingExecutor`` that also tells the handler when a step ends and when the run ends."""
+class SlurmExecutor(FinishingStepExecutor):
+    """Steps as SLURM jobs; the handler hears when steps end (to clean up) and when the run ends (to scancel)."""
 
     def __init__(self, handler: SlurmStepHandler, retries: RetryMode, max_concurrent: int | None = None) -> None:
-        super().__init__(
-            handler,
-            retries=retries,
-            check_step_health_interval_seconds=max(1, int(handler.settings.poll_seconds)),
-            sleep_seconds=0.5,
-            max_concurrent=max_concurrent,
-        )
-        self.handler = handler
-
-    def execute(self, plan_context, execution_plan):  # type: ignore[override]
-        try:
-            for event in super().execute(plan_context, execution_plan):
-                yield event
-                if event.step_key and (event.is_step_success or event.is_step_failure or event.is_step_up_for_retry):
-                    self.handler.finish_step(event.step_key, failed=not event.is_step_success)
-        finally:
-            self.handler.finish_run()
-
-
-def require_shared_storage(instance: dg.DagsterInstance) -> None:
-    """Jobs on compute nodes write events to the instance: SQLite files are not shared between nodes."""
-    storage = type(instance.run_storage).__name__
-    if "Sqlite" in storage:
-        raise PlatformConfigError(
-            f"{instance.root_directory}/dagster.yaml: the instance uses {storage}, "
-            "which SLURM jobs on other nodes cannot share. "
-            "Fix: use PostgreSQL instance storage (deploy/dagster.postgres.yaml) for the SLURM executor"
-        )
+        super().__init__(handler, retries, handler.settings.poll_seconds, max_concurrent)
 
 
 @dg.executor(
@@ -557,7 +530,7 @@ def slurm_executor(init_context: dg.InitExecutorContext) -> SlurmExecutor:
     """Runs each step as a SLURM batch job (GPU steps with --gres on the GPU partition), see docs/decisions.md."""
     config = init_context.executor_config
     settings = load_slurm_settings(config)
-    require_shared_storage(init_context.instance)
+    require_shared_storage(init_context.instance, "SLURM executor", "SLURM jobs on other nodes")
     retries = RetryMode.from_config(config["retries"])
     assert retries is not None
     return SlurmExecutor(SlurmStepHandler(settings), retries=retries, max_concurrent=config.get("max_concurrent"))
