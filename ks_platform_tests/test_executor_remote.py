@@ -55,6 +55,7 @@ def make_certificates(folder: Path) -> dict[str, Path]:
 def tls_engine(engine_and_cpu_image) -> Iterator[dict]:  # noqa: F811
     """A second dockerd on ``tcp://127.0.0.1:<port>`` with ``--tlsverify``, holding the base image."""
     client, _ = engine_and_cpu_image
+    had_bridge = Path("/sys/class/net/docker0").exists()  # the main engine's bridge, which the steps of later tests use
     base = Path(tempfile.mkdtemp(prefix="ks-platform-tls-engine-", dir="/var/lib"))  # same file system as /var/lib/docker
     certs = make_certificates(base)
     port = _free_port()
@@ -93,6 +94,7 @@ def tls_engine(engine_and_cpu_image) -> Iterator[dict]:  # noqa: F811
         for mount in sorted(mounts, reverse=True):  # the engine's network namespace, overlay leftovers
             subprocess.run(["umount", mount], capture_output=True)
         shutil.rmtree(base)
+    assert Path("/sys/class/net/docker0").exists() or not had_bridge, "the second engine removed the main engine's docker0"
 
 
 def tls_host(engine: dict, image: str, with_client_cert: bool = True, **extra) -> dict:
