@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REQUIRED_MODULES = ("torch", "kilosort", "spikeinterface", "probeinterface", "phylib", "dagster", "xxhash")
+#: What ``ks-platform sort`` alone needs (a node that sorts without Dagster, e.g. bench/gpu_acceptance.sh).
+SORT_MODULES = tuple(name for name in REQUIRED_MODULES if name != "dagster")
 MIN_FREE_BYTES = 2 * 1024**3
 
 
@@ -19,9 +21,9 @@ class Check:
     required: bool = True
 
 
-def _imports() -> list[Check]:
+def _imports(modules: tuple[str, ...]) -> list[Check]:
     checks = []
-    for name in REQUIRED_MODULES:
+    for name in modules:
         try:
             module = importlib.import_module(name)
             checks.append(Check(f"import {name}", True, getattr(module, "__version__", "ok")))
@@ -115,9 +117,15 @@ def _landing(landing_roots: dict[str, Path], store_root: Path) -> Check:
     return Check("landing roots", not problems, detail, required=False)
 
 
-def run_checks(store_root: Path, backend: str = "auto", docker_url: str | None = None, landing_roots: dict[str, Path] | None = None) -> list[Check]:
+def run_checks(
+    store_root: Path,
+    backend: str = "auto",
+    docker_url: str | None = None,
+    landing_roots: dict[str, Path] | None = None,
+    modules: tuple[str, ...] = REQUIRED_MODULES,
+) -> list[Check]:
     """All checks; Docker only when a URL is configured, landing roots when given."""
-    checks = _imports()
+    checks = _imports(modules)
     checks += _programs()
     checks += _backend(backend)
     checks.append(_disk(store_root))
