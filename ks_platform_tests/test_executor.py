@@ -37,7 +37,7 @@ from ks_platform.execution.inventory import Inventory
 from ks_platform.execution.jobs import gpu_placement_smoke_job, placement_smoke_job, sort_session_in_containers
 from ks_platform.execution.placement import RUN_LABEL, STEP_LABEL, StepRequest, candidate_placements
 from ks_platform.execution.slots import SlotLedger
-from ks_platform_tests.conftest import failure_messages, wait_until
+from ks_platform_tests.conftest import failure_messages, wait_until, stop_process_group
 from ks_platform_tests.postgres_support import postgres_url  # noqa: F401 - session fixture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -711,13 +711,7 @@ def test_make_executor_dev_starts_the_ui_on_postgres_with_the_docker_executor(tm
         with socket.create_connection(("127.0.0.1", pgport), timeout=5):
             pass
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process_group(process, timeout=60)
         shutil.rmtree(dev, ignore_errors=True)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", pgport), timeout=5)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -30,7 +29,7 @@ from ks_platform.core.errors import PlatformConfigError
 from ks_platform.execution.docker_executor import EngineConnectionError, docker_client
 from ks_platform.execution.inventory import HostSpec, InventoryError
 from ks_platform.execution.jobs import placement_smoke_job
-from ks_platform_tests.conftest import failure_messages, missing_dependency, require_module
+from ks_platform_tests.conftest import failure_messages, missing_dependency, require_module, stop_process_group
 from ks_platform_tests.postgres_support import _free_port, postgres_url  # noqa: F401 - session fixture
 from ks_platform_tests.test_executor import cpu_inventory, engine_and_cpu_image, pg_instance  # noqa: F401 - fixtures
 
@@ -83,18 +82,18 @@ def tls_engine(engine_and_cpu_image) -> Iterator[dict]:  # noqa: F811
         print(f"TLS dockerd on 127.0.0.1:{port}; {BASE_IMAGE} loaded in {time.monotonic() - started:.1f} s")
         yield {"url": f"tcp://127.0.0.1:{port}", "sock": f"unix://{sock}", "certs": certs}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, timeout=60)
         log.close()
         mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if line.split()[1].startswith(f"{base}/")]
         for mount in sorted(mounts, reverse=True):  # the engine's network namespace, overlay leftovers
             subprocess.run(["umount", mount], capture_output=True)
         shutil.rmtree(base)
-    assert Path("/sys/class/net/docker0").exists() or not had_bridge, "the second engine removed the main engine's docker0"
+    if had_bridge and not Path("/sys/class/net/docker0").exists():
+        # the second dockerd's shutdown removes the shared default bridge even with --bridge none (seen here); put the
+        # main engine's bridge back so later tests' containers can start
+        for command in (["ip", "link", "add", "name", "docker0", "type", "bridge"], ["ip", "addr", "add", "172.17.0.1/16", "dev", "docker0"], ["ip", "link", "set", "docker0", "up"]):
+            subprocess.run(command, check=True, capture_output=True)
+    assert Path("/sys/class/net/docker0").exists() or not had_bridge, "the main engine's docker0 is gone"
 
 
 def tls_host(engine: dict, image: str, with_client_cert: bool = True, **extra) -> dict:
@@ -195,12 +194,7 @@ def ssh_engine(engine_and_cpu_image) -> Iterator[dict]:  # noqa: F811
         known_hosts.write_text(f"[127.0.0.1]:{port} {algorithm} {key}\n")
         yield {"url": f"ssh://root@127.0.0.1:{port}", "port": port, "known_hosts": known_hosts, "log": base / "sshd.log", **keys}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, timeout=30)
         log.close()
         shutil.rmtree(base)
 

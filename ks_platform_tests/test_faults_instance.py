@@ -27,7 +27,7 @@ from ks_platform.core import conversion, pipeline
 from ks_platform.core.sessions import SessionRef
 from ks_platform.core.store import LOCK_FILE, SessionStore, session_lock
 from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
-from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC, leftovers, missing_dependency, wait_until
+from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC, leftovers, missing_dependency, wait_until, stop_process_group
 from ks_platform_tests.postgres_support import pg_ctl, postgres_bin_dir, postgres_server
 from ks_platform_tests.test_faults import COMPLETE_MARKERS, FinalNameWatcher, same_bytes, write_raw_int16_session
 
@@ -342,13 +342,7 @@ def running_daemon(home: Path, workspace: Path) -> Iterator[Path]:
     try:
         yield log
     finally:
-        if daemon.poll() is None:
-            os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
-                daemon.wait()
+        stop_process_group(daemon, timeout=30)
 
 
 def test_two_queued_runs_of_one_session_never_overlap_while_another_session_runs(queue_env):
