@@ -40,7 +40,9 @@ def _timed_run(command: list[str]) -> float:
     done = subprocess.run(command, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )
     return elapsed
 
 
@@ -77,24 +79,37 @@ def main() -> None:
     digest = docker_support.image_id(args.image)
     load_before = os.getloadavg()
 
-    starts_container = [_timed_run(["docker", "run", "--rm", "--network", "none", args.image, "--help"]) for _ in range(args.starts)]
+    starts_container = [
+        _timed_run(["docker", "run", "--rm", "--network", "none", args.image, "--help"]) for _ in range(args.starts)
+    ]
     starts_host = [_timed_run([str(HOST_CLI), "--help"]) for _ in range(args.starts)]
 
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        session = make_spikeglx_session(tmp / "landing" / "bench_session", DemoSessionSpec(duration_s=args.duration, seed=1))
-        order = [kind for pair in range(args.pairs) for kind in (("host", "container") if pair % 2 == 0 else ("container", "host"))]
+        session = make_spikeglx_session(
+            tmp / "landing" / "bench_session", DemoSessionSpec(duration_s=args.duration, seed=1)
+        )
+        order = [
+            kind
+            for pair in range(args.pairs)
+            for kind in (("host", "container") if pair % 2 == 0 else ("container", "host"))
+        ]
         for index, kind in enumerate(order):
             out = tmp / f"out-{index}-{kind}"
             wall = _sort_host(session, out) if kind == "host" else _sort_container(args.image, session, out, digest)
             result = out / "session" if kind == "container" else out
             runs.append({"kind": kind, "wall_s": round(wall, 2), "kilosort_s": _kilosort_seconds(result)})
             print(json.dumps(runs[-1]), flush=True)
-        first = {kind: next(tmp / f"out-{i}-{k}" for i, k in enumerate(order) if k == kind) for kind in ("host", "container")}
+        first = {
+            kind: next(tmp / f"out-{i}-{k}" for i, k in enumerate(order) if k == kind) for kind in ("host", "container")
+        }
         import numpy as np
 
-        identical = np.array_equal(np.load(first["host"] / "sorting" / "spike_times.npy"), np.load(first["container"] / "session" / "sorting" / "spike_times.npy"))
+        identical = np.array_equal(
+            np.load(first["host"] / "sorting" / "spike_times.npy"),
+            np.load(first["container"] / "session" / "sorting" / "spike_times.npy"),
+        )
         shutil.rmtree(tmp / "landing")
 
     def median(kind: str, field: str) -> float:
@@ -109,11 +124,19 @@ def main() -> None:
         "duration_s": args.duration,
         "runs": runs,
         "sort_wall_ratio_container_over_host": round(median("container", "wall_s") / median("host", "wall_s"), 3),
-        "kilosort_ratio_container_over_host": round(median("container", "kilosort_s") / median("host", "kilosort_s"), 3),
-        "container_overhead_outside_kilosort_s": round((median("container", "wall_s") - median("container", "kilosort_s")) - (median("host", "wall_s") - median("host", "kilosort_s")), 2),
+        "kilosort_ratio_container_over_host": round(
+            median("container", "kilosort_s") / median("host", "kilosort_s"), 3
+        ),
+        "container_overhead_outside_kilosort_s": round(
+            (median("container", "wall_s") - median("container", "kilosort_s"))
+            - (median("host", "wall_s") - median("host", "kilosort_s")),
+            2,
+        ),
         "start_container_median_s": round(statistics.median(starts_container), 3),
         "start_host_cli_median_s": round(statistics.median(starts_host), 3),
-        "start_ratio_container_over_host": round(statistics.median(starts_container) / statistics.median(starts_host), 3),
+        "start_ratio_container_over_host": round(
+            statistics.median(starts_container) / statistics.median(starts_host), 3
+        ),
         "starts": args.starts,
         "spike_times_identical": bool(identical),
         "loadavg_before": [round(x, 2) for x in load_before],
@@ -126,9 +149,15 @@ def main() -> None:
     results.write_text(json.dumps([*history, record], indent=1) + "\n")
     print(json.dumps(record, indent=1))
     print("\n| measure | container | in-process (host venv) | ratio |\n|---|---|---|---|")
-    print(f"| `ks-platform sort` wall, median (s) | {median('container', 'wall_s'):.1f} | {median('host', 'wall_s'):.1f} | {record['sort_wall_ratio_container_over_host']} |")
-    print(f"| Kilosort inside it, median (s) | {median('container', 'kilosort_s'):.1f} | {median('host', 'kilosort_s'):.1f} | {record['kilosort_ratio_container_over_host']} |")
-    print(f"| start: `--help`, median of {args.starts} (s) | {record['start_container_median_s']} | {record['start_host_cli_median_s']} | {record['start_ratio_container_over_host']} |")
+    print(
+        f"| `ks-platform sort` wall, median (s) | {median('container', 'wall_s'):.1f} | {median('host', 'wall_s'):.1f} | {record['sort_wall_ratio_container_over_host']} |"
+    )
+    print(
+        f"| Kilosort inside it, median (s) | {median('container', 'kilosort_s'):.1f} | {median('host', 'kilosort_s'):.1f} | {record['kilosort_ratio_container_over_host']} |"
+    )
+    print(
+        f"| start: `--help`, median of {args.starts} (s) | {record['start_container_median_s']} | {record['start_host_cli_median_s']} | {record['start_ratio_container_over_host']} |"
+    )
 
 
 if __name__ == "__main__":

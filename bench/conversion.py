@@ -92,8 +92,24 @@ def make_inputs(root: Path, size_bytes: int) -> dict[str, dict]:
     f32_dir = root / "f32"
     f32_dir.mkdir()
     f32_bin = f32_dir / "rec.bin"
-    _write_chunked(f32_bin, n, N_F32, np.float32, lambda rng, k, c: rng.standard_normal((k, c), dtype=np.float32) * np.float32(30.0))
-    (f32_dir / "rec.json").write_text(json.dumps({"sampling_frequency": FS, "n_channels": N_F32, "dtype": "float32", "units": "uV", "recording_date": "2026-03-02"}))
+    _write_chunked(
+        f32_bin,
+        n,
+        N_F32,
+        np.float32,
+        lambda rng, k, c: rng.standard_normal((k, c), dtype=np.float32) * np.float32(30.0),
+    )
+    (f32_dir / "rec.json").write_text(
+        json.dumps(
+            {
+                "sampling_frequency": FS,
+                "n_channels": N_F32,
+                "dtype": "float32",
+                "units": "uV",
+                "recording_date": "2026-03-02",
+            }
+        )
+    )
     inputs["f32"] = {"session": f32_dir, "data": f32_bin, "n_channels": N_F32, "dtype": "float32", "n_samples": n}
 
     # int16 raw binary = the SpikeGLX samples again (hard link), all 385 channels: zero-copy capable.
@@ -101,8 +117,24 @@ def make_inputs(root: Path, size_bytes: int) -> dict[str, dict]:
     i16_dir.mkdir()
     i16_bin = i16_dir / "rec.bin"
     os.link(sglx_bin, i16_bin)
-    (i16_dir / "rec.json").write_text(json.dumps({"sampling_frequency": FS, "n_channels": N_SGLX, "dtype": "int16", "uv_per_bit": NP1_UV_PER_BIT, "recording_date": "2026-03-02"}))
-    inputs["i16"] = {"session": i16_dir, "data": i16_bin, "n_channels": N_SGLX, "dtype": "int16", "n_samples": inputs["sglx"]["n_samples"]}
+    (i16_dir / "rec.json").write_text(
+        json.dumps(
+            {
+                "sampling_frequency": FS,
+                "n_channels": N_SGLX,
+                "dtype": "int16",
+                "uv_per_bit": NP1_UV_PER_BIT,
+                "recording_date": "2026-03-02",
+            }
+        )
+    )
+    inputs["i16"] = {
+        "session": i16_dir,
+        "data": i16_bin,
+        "n_channels": N_SGLX,
+        "dtype": "int16",
+        "n_samples": inputs["sglx"]["n_samples"],
+    }
     return inputs
 
 
@@ -112,7 +144,12 @@ def make_inputs(root: Path, size_bytes: int) -> dict[str, dict]:
 def resident_fraction(path: Path) -> float:
     """Fraction of ``path`` in the page cache (util-linux ``fincore``; -1 if unavailable)."""
     try:
-        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return int(out.strip()) / max(path.stat().st_size, 1)
     except (OSError, subprocess.CalledProcessError, ValueError):
         return -1.0
@@ -210,7 +247,12 @@ def _child(spec: dict) -> dict:
         t0 = time.perf_counter()
         binary = write_recording_binary(source, Path(spec["out"]), allow_zero_copy=spec["zero_copy"])
         seconds = time.perf_counter() - t0
-        extra = {"checksum": binary.checksum, "zero_copy": binary.zero_copy, "bytes_written_reported": binary.bytes_written, "n_chan_bin": binary.n_chan_bin}
+        extra = {
+            "checksum": binary.checksum,
+            "zero_copy": binary.zero_copy,
+            "bytes_written_reported": binary.bytes_written,
+            "n_chan_bin": binary.n_chan_bin,
+        }
     else:
         import xxhash
         from spikeinterface.core import read_binary, write_binary_recording
@@ -241,7 +283,13 @@ def _child(spec: dict) -> dict:
                 while block := handle.read(16 * 1024 * 1024):
                     hasher.update(block)
             extra["checksum"] = hasher.hexdigest()
-    return {"seconds": seconds, "peak_rss_mb": vm_hwm_mb(), "rss_before_mb": rss_before, "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": vm_hwm_mb(),
+        "rss_before_mb": rss_before,
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **extra,
+    }
 
 
 def run_child(spec: dict) -> dict:
@@ -281,7 +329,9 @@ def remove(path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- main
 
 
-def bench_size(size_gb: float, tmp_root: Path, caches: list[str], repeats: int, sources: list[str] = ("sglx", "f32", "i16")) -> list[dict]:
+def bench_size(
+    size_gb: float, tmp_root: Path, caches: list[str], repeats: int, sources: list[str] = ("sglx", "f32", "i16")
+) -> list[dict]:
     rows: list[dict] = []
     size_bytes = int(size_gb * 1e9)
     with tempfile.TemporaryDirectory(prefix="ks_conv_bench_", dir=tmp_root) as tmp:
@@ -304,10 +354,35 @@ def bench_size(size_gb: float, tmp_root: Path, caches: list[str], repeats: int, 
                         if path == "cp":
                             result = {"seconds": run_cp(info["data"], dst)}
                         else:
-                            spec = {"path": path, "source": source, "session": str(info["session"]), "data": str(info["data"]), "dtype": info["dtype"], "n_channels": info["n_channels"], "out": str(dst), "zero_copy": False, "hash_output": source == "sglx" and rep == 0}
+                            spec = {
+                                "path": path,
+                                "source": source,
+                                "session": str(info["session"]),
+                                "data": str(info["data"]),
+                                "dtype": info["dtype"],
+                                "n_channels": info["n_channels"],
+                                "out": str(dst),
+                                "zero_copy": False,
+                                "hash_output": source == "sglx" and rep == 0,
+                            }
                             result = run_child(spec)
-                        out_bytes = sum(p.stat().st_size for p in dst.rglob("*") if p.is_file()) if dst.is_dir() else dst.stat().st_size
-                        row = {"size_gb": size_gb, "source": source, "path": path, "cache": cache, "repeat": rep, "source_bytes": src_bytes, "output_bytes": out_bytes, "resident_before": round(resident, 3), **result, "mb_per_s": src_bytes / 1e6 / result["seconds"]}
+                        out_bytes = (
+                            sum(p.stat().st_size for p in dst.rglob("*") if p.is_file())
+                            if dst.is_dir()
+                            else dst.stat().st_size
+                        )
+                        row = {
+                            "size_gb": size_gb,
+                            "source": source,
+                            "path": path,
+                            "cache": cache,
+                            "repeat": rep,
+                            "source_bytes": src_bytes,
+                            "output_bytes": out_bytes,
+                            "resident_before": round(resident, 3),
+                            **result,
+                            "mb_per_s": src_bytes / 1e6 / result["seconds"],
+                        }
                         rows.append(row)
                         print(json.dumps(row), file=sys.stderr, flush=True)
                         remove(dst)
@@ -317,10 +392,29 @@ def bench_size(size_gb: float, tmp_root: Path, caches: list[str], repeats: int, 
             for rep in range(repeats):
                 dst = out / "i16_zero_copy"
                 resident = prepare(info["data"], cache)
-                spec = {"path": "ours", "source": "i16", "session": str(info["session"]), "out": str(dst), "zero_copy": True}
+                spec = {
+                    "path": "ours",
+                    "source": "i16",
+                    "session": str(info["session"]),
+                    "out": str(dst),
+                    "zero_copy": True,
+                }
                 result = run_child(spec)
                 data_bytes, manifest_bytes = store_bytes(out)
-                row = {"size_gb": size_gb, "source": "i16", "path": "ours_zero_copy", "cache": cache, "repeat": rep, "source_bytes": info["data"].stat().st_size, "resident_before": round(resident, 3), **result, "store_bytes_written": data_bytes, "manifest_bytes": manifest_bytes, "symlink": (dst / "recording.bin").is_symlink(), "mb_per_s": info["data"].stat().st_size / 1e6 / result["seconds"]}
+                row = {
+                    "size_gb": size_gb,
+                    "source": "i16",
+                    "path": "ours_zero_copy",
+                    "cache": cache,
+                    "repeat": rep,
+                    "source_bytes": info["data"].stat().st_size,
+                    "resident_before": round(resident, 3),
+                    **result,
+                    "store_bytes_written": data_bytes,
+                    "manifest_bytes": manifest_bytes,
+                    "symlink": (dst / "recording.bin").is_symlink(),
+                    "mb_per_s": info["data"].stat().st_size / 1e6 / result["seconds"],
+                }
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 remove(dst)
@@ -339,7 +433,13 @@ def _median(rows: list[dict], **match) -> dict:
     seconds = statistics.median(r["seconds"] for r in hits)
     speeds = [r["mb_per_s"] for r in hits]
     agg = dict(hits[0])
-    agg.update(seconds=seconds, mb_per_s=hits[0]["source_bytes"] / 1e6 / seconds, mb_min=min(speeds), mb_max=max(speeds), n=len(hits))
+    agg.update(
+        seconds=seconds,
+        mb_per_s=hits[0]["source_bytes"] / 1e6 / seconds,
+        mb_min=min(speeds),
+        mb_max=max(speeds),
+        n=len(hits),
+    )
     if "peak_rss_mb" in hits[0]:
         agg["peak_rss_mb"] = statistics.median(r["peak_rss_mb"] for r in hits)
     return agg
@@ -356,7 +456,9 @@ def _paired_ratio(rows: list[dict], other: str, mine: str = "ours", **match) -> 
 
 
 def _mbs(agg: dict) -> str:
-    return f"{agg['mb_per_s']:.0f} ({agg['mb_min']:.0f}–{agg['mb_max']:.0f})" if agg["n"] > 1 else f"{agg['mb_per_s']:.0f}"
+    return (
+        f"{agg['mb_per_s']:.0f} ({agg['mb_min']:.0f}–{agg['mb_max']:.0f})" if agg["n"] > 1 else f"{agg['mb_per_s']:.0f}"
+    )
 
 
 def summarize(rows: list[dict], sizes: list[float], caches: list[str]) -> str:
@@ -374,32 +476,66 @@ def summarize(rows: list[dict], sizes: list[float], caches: list[str]) -> str:
     for size in sizes:
         for source in [s for s in ("sglx", "f32") if s in present]:
             for cache in caches:
-                cp, io, ours, si = (_median(rows, size_gb=size, source=source, cache=cache, path=p) for p in ("cp", "io", "ours", "si"))
-                vs_cp, vs_si, vs_io = (_paired_ratio(rows, other, size_gb=size, source=source, cache=cache) for other in ("cp", "si", "io"))
+                cp, io, ours, si = (
+                    _median(rows, size_gb=size, source=source, cache=cache, path=p) for p in ("cp", "io", "ours", "si")
+                )
+                vs_cp, vs_si, vs_io = (
+                    _paired_ratio(rows, other, size_gb=size, source=source, cache=cache) for other in ("cp", "si", "io")
+                )
                 io_vs_si = _paired_ratio(rows, "si", mine="io", size_gb=size, source=source, cache=cache)
                 lines.append(
                     f"| {size:g} GB | {names[source]} | {cache} | {_mbs(cp)} | {_mbs(io)} | {_mbs(ours)} | {_mbs(si)} | "
                     f"{vs_cp} | {vs_si} | {vs_io} | {io_vs_si} | {ours['peak_rss_mb']:.0f} | {si['peak_rss_mb']:.0f} |"
                 )
-    lines += ["", "| size | zero-copy (int16 raw, 385 ch) | cache | seconds (hash in place) | MB/s hashed | recording bytes written to store (goal 0) | manifest bytes | peak RSS MB |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| size | zero-copy (int16 raw, 385 ch) | cache | seconds (hash in place) | MB/s hashed | recording bytes written to store (goal 0) | manifest bytes | peak RSS MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for size in sizes if "i16" in present else []:
         for cache in caches:
             hits = [r for r in rows if r["size_gb"] == size and r["source"] == "i16" and r["cache"] == cache]
             z = _median(rows, size_gb=size, source="i16", cache=cache)
             written = max(r["store_bytes_written"] for r in hits)
             symlinked = all(r["symlink"] and r["zero_copy"] and r["bytes_written_reported"] == 0 for r in hits)
-            lines.append(f"| {size:g} GB | symlink={symlinked} | {cache} | {z['seconds']:.2f} | {_mbs(z)} | {written} | {z['manifest_bytes']} | {z['peak_rss_mb']:.0f} |")
+            lines.append(
+                f"| {size:g} GB | symlink={symlinked} | {cache} | {z['seconds']:.2f} | {_mbs(z)} | {written} | {z['manifest_bytes']} | {z['peak_rss_mb']:.0f} |"
+            )
     if len(sizes) >= 2:
         small, big = min(sizes), max(sizes)
-        lines += ["", f"| peak RSS (VmHWM) of our conversion, fresh process, median over all its runs | {small:g} GB | {big:g} GB | ratio {big:g}/{small:g} (goal ≤ 1.10) |", "|---|---:|---:|---:|"]
-        for source, label in [(s, l) for s, l in (("sglx", names["sglx"]), ("f32", names["f32"]), ("i16", "int16 raw zero-copy (hash only)")) if s in present]:
+        lines += [
+            "",
+            f"| peak RSS (VmHWM) of our conversion, fresh process, median over all its runs | {small:g} GB | {big:g} GB | ratio {big:g}/{small:g} (goal ≤ 1.10) |",
+            "|---|---:|---:|---:|",
+        ]
+        for source, label in [
+            (s, label)
+            for s, label in (("sglx", names["sglx"]), ("f32", names["f32"]), ("i16", "int16 raw zero-copy (hash only)"))
+            if s in present
+        ]:
             path = "ours_zero_copy" if source == "i16" else "ours"
-            a = statistics.median(r["peak_rss_mb"] for r in rows if r["size_gb"] == small and r["source"] == source and r["path"] == path)
-            b = statistics.median(r["peak_rss_mb"] for r in rows if r["size_gb"] == big and r["source"] == source and r["path"] == path)
+            a = statistics.median(
+                r["peak_rss_mb"] for r in rows if r["size_gb"] == small and r["source"] == source and r["path"] == path
+            )
+            b = statistics.median(
+                r["peak_rss_mb"] for r in rows if r["size_gb"] == big and r["source"] == source and r["path"] == path
+            )
             lines.append(f"| {label} | {a:.1f} MB | {b:.1f} MB | {b / a:.3f} |")
-    same = [r["checksum"] == s["checksum"] for r in rows for s in rows if r["source"] == s["source"] == "sglx" and r["path"] == "ours" and s["path"] == "si" and "checksum" in s and all(r[k] == s[k] for k in ("size_gb", "cache", "repeat"))]
+    same = [
+        r["checksum"] == s["checksum"]
+        for r in rows
+        for s in rows
+        if r["source"] == s["source"] == "sglx"
+        and r["path"] == "ours"
+        and s["path"] == "si"
+        and "checksum" in s
+        and all(r[k] == s[k] for k in ("size_gb", "cache", "repeat"))
+    ]
     if "sglx" in present:
-        lines += ["", f"SpikeGLX: our recording.bin byte-identical to SpikeInterface's output (xxh3-128): {all(same) and bool(same)} ({len(same)} pairs compared)."]
+        lines += [
+            "",
+            f"SpikeGLX: our recording.bin byte-identical to SpikeInterface's output (xxh3-128): {all(same) and bool(same)} ({len(same)} pairs compared).",
+        ]
     return "\n".join(lines)
 
 
@@ -407,9 +543,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes-gb", type=float, nargs="+", default=[1.0, 4.0])
     parser.add_argument("--cache", choices=["cold", "warm", "both"], default="both")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per path; the fastest is reported (same rule for all paths)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs per path; the fastest is reported (same rule for all paths)"
+    )
     parser.add_argument("--tmp-root", type=Path, default=Path("/tmp"))
-    parser.add_argument("--sources", nargs="+", choices=["sglx", "f32", "i16"], default=["sglx", "f32", "i16"], help="which inputs to measure (default: all)")
+    parser.add_argument(
+        "--sources",
+        nargs="+",
+        choices=["sglx", "f32", "i16"],
+        default=["sglx", "f32", "i16"],
+        help="which inputs to measure (default: all)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -420,10 +564,21 @@ def main() -> None:
     for size in args.sizes_gb:
         rows += bench_size(size, args.tmp_root, caches, args.repeats, args.sources)
     table = summarize(rows, args.sizes_gb, caches)
-    host = {"nproc": os.cpu_count(), "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "python": platform.python_version(), "kernel": platform.release()}
+    host = {
+        "nproc": os.cpu_count(),
+        "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
     when = time.strftime("%Y-%m-%d %H:%M")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"command": " ".join([Path(sys.executable).name, *sys.argv]), "when": when, "host": host, "rows": rows}, indent=1) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {"command": " ".join([Path(sys.executable).name, *sys.argv]), "when": when, "host": host, "rows": rows},
+            indent=1,
+        )
+        + "\n"
+    )
     print(table)
     print(f"\nrows written to {RESULTS}")
 

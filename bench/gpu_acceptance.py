@@ -85,7 +85,13 @@ def make_session(folder: Path, duration_s: float, n_channels: int, n_units: int)
     """A SpikeGLX NP1.0 session with ground truth (SpikeInterface's generator, written chunk by chunk)."""
     from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 
-    spec = DemoSessionSpec(duration_s=duration_s, n_channels=n_channels, n_units=n_units, seed=7, min_well_detected_units=max(1, n_units // 2))
+    spec = DemoSessionSpec(
+        duration_s=duration_s,
+        n_channels=n_channels,
+        n_units=n_units,
+        seed=7,
+        min_well_detected_units=max(1, n_units // 2),
+    )
     return make_spikeglx_session(folder, spec)
 
 
@@ -152,13 +158,19 @@ def compare_sortings(dirs: list[Path]) -> dict[str, Any]:
     for other in dirs[1:]:
         times, clusters = np.load(other / "spike_times.npy"), np.load(other / "spike_clusters.npy")
         same_shape = times.shape == reference_times.shape
-        rows.append({
-            "against": other.parent.name,
-            "identical": bool(same_shape and np.array_equal(times, reference_times) and np.array_equal(clusters, reference_clusters)),
-            "n_spikes": [int(reference_times.size), int(times.size)],
-            "n_clusters": [int(np.unique(reference_clusters).size), int(np.unique(clusters).size)],
-            "spike_time_mismatches": int(np.count_nonzero(times != reference_times)) if same_shape else None,
-        })
+        rows.append(
+            {
+                "against": other.parent.name,
+                "identical": bool(
+                    same_shape
+                    and np.array_equal(times, reference_times)
+                    and np.array_equal(clusters, reference_clusters)
+                ),
+                "n_spikes": [int(reference_times.size), int(times.size)],
+                "n_clusters": [int(np.unique(reference_clusters).size), int(np.unique(clusters).size)],
+                "spike_time_mismatches": int(np.count_nonzero(times != reference_times)) if same_shape else None,
+            }
+        )
     return {"identical": all(row["identical"] for row in rows), "pairs": rows}
 
 
@@ -169,13 +181,20 @@ def run(mode: str, out: Path, duration_s: float | None = None) -> Report:
     if duration_s is not None:
         plan.duration_s = duration_s
     started = time.perf_counter()
-    report = Report(mode=mode, host={"python": sys.version.split()[0], "machine": platform.machine(), "node": platform.node()})
+    report = Report(
+        mode=mode, host={"python": sys.version.split()[0], "machine": platform.machine(), "node": platform.node()}
+    )
     out.mkdir(parents=True, exist_ok=True)
     report.doctor = as_records(run_checks(out, backend=plan.backend, modules=SORT_MODULES))  # no Dagster on the node
 
     t0 = time.perf_counter()
     session = make_session(out / "session" / "accept_g0", plan.duration_s, plan.n_channels, plan.n_units)
-    report.session = {"duration_s": plan.duration_s, "n_channels": plan.n_channels, "n_units": plan.n_units, "generate_seconds": round(time.perf_counter() - t0, 2)}
+    report.session = {
+        "duration_s": plan.duration_s,
+        "n_channels": plan.n_channels,
+        "n_units": plan.n_units,
+        "generate_seconds": round(time.perf_counter() - t0, 2),
+    }
     t0 = time.perf_counter()
     base = ingest(session, out / "base")
     report.session["ingest_seconds"] = round(time.perf_counter() - t0, 2)
@@ -246,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     hidden = ("doctor", "sorts", "imported_distributions")
     print(json.dumps({k: v for k, v in asdict(report).items() if k not in hidden}, indent=2, default=str))
     for row in report.sorts:
-        print(f"{row['label']}: {row['sort_seconds']} s on {row['device']}, {row['n_units']} units, well detected {row['well_detected']}")
+        print(
+            f"{row['label']}: {row['sort_seconds']} s on {row['device']}, {row['n_units']} units, well detected {row['well_detected']}"
+        )
     print(f"written: {path}\n{'ACCEPTED' if report.ok else 'NOT ACCEPTED'}")
     return 0 if report.ok else 1
 

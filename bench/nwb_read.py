@@ -102,7 +102,7 @@ def _write_with_pynwb(path: Path, recording, metadata: dict) -> str:
     nwbfile = NWBFile(**metadata["NWBFile"])
     device = nwbfile.create_device(name="probe")
     group = nwbfile.create_electrode_group(name="0", description="", location="unknown", device=device)
-    for i, (x, y) in enumerate(recording.get_channel_locations()):
+    for x, y in recording.get_channel_locations():
         nwbfile.add_electrode(group=group, location="unknown", rel_x=float(x), rel_y=float(y))
     region = nwbfile.create_electrode_table_region(list(range(channels)), "all")
     data = H5DataIO(

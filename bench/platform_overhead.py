@@ -52,17 +52,29 @@ def main() -> None:
         source = open_recording(folder)
         probe, _ = probe_for_recording(source)
         ks_probe = kilosort_probe(probe, tuple(range(source.n_channels)), source.sorting_channels)
-        platform = PlatformResource(store_root=str(tmp / "store"), landing_roots=f"rig1={tmp / 'landing'}", backend="cpu")
+        platform = PlatformResource(
+            store_root=str(tmp / "store"), landing_roots=f"rig1={tmp / 'landing'}", backend="cpu"
+        )
         key = SessionRef("rig1", folder.name, spec.recording_date, "imec0").key
         instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [key])
         job = build_definitions(platform, sensors=[]).resolve_job_def("sort_session")
         # The five assets of issue #2 and their checks; unit_metrics (SpikeInterface quality metrics, issue #4) is
         # extra analysis a bare run_kilosort does not do either.
-        five_assets = [dg.AssetKey(name) for name in ("raw_recording", "probe_map", "recording_binary", "sorted_units", "phy_bundle")]
+        five_assets = [
+            dg.AssetKey(name)
+            for name in ("raw_recording", "probe_map", "recording_binary", "sorted_units", "phy_bundle")
+        ]
         summary_path = tmp / "store" / "sessions" / key / "sorting" / "sorting_summary.json"
 
         def bare(i: int) -> float:
-            ops, *_ = run_kilosort(settings={"n_chan_bin": source.n_channels, "fs": source.sampling_frequency}, probe=ks_probe, filename=source.zero_copy_path, results_dir=tmp / f"bare{i}", data_dtype="int16", device=torch.device("cpu"))
+            ops, *_ = run_kilosort(
+                settings={"n_chan_bin": source.n_channels, "fs": source.sampling_frequency},
+                probe=ks_probe,
+                filename=source.zero_copy_path,
+                results_dir=tmp / f"bare{i}",
+                data_dtype="int16",
+                device=torch.device("cpu"),
+            )
             return float(ops["runtime"])
 
         def through_platform(i: int) -> float:
@@ -73,11 +85,18 @@ def main() -> None:
         runs: dict[str, list[tuple[float, float, float]]] = {"bare": [], "platform": []}
         order = []
         for pair in range(args.pairs):
-            order += [("bare", bare), ("platform", through_platform)] if pair % 2 == 0 else [("platform", through_platform), ("bare", bare)]
+            order += (
+                [("bare", bare), ("platform", through_platform)]
+                if pair % 2 == 0
+                else [("platform", through_platform), ("bare", bare)]
+            )
         for i, (name, fn) in enumerate(order):
-            wall, cpu, kilosort_internal = _timed(lambda: fn(i))
+            wall, cpu, kilosort_internal = _timed(lambda fn=fn, i=i: fn(i))
             runs[name].append((wall, cpu, kilosort_internal))
-            print(f"[{i + 1}/{len(order)}] {name}: wall {wall:.1f} s, cpu {cpu:.1f} s, Kilosort's own runtime {kilosort_internal:.1f} s", flush=True)
+            print(
+                f"[{i + 1}/{len(order)}] {name}: wall {wall:.1f} s, cpu {cpu:.1f} s, Kilosort's own runtime {kilosort_internal:.1f} s",
+                flush=True,
+            )
 
     def median(name: str, index: int) -> float:
         return statistics.median(run[index] for run in runs[name])

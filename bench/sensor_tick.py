@@ -41,20 +41,23 @@ RESULTS = Path(__file__).parent / "results" / "sensor_tick.json"
 
 def tiny_meta(file_size: int, date: dt.date) -> str:
     n_saved = N_AP + 1
-    return "\n".join(
-        [
-            f"fileCreateTime={date.isoformat()}T10:00:00",
-            f"fileSizeBytes={file_size}",
-            "imAiRangeMax=0.6",
-            "imMaxInt=512",
-            "imDatPrb_type=0",
-            "imSampRate=30000",
-            f"nSavedChans={n_saved}",
-            "snsApLfSy=384,0,1",
-            f"snsSaveChanSubset=0:{N_AP - 1},768",
-            "typeThis=imec",
-        ]
-    ) + "\n"
+    return (
+        "\n".join(
+            [
+                f"fileCreateTime={date.isoformat()}T10:00:00",
+                f"fileSizeBytes={file_size}",
+                "imAiRangeMax=0.6",
+                "imMaxInt=512",
+                "imDatPrb_type=0",
+                "imSampRate=30000",
+                f"nSavedChans={n_saved}",
+                "snsApLfSy=384,0,1",
+                f"snsSaveChanSubset=0:{N_AP - 1},768",
+                "typeThis=imec",
+            ]
+        )
+        + "\n"
+    )
 
 
 def make_tiny_session(root: Path, index: int) -> Path:
@@ -98,7 +101,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="sensor_tick_") as tmp, dg.instance_for_test() as instance:
+    with (
+        tempfile.TemporaryDirectory(dir=args.workdir, prefix="sensor_tick_") as tmp,
+        dg.instance_for_test() as instance,
+    ):
         tmp = Path(tmp)
         landing = tmp / "landing"
         landing.mkdir()
@@ -111,7 +117,9 @@ def main() -> None:
 
         platform = PlatformResource(store_root=str(tmp / "store"), landing_roots=f"rig1={landing}", backend="cpu")
         # Production settle rule (120 s), with the sensor's clock one hour ahead so fresh folders count as settled.
-        sensor = build_new_session_sensor(settle_seconds=120, marker_name="", max_sessions_per_tick=None, clock=lambda: time.time() + 3600)
+        sensor = build_new_session_sensor(
+            settle_seconds=120, marker_name="", max_sessions_per_tick=None, clock=lambda: time.time() + 3600
+        )
 
         def tick(cursor: str | None, quiet: bool = False) -> tuple[float, dg.SensorResult]:
             context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"platform": platform})
@@ -136,7 +144,9 @@ def main() -> None:
             seconds, result = tick(cursor)
             assert not result.run_requests and result.cursor == cursor
             idle_times.append(seconds)
-        print(f"tick with 1 new session among {args.sessions}: median {statistics.median(new_times):.3f} s, max {max(new_times):.3f} s (goal ≤ 1 s)")
+        print(
+            f"tick with 1 new session among {args.sessions}: median {statistics.median(new_times):.3f} s, max {max(new_times):.3f} s (goal ≤ 1 s)"
+        )
         print(f"tick with nothing new: median {statistics.median(idle_times):.3f} s")
         find_s = find_walk_seconds(landing)
         if find_s is not None:
@@ -146,7 +156,12 @@ def main() -> None:
     row = {
         "command": f"python bench/sensor_tick.py --sessions {args.sessions} --repeats {args.repeats}",
         "when": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "host": {"nproc": os.cpu_count(), "python": host_platform.python_version(), "kernel": host_platform.release(), "dagster": dg.__version__},
+        "host": {
+            "nproc": os.cpu_count(),
+            "python": host_platform.python_version(),
+            "kernel": host_platform.release(),
+            "dagster": dg.__version__,
+        },
         "sessions": args.sessions,
         "layout": "SpikeGLX-like: 2 folders + 6 files per session (AP pair a few hundred bytes, others empty)",
         "landing_disk_mb": usage,

@@ -7,11 +7,14 @@ import warnings
 import dagster as dg
 
 # Partitioned asset checks are "preview" in dagster 1.13; we rely on them knowingly (pinned dagster version).
-warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
-warnings.filterwarnings("ignore", message="Function `observable_source_asset` is currently in beta", category=dg.BetaWarning)
+warnings.filterwarnings(
+    "ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning
+)
+warnings.filterwarnings(
+    "ignore", message="Function `observable_source_asset` is currently in beta", category=dg.BetaWarning
+)
 
 from ks_platform.defs import curation, doctor, ingest, quality, review, rollup, sorting  # noqa: E402
-
 from ks_platform.defs.partitions import session_partitions  # noqa: E402
 from ks_platform.defs.resources import PlatformResource  # noqa: E402
 from ks_platform.defs.sensors import build_new_session_sensor  # noqa: E402
@@ -32,8 +35,27 @@ observe_settings_job = dg.define_asset_job(
     description="Observe the parameter set of one session (or all, without a partition): a changed kilosort4-settings.json marks its sorting stale.",
 )
 
-ALL_ASSETS = [sorting.session_settings, ingest.raw_recording, ingest.probe_map, ingest.recording_binary, sorting.sorted_units, review.phy_bundle, quality.unit_metrics, curation.phy_curation, curation.curated_units, curation.units_nwb]
-ALL_CHECKS = [sorting.sorted_units_not_empty, sorting.sorted_units_match_ground_truth, review.phy_bundle_opens, quality.unit_metrics_has_units, quality.unit_metrics_isi_violations, curation.curated_units_not_stale, curation.units_nwb_passes_inspector]
+ALL_ASSETS = [
+    sorting.session_settings,
+    ingest.raw_recording,
+    ingest.probe_map,
+    ingest.recording_binary,
+    sorting.sorted_units,
+    review.phy_bundle,
+    quality.unit_metrics,
+    curation.phy_curation,
+    curation.curated_units,
+    curation.units_nwb,
+]
+ALL_CHECKS = [
+    sorting.sorted_units_not_empty,
+    sorting.sorted_units_match_ground_truth,
+    review.phy_bundle_opens,
+    quality.unit_metrics_has_units,
+    quality.unit_metrics_isi_violations,
+    curation.curated_units_not_stale,
+    curation.units_nwb_passes_inspector,
+]
 
 
 def default_sensors() -> list[dg.SensorDefinition]:
@@ -88,7 +110,14 @@ def build_definitions(
     return dg.Definitions(
         assets=[*ALL_ASSETS, rollup.daily_rollup],
         asset_checks=ALL_CHECKS,
-        jobs=[sort_session_job, observe_settings_job, curation.curate_session_job, curation.observe_curation_job, rollup.daily_rollup_job, doctor.host_doctor],
+        jobs=[
+            sort_session_job,
+            observe_settings_job,
+            curation.curate_session_job,
+            curation.observe_curation_job,
+            rollup.daily_rollup_job,
+            doctor.host_doctor,
+        ],
         sensors=default_sensors() if sensors is None else sensors,
         resources={"platform": platform or PlatformResource.from_env(), "quality": quality.QualityResource()},
         executor=executor or executor_from_env(),

@@ -67,7 +67,9 @@ class Workspace:
 
     @property
     def platform(self) -> PlatformResource:
-        return PlatformResource(store_root=str(self.store_root), landing_roots=f"{ROOT_NAME}={self.landing}", backend="cpu")
+        return PlatformResource(
+            store_root=str(self.store_root), landing_roots=f"{ROOT_NAME}={self.landing}", backend="cpu"
+        )
 
     def key(self, folder: Path, date=TEST_SPEC.recording_date, probe: str | None = None) -> str:
         """The partition key of ``folder``'s probe (``None``: its only probe, as the reader lists it)."""
@@ -93,7 +95,12 @@ class Workspace:
         if key not in self.instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME):
             self.instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [key])
         job = build_definitions(self.platform, sensors=[]).resolve_job_def("sort_session")
-        return job.execute_in_process(partition_key=key, instance=self.instance, raise_on_error=False, asset_selection=[dg.AssetKey(a) for a in assets])
+        return job.execute_in_process(
+            partition_key=key,
+            instance=self.instance,
+            raise_on_error=False,
+            asset_selection=[dg.AssetKey(a) for a in assets],
+        )
 
 
 @pytest.fixture(scope="session")

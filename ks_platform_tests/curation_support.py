@@ -13,7 +13,9 @@ from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
 from ks_platform_tests.conftest import Workspace
 
 #: "root" is the Allen CCF term for the whole brain: true of the synthetic recording, and what nwbinspector accepts.
-SUBJECT = '{"subject_id": "demo42", "species": "Mus musculus", "sex": "F", "age": "P90D", "electrode_location": "root"}\n'
+SUBJECT = (
+    '{"subject_id": "demo42", "species": "Mus musculus", "sex": "F", "age": "P90D", "electrode_location": "root"}\n'
+)
 
 
 def copy_sorted_workspace(ws: Workspace, key: str, base: Path, instance: dg.DagsterInstance) -> Workspace:

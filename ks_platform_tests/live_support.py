@@ -54,7 +54,11 @@ class GraphQL:
         self.url = f"http://127.0.0.1:{port}/graphql"
 
     def __call__(self, query: str, **variables) -> dict:
-        request = urllib.request.Request(self.url, data=json.dumps({"query": query, "variables": variables}).encode(), headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url,
+            data=json.dumps({"query": query, "variables": variables}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             payload = json.loads(response.read())
         assert "errors" not in payload, payload
@@ -69,7 +73,11 @@ class GraphQL:
     def run_messages(self, run_id: str) -> list[str]:
         """Every event's message, with the error (what the UI shows in red) appended to failure events."""
         events = self(RUN_MESSAGES, runId=run_id)["logsForRun"]["events"]
-        return [" ".join(filter(None, [e.get("message"), (e.get("error") or {}).get("message")])) for e in events if e.get("message") or e.get("error")]
+        return [
+            " ".join(filter(None, [e.get("message"), (e.get("error") or {}).get("message")]))
+            for e in events
+            if e.get("message") or e.get("error")
+        ]
 
 
 def tags_of(run: dict) -> dict[str, str]:
@@ -88,11 +96,18 @@ def wait_for(what: str, probe, timeout_s: float, every_s: float = 3.0):
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             last_error = exc
         time.sleep(every_s)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+    pytest.fail(
+        f"timed out after {timeout_s:.0f} s waiting for {what}" + (f" (last error: {last_error})" if last_error else "")
+    )
 
 
 def wait_for_run_end(graphql: GraphQL, run_id: str, timeout_s: float) -> str:
-    return wait_for(f"run {run_id} to finish", lambda: (s := graphql.run_status(run_id)) in TERMINAL_STATUSES and s, timeout_s, every_s=5)
+    return wait_for(
+        f"run {run_id} to finish",
+        lambda: (s := graphql.run_status(run_id)) in TERMINAL_STATUSES and s,
+        timeout_s,
+        every_s=5,
+    )
 
 
 @dataclass
@@ -127,7 +142,9 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def dagster_dev(base: Path, request: pytest.FixtureRequest, artifacts: Path, extra_env: dict[str, str] | None = None) -> Iterator[LiveDagster]:
+def dagster_dev(
+    base: Path, request: pytest.FixtureRequest, artifacts: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[LiveDagster]:
     """``dagster dev -w workspace.yaml -h 127.0.0.1`` on a free port over a temp DAGSTER_HOME (the repo's
     dagster.yaml), landing root ``rig1`` and store, CPU backend. The whole process group is stopped at the end;
     when the test failed its log and the step logs are copied to ``artifacts``."""
@@ -151,16 +168,29 @@ def dagster_dev(base: Path, request: pytest.FixtureRequest, artifacts: Path, ext
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     graphql = GraphQL(port)
     failures_before = request.session.testsfailed
     try:
-        wait_for("the code location to load", lambda: process.poll() is None and graphql("{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }")["repositoriesOrError"].get("nodes"), STARTUP_TIMEOUT_S)
+        wait_for(
+            "the code location to load",
+            lambda: process.poll() is None
+            and graphql("{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }")[
+                "repositoriesOrError"
+            ].get("nodes"),
+            STARTUP_TIMEOUT_S,
+        )
         yield LiveDagster(port, graphql, env, home, landing, store, log_path)
     finally:
         _stop(process)
-        if request.session.testsfailed > failures_before or sys.exc_info()[0] is not None:  # the call's report is counted before teardown
+        if (
+            request.session.testsfailed > failures_before or sys.exc_info()[0] is not None
+        ):  # the call's report is counted before teardown
             artifacts.mkdir(parents=True, exist_ok=True)
             shutil.copy(log_path, artifacts / "dagster_dev.log")
             for compute_log in (home / "storage").rglob("*.err") if (home / "storage").exists() else []:

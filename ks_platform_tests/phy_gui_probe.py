@@ -65,7 +65,11 @@ def probe(params_path: Path, out: Path, screenshot: Path | None, config_dir: Pat
     calls: list[dict[str, np.ndarray]] = []
     _spy(model, calls)
     controller = TemplateController(
-        model=model, dir_path=params_path.parent, config_dir=config_dir, plugins=[], clear_cache=True,
+        model=model,
+        dir_path=params_path.parent,
+        config_dir=config_dir,
+        plugins=[],
+        clear_cache=True,
         enable_threading=False,  # views update synchronously: what they show is known when a call returns
     )
     gui = controller.create_gui()

@@ -24,7 +24,10 @@ from ks_platform_tests.conftest import missing_dependency
 
 def postgres_bin_dir() -> Path | None:
     """The newest ``/usr/lib/postgresql/<ver>/bin`` with initdb, or the directory of ``initdb`` on PATH."""
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
     if versions:
         return versions[-1].parent
     found = shutil.which("initdb")
@@ -64,7 +67,9 @@ def postgres_server(db_name: str = "dagster") -> Iterator[str]:
     """Start a server in a fresh temp dir; yield ``postgresql://…`` for a new database; stop and delete after."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
-        raise FileNotFoundError("PostgreSQL server binaries not found: run scripts/install_system_deps.sh (installs postgresql)")
+        raise FileNotFoundError(
+            "PostgreSQL server binaries not found: run scripts/install_system_deps.sh (installs postgresql)"
+        )
     as_root = os.geteuid() == 0
     user = "postgres" if as_root else getpass.getuser()
     # Directly under the system temp dir: pytest's tmp dirs are 0700 root-owned, the server user must enter.
@@ -83,8 +88,13 @@ def postgres_server(db_name: str = "dagster") -> Iterator[str]:
         run("initdb", "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8", "--no-sync")
         # In the cluster's own config (not ``pg_ctl -o``), so a plain ``pg_ctl stop``/``start`` of the data
         # directory (the fault tests in test_faults_instance.py) brings back the same server.
-        settings = {"listen_addresses": "'127.0.0.1'", "port": str(port), "unix_socket_directories": f"'{sockets}'",
-                    "fsync": "off", "max_connections": "200"}
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(port),
+            "unix_socket_directories": f"'{sockets}'",
+            "fsync": "off",
+            "max_connections": "200",
+        }
         with open(data / "postgresql.conf", "a") as conf:
             conf.write("".join(f"{name} = {value}\n" for name, value in settings.items()))
         run("pg_ctl", "-D", str(data), "-l", str(log), "-w", "-t", "60", "start")

@@ -19,13 +19,20 @@ def main(argv: list[str]) -> int:
     from ks_platform.defs.resources import PlatformResource
 
     config = json.loads(argv[0])
-    platform = PlatformResource(store_root=config["store"], landing_roots=f"rig1={config['landing']}", backend="cpu", allow_zero_copy=config.get("zero_copy", True))
+    platform = PlatformResource(
+        store_root=config["store"],
+        landing_roots=f"rig1={config['landing']}",
+        backend="cpu",
+        allow_zero_copy=config.get("zero_copy", True),
+    )
     instance = dg.DagsterInstance.get()
     if config["key"] not in instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME):
         instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [config["key"]])
     job = build_definitions(platform).resolve_job_def("sort_session")
     selection = [dg.AssetKey(name) for name in config["assets"]] if config.get("assets") else None
-    result = job.execute_in_process(partition_key=config["key"], instance=instance, raise_on_error=False, asset_selection=selection)
+    result = job.execute_in_process(
+        partition_key=config["key"], instance=instance, raise_on_error=False, asset_selection=selection
+    )
     return 0 if result.success else 1
 
 

@@ -12,8 +12,8 @@ import datetime as dt
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.execution.backfill import BulkActionStatus
 import pytest
+from dagster._core.execution.backfill import BulkActionStatus
 
 from ks_platform.cli import build_parser
 from ks_platform.cli.backfill_command import run_backfill
@@ -28,8 +28,18 @@ SESSION_ASSETS = ["phy_bundle", "probe_map", "raw_recording", "recording_binary"
 
 
 def test_date_range_selection_is_inclusive_and_ignores_other_keys():
-    keys = ["2026-03-01__rig1__a__imec0", "2026-03-15__rig2__b__imec0", "2026-03-16__rig1__c__imec0", "2026-02-28__rig1__d__imec0", "not-a-session", "2026-13-01__rig1__e__imec0"]
-    assert session_keys_in_date_range(keys, dt.date(2026, 3, 1), dt.date(2026, 3, 15)) == ["2026-03-01__rig1__a__imec0", "2026-03-15__rig2__b__imec0"]
+    keys = [
+        "2026-03-01__rig1__a__imec0",
+        "2026-03-15__rig2__b__imec0",
+        "2026-03-16__rig1__c__imec0",
+        "2026-02-28__rig1__d__imec0",
+        "not-a-session",
+        "2026-13-01__rig1__e__imec0",
+    ]
+    assert session_keys_in_date_range(keys, dt.date(2026, 3, 1), dt.date(2026, 3, 15)) == [
+        "2026-03-01__rig1__a__imec0",
+        "2026-03-15__rig2__b__imec0",
+    ]
     assert session_keys_in_date_range(keys, dt.date(2026, 4, 1), dt.date(2026, 4, 30)) == []
     with pytest.raises(ValueError, match="before the start"):
         session_keys_in_date_range(keys, dt.date(2026, 3, 2), dt.date(2026, 3, 1))
@@ -53,16 +63,29 @@ def cli(*argv: str) -> argparse.Namespace:
 def test_cli_launches_one_backfill_for_exactly_the_sessions_in_range(dated_landing, capsys):
     landing, platform = dated_landing
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, ["2026-03-05__rig2__gone_g0__imec0"])  # registered earlier, folder since removed
+        instance.add_dynamic_partitions(
+            SESSIONS_PARTITIONS_NAME, ["2026-03-05__rig2__gone_g0__imec0"]
+        )  # registered earlier, folder since removed
         assert run_backfill(cli("--start", "2026-03-01", "--end", "2026-03-15"), instance, platform) == 0
         out = capsys.readouterr()
         assert "registered 3 new session(s)" in out.out and "skipped" in out.err and "notes" in out.err
 
         # Registration added the landing sessions in key (= date) order.
-        assert instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME) == ["2026-03-05__rig2__gone_g0__imec0", "2026-03-02__rig1__m1_g0__imec0", "2026-03-02__rig1__m2_g0__imec0", "2026-03-20__rig1__m3_g0__imec0"]
+        assert instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME) == [
+            "2026-03-05__rig2__gone_g0__imec0",
+            "2026-03-02__rig1__m1_g0__imec0",
+            "2026-03-02__rig1__m2_g0__imec0",
+            "2026-03-20__rig1__m3_g0__imec0",
+        ]
         [backfill] = instance.get_backfills()
-        expected = ["2026-03-02__rig1__m1_g0__imec0", "2026-03-02__rig1__m2_g0__imec0", "2026-03-05__rig2__gone_g0__imec0"]
-        assert backfills.backfill_partitions(instance, backfill.backfill_id) == {asset: expected for asset in SESSION_ASSETS}
+        expected = [
+            "2026-03-02__rig1__m1_g0__imec0",
+            "2026-03-02__rig1__m2_g0__imec0",
+            "2026-03-05__rig2__gone_g0__imec0",
+        ]
+        assert backfills.backfill_partitions(instance, backfill.backfill_id) == {
+            asset: expected for asset in SESSION_ASSETS
+        }
         assert backfill.is_asset_backfill and backfill.status == BulkActionStatus.REQUESTED
         assert backfill.tags[backfills.TAG_RANGE] == "2026-03-01..2026-03-15" and "2026-03-01" in backfill.title
         assert f"launched backfill {backfill.backfill_id} (3 session(s) × 6 assets)" in out.out
@@ -107,7 +130,12 @@ def test_only_stale_uses_dagsters_stale_status(sorted_workspace, capsys):
     assert selection.selected == [never_sorted] and selection.up_to_date == [sorted_key]
 
     # The same with the sorting step's code version bumped (e.g. a Kilosort upgrade): the sorted session is stale now.
-    upgraded = [a.map_asset_specs(lambda spec: spec.replace_attributes(code_version="kilosort-upgraded")) if a.key == dg.AssetKey("sorted_units") else a for a in ALL_ASSETS]
+    upgraded = [
+        a.map_asset_specs(lambda spec: spec.replace_attributes(code_version="kilosort-upgraded"))
+        if a.key == dg.AssetKey("sorted_units")
+        else a
+        for a in ALL_ASSETS
+    ]
     upgraded_graph = dg.Definitions(assets=upgraded, resources={"platform": ws.platform}).resolve_asset_graph()
     assert backfills.stale_sessions(instance, upgraded_graph, [sorted_key, never_sorted]) == [sorted_key, never_sorted]
 

@@ -58,7 +58,9 @@ def test_meta_channel_count_disagrees(workspace, short_session):
 def test_unknown_kilosort_setting(workspace, short_session):
     folder = _copy(short_session, workspace.landing, "badsettings")
     (folder / "kilosort4-settings.json").write_text(json.dumps({"batch_sise": 30000}))
-    message = _assert_clean_failure(workspace, workspace.key(folder), "sorting", "kilosort4-settings.json", "rename or remove 'batch_sise'")
+    message = _assert_clean_failure(
+        workspace, workspace.key(folder), "sorting", "kilosort4-settings.json", "rename or remove 'batch_sise'"
+    )
     assert "did you mean 'batch_size'" in message
 
 
@@ -73,8 +75,20 @@ def test_probe_with_duplicate_channels(workspace):
     payload = json.loads((folder / "probe.json").read_text())
     payload["probes"][0]["device_channel_indices"][5] = 4
     (folder / "probe.json").write_text(json.dumps(payload))
-    (folder / "recording.json").write_text(json.dumps({"sampling_frequency": 30000, "n_channels": 32, "dtype": "int16", "probe_file": "probe.json", "recording_date": "2026-03-02"}))
-    _assert_clean_failure(workspace, workspace.key(folder), "probe", "probe.json", "give every contact its own channel index")
+    (folder / "recording.json").write_text(
+        json.dumps(
+            {
+                "sampling_frequency": 30000,
+                "n_channels": 32,
+                "dtype": "int16",
+                "probe_file": "probe.json",
+                "recording_date": "2026-03-02",
+            }
+        )
+    )
+    _assert_clean_failure(
+        workspace, workspace.key(folder), "probe", "probe.json", "give every contact its own channel index"
+    )
 
 
 def test_bad_session_does_not_stop_others(workspace, short_session):
@@ -97,5 +111,7 @@ def test_meta_with_non_numeric_value(workspace, short_session):
     folder = _copy(short_session, workspace.landing, "wordymeta")
     meta = next(folder.glob("*.ap.meta"))
     meta.write_text(meta.read_text().replace("nSavedChans=33", "nSavedChans=thirty-three"))
-    message = _assert_clean_failure(workspace, workspace.key(folder), "raw_recording.json", meta.name, "restore the .meta")
+    message = _assert_clean_failure(
+        workspace, workspace.key(folder), "raw_recording.json", meta.name, "restore the .meta"
+    )
     assert "is not a number" in message

@@ -81,10 +81,27 @@ def _raw(folder: Path, probe_name: str = "probe.json", n_channels: int = syn.N_C
     elif probe_name.endswith(".mat"):
         from scipy.io import savemat
 
-        savemat(folder / probe_name, {"chanMap": np.arange(1, 33.0), "chanMap0ind": np.arange(32.0), "xcoords": syn.positions()[:, 0], "ycoords": syn.positions()[:, 1], "kcoords": np.asarray(syn.shank_ids(), float) + 1, "connected": np.ones(32), "fs": syn.FS})
+        savemat(
+            folder / probe_name,
+            {
+                "chanMap": np.arange(1, 33.0),
+                "chanMap0ind": np.arange(32.0),
+                "xcoords": syn.positions()[:, 0],
+                "ycoords": syn.positions()[:, 1],
+                "kcoords": np.asarray(syn.shank_ids(), float) + 1,
+                "connected": np.ones(32),
+                "fs": syn.FS,
+            },
+        )
     else:
         pi.write_probeinterface(folder / probe_name, group)
-    sidecar = {"sampling_frequency": syn.FS, "n_channels": n_channels, "dtype": "int16", "probe_file": probe_name, "recording_date": DATE.isoformat()}
+    sidecar = {
+        "sampling_frequency": syn.FS,
+        "n_channels": n_channels,
+        "dtype": "int16",
+        "probe_file": probe_name,
+        "recording_date": DATE.isoformat(),
+    }
     (folder / "rec.json").write_text(json.dumps(sidecar))
     return folder
 
@@ -152,7 +169,10 @@ def _plx_header(field: str, value: int) -> Callable[[Path], Path]:
 
 def _sidecar(**changes) -> Callable[[Path], Path]:
     """Edit the sidecar; the size check names the data file (and the sidecar as the other suspect)."""
-    return lambda folder: (_edit_json(folder / "rec.json", lambda payload: payload.update(changes)), folder / "rec.bin")[1]
+    return lambda folder: (
+        _edit_json(folder / "rec.json", lambda payload: payload.update(changes)),
+        folder / "rec.bin",
+    )[1]
 
 
 def _prb_duplicate_channel(folder: Path) -> Path:
@@ -161,7 +181,9 @@ def _prb_duplicate_channel(folder: Path) -> Path:
     channels[2] = 1
     geometry = {c: tuple(xy) for c, xy in zip(range(syn.N_CHANNELS), syn.positions().tolist())}
     path = folder / "probe.prb"
-    path.write_text(f"channel_groups = {{\n    0: {{\n        'channels': {channels},\n        'geometry': {geometry},\n    }}\n}}\n")
+    path.write_text(
+        f"channel_groups = {{\n    0: {{\n        'channels': {channels},\n        'geometry': {geometry},\n    }}\n}}\n"
+    )
     return path
 
 
@@ -198,44 +220,178 @@ class BadInput:
 
 CASES = [
     # truncated / zero-length data files
-    BadInput("openephys truncated continuous.dat", _openephys, lambda f: _truncate(_oe_file(f, "continuous.dat")), "copy continuous.dat again", "not a multiple"),
-    BadInput("openephys zero-length continuous.dat", _openephys, lambda f: _truncate(_oe_file(f, "continuous.dat"), 0), "copy the recording again", "empty"),
+    BadInput(
+        "openephys truncated continuous.dat",
+        _openephys,
+        lambda f: _truncate(_oe_file(f, "continuous.dat")),
+        "copy continuous.dat again",
+        "not a multiple",
+    ),
+    BadInput(
+        "openephys zero-length continuous.dat",
+        _openephys,
+        lambda f: _truncate(_oe_file(f, "continuous.dat"), 0),
+        "copy the recording again",
+        "empty",
+    ),
     BadInput("raw truncated .bin", _raw, lambda f: _truncate(f / "rec.bin"), "copy the file again", "not a multiple"),
     BadInput("raw zero-length .bin", _raw, lambda f: _truncate(f / "rec.bin", 0), "copy the recording again", "empty"),
-    BadInput("nwb truncated file", _nwb, lambda f: _truncate(f / "session.nwb", (f / "session.nwb").stat().st_size // 2), "copy the file again", "cannot read the NWB file"),
+    BadInput(
+        "nwb truncated file",
+        _nwb,
+        lambda f: _truncate(f / "session.nwb", (f / "session.nwb").stat().st_size // 2),
+        "copy the file again",
+        "cannot read the NWB file",
+    ),
     BadInput("nwb zero-length file", _nwb, lambda f: _truncate(f / "session.nwb", 0), "copy the file again", "empty"),
-    BadInput("plexon truncated .plx", _plexon, lambda f: _truncate(f / "session.plx", (f / "session.plx").stat().st_size - 5000), "copy the .plx again", "truncated"),
-    BadInput("plexon zero-length .plx", _plexon, lambda f: _truncate(f / "session.plx", 0), "copy the .plx again", "7504-byte"),
+    BadInput(
+        "plexon truncated .plx",
+        _plexon,
+        lambda f: _truncate(f / "session.plx", (f / "session.plx").stat().st_size - 5000),
+        "copy the .plx again",
+        "truncated",
+    ),
+    BadInput(
+        "plexon zero-length .plx",
+        _plexon,
+        lambda f: _truncate(f / "session.plx", 0),
+        "copy the .plx again",
+        "7504-byte",
+    ),
     # header channel count / sampling rate disagreeing with the data
-    BadInput("openephys oebin lists more channels than stored", _openephys, _oebin_num_channels, "structure.oebin that belongs to it", "35 channels"),
-    BadInput("raw sidecar channel count disagrees with the size", _raw, _sidecar(n_channels=31), "correct the sidecar", "31 channels"),
-    BadInput("raw sidecar dtype disagrees with the size", _raw, _sidecar(dtype="float32", n_channels=7), "correct the sidecar", "7 channels x 4 bytes"),
-    BadInput("nwb electrodes region disagrees with the data columns", _nwb, _nwb_fewer_electrodes, "one electrodes-table row per data column", "31"),
-    BadInput("plexon header slow-channel count disagrees with the data", _plexon, _plx_header("NumSlowChannels", 2 * syn.N_CHANNELS - 1), "copy the .plx again", "corrupt data block"),
+    BadInput(
+        "openephys oebin lists more channels than stored",
+        _openephys,
+        _oebin_num_channels,
+        "structure.oebin that belongs to it",
+        "35 channels",
+    ),
+    BadInput(
+        "raw sidecar channel count disagrees with the size",
+        _raw,
+        _sidecar(n_channels=31),
+        "correct the sidecar",
+        "31 channels",
+    ),
+    BadInput(
+        "raw sidecar dtype disagrees with the size",
+        _raw,
+        _sidecar(dtype="float32", n_channels=7),
+        "correct the sidecar",
+        "7 channels x 4 bytes",
+    ),
+    BadInput(
+        "nwb electrodes region disagrees with the data columns",
+        _nwb,
+        _nwb_fewer_electrodes,
+        "one electrodes-table row per data column",
+        "31",
+    ),
+    BadInput(
+        "plexon header slow-channel count disagrees with the data",
+        _plexon,
+        _plx_header("NumSlowChannels", 2 * syn.N_CHANNELS - 1),
+        "copy the .plx again",
+        "corrupt data block",
+    ),
     # missing meta / header files
-    BadInput("openephys missing structure.oebin", _openephys, lambda f: (_oe_file(f, "structure.oebin").unlink(), next(f.rglob("continuous")).parent / "structure.oebin")[1], "structure.oebin", "missing"),
-    BadInput("raw missing sidecar", _raw, lambda f: ((f / "rec.json").unlink(), f / "rec.bin")[1], "add rec.json", "no sidecar"),
-    BadInput("raw sidecar names a missing probe file", _raw, lambda f: ((f / "probe.json").unlink(), f / "rec.json")[1], "put the probe file", "probe.json"),
+    BadInput(
+        "openephys missing structure.oebin",
+        _openephys,
+        lambda f: (_oe_file(f, "structure.oebin").unlink(), next(f.rglob("continuous")).parent / "structure.oebin")[1],
+        "structure.oebin",
+        "missing",
+    ),
+    BadInput(
+        "raw missing sidecar",
+        _raw,
+        lambda f: ((f / "rec.json").unlink(), f / "rec.bin")[1],
+        "add rec.json",
+        "no sidecar",
+    ),
+    BadInput(
+        "raw sidecar names a missing probe file",
+        _raw,
+        lambda f: ((f / "probe.json").unlink(), f / "rec.json")[1],
+        "put the probe file",
+        "probe.json",
+    ),
     # mixed formats
-    BadInput("openephys and nwb in one folder", _openephys, _mixed_openephys_and_nwb, "one recording format per session folder", "openephys, nwb"),
+    BadInput(
+        "openephys and nwb in one folder",
+        _openephys,
+        _mixed_openephys_and_nwb,
+        "one recording format per session folder",
+        "openephys, nwb",
+    ),
     # NaN / inf in float sources
-    BadInput("nwb float with NaN", lambda f: _nwb(f, as_float=True), lambda f: _nwb_poke(f, float("nan")), "without NaN/inf", "sample 1234", "binary"),
-    BadInput("nwb float with inf", lambda f: _nwb(f, as_float=True), lambda f: _nwb_poke(f, float("-inf")), "without NaN/inf", "sample 1234", "binary"),
+    BadInput(
+        "nwb float with NaN",
+        lambda f: _nwb(f, as_float=True),
+        lambda f: _nwb_poke(f, float("nan")),
+        "without NaN/inf",
+        "sample 1234",
+        "binary",
+    ),
+    BadInput(
+        "nwb float with inf",
+        lambda f: _nwb(f, as_float=True),
+        lambda f: _nwb_poke(f, float("-inf")),
+        "without NaN/inf",
+        "sample 1234",
+        "binary",
+    ),
     # probes
-    BadInput(".prb with a duplicate channel", lambda f: _raw(f, "probe.prb"), _prb_duplicate_channel, "its own channel index", "share a channel", "probe"),
-    BadInput("kilosort .mat with more channels than the data", lambda f: _raw(f, "chanMap.mat", n_channels=16), lambda f: f / "chanMap.mat", "probe file that matches", "only 16 channels", "probe"),
+    BadInput(
+        ".prb with a duplicate channel",
+        lambda f: _raw(f, "probe.prb"),
+        _prb_duplicate_channel,
+        "its own channel index",
+        "share a channel",
+        "probe",
+    ),
+    BadInput(
+        "kilosort .mat with more channels than the data",
+        lambda f: _raw(f, "chanMap.mat", n_channels=16),
+        lambda f: f / "chanMap.mat",
+        "probe file that matches",
+        "only 16 channels",
+        "probe",
+    ),
     # corrupt .plx header
-    BadInput("plexon impossible channel counts in the header", _plexon, _plx_header("NumDSPChannels", -7), "copy the .plx again", "impossible channel counts"),
-    BadInput("plexon unsupported version in the header", _plexon, _plx_header("Version", 3), "re-save the file as .plx", "version 3"),
+    BadInput(
+        "plexon impossible channel counts in the header",
+        _plexon,
+        _plx_header("NumDSPChannels", -7),
+        "copy the .plx again",
+        "impossible channel counts",
+    ),
+    BadInput(
+        "plexon unsupported version in the header",
+        _plexon,
+        _plx_header("Version", 3),
+        "re-save the file as .plx",
+        "version 3",
+    ),
 ]
 
 #: Unreadable files and folders: run without root's permission override (see the module docstring).
 PERMISSION_CASES = [
     BadInput("unreadable spikeglx .ap.bin", _spikeglx, _chmod("*.ap.bin"), "chmod a+r", "permission denied"),
     BadInput("unreadable spikeglx .ap.meta", _spikeglx, _chmod("*.ap.meta"), "chmod a+r", "permission denied"),
-    BadInput("unreadable openephys continuous.dat", _openephys, _chmod("continuous.dat"), "chmod a+r", "permission denied"),
-    BadInput("unreadable openephys structure.oebin", _openephys, _chmod("structure.oebin"), "chmod a+r", "permission denied"),
-    BadInput("unlistable openephys record node folder", _openephys, _chmod("Record Node 101"), "chmod a+r", "permission denied"),
+    BadInput(
+        "unreadable openephys continuous.dat", _openephys, _chmod("continuous.dat"), "chmod a+r", "permission denied"
+    ),
+    BadInput(
+        "unreadable openephys structure.oebin", _openephys, _chmod("structure.oebin"), "chmod a+r", "permission denied"
+    ),
+    BadInput(
+        "unlistable openephys record node folder",
+        _openephys,
+        _chmod("Record Node 101"),
+        "chmod a+r",
+        "permission denied",
+    ),
     BadInput("unreadable nwb file", _nwb, _chmod("session.nwb"), "chmod a+r", "permission denied"),
     BadInput("unreadable .plx", _plexon, _chmod("session.plx"), "chmod a+r", "permission denied"),
     BadInput("unreadable raw sidecar", _raw, _chmod("rec.json"), "chmod a+r", "permission denied"),
@@ -259,7 +415,7 @@ def _check_outcome(case: BadInput, named: Path, messages: list[str], store_dir: 
     assert str(named) in message, f"the message does not name {named}: {message}"
     assert "Fix:" in message and case.fix_hint in message.split("Fix:", 1)[1] and case.problem_hint in message, message
     outputs = ["raw_recording.json", "probe", "binary"]
-    for output in outputs[outputs.index(case.failed_output):] if case.failed_output != "probe" else ["probe"]:
+    for output in outputs[outputs.index(case.failed_output) :] if case.failed_output != "probe" else ["probe"]:
         assert not (store_dir / output).exists(), f"{output} of the bad session left in the store"
     assert leftovers(store_dir) == []
     assert good_ok, "the good session of the same batch did not get its recording_binary"
@@ -303,13 +459,29 @@ def permission_outcomes(tmp_path_factory) -> dict[str, dict]:
         landing = base / f"case{number}" / "landing"
         landing.mkdir(parents=True)
         bad, named, good = _prepare(case, landing)
-        jobs.append({"kind": case.kind, "landing": str(landing), "store": str(base / f"case{number}" / "store"), "bad": bad.name, "good": good.name, "named": str(named)})
+        jobs.append(
+            {
+                "kind": case.kind,
+                "landing": str(landing),
+                "store": str(base / f"case{number}" / "store"),
+                "bad": bad.name,
+                "good": good.name,
+                "named": str(named),
+            }
+        )
     canary = base / "canary"
     canary.write_text("must not be readable in the child")
     canary.chmod(0)
     request = base / "request.json"
     request.write_text(json.dumps({"jobs": jobs, "canary": str(canary), "date": DATE.isoformat()}))
-    child = subprocess.run([sys.executable, "-m", "ks_platform_tests.test_bad_input_formats", str(request)], preexec_fn=_drop_permission_override, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
+    child = subprocess.run(
+        [sys.executable, "-m", "ks_platform_tests.test_bad_input_formats", str(request)],
+        preexec_fn=_drop_permission_override,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).parent.parent,
+    )
     try:
         for path in base.rglob("*"):  # let pytest clean up
             path.chmod(0o755 if path.is_dir() else 0o644)
@@ -337,7 +509,10 @@ def _child_main(request_path: str) -> int:
     except PermissionError:
         pass
     else:
-        print("the child can read a chmod 000 file: permission bits are not enforced, the test would prove nothing", file=sys.stderr)
+        print(
+            "the child can read a chmod 000 file: permission bits are not enforced, the test would prove nothing",
+            file=sys.stderr,
+        )
         return 3
     date = dt.date.fromisoformat(request["date"])
     report = []
@@ -347,14 +522,16 @@ def _child_main(request_path: str) -> int:
             bad_key, good_key = ws.key(ws.landing / job["bad"], date), ws.key(ws.landing / job["good"], date)
             result = _ingest(ws, bad_key)
             good = _ingest(ws, good_key)
-            report.append({
-                "kind": job["kind"],
-                "named": job["named"],
-                "bad_success": result.success,
-                "messages": failure_messages(result),
-                "store_dir": str(ws.store(bad_key).dir),
-                "good_ok": good.success and good.asset_materializations_for_node("recording_binary") != [],
-            })
+            report.append(
+                {
+                    "kind": job["kind"],
+                    "named": job["named"],
+                    "bad_success": result.success,
+                    "messages": failure_messages(result),
+                    "store_dir": str(ws.store(bad_key).dir),
+                    "good_ok": good.success and good.asset_materializations_for_node("recording_binary") != [],
+                }
+            )
     print(json.dumps(report))
     return 0
 

@@ -17,9 +17,9 @@ import probeinterface as pi
 import pytest
 
 from ks_platform.core.discovery import discover
-from ks_platform.core.sessions import SessionRef, session_dir
 from ks_platform.core.errors import PlatformConfigError, SessionInputError
-from ks_platform.core.formats.writers import write_nwb_session, write_plexon_session
+from ks_platform.core.formats.writers import write_plexon_session
+from ks_platform.core.sessions import SessionRef, session_dir
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session, np1_probe
 from ks_platform_tests.conftest import failure_messages, leftovers
 
@@ -61,7 +61,9 @@ def _settings(folder: Path, text: str) -> Path:
     return path
 
 
-def _raw_session(folder: Path, traces: np.ndarray, probe: pi.Probe, dtype: str = "int16", sidecar_extra: dict | None = None) -> tuple[Path, Path, Path]:
+def _raw_session(
+    folder: Path, traces: np.ndarray, probe: pi.Probe, dtype: str = "int16", sidecar_extra: dict | None = None
+) -> tuple[Path, Path, Path]:
     """Replace the folder's content by a raw binary + sidecar + probe file."""
     shutil.rmtree(folder)
     folder.mkdir()
@@ -70,7 +72,14 @@ def _raw_session(folder: Path, traces: np.ndarray, probe: pi.Probe, dtype: str =
     group = pi.ProbeGroup()
     group.add_probe(probe)
     pi.write_probeinterface(folder / "probe.json", group)
-    sidecar = {"sampling_frequency": 30000.0, "n_channels": traces.shape[1], "dtype": dtype, "probe_file": "probe.json", "recording_date": DATE.isoformat(), **(sidecar_extra or {})}
+    sidecar = {
+        "sampling_frequency": 30000.0,
+        "n_channels": traces.shape[1],
+        "dtype": dtype,
+        "probe_file": "probe.json",
+        "recording_date": DATE.isoformat(),
+        **(sidecar_extra or {}),
+    }
     (folder / "rec.json").write_text(json.dumps(sidecar))
     return data, folder / "rec.json", folder / "probe.json"
 
@@ -116,7 +125,11 @@ def _nwb_without_series(folder: Path) -> Path:
 
     shutil.rmtree(folder)
     folder.mkdir()
-    nwbfile = NWBFile(session_description="behaviour only", identifier="no-ephys", session_start_time=dt.datetime(2026, 3, 2, tzinfo=dt.timezone.utc))
+    nwbfile = NWBFile(
+        session_description="behaviour only",
+        identifier="no-ephys",
+        session_start_time=dt.datetime(2026, 3, 2, tzinfo=dt.timezone.utc),
+    )
     nwbfile.add_acquisition(TimeSeries(name="running_speed", data=np.zeros(100), unit="m/s", rate=10.0))
     with NWBHDF5IO(str(folder / "behaviour.nwb"), mode="w") as io:
         io.write(nwbfile)
@@ -151,25 +164,43 @@ CASES = [
     BadInput("truncated .bin", lambda f: _truncate(f), "copy the .bin again"),
     BadInput("zero-length .bin", lambda f: _truncate(f, 0), "copy the recording again"),
     BadInput("meta channel count disagrees", lambda f: _edit_meta(f, "nSavedChans", "40"), "restore the .meta"),
-    BadInput("meta sampling rate disagrees with the data size", lambda f: _edit_meta(f, "imSampRate", "25000"), "restore the .meta"),
+    BadInput(
+        "meta sampling rate disagrees with the data size",
+        lambda f: _edit_meta(f, "imSampRate", "25000"),
+        "restore the .meta",
+    ),
     BadInput("missing .meta", lambda f: (_spikeglx(f)[1].unlink(), _spikeglx(f)[1])[1], "copy the .ap.meta"),
     BadInput("non-numeric meta value", lambda f: _edit_meta(f, "imSampRate", "thirty-thousand"), "restore the .meta"),
     BadInput("mixed formats in one folder", _mixed_formats, "one recording format per session folder"),
     BadInput("NaN in a float source", _float_with(float("nan")), "without NaN/inf"),
     BadInput("inf in a float source", _float_with(float("inf")), "without NaN/inf"),
-    BadInput("sidecar is not JSON", lambda f: (_raw_session(f, _noise(), np1_probe(32))[1].write_text("{n_channels: 32"), f / "rec.json")[1], "fix the JSON syntax"),
+    BadInput(
+        "sidecar is not JSON",
+        lambda f: (_raw_session(f, _noise(), np1_probe(32))[1].write_text("{n_channels: 32"), f / "rec.json")[1],
+        "fix the JSON syntax",
+    ),
     BadInput("probe with duplicate channels", _probe_file(_duplicate_channels), "its own channel index"),
-    BadInput("probe with more channels than the data", _probe_file(lambda p: p, n_data_channels=16), "use the probe file that matches"),
+    BadInput(
+        "probe with more channels than the data",
+        _probe_file(lambda p: p, n_data_channels=16),
+        "use the probe file that matches",
+    ),
     BadInput("probe in millimetres", _probe_file(_in_millimetres), "micrometres"),
     BadInput("NWB without an ElectricalSeries", _nwb_without_series, "ElectricalSeries"),
     BadInput("corrupt .plx header", _corrupt_plx, "copy the .plx again"),
     BadInput("data file linked from outside the session", _data_linked_outside, "inside the session folder"),
     BadInput("settings file is not JSON", lambda f: _settings(f, '{"batch_size": 60000,'), "fix the JSON syntax"),
-    BadInput("unknown Kilosort setting", lambda f: _settings(f, '{"batch_sise": 60000}'), "rename or remove 'batch_sise'"),
+    BadInput(
+        "unknown Kilosort setting", lambda f: _settings(f, '{"batch_sise": 60000}'), "rename or remove 'batch_sise'"
+    ),
     BadInput("zero batch size", lambda f: _settings(f, '{"batch_size": 0}'), "batch_size"),
     BadInput("negative batch size", lambda f: _settings(f, '{"batch_size": -5000}'), "batch_size"),
-    BadInput("setting of the wrong type", lambda f: _settings(f, '{"nblocks": "two"}'), "set 'nblocks' to a whole number"),
-    BadInput("settings overriding what the recording defines", lambda f: _settings(f, '{"n_chan_bin": 64}'), "n_chan_bin"),
+    BadInput(
+        "setting of the wrong type", lambda f: _settings(f, '{"nblocks": "two"}'), "set 'nblocks' to a whole number"
+    ),
+    BadInput(
+        "settings overriding what the recording defines", lambda f: _settings(f, '{"n_chan_bin": 64}'), "n_chan_bin"
+    ),
 ]
 
 
@@ -195,7 +226,9 @@ def test_bad_input_fails_its_session_clearly_and_cleanly(case, workspace, good_t
     assert str(named) in message or named.name in message, message
     assert "Fix:" in message and case.fix_hint in message.split("Fix:", 1)[1], message
     store = workspace.store(bad_key)
-    assert not any((store.dir / step).exists() for step in ("sorting", "phy", "metrics")), "no output after a failed step"
+    assert not any((store.dir / step).exists() for step in ("sorting", "phy", "metrics")), (
+        "no output after a failed step"
+    )
     assert leftovers(store.dir) == []
 
     # the next session of the same batch is unaffected: its ingest steps complete on the same store

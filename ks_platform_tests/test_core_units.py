@@ -8,15 +8,23 @@ import numpy as np
 import pytest
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.hardware import BYTES_PER_SAMPLE_CHANNEL, FIXED_OVERHEAD_BYTES, MIN_BATCH_SIZE, recommended_batch_size
-from ks_platform.core.sessions import is_safe_name, key_name, SessionRef, check_name
+from ks_platform.core.hardware import (
+    BYTES_PER_SAMPLE_CHANNEL,
+    FIXED_OVERHEAD_BYTES,
+    MIN_BATCH_SIZE,
+    recommended_batch_size,
+)
+from ks_platform.core.sessions import SessionRef, check_name, is_safe_name, key_name
 from ks_platform.core.settings import effective_settings, validate_overrides
 from ks_platform.core.store import atomic_directory
 
 
 def test_settings_validation_against_kilosort_table(tmp_path):
     path = tmp_path / "kilosort4-settings.json"
-    assert validate_overrides({"batch_size": 30000, "Th_universal": 8}, path) == {"batch_size": 30000, "Th_universal": 8.0}
+    assert validate_overrides({"batch_size": 30000, "Th_universal": 8}, path) == {
+        "batch_size": 30000,
+        "Th_universal": 8.0,
+    }
     with pytest.raises(SessionInputError, match="did you mean 'nblocks'"):
         validate_overrides({"nblock": 1}, path)
     with pytest.raises(SessionInputError, match="must be a number"):
@@ -34,7 +42,12 @@ def test_settings_layers_and_hash():
     assert a.settings["nblocks"] == 0 and a.settings["Th_learned"] == 7.0 and a.settings["n_chan_bin"] == 33
     b = effective_settings(33, 30000.0, "generic", {"nblocks": 1}, platform_defaults={"nblocks": 5, "Th_learned": 7.0})
     assert a.params_hash != b.params_hash
-    assert a.params_hash == effective_settings(33, 30000.0, "generic", {"nblocks": 0}, platform_defaults={"nblocks": 5, "Th_learned": 7.0}).params_hash
+    assert (
+        a.params_hash
+        == effective_settings(
+            33, 30000.0, "generic", {"nblocks": 0}, platform_defaults={"nblocks": 5, "Th_learned": 7.0}
+        ).params_hash
+    )
 
 
 def test_batch_size_rule_reproduces_lab_hand_tuning():
@@ -72,7 +85,15 @@ def test_settings_reject_wrong_types_and_ranges_naming_file_and_fix(tmp_path):
 
 def test_settings_accept_what_kilosort_accepts(tmp_path):
     path = tmp_path / "kilosort4-settings.json"
-    ok = {"batch_size": 5000.0, "nt0min": None, "dmin": None, "drift_smoothing": [0.5, 0, 1], "templates_from_data": False, "clear_cache": True, "max_cluster_subset": 1000}
+    ok = {
+        "batch_size": 5000.0,
+        "nt0min": None,
+        "dmin": None,
+        "drift_smoothing": [0.5, 0, 1],
+        "templates_from_data": False,
+        "clear_cache": True,
+        "max_cluster_subset": 1000,
+    }
     clean = validate_overrides(ok, path)
     assert clean["batch_size"] == 5000 and isinstance(clean["batch_size"], int)
     assert clean["nt0min"] is None and clean["drift_smoothing"] == [0.5, 0.0, 1.0] and clean["clear_cache"] is True
@@ -83,12 +104,19 @@ def test_settings_accept_what_kilosort_accepts(tmp_path):
 def test_batch_size_rule_boundaries():
     per_sample = 384 * BYTES_PER_SAMPLE_CHANNEL
     assert recommended_batch_size(FIXED_OVERHEAD_BYTES + per_sample * 60_000, 384) == 60_000
-    assert recommended_batch_size(FIXED_OVERHEAD_BYTES + per_sample * 60_000 - 1, 384) == 59_000  # rounded down to 1 000
+    assert (
+        recommended_batch_size(FIXED_OVERHEAD_BYTES + per_sample * 60_000 - 1, 384) == 59_000
+    )  # rounded down to 1 000
     assert recommended_batch_size(FIXED_OVERHEAD_BYTES + per_sample * 4_000, 384) == 4_000
     assert recommended_batch_size(FIXED_OVERHEAD_BYTES + per_sample * 4_000 - 1, 384) == 3_000  # floor
-    assert recommended_batch_size(FIXED_OVERHEAD_BYTES - 1, 384) == MIN_BATCH_SIZE and recommended_batch_size(0, 384) == MIN_BATCH_SIZE
+    assert (
+        recommended_batch_size(FIXED_OVERHEAD_BYTES - 1, 384) == MIN_BATCH_SIZE
+        and recommended_batch_size(0, 384) == MIN_BATCH_SIZE
+    )
     assert recommended_batch_size(FIXED_OVERHEAD_BYTES + 400 * 60_000, 0) == 60_000  # 0 channels counts as 1
-    assert recommended_batch_size(FIXED_OVERHEAD_BYTES + 32 * BYTES_PER_SAMPLE_CHANNEL * 20_000, 32) == 20_000  # scales with channels
+    assert (
+        recommended_batch_size(FIXED_OVERHEAD_BYTES + 32 * BYTES_PER_SAMPLE_CHANNEL * 20_000, 32) == 20_000
+    )  # scales with channels
 
 
 def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
@@ -109,7 +137,13 @@ def test_partition_keys_round_trip_and_refuse_unsafe_keys(tmp_path):
     ref = SessionRef("rig1", "mouse12_g0", dt.date(2026, 3, 2), "imec0")
     assert ref.key == "2026-03-02__rig1__mouse12_g0__imec0" and SessionRef.parse(ref.key) == ref
     assert ref.session_key == "2026-03-02__rig1__mouse12_g0"
-    for bad in ("2026-03-02__rig1__mouse12_g0", "2026-03-02__rig1__..__imec0", "2026-03-02__rig1__a b__imec0", "2026-3-2__rig1__a__imec0", "2026-03-02__rig1__x/../../y__imec0"):
+    for bad in (
+        "2026-03-02__rig1__mouse12_g0",
+        "2026-03-02__rig1__..__imec0",
+        "2026-03-02__rig1__a b__imec0",
+        "2026-3-2__rig1__a__imec0",
+        "2026-03-02__rig1__x/../../y__imec0",
+    ):
         with pytest.raises(ValueError):
             SessionRef.parse(bad)
     for bad in ("with space", "ünïcode", "..", "a__b", "x;rm -rf", "$(id)"):
@@ -119,7 +153,10 @@ def test_partition_keys_round_trip_and_refuse_unsafe_keys(tmp_path):
 
 def test_unsafe_folder_names_get_a_stable_derived_key_name_never_a_rename_request():
     assert key_name("mouse12_g0") == "mouse12_g0"
-    derived = {name: key_name(name) for name in ("with space", "ünïcode run", "..", "a__b", "x;rm -rf", "$(id)", "Record Node 101")}
+    derived = {
+        name: key_name(name)
+        for name in ("with space", "ünïcode run", "..", "a__b", "x;rm -rf", "$(id)", "Record Node 101")
+    }
     for name, key in derived.items():
         assert is_safe_name(key), (name, key)
         assert key == key_name(name)  # stable
@@ -162,13 +199,17 @@ def test_host_doctor_job_reports_each_check_and_fails_on_a_missing_program(tmp_p
         assert result.success
         [output] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
         rows = output.event_specific_data.metadata["checks"].value.records
-        assert {"import kilosort", "program ps", "compute backend", "kernel on device", "free disk in store"} <= {r.data["check"] for r in rows}
+        assert {"import kilosort", "program ps", "compute backend", "kernel on device", "free disk in store"} <= {
+            r.data["check"] for r in rows
+        }
         # nothing goes through an IO manager (a step container could not write the orchestrator's DAGSTER_HOME)
         assert not [e for e in result.all_events if e.event_type_value == "HANDLED_OUTPUT"]
         monkeypatch.setenv("PATH", str(tmp_path))
         failed = job.execute_in_process(instance=instance, raise_on_error=False)
         assert not failed.success
-        [message] = [e.event_specific_data.error.message for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+        [message] = [
+            e.event_specific_data.error.message for e in failed.all_events if e.event_type_value == "STEP_FAILURE"
+        ]
         assert "is not ready to sort" in message and "program ps" in message
 
 
@@ -183,7 +224,16 @@ def test_landing_root_problems_name_each_root_and_the_fix(tmp_path):
     problems = landing_root_problems(roots, good / "store")
     assert len(problems) == 5, problems
     assert all("Fix:" in p for p in problems)
-    for needle in ("rig1=", "rig__2=", "gone=", "file=", "does not exist", "is a file", "cannot be part of a partition key", "lies inside"):
+    for needle in (
+        "rig1=",
+        "rig__2=",
+        "gone=",
+        "file=",
+        "does not exist",
+        "is a file",
+        "cannot be part of a partition key",
+        "lies inside",
+    ):
         assert any(needle in p for p in problems), (needle, problems)
     assert landing_root_problems({"rig1": good}, tmp_path / "store") == []
     text = report(run_checks(tmp_path / "store", backend="cpu", landing_roots=roots))

@@ -16,15 +16,43 @@ def test_determinism_command_on_cpu_finds_identical_outputs(sorted_workspace, tm
     assert result.success
     store = ws.store(key)
     report_path = tmp_path / "report.json"
-    code = main(["determinism", "--binary", str(store.binary_dir), "--probe", str(store.probe_dir / "kilosort_probe.json"), "--device", "cpu",
-                 "--reference", str(store.sorting_dir), "--workdir", str(tmp_path / "runs"), "--json", str(report_path), "--quiet"])
+    code = main(
+        [
+            "determinism",
+            "--binary",
+            str(store.binary_dir),
+            "--probe",
+            str(store.probe_dir / "kilosort_probe.json"),
+            "--device",
+            "cpu",
+            "--reference",
+            str(store.sorting_dir),
+            "--workdir",
+            str(tmp_path / "runs"),
+            "--json",
+            str(report_path),
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr().out
     report = json.loads(report_path.read_text())
-    print(json.dumps({k: report[k] for k in ("device", "identical", "n_spikes", "n_clusters", "spikes_at_same_times", "sort_seconds")}))
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in ("device", "identical", "n_spikes", "n_clusters", "spikes_at_same_times", "sort_seconds")
+            }
+        )
+    )
     assert code == 0, out
     assert report["identical"] is True and out.startswith("IDENTICAL on cpu")
     assert report["n_spikes"][0] == report["n_spikes"][1] > 0 and report["spikes_at_same_times"] == [1.0]
-    assert {a["name"] for a in report["arrays"][0]} == {"spike_times.npy", "spike_clusters.npy", "amplitudes.npy", "templates.npy"}
+    assert {a["name"] for a in report["arrays"][0]} == {
+        "spike_times.npy",
+        "spike_clusters.npy",
+        "amplitudes.npy",
+        "templates.npy",
+    }
 
 
 def test_comparison_reports_what_differs(sorted_workspace, tmp_path):
@@ -44,7 +72,10 @@ def test_comparison_reports_what_differs(sorted_workspace, tmp_path):
     diffs, shared = compare_sortings(sorting, changed)
     by_name = {d.name: d for d in diffs}
     assert by_name["spike_times.npy"].identical is False and by_name["spike_times.npy"].max_abs_diff == 2.0
-    assert by_name["templates.npy"].max_abs_diff == np.float32(0.25) or abs(by_name["templates.npy"].max_abs_diff - 0.25) < 1e-6
+    assert (
+        by_name["templates.npy"].max_abs_diff == np.float32(0.25)
+        or abs(by_name["templates.npy"].max_abs_diff - 0.25) < 1e-6
+    )
     assert by_name["spike_clusters.npy"].identical and shared < 1.0
 
 

@@ -43,7 +43,18 @@ def test_lineage_metadata_recorded(sorted_workspace):
     ws, key, result = sorted_workspace
     events = {e.asset_key.path[-1]: e for e in result.get_asset_materialization_events()}
     meta = events["sorted_units"].materialization.metadata
-    for field in ("n_units", "n_good_units", "n_spikes", "sort_seconds", "device", "kilosort_version", "torch_version", "spikeinterface_version", "params_hash", "seeds"):
+    for field in (
+        "n_units",
+        "n_good_units",
+        "n_spikes",
+        "sort_seconds",
+        "device",
+        "kilosort_version",
+        "torch_version",
+        "spikeinterface_version",
+        "params_hash",
+        "seeds",
+    ):
         assert field in meta, field
     lineage = read_json(ws.store(key).sorting_dir / "lineage.json")
     assert lineage["input_checksum"] == read_json(ws.store(key).binary_dir / "binary.json")["checksum"]
@@ -57,7 +68,14 @@ def test_platform_equals_direct_run_kilosort(sorted_workspace, tmp_path):
     store = ws.store(key)
     settings = read_json(store.sorting_dir / "effective_settings.json")["as_run"]
     probe = kilosort_probe_from_json(read_json(store.probe_dir / "kilosort_probe.json"))
-    run_kilosort(settings=settings, probe=probe, filename=store.binary_dir / "recording.bin", results_dir=tmp_path / "direct", data_dtype="int16", device=torch.device("cpu"))
+    run_kilosort(
+        settings=settings,
+        probe=probe,
+        filename=store.binary_dir / "recording.bin",
+        results_dir=tmp_path / "direct",
+        data_dtype="int16",
+        device=torch.device("cpu"),
+    )
     for name in ("spike_times.npy", "spike_clusters.npy", "templates.npy"):
         assert np.array_equal(np.load(store.sorting_dir / name), np.load(tmp_path / "direct" / name)), name
 

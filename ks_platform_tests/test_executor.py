@@ -32,12 +32,12 @@ import yaml
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from ks_platform.core.errors import PlatformConfigError
-from ks_platform.execution.step_executor import require_shared_storage
 from ks_platform.execution.inventory import Inventory
 from ks_platform.execution.jobs import gpu_placement_smoke_job, placement_smoke_job, sort_session_in_containers
 from ks_platform.execution.placement import RUN_LABEL, STEP_LABEL, StepRequest, candidate_placements
 from ks_platform.execution.slots import SlotLedger
-from ks_platform_tests.conftest import failure_messages, wait_until, stop_process_group
+from ks_platform.execution.step_executor import require_shared_storage
+from ks_platform_tests.conftest import failure_messages, stop_process_group, wait_until
 from ks_platform_tests.postgres_support import postgres_url  # noqa: F401 - session fixture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +48,13 @@ UNREACHABLE = "tcp://127.0.0.1:9"  # discard port: nothing answers Docker there
 def pg_instance(postgres_url) -> Iterator[dg.DagsterInstance]:  # noqa: F811
     """An instance configured by deploy/dagster.postgres.yaml (env-based settings) on the test server."""
     url = urlparse(postgres_url)
-    env = {"DAGSTER_PG_USERNAME": url.username, "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_HOST": url.hostname, "DAGSTER_PG_DB": url.path[1:], "DAGSTER_PG_PORT": str(url.port)}
+    env = {
+        "DAGSTER_PG_USERNAME": url.username,
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_HOST": url.hostname,
+        "DAGSTER_PG_DB": url.path[1:],
+        "DAGSTER_PG_PORT": str(url.port),
+    }
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     config = yaml.safe_load((REPO / "deploy" / "dagster.postgres.yaml").read_text())
@@ -68,7 +74,16 @@ def one_gpu_inventory(tmp_path: Path, docker_url: str = UNREACHABLE, **host) -> 
     return {
         "store": str(tmp_path / "store"),
         "poll_seconds": 1,
-        "hosts": [{"name": f"gpu-{tmp_path.name[-12:]}", "docker_url": docker_url, "backend": "cuda", "cpu_slots": 0, "gpus": [{"id": "0", "memory_mib": 16384}], **host}],
+        "hosts": [
+            {
+                "name": f"gpu-{tmp_path.name[-12:]}",
+                "docker_url": docker_url,
+                "backend": "cuda",
+                "cpu_slots": 0,
+                "gpus": [{"id": "0", "memory_mib": 16384}],
+                **host,
+            }
+        ],
     }
 
 
@@ -79,7 +94,10 @@ def events_of(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventTy
 def test_postgres_instance_is_shared_storage_and_sqlite_is_refused(pg_instance):
     assert type(pg_instance.run_storage).__name__ == "PostgresRunStorage"
     require_shared_storage(pg_instance, "Docker executor", "step containers")  # no error
-    with dg.instance_for_test() as sqlite_instance, pytest.raises(PlatformConfigError, match="dagster.yaml: the instance uses .*Sqlite.*Fix: use PostgreSQL"):
+    with (
+        dg.instance_for_test() as sqlite_instance,
+        pytest.raises(PlatformConfigError, match="dagster.yaml: the instance uses .*Sqlite.*Fix: use PostgreSQL"),
+    ):
         require_shared_storage(sqlite_instance, "Docker executor", "step containers")
 
 
@@ -88,7 +106,9 @@ def test_one_sort_per_gpu_across_runs_and_processes(pg_instance, tmp_path):
     inventory = Inventory.from_mapping(one_gpu_inventory(tmp_path))
     first = pg_instance.create_run_for_job(gpu_placement_smoke_job)
     second = pg_instance.create_run_for_job(gpu_placement_smoke_job)
-    candidates = candidate_placements(inventory, StepRequest.from_tags(first.run_id, "sorted_units", {"ks_platform/needs": "gpu"}, n_channels=32))
+    candidates = candidate_placements(
+        inventory, StepRequest.from_tags(first.run_id, "sorted_units", {"ks_platform/needs": "gpu"}, n_channels=32)
+    )
     ledger = SlotLedger(pg_instance)
     ledger.ensure_capacity([candidates[0].slot])
     with dg.DagsterInstance.from_ref(pg_instance.get_ref()) as other_process:
@@ -108,7 +128,9 @@ def test_step_waits_for_busy_gpu_then_unreachable_engine_fails_clearly_with_retr
     inventory_config = one_gpu_inventory(tmp_path)
     inventory = Inventory.from_mapping(inventory_config)
     holder = pg_instance.create_run_for_job(gpu_placement_smoke_job)
-    candidates = candidate_placements(inventory, StepRequest.from_tags(holder.run_id, "sorted_units", {"ks_platform/needs": "gpu"}))
+    candidates = candidate_placements(
+        inventory, StepRequest.from_tags(holder.run_id, "sorted_units", {"ks_platform/needs": "gpu"})
+    )
     ledger = SlotLedger(pg_instance)
     ledger.ensure_capacity([candidates[0].slot])
     assert ledger.try_claim(holder.run_id, "sorted_units", candidates) is not None
@@ -116,7 +138,11 @@ def test_step_waits_for_busy_gpu_then_unreachable_engine_fails_clearly_with_retr
     release.start()
     started = time.monotonic()
     try:
-        with dg.execute_job(dg.reconstructable(gpu_placement_smoke_job), instance=pg_instance, run_config={"execution": {"config": {"inventory": inventory_config}}}) as result:
+        with dg.execute_job(
+            dg.reconstructable(gpu_placement_smoke_job),
+            instance=pg_instance,
+            run_config={"execution": {"config": {"inventory": inventory_config}}},
+        ) as result:
             run_id = result.run_id
             assert not result.success
     finally:
@@ -124,7 +150,11 @@ def test_step_waits_for_busy_gpu_then_unreachable_engine_fails_clearly_with_retr
     assert time.monotonic() - started >= 6.0
     messages = [entry.message or "" for entry in events_of(pg_instance, run_id, dg.DagsterEventType.ENGINE_EVENT)]
     wait_lines = [m for m in messages if "waits for a GPU" in m]
-    assert wait_lines and "nothing has failed" in wait_lines[0] and f"run {holder.run_id[:8]} sorted_units" in wait_lines[0]
+    assert (
+        wait_lines
+        and "nothing has failed" in wait_lines[0]
+        and f"run {holder.run_id[:8]} sorted_units" in wait_lines[0]
+    )
     retries = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     failures = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_FAILURE)
     assert len(retries) == 1 and len(failures) == 1
@@ -139,7 +169,11 @@ def test_step_waits_for_busy_gpu_then_unreachable_engine_fails_clearly_with_retr
 def test_step_that_can_never_be_placed_fails_at_once(pg_instance, tmp_path):
     config = one_gpu_inventory(tmp_path)
     config["hosts"][0]["gpus"] = [{"id": "0", "memory_mib": 100}]
-    with dg.execute_job(dg.reconstructable(gpu_placement_smoke_job), instance=pg_instance, run_config={"execution": {"config": {"inventory": config}}}) as result:
+    with dg.execute_job(
+        dg.reconstructable(gpu_placement_smoke_job),
+        instance=pg_instance,
+        run_config={"execution": {"config": {"inventory": config}}},
+    ) as result:
         assert not result.success
         [message] = failure_messages(result)[-1:]
     assert "needs a GPU with ≥" in message and "Fix: add a host with a larger GPU" in message
@@ -158,7 +192,9 @@ def labelled_containers(client, run_id: str) -> list:
     return client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
 
 
-def cpu_inventory(tmp_path: Path, image: str, docker_url: str = "unix:///var/run/docker.sock", cpu_slots: int = 1) -> dict:
+def cpu_inventory(
+    tmp_path: Path, image: str, docker_url: str = "unix:///var/run/docker.sock", cpu_slots: int = 1
+) -> dict:
     store = tmp_path / "store"
     store.mkdir(exist_ok=True)
     store.chmod(0o777)  # the image's uid 1000 writes it (the executor checks before launching)
@@ -166,11 +202,22 @@ def cpu_inventory(tmp_path: Path, image: str, docker_url: str = "unix:///var/run
         "store": str(store),
         "poll_seconds": 1,
         "exit_grace_seconds": 30,
-        "hosts": [{"name": "local", "docker_url": docker_url, "backend": "cpu", "cpu_slots": cpu_slots, "images": {"cpu": image}, "network_mode": "host"}],
+        "hosts": [
+            {
+                "name": "local",
+                "docker_url": docker_url,
+                "backend": "cpu",
+                "cpu_slots": cpu_slots,
+                "images": {"cpu": image},
+                "network_mode": "host",
+            }
+        ],
     }
 
 
-def container_session(tmp_path: Path, image: str, generated_session: Path, monkeypatch, instance: dg.DagsterInstance) -> tuple[dict, str]:
+def container_session(
+    tmp_path: Path, image: str, generated_session: Path, monkeypatch, instance: dg.DagsterInstance
+) -> tuple[dict, str]:
     """The canonical session in a landing root the image's non-root user can read and a store it can write, an
     inventory for the local engine (2 CPU slots), the platform env for the step containers, and its partition."""
     from ks_platform.core.sessions import SessionRef
@@ -210,7 +257,11 @@ def test_missing_image_fails_clearly_before_a_slot_is_taken(pg_instance, tmp_pat
     holder, candidates = hold_cpu_slot(pg_instance, Inventory.from_mapping(config))
     started = time.monotonic()
     try:
-        with dg.execute_job(dg.reconstructable(placement_smoke_job), instance=pg_instance, run_config={"execution": {"config": {"inventory": config}}}) as result:
+        with dg.execute_job(
+            dg.reconstructable(placement_smoke_job),
+            instance=pg_instance,
+            run_config={"execution": {"config": {"inventory": config}}},
+        ) as result:
             assert not result.success
             messages = failure_messages(result)
             run_id = result.run_id
@@ -218,7 +269,10 @@ def test_missing_image_fails_clearly_before_a_slot_is_taken(pg_instance, tmp_pat
         SlotLedger(pg_instance).withdraw(holder, SMOKE_STEP, candidates)
     took = time.monotonic() - started
     assert took < 60, f"the step waited for the busy slot ({took:.0f} s) instead of failing on the missing image"
-    assert "image ks-platform:no-such-tag is missing on host local (unix:///var/run/docker.sock). Fix: build/load it there (docker/README.md" in messages[-1], messages
+    assert (
+        "image ks-platform:no-such-tag is missing on host local (unix:///var/run/docker.sock). Fix: build/load it there (docker/README.md"
+        in messages[-1]
+    ), messages
     assert "or set pull: true for host local in executor config" in messages[-1]
     assert len(events_of(pg_instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)) == 1
     assert events_of(pg_instance, run_id, dg.DagsterEventType.STEP_WORKER_STARTING) == []
@@ -234,12 +288,19 @@ def test_missing_image_is_pulled_when_allowed_and_a_failed_pull_is_clear(pg_inst
     image = "127.0.0.1:9/ks-platform:cpu"
     config = cpu_inventory(tmp_path, image)
     config["hosts"][0]["pull"] = True
-    with dg.execute_job(dg.reconstructable(placement_smoke_job), instance=pg_instance, run_config={"execution": {"config": {"inventory": config}}}) as result:
+    with dg.execute_job(
+        dg.reconstructable(placement_smoke_job),
+        instance=pg_instance,
+        run_config={"execution": {"config": {"inventory": config}}},
+    ) as result:
         assert not result.success
         messages = failure_messages(result)
         run_id = result.run_id
     assert any(m.startswith(f"Pulling {image} on host local") for m in engine_messages(pg_instance, run_id))
-    assert f"image {image} is missing on host local and pulling it failed: " in messages[-1] and "Fix: check the image name and the host's registry access" in messages[-1], messages
+    assert (
+        f"image {image} is missing on host local and pulling it failed: " in messages[-1]
+        and "Fix: check the image name and the host's registry access" in messages[-1]
+    ), messages
     assert labelled_containers(client, run_id) == []
 
 
@@ -248,7 +309,10 @@ def test_cpu_slots_queue_concurrent_runs_and_containers_are_removed(pg_instance,
     kept, containers gone."""
     client, image = engine_and_cpu_image
     config = cpu_inventory(tmp_path, image)
-    run_config = {"execution": {"config": {"inventory": config}}, "ops": {"report_placement": {"config": {"hold_seconds": 8.0}}}}
+    run_config = {
+        "execution": {"config": {"inventory": config}},
+        "ops": {"report_placement": {"config": {"hold_seconds": 8.0}}},
+    }
     workers = []
     for name in ("a", "b"):
         workers.append(RunWorker(tmp_path / name, "placement_smoke_job", run_config))
@@ -262,19 +326,28 @@ def test_cpu_slots_queue_concurrent_runs_and_containers_are_removed(pg_instance,
         messages = [entry.message or "" for entry in events_of(pg_instance, run_id, dg.DagsterEventType.ENGINE_EVENT)]
         waited.append(any("waits for a CPU slot" in m for m in messages))
         assert any("its output is attached and the container was removed" in m for m in messages)
-        logs = [entry.user_message for entry in pg_instance.all_logs(run_id) if "placement {" in (entry.user_message or "")]
+        logs = [
+            entry.user_message for entry in pg_instance.all_logs(run_id) if "placement {" in (entry.user_message or "")
+        ]
         assert logs and '"KS_PLATFORM_IMAGE_DIGEST": "sha256:' in logs[0]
         assert labelled_containers(client, run_id) == []
     assert waited.count(True) == 1
 
 
-def test_sort_step_runs_in_cpu_image_with_postgres_and_matches_in_process(pg_instance, tmp_path, engine_and_cpu_image, sorted_workspace, generated_session, monkeypatch):
+def test_sort_step_runs_in_cpu_image_with_postgres_and_matches_in_process(
+    pg_instance, tmp_path, engine_and_cpu_image, sorted_workspace, generated_session, monkeypatch
+):
     """A partitioned sort_session run through the executor: every step in a ks-platform:cpu container."""
     client, image = engine_and_cpu_image
     reference_ws, reference_key, reference_result = sorted_workspace
     assert reference_result.success
     config, key = container_session(tmp_path, image, generated_session, monkeypatch, pg_instance)
-    with dg.execute_job(dg.reconstructable(sort_session_in_containers), instance=pg_instance, run_config={"execution": {"config": {"inventory": config}}}, tags={"dagster/partition": key}) as result:
+    with dg.execute_job(
+        dg.reconstructable(sort_session_in_containers),
+        instance=pg_instance,
+        run_config={"execution": {"config": {"inventory": config}}},
+        tags={"dagster/partition": key},
+    ) as result:
         assert result.success, failure_messages(result)
         run_id = result.run_id
     starts = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_WORKER_STARTING)
@@ -317,7 +390,15 @@ class RunWorker:
     """One run of a job of ``ks_platform.execution.jobs`` in its own run-worker process on the test's PostgreSQL
     instance (``DAGSTER_PG_*`` from ``pg_instance``), tagged so the test finds its run while it runs."""
 
-    def __init__(self, folder: Path, job_name: str, run_config: dict, tags: dict[str, str] | None = None, code: str = RUN_WORKER, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        job_name: str,
+        run_config: dict,
+        tags: dict[str, str] | None = None,
+        code: str = RUN_WORKER,
+        env: dict[str, str] | None = None,
+    ) -> None:
         home = folder / "dagster_home"
         home.mkdir(parents=True)
         instance_config = yaml.safe_load((REPO / "deploy" / "dagster.postgres.yaml").read_text())
@@ -328,8 +409,19 @@ class RunWorker:
         env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO), **(env or {})}
         with open(self.log, "w") as handle:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", code, job_name, json.dumps(run_config), json.dumps({**(tags or {}), TEST_TAG: self.marker})],
-                cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-c",
+                    code,
+                    job_name,
+                    json.dumps(run_config),
+                    json.dumps({**(tags or {}), TEST_TAG: self.marker}),
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def output(self) -> str:
@@ -338,7 +430,9 @@ class RunWorker:
     def run_id(self, instance: dg.DagsterInstance, timeout: float) -> str:
         def created() -> str | None:
             found = tagged_run_id(instance, self.marker)
-            assert found or self.process.poll() is None, f"the run worker ended before creating its run:\n{self.output()}"
+            assert found or self.process.poll() is None, (
+                f"the run worker ended before creating its run:\n{self.output()}"
+            )
             return found
 
         return wait_until(created, timeout, "the run worker to create its run") if timeout else created()
@@ -380,7 +474,9 @@ def error_chain(error) -> str:
 
 
 def running_step_container(client, run_id: str, step_key: str):
-    found = client.containers.list(filters={"label": [f"{RUN_LABEL}={run_id}", f"{STEP_LABEL}={step_key}"], "status": "running"})
+    found = client.containers.list(
+        filters={"label": [f"{RUN_LABEL}={run_id}", f"{STEP_LABEL}={step_key}"], "status": "running"}
+    )
     return found[0] if found else None
 
 
@@ -396,16 +492,26 @@ def slot_holders(instance: dg.DagsterInstance, slot_key: str) -> list[str]:
     return [claim.run_id for claim in instance.event_log_storage.get_concurrency_info(slot_key).claimed_slots]
 
 
-def test_container_killed_mid_step_fails_clearly_then_the_retry_policy_reruns_it(pg_instance, tmp_path, engine_and_cpu_image):
+def test_container_killed_mid_step_fails_clearly_then_the_retry_policy_reruns_it(
+    pg_instance, tmp_path, engine_and_cpu_image
+):
     """SIGKILL of the step's container while its op runs: the health check fails that attempt with the exit code,
     the op's RetryPolicy(max_retries=1) reruns it in a new container, the run succeeds, no container is left."""
     client, image = engine_and_cpu_image
     config = cpu_inventory(tmp_path, image)
-    run_config = {"execution": {"config": {"inventory": config}}, "ops": {SMOKE_STEP: {"config": {"hold_seconds": 15.0}}}}
+    run_config = {
+        "execution": {"config": {"inventory": config}},
+        "ops": {SMOKE_STEP: {"config": {"hold_seconds": 15.0}}},
+    }
     worker = RunWorker(tmp_path / "worker", "placement_smoke_job", run_config)
     try:
         run_id = worker.run_id(pg_instance, timeout=90)
-        first = wait_until(lambda: step_started(pg_instance, run_id, SMOKE_STEP) and running_step_container(client, run_id, SMOKE_STEP), 120, f"{SMOKE_STEP} to run in its container")
+        first = wait_until(
+            lambda: step_started(pg_instance, run_id, SMOKE_STEP)
+            and running_step_container(client, run_id, SMOKE_STEP),
+            120,
+            f"{SMOKE_STEP} to run in its container",
+        )
         first.kill()  # SIGKILL, while the op holds its slot: exit code 137
         assert worker.finish(pg_instance, timeout=240), worker.failures(pg_instance)
     finally:
@@ -414,9 +520,14 @@ def test_container_killed_mid_step_fails_clearly_then_the_retry_policy_reruns_it
     retries = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     assert len(retries) == 1
     reason = retries[0].dagster_event.event_specific_data.error.message
-    assert f"Step {SMOKE_STEP} failed health check: container of {SMOKE_STEP} on local CPU exited with code 137 (killed)" in reason
+    assert (
+        f"Step {SMOKE_STEP} failed health check: container of {SMOKE_STEP} on local CPU exited with code 137 (killed)"
+        in reason
+    )
     assert events_of(pg_instance, run_id, dg.DagsterEventType.STEP_FAILURE) == []
-    assert [entry.step_key for entry in events_of(pg_instance, run_id, dg.DagsterEventType.STEP_SUCCESS)] == [SMOKE_STEP]
+    assert [entry.step_key for entry in events_of(pg_instance, run_id, dg.DagsterEventType.STEP_SUCCESS)] == [
+        SMOKE_STEP
+    ]
     # the retried attempt ran in a new container (its own name, attempt suffix -1), which finished the op
     starts = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_WORKER_STARTING)
     containers = [entry.dagster_event.event_specific_data.metadata["Docker container id"].value for entry in starts]
@@ -424,14 +535,24 @@ def test_container_killed_mid_step_fails_clearly_then_the_retry_policy_reruns_it
     assert len(containers) == 2 and containers[0] == first.id and containers[1] != first.id
     assert names[0] == first.name and names[1] == f"{first.name}-1"
     messages = engine_messages(pg_instance, run_id)
-    assert any(f"Container {names[0]} of {SMOKE_STEP} on local CPU exited with code 137; its output is attached and the container was removed" in m for m in messages)
-    assert any(f"Container {names[1]} of {SMOKE_STEP} on local CPU exited with code 0; its output is attached and the container was removed" in m for m in messages)
+    assert any(
+        f"Container {names[0]} of {SMOKE_STEP} on local CPU exited with code 137; its output is attached and the container was removed"
+        in m
+        for m in messages
+    )
+    assert any(
+        f"Container {names[1]} of {SMOKE_STEP} on local CPU exited with code 0; its output is attached and the container was removed"
+        in m
+        for m in messages
+    )
     assert len([entry for entry in pg_instance.all_logs(run_id) if "placement {" in (entry.user_message or "")]) == 1
     assert labelled_containers(client, run_id) == []
     assert run_id not in slot_holders(pg_instance, CPU_SLOT)
 
 
-def test_container_that_exits_without_reporting_fails_after_the_grace_period(pg_instance, tmp_path, engine_and_cpu_image):
+def test_container_that_exits_without_reporting_fails_after_the_grace_period(
+    pg_instance, tmp_path, engine_and_cpu_image
+):
     """A step process that ends with code 0 before its outcome reaches the database (lost events): the run does not
     wait for ever; after ``exit_grace_seconds`` the attempt fails with what happened and what to check."""
     client, image = engine_and_cpu_image
@@ -448,7 +569,10 @@ def test_container_that_exits_without_reporting_fails_after_the_grace_period(pg_
     assert len(retries) == 1 and len(failures) == 1
     for entry in (*retries, *failures):
         message = entry.dagster_event.event_specific_data.error.message
-        assert "exited with code 0 but its step reported no outcome within 5" in message and "Fix: check that step containers reach the same PostgreSQL" in message, message
+        assert (
+            "exited with code 0 but its step reported no outcome within 5" in message
+            and "Fix: check that step containers reach the same PostgreSQL" in message
+        ), message
     assert labelled_containers(client, run_id) == []
     assert run_id not in slot_holders(pg_instance, CPU_SLOT)
 
@@ -459,11 +583,19 @@ def test_terminating_a_run_stops_and_removes_its_containers(pg_instance, tmp_pat
     CANCELED within seconds (the op would hold 300 s), its slot is free."""
     client, image = engine_and_cpu_image
     config = cpu_inventory(tmp_path, image)
-    run_config = {"execution": {"config": {"inventory": config}}, "ops": {SMOKE_STEP: {"config": {"hold_seconds": 300.0}}}}
+    run_config = {
+        "execution": {"config": {"inventory": config}},
+        "ops": {SMOKE_STEP: {"config": {"hold_seconds": 300.0}}},
+    }
     worker = RunWorker(tmp_path / "worker", "placement_smoke_job", run_config)
     try:
         run_id = worker.run_id(pg_instance, timeout=90)
-        container = wait_until(lambda: step_started(pg_instance, run_id, SMOKE_STEP) and running_step_container(client, run_id, SMOKE_STEP), 120, f"{SMOKE_STEP} to run in its container")
+        container = wait_until(
+            lambda: step_started(pg_instance, run_id, SMOKE_STEP)
+            and running_step_container(client, run_id, SMOKE_STEP),
+            120,
+            f"{SMOKE_STEP} to run in its container",
+        )
         # What the run launcher's terminate() does: mark the run CANCELING, then the code server interrupts the worker.
         pg_instance.report_run_canceling(pg_instance.get_run_by_id(run_id))
         interrupted = time.monotonic()
@@ -479,17 +611,25 @@ def test_terminating_a_run_stops_and_removes_its_containers(pg_instance, tmp_pat
         assert run is not None and run.status == DagsterRunStatus.CANCELED, (run and run.status, worker.output())
         messages = engine_messages(pg_instance, run_id)
         assert any(m.startswith(f"Stopping {SMOKE_STEP} (container on local CPU)") for m in messages), messages
-        assert any(f"Container {container.name} of {SMOKE_STEP} on local CPU exited with code" in m and "the container was removed" in m for m in messages), messages
+        assert any(
+            f"Container {container.name} of {SMOKE_STEP} on local CPU exited with code" in m
+            and "the container was removed" in m
+            for m in messages
+        ), messages
         assert events_of(pg_instance, run_id, dg.DagsterEventType.STEP_SUCCESS) == []
         assert client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}) == []
         assert run_id not in slot_holders(pg_instance, CPU_SLOT)
-        print(f"terminated run {run_id[:8]}: {run.status.value}, worker ended {stopped_after:.1f} s after SIGINT (rc {worker.process.returncode})")
+        print(
+            f"terminated run {run_id[:8]}: {run.status.value}, worker ended {stopped_after:.1f} s after SIGINT (rc {worker.process.returncode})"
+        )
     finally:  # never leave a worker or a container behind for later tests, even when an assertion failed
         worker.stop(client, pg_instance)
 
 
 @pytest.mark.slow
-def test_container_killed_mid_sort_fails_the_step_clearly_with_nothing_half_written(pg_instance, tmp_path, engine_and_cpu_image, generated_session, monkeypatch):
+def test_container_killed_mid_sort_fails_the_step_clearly_with_nothing_half_written(
+    pg_instance, tmp_path, engine_and_cpu_image, generated_session, monkeypatch
+):
     """SIGKILL of the sorted_units container while Kilosort writes: the step fails with the exit code (the op has no
     retry policy: one sort), the run fails, no ``sorting/`` under its final name, no container, lock and slot free."""
     from ks_platform.core.store import LOCK_FILE
@@ -501,10 +641,20 @@ def test_container_killed_mid_sort_fails_the_step_clearly_with_nothing_half_writ
     def kilosort_writing() -> bool:  # Kilosort has opened its log in the step's temporary sibling of sorting/
         return any(any(staged.iterdir()) for staged in session.glob(".sorting.tmp-*"))
 
-    worker = RunWorker(tmp_path / "worker", "sort_session_in_containers", {"execution": {"config": {"inventory": config}}}, tags={"dagster/partition": key})
+    worker = RunWorker(
+        tmp_path / "worker",
+        "sort_session_in_containers",
+        {"execution": {"config": {"inventory": config}}},
+        tags={"dagster/partition": key},
+    )
     try:
         run_id = worker.run_id(pg_instance, timeout=120)
-        container = wait_until(lambda: kilosort_writing() and running_step_container(client, run_id, "sorted_units"), 900, "Kilosort to write into its temporary sorting folder", poll=0.5)
+        container = wait_until(
+            lambda: kilosort_writing() and running_step_container(client, run_id, "sorted_units"),
+            900,
+            "Kilosort to write into its temporary sorting folder",
+            poll=0.5,
+        )
         time.sleep(3)  # inside Kilosort, not at its first line
         staged = [item.name for tmp in session.glob(".sorting.tmp-*") for item in tmp.iterdir()]
         container.kill()  # SIGKILL: exit code 137
@@ -512,13 +662,21 @@ def test_container_killed_mid_sort_fails_the_step_clearly_with_nothing_half_writ
     finally:
         worker.stop(client, pg_instance)
 
-
-    failures = [entry for entry in events_of(pg_instance, run_id, dg.DagsterEventType.STEP_FAILURE) if entry.step_key == "sorted_units"]
+    failures = [
+        entry
+        for entry in events_of(pg_instance, run_id, dg.DagsterEventType.STEP_FAILURE)
+        if entry.step_key == "sorted_units"
+    ]
     assert len(failures) == 1
     reason = failures[0].dagster_event.event_specific_data.error.message
-    assert "Step sorted_units failed health check: container of sorted_units on local CPU exited with code 137 (killed)" in reason
+    assert (
+        "Step sorted_units failed health check: container of sorted_units on local CPU exited with code 137 (killed)"
+        in reason
+    )
     assert events_of(pg_instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY) == []
-    assert "sorted_units" not in {entry.step_key for entry in events_of(pg_instance, run_id, dg.DagsterEventType.STEP_SUCCESS)}
+    assert "sorted_units" not in {
+        entry.step_key for entry in events_of(pg_instance, run_id, dg.DagsterEventType.STEP_SUCCESS)
+    }
     assert not (session / "sorting").exists(), "a killed sort must leave no sorting/ under its final name"
     assert not (session / "phy").exists()
     assert (session / "binary").is_dir()  # the steps before it are whole
@@ -570,7 +728,9 @@ def test_code_location_executor_settings_reach_the_step_container(route, pg_inst
     env = {"KS_PLATFORM_INVENTORY": str(env_file), "KS_PLATFORM_EXECUTOR": ""}
     run_config: dict = {}
     if route != "inventory_env":
-        run_config["execution"] = {"config": {"inventory_file": str(rc_file), "retries": {"disabled": {}}, "max_concurrent": 1}}
+        run_config["execution"] = {
+            "config": {"inventory_file": str(rc_file), "retries": {"disabled": {}}, "max_concurrent": 1}
+        }
     if route == "run_config_only":
         env = {"KS_PLATFORM_INVENTORY": "", "KS_PLATFORM_EXECUTOR": "ks_platform_docker"}
     from ks_platform.core.sessions import SessionRef
@@ -578,8 +738,17 @@ def test_code_location_executor_settings_reach_the_step_container(route, pg_inst
 
     day = (dt.date.today() - dt.timedelta(days=1)).isoformat()
     # one registered (not yet sorted) session on that date: the rollup has a row to write
-    pg_instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [SessionRef("rig1", f"m-{route}", dt.date.fromisoformat(day), "imec0").key])
-    worker = RunWorker(tmp_path / "worker", "daily_rollup_job", run_config, tags={"dagster/partition": day}, code=DEFS_RUN_WORKER, env=env)
+    pg_instance.add_dynamic_partitions(
+        SESSIONS_PARTITIONS_NAME, [SessionRef("rig1", f"m-{route}", dt.date.fromisoformat(day), "imec0").key]
+    )
+    worker = RunWorker(
+        tmp_path / "worker",
+        "daily_rollup_job",
+        run_config,
+        tags={"dagster/partition": day},
+        code=DEFS_RUN_WORKER,
+        env=env,
+    )
     started = time.monotonic()
     try:
         run_id = worker.run_id(pg_instance, timeout=120)
@@ -589,11 +758,15 @@ def test_code_location_executor_settings_reach_the_step_container(route, pg_inst
     [start] = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_WORKER_STARTING)
     host = "local-env" if route == "inventory_env" else "local-rc"
     assert start.dagster_event.event_specific_data.metadata["host"].value == host
-    assert [entry.step_key for entry in events_of(pg_instance, run_id, dg.DagsterEventType.STEP_SUCCESS)] == ["daily_rollup"]
+    assert [entry.step_key for entry in events_of(pg_instance, run_id, dg.DagsterEventType.STEP_SUCCESS)] == [
+        "daily_rollup"
+    ]
     assert labelled_containers(client, run_id) == []
     written = sorted(p.relative_to(tmp_path) for p in (tmp_path / "store").rglob("*") if p.is_file())
     assert written and all(p.stat().st_uid == 1000 for p in (tmp_path / "store").rglob("*") if p.is_file()), written
-    print(f"{route}: daily_rollup wrote {[str(p) for p in written]} in a step container on {host} in {time.monotonic() - started:.1f} s")
+    print(
+        f"{route}: daily_rollup wrote {[str(p) for p in written]} in a step container on {host} in {time.monotonic() - started:.1f} s"
+    )
 
 
 def test_container_that_exits_non_zero_puts_its_cause_in_the_step_failure(pg_instance, tmp_path, engine_and_cpu_image):
@@ -607,13 +780,18 @@ def test_container_that_exits_non_zero_puts_its_cause_in_the_step_failure(pg_ins
         assert not result.success
         messages = failure_messages(result)
         run_id = result.run_id
-    assert f"Step {SMOKE_STEP} failed health check: container of {SMOKE_STEP} on local CPU exited with code 1. Its last output lines" in messages[-1], messages
+    assert (
+        f"Step {SMOKE_STEP} failed health check: container of {SMOKE_STEP} on local CPU exited with code 1. Its last output lines"
+        in messages[-1]
+    ), messages
     assert "Connection refused" in messages[-1] and "psycopg2.OperationalError" in messages[-1], messages[-1]
     assert labelled_containers(client, run_id) == []
     print(messages[-1][-600:])
 
 
-def test_store_folder_not_writable_by_the_container_user_fails_before_launch(pg_instance, tmp_path, engine_and_cpu_image, generated_session, monkeypatch):
+def test_store_folder_not_writable_by_the_container_user_fails_before_launch(
+    pg_instance, tmp_path, engine_and_cpu_image, generated_session, monkeypatch
+):
     """An output folder of the session owned by root (0755) while step containers run as the image's uid 1000:
     the first step fails before any container starts, naming the folder, owner, mode and the fix. The check agrees
     with the engine: a real uid-1000 container cannot write there, and can after the suggested chmod."""
@@ -626,17 +804,30 @@ def test_store_folder_not_writable_by_the_container_user_fails_before_launch(pg_
     os.chown(folder, 0, 0)
     os.chmod(folder, 0o755)
     run_config = {"execution": {"config": {"inventory": config, "retries": {"disabled": {}}}}}
-    with dg.execute_job(dg.reconstructable(sort_session_in_containers), instance=pg_instance, run_config=run_config, tags={"dagster/partition": key}) as result:
+    with dg.execute_job(
+        dg.reconstructable(sort_session_in_containers),
+        instance=pg_instance,
+        run_config=run_config,
+        tags={"dagster/partition": key},
+    ) as result:
         assert not result.success
         messages = failure_messages(result)
         run_id = result.run_id
-    assert f"store folder {folder} (owner 0:0, mode drwxr-xr-x) is not writable by uid 1000:1000, the user step containers of image {image} run as on host local" in messages[0], messages
+    assert (
+        f"store folder {folder} (owner 0:0, mode drwxr-xr-x) is not writable by uid 1000:1000, the user step containers of image {image} run as on host local"
+        in messages[0]
+    ), messages
     assert messages[0].endswith(f"Fix: chown -R 1000:1000 {folder} (or chmod -R a+rwX {folder})"), messages[0]
     assert events_of(pg_instance, run_id, dg.DagsterEventType.STEP_WORKER_STARTING) == []
     assert labelled_containers(client, run_id) == []
 
     def write_as_the_image_user() -> tuple[int, str]:
-        box = client.containers.run(image, entrypoint=["sh", "-c", f"touch {folder}/probe.json"], volumes={config["store"]: {"bind": config["store"], "mode": "rw"}}, detach=True)
+        box = client.containers.run(
+            image,
+            entrypoint=["sh", "-c", f"touch {folder}/probe.json"],
+            volumes={config["store"]: {"bind": config["store"], "mode": "rw"}},
+            detach=True,
+        )
         try:
             return box.wait(timeout=60)["StatusCode"], box.logs().decode()
         finally:
@@ -657,7 +848,12 @@ def test_rocm_group_add_is_numeric_host_gids():
     from ks_platform.execution.placement import container_spec
 
     def rocm_spec(**host) -> list[str]:
-        data = {"store": "/srv/store", "hosts": [{"name": "amd", "backend": "rocm", "cpu_slots": 0, "gpus": [{"id": "1", "memory_mib": 16368}], **host}]}
+        data = {
+            "store": "/srv/store",
+            "hosts": [
+                {"name": "amd", "backend": "rocm", "cpu_slots": 0, "gpus": [{"id": "1", "memory_mib": 16368}], **host}
+            ],
+        }
         inventory = Inventory.from_mapping(data, source="test inventory")
         request = StepRequest.from_tags("run-1", "sorted_units", {"ks_platform/needs": "gpu"}, n_channels=32)
         [placement] = candidate_placements(inventory, request)
@@ -665,11 +861,16 @@ def test_rocm_group_add_is_numeric_host_gids():
         assert spec.devices == ["/dev/kfd", "/dev/dri"] and spec.docker_kwargs()["group_add"] == spec.group_add
         return spec.group_add
 
-    local = [str(grp.getgrnam(name).gr_gid) for name in ("video", "render") if name in {g.gr_name for g in grp.getgrall()}]
+    local = [
+        str(grp.getgrnam(name).gr_gid) for name in ("video", "render") if name in {g.gr_name for g in grp.getgrall()}
+    ]
     assert local and rocm_spec() == local and all(gid.isdigit() for gid in local)
     assert rocm_spec(group_ids=[44, 109]) == ["44", "109"]
     assert rocm_spec(docker_url="tcp://amd.lab:2376", group_ids=[44, 992]) == ["44", "992"]
-    with pytest.raises(InventoryError, match=r"test inventory: hosts\.0: host 'amd' is a remote rocm engine without group_ids.*Fix: give each remote rocm host group_ids"):
+    with pytest.raises(
+        InventoryError,
+        match=r"test inventory: hosts\.0: host 'amd' is a remote rocm engine without group_ids.*Fix: give each remote rocm host group_ids",
+    ):
         rocm_spec(docker_url="ssh://ops@amd.lab")
 
 
@@ -677,25 +878,40 @@ def test_make_executor_dev_starts_the_ui_on_postgres_with_the_docker_executor(tm
     """scripts/executor_dev.sh (``make executor-dev``): PostgreSQL cluster, DAGSTER_HOME, inventory, ``dagster dev``;
     the webserver answers with the code location loaded on PostgreSQL storage; SIGTERM stops dagster and the database."""
     import socket
+    import tempfile
     import urllib.request
 
     from ks_platform_tests.postgres_support import _free_port
 
-    import tempfile
-
     port, pgport = _free_port(), _free_port()
     dev = Path(tempfile.mkdtemp(prefix="ks-platform-executor-dev-"))  # pytest's 0700 tmp dirs keep user postgres out
-    env = {**os.environ, "KS_DEV_DATA": str(dev), "KS_DEV_PORT": str(port), "KS_DEV_PGPORT": str(pgport), "KS_PLATFORM_STORE": str(tmp_path / "store"), "KS_PLATFORM_LANDING": f"rig1={tmp_path / 'landing'}"}
+    env = {
+        **os.environ,
+        "KS_DEV_DATA": str(dev),
+        "KS_DEV_PORT": str(port),
+        "KS_DEV_PGPORT": str(pgport),
+        "KS_PLATFORM_STORE": str(tmp_path / "store"),
+        "KS_PLATFORM_LANDING": f"rig1={tmp_path / 'landing'}",
+    }
     log = tmp_path / "executor_dev.log"
     started = time.monotonic()
     with open(log, "w") as handle:
-        process = subprocess.Popen(["bash", str(REPO / "scripts" / "executor_dev.sh")], cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            ["bash", str(REPO / "scripts" / "executor_dev.sh")],
+            cwd=REPO,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     query = b'{"query": "{ instance { runLauncher { name } } repositoriesOrError { ... on RepositoryConnection { nodes { jobs { name } } } } }"}'
 
     def answered() -> str | None:
         assert process.poll() is None, f"executor_dev.sh ended:\n{log.read_text()[-3000:]}"
         try:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=query, headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/graphql", data=query, headers={"Content-Type": "application/json"}
+            )
             return urllib.request.urlopen(request, timeout=5).read().decode()
         except OSError:
             return None

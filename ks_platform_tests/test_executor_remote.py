@@ -42,11 +42,58 @@ def openssl(*args: str, cwd: Path) -> None:
 
 def make_certificates(folder: Path) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, signed by that CA."""
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ks-platform test CA", "-keyout", "ca-key.pem", "-out", "ca.pem", cwd=folder)
-    for name, usage, extra in (("server", "serverAuth", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"), ("client", "clientAuth", "")):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", cwd=folder)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ks-platform test CA",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        cwd=folder,
+    )
+    for name, usage, extra in (
+        ("server", "serverAuth", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"),
+        ("client", "clientAuth", ""),
+    ):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}-key.pem",
+            "-out",
+            f"{name}.csr",
+            cwd=folder,
+        )
         (folder / f"{name}.ext").write_text(f"extendedKeyUsage={usage}\n{extra}")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}-cert.pem", cwd=folder)
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            f"{name}-cert.pem",
+            cwd=folder,
+        )
     return {name: folder / f"{name}.pem" for name in ("ca", "server-cert", "server-key", "client-cert", "client-key")}
 
 
@@ -55,7 +102,9 @@ def tls_engine(engine_and_cpu_image) -> Iterator[dict]:  # noqa: F811
     """A second dockerd on ``tcp://127.0.0.1:<port>`` with ``--tlsverify``, holding the base image."""
     client, _ = engine_and_cpu_image
     had_bridge = Path("/sys/class/net/docker0").exists()  # the main engine's bridge, which the steps of later tests use
-    base = Path(tempfile.mkdtemp(prefix="ks-platform-tls-engine-", dir="/var/lib"))  # same file system as /var/lib/docker
+    base = Path(
+        tempfile.mkdtemp(prefix="ks-platform-tls-engine-", dir="/var/lib")
+    )  # same file system as /var/lib/docker
     certs = make_certificates(base)
     port = _free_port()
     sock = base / "docker.sock"
@@ -63,35 +112,69 @@ def tls_engine(engine_and_cpu_image) -> Iterator[dict]:  # noqa: F811
     log = open(base / "dockerd.log", "w")
     process = subprocess.Popen(
         [
-            "dockerd", "--config-file", str(base / "daemon.json"), "--data-root", str(base / "data"), "--exec-root", str(base / "exec"),
-            "--pidfile", str(base / "dockerd.pid"), "-H", f"unix://{sock}", "-H", f"tcp://127.0.0.1:{port}",
-            "--tlsverify", "--tlscacert", str(certs["ca"]), "--tlscert", str(certs["server-cert"]), "--tlskey", str(certs["server-key"]),
-            "--bridge", "none", "--iptables=false", "--ip-masq=false",
+            "dockerd",
+            "--config-file",
+            str(base / "daemon.json"),
+            "--data-root",
+            str(base / "data"),
+            "--exec-root",
+            str(base / "exec"),
+            "--pidfile",
+            str(base / "dockerd.pid"),
+            "-H",
+            f"unix://{sock}",
+            "-H",
+            f"tcp://127.0.0.1:{port}",
+            "--tlsverify",
+            "--tlscacert",
+            str(certs["ca"]),
+            "--tlscert",
+            str(certs["server-cert"]),
+            "--tlskey",
+            str(certs["server-key"]),
+            "--bridge",
+            "none",
+            "--iptables=false",
+            "--ip-masq=false",
         ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 90
         while subprocess.run(["docker", "-H", f"unix://{sock}", "info"], capture_output=True).returncode != 0:
-            assert process.poll() is None and time.monotonic() < deadline, f"the TLS dockerd did not start:\n{(base / 'dockerd.log').read_text()[-3000:]}"
+            assert process.poll() is None and time.monotonic() < deadline, (
+                f"the TLS dockerd did not start:\n{(base / 'dockerd.log').read_text()[-3000:]}"
+            )
             time.sleep(1)
         started = time.monotonic()
         saved = subprocess.Popen(["docker", "save", BASE_IMAGE], stdout=subprocess.PIPE)
-        loaded = subprocess.run(["docker", "-H", f"unix://{sock}", "load"], stdin=saved.stdout, capture_output=True, text=True, timeout=600)
+        loaded = subprocess.run(
+            ["docker", "-H", f"unix://{sock}", "load"], stdin=saved.stdout, capture_output=True, text=True, timeout=600
+        )
         assert saved.wait() == 0 and loaded.returncode == 0, loaded.stderr
         print(f"TLS dockerd on 127.0.0.1:{port}; {BASE_IMAGE} loaded in {time.monotonic() - started:.1f} s")
         yield {"url": f"tcp://127.0.0.1:{port}", "sock": f"unix://{sock}", "certs": certs}
     finally:
         stop_process_group(process, timeout=60)
         log.close()
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if line.split()[1].startswith(f"{base}/")]
+        mounts = [
+            line.split()[1]
+            for line in Path("/proc/mounts").read_text().splitlines()
+            if line.split()[1].startswith(f"{base}/")
+        ]
         for mount in sorted(mounts, reverse=True):  # the engine's network namespace, overlay leftovers
             subprocess.run(["umount", mount], capture_output=True)
         shutil.rmtree(base)
     if had_bridge and not Path("/sys/class/net/docker0").exists():
         # the second dockerd's shutdown removes the shared default bridge even with --bridge none (seen here); put the
         # main engine's bridge back so later tests' containers can start
-        for command in (["ip", "link", "add", "name", "docker0", "type", "bridge"], ["ip", "addr", "add", "172.17.0.1/16", "dev", "docker0"], ["ip", "link", "set", "docker0", "up"]):
+        for command in (
+            ["ip", "link", "add", "name", "docker0", "type", "bridge"],
+            ["ip", "addr", "add", "172.17.0.1/16", "dev", "docker0"],
+            ["ip", "link", "set", "docker0", "up"],
+        ):
             subprocess.run(command, check=True, capture_output=True)
     assert Path("/sys/class/net/docker0").exists() or not had_bridge, "the main engine's docker0 is gone"
 
@@ -101,7 +184,16 @@ def tls_host(engine: dict, image: str, with_client_cert: bool = True, **extra) -
     tls = {"ca_cert": str(certs["ca"])}
     if with_client_cert:
         tls |= {"client_cert": str(certs["client-cert"]), "client_key": str(certs["client-key"])}
-    return {"name": "tls-engine", "docker_url": engine["url"], "backend": "cpu", "cpu_slots": 1, "images": {"cpu": image}, "network_mode": "host", "tls": tls, **extra}
+    return {
+        "name": "tls-engine",
+        "docker_url": engine["url"],
+        "backend": "cpu",
+        "cpu_slots": 1,
+        "images": {"cpu": image},
+        "network_mode": "host",
+        "tls": tls,
+        **extra,
+    }
 
 
 def test_tls_client_settings_reach_the_engine_and_a_missing_client_cert_is_refused(tls_engine):
@@ -111,17 +203,24 @@ def test_tls_client_settings_reach_the_engine_and_a_missing_client_cert_is_refus
     with pytest.raises(Exception, match="(?i)bad certificate"):  # the engine wants a client certificate it trusts
         docker_client(HostSpec.model_validate(tls_host(tls_engine, BASE_IMAGE, with_client_cert=False))).ping()
     plain = HostSpec.model_validate({"name": "plain", "docker_url": tls_engine["url"]})
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - docker-py's error type varies with the failure
         docker_client(plain).ping()  # plain HTTP to a --tlsverify engine
 
 
 def test_missing_image_on_the_tls_host_is_named_before_placement(pg_instance, tmp_path, tls_engine):  # noqa: F811
     config = cpu_inventory(tmp_path, "ks-platform:cpu")
     config["hosts"] = [tls_host(tls_engine, "ks-platform:cpu")]
-    with dg.execute_job(dg.reconstructable(placement_smoke_job), instance=pg_instance, run_config={"execution": {"config": {"inventory": config, "retries": {"disabled": {}}}}}) as result:
+    with dg.execute_job(
+        dg.reconstructable(placement_smoke_job),
+        instance=pg_instance,
+        run_config={"execution": {"config": {"inventory": config, "retries": {"disabled": {}}}}},
+    ) as result:
         assert not result.success
         message = failure_messages(result)[-1]
-    assert f"image ks-platform:cpu is missing on host tls-engine ({tls_engine['url']}). Fix: build/load it there (docker/README.md" in message, message
+    assert (
+        f"image ks-platform:cpu is missing on host tls-engine ({tls_engine['url']}). Fix: build/load it there (docker/README.md"
+        in message
+    ), message
 
 
 def test_step_container_launches_on_the_tls_host(pg_instance, tmp_path, tls_engine):  # noqa: F811
@@ -130,11 +229,18 @@ def test_step_container_launches_on_the_tls_host(pg_instance, tmp_path, tls_engi
     config = cpu_inventory(tmp_path, BASE_IMAGE)
     config["hosts"] = [tls_host(tls_engine, BASE_IMAGE)]
     config["step_entrypoint"] = ["python3", "-m", "dagster"]
-    with dg.execute_job(dg.reconstructable(placement_smoke_job), instance=pg_instance, run_config={"execution": {"config": {"inventory": config, "retries": {"disabled": {}}}}}) as result:
+    with dg.execute_job(
+        dg.reconstructable(placement_smoke_job),
+        instance=pg_instance,
+        run_config={"execution": {"config": {"inventory": config, "retries": {"disabled": {}}}}},
+    ) as result:
         assert not result.success
         message = failure_messages(result)[-1]
         run_id = result.run_id
-    [start] = [r.event_log_entry for r in pg_instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTING).records]
+    [start] = [
+        r.event_log_entry
+        for r in pg_instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTING).records
+    ]
     assert start.dagster_event.event_specific_data.metadata["host"].value == "tls-engine"
     assert "on tls-engine CPU exited with code 1" in message and "No module named dagster" in message, message
     client = docker_client(HostSpec.model_validate(tls_host(tls_engine, BASE_IMAGE)))
@@ -148,7 +254,12 @@ SSH_SESSION_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 
 def ssh_keygen(path: Path, comment: str) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return path
 
 
@@ -178,11 +289,15 @@ def ssh_engine(engine_and_cpu_image) -> Iterator[dict]:  # noqa: F811
     )
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory (systemd makes it)
     log = open(base / "sshd.log", "w")
-    process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
-            assert process.poll() is None and time.monotonic() < deadline, f"sshd did not start:\n{(base / 'sshd.log').read_text()[-3000:]}"
+            assert process.poll() is None and time.monotonic() < deadline, (
+                f"sshd did not start:\n{(base / 'sshd.log').read_text()[-3000:]}"
+            )
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=2) as probe:
                     if probe.recv(64).startswith(b"SSH-"):
@@ -192,7 +307,13 @@ def ssh_engine(engine_and_cpu_image) -> Iterator[dict]:  # noqa: F811
         known_hosts = base / "known_hosts"
         algorithm, key = (base / "host_key.pub").read_text().split()[:2]
         known_hosts.write_text(f"[127.0.0.1]:{port} {algorithm} {key}\n")
-        yield {"url": f"ssh://root@127.0.0.1:{port}", "port": port, "known_hosts": known_hosts, "log": base / "sshd.log", **keys}
+        yield {
+            "url": f"ssh://root@127.0.0.1:{port}",
+            "port": port,
+            "known_hosts": known_hosts,
+            "log": base / "sshd.log",
+            **keys,
+        }
     finally:
         stop_process_group(process, timeout=30)
         log.close()
@@ -209,9 +330,20 @@ def ssh_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
-def ssh_host(engine: dict, image: str = "ks-platform:cpu", key: str = "key", known_hosts: str | None = None, **extra) -> dict:
+def ssh_host(
+    engine: dict, image: str = "ks-platform:cpu", key: str = "key", known_hosts: str | None = None, **extra
+) -> dict:
     ssh = {"identity_file": str(engine[key]), "known_hosts": str(known_hosts or engine["known_hosts"])}
-    return {"name": "ssh-engine", "docker_url": engine["url"], "backend": "cpu", "cpu_slots": 1, "images": {"cpu": image}, "network_mode": "host", "ssh": ssh, **extra}
+    return {
+        "name": "ssh-engine",
+        "docker_url": engine["url"],
+        "backend": "cpu",
+        "cpu_slots": 1,
+        "images": {"cpu": image},
+        "network_mode": "host",
+        "ssh": ssh,
+        **extra,
+    }
 
 
 def test_ssh_engine_with_the_right_key_is_the_engine_behind_it(ssh_engine, ssh_home, engine_and_cpu_image):  # noqa: F811
@@ -227,7 +359,10 @@ def test_ssh_engine_with_the_right_key_is_the_engine_behind_it(ssh_engine, ssh_h
         client.close()
     assert "Accepted publickey for root" in ssh_engine["log"].read_text()
     assert list(ssh_home.rglob("*")) == []
-    with pytest.raises(PlatformConfigError, match="host 'local' has ssh settings but docker_url unix:///var/run/docker.sock is not ssh://.*Fix: give ssh"):
+    with pytest.raises(
+        PlatformConfigError,
+        match="host 'local' has ssh settings but docker_url unix:///var/run/docker.sock is not ssh://.*Fix: give ssh",
+    ):
         from ks_platform.execution.inventory import Inventory
 
         Inventory.from_mapping({"store": "/tmp", "hosts": [{"name": "local", "ssh": {"known_hosts": "/x"}}]})
@@ -248,35 +383,65 @@ def test_ssh_refusals_name_the_host_and_the_fix(ssh_engine, ssh_home, tmp_path):
     unknown = str(error_of(ssh_host(ssh_engine, known_hosts=str(empty))))
     assert isinstance(error_of(ssh_host(ssh_engine, known_hosts=str(empty))), InventoryError)
     assert f"inventory.yaml: the host key of host ssh-engine (127.0.0.1:{port}) is not in {empty}" in unknown, unknown
-    assert f"Fix: check that `ssh-keyscan -p {port} 127.0.0.1 | ssh-keygen -lf -` shows the fingerprint" in unknown and f"then add it: ssh-keyscan -p {port} 127.0.0.1 >> {empty}" in unknown, unknown
+    assert (
+        f"Fix: check that `ssh-keyscan -p {port} 127.0.0.1 | ssh-keygen -lf -` shows the fingerprint" in unknown
+        and f"then add it: ssh-keyscan -p {port} 127.0.0.1 >> {empty}" in unknown
+    ), unknown
 
     changed = tmp_path / "known_hosts.changed"
     algorithm, other = (Path(f"{ssh_engine['stranger']}.pub")).read_text().split()[:2]
     changed.write_text(f"[127.0.0.1]:{port} {algorithm} {other}\n")
     message = str(error_of(ssh_host(ssh_engine, known_hosts=str(changed))))
-    assert f"host ssh-engine (127.0.0.1:{port}) presented a host key (ssh-ed25519 SHA256:" in message and f"differs from the one in {changed}" in message, message
+    assert (
+        f"host ssh-engine (127.0.0.1:{port}) presented a host key (ssh-ed25519 SHA256:" in message
+        and f"differs from the one in {changed}" in message
+    ), message
     assert f"ssh-keygen -R '[127.0.0.1]:{port}' -f {changed}" in message and "do not connect" in message, message
 
     refused = error_of(ssh_host(ssh_engine, key="stranger"))
     assert isinstance(refused, InventoryError)
-    assert f"host ssh-engine (127.0.0.1:{port}) refused ssh authentication of user root with {ssh_engine['stranger']}" in str(refused), refused
-    assert f"Fix: add that key's public half (ssh-keygen -y -f {ssh_engine['stranger']}) to ~root/.ssh/authorized_keys on 127.0.0.1" in str(refused), refused
+    assert (
+        f"host ssh-engine (127.0.0.1:{port}) refused ssh authentication of user root with {ssh_engine['stranger']}"
+        in str(refused)
+    ), refused
+    assert (
+        f"Fix: add that key's public half (ssh-keygen -y -f {ssh_engine['stranger']}) to ~root/.ssh/authorized_keys on 127.0.0.1"
+        in str(refused)
+    ), refused
 
     no_docker = str(error_of(ssh_host(ssh_engine, key="no_docker")))
-    assert "host ssh-engine accepted ssh as root, but `docker system dial-stdio` there gave no Docker engine" in no_docker, no_docker
-    assert "docker: not found" in no_docker and "Fix: on that host put the docker CLI on the PATH of non-interactive ssh sessions" in no_docker, no_docker
+    assert (
+        "host ssh-engine accepted ssh as root, but `docker system dial-stdio` there gave no Docker engine" in no_docker
+    ), no_docker
+    assert (
+        "docker: not found" in no_docker
+        and "Fix: on that host put the docker CLI on the PATH of non-interactive ssh sessions" in no_docker
+    ), no_docker
 
     closed = _free_port()
     unreachable = error_of({**ssh_host(ssh_engine), "docker_url": f"ssh://root@127.0.0.1:{closed}"})
     assert isinstance(unreachable, EngineConnectionError)
-    assert f"the ssh server of host ssh-engine at 127.0.0.1:{closed} is unreachable" in str(unreachable) and f"Fix: start sshd there (and dockerd), check that this machine reaches port {closed} of 127.0.0.1" in str(unreachable), unreachable
+    assert f"the ssh server of host ssh-engine at 127.0.0.1:{closed} is unreachable" in str(
+        unreachable
+    ) and f"Fix: start sshd there (and dockerd), check that this machine reaches port {closed} of 127.0.0.1" in str(
+        unreachable
+    ), unreachable
 
     missing = str(error_of({**ssh_host(ssh_engine), "ssh": {"identity_file": str(tmp_path / "nokey")}}))
-    assert f"inventory.yaml: ssh.identity_file of host ssh-engine ({tmp_path / 'nokey'}) does not exist on this machine. Fix: copy the file there" in missing, missing
+    assert (
+        f"inventory.yaml: ssh.identity_file of host ssh-engine ({tmp_path / 'nokey'}) does not exist on this machine. Fix: copy the file there"
+        in missing
+    ), missing
     assert list(ssh_home.rglob("*")) == []
 
 
-def test_step_container_launches_through_the_ssh_engine(pg_instance, tmp_path, ssh_engine, ssh_home, engine_and_cpu_image):  # noqa: F811
+def test_step_container_launches_through_the_ssh_engine(
+    pg_instance,  # noqa: F811
+    tmp_path,
+    ssh_engine,
+    ssh_home,
+    engine_and_cpu_image,  # noqa: F811
+):
     """report_placement runs in a ks-platform:cpu container created through ssh (the launch event names the host);
     its success and log line reach the run; the container is removed. A refused key fails the step with the fix."""
     local, image = engine_and_cpu_image
@@ -287,10 +452,17 @@ def test_step_container_launches_through_the_ssh_engine(pg_instance, tmp_path, s
         assert result.success, failure_messages(result)
         run_id = result.run_id
     records = pg_instance.get_records_for_run(run_id).records
-    [start] = [r.event_log_entry for r in records if r.event_log_entry.dagster_event and r.event_log_entry.dagster_event.event_type == dg.DagsterEventType.STEP_WORKER_STARTING]
+    [start] = [
+        r.event_log_entry
+        for r in records
+        if r.event_log_entry.dagster_event
+        and r.event_log_entry.dagster_event.event_type == dg.DagsterEventType.STEP_WORKER_STARTING
+    ]
     assert start.dagster_event.event_specific_data.metadata["host"].value == "ssh-engine"
     assert start.dagster_event.event_specific_data.metadata["image_digest"].value == local.images.get(image).id
-    placed = [r.event_log_entry.user_message for r in records if "placement {" in (r.event_log_entry.user_message or "")]
+    placed = [
+        r.event_log_entry.user_message for r in records if "placement {" in (r.event_log_entry.user_message or "")
+    ]
     assert placed and '"KS_PLATFORM_BACKEND": "cpu"' in placed[0], placed
     assert local.containers.list(all=True, filters={"label": f"ks_platform.run_id={run_id}"}) == []
 
@@ -298,4 +470,6 @@ def test_step_container_launches_through_the_ssh_engine(pg_instance, tmp_path, s
     with dg.execute_job(dg.reconstructable(placement_smoke_job), instance=pg_instance, run_config=run_config) as result:
         assert not result.success
         message = failure_messages(result)[-1]
-    assert "refused ssh authentication of user root" in message and "Fix: add that key's public half" in message, message
+    assert "refused ssh authentication of user root" in message and "Fix: add that key's public half" in message, (
+        message
+    )

@@ -27,7 +27,12 @@ from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC, leftovers, small_tm
 REPO = Path(__file__).resolve().parent.parent
 
 #: What makes each step's final folder complete; a final folder without it would be a partial output.
-COMPLETE_MARKERS = {"binary": conversion.MANIFEST_NAME, "sorting": "sorting_summary.json", "phy": "params.py", "probe": pipeline.PROBE_MANIFEST}
+COMPLETE_MARKERS = {
+    "binary": conversion.MANIFEST_NAME,
+    "sorting": "sorting_summary.json",
+    "phy": "params.py",
+    "probe": pipeline.PROBE_MANIFEST,
+}
 
 
 class FinalNameWatcher(threading.Thread):
@@ -60,11 +65,19 @@ class FinalNameWatcher(threading.Thread):
         self.join()
 
 
-def start_worker(home: Path, store: Path, landing: Path, key: str, assets: list[str] | None = None, zero_copy: bool = True) -> subprocess.Popen:
+def start_worker(
+    home: Path, store: Path, landing: Path, key: str, assets: list[str] | None = None, zero_copy: bool = True
+) -> subprocess.Popen:
     config = {"store": str(store), "landing": str(landing), "key": key, "assets": assets, "zero_copy": zero_copy}
     env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO)}
     log = open(home / f"worker-{time.time_ns()}.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "ks_platform_tests.run_worker", json.dumps(config)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ks_platform_tests.run_worker", json.dumps(config)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.001) -> None:
@@ -101,7 +114,9 @@ def files_in(folder: Path) -> list[str]:
         return []
 
 
-def run_to_success(home: Path, store: Path, landing: Path, key: str, assets: list[str] | None = None, zero_copy: bool = True) -> None:
+def run_to_success(
+    home: Path, store: Path, landing: Path, key: str, assets: list[str] | None = None, zero_copy: bool = True
+) -> None:
     worker = start_worker(home, store, landing, key, assets, zero_copy)
     assert worker.wait(timeout=1500) == 0, sorted(home.glob("worker-*.log"))[-1].read_text()[-3000:]
 
@@ -109,7 +124,11 @@ def run_to_success(home: Path, store: Path, landing: Path, key: str, assets: lis
 def same_bytes(a: Path, b: Path, skip: tuple[str, ...] = ()) -> list[str]:
     """Names of files that differ between folders ``a`` and ``b`` (missing counts as different)."""
     names = {p.name for p in a.iterdir() if p.is_file()} | {p.name for p in b.iterdir() if p.is_file()}
-    return sorted(n for n in names - set(skip) if not ((a / n).is_file() and (b / n).is_file() and (a / n).read_bytes() == (b / n).read_bytes()))
+    return sorted(
+        n
+        for n in names - set(skip)
+        if not ((a / n).is_file() and (b / n).is_file() and (a / n).read_bytes() == (b / n).read_bytes())
+    )
 
 
 @pytest.fixture
@@ -130,12 +149,21 @@ def write_raw_int16_session(folder: Path, seconds: float, n_channels: int = 64, 
     n_samples = int(seconds * fs)
     with open(folder / "recording.bin", "wb") as handle:
         for start in range(0, n_samples, 300_000):
-            handle.write(rng.integers(-300, 300, size=(min(300_000, n_samples - start), n_channels), dtype=np.int16).tobytes())
+            handle.write(
+                rng.integers(-300, 300, size=(min(300_000, n_samples - start), n_channels), dtype=np.int16).tobytes()
+            )
     probe = np1_probe(n_channels)
     group = pi.ProbeGroup()
     group.add_probe(probe)
     pi.write_probeinterface(folder / "probe.json", group)
-    sidecar = {"sampling_frequency": fs, "n_channels": n_channels, "dtype": "int16", "probe_file": "probe.json", "recording_date": "2026-03-04", "uv_per_bit": 0.195}
+    sidecar = {
+        "sampling_frequency": fs,
+        "n_channels": n_channels,
+        "dtype": "int16",
+        "probe_file": "probe.json",
+        "recording_date": "2026-03-04",
+        "uv_per_bit": 0.195,
+    }
     (folder / "recording.json").write_text(json.dumps(sidecar))
     return folder
 
@@ -143,7 +171,9 @@ def write_raw_int16_session(folder: Path, seconds: float, n_channels: int = 64, 
 def test_kill_during_conversion_then_rematerialize_is_byte_identical(fault_env):
     home, store, landing = fault_env
     folder = write_raw_int16_session(landing / "long_raw", seconds=60)
-    key = SessionRef(ROOT_NAME, folder.name, __import__("datetime").date(2026, 3, 4), "recording").key  # the .bin's stem
+    key = SessionRef(
+        ROOT_NAME, folder.name, __import__("datetime").date(2026, 3, 4), "recording"
+    ).key  # the .bin's stem
     session = SessionStore(store.resolve(), key).dir
     run_to_success(home, store, landing, key, ["raw_recording"])
 
@@ -164,13 +194,17 @@ def test_kill_during_conversion_then_rematerialize_is_byte_identical(fault_env):
 
     run_to_success(home, store, landing, key, ["recording_binary"], zero_copy=False)
     assert leftovers(session) == [], "the next write of the step cleans up what the killed one left"
-    undisturbed = conversion.write_recording_binary(pipeline.open_recording(folder), store.parent / "undisturbed" / "binary", allow_zero_copy=False)
+    undisturbed = conversion.write_recording_binary(
+        pipeline.open_recording(folder), store.parent / "undisturbed" / "binary", allow_zero_copy=False
+    )
     assert (session / "binary" / conversion.BINARY_NAME).read_bytes() == undisturbed.path.read_bytes()
     assert conversion.load_recording_binary(session / "binary").checksum == undisturbed.checksum
 
 
 @pytest.mark.slow
-def test_kill_during_sorting_and_phy_export_then_rematerialize_is_byte_identical(fault_env, generated_session, sorted_workspace):
+def test_kill_during_sorting_and_phy_export_then_rematerialize_is_byte_identical(
+    fault_env, generated_session, sorted_workspace
+):
     home, store, landing = fault_env
     shutil.copytree(generated_session, landing / generated_session.name)
     key = SessionRef(ROOT_NAME, generated_session.name, TEST_SPEC.recording_date, "imec0").key
@@ -200,7 +234,14 @@ def test_kill_during_sorting_and_phy_export_then_rematerialize_is_byte_identical
     reference_ws, reference_key, _ = sorted_workspace
     reference = reference_ws.store(reference_key)
     # Kilosort's own params.py holds the absolute binary path and ops.npy/logs/lineage hold timings; the rest is equal.
-    varies = ("ops.npy", "kilosort4.log", "params.py", "lineage.json", "sorting_summary.json", "effective_settings.json")
+    varies = (
+        "ops.npy",
+        "kilosort4.log",
+        "params.py",
+        "lineage.json",
+        "sorting_summary.json",
+        "effective_settings.json",
+    )
     assert same_bytes(session / "sorting", reference.sorting_dir, skip=varies) == []
 
     # kill -9 during the Phy export, once it has written a first file into its staging folder: the previous Phy
@@ -264,7 +305,9 @@ def test_two_runs_of_one_session_take_turns(tmp_path):
         "    print('locked', flush=True)\n"
         "    time.sleep(3)\n"
     )
-    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
     assert holder.stdout.readline().strip() == "locked"
     said: list[str] = []
     started = time.monotonic()
@@ -281,7 +324,9 @@ def test_a_killed_lock_holder_never_blocks_the_session(tmp_path):
         "import time\nfrom pathlib import Path\nfrom ks_platform.core.store import SessionStore, session_lock\n"
         f"with session_lock(SessionStore(Path({str(store.root)!r}), {store.key!r})):\n    print('locked', flush=True)\n    time.sleep(600)\n"
     )
-    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
     assert holder.stdout.readline().strip() == "locked"
     holder.send_signal(signal.SIGKILL)
     holder.wait()

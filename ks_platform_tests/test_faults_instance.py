@@ -27,7 +27,14 @@ from ks_platform.core import conversion, pipeline
 from ks_platform.core.sessions import SessionRef
 from ks_platform.core.store import LOCK_FILE, SessionStore, session_lock
 from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
-from ks_platform_tests.conftest import ROOT_NAME, TEST_SPEC, leftovers, missing_dependency, wait_until, stop_process_group
+from ks_platform_tests.conftest import (
+    ROOT_NAME,
+    TEST_SPEC,
+    leftovers,
+    missing_dependency,
+    stop_process_group,
+    wait_until,
+)
 from ks_platform_tests.postgres_support import pg_ctl, postgres_bin_dir, postgres_server
 from ks_platform_tests.test_faults import COMPLETE_MARKERS, FinalNameWatcher, same_bytes, write_raw_int16_session
 
@@ -53,15 +60,25 @@ class Worker:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-            raise AssertionError(f"the run worker did not end within {timeout:.0f} s; its log:\n{self.output()[-3000:]}") from None
+            raise AssertionError(
+                f"the run worker did not end within {timeout:.0f} s; its log:\n{self.output()[-3000:]}"
+            ) from None
 
 
-def launch_worker(home: Path, store: Path, landing: Path, key: str, assets: list[str], name: str, zero_copy: bool = True) -> Worker:
+def launch_worker(
+    home: Path, store: Path, landing: Path, key: str, assets: list[str], name: str, zero_copy: bool = True
+) -> Worker:
     config = {"store": str(store), "landing": str(landing), "key": key, "assets": assets, "zero_copy": zero_copy}
     env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO)}
     log = home / f"worker-{name}.log"
     with open(log, "w") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "ks_platform_tests.run_worker", json.dumps(config)], env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ks_platform_tests.run_worker", json.dumps(config)],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     LAUNCHED.append(Worker(process, log))
     return LAUNCHED[-1]
 
@@ -126,8 +143,14 @@ RETRYING = "Retrying failed database connection"
 #: What Dagster writes to stderr when a log line of a step could not be stored (dagster/_core/instance/types.py).
 LOG_WRITE_FAILED = "Exception while writing logger call to event log"
 #: Kilosort's params.py holds the absolute binary path; ops.npy, the log and our records hold timings.
-SORTING_VARIES = ("ops.npy", "kilosort4.log", "params.py", "lineage.json", "sorting_summary.json",
-                  "effective_settings.json")
+SORTING_VARIES = (
+    "ops.npy",
+    "kilosort4.log",
+    "params.py",
+    "lineage.json",
+    "sorting_summary.json",
+    "effective_settings.json",
+)
 
 
 def connection_retry() -> tuple[int, float]:
@@ -164,8 +187,13 @@ def postgres_home(tmp_path: Path, monkeypatch) -> Iterator[tuple[Path, str]]:
         missing_dependency("PostgreSQL is not installed")
     with postgres_server("dagster_restart") as url:
         parsed = urlparse(url)
-        env = {"DAGSTER_PG_USERNAME": parsed.username, "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_HOST": parsed.hostname,
-               "DAGSTER_PG_DB": parsed.path[1:], "DAGSTER_PG_PORT": str(parsed.port)}
+        env = {
+            "DAGSTER_PG_USERNAME": parsed.username,
+            "DAGSTER_PG_PASSWORD": "",
+            "DAGSTER_PG_HOST": parsed.hostname,
+            "DAGSTER_PG_DB": parsed.path[1:],
+            "DAGSTER_PG_PORT": str(parsed.port),
+        }
         for name, value in env.items():
             monkeypatch.setenv(name, value)  # read by this process's instance and inherited by the run workers
         yield home_with(REPO / "deploy" / "dagster.postgres.yaml", tmp_path / "dagster_home"), url
@@ -180,8 +208,9 @@ def landed_session(tmp_path: Path, generated_session: Path) -> tuple[Path, Path,
 
 
 @pytest.mark.slow
-def test_postgres_down_a_few_seconds_mid_sort_is_retried_and_the_run_succeeds(tmp_path, monkeypatch, generated_session,
-                                                                               sorted_workspace):
+def test_postgres_down_a_few_seconds_mid_sort_is_retried_and_the_run_succeeds(
+    tmp_path, monkeypatch, generated_session, sorted_workspace
+):
     """The instance database stops (``pg_ctl stop -m fast``: every open connection is cut) while Kilosort runs
     and starts again as soon as the step's next write has been refused once: dagster-postgres opens a connection
     per write (NullPool) and retries a refused one for ~10 s, so the write lands and the run succeeds."""
@@ -198,8 +227,12 @@ def test_postgres_down_a_few_seconds_mid_sort_is_retried_and_the_run_succeeds(tm
         assert worker.process.poll() is None, f"the worker ended before the sort started:\n{worker.output()[-3000:]}"
         started, data_dir = postmaster_started(url)
         pg_ctl(data_dir, "stop")
-        wait_until(lambda: RETRYING in worker.output() or worker.process.poll() is not None, 600,
-                   "a write of the sorting step to be refused", poll=0.05)
+        wait_until(
+            lambda: RETRYING in worker.output() or worker.process.poll() is not None,
+            600,
+            "a write of the sorting step to be refused",
+            poll=0.05,
+        )
         refused = time.monotonic()
         assert sorting() and not (session / "sorting").exists(), "the refused write came from inside the sort"
         pg_ctl(data_dir, "start")
@@ -209,8 +242,10 @@ def test_postgres_down_a_few_seconds_mid_sort_is_retried_and_the_run_succeeds(tm
         assert worker.process.poll() is None, "the worker is still sorting after the outage"
         returncode = worker.finish(timeout=1800)
         output = worker.output()
-        print(f"postgres down mid-sort: back {back_after:.1f} s after the first refused connection "
-              f"(retry budget >= {shortest_budget:.1f} s); retries logged: {output.count(RETRYING)}")
+        print(
+            f"postgres down mid-sort: back {back_after:.1f} s after the first refused connection "
+            f"(retry budget >= {shortest_budget:.1f} s); retries logged: {output.count(RETRYING)}"
+        )
         assert returncode == 0, output[-3000:]
         assert "too many retries" not in output, "no write gave up"
 
@@ -227,7 +262,8 @@ def test_postgres_down_a_few_seconds_mid_sort_is_retried_and_the_run_succeeds(tm
 
 @pytest.mark.slow
 def test_postgres_down_past_retry_budget_fails_phy_export_then_rerun_succeeds(
-        tmp_path, monkeypatch, generated_session, sorted_workspace):
+    tmp_path, monkeypatch, generated_session, sorted_workspace
+):
     """The instance database stops while the Phy export waits for its session's lock and stays down until the
     step's write has used up dagster-postgres's retries twice (its log line, then Dagster's report of the failed
     log line): the step fails with the database error and the run is recorded FAILED once the database is back.
@@ -248,19 +284,29 @@ def test_postgres_down_past_retry_budget_fails_phy_export_then_rerun_succeeds(
 
         with session_lock(SessionStore(store.resolve(), key), poll_seconds=0.5):
             worker = launch_worker(home, store, landing, key, ["phy_bundle"], "phy")
-            wait_until(lambda: "is being written by" in worker.output() or worker.process.poll() is not None, 300,
-                       "the Phy export to wait for the session's lock")
+            wait_until(
+                lambda: "is being written by" in worker.output() or worker.process.poll() is not None,
+                300,
+                "the Phy export to wait for the session's lock",
+            )
             assert worker.process.poll() is None, worker.output()[-3000:]
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 [run] = [r for r in partition_runs(instance, key) if r.asset_selection == {dg.AssetKey("phy_bundle")}]
-                wait_until(lambda: any("is being written by" in m for m in run_messages(instance, run.run_id)), 60,
-                           "the wait's log line to be stored")  # so no write is under way when the server stops
+                wait_until(
+                    lambda: any("is being written by" in m for m in run_messages(instance, run.run_id)),
+                    60,
+                    "the wait's log line to be stored",
+                )  # so no write is under way when the server stops
             pg_ctl(data_dir, "stop")  # the step writes nothing more until it has the lock
         # The lock is released with the database down: the export runs, then its write is refused until Dagster
         # gives up twice (the log line, then the engine event reporting it) and raises in the step.
         retried_out = lambda: worker.output().count(RETRYING) >= 2 * attempts  # noqa: E731
-        gave_up = wait_until(lambda: retried_out() or worker.process.poll() is not None, 600,
-                             "the step's write to use up its retries twice", poll=0.05)
+        gave_up = wait_until(
+            lambda: retried_out() or worker.process.poll() is not None,
+            600,
+            "the step's write to use up its retries twice",
+            poll=0.05,
+        )
         output = worker.output()
         assert gave_up and worker.process.poll() is None, output[-3000:]
         assert output.count(RETRYING, 0, output.index(LOG_WRITE_FAILED)) == attempts, "first the log line gave up"
@@ -284,8 +330,11 @@ def test_postgres_down_past_retry_budget_fails_phy_export_then_rerun_succeeds(
 
             rerun = launch_worker(home, store, landing, key, ["phy_bundle"], "rerun")
             assert rerun.finish(timeout=600) == 0, rerun.output()[-3000:]
-            [again] = [r for r in partition_runs(instance, key) if r.asset_selection == {dg.AssetKey("phy_bundle")}
-                       and r.run_id != run.run_id]
+            [again] = [
+                r
+                for r in partition_runs(instance, key)
+                if r.asset_selection == {dg.AssetKey("phy_bundle")} and r.run_id != run.run_id
+            ]
             assert again.status == DagsterRunStatus.SUCCESS
             assert instance.get_latest_materialization_event(dg.AssetKey("phy_bundle")).run_id == again.run_id
 
@@ -307,7 +356,12 @@ def launch_through_graphql(request_context, key: str, assets: list[str]) -> str:
     from dagster_graphql.test.utils import execute_dagster_graphql
 
     params = {
-        "selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "jobName": "sort_session", "assetSelection": [{"path": [a]} for a in assets]},
+        "selector": {
+            "repositoryLocationName": LOCATION,
+            "repositoryName": "__repository__",
+            "jobName": "sort_session",
+            "assetSelection": [{"path": [a]} for a in assets],
+        },
         "runConfigData": {},
         "executionMetadata": {"tags": [{"key": PARTITION_TAG, "value": key}]},
     }
@@ -324,10 +378,32 @@ def queue_env(tmp_path, monkeypatch, generated_session):
     for name in ("queue_a", "queue_b"):
         shutil.copytree(generated_session, landing / name)
     home = home_with(REPO / "dagster.yaml", tmp_path / "dagster_home")
-    (tmp_path / "queue_defs.py").write_text("from ks_platform.definitions import build_definitions\n\ndefs = build_definitions(sensors=[])\n")
+    (tmp_path / "queue_defs.py").write_text(
+        "from ks_platform.definitions import build_definitions\n\ndefs = build_definitions(sensors=[])\n"
+    )
     workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(yaml.safe_dump({"load_from": [{"python_file": {"relative_path": "queue_defs.py", "location_name": LOCATION, "working_directory": str(tmp_path)}}]}))
-    env = {"DAGSTER_HOME": str(home), "KS_PLATFORM_STORE": str(store), "KS_PLATFORM_LANDING": f"{ROOT_NAME}={landing}", "KS_PLATFORM_BACKEND": "cpu", "PYTHONPATH": str(REPO)}
+    workspace.write_text(
+        yaml.safe_dump(
+            {
+                "load_from": [
+                    {
+                        "python_file": {
+                            "relative_path": "queue_defs.py",
+                            "location_name": LOCATION,
+                            "working_directory": str(tmp_path),
+                        }
+                    }
+                ]
+            }
+        )
+    )
+    env = {
+        "DAGSTER_HOME": str(home),
+        "KS_PLATFORM_STORE": str(store),
+        "KS_PLATFORM_LANDING": f"{ROOT_NAME}={landing}",
+        "KS_PLATFORM_BACKEND": "cpu",
+        "PYTHONPATH": str(REPO),
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)  # the code servers and run processes inherit these
     return home, store, workspace
@@ -338,7 +414,12 @@ def running_daemon(home: Path, workspace: Path) -> Iterator[Path]:
     """``dagster-daemon run`` as its own process group (killed at the end); yields its log file."""
     log = home / "daemon.log"
     with open(log, "w") as handle:
-        daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)], stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         yield log
     finally:
@@ -363,22 +444,42 @@ def test_two_queued_runs_of_one_session_never_overlap_while_another_session_runs
                 first_a = launch_through_graphql(request, key_a, assets)
                 second_a = launch_through_graphql(request, key_a, assets)
                 other_b = launch_through_graphql(request, key_b, assets)
-            wait_until(lambda: status(first_a) == DagsterRunStatus.STARTED, 300, f"the daemon to start run {first_a}\n{daemon_log}")
+            wait_until(
+                lambda: status(first_a) == DagsterRunStatus.STARTED,
+                300,
+                f"the daemon to start run {first_a}\n{daemon_log}",
+            )
             wait_until(lambda: status(other_b) in TERMINAL, 300, "the other session's run (dequeued beside A's)")
             assert status(other_b) == DagsterRunStatus.SUCCESS
-            waiting = wait_until(lambda: [m for m in run_messages(instance, first_a) if "is being written by" in m], 120, "A's step to log its wait")
+            waiting = wait_until(
+                lambda: [m for m in run_messages(instance, first_a) if "is being written by" in m],
+                120,
+                "A's step to log its wait",
+            )
             assert f"session {key_a} is being written by pid {os.getpid()}" in waiting[0] and "waiting" in waiting[0]
             # Three more dequeue rounds (5 s apart) while A's first run is STARTED: its twin stays queued.
             for _ in range(16):
                 assert status(first_a) == DagsterRunStatus.STARTED
-                assert status(second_a) == DagsterRunStatus.QUEUED, "a second run of the same session was dequeued while the first ran"
+                assert status(second_a) == DagsterRunStatus.QUEUED, (
+                    "a second run of the same session was dequeued while the first ran"
+                )
                 time.sleep(1)
-        wait_until(lambda: status(first_a) in TERMINAL and status(second_a) in TERMINAL, 300, "both runs of session A to finish once the lock is released")
+        wait_until(
+            lambda: status(first_a) in TERMINAL and status(second_a) in TERMINAL,
+            300,
+            "both runs of session A to finish once the lock is released",
+        )
         records = {run_id: instance.get_run_record_by_id(run_id) for run_id in (first_a, second_a, other_b)}
-    assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in records.values()), {k: r.dagster_run.status for k, r in records.items()}
-    assert records[second_a].start_time >= records[first_a].end_time, "A's second run started only after its first one ended"
+    assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in records.values()), {
+        k: r.dagster_run.status for k, r in records.items()
+    }
+    assert records[second_a].start_time >= records[first_a].end_time, (
+        "A's second run started only after its first one ended"
+    )
     b_record = records[other_b]
-    assert records[first_a].start_time <= b_record.start_time and b_record.end_time <= records[first_a].end_time, "B ran while A's first run was in progress"
+    assert records[first_a].start_time <= b_record.start_time and b_record.end_time <= records[first_a].end_time, (
+        "B ran while A's first run was in progress"
+    )
     for key in (key_a, key_b):
         assert_outputs_complete(SessionStore(store.resolve(), key).dir, ["probe"])
 
@@ -398,16 +499,27 @@ def test_two_run_workers_of_one_session_take_turns_and_leave_one_whole_binary(tm
 
     watcher = FinalNameWatcher(session)
     watcher.start()
-    workers = [launch_worker(home, store, landing, key, ["recording_binary"], f"twin{i}", zero_copy=False) for i in range(2)]
+    workers = [
+        launch_worker(home, store, landing, key, ["recording_binary"], f"twin{i}", zero_copy=False) for i in range(2)
+    ]
     # Whichever worker takes the lock first is frozen mid-conversion (a slow disk, a slow source) until the other
     # has reached the step and said that it waits: the conversion here takes ~1 s, shorter than the start skew.
-    wait_until(lambda: any((p / conversion.BINARY_NAME).exists() for p in session.glob(".binary.tmp-*")), 600, "a conversion to start", poll=0.001)
+    wait_until(
+        lambda: any((p / conversion.BINARY_NAME).exists() for p in session.glob(".binary.tmp-*")),
+        600,
+        "a conversion to start",
+        poll=0.001,
+    )
     holder_pid = int((session / LOCK_FILE).read_text().split()[1])
     [holder] = [w for w in workers if w.process.pid == holder_pid]
     [waiter] = [w for w in workers if w is not holder]
     os.kill(holder_pid, signal.SIGSTOP)
     try:
-        wait_until(lambda: "is being written by" in waiter.output() or waiter.process.poll() is not None, 600, "the second worker to wait for the lock")
+        wait_until(
+            lambda: "is being written by" in waiter.output() or waiter.process.poll() is not None,
+            600,
+            "the second worker to wait for the lock",
+        )
         assert not (session / "binary").exists(), "the waiting worker did not write while the holder converts"
     finally:
         os.kill(holder_pid, signal.SIGCONT)
@@ -422,10 +534,14 @@ def test_two_run_workers_of_one_session_take_turns_and_leave_one_whole_binary(tm
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = [r for r in partition_runs(instance, key) if r.asset_selection == {dg.AssetKey("recording_binary")}]
         assert len(runs) == 2 and all(r.status == DagsterRunStatus.SUCCESS for r in runs)
-        in_event_log = [r.run_id for r in runs if any("is being written by" in m for m in run_messages(instance, r.run_id))]
+        in_event_log = [
+            r.run_id for r in runs if any("is being written by" in m for m in run_messages(instance, r.run_id))
+        ]
         assert len(in_event_log) == 1, "the wait is in the waiting run's event log (what the UI shows)"
 
     assert_outputs_complete(session, ["binary"])
-    undisturbed = conversion.write_recording_binary(pipeline.open_recording(folder), tmp_path / "undisturbed" / "binary", allow_zero_copy=False)
+    undisturbed = conversion.write_recording_binary(
+        pipeline.open_recording(folder), tmp_path / "undisturbed" / "binary", allow_zero_copy=False
+    )
     assert (session / "binary" / conversion.BINARY_NAME).read_bytes() == undisturbed.path.read_bytes()
     assert conversion.load_recording_binary(session / "binary").checksum == undisturbed.checksum

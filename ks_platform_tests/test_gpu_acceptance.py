@@ -28,7 +28,17 @@ def _names(path: Path) -> set[str]:
 def cpu_acceptance(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path_factory.mktemp("acceptance")
     env = {**os.environ, "PYTHON": sys.executable}
-    command = ["bash", str(REPO / "bench" / "gpu_acceptance.sh"), "run", "--mode", "cpu", "--out", str(out), "--bundle", str(out / "none")]
+    command = [
+        "bash",
+        str(REPO / "bench" / "gpu_acceptance.sh"),
+        "run",
+        "--mode",
+        "cpu",
+        "--out",
+        str(out),
+        "--bundle",
+        str(out / "none"),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
     report_path = out / "acceptance.json"
     assert report_path.is_file(), done.stdout[-3000:] + done.stderr[-3000:]

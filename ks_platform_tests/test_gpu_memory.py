@@ -3,7 +3,14 @@ plan, then the free-memory rule (on GPUs only). BackendInfo values are what dete
 
 from __future__ import annotations
 
-from ks_platform.core.hardware import DEFAULT_BATCH_SIZE, MIN_BATCH_SIZE, BackendInfo, detect_backend, plan_memory, recommended_batch_size
+from ks_platform.core.hardware import (
+    DEFAULT_BATCH_SIZE,
+    MIN_BATCH_SIZE,
+    BackendInfo,
+    detect_backend,
+    plan_memory,
+    recommended_batch_size,
+)
 from ks_platform.core.settings import effective_settings
 from ks_platform.core.sorting import PLANNED_BATCH_SIZE_ENV, memory_plan_for
 
@@ -12,7 +19,9 @@ GIB = 1024**3
 
 def laptop_rocm(free_bytes: int = 1 * GIB) -> BackendInfo:
     """An AMD laptop GPU with 1 GiB free, as detect_backend('rocm') reports it."""
-    return BackendInfo("rocm", "cuda:0", "AMD Radeon 680M", 2 * GIB, free_bytes, "2.5.1+rocm6.2", None, "6.2.41133", gfx_arch="gfx1035")
+    return BackendInfo(
+        "rocm", "cuda:0", "AMD Radeon 680M", 2 * GIB, free_bytes, "2.5.1+rocm6.2", None, "6.2.41133", gfx_arch="gfx1035"
+    )
 
 
 def test_free_memory_rule_on_a_small_gpu_cuts_batch_and_clears_cache():
@@ -60,7 +69,10 @@ def test_rocm_hint_suggests_the_family_target_torch_was_built_for():
     assert "HSA_OVERRIDE_GFX_VERSION=10.3.0" in hint and "gfx1030" in hint
     assert "HSA_OVERRIDE_GFX_VERSION=11.0.0" in gfx_override_hint("gfx1103:xnack-", rocm6_wheel)  # Radeon 780M
     assert "HSA_OVERRIDE_GFX_VERSION=9.0.0" in gfx_override_hint("gfx90c", rocm6_wheel)  # Vega APU → gfx900
-    assert gfx_override_hint("gfx1030", rocm6_wheel) is None and gfx_override_hint("gfx90a:sramecc+:xnack-", rocm6_wheel) is None
+    assert (
+        gfx_override_hint("gfx1030", rocm6_wheel) is None
+        and gfx_override_hint("gfx90a:sramecc+:xnack-", rocm6_wheel) is None
+    )
     assert gfx_override_hint(None, rocm6_wheel) is None
     wrong = gfx_override_hint("gfx1035", rocm6_wheel, current_override="11.0.0")
     assert "is set but does not name one of them" in wrong and "10.3.0" in wrong

@@ -47,13 +47,17 @@ def test_every_dockerfile_passes_hadolint():
     hadolint = Path(sys.executable).parent / "hadolint"
     dockerfiles = sorted((REPO / "docker").glob("**/Dockerfile*"))
     assert DOCKERFILE in dockerfiles
-    done = subprocess.run([str(hadolint), "--failure-threshold", "info", *map(str, dockerfiles)], capture_output=True, text=True)
+    done = subprocess.run(
+        [str(hadolint), "--failure-threshold", "info", *map(str, dockerfiles)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("backend", sorted(BACKEND_BASES))
 def test_each_backend_builds_from_a_pinned_real_base_as_non_root_with_the_cli_entry_point(backend):
-    parser = DockerfileParser(path=str(DOCKERFILE), build_args={"BASE_IMAGE": BACKEND_BASES[backend], "BACKEND": backend})
+    parser = DockerfileParser(
+        path=str(DOCKERFILE), build_args={"BASE_IMAGE": BACKEND_BASES[backend], "BACKEND": backend}
+    )
     # stages: runtime FROM the backend's base, build FROM runtime, final FROM runtime
     assert parser.parent_images == [BACKEND_BASES[backend], "runtime", "runtime"]
     assert ":latest" not in BACKEND_BASES[backend] and ":" in BACKEND_BASES[backend]
@@ -64,7 +68,9 @@ def test_each_backend_builds_from_a_pinned_real_base_as_non_root_with_the_cli_en
     assert ("ENTRYPOINT", '["ks-platform"]') in final
     assert any(op == "HEALTHCHECK" for op, _ in final)
     runs = " ".join(value for op, value in instructions if op == "RUN")
-    assert "pip\" install --no-cache-dir -r /tmp/requirements.lock" in runs, "dependencies come from the pinned lock file"
+    assert 'pip" install --no-cache-dir -r /tmp/requirements.lock' in runs, (
+        "dependencies come from the pinned lock file"
+    )
     # build inputs (wheels, CA, lock) stay in the build stage; the final stage copies only the virtualenv
     assert not [value for op, value in final if op == "COPY" and ("wheels" in value or "build-ca" in value)]
     assert ("COPY", "--from=build /opt/ks-platform /opt/ks-platform") in final
@@ -102,7 +108,17 @@ def test_cpu_image_works_offline_as_non_root(cpu_image):
     doctor = _docker("run", "--rm", "--network", "none", cpu_image, "doctor", "--backend", "cpu")
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "healthy" in doctor.stdout
-    versions = _docker("run", "--rm", "--network", "none", "--entrypoint", "python", cpu_image, "-c", "import kilosort, torch, spikeinterface, dagster; print(kilosort.__version__, torch.__version__, spikeinterface.__version__, dagster.__version__)")
+    versions = _docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "python",
+        cpu_image,
+        "-c",
+        "import kilosort, torch, spikeinterface, dagster; print(kilosort.__version__, torch.__version__, spikeinterface.__version__, dagster.__version__)",
+    )
     assert versions.returncode == 0 and versions.stdout.split() == ["4.1.7", "2.13.0+cpu", "0.105.3", "1.13.27"]
 
 
@@ -110,7 +126,9 @@ def test_cpu_image_holds_exactly_the_pinned_versions_and_no_build_inputs(cpu_ima
     listing = _docker("run", "--rm", "--network", "none", "--entrypoint", "pip", cpu_image, "list", "--format", "json")
     assert listing.returncode == 0, listing.stderr
     installed = {_normalise(p["name"]): p["version"] for p in json.loads(listing.stdout)}
-    wrong = {name: (version, installed.get(name)) for name, version in _lock_pins().items() if installed.get(name) != version}
+    wrong = {
+        name: (version, installed.get(name)) for name, version in _lock_pins().items() if installed.get(name) != version
+    }
     assert not wrong, f"image differs from docker/requirements.lock (pinned, installed): {wrong}"
     assert installed["torch"] == "2.13.0+cpu" and installed["ks-platform"] == "0.1.0"
     # dependency closure is complete: pip finds no missing or conflicting requirement inside the image
@@ -167,7 +185,22 @@ def test_sort_command_on_a_bare_binary_equals_the_asset_sorting(sorted_workspace
     binary = next(generated_session.glob("*.ap.bin"))
     n_channels, fs = _spikeglx_numbers(binary.with_suffix(".meta"))
     out = tmp_path / "out"
-    code = main(["sort", str(binary), "--n-channels", str(n_channels), "--fs", str(fs), "--probe", str(store.probe_dir / "probe.json"), "--out", str(out), "--backend", "cpu"])
+    code = main(
+        [
+            "sort",
+            str(binary),
+            "--n-channels",
+            str(n_channels),
+            "--fs",
+            str(fs),
+            "--probe",
+            str(store.probe_dir / "probe.json"),
+            "--out",
+            str(out),
+            "--backend",
+            "cpu",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "binary: zero-copy reference" in printed and f"Phy folder: {out / 'phy'}" in printed
@@ -181,9 +214,13 @@ def test_sort_command_on_a_bare_binary_equals_the_asset_sorting(sorted_workspace
     for name in ("sorting_summary.json", "effective_settings.json", "lineage.json"):
         ours, theirs = (json.loads((folder / name).read_text()) for folder in (out / "sorting", reference))
         assert set(ours) == set(theirs) - dagster_context.get(name, set()), name
-    assert json.loads((out / "sorting" / "effective_settings.json").read_text()) == json.loads((reference / "effective_settings.json").read_text())
+    assert json.loads((out / "sorting" / "effective_settings.json").read_text()) == json.loads(
+        (reference / "effective_settings.json").read_text()
+    )
     lineage = json.loads((out / "sorting" / "lineage.json").read_text())
-    assert "KS_PLATFORM_IMAGE" not in os.environ and lineage["image"] is None and lineage["image_digest"] is None  # not in a container
+    assert (
+        "KS_PLATFORM_IMAGE" not in os.environ and lineage["image"] is None and lineage["image_digest"] is None
+    )  # not in a container
     assert (out / "phy" / "params.py").is_file() and (out / "phy" / "spike_times.npy").is_file()
 
 

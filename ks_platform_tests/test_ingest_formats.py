@@ -21,7 +21,14 @@ WRITERS = {
 @pytest.mark.parametrize("fmt", sorted(WRITERS))
 def test_format_through_ingest_steps(fmt, tmp_path):
     traces = synthetic.traces(n_samples=45_000)
-    folder = WRITERS[fmt](tmp_path / "landing" / f"{fmt}_session", traces, synthetic.FS, synthetic.positions(), synthetic.DATE, shank_ids=synthetic.shank_ids())
+    folder = WRITERS[fmt](
+        tmp_path / "landing" / f"{fmt}_session",
+        traces,
+        synthetic.FS,
+        synthetic.positions(),
+        synthetic.DATE,
+        shank_ids=synthetic.shank_ids(),
+    )
     store = SessionStore(tmp_path / "store", f"{synthetic.DATE}__rig1__{fmt}_session__probe")
     observed = pipeline.observe_raw_recording(folder, store)
     assert observed.metadata["format"] == fmt and observed.metadata["recording_date"] == synthetic.DATE.isoformat()

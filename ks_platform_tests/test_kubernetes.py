@@ -35,17 +35,34 @@ def _location_context() -> K8sContainerContext:
     the chart puts the location's env in a ConfigMap and its volumes and mounts in the container context."""
     values = yaml.safe_load((REPO / "deploy" / "helm" / "values.yaml").read_text())
     [location] = values["dagster-user-deployments"]["deployments"]
-    return K8sContainerContext(env_config_maps=["ks-platform-user-env"], volumes=location["volumes"], volume_mounts=location["volumeMounts"])
+    return K8sContainerContext(
+        env_config_maps=["ks-platform-user-env"], volumes=location["volumes"], volume_mounts=location["volumeMounts"]
+    )
 
 
 def _step_job(executor_config: dict, op: str) -> dict:
     """The Job dagster-k8s's step handler submits for ``op``: the location's context, then the executor's defaults,
     then the op's own config (the order of ``K8sStepHandler._get_container_context``)."""
-    defaults = K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(executor_config["step_k8s_config"]))
-    override = K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(executor_config["per_step_k8s_config"].get(op, {})))
+    defaults = K8sContainerContext(
+        run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(executor_config["step_k8s_config"])
+    )
+    override = K8sContainerContext(
+        run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(executor_config["per_step_k8s_config"].get(op, {}))
+    )
     merged = _location_context().merge(defaults).merge(override).run_k8s_config
-    job_config = DagsterK8sJobConfig(job_image="registry.lab/ks-platform:cpu", dagster_home="/opt/dagster/dagster_home", instance_config_map="dagster-instance")
-    job = construct_dagster_k8s_job(job_config, ["dagster", "api", "execute_step"], f"dagster-step-{op.replace('_', '-')}", merged, component="step_worker", env_vars=[{"name": "DAGSTER_RUN_STEP_KEY", "value": op}])
+    job_config = DagsterK8sJobConfig(
+        job_image="registry.lab/ks-platform:cpu",
+        dagster_home="/opt/dagster/dagster_home",
+        instance_config_map="dagster-instance",
+    )
+    job = construct_dagster_k8s_job(
+        job_config,
+        ["dagster", "api", "execute_step"],
+        f"dagster-step-{op.replace('_', '-')}",
+        merged,
+        component="step_worker",
+        env_vars=[{"name": "DAGSTER_RUN_STEP_KEY", "value": op}],
+    )
     return kubernetes.client.ApiClient().sanitize_for_serialization(job)
 
 
@@ -121,7 +138,23 @@ def test_helm_values_are_generated_from_the_one_storage_declaration():
     [location] = shipped["dagster-user-deployments"]["deployments"]
     claims = {v["persistentVolumeClaim"]["claimName"] for v in location["volumes"] if "persistentVolumeClaim" in v}
     assert claims == {"ephys-store", "ephys-landing-rig1"}
-    for volume in location["volumes"]:  # each volume is a valid core/v1 Volume
-        kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "image": "i", "volumeMounts": location["volumeMounts"]}], "volumes": location["volumes"]}}, K8S_VERSION, strict=True)
-    done = subprocess.run([sys.executable, "-m", "ks_platform.execution.kubernetes", str(EXAMPLE.relative_to(REPO))], cwd=REPO, capture_output=True, text=True)
+    kubernetes_validate.validate(  # the volumes and mounts are valid core/v1 objects of one Pod
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "x"},
+            "spec": {
+                "containers": [{"name": "c", "image": "i", "volumeMounts": location["volumeMounts"]}],
+                "volumes": location["volumes"],
+            },
+        },
+        K8S_VERSION,
+        strict=True,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "ks_platform.execution.kubernetes", str(EXAMPLE.relative_to(REPO))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0 and yaml.safe_load(done.stdout) == shipped, done.stderr

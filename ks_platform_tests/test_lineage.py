@@ -24,11 +24,18 @@ def test_sorted_units_and_phy_bundle_materializations_carry_lineage(sorted_works
         missing = [k for k in LINEAGE_KEYS if k not in meta]
         assert not missing, (asset, missing)
         assert _value(meta["git_commit"]) == git_commit() and len(git_commit() or "") == 40
-        assert _value(meta["kilosort_version"]) == lineage["versions"]["kilosort"] and _value(meta["kilosort_version"]).startswith("4.")
-        assert _value(meta["numpy_version"]) == lineage["versions"]["numpy"] and _value(meta["torch_version"]).startswith("2.")
+        assert _value(meta["kilosort_version"]) == lineage["versions"]["kilosort"] and _value(
+            meta["kilosort_version"]
+        ).startswith("4.")
+        assert _value(meta["numpy_version"]) == lineage["versions"]["numpy"] and _value(
+            meta["torch_version"]
+        ).startswith("2.")
         assert _value(meta["backend"]) == "cpu" and _value(meta["device"]).startswith("cpu: ")
         assert _value(meta["input_checksum"]) == binary["checksum"]
-        assert _value(meta["params_hash"]) == read_json(ws.store(key).sorting_dir / "effective_settings.json")["params_hash"]
+        assert (
+            _value(meta["params_hash"])
+            == read_json(ws.store(key).sorting_dir / "effective_settings.json")["params_hash"]
+        )
         assert _value(meta["seeds"]) == {"numpy": 1, "torch": 1, "torch_cuda": 1, "cluster_init_seed": 5}
         stages = {row.data["stage"]: row.data["seconds"] for row in meta["stage_seconds"].records}
         assert {"preproc", "drift", "clu", "postproc"} <= set(stages) and all(s >= 0 for s in stages.values())
@@ -55,7 +62,25 @@ def test_lineage_metadata_is_what_the_ui_renders():
     """Metadata values are Dagster types the UI renders (tables for stages and attempts)."""
     from ks_platform.defs.lineage_metadata import lineage_metadata
 
-    meta = lineage_metadata({"versions": {}, "backend": {"backend": "rocm", "device_name": "AMD Radeon 680M", "hip_version": "6.2", "driver_version": "amdgpu 6.8"},
-                             "stage_seconds": {"preproc": 1.5}, "attempts": [{"batch_size": 60000, "clear_cache": False, "outcome": "out of memory: …", "seconds": 2.0}, {"batch_size": 30000, "clear_cache": True, "outcome": "ok", "seconds": 9.0}]})
+    meta = lineage_metadata(
+        {
+            "versions": {},
+            "backend": {
+                "backend": "rocm",
+                "device_name": "AMD Radeon 680M",
+                "hip_version": "6.2",
+                "driver_version": "amdgpu 6.8",
+            },
+            "stage_seconds": {"preproc": 1.5},
+            "attempts": [
+                {"batch_size": 60000, "clear_cache": False, "outcome": "out of memory: …", "seconds": 2.0},
+                {"batch_size": 30000, "clear_cache": True, "outcome": "ok", "seconds": 9.0},
+            ],
+        }
+    )
     assert isinstance(meta["stage_seconds"], dg.TableMetadataValue) and len(meta["attempts"].records) == 2
-    assert meta["device"] == "rocm: AMD Radeon 680M" and _value(meta["gpu_driver"]) == "amdgpu 6.8" and _value(meta["hip_version"]) == "6.2"
+    assert (
+        meta["device"] == "rocm: AMD Radeon 680M"
+        and _value(meta["gpu_driver"]) == "amdgpu 6.8"
+        and _value(meta["hip_version"]) == "6.2"
+    )

@@ -17,7 +17,18 @@ from pathlib import Path
 import pytest
 
 from ks_platform_tests.live_support import (
-    ADD_PARTITION, BACKFILL, CANCEL_BACKFILL, LOCATION, REPO, REPOSITORY_SELECTOR, RUN, RUNS, TERMINATE, dagster_dev, tags_of, wait_for,
+    ADD_PARTITION,
+    BACKFILL,
+    CANCEL_BACKFILL,
+    LOCATION,
+    REPO,
+    REPOSITORY_SELECTOR,
+    RUN,
+    RUNS,
+    TERMINATE,
+    dagster_dev,
+    tags_of,
+    wait_for,
 )
 
 ARTIFACTS = REPO / "test-artifacts" / "live_dagster"
@@ -44,15 +55,33 @@ def test_sensor_sorts_a_dropped_session_and_backfill_targets_its_date(live_dagst
     (landing / generated_session.name / ".ready").touch()
 
     # Start the sensor the way a user does (the UI's toggle is this mutation); it is stopped by default.
-    started = graphql(START_SENSOR, selector={"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "sensorName": "new_session_sensor"})
-    assert started["startSensor"]["__typename"] == "Sensor" and started["startSensor"]["sensorState"]["status"] == "RUNNING", started
+    started = graphql(
+        START_SENSOR,
+        selector={
+            "repositoryLocationName": LOCATION,
+            "repositoryName": "__repository__",
+            "sensorName": "new_session_sensor",
+        },
+    )
+    assert (
+        started["startSensor"]["__typename"] == "Sensor"
+        and started["startSensor"]["sensorState"]["status"] == "RUNNING"
+    ), started
 
     sensor_tags = [{"key": "dagster/sensor_name", "value": "new_session_sensor"}]
-    [run] = wait_for("the sensor to launch a run", lambda: graphql(RUNS, tags=sensor_tags)["runsOrError"]["results"], 180)
+    [run] = wait_for(
+        "the sensor to launch a run", lambda: graphql(RUNS, tags=sensor_tags)["runsOrError"]["results"], 180
+    )
     assert tags_of(run)["dagster/partition"] == key and run["jobName"] == "sort_session"
     assert tags_of(run)["dagster/run_key"].startswith(f"{key}:")
 
-    status = wait_for("the sort run to finish", lambda: (s := graphql(RUN, runId=run["runId"])["runOrError"]["status"]) in ("SUCCESS", "FAILURE", "CANCELED") and s, SORT_TIMEOUT_S, every_s=10)
+    status = wait_for(
+        "the sort run to finish",
+        lambda: (s := graphql(RUN, runId=run["runId"])["runOrError"]["status"]) in ("SUCCESS", "FAILURE", "CANCELED")
+        and s,
+        SORT_TIMEOUT_S,
+        every_s=10,
+    )
     assert status == "SUCCESS"
     assert (Path(env["KS_PLATFORM_STORE"]) / "sessions" / key / "phy" / "params.py").is_file()
     # The sensor does not sort it twice (later ticks see the same run key).
@@ -60,30 +89,59 @@ def test_sensor_sorts_a_dropped_session_and_backfill_targets_its_date(live_dagst
 
     # The rollup sensor (running by default) refreshes that day's rollup after the sort.
     rollup_runs = wait_for(
-        "the daily rollup run", lambda: [r for r in graphql(RUNS, tags=[{"key": "dagster/partition", "value": date}])["runsOrError"]["results"] if r["status"] == "SUCCESS"], 180
+        "the daily rollup run",
+        lambda: [
+            r
+            for r in graphql(RUNS, tags=[{"key": "dagster/partition", "value": date}])["runsOrError"]["results"]
+            if r["status"] == "SUCCESS"
+        ],
+        180,
     )
     assert rollup_runs[0]["jobName"] == "daily_rollup_job"
     rollup = json.loads((Path(env["KS_PLATFORM_STORE"]) / "rollups" / date / "rollup.json").read_text())
     assert rollup["n_sessions"] == 1 and rollup["n_sorted"] == 1 and rollup["n_units"] > 0
 
     # Another registered session on another date must not be in a backfill of this date.
-    added = graphql(ADD_PARTITION, selector=REPOSITORY_SELECTOR, name="ks_platform_sessions", key="2026-03-20__rig1__elsewhere_g0__imec0")
+    added = graphql(
+        ADD_PARTITION,
+        selector=REPOSITORY_SELECTOR,
+        name="ks_platform_sessions",
+        key="2026-03-20__rig1__elsewhere_g0__imec0",
+    )
     assert added["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", added
 
-    cli = subprocess.run([str(Path(sys.executable).with_name("ks-platform")), "backfill", "--start", date, "--end", date], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    cli = subprocess.run(
+        [str(Path(sys.executable).with_name("ks-platform")), "backfill", "--start", date, "--end", date],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.stderr
     backfill_id = cli.stdout.split("launched backfill ")[1].split()[0]
     backfill = graphql(BACKFILL, id=backfill_id)["partitionBackfillOrError"]
     assert backfill["__typename"] == "PartitionBackfill" and backfill["isAssetBackfill"], backfill
     assert backfill["partitionNames"] == [key]
-    assert sorted("/".join(a["path"]) for a in backfill["assetSelection"]) == ["phy_bundle", "probe_map", "raw_recording", "recording_binary", "sorted_units", "unit_metrics"]
+    assert sorted("/".join(a["path"]) for a in backfill["assetSelection"]) == [
+        "phy_bundle",
+        "probe_map",
+        "raw_recording",
+        "recording_binary",
+        "sorted_units",
+        "unit_metrics",
+    ]
 
     # The daemon launches the backfill's run(s), all for that one session; then we stop it (a second sort proves nothing more).
     backfill_tags = [{"key": "dagster/backfill", "value": backfill_id}]
-    launched = wait_for("the backfill's first run", lambda: graphql(RUNS, tags=backfill_tags)["runsOrError"]["results"], 180)
+    launched = wait_for(
+        "the backfill's first run", lambda: graphql(RUNS, tags=backfill_tags)["runsOrError"]["results"], 180
+    )
     assert {tags_of(r)["dagster/partition"] for r in launched} == {key}
     graphql(CANCEL_BACKFILL, id=backfill_id)
     for r in graphql(RUNS, tags=backfill_tags)["runsOrError"]["results"]:
         if r["status"] not in ("SUCCESS", "FAILURE", "CANCELED"):
             graphql(TERMINATE, runId=r["runId"])
-    assert {tags_of(r)["dagster/partition"] for r in graphql(RUNS, tags=backfill_tags)["runsOrError"]["results"]} == {key}
+    assert {tags_of(r)["dagster/partition"] for r in graphql(RUNS, tags=backfill_tags)["runsOrError"]["results"]} == {
+        key
+    }

@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from ks_platform.core.discovery import discover
-from ks_platform.core.formats.writers import OpenEphysProbe, openephys_channels, openephys_stream_entry, write_openephys_node, write_plexon_session
+from ks_platform.core.formats.writers import (
+    OpenEphysProbe,
+    openephys_channels,
+    openephys_stream_entry,
+    write_openephys_node,
+    write_plexon_session,
+)
 from ks_platform.core.sessions import key_name
 from ks_platform.core.synthetic import GlxProbe, np1_probe, write_spikeglx_run
 from ks_platform.defs import sensors
@@ -24,15 +30,29 @@ UNSAFE_FOLDER = "Mouse 9 (ünï) day 2"
 
 def _landing(landing: Path) -> dict[str, list[str]]:
     """Write every layout under ``landing``; return ``<date>__<root>__<folder>`` → expected probe key names."""
-    write_spikeglx_run(landing / "glx_two_probes", (GlxProbe("imec0"), GlxProbe("imec1", NP2_SUBSET, np2=True)), gates=(0, 1), triggers=(0, 1), other_streams=True)
+    write_spikeglx_run(
+        landing / "glx_two_probes",
+        (GlxProbe("imec0"), GlxProbe("imec1", NP2_SUBSET, np2=True)),
+        gates=(0, 1),
+        triggers=(0, 1),
+        other_streams=True,
+    )
     write_spikeglx_run(landing / "glx_catgt", (GlxProbe("imec0"), GlxProbe("imec1")), catgt=True)
     write_spikeglx_run(landing / "glx_split", (GlxProbe("imec0"),), gates=(0, 1))
     (landing / "glx_split" / "ks_session.json").write_text(json.dumps({"probes": {"imec0": {"split_segments": True}}}))
     write_spikeglx_run(landing / UNSAFE_FOLDER, (GlxProbe("imec0"),))
     noise = np.random.default_rng(0).integers(-200, 200, (600, 32), dtype=np.int16)
-    nidaq = openephys_stream_entry("NI-DAQmx", 102, "PXIe-6341", 30000.0, openephys_channels([f"AI{i}" for i in range(8)], 0.000305, "V"))
+    nidaq = openephys_stream_entry(
+        "NI-DAQmx", 102, "PXIe-6341", 30000.0, openephys_channels([f"AI{i}" for i in range(8)], 0.000305, "V")
+    )
     positions = np1_probe(32).contact_positions
-    write_openephys_node(landing / "oe_node", [OpenEphysProbe("ProbeA", noise, positions), OpenEphysProbe("ProbeB", noise, positions + [0, 400])], 30000.0, DAY, extra_streams=[nidaq])
+    write_openephys_node(
+        landing / "oe_node",
+        [OpenEphysProbe("ProbeA", noise, positions), OpenEphysProbe("ProbeB", noise, positions + [0, 400])],
+        30000.0,
+        DAY,
+        extra_streams=[nidaq],
+    )
     ap = _noise(seed=1)
     rel = _linear_positions()
     nwb_series = [
@@ -63,17 +83,26 @@ def test_the_sensor_registers_exactly_one_partition_per_probe_of_every_layout(tm
     landing = tmp_path / "landing"
     expected = _landing(landing)
     keys = sorted(f"{session}__{probe}" for session, probes in expected.items() for probe in probes)
-    result = tick(sensors.build_new_session_sensor(settle_seconds=0, marker_name="", max_sessions_per_tick=None), dagster_instance, platform_for(landing, tmp_path))
+    result = tick(
+        sensors.build_new_session_sensor(settle_seconds=0, marker_name="", max_sessions_per_tick=None),
+        dagster_instance,
+        platform_for(landing, tmp_path),
+    )
     assert sorted(r.partition_key for r in result.run_requests) == keys
     [added] = result.dynamic_partitions_requests
     assert sorted(added.partition_keys) == keys
     by_key = {event.partition: event.metadata for event in result.asset_events}
     two = by_key[f"{DAY}__{ROOT}__glx_two_probes__imec1"]
     assert two["session_probes"].value == ["imec0", "imec1"]
-    assert any("nidq" in s for s in two["skipped_streams"].value) and any(".lf.bin" in s for s in two["skipped_streams"].value)
+    assert any("nidq" in s for s in two["skipped_streams"].value) and any(
+        ".lf.bin" in s for s in two["skipped_streams"].value
+    )
     assert by_key[f"{DAY}__{ROOT}__{key_name(UNSAFE_FOLDER)}__imec0"]["folder_name"].value == UNSAFE_FOLDER
     assert any("NI-DAQ" in s for s in by_key[f"{DAY}__{ROOT}__oe_node__ProbeA"]["skipped_streams"].value)
-    assert any("2500 Hz" in s for s in by_key[f"{NWB_START.date()}__{ROOT}__nwb_two_series__ElectricalSeriesAPImec0"]["skipped_streams"].value)
+    assert any(
+        "2500 Hz" in s
+        for s in by_key[f"{NWB_START.date()}__{ROOT}__nwb_two_series__ElectricalSeriesAPImec0"]["skipped_streams"].value
+    )
     found, rejected = discover({ROOT: landing})
     assert sorted(f.ref.key for f in found) == keys
     assert [r.folder.name for r in rejected] == ["glx_missing_meta"] and ".ap.meta" in rejected[0].reason

@@ -33,7 +33,9 @@ def test_each_probe_sorts_exports_to_phy_and_matches_its_ground_truth(two_probe_
     assert result.success, failure_messages(result)
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     truth = checks["sorted_units_match_ground_truth"]
-    assert truth.passed and "has_ground_truth" not in truth.metadata, truth.metadata  # the key is set only without truth
+    assert truth.passed and "has_ground_truth" not in truth.metadata, (
+        truth.metadata
+    )  # the key is set only without truth
     assert truth.metadata["well_detected_units"].value >= 4
     bundle = validate_phy_folder(ws.store(key).phy_dir)
     # converted (two files): the sync channel is not copied
@@ -71,7 +73,12 @@ def test_gates_are_concatenated_in_time_with_the_boundaries_recorded(two_probe_r
 @pytest.fixture(scope="session")
 def openephys_two_probe_node(tmp_path_factory, dagster_instance):
     """An Open Ephys Record Node with ProbeA, ProbeB and an NI-DAQ board, registered and sorted probe by probe."""
-    return sort_every_probe(tmp_path_factory.mktemp("openephys_two_probe"), OPENEPHYS_FOLDER, write_openephys_two_probe_node, dagster_instance)
+    return sort_every_probe(
+        tmp_path_factory.mktemp("openephys_two_probe"),
+        OPENEPHYS_FOLDER,
+        write_openephys_two_probe_node,
+        dagster_instance,
+    )
 
 
 def test_openephys_each_probe_stream_is_one_partition_and_the_nidaq_is_skipped(openephys_two_probe_node):

@@ -9,7 +9,13 @@ import dagster as dg
 import pytest
 from dagster._config import validate_config
 from dagster_k8s import k8s_job_executor
-from dagster_k8s.job import USER_DEFINED_K8S_JOB_CONFIG_SCHEMA, DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
+from dagster_k8s.job import (
+    USER_DEFINED_K8S_JOB_CONFIG_SCHEMA,
+    DagsterK8sJobConfig,
+    UserDefinedDagsterK8sConfig,
+    construct_dagster_k8s_job,
+    get_user_defined_k8s_config,
+)
 
 from ks_platform.core.hardware import recommended_batch_size
 from ks_platform.core.sorting import PLANNED_BATCH_SIZE_ENV
@@ -35,8 +41,24 @@ def three_hosts(**overrides) -> Inventory:
         "store": "/srv/store",
         "landing": {"rig1": "/srv/landing/rig1"},
         "hosts": [
-            {"name": "nv", "docker_url": LOCAL, "backend": "cuda", "cpu_slots": 1, "gpus": [{"id": "0", "memory_mib": 8192}, {"id": "1", "memory_mib": 24576}], "node_selector": {"accelerator": "nvidia"}, "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-            {"name": "amd", "docker_url": LOCAL, "backend": "rocm", "cpu_slots": 0, "gpus": [{"id": "1", "memory_mib": 16368}], "env": {"HSA_OVERRIDE_GFX_VERSION": "10.3.0"}, "node_selector": {"accelerator": "amd"}},
+            {
+                "name": "nv",
+                "docker_url": LOCAL,
+                "backend": "cuda",
+                "cpu_slots": 1,
+                "gpus": [{"id": "0", "memory_mib": 8192}, {"id": "1", "memory_mib": 24576}],
+                "node_selector": {"accelerator": "nvidia"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+            {
+                "name": "amd",
+                "docker_url": LOCAL,
+                "backend": "rocm",
+                "cpu_slots": 0,
+                "gpus": [{"id": "1", "memory_mib": 16368}],
+                "env": {"HSA_OVERRIDE_GFX_VERSION": "10.3.0"},
+                "node_selector": {"accelerator": "amd"},
+            },
             {"name": "cpu", "docker_url": LOCAL, "backend": "cpu", "cpu_slots": 3},
         ],
         **overrides,
@@ -45,7 +67,15 @@ def three_hosts(**overrides) -> Inventory:
 
 
 def sort_request(channels: int | None = 32, attempt: int = 0) -> StepRequest:
-    return StepRequest.from_tags("run-1234", "sorted_units", {"ks_platform/needs": "gpu"}, n_channels=channels, session="2024-03-01__rig1__m1__imec0", job_name="sort_session", attempt=attempt)
+    return StepRequest.from_tags(
+        "run-1234",
+        "sorted_units",
+        {"ks_platform/needs": "gpu"},
+        n_channels=channels,
+        session="2024-03-01__rig1__m1__imec0",
+        job_name="sort_session",
+        attempt=attempt,
+    )
 
 
 def test_gpu_step_prefers_largest_gpu_and_batch_follows_its_memory():
@@ -101,7 +131,10 @@ def test_cpu_steps_and_checks_go_to_cpu_slots_cpu_hosts_first():
     inventory = three_hosts()
     for step in ("recording_binary", "sorted_units_not_empty"):  # asset checks carry no op_tags
         ranked = candidate_placements(inventory, StepRequest.from_tags("r", step, {}))
-        assert [(p.host.name, p.backend, p.image) for p in ranked] == [("cpu", "cpu", "ks-platform:cpu"), ("nv", "cpu", "ks-platform:cpu")]
+        assert [(p.host.name, p.backend, p.image) for p in ranked] == [
+            ("cpu", "cpu", "ks-platform:cpu"),
+            ("nv", "cpu", "ks-platform:cpu"),
+        ]
         spec = container_spec(inventory, ranked[0], StepRequest.from_tags("r", step, {}), ["api", "execute_step"])
         assert spec.device_requests == [] and spec.devices == [] and spec.environment["KS_PLATFORM_BACKEND"] == "cpu"
         assert BATCH_SIZE_ENV not in spec.environment
@@ -114,22 +147,37 @@ def test_no_gpu_host_means_cpu_image_for_the_sort():
 
 
 def test_gpu_too_small_for_channels_is_a_clear_placement_error():
-    inventory = Inventory.from_mapping({"store": "/s", "hosts": [{"name": "tiny", "backend": "cuda", "gpus": [{"id": "0", "memory_mib": 512}]}]}, source="/etc/inv.yaml")
+    inventory = Inventory.from_mapping(
+        {"store": "/s", "hosts": [{"name": "tiny", "backend": "cuda", "gpus": [{"id": "0", "memory_mib": 512}]}]},
+        source="/etc/inv.yaml",
+    )
     assert gpu_memory_needed_bytes(384) > 512 * MIB
-    with pytest.raises(PlacementError, match=r"/etc/inv.yaml: step sorted_units needs a GPU with ≥ \d+ MiB for 384 channels.*Fix: add a host"):
+    with pytest.raises(
+        PlacementError,
+        match=r"/etc/inv.yaml: step sorted_units needs a GPU with ≥ \d+ MiB for 384 channels.*Fix: add a host",
+    ):
         candidate_placements(inventory, sort_request(channels=384))
     assert candidate_placements(inventory, sort_request(channels=4))  # few channels fit
 
 
 def test_slots_one_per_gpu_and_cpu_pools():
     slots = {slot.key: slot.capacity for slot in all_slots(three_hosts())}
-    assert slots == {"ks_platform/gpu/nv/0": 1, "ks_platform/gpu/nv/1": 1, "ks_platform/cpu/nv": 1, "ks_platform/gpu/amd/1": 1, "ks_platform/cpu/cpu": 3}
+    assert slots == {
+        "ks_platform/gpu/nv/0": 1,
+        "ks_platform/gpu/nv/1": 1,
+        "ks_platform/cpu/nv": 1,
+        "ks_platform/gpu/amd/1": 1,
+        "ks_platform/cpu/cpu": 3,
+    }
 
 
 @pytest.mark.parametrize(
     ("host", "expected"),
     [
-        ({"name": "x", "backend": "tpu"}, r"hosts\.0\.backend: unknown backend 'tpu'.*Fix: set each host's backend .* cuda, rocm, cpu"),
+        (
+            {"name": "x", "backend": "tpu"},
+            r"hosts\.0\.backend: unknown backend 'tpu'.*Fix: set each host's backend .* cuda, rocm, cpu",
+        ),
         ({"name": "x", "backend": "cuda"}, r"has backend cuda but no gpus.*Fix: list each GPU"),
         ({"name": "x", "backend": "cpu", "images": {"metal": "img"}}, r"images for unknown backend\(s\) \['metal'\]"),
         ({"name": "x", "backend": "rocm", "gpus": [{"id": 0, "memory_mib": 0}]}, r"memory_mib"),
@@ -163,7 +211,9 @@ def test_example_inventory_loads():
 def _v1_job(config: dict):
     """Build the real Kubernetes Job dagster-k8s would submit for a step with these tags."""
     user_defined = get_user_defined_k8s_config({K8S_CONFIG_TAG: json.dumps(config)})
-    job_config = DagsterK8sJobConfig(job_image="ks-platform:cpu", dagster_home="/opt/dagster/dagster_home", instance_config_map="dagster-instance")
+    job_config = DagsterK8sJobConfig(
+        job_image="ks-platform:cpu", dagster_home="/opt/dagster/dagster_home", instance_config_map="dagster-instance"
+    )
     return construct_dagster_k8s_job(job_config, ["dagster", "api", "execute_step"], "dagster-step-abc", user_defined)
 
 
@@ -188,7 +238,10 @@ def test_k8s_nvidia_pool_tolerations():
     config = k8s_step_config(inventory, needs_gpu=True)
     job = _v1_job(config)
     spec = job.spec.template.spec
-    assert spec.containers[0].resources.limits == {"nvidia.com/gpu": "1"} and spec.containers[0].image == "ks-platform:cuda"
+    assert (
+        spec.containers[0].resources.limits == {"nvidia.com/gpu": "1"}
+        and spec.containers[0].image == "ks-platform:cuda"
+    )
     assert spec.node_selector == {"accelerator": "nvidia"}
     assert [(t.key, t.operator, t.effect) for t in spec.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
 
@@ -209,13 +262,21 @@ def test_k8s_executor_config_is_valid_for_k8s_job_executor():
     from dagster_k8s.container_context import K8sContainerContext
 
     defaults = K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(config["step_k8s_config"]))
-    merged = defaults.merge(K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(config["per_step_k8s_config"]["sorted_units"]))).run_k8s_config
-    assert merged.container_config["image"] == "ks-platform:rocm" and merged.container_config["resources"]["limits"] == {"amd.com/gpu": "1"}
+    merged = defaults.merge(
+        K8sContainerContext(
+            run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(config["per_step_k8s_config"]["sorted_units"])
+        )
+    ).run_k8s_config
+    assert merged.container_config["image"] == "ks-platform:rocm" and merged.container_config["resources"][
+        "limits"
+    ] == {"amd.com/gpu": "1"}
 
 
 def test_executor_definition_takes_the_inventory_as_config():
     from ks_platform.execution.docker_executor import placing_docker_executor
 
     schema = placing_docker_executor.config_schema.config_type
-    assert validate_config(schema, {"inventory": three_hosts().model_dump(exclude={"source"}), "retries": {"enabled": {}}}).success
+    assert validate_config(
+        schema, {"inventory": three_hosts().model_dump(exclude={"source"}), "retries": {"enabled": {}}}
+    ).success
     assert isinstance(placing_docker_executor, dg.ExecutorDefinition)

@@ -45,7 +45,11 @@ def test_firing_rates_match_the_ground_truth(sorted_workspace, generated_session
     truth = np.load(generated_session / spec["spike_file"])
     fs = 30000.0
     gt = NumpySorting.from_samples_and_labels([truth["samples"]], [truth["labels"]], fs)
-    tested = NumpySorting.from_samples_and_labels([np.load(store.sorting_dir / "spike_times.npy").ravel()], [np.load(store.sorting_dir / "spike_clusters.npy").ravel()], fs)
+    tested = NumpySorting.from_samples_and_labels(
+        [np.load(store.sorting_dir / "spike_times.npy").ravel()],
+        [np.load(store.sorting_dir / "spike_clusters.npy").ravel()],
+        fs,
+    )
     comparison = compare_sorter_to_ground_truth(gt, tested, exhaustive_gt=True)
     checked = 0
     accuracy = comparison.get_performance(method="by_unit")["accuracy"]
@@ -69,10 +73,17 @@ def test_isi_check_passes_by_default_and_a_strict_threshold_fails_it(sorted_work
     from ks_platform.definitions import build_definitions
 
     defs = build_definitions(ws.platform, sensors=[])
-    strict_resources = {**defs.resources, "quality": QualityResource(isi_violations_ratio=0.0, max_violating_fraction=0.0)}
-    defs = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=defs.jobs, resources=strict_resources)
+    strict_resources = {
+        **defs.resources,
+        "quality": QualityResource(isi_violations_ratio=0.0, max_violating_fraction=0.0),
+    }
+    defs = dg.Definitions(
+        assets=defs.assets, asset_checks=defs.asset_checks, jobs=defs.jobs, resources=strict_resources
+    )
     job = defs.resolve_job_def("sort_session")
     check_key = dg.AssetCheckKey(dg.AssetKey("unit_metrics"), "unit_metrics_isi_violations")
-    rerun = job.get_subset(asset_check_selection={check_key}).execute_in_process(partition_key=key, instance=ws.instance, raise_on_error=False)
+    rerun = job.get_subset(asset_check_selection={check_key}).execute_in_process(
+        partition_key=key, instance=ws.instance, raise_on_error=False
+    )
     [evaluation] = rerun.get_asset_check_evaluations()
     assert not evaluation.passed and evaluation.metadata["violating_fraction"].value > 0

@@ -43,19 +43,30 @@ def rollup_setup(sorted_workspace, tmp_path):
     broken_landing.mkdir()
     broken = shutil.copytree(ws.landing / sorted_key.split("__")[2], broken_landing / "broken_g0")
     next(broken.glob("*.ap.meta")).unlink()
-    platform = PlatformResource(store_root=str(ws.store_root), landing_roots=f"rig1={ws.landing},rigx={broken_landing}", backend="cpu")
-    keys = {"sorted": sorted_key, "broken": "2026-03-02__rigx__broken_g0__imec0", "waiting": "2026-03-02__rigx__waiting_g0__imec0", "other_day": "2026-03-05__rigx__later_g0__imec0"}
+    platform = PlatformResource(
+        store_root=str(ws.store_root), landing_roots=f"rig1={ws.landing},rigx={broken_landing}", backend="cpu"
+    )
+    keys = {
+        "sorted": sorted_key,
+        "broken": "2026-03-02__rigx__broken_g0__imec0",
+        "waiting": "2026-03-02__rigx__waiting_g0__imec0",
+        "other_day": "2026-03-05__rigx__later_g0__imec0",
+    }
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, list(keys.values()))
         defs = build_definitions(platform, sensors=[])
-        failed = defs.resolve_job_def("sort_session").execute_in_process(partition_key=keys["broken"], instance=instance, raise_on_error=False)
+        failed = defs.resolve_job_def("sort_session").execute_in_process(
+            partition_key=keys["broken"], instance=instance, raise_on_error=False
+        )
         assert not failed.success
         yield instance, platform, defs, keys
 
 
 def test_rollup_asset_counts_sessions_units_failures_and_times(rollup_setup):
     instance, platform, defs, keys = rollup_setup
-    run = defs.resolve_job_def(rollup.ROLLUP_JOB_NAME).execute_in_process(partition_key=DAY.isoformat(), instance=instance)
+    run = defs.resolve_job_def(rollup.ROLLUP_JOB_NAME).execute_in_process(
+        partition_key=DAY.isoformat(), instance=instance
+    )
     assert run.success
     [materialization] = run.asset_materializations_for_node("daily_rollup")
     meta = {k: getattr(v, "value", getattr(v, "text", v)) for k, v in materialization.metadata.items()}
@@ -69,15 +80,25 @@ def test_rollup_asset_counts_sessions_units_failures_and_times(rollup_setup):
 
     rows = {r.data["session"]: r.data for r in materialization.metadata["per_session"].value.records}
     assert set(rows) == {keys["sorted"], keys["broken"], keys["waiting"]}  # the 2026-03-05 session is another day's
-    assert rows[keys["broken"]]["status"] == "failed" and "raw_recording" in rows[keys["broken"]]["error"] and "meta" in rows[keys["broken"]]["error"]
+    assert (
+        rows[keys["broken"]]["status"] == "failed"
+        and "raw_recording" in rows[keys["broken"]]["error"]
+        and "meta" in rows[keys["broken"]]["error"]
+    )
     assert rows[keys["waiting"]]["status"] == "pending"
 
     written = read_json(core_rollup.rollup_dir(platform.store_root, DAY) / core_rollup.ROLLUP_JSON)
     assert written["n_units"] == summary.n_units and written["devices"] == [meta["devices"]]
     assert (core_rollup.rollup_dir(platform.store_root, DAY) / core_rollup.ROLLUP_PNG).read_bytes()[:4] == b"\x89PNG"
-    assert materialization.tags["dagster/data_version"] == core_rollup.build_daily_rollup(
-        platform.store_root, DAY, [keys["sorted"], keys["broken"], keys["waiting"]], {keys["broken"]: rows[keys["broken"]]["error"]}
-    ).content_hash()
+    assert (
+        materialization.tags["dagster/data_version"]
+        == core_rollup.build_daily_rollup(
+            platform.store_root,
+            DAY,
+            [keys["sorted"], keys["broken"], keys["waiting"]],
+            {keys["broken"]: rows[keys["broken"]]["error"]},
+        ).content_hash()
+    )
     assert (platform.store(keys["sorted"]).sorting_dir / SUMMARY_FILE).is_file()
 
 
@@ -98,15 +119,21 @@ def test_rollup_sensor_requests_the_date_of_each_finished_session_run(rollup_set
 
     # A rollup run is not a session run: it requests nothing. A failed run of another day's session requests that day.
     defs.resolve_job_def(rollup.ROLLUP_JOB_NAME).execute_in_process(partition_key="2026-03-02", instance=instance)
-    defs.resolve_job_def("sort_session").execute_in_process(partition_key=keys["other_day"], instance=instance, raise_on_error=False)
+    defs.resolve_job_def("sort_session").execute_in_process(
+        partition_key=keys["other_day"], instance=instance, raise_on_error=False
+    )
     second = tick(first.cursor)
     assert [r.partition_key for r in second.run_requests] == ["2026-03-05"]
 
     # Two runs of one day between ticks: one request for that day.
     for key in (keys["waiting"], keys["broken"]):
-        defs.resolve_job_def("sort_session").execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+        defs.resolve_job_def("sort_session").execute_in_process(
+            partition_key=key, instance=instance, raise_on_error=False
+        )
     third = tick(second.cursor)
-    assert [r.partition_key for r in third.run_requests] == ["2026-03-02"] and third.run_requests[0].run_key != request.run_key
+    assert [r.partition_key for r in third.run_requests] == ["2026-03-02"] and third.run_requests[
+        0
+    ].run_key != request.run_key
 
     # Cursor lost: the same events give the same run keys (Dagster launches nothing twice).
     replay = tick(None)
@@ -116,7 +143,9 @@ def test_rollup_sensor_requests_the_date_of_each_finished_session_run(rollup_set
     # A session dated before the rollup's first day is logged, not requested.
     early = "2023-05-01__rigx__early_g0__imec0"
     instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [early])
-    defs.resolve_job_def("sort_session").execute_in_process(partition_key=early, instance=instance, raise_on_error=False)
+    defs.resolve_job_def("sort_session").execute_in_process(
+        partition_key=early, instance=instance, raise_on_error=False
+    )
     assert tick(third.cursor).run_requests == []
 
 

@@ -41,7 +41,9 @@ def test_a_sidecar_probe_path_cannot_traverse_out(tmp_path):
     (folder / "rec.bin").write_bytes(b"\0" * 64 * 2 * 100)
     probe = tmp_path / "probe.json"
     probe.write_text("{}")
-    (folder / "rec.json").write_text(json.dumps({"sampling_frequency": 30000, "n_channels": 64, "dtype": "int16", "probe_file": "../../probe.json"}))
+    (folder / "rec.json").write_text(
+        json.dumps({"sampling_frequency": 30000, "n_channels": 64, "dtype": "int16", "probe_file": "../../probe.json"})
+    )
     with pytest.raises(SessionInputError, match="outside the session folder"):
         open_recording(folder)
 
@@ -57,9 +59,19 @@ def test_a_session_folder_linking_out_of_its_landing_root_is_rejected_not_fatal(
     assert bad.folder.name == "escape" and "outside" in bad.reason
 
 
-@pytest.mark.parametrize("key", ["2026-03-02__rig1__..__imec0", "2026-03-02__rig1__a b__imec0", "2026-03-02__rig1__x;id__imec0", "2026-03-02__rig9__s__imec0"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "2026-03-02__rig1__..__imec0",
+        "2026-03-02__rig1__a b__imec0",
+        "2026-03-02__rig1__x;id__imec0",
+        "2026-03-02__rig9__s__imec0",
+    ],
+)
 def test_partition_keys_cannot_name_paths_outside_the_roots(tmp_path, key):
-    platform = PlatformResource(store_root=str(tmp_path / "store"), landing_roots=f"rig1={tmp_path / 'landing'}", backend="cpu")
+    platform = PlatformResource(
+        store_root=str(tmp_path / "store"), landing_roots=f"rig1={tmp_path / 'landing'}", backend="cpu"
+    )
     with pytest.raises((SessionInputError, ValueError)):
         platform.session_dir(key)
 
@@ -73,7 +85,9 @@ def _shell_uses(path: Path) -> list[str]:
             if name in {"os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput"}:
                 found.append(f"{path.name}:{node.lineno} {name}")
             for keyword in node.keywords:
-                if keyword.arg == "shell" and not (isinstance(keyword.value, ast.Constant) and keyword.value.value is False):
+                if keyword.arg == "shell" and not (
+                    isinstance(keyword.value, ast.Constant) and keyword.value.value is False
+                ):
                     found.append(f"{path.name}:{node.lineno} shell={ast.unparse(keyword.value)}")
     return found
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ks_platform.core.sessions import key_name
 from ks_platform.core import discovery
 from ks_platform.core.readiness import fast_folder_signature, is_partial_copy, scan_folder, session_ready
+from ks_platform.core.sessions import key_name
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 from ks_platform.defs import sensors
 from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
@@ -63,7 +63,13 @@ class _Records(logging.Handler):
         self.into.append(record)
 
 
-def tick(sensor: dg.SensorDefinition, instance, platform: PlatformResource, cursor: str | None = None, logs: list | None = None) -> dg.SensorResult:
+def tick(
+    sensor: dg.SensorDefinition,
+    instance,
+    platform: PlatformResource,
+    cursor: str | None = None,
+    logs: list | None = None,
+) -> dg.SensorResult:
     """One evaluation; ``logs`` collects what the sensor wrote to ``context.log`` (Dagster's logger does not propagate)."""
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"platform": platform})
     if logs is not None:
@@ -128,7 +134,15 @@ def test_readiness_uses_ctime_so_preserved_mtimes_do_not_fool_it(tmp_path):
 
 
 def test_partial_copy_names():
-    for name in ("rec.ap.bin.part", "x.partial", "y.TMP", "z.crdownload", "w.filepart", ".rec.ap.bin.Xy3kQ9", ".rec.bin.123456"):
+    for name in (
+        "rec.ap.bin.part",
+        "x.partial",
+        "y.TMP",
+        "z.crdownload",
+        "w.filepart",
+        ".rec.ap.bin.Xy3kQ9",
+        ".rec.bin.123456",
+    ):
         assert is_partial_copy(name), name
     for name in ("rec.ap.bin", "rec.ap.meta", ".ready", "COPY_DONE", ".notes.backup", "kilosort4-settings.json"):
         assert not is_partial_copy(name), name
@@ -164,7 +178,9 @@ def test_fast_signature_changes_with_any_file_change(tmp_path):
 # --- the sensor ------------------------------------------------------------------------------------
 
 
-def test_sensor_requests_one_run_per_complete_session(small_session, landing, tmp_path, dagster_instance, identify_calls):
+def test_sensor_requests_one_run_per_complete_session(
+    small_session, landing, tmp_path, dagster_instance, identify_calls
+):
     folder = copy_session(small_session, landing, "mouse1_g0")
     (landing / ".hidden").mkdir()
     sensor = sensors.build_new_session_sensor(settle_seconds=0, marker_name="")
@@ -184,8 +200,14 @@ def test_sensor_requests_one_run_per_complete_session(small_session, landing, tm
     [observation] = result.asset_events
     assert isinstance(observation, dg.AssetObservation)
     assert observation.asset_key == dg.AssetKey("raw_recording") and observation.partition == key
-    meta = {name: getattr(value, "value", getattr(value, "text", value)) for name, value in observation.metadata.items()}
-    assert meta["format"] == "spikeglx" and meta["recording_date"] == "2026-03-02" and meta["fingerprint"] == found.fingerprint
+    meta = {
+        name: getattr(value, "value", getattr(value, "text", value)) for name, value in observation.metadata.items()
+    }
+    assert (
+        meta["format"] == "spikeglx"
+        and meta["recording_date"] == "2026-03-02"
+        and meta["fingerprint"] == found.fingerprint
+    )
     assert meta["n_channels"] == SMALL.n_channels + 1 and meta["duration_s"] == pytest.approx(1.0)
     assert meta["size_bytes"] > 0
 
@@ -272,7 +294,10 @@ def test_changed_data_gets_a_new_run_key(small_session, landing, tmp_path, dagst
     [after] = second.run_requests
     assert after.partition_key == before.partition_key == key_of("edited")
     assert after.run_key != before.run_key
-    assert after.run_key == f"{key_of('edited')}:{discovery.identify_session(ROOT, landing.resolve(), folder.resolve())[0].fingerprint}"
+    assert (
+        after.run_key
+        == f"{key_of('edited')}:{discovery.identify_session(ROOT, landing.resolve(), folder.resolve())[0].fingerprint}"
+    )
     assert [a.partition for a in second.asset_events] == [key_of("edited")]
 
     # A change that does not touch the recording (here: only the times) re-examines the folder but keeps the run key.
@@ -282,7 +307,9 @@ def test_changed_data_gets_a_new_run_key(small_session, landing, tmp_path, dagst
     assert len(identify_calls) == 3
 
 
-def test_malformed_session_is_skipped_with_reason_once(small_session, landing, tmp_path, dagster_instance, identify_calls):
+def test_malformed_session_is_skipped_with_reason_once(
+    small_session, landing, tmp_path, dagster_instance, identify_calls
+):
     copy_session(small_session, landing, "good_g0")
     bad = copy_session(small_session, landing, "bad_g0")
     next(bad.glob("*.ap.meta")).unlink()
@@ -313,16 +340,22 @@ def test_malformed_session_is_skipped_with_reason_once(small_session, landing, t
     assert [r.partition_key for r in third.run_requests] == [key_of("bad_g0")]
 
 
-def test_unsafe_folder_names_get_derived_keys_and_vanished_roots_do_not_stop_the_tick(small_session, landing, tmp_path, dagster_instance):
+def test_unsafe_folder_names_get_derived_keys_and_vanished_roots_do_not_stop_the_tick(
+    small_session, landing, tmp_path, dagster_instance
+):
     copy_session(small_session, landing, "ok_g0")
     copy_session(small_session, landing, "bad name")
     (landing / "not_a_session").mkdir()
     (landing / "not_a_session" / "notes.txt").write_text("hello")
     sensor = sensors.build_new_session_sensor(settle_seconds=0, marker_name="")
-    platform = PlatformResource(store_root=str(tmp_path / "store"), landing_roots=f"{ROOT}={landing},rig2={tmp_path / 'missing_root'}")
+    platform = PlatformResource(
+        store_root=str(tmp_path / "store"), landing_roots=f"{ROOT}={landing},rig2={tmp_path / 'missing_root'}"
+    )
     logs: list[logging.LogRecord] = []
     result = tick(sensor, dagster_instance, platform, logs=logs)
-    assert any("landing root rig2=" in r.getMessage() and "does not exist" in r.getMessage() for r in logs), [r.getMessage() for r in logs]
+    assert any("landing root rig2=" in r.getMessage() and "does not exist" in r.getMessage() for r in logs), [
+        r.getMessage() for r in logs
+    ]
     derived = key_of(key_name("bad name"))
     assert sorted(r.partition_key for r in result.run_requests) == sorted([key_of("ok_g0"), derived])
     assert "bad-name-h" in derived
@@ -380,7 +413,10 @@ def test_sensor_loads_in_the_code_location(landing, tmp_path):
     assert defs.resolve_sensor_def("daily_rollup_sensor").default_status == dg.DefaultSensorStatus.RUNNING
     import ks_platform.definitions as location
 
-    assert {s.name for s in location.defs.sensors} == {sensors.SENSOR_NAME, "daily_rollup_sensor"}  # what workspace.yaml loads
+    assert {s.name for s in location.defs.sensors} == {
+        sensors.SENSOR_NAME,
+        "daily_rollup_sensor",
+    }  # what workspace.yaml loads
     # A caller's own sensor replaces the default one (no duplicate name).
     custom = build_definitions(platform, sensors=[sensors.build_new_session_sensor(settle_seconds=0, marker_name="")])
     assert [s.name for s in custom.sensors] == [sensors.SENSOR_NAME]
@@ -408,10 +444,16 @@ def test_daemon_applies_requests_and_dedups_run_keys(small_session, landing, tmp
         "    sensors=[build_new_session_sensor(settle_seconds=0, marker_name='', default_status=dg.DefaultSensorStatus.RUNNING)],\n"
         ")\n"
     )
-    origin = InProcessCodeLocationOrigin(LoadableTargetOrigin(python_file=str(location), attribute="defs", working_directory=str(tmp_path)), location_name="ks_platform_test")
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(python_file=str(location), attribute="defs", working_directory=str(tmp_path)),
+        location_name="ks_platform_test",
+    )
     # Runs are created and handed to a coordinator that only records them: nothing is sorted.
     overrides = {"run_coordinator": {"module": "dagster._core.test_utils", "class": "MockedRunCoordinator"}}
-    with instance_for_test(overrides=overrides) as instance, create_test_daemon_workspace_context(InProcessWorkspaceLoadTarget([origin]), instance) as workspace:
+    with (
+        instance_for_test(overrides=overrides) as instance,
+        create_test_daemon_workspace_context(InProcessWorkspaceLoadTarget([origin]), instance) as workspace,
+    ):
         [entry] = workspace.create_request_context().get_code_location_entries().values()
         remote_sensor = entry.code_location.get_repository("__repository__").get_sensor(sensors.SENSOR_NAME)
 
@@ -419,7 +461,15 @@ def test_daemon_applies_requests_and_dedups_run_keys(small_session, landing, tmp
             state = instance.get_instigator_state(remote_sensor.get_remote_origin_id(), remote_sensor.selector_id)
             if state is not None:  # pretend the minimum interval has passed (and optionally lose the cursor)
                 data = state.instigator_data
-                instance.update_instigator_state(state.with_data(data._replace(last_tick_timestamp=None, last_tick_start_timestamp=None, cursor=None if reset_cursor else data.cursor)))
+                instance.update_instigator_state(
+                    state.with_data(
+                        data._replace(
+                            last_tick_timestamp=None,
+                            last_tick_start_timestamp=None,
+                            cursor=None if reset_cursor else data.cursor,
+                        )
+                    )
+                )
             list(execute_sensor_iteration(workspace, logging.getLogger("test_sensor"), None, None))
 
         key = key_of("daemon_g0")
@@ -434,7 +484,11 @@ def test_daemon_applies_requests_and_dedups_run_keys(small_session, landing, tmp
         daemon_tick(reset_cursor=True)  # cursor lost: requested again, deduplicated by run key
         assert [r.run_id for r in instance.get_runs()] == [run.run_id]
         ticks = instance.get_ticks(remote_sensor.get_remote_origin_id(), remote_sensor.selector_id)
-        assert [t.run_keys for t in reversed(ticks)] == [[run.tags["dagster/run_key"]], [], [run.tags["dagster/run_key"]]]
+        assert [t.run_keys for t in reversed(ticks)] == [
+            [run.tags["dagster/run_key"]],
+            [],
+            [run.tags["dagster/run_key"]],
+        ]
 
         with open(next(folder.glob("*.ap.bin")), "r+b") as handle:
             handle.write(b"\x05\x06" * 32)

@@ -31,12 +31,17 @@ def run(tmp_path) -> Path:
 
 
 def _write(path: Path, payload) -> Path:
-    path.write_text(json.dumps(payload) if not isinstance(payload, (str, bytes)) else payload) if not isinstance(payload, bytes) else path.write_bytes(payload)
+    path.write_text(json.dumps(payload) if not isinstance(payload, (str, bytes)) else payload) if not isinstance(
+        payload, bytes
+    ) else path.write_bytes(payload)
     return path
 
 
 def test_session_folder_settings_apply_to_every_probe_and_a_probe_section_to_its_probe(run):
-    _write(run / session_config.CONFIG_FILE, {"kilosort": {"Th_universal": 10}, "probes": {"imec1": {"kilosort": {"Th_learned": 7}}}})
+    _write(
+        run / session_config.CONFIG_FILE,
+        {"kilosort": {"Th_universal": 10}, "probes": {"imec1": {"kilosort": {"Th_learned": 7}}}},
+    )
     assert probe_config(run, "imec0").kilosort == {"Th_universal": 10}
     assert probe_config(run, "imec1").kilosort == {"Th_universal": 10, "Th_learned": 7}
     assert pipeline.session_settings_version(run, "imec0") != pipeline.session_settings_version(run, "imec1")
@@ -147,13 +152,21 @@ def test_split_segments_makes_one_partition_per_gate_with_the_probe_settings(tmp
     written = write_spikeglx_run(session, (GlxProbe("imec0"), GlxProbe("imec1")), gates=(0, 1))
     found, _ = discover({"rig1": session.parent})
     assert [f.ref.probe for f in found] == ["imec0", "imec1"]
-    _write(session / session_config.CONFIG_FILE, {"probes": {"imec0": {"split_segments": True, "kilosort": {"Th_universal": 11}}}})
+    _write(
+        session / session_config.CONFIG_FILE,
+        {"probes": {"imec0": {"split_segments": True, "kilosort": {"Th_universal": 11}}}},
+    )
     found, rejected = discover({"rig1": session.parent})
     assert rejected == [] and [f.ref.probe for f in found] == ["imec0-g0", "imec0-g1", "imec1"]
     gate1 = open_recording(session, "imec0-g1")
     assert gate1.n_samples == 200 and [s["gate"] for s in gate1.details["segments"]] == [1]
-    assert np.array_equal(gate1.read_chunk(0, 200), np.fromfile(written["imec0"][1], np.int16).reshape(200, -1)[:, :384])
-    assert probe_config(session, "imec0-g1").kilosort == {"Th_universal": 11} and probe_config(session, "imec1").kilosort == {}
+    assert np.array_equal(
+        gate1.read_chunk(0, 200), np.fromfile(written["imec0"][1], np.int16).reshape(200, -1)[:, :384]
+    )
+    assert (
+        probe_config(session, "imec0-g1").kilosort == {"Th_universal": 11}
+        and probe_config(session, "imec1").kilosort == {}
+    )
     _write(session / session_config.CONFIG_FILE, {"probes": {"imec0": {"split_segments": "yes"}}})
     with pytest.raises(SessionInputError, match="split_segments must be true or false"):
         list_probes(session)

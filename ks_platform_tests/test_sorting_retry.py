@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
-import importlib
-
-ks_run = importlib.import_module("kilosort.run_kilosort")
 from ks_platform.core.conversion import load_recording_binary
 from ks_platform.core.probes import kilosort_probe_from_json
 from ks_platform.core.settings import effective_settings
 from ks_platform.core.sorting import sort_recording
 from ks_platform.core.store import read_json
+
+ks_run = importlib.import_module("kilosort.run_kilosort")
 
 
 def test_oom_retry_halves_batch_and_records_attempts(sorted_workspace, tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ pressed again): ``materialize_until_fresh`` repeats it and returns everything it
 from __future__ import annotations
 
 import json
-import shutil
 
 import dagster as dg
 import pytest
@@ -18,7 +17,6 @@ from dagster._time import get_current_datetime
 
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 from ks_platform.definitions import ALL_ASSETS, build_definitions
-from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
 from ks_platform_tests.conftest import Workspace
 
 SESSION = ["raw_recording", "probe_map", "recording_binary", "sorted_units", "phy_bundle", "unit_metrics"]
@@ -27,7 +25,11 @@ SORTING_AND_AFTER = {"sorted_units", "phy_bundle", "unit_metrics"}
 
 def stale_set(defs: dg.Definitions, instance: dg.DagsterInstance, key: str) -> set[str]:
     graph = defs.resolve_asset_graph()
-    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None), instance=instance, asset_graph=graph)
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
     resolver = CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
     return {name for name in SESSION if resolver.get_status(dg.AssetKey(name), key) != StaleStatus.FRESH}
 
@@ -35,7 +37,9 @@ def stale_set(defs: dg.Definitions, instance: dg.DagsterInstance, key: str) -> s
 def materialization_counts(instance: dg.DagsterInstance, key: str) -> dict[str, int]:
     counts = {}
     for name in SESSION:
-        records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[key]), limit=100).records
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[key]), limit=100
+        ).records
         counts[name] = len(records)
     return counts
 
@@ -48,7 +52,9 @@ def materialize_until_fresh(defs: dg.Definitions, instance: dg.DagsterInstance, 
         stale = stale_set(defs, instance, key)
         if not stale:
             return done
-        assert job.execute_in_process(partition_key=key, instance=instance, asset_selection=[dg.AssetKey(n) for n in sorted(stale)]).success
+        assert job.execute_in_process(
+            partition_key=key, instance=instance, asset_selection=[dg.AssetKey(n) for n in sorted(stale)]
+        ).success
         done |= stale
     raise AssertionError(f"still stale: {stale_set(defs, instance, key)}")
 
@@ -81,7 +87,12 @@ def test_fresh_after_a_sort_and_after_observing_unchanged_settings(sorted_short_
 
 def test_code_version_change_marks_the_sorting_and_what_follows_stale(sorted_short_session):
     ws, key, _ = sorted_short_session
-    upgraded = [a.map_asset_specs(lambda spec: spec.replace_attributes(code_version="kilosort-4.1.7+2")) if isinstance(a, dg.AssetsDefinition) and a.key == dg.AssetKey("sorted_units") else a for a in ALL_ASSETS]
+    upgraded = [
+        a.map_asset_specs(lambda spec: spec.replace_attributes(code_version="kilosort-4.1.7+2"))
+        if isinstance(a, dg.AssetsDefinition) and a.key == dg.AssetKey("sorted_units")
+        else a
+        for a in ALL_ASSETS
+    ]
     defs = build_definitions(ws.platform, sensors=[])
     defs = dg.Definitions(assets=upgraded, asset_checks=defs.asset_checks, jobs=defs.jobs, resources=defs.resources)
     assert stale_set(defs, ws.instance, key) == {"sorted_units"}
@@ -110,5 +121,9 @@ def test_input_data_change_marks_everything_after_the_recording_stale(sorted_sho
     with open(data, "r+b") as handle:  # a re-copied recording with different content
         handle.write(b"\x07" * 66 * 200)
     job = defs.resolve_job_def("sort_session")
-    assert job.execute_in_process(partition_key=key, instance=ws.instance, asset_selection=[dg.AssetKey("raw_recording")]).success
-    assert stale_set(defs, ws.instance, key) == {"probe_map", "recording_binary"}, "the recording's direct children first"
+    assert job.execute_in_process(
+        partition_key=key, instance=ws.instance, asset_selection=[dg.AssetKey("raw_recording")]
+    ).success
+    assert stale_set(defs, ws.instance, key) == {"probe_map", "recording_binary"}, (
+        "the recording's direct children first"
+    )

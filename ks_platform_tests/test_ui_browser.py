@@ -22,8 +22,18 @@ from pathlib import Path
 import pytest
 
 from ks_platform_tests.live_support import (
-    ADD_PARTITION, BACKFILL, CANCEL_BACKFILL, REPO, REPOSITORY_SELECTOR, TERMINATE, TERMINAL_STATUSES,
-    LiveDagster, dagster_dev, tags_of, wait_for, wait_for_run_end,
+    ADD_PARTITION,
+    BACKFILL,
+    CANCEL_BACKFILL,
+    REPO,
+    REPOSITORY_SELECTOR,
+    TERMINAL_STATUSES,
+    TERMINATE,
+    LiveDagster,
+    dagster_dev,
+    tags_of,
+    wait_for,
+    wait_for_run_end,
 )
 
 pytestmark = pytest.mark.slow
@@ -42,7 +52,11 @@ def key(date: str, folder: str) -> str:
     return f"{date}__rig1__{folder}__imec0"
 
 
-GOOD_KEY, TYPO_KEY, OUT_OF_RANGE_KEY = key("2026-03-02", GOOD), key("2026-03-05", TYPO), key("2026-03-20", "elsewhere_g0")
+GOOD_KEY, TYPO_KEY, OUT_OF_RANGE_KEY = (
+    key("2026-03-02", GOOD),
+    key("2026-03-05", TYPO),
+    key("2026-03-20", "elsewhere_g0"),
+)
 #: Registered, but its folder never arrived in the landing root.
 MISSING_KEY = key("2026-03-07", "not_copied_yet")
 
@@ -56,7 +70,13 @@ def ui(tmp_path, request, generated_session):
         meta = next(typo.glob("*.ap.meta"))
         meta.write_text(re.sub(r"fileCreateTime=2026-03-02", "fileCreateTime=2026-03-05", meta.read_text()))
         (typo / "kilosort4-settings.json").write_text('{"batch_sise": 60000}\n')
-        registered = subprocess.run([str(Path(sys.executable).with_name("ks-platform")), "register"], env=live.env, capture_output=True, text=True, timeout=300)
+        registered = subprocess.run(
+            [str(Path(sys.executable).with_name("ks-platform")), "register"],
+            env=live.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert registered.returncode == 0, registered.stderr
         assert GOOD_KEY in registered.stdout and TYPO_KEY in registered.stdout, registered.stdout
         for extra in (OUT_OF_RANGE_KEY, MISSING_KEY):
@@ -69,7 +89,9 @@ def ui(tmp_path, request, generated_session):
 def page(request):
     """A Chromium page (Debian's /usr/bin/chromium: Playwright's own browser download does not work offline)."""
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/install_system_deps.sh` as root (apt-get install chromium)")
+        pytest.fail(
+            f"{CHROMIUM} is missing: run `bash scripts/install_system_deps.sh` as root (apt-get install chromium)"
+        )
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -178,7 +200,12 @@ def test_a_lab_day_in_the_dagster_ui(ui: LiveDagster, page):
     assert run["jobName"] in ("__ASSET_JOB", "sort_session"), run
 
     # 4. The run's log streams progress while it works; then it succeeds.
-    wait_for("the run log to show Kilosort's stages", lambda: any("kilosort" in m.lower() for m in ui.graphql.run_messages(run_id)), SORT_TIMEOUT_S, every_s=5)
+    wait_for(
+        "the run log to show Kilosort's stages",
+        lambda: any("kilosort" in m.lower() for m in ui.graphql.run_messages(run_id)),
+        SORT_TIMEOUT_S,
+        every_s=5,
+    )
     page.reload()
     shown(page, re.compile("kilosort", re.I)).wait_for()
     steps.shot("run_streaming_logs")
@@ -195,7 +222,15 @@ def test_a_lab_day_in_the_dagster_ui(ui: LiveDagster, page):
     page.goto(f"{ui.url}/assets/phy_bundle?view=partitions&partition={GOOD_KEY}")
     shown(page, f"phy template-gui {phy_dir / 'params.py'}", exact=False).wait_for()
     shown(page, str(phy_dir)).wait_for()
-    for lineage_field in ("kilosort_version", "torch_version", "device", "image_digest", "params_hash", "input_checksum", "seeds"):
+    for lineage_field in (
+        "kilosort_version",
+        "torch_version",
+        "device",
+        "image_digest",
+        "params_hash",
+        "input_checksum",
+        "seeds",
+    ):
         assert page.locator("tr", has_text=lineage_field).count() > 0, lineage_field
     page.locator("tr", has_text="ks_platform_version").filter(visible=True).first.scroll_into_view_if_needed()
     steps.shot("phy_bundle_materialization")
@@ -216,7 +251,9 @@ def test_a_lab_day_in_the_dagster_ui(ui: LiveDagster, page):
     filter_partitions(page, dialog, "2026-03-0")
     select_all = page.get_by_text("Select all (3)")
     select_all.wait_for()
-    assert page.locator("span").filter(has_text=key_text(OUT_OF_RANGE_KEY)).count() == 0, "a session from the 20th is outside 1–9 March"
+    assert page.locator("span").filter(has_text=key_text(OUT_OF_RANGE_KEY)).count() == 0, (
+        "a session from the 20th is outside 1–9 March"
+    )
     steps.shot("backfill_date_filter")
     select_all.click()
     page.keyboard.press("Escape")
@@ -228,7 +265,9 @@ def test_a_lab_day_in_the_dagster_ui(ui: LiveDagster, page):
     created = shown(page, re.compile(r"Created backfill [a-z0-9]+"))
     created.wait_for()
     backfill_id = created.inner_text().split()[-1]
-    page.locator("div", has=created).get_by_role("button", name="View").or_(page.get_by_role("link", name="View")).filter(visible=True).first.click()
+    page.locator("div", has=created).get_by_role("button", name="View").or_(
+        page.get_by_role("link", name="View")
+    ).filter(visible=True).first.click()
     page.wait_for_url(re.compile(rf"/runs/b/{backfill_id}"))
     backfill = ui.graphql(BACKFILL, id=backfill_id)["partitionBackfillOrError"]
     assert backfill["__typename"] == "PartitionBackfill" and backfill["isAssetBackfill"], backfill
@@ -236,7 +275,11 @@ def test_a_lab_day_in_the_dagster_ui(ui: LiveDagster, page):
     assert sorted("/".join(a["path"]) for a in backfill["assetSelection"]) == sorted(PIPELINE)
 
     # 7. The failed session reads as one sentence that says what to fix, in the run page.
-    runs = wait_for("the backfill's two runs", lambda: len(r := ui.graphql.runs(**{"dagster/backfill": backfill_id})) == 2 and r, 300)
+    runs = wait_for(
+        "the backfill's two runs",
+        lambda: len(r := ui.graphql.runs(**{"dagster/backfill": backfill_id})) == 2 and r,
+        300,
+    )
     by_key = {tags_of(r)["dagster/partition"]: r for r in runs}
     assert sorted(by_key) == [TYPO_KEY, MISSING_KEY]
     for run in runs:
@@ -251,7 +294,9 @@ def test_a_lab_day_in_the_dagster_ui(ui: LiveDagster, page):
     shown(page, "Failure").wait_for()
     steps.shot("backfill_runs")
     failure = next(m for m in ui.graphql.run_messages(typo_run["runId"]) if "batch_sise" in m)
-    assert "kilosort4-settings.json" in failure and "did you mean 'batch_size'" in failure and "Fix:" in failure, failure
+    assert "kilosort4-settings.json" in failure and "did you mean 'batch_size'" in failure and "Fix:" in failure, (
+        failure
+    )
     page.goto(f"{ui.url}/runs/{typo_run['runId']}")
     shown(page, re.compile("did you mean 'batch_size'"), exact=False).wait_for()
     steps.shot("failure_says_what_to_fix")
@@ -259,7 +304,12 @@ def test_a_lab_day_in_the_dagster_ui(ui: LiveDagster, page):
     # Nothing else was launched: no run for the out-of-range partition or for the already sorted session.
     assert ui.graphql.runs(**{"dagster/partition": OUT_OF_RANGE_KEY}) == []
     assert len(ui.graphql.runs(**{"dagster/partition": GOOD_KEY})) == 1
-    if ui.graphql(BACKFILL, id=backfill_id)["partitionBackfillOrError"]["status"] not in ("COMPLETED", "FAILED", "CANCELED", "COMPLETED_FAILED"):
+    if ui.graphql(BACKFILL, id=backfill_id)["partitionBackfillOrError"]["status"] not in (
+        "COMPLETED",
+        "FAILED",
+        "CANCELED",
+        "COMPLETED_FAILED",
+    ):
         ui.graphql(CANCEL_BACKFILL, id=backfill_id)
     for r in ui.graphql.runs(**{"dagster/backfill": backfill_id}):
         if r["status"] not in TERMINAL_STATUSES:

@@ -144,8 +144,16 @@ def test_dandi_organizes_and_validates_the_file_offline(exported, tmp_path):
     env = {**os.environ, "DANDI_NO_ET": "1", "HOME": str(tmp_path)}  # no update check; logs under tmp
     source = tmp_path / "units.nwb"
     shutil.copy2(ws.store(key).dir / "nwb" / "units.nwb", source)
-    organize = subprocess.run([*dandi, "organize", "--files-mode", "copy", "-d", str(dandiset), str(source)], env=env, capture_output=True, text=True, timeout=300)
+    organize = subprocess.run(
+        [*dandi, "organize", "--files-mode", "copy", "-d", str(dandiset), str(source)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert organize.returncode == 0, organize.stderr[-2000:]
     assert len(list(dandiset.rglob("sub-*/*.nwb"))) == 1, organize.stderr[-2000:]
     validate = subprocess.run([*dandi, "validate", str(dandiset)], env=env, capture_output=True, text=True, timeout=300)
-    assert validate.returncode == 0 and "No errors found" in validate.stdout + validate.stderr, validate.stdout[-2000:] + validate.stderr[-2000:]
+    assert validate.returncode == 0 and "No errors found" in validate.stdout + validate.stderr, (
+        validate.stdout[-2000:] + validate.stderr[-2000:]
+    )

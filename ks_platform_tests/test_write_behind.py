@@ -62,7 +62,9 @@ def test_an_error_in_the_producer_stops_the_writer_without_fsync(tmp_path):
             output.write(b"y" * (BLOCK + 1))
             raise RuntimeError("reader failed")
     assert threading.active_count() == before
-    assert (tmp_path / "a.bin").stat().st_size == BLOCK, "only full blocks were written; the caller removes the partial file"
+    assert (tmp_path / "a.bin").stat().st_size == BLOCK, (
+        "only full blocks were written; the caller removes the partial file"
+    )
 
 
 def test_block_size_must_suit_o_direct(tmp_path):

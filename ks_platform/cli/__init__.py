@@ -18,7 +18,9 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ks-platform", description="Kilosort 4 sortings and Phy bundles from raw recordings, through Dagster.")
+    parser = argparse.ArgumentParser(
+        prog="ks-platform", description="Kilosort 4 sortings and Phy bundles from raw recordings, through Dagster."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -45,7 +45,9 @@ def run_backfill(args: argparse.Namespace, instance=None, platform=None) -> int:
             print(f"registered {len(added)} new session(s) from the landing roots")
     report_rejected(rejected)
 
-    selection = backfills.select_backfill(instance, asset_graph, args.start, args.end, only_stale=args.only_stale, extra_keys=extra)
+    selection = backfills.select_backfill(
+        instance, asset_graph, args.start, args.end, only_stale=args.only_stale, extra_keys=extra
+    )
     span = f"{args.start} to {args.end}"
     if not selection.in_range:
         print(f"no sessions recorded from {span}: nothing to backfill")
@@ -62,7 +64,9 @@ def run_backfill(args: argparse.Namespace, instance=None, platform=None) -> int:
         print("dry run: no backfill launched")
         return 0
     backfill_id = backfills.launch_session_backfill(instance, asset_graph, selection, only_stale=args.only_stale)
-    print(f"launched backfill {backfill_id} ({len(selection.selected)} session(s) × {len(backfills.session_asset_keys(asset_graph))} assets); the daemon runs it, see the UI's Backfills page")
+    print(
+        f"launched backfill {backfill_id} ({len(selection.selected)} session(s) × {len(backfills.session_asset_keys(asset_graph))} assets); the daemon runs it, see the UI's Backfills page"
+    )
     return 0
 
 
@@ -78,6 +82,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--start", type=_date, required=True, help="first recording date, YYYY-MM-DD")
     parser.add_argument("--end", type=_date, required=True, help="last recording date (included), YYYY-MM-DD")
-    parser.add_argument("--only-stale", action="store_true", help="only sessions whose sort is missing or stale (Dagster's stale status)")
+    parser.add_argument(
+        "--only-stale",
+        action="store_true",
+        help="only sessions whose sort is missing or stale (Dagster's stale status)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the sessions; register and launch nothing")
     parser.set_defaults(func=run_backfill)

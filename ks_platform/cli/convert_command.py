@@ -38,14 +38,24 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     try:
         source = open_recording(Path(args.session_dir).resolve(), args.probe_name)
         manifest = {**source.summary(), "fingerprint": fingerprint(source, include_settings=False)}
-        print(f"{source.format} recording: {source.duration_s:.1f} s, {source.n_channels} channels ({len(source.sorting_channels)} sorted), {source.size_bytes / 1e6:.0f} MB")
-        with tqdm(total=100, unit="%", desc="recording binary", disable=args.quiet, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]{postfix}") as bar:
+        print(
+            f"{source.format} recording: {source.duration_s:.1f} s, {source.n_channels} channels ({len(source.sorting_channels)} sorted), {source.size_bytes / 1e6:.0f} MB"
+        )
+        with tqdm(
+            total=100,
+            unit="%",
+            desc="recording binary",
+            disable=args.quiet,
+            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]{postfix}",
+        ) as bar:
 
             def progress(fraction: float, message: str) -> None:
                 bar.set_postfix_str(message, refresh=False)
                 bar.update(max(0.0, fraction * 100 - bar.n))
 
-            binary = write_recording_binary(source, store.binary_dir, allow_zero_copy=not args.no_zero_copy, progress=progress)
+            binary = write_recording_binary(
+                source, store.binary_dir, allow_zero_copy=not args.no_zero_copy, progress=progress
+            )
         write_json_atomic(store.raw_manifest, manifest)  # last: a failed conversion leaves nothing in --out
     except SessionInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -55,16 +65,24 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         return 2
     print(zero_copy_decision(source, binary))
     print(f"checksum: {binary.checksum_algorithm} {binary.checksum}")
-    print(f"binary: {binary.path} ({binary.n_chan_bin} channels x {binary.n_samples} samples int16, {binary.uv_per_bit:g} µV/bit) in {binary.seconds:.2f} s")
+    print(
+        f"binary: {binary.path} ({binary.n_chan_bin} channels x {binary.n_samples} samples int16, {binary.uv_per_bit:g} µV/bit) in {binary.seconds:.2f} s"
+    )
     return 0
 
 
 def register(sub) -> None:
     """Add convert."""
-    convert = sub.add_parser("convert", help="convert one session folder into the int16 binary Kilosort reads (progress bar, checksum)")
+    convert = sub.add_parser(
+        "convert", help="convert one session folder into the int16 binary Kilosort reads (progress bar, checksum)"
+    )
     convert.add_argument("session_dir", help="a session folder in any supported format")
-    convert.add_argument("--probe-name", help="which probe of a multi-probe session folder (imec0, ProbeA, a series name)")
+    convert.add_argument(
+        "--probe-name", help="which probe of a multi-probe session folder (imec0, ProbeA, a series name)"
+    )
     convert.add_argument("--out", required=True, help="output folder (raw_recording.json, binary/)")
-    convert.add_argument("--no-zero-copy", action="store_true", help="always write a copy, even for int16 interleaved sources")
+    convert.add_argument(
+        "--no-zero-copy", action="store_true", help="always write a copy, even for int16 interleaved sources"
+    )
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
     convert.set_defaults(func=_cmd_convert)

@@ -22,10 +22,16 @@ def _cmd_determinism(args: argparse.Namespace) -> int:
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="ks-determinism-"))
     try:
-        report = check_determinism(Path(args.binary), Path(args.probe), workdir, device=args.device, runs=args.runs,
-                                   reference=Path(args.reference) if args.reference else None,
-                                   settings_file=Path(args.settings) if args.settings else None,
-                                   log=None if args.quiet else print)
+        report = check_determinism(
+            Path(args.binary),
+            Path(args.probe),
+            workdir,
+            device=args.device,
+            runs=args.runs,
+            reference=Path(args.reference) if args.reference else None,
+            settings_file=Path(args.settings) if args.settings else None,
+            log=None if args.quiet else print,
+        )
     except SessionInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -39,10 +45,16 @@ def _cmd_determinism(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     """Add determinism."""
     cmd = sub.add_parser("determinism", help="sort one binary twice on a device and report any difference")
-    cmd.add_argument("--binary", required=True, help="a recording-binary folder (the store's <session>/binary, with binary.json)")
-    cmd.add_argument("--probe", required=True, help="kilosort_probe.json (the store's <session>/probe/) or a .prb/.mat/.json probe")
+    cmd.add_argument(
+        "--binary", required=True, help="a recording-binary folder (the store's <session>/binary, with binary.json)"
+    )
+    cmd.add_argument(
+        "--probe", required=True, help="kilosort_probe.json (the store's <session>/probe/) or a .prb/.mat/.json probe"
+    )
     cmd.add_argument("--device", default="cpu", help="cpu, cuda[:N], rocm[:N], mps or auto (default cpu)")
-    cmd.add_argument("--runs", type=int, default=2, help="number of sortings to compare, a --reference counting as one (default 2)")
+    cmd.add_argument(
+        "--runs", type=int, default=2, help="number of sortings to compare, a --reference counting as one (default 2)"
+    )
     cmd.add_argument("--reference", default=None, help="an existing sorting folder to compare against (saves one sort)")
     cmd.add_argument("--settings", default=None, help="a Kilosort settings JSON layered over the defaults")
     cmd.add_argument("--workdir", default=None, help="where the sortings go (default: a new temporary folder)")

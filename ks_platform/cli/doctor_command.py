@@ -9,11 +9,15 @@ from pathlib import Path
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from ks_platform.core.doctor import healthy, report, run_checks
-
     from ks_platform.defs.resources import PlatformResource
 
     platform = PlatformResource.from_env()
-    checks = run_checks(Path(platform.store_root), backend=args.backend, docker_url=args.docker_url or os.environ.get("KS_PLATFORM_DOCKER_URL"), landing_roots=platform.roots())
+    checks = run_checks(
+        Path(platform.store_root),
+        backend=args.backend,
+        docker_url=args.docker_url or os.environ.get("KS_PLATFORM_DOCKER_URL"),
+        landing_roots=platform.roots(),
+    )
     print(report(checks))
     ok = healthy(checks)
     print("healthy" if ok else "NOT healthy: fix the FAIL lines above before sorting on this host")
@@ -26,4 +30,3 @@ def register(sub) -> None:
     doctor.add_argument("--backend", default=os.environ.get("KS_PLATFORM_BACKEND", "auto"))
     doctor.add_argument("--docker-url", default=None)
     doctor.set_defaults(func=_cmd_doctor)
-

@@ -13,7 +13,13 @@ from pathlib import Path
 def _cmd_make_session(args: argparse.Namespace) -> int:
     from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 
-    spec = DemoSessionSpec(duration_s=args.duration, n_channels=args.channels, n_units=args.units, seed=args.seed, recording_date=dt.date.fromisoformat(args.date))
+    spec = DemoSessionSpec(
+        duration_s=args.duration,
+        n_channels=args.channels,
+        n_units=args.units,
+        seed=args.seed,
+        recording_date=dt.date.fromisoformat(args.date),
+    )
     folder = make_spikeglx_session(Path(args.out), spec)
     print(f"wrote SpikeGLX session with ground truth: {folder}")
     return 0
@@ -34,7 +40,10 @@ def _instance():
             if PROJECT_DAGSTER_YAML.is_file():
                 (home / "dagster.yaml").write_text(PROJECT_DAGSTER_YAML.read_text())
             else:
-                print(f"DAGSTER_HOME is not set and {PROJECT_DAGSTER_YAML} does not exist: using Dagster's defaults in {home} (set DAGSTER_HOME to your instance)", file=sys.stderr)
+                print(
+                    f"DAGSTER_HOME is not set and {PROJECT_DAGSTER_YAML} does not exist: using Dagster's defaults in {home} (set DAGSTER_HOME to your instance)",
+                    file=sys.stderr,
+                )
         os.environ["DAGSTER_HOME"] = str(home)
     return DagsterInstance.get()
 
@@ -61,7 +70,10 @@ def report_rejected(rejected) -> None:
     for item in rejected:
         print(f"skipped {item.folder}: {item.reason}", file=sys.stderr)
     if rejected:
-        print(f"skipped {len(rejected)} landing folder(s) that are not sessions (reasons above); the others go on", file=sys.stderr)
+        print(
+            f"skipped {len(rejected)} landing folder(s) that are not sessions (reasons above); the others go on",
+            file=sys.stderr,
+        )
 
 
 def register_sessions(instance, platform) -> list[str]:
@@ -110,7 +122,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         make_spikeglx_session(folder, DemoSessionSpec(duration_s=args.duration, seed=args.seed))
         print(f"made demo session {folder}")
     instance = _instance()
-    keys = [k for k in register_sessions(instance, platform) if SessionRef.parse(k).session_key.endswith(f"__{root_name}__{key_name(folder.name)}")]
+    keys = [
+        k
+        for k in register_sessions(instance, platform)
+        if SessionRef.parse(k).session_key.endswith(f"__{root_name}__{key_name(folder.name)}")
+    ]
     key = keys[0]
     print(f"materializing session {key} (Kilosort 4 on {platform.backend}; this takes a few minutes on CPU)")
     result = run_session(instance, platform, key)
@@ -122,9 +138,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 1
     summary = read_json(store.sorting_dir / "sorting_summary.json")
     print(f"\nPhy folder: {store.phy_dir}\n  open it with: phy template-gui {store.phy_dir / 'params.py'}")
-    print(f"units: {summary['n_units']} ({summary['n_good_units']} good), spikes: {summary['n_spikes']}, sort time {summary['seconds']} s")
+    print(
+        f"units: {summary['n_units']} ({summary['n_good_units']} good), spikes: {summary['n_spikes']}, sort time {summary['seconds']} s"
+    )
     for check in result.get_asset_check_evaluations():
-        print(f"check {check.check_name}: {'passed' if check.passed else 'FAILED'} {json.dumps({k: v.value for k, v in check.metadata.items() if k != 'per_unit'}, default=str)}")
+        print(
+            f"check {check.check_name}: {'passed' if check.passed else 'FAILED'} {json.dumps({k: v.value for k, v in check.metadata.items() if k != 'per_unit'}, default=str)}"
+        )
     return 0
 
 

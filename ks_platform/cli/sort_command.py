@@ -28,18 +28,29 @@ def _source(args: argparse.Namespace):
     if path.is_dir():
         return open_recording(path, args.probe_name), path
     if not path.is_file():
-        raise SessionInputError(path, "no such session folder or binary file", "give a session folder or an int16 .bin file")
+        raise SessionInputError(
+            path, "no such session folder or binary file", "give a session folder or an int16 .bin file"
+        )
     # A same-stem JSON sidecar (raw_binary format) supplies what the flags do not; flags win.
     sidecar = path.with_suffix(".json")
     meta = raw_binary._sidecar(sidecar) if sidecar.is_file() else {}
-    flags = {"n_channels": args.n_channels, "sampling_frequency": args.fs, "dtype": args.dtype, "uv_per_bit": args.uv_per_bit}
+    flags = {
+        "n_channels": args.n_channels,
+        "sampling_frequency": args.fs,
+        "dtype": args.dtype,
+        "uv_per_bit": args.uv_per_bit,
+    }
     meta.update({key: value for key, value in flags.items() if value is not None})
     meta.setdefault("dtype", "int16")
     meta.setdefault("uv_per_bit", 1.0)
     needs = (("--n-channels", "n_channels"), ("--fs", "sampling_frequency"), ("--probe", "probe_file"))
     missing = [flag for flag, key in needs if meta.get(key) is None and not (key == "probe_file" and args.probe)]
     if missing:
-        raise SessionInputError(path, f"a bare binary needs {', '.join(missing)} (or a {sidecar.name} sidecar with them)", "pass the channel count, the sampling rate and a probe file, or give the session folder")
+        raise SessionInputError(
+            path,
+            f"a bare binary needs {', '.join(missing)} (or a {sidecar.name} sidecar with them)",
+            "pass the channel count, the sampling rate and a probe file, or give the session folder",
+        )
     return describe_binary(path, meta, sidecar if sidecar.is_file() else path, path.parent), None
 
 
@@ -63,10 +74,22 @@ def _cmd_sort(args: argparse.Namespace) -> int:
     store = SessionStore.in_folder(Path(args.out))
     try:
         source, session_dir = _source(args)
-        write_json_atomic(store.raw_manifest, {**source.summary(), "fingerprint": fingerprint(source, include_settings=False)})
-        probe = pipeline.write_probe_map(source, store, allow_zero_copy=not args.no_zero_copy, probe_file=Path(args.probe) if args.probe else None)
-        print(f"probe map: {probe.metadata['n_sorted_channels']} sorted channels, {probe.metadata['n_shanks']} shank(s)")
-        with tqdm(total=100, unit="%", desc="recording binary", disable=args.quiet, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]") as bar:
+        write_json_atomic(
+            store.raw_manifest, {**source.summary(), "fingerprint": fingerprint(source, include_settings=False)}
+        )
+        probe = pipeline.write_probe_map(
+            source, store, allow_zero_copy=not args.no_zero_copy, probe_file=Path(args.probe) if args.probe else None
+        )
+        print(
+            f"probe map: {probe.metadata['n_sorted_channels']} sorted channels, {probe.metadata['n_shanks']} shank(s)"
+        )
+        with tqdm(
+            total=100,
+            unit="%",
+            desc="recording binary",
+            disable=args.quiet,
+            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]",
+        ) as bar:
 
             def progress(fraction: float, message: str) -> None:
                 bar.update(max(0.0, fraction * 100 - bar.n))
@@ -76,13 +99,22 @@ def _cmd_sort(args: argparse.Namespace) -> int:
                 source, store.binary_dir, not args.no_zero_copy, progress, relative_link=_relative_link(args.link)
             )
         print(f"binary: {'zero-copy reference' if binary.zero_copy else 'converted'}, xxh3 {binary.checksum}")
-        sorted_ = pipeline.sort_session(session_dir, store, backend=args.backend, log=None if args.quiet else print, settings_file=Path(args.settings) if args.settings else None, probe=source.probe_name if session_dir else None)
+        sorted_ = pipeline.sort_session(
+            session_dir,
+            store,
+            backend=args.backend,
+            log=None if args.quiet else print,
+            settings_file=Path(args.settings) if args.settings else None,
+            probe=source.probe_name if session_dir else None,
+        )
         phy = pipeline.export_phy(store)
     except SessionInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     meta = sorted_.metadata
-    print(f"sorted: {meta['n_units']} units ({meta['n_good_units']} good), {meta['n_spikes']} spikes in {meta['sort_seconds']} s on {meta['lineage']['backend']['backend']}")
+    print(
+        f"sorted: {meta['n_units']} units ({meta['n_good_units']} good), {meta['n_spikes']} spikes in {meta['sort_seconds']} s on {meta['lineage']['backend']['backend']}"
+    )
     print(f"Phy folder: {phy.metadata['path']}\n  open it with: {phy.metadata['open_command']}")
     return 0
 
@@ -92,11 +124,20 @@ def register(sub) -> None:
     sort = sub.add_parser("sort", help="sort one session folder or int16 binary into --out, without Dagster")
     sort.add_argument("recording", help="a session folder (any supported format) or an int16 interleaved .bin")
     sort.add_argument("--out", required=True, help="output folder (probe/, binary/, sorting/, phy/)")
-    sort.add_argument("--probe-name", help="which probe of a multi-probe session folder (imec0, ProbeA, a series name); needed when it holds several")
-    sort.add_argument("--probe", help="probe file (probeinterface JSON, .prb, Kilosort .mat/.json); default: the session's own")
+    sort.add_argument(
+        "--probe-name",
+        help="which probe of a multi-probe session folder (imec0, ProbeA, a series name); needed when it holds several",
+    )
+    sort.add_argument(
+        "--probe", help="probe file (probeinterface JSON, .prb, Kilosort .mat/.json); default: the session's own"
+    )
     sort.add_argument("--settings", help="Kilosort 4 settings JSON, layered over the session's kilosort4-settings.json")
-    sort.add_argument("--backend", default=os.environ.get("KS_PLATFORM_BACKEND", "auto"), help="auto, cpu, cuda[:N], rocm[:N], mps")
-    sort.add_argument("--n-channels", type=int, help="bare binary: channels in the file (or the same-stem .json sidecar's n_channels)")
+    sort.add_argument(
+        "--backend", default=os.environ.get("KS_PLATFORM_BACKEND", "auto"), help="auto, cpu, cuda[:N], rocm[:N], mps"
+    )
+    sort.add_argument(
+        "--n-channels", type=int, help="bare binary: channels in the file (or the same-stem .json sidecar's n_channels)"
+    )
     sort.add_argument("--fs", type=float, help="bare binary: sampling rate in Hz (or the sidecar's sampling_frequency)")
     sort.add_argument("--dtype", help="bare binary: sample type (default int16)")
     sort.add_argument("--uv-per-bit", type=float, help="bare binary: µV per bit (metadata only; default 1.0)")

@@ -160,16 +160,25 @@ def _convert(source: RecordingSource, target: Path, progress: Progress | None) -
                 stop = min(start + step, source.n_samples)
                 block = source.read_chunk(start, stop)
                 if block.dtype != np.int16 or block.shape != (stop - start, len(source.sorting_channels)):
-                    raise RuntimeError(f"{source.format} reader returned {block.dtype}{block.shape} for samples {start}:{stop}")
+                    raise RuntimeError(
+                        f"{source.format} reader returned {block.dtype}{block.shape} for samples {start}:{stop}"
+                    )
                 data = memoryview(np.ascontiguousarray(block)).cast("B")
                 hasher.update(data)
                 output.write(data)
                 written += data.nbytes
                 if progress:
-                    progress(stop / source.n_samples, f"converted {stop / source.sampling_frequency:.1f}/{source.duration_s:.1f} s")
+                    progress(
+                        stop / source.n_samples,
+                        f"converted {stop / source.sampling_frequency:.1f}/{source.duration_s:.1f} s",
+                    )
     except OSError as exc:
         if _disk_full(exc):
-            raise SessionInputError(target.parent.parent, f"the store's disk is full after writing {written / 1e6:.0f} MB (needs {source.n_samples * len(source.sorting_channels) * 2 / 1e6:.0f} MB)", "free space in the store or move the store root to a larger disk") from exc
+            raise SessionInputError(
+                target.parent.parent,
+                f"the store's disk is full after writing {written / 1e6:.0f} MB (needs {source.n_samples * len(source.sorting_channels) * 2 / 1e6:.0f} MB)",
+                "free space in the store or move the store root to a larger disk",
+            ) from exc
         raise
     return hasher.hexdigest(), written
 
@@ -182,5 +191,7 @@ def load_recording_binary(binary_dir: Path) -> RecordingBinary:
     # The binary is where the manifest is now: the recorded path goes stale when the store moves.
     binary = replace(RecordingBinary.from_json(read_json(manifest)), path=binary_dir / BINARY_NAME)
     if not binary.path.exists():
-        raise FileNotFoundError(f"{binary.path} is missing or its zero-copy source has moved: re-materialize recording_binary")
+        raise FileNotFoundError(
+            f"{binary.path} is missing or its zero-copy source has moved: re-materialize recording_binary"
+        )
     return binary

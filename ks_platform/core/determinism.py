@@ -60,13 +60,19 @@ class DeterminismReport:
 
     def summary(self) -> str:
         verdict = "IDENTICAL" if self.identical else "DIFFERENT"
-        lines = [f"{verdict} on {self.device}: spikes {self.n_spikes}, clusters {self.n_clusters}, sort seconds {self.sort_seconds}"]
+        lines = [
+            f"{verdict} on {self.device}: spikes {self.n_spikes}, clusters {self.n_clusters}, sort seconds {self.sort_seconds}"
+        ]
         for run, arrays in enumerate(self.arrays, start=1):
             for entry in arrays:
                 if not entry["identical"]:
-                    lines.append(f"  run {run + 1} vs run 1: {entry['name']} differs (shapes {entry['shape_a']} vs {entry['shape_b']}, max |Δ| {entry['max_abs_diff']})")
+                    lines.append(
+                        f"  run {run + 1} vs run 1: {entry['name']} differs (shapes {entry['shape_a']} vs {entry['shape_b']}, max |Δ| {entry['max_abs_diff']})"
+                    )
             if len(self.spikes_at_same_times) >= run:
-                lines.append(f"  run {run + 1} vs run 1: {self.spikes_at_same_times[run - 1]:.4f} of spikes at identical sample times")
+                lines.append(
+                    f"  run {run + 1} vs run 1: {self.spikes_at_same_times[run - 1]:.4f} of spikes at identical sample times"
+                )
         return "\n".join(lines)
 
 
@@ -86,18 +92,24 @@ def load_binary(binary: Path) -> RecordingBinary:
     binary = Path(binary)
     folder = binary.parent if binary.is_file() and binary.suffix == ".json" else binary
     if not folder.is_dir():
-        raise SessionInputError(binary, "not a recording-binary folder", "give the store's <session>/binary folder (it holds binary.json)")
+        raise SessionInputError(
+            binary, "not a recording-binary folder", "give the store's <session>/binary folder (it holds binary.json)"
+        )
     try:
         return load_recording_binary(folder)
     except FileNotFoundError as exc:
-        raise SessionInputError(folder, str(exc), "give the store's <session>/binary folder of a materialized session") from None
+        raise SessionInputError(
+            folder, str(exc), "give the store's <session>/binary folder of a materialized session"
+        ) from None
 
 
 def load_kilosort_probe(path: Path) -> dict:
     """The Kilosort probe dict from ``kilosort_probe.json`` (probe_map's output) or any file ``kilosort.io.load_probe`` reads."""
     path = Path(path)
     if not path.is_file():
-        raise SessionInputError(path, "the probe file does not exist", "give the store's <session>/probe/kilosort_probe.json")
+        raise SessionInputError(
+            path, "the probe file does not exist", "give the store's <session>/probe/kilosort_probe.json"
+        )
     try:
         return kilosort_probe_from_json(json.loads(path.read_text()))
     except (ValueError, KeyError, UnicodeDecodeError):
@@ -106,7 +118,11 @@ def load_kilosort_probe(path: Path) -> dict:
         try:
             return load_probe(path)
         except Exception as exc:
-            raise SessionInputError(path, f"not a probe file Kilosort reads ({exc})", "give kilosort_probe.json, a .prb, a .mat or a Kilosort .json probe") from None
+            raise SessionInputError(
+                path,
+                f"not a probe file Kilosort reads ({exc})",
+                "give kilosort_probe.json, a .prb, a .mat or a Kilosort .json probe",
+            ) from None
 
 
 def check_determinism(
@@ -142,4 +158,6 @@ def check_determinism(
     n_spikes = [int(np.load(o / "spike_times.npy").size) for o in outputs]
     n_clusters = [int(np.unique(np.load(o / "spike_clusters.npy")).size) for o in outputs]
     identical = all(entry["identical"] for run in arrays for entry in run)
-    return DeterminismReport(device_name, identical, n_spikes, n_clusters, shared, arrays, seconds, [str(o) for o in outputs])
+    return DeterminismReport(
+        device_name, identical, n_spikes, n_clusters, shared, arrays, seconds, [str(o) for o in outputs]
+    )

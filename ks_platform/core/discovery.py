@@ -60,7 +60,15 @@ def identify_session(root_name: str, root: Path, folder: Path) -> list[FoundSess
     date = min(source.recording_date for source in sources)
     names = tuple(source.probe_name for source in sources)
     return [
-        FoundSession(SessionRef(root_name, key_name(folder.name), date, key_name(source.probe_name)), folder, fingerprint(source), source.probe_name, names, listing.skipped, source.summary())
+        FoundSession(
+            SessionRef(root_name, key_name(folder.name), date, key_name(source.probe_name)),
+            folder,
+            fingerprint(source),
+            source.probe_name,
+            names,
+            listing.skipped,
+            source.summary(),
+        )
         for source in sources
     ]
 
@@ -73,15 +81,25 @@ def landing_root_problems(landing_roots: dict[str, Path], store_root: Path | Non
         root = Path(root)
         where = f"landing root {name}={root}"
         if not is_safe_name(name):
-            problems.append(f"{where}: the name cannot be part of a partition key (letters, digits, '._-' only, no '__'). Fix: rename it in KS_PLATFORM_LANDING (the folder may keep its name)")
+            problems.append(
+                f"{where}: the name cannot be part of a partition key (letters, digits, '._-' only, no '__'). Fix: rename it in KS_PLATFORM_LANDING (the folder may keep its name)"
+            )
         if not root.exists():
-            problems.append(f"{where} does not exist: no session can be found there. Fix: create it, mount it, or correct KS_PLATFORM_LANDING")
+            problems.append(
+                f"{where} does not exist: no session can be found there. Fix: create it, mount it, or correct KS_PLATFORM_LANDING"
+            )
         elif not root.is_dir():
-            problems.append(f"{where} is a file, not a folder. Fix: point KS_PLATFORM_LANDING at the folder that holds the session folders")
+            problems.append(
+                f"{where} is a file, not a folder. Fix: point KS_PLATFORM_LANDING at the folder that holds the session folders"
+            )
         elif not os.access(root, os.R_OK | os.X_OK):
-            problems.append(f"{where} cannot be listed by uid {os.geteuid()}. Fix: give that user read and execute access")
+            problems.append(
+                f"{where} cannot be listed by uid {os.geteuid()}. Fix: give that user read and execute access"
+            )
         elif store is not None and (store == root.resolve() or root.resolve() in store.parents):
-            problems.append(f"the store {store} lies inside {where}: its folders would be taken for sessions. Fix: move the store (KS_PLATFORM_STORE) out of the landing root")
+            problems.append(
+                f"the store {store} lies inside {where}: its folders would be taken for sessions. Fix: move the store (KS_PLATFORM_STORE) out of the landing root"
+            )
     return problems
 
 
@@ -95,7 +113,9 @@ def discover(landing_roots: dict[str, Path]) -> tuple[list[FoundSession], list[R
                 found.extend(identify_session(name, Path(root), folder))
             except SessionInputError as exc:
                 rejected.append(RejectedFolder(folder, str(exc)))
-            except Exception as exc:  # a reader bug or an input no check foresaw: that folder's report, never the others'
+            except (
+                Exception
+            ) as exc:  # a reader bug or an input no check foresaw: that folder's report, never the others'
                 rejected.append(RejectedFolder(folder, unexpected_error(folder, exc)))
     return found, rejected
 

@@ -28,7 +28,9 @@ def _imports(modules: tuple[str, ...]) -> list[Check]:
             module = importlib.import_module(name)
             checks.append(Check(f"import {name}", True, getattr(module, "__version__", "ok")))
         except Exception as exc:  # report any import failure, whatever its type
-            checks.append(Check(f"import {name}", False, f"{type(exc).__name__}: {exc}. Fix: reinstall with `make install`"))
+            checks.append(
+                Check(f"import {name}", False, f"{type(exc).__name__}: {exc}. Fix: reinstall with `make install`")
+            )
     return checks
 
 
@@ -42,7 +44,13 @@ def _rocm_target(gfx_arch: str | None) -> Check:
 
     compiled = list(torch.cuda.get_arch_list())
     hint = gfx_override_hint(gfx_arch, compiled, os.environ.get("HSA_OVERRIDE_GFX_VERSION"))
-    return Check("ROCm gfx target", hint is None, f"{gfx_arch} is built into torch" if hint is None else f"{hint}. Fix: export that variable before starting Dagster/the container")
+    return Check(
+        "ROCm gfx target",
+        hint is None,
+        f"{gfx_arch} is built into torch"
+        if hint is None
+        else f"{hint}. Fix: export that variable before starting Dagster/the container",
+    )
 
 
 def _backend(preferred: str) -> list[Check]:
@@ -60,7 +68,13 @@ def _backend(preferred: str) -> list[Check]:
         except ImportError:
             pass
         return [Check("compute backend", False, f"{exc}.{hint}")]
-    checks = [Check("compute backend", True, f"{info.backend} {info.device_name} torch {info.torch_version} cuda {info.cuda_version} hip {info.hip_version} driver {info.driver_version}")]
+    checks = [
+        Check(
+            "compute backend",
+            True,
+            f"{info.backend} {info.device_name} torch {info.torch_version} cuda {info.cuda_version} hip {info.hip_version} driver {info.driver_version}",
+        )
+    ]
     if info.backend == "rocm":
         checks.append(_rocm_target(info.gfx_arch))
     try:
@@ -72,7 +86,13 @@ def _backend(preferred: str) -> list[Check]:
         result = torch.nn.functional.conv1d(x.to(info.device), w.to(info.device)).cpu()
         close = torch.allclose(reference, result, atol=1e-3, rtol=1e-3)
         memory = f", {info.free_memory_bytes / 1024**3:.1f} GiB free" if info.free_memory_bytes else ""
-        checks.append(Check("kernel on device", bool(close), f"conv1d on {info.device} {'matches' if close else 'DIFFERS FROM'} CPU{memory}"))
+        checks.append(
+            Check(
+                "kernel on device",
+                bool(close),
+                f"conv1d on {info.device} {'matches' if close else 'DIFFERS FROM'} CPU{memory}",
+            )
+        )
     except Exception as exc:
         checks.append(Check("kernel on device", False, f"{type(exc).__name__}: {exc}"))
     return checks
@@ -85,7 +105,12 @@ REQUIRED_PROGRAMS = ("ps",)
 
 def _programs() -> list[Check]:
     return [
-        Check(f"program {name}", shutil.which(name) is not None, shutil.which(name) or f"not on PATH: Kilosort calls it during sorting. Fix: install it (Debian: apt-get install procps)")
+        Check(
+            f"program {name}",
+            shutil.which(name) is not None,
+            shutil.which(name)
+            or "not on PATH: Kilosort calls it during sorting. Fix: install it (Debian: apt-get install procps)",
+        )
         for name in REQUIRED_PROGRAMS
     ]
 
@@ -95,7 +120,11 @@ def _disk(store_root: Path) -> Check:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
-    return Check("free disk in store", free >= MIN_FREE_BYTES, f"{free / 1024**3:.1f} GiB free at {probe} (need ≥ {MIN_FREE_BYTES / 1024**3:.0f} GiB)")
+    return Check(
+        "free disk in store",
+        free >= MIN_FREE_BYTES,
+        f"{free / 1024**3:.1f} GiB free at {probe} (need ≥ {MIN_FREE_BYTES / 1024**3:.0f} GiB)",
+    )
 
 
 def _docker(url: str) -> Check:
@@ -106,14 +135,18 @@ def _docker(url: str) -> Check:
         version = client.version()
         return Check("docker engine", True, f"{url}: Docker {version.get('Version')}")
     except Exception as exc:
-        return Check("docker engine", False, f"{url}: {type(exc).__name__}: {exc}. Fix: start dockerd or correct the URL")
+        return Check(
+            "docker engine", False, f"{url}: {type(exc).__name__}: {exc}. Fix: start dockerd or correct the URL"
+        )
 
 
 def _landing(landing_roots: dict[str, Path], store_root: Path) -> Check:
     from ks_platform.core.discovery import landing_root_problems
 
     problems = landing_root_problems(landing_roots, store_root)
-    detail = "; ".join(problems) or f"{len(landing_roots)} landing root(s) readable: " + ", ".join(f"{n}={p}" for n, p in sorted(landing_roots.items()))
+    detail = "; ".join(problems) or f"{len(landing_roots)} landing root(s) readable: " + ", ".join(
+        f"{n}={p}" for n, p in sorted(landing_roots.items())
+    )
     return Check("landing roots", not problems, detail, required=False)
 
 

@@ -66,7 +66,9 @@ def detect_backend(preferred: str = "auto") -> BackendInfo:
             choice = "cpu"
     if choice.startswith(("cuda", "rocm")):
         if not gpu_ok:
-            raise RuntimeError(f"backend {preferred!r} was requested but torch {torch.__version__} sees no GPU (cuda={cuda}, hip={hip})")
+            raise RuntimeError(
+                f"backend {preferred!r} was requested but torch {torch.__version__} sees no GPU (cuda={cuda}, hip={hip})"
+            )
         index = int(choice.split(":")[1]) if ":" in choice else 0
         free, total = torch.cuda.mem_get_info(index)
         free = min(free, _process_memory_cap(torch, index, total))
@@ -80,7 +82,9 @@ def detect_backend(preferred: str = "auto") -> BackendInfo:
             torch_version=torch.__version__,
             cuda_version=cuda,
             hip_version=hip,
-            driver_note=f"HSA_OVERRIDE_GFX_VERSION={os.environ['HSA_OVERRIDE_GFX_VERSION']}" if "HSA_OVERRIDE_GFX_VERSION" in os.environ else "",
+            driver_note=f"HSA_OVERRIDE_GFX_VERSION={os.environ['HSA_OVERRIDE_GFX_VERSION']}"
+            if "HSA_OVERRIDE_GFX_VERSION" in os.environ
+            else "",
             driver_version=gpu_driver_version(),
             gfx_arch=arch if hip else None,
         )
@@ -171,13 +175,20 @@ def plan_memory(
     if user_batch_size is not None:
         batch, reason = int(user_batch_size), "batch_size set in the parameter set"
     elif planned_batch_size is not None and gpu:
-        batch, reason = max(MIN_BATCH_SIZE, int(planned_batch_size)), "batch_size planned by the executor for the placed GPU"
+        batch, reason = (
+            max(MIN_BATCH_SIZE, int(planned_batch_size)),
+            "batch_size planned by the executor for the placed GPU",
+        )
     elif gpu and info.free_memory_bytes is not None:
         batch = recommended_batch_size(info.free_memory_bytes, n_channels)
         reason = f"batch_size for {info.free_memory_bytes / 1024**3:.2f} GiB free and {n_channels} channels"
     else:
         batch, reason = DEFAULT_BATCH_SIZE, f"Kilosort's default batch_size on {info.backend}"
-    tight = gpu and info.free_memory_bytes is not None and recommended_batch_size(info.free_memory_bytes, n_channels) < DEFAULT_BATCH_SIZE
+    tight = (
+        gpu
+        and info.free_memory_bytes is not None
+        and recommended_batch_size(info.free_memory_bytes, n_channels) < DEFAULT_BATCH_SIZE
+    )
     clear_cache = bool(user_clear_cache) if user_clear_cache is not None else tight
     return MemoryPlan(batch, clear_cache, reason)
 
@@ -193,7 +204,9 @@ def parse_gfx(name: str) -> tuple[int, int, int] | None:
     return int(match.group(1)), int(match.group(2), 16), int(match.group(3), 16)
 
 
-def gfx_override_hint(device_arch: str | None, compiled_archs: list[str], current_override: str | None = None) -> str | None:
+def gfx_override_hint(
+    device_arch: str | None, compiled_archs: list[str], current_override: str | None = None
+) -> str | None:
     """The ``HSA_OVERRIDE_GFX_VERSION`` advice for an AMD GPU that torch's ROCm build was not compiled for.
 
     ``device_arch`` is the GPU's ``gcnArchName`` (e.g. ``gfx1035``), ``compiled_archs`` torch's
@@ -208,12 +221,20 @@ def gfx_override_hint(device_arch: str | None, compiled_archs: list[str], curren
     compiled = {parse_gfx(a): a.split(":")[0] for a in compiled_archs if parse_gfx(a)}
     if device is None or device in compiled:
         return None
-    already = f" (HSA_OVERRIDE_GFX_VERSION={current_override} is set but does not name one of them)" if current_override else ""
+    already = (
+        f" (HSA_OVERRIDE_GFX_VERSION={current_override} is set but does not name one of them)"
+        if current_override
+        else ""
+    )
     family = sorted(v for v in compiled if v[:2] == device[:2])
     if family:
         target = family[0]
         value = f"{target[0]}.{target[1]}.{target[2]}"
-        return (f"{device_arch.split(':')[0]} is not among the targets torch was built for ({', '.join(sorted(compiled.values()))}){already}; "
-                f"set HSA_OVERRIDE_GFX_VERSION={value} to run it as {compiled[target]} (same family)")
-    return (f"{device_arch.split(':')[0]} is not among the targets torch was built for ({', '.join(sorted(compiled.values()))}){already} and none is "
-            f"of the same family; HSA_OVERRIDE_GFX_VERSION cannot help reliably: use a ROCm build of torch that lists it, or sort on CPU")
+        return (
+            f"{device_arch.split(':')[0]} is not among the targets torch was built for ({', '.join(sorted(compiled.values()))}){already}; "
+            f"set HSA_OVERRIDE_GFX_VERSION={value} to run it as {compiled[target]} (same family)"
+        )
+    return (
+        f"{device_arch.split(':')[0]} is not among the targets torch was built for ({', '.join(sorted(compiled.values()))}){already} and none is "
+        f"of the same family; HSA_OVERRIDE_GFX_VERSION cannot help reliably: use a ROCm build of torch that lists it, or sort on CPU"
+    )

@@ -261,13 +261,17 @@ def lab_timezone() -> ZoneInfo:
 _OE_FOLDER = re.compile(r"(\d{4}-\d{2}-\d{2})_(\d{2})-(\d{2})-(\d{2})")
 
 
-def session_start_time(manifest: dict[str, Any], tz: ZoneInfo | None = None, session_dir: Path | None = None) -> dt.datetime:
+def session_start_time(
+    manifest: dict[str, Any], tz: ZoneInfo | None = None, session_dir: Path | None = None
+) -> dt.datetime:
     """When the recording started: SpikeGLX ``fileCreateTime``, an Open Ephys ``YYYY-MM-DD_HH-MM-SS`` folder, else
     midnight of the recording date; in the lab's time zone (the acquisition clocks are local and carry none)."""
     tz = tz or lab_timezone()
     meta = Path(str(manifest.get("probe_file", "")))
     if session_dir is not None and manifest.get("session_dir") and meta.is_relative_to(manifest["session_dir"]):
-        meta = Path(session_dir) / meta.relative_to(manifest["session_dir"])  # the landing folder as it is now    if meta.suffix == ".meta" and meta.is_file():
+        meta = Path(session_dir) / meta.relative_to(
+            manifest["session_dir"]
+        )  # the landing folder as it is now    if meta.suffix == ".meta" and meta.is_file():
         for line in meta.read_text(errors="replace").splitlines():
             if line.startswith("fileCreateTime="):
                 return dt.datetime.fromisoformat(line.split("=", 1)[1].strip()).replace(tzinfo=tz)

@@ -58,7 +58,13 @@ def write_segments_tsv(segments: list[dict], path: Path, sampling_frequency: flo
     path.write_text("\n".join(lines) + "\n")
 
 
-def build_phy_bundle(sorting_dir: Path, binary: RecordingBinary, channel_shanks: np.ndarray, phy_dir: Path, segments: list[dict] | None = None) -> PhyBundle:
+def build_phy_bundle(
+    sorting_dir: Path,
+    binary: RecordingBinary,
+    channel_shanks: np.ndarray,
+    phy_dir: Path,
+    segments: list[dict] | None = None,
+) -> PhyBundle:
     """Copy the sorting's Phy files to ``phy_dir`` with ``dat_path`` relative to it, then open it in phylib.
 
     The relative path (``../binary/recording.bin``) keeps working when the whole store is moved.

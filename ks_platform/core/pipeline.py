@@ -66,8 +66,17 @@ def observe_raw_recording(session_dir: Path, store: SessionStore, probe: str | N
     """Describe and fingerprint one probe's recording in the landing folder; record it as ``raw_recording.json``."""
     source = open_recording(session_dir, probe)
     listing = list_probes(session_dir)
-    session = {"folder_name": Path(session_dir).name, "session_probes": sorted(listing.probes), "skipped_streams": list(listing.skipped)}
-    manifest = {**source.summary(), **session, "fingerprint": fingerprint(source, include_settings=False), "has_ground_truth": find_ground_truth(session_dir, source.data_files, source.probe_name) is not None}
+    session = {
+        "folder_name": Path(session_dir).name,
+        "session_probes": sorted(listing.probes),
+        "skipped_streams": list(listing.skipped),
+    }
+    manifest = {
+        **source.summary(),
+        **session,
+        "fingerprint": fingerprint(source, include_settings=False),
+        "has_ground_truth": find_ground_truth(session_dir, source.data_files, source.probe_name) is not None,
+    }
     write_json_atomic(store.raw_manifest, manifest)
     return StepOutput(manifest["fingerprint"], manifest)
 
@@ -76,21 +85,33 @@ def open_unchanged_recording(session_dir: Path, store: SessionStore, probe: str 
     """Open the probe's recording and refuse it if it changed since ``raw_recording`` observed it."""
     source = open_recording(session_dir, probe)
     if not store.raw_manifest.is_file():
-        raise SessionInputError(store.raw_manifest, "the raw recording has not been observed yet", "materialize raw_recording for this session first")
+        raise SessionInputError(
+            store.raw_manifest,
+            "the raw recording has not been observed yet",
+            "materialize raw_recording for this session first",
+        )
     observed = read_json(store.raw_manifest)["fingerprint"]
     now = fingerprint(source, include_settings=False)
     if now != observed:
-        raise SessionInputError(session_dir, f"the recording changed since it was observed (fingerprint {observed[:12]} → {now[:12]})", "wait until copying has finished, then re-materialize raw_recording and the steps after it")
+        raise SessionInputError(
+            session_dir,
+            f"the recording changed since it was observed (fingerprint {observed[:12]} → {now[:12]})",
+            "wait until copying has finished, then re-materialize raw_recording and the steps after it",
+        )
     return source
 
 
 @writes_session
-def build_probe_map(session_dir: Path, store: SessionStore, allow_zero_copy: bool = True, probe: str | None = None) -> StepOutput:
+def build_probe_map(
+    session_dir: Path, store: SessionStore, allow_zero_copy: bool = True, probe: str | None = None
+) -> StepOutput:
     """Validated probe → ``probe.json`` (probeinterface), ``kilosort_probe.json`` and ``probe.png``."""
     return write_probe_map(open_unchanged_recording(session_dir, store, probe), store, allow_zero_copy)
 
 
-def write_probe_map(source: RecordingSource, store: SessionStore, allow_zero_copy: bool = True, probe_file: Path | None = None) -> StepOutput:
+def write_probe_map(
+    source: RecordingSource, store: SessionStore, allow_zero_copy: bool = True, probe_file: Path | None = None
+) -> StepOutput:
     """The probe map of ``source`` (or of ``probe_file`` when given) into ``store.probe_dir``."""
     if probe_file is not None:
         probe, origin = probes.load_probe_file(probe_file), Path(probe_file)
@@ -100,7 +121,11 @@ def write_probe_map(source: RecordingSource, store: SessionStore, allow_zero_cop
     layout = binary_layout(source, allow_zero_copy)
     ks_probe = probes.kilosort_probe(probe, layout, source.sorting_channels)
     if ks_probe["n_chan"] == 0:
-        raise SessionInputError(origin, "no probe contact is wired to a sorted channel of this recording", "use the probe file that matches this recording")
+        raise SessionInputError(
+            origin,
+            "no probe contact is wired to a sorted channel of this recording",
+            "use the probe file that matches this recording",
+        )
     kind = settings.probe_kind(probe.annotations)
     with atomic_directory(store.probe_dir) as staged:
         group = pi.ProbeGroup()
@@ -108,7 +133,12 @@ def write_probe_map(source: RecordingSource, store: SessionStore, allow_zero_cop
         pi.write_probeinterface(staged / PROBE_JSON, group)
         ks_json = probes.kilosort_probe_to_json(ks_probe)
         (staged / KILOSORT_PROBE_JSON).write_text(json.dumps(ks_json, indent=1) + "\n")
-        probes.plot_probe(probe, staged / PROBE_PNG, title=f"{probe.get_contact_count()} contacts, {ks_probe['n_chan']} sorted", highlight_channels=tuple(source.sorting_channels))
+        probes.plot_probe(
+            probe,
+            staged / PROBE_PNG,
+            title=f"{probe.get_contact_count()} contacts, {ks_probe['n_chan']} sorted",
+            highlight_channels=tuple(source.sorting_channels),
+        )
         manifest = {
             "probe_source": str(origin),
             "probe_kind": kind,
@@ -129,15 +159,30 @@ def load_probe_map(store: SessionStore) -> tuple[dict, dict]:
     """The Kilosort probe dict and the probe manifest."""
     if not (store.probe_dir / PROBE_MANIFEST).is_file():
         raise FileNotFoundError(f"{store.probe_dir} has no probe map: materialize probe_map first")
-    return probes.kilosort_probe_from_json(read_json(store.probe_dir / KILOSORT_PROBE_JSON)), read_json(store.probe_dir / PROBE_MANIFEST)
+    return probes.kilosort_probe_from_json(read_json(store.probe_dir / KILOSORT_PROBE_JSON)), read_json(
+        store.probe_dir / PROBE_MANIFEST
+    )
 
 
 @writes_session
-def build_recording_binary(session_dir: Path, store: SessionStore, allow_zero_copy: bool = True, progress: conversion.Progress | None = None, probe: str | None = None) -> StepOutput:
+def build_recording_binary(
+    session_dir: Path,
+    store: SessionStore,
+    allow_zero_copy: bool = True,
+    progress: conversion.Progress | None = None,
+    probe: str | None = None,
+) -> StepOutput:
     """Convert (streamed) or verify-and-reference (zero-copy) the probe's recording into ``binary/``."""
     source = open_unchanged_recording(session_dir, store, probe)
-    binary = conversion.write_recording_binary(source, store.binary_dir, allow_zero_copy=allow_zero_copy, progress=progress)
-    metadata = {**binary.to_json(), "source_format": source.format, "source_dtype": source.source_dtype, "scaling_note": source.scaling_note}
+    binary = conversion.write_recording_binary(
+        source, store.binary_dir, allow_zero_copy=allow_zero_copy, progress=progress
+    )
+    metadata = {
+        **binary.to_json(),
+        "source_format": source.format,
+        "source_dtype": source.source_dtype,
+        "scaling_note": source.scaling_note,
+    }
     return StepOutput(binary.checksum, metadata)
 
 
@@ -151,11 +196,19 @@ def session_settings_version(session_dir: Path, probe: str | None = None) -> str
         overrides = probe_config(session_dir, probe).kilosort
     except SessionInputError:
         files = session_config.config_files(session_dir)
-        return "invalid-" + settings.settings_hash({str(p): p.read_bytes().hex() if p.is_file() else "?" for p in files})
+        return "invalid-" + settings.settings_hash(
+            {str(p): p.read_bytes().hex() if p.is_file() else "?" for p in files}
+        )
     return settings.settings_hash(overrides) if overrides else "none"
 
 
-def effective_session_settings(session_dir: Path | None, binary: conversion.RecordingBinary, probe_manifest: dict, settings_file: Path | None = None, probe: str | None = None) -> settings.EffectiveSettings:
+def effective_session_settings(
+    session_dir: Path | None,
+    binary: conversion.RecordingBinary,
+    probe_manifest: dict,
+    settings_file: Path | None = None,
+    probe: str | None = None,
+) -> settings.EffectiveSettings:
     """Layered, validated Kilosort settings for the probe as its session config says now (``settings_file`` last)."""
     config = probe_config(session_dir, probe) if session_dir is not None else session_config.ProbeConfig()
     overrides, files = config.kilosort, list(config.files)
@@ -163,7 +216,9 @@ def effective_session_settings(session_dir: Path | None, binary: conversion.Reco
         overrides = {**overrides, **settings.read_overrides_file(Path(settings_file))}
         files.append(Path(settings_file))
     check_batch_size(overrides, binary, files)
-    return settings.effective_settings(binary.n_chan_bin, binary.sampling_frequency, probe_manifest["probe_kind"], overrides)
+    return settings.effective_settings(
+        binary.n_chan_bin, binary.sampling_frequency, probe_manifest["probe_kind"], overrides
+    )
 
 
 def check_batch_size(overrides: dict[str, Any], binary: conversion.RecordingBinary, files: list[Path]) -> None:
@@ -184,7 +239,15 @@ def check_batch_size(overrides: dict[str, Any], binary: conversion.RecordingBina
 
 
 @writes_session
-def sort_session(session_dir: Path | None, store: SessionStore, backend: str = "auto", log: sorting.Log | None = None, extra_lineage: dict[str, Any] | None = None, settings_file: Path | None = None, probe: str | None = None) -> StepOutput:
+def sort_session(
+    session_dir: Path | None,
+    store: SessionStore,
+    backend: str = "auto",
+    log: sorting.Log | None = None,
+    extra_lineage: dict[str, Any] | None = None,
+    settings_file: Path | None = None,
+    probe: str | None = None,
+) -> StepOutput:
     """Kilosort 4 on the session's binary and probe map, with the session's settings, into ``sorting/``.
 
     With ``session_dir`` the landing recording is first checked against the fingerprint ``raw_recording`` took, so a
@@ -194,9 +257,15 @@ def sort_session(session_dir: Path | None, store: SessionStore, backend: str = "
     binary = conversion.load_recording_binary(store.binary_dir)
     ks_probe, probe_manifest = load_probe_map(store)
     if tuple(probe_manifest["binary_channels"]) != binary.binary_channels:
-        raise SessionInputError(store.probe_dir, "the probe map was made for a different binary layout", "re-materialize probe_map and recording_binary together")
+        raise SessionInputError(
+            store.probe_dir,
+            "the probe map was made for a different binary layout",
+            "re-materialize probe_map and recording_binary together",
+        )
     effective = effective_session_settings(session_dir, binary, probe_manifest, settings_file, probe)
-    result = sorting.sort_recording(binary, ks_probe, effective, store.sorting_dir, backend=backend, log=log, extra_lineage=extra_lineage)
+    result = sorting.sort_recording(
+        binary, ks_probe, effective, store.sorting_dir, backend=backend, log=log, extra_lineage=extra_lineage
+    )
     lineage = read_json(store.sorting_dir / sorting.LINEAGE_FILE)
     metadata = {
         "n_units": result.n_units,
@@ -211,7 +280,11 @@ def sort_session(session_dir: Path | None, store: SessionStore, backend: str = "
         "lineage": lineage,
         "path": str(store.sorting_dir),
     }
-    figures = {name: store.sorting_dir / f"{name}.png" for name in ("drift_amount", "drift_scatter", "diagnostics", "spike_positions") if (store.sorting_dir / f"{name}.png").exists()}
+    figures = {
+        name: store.sorting_dir / f"{name}.png"
+        for name in ("drift_amount", "drift_scatter", "diagnostics", "spike_positions")
+        if (store.sorting_dir / f"{name}.png").exists()
+    }
     return StepOutput(result.output_checksum, metadata, figures)
 
 
@@ -237,7 +310,9 @@ def export_phy(store: SessionStore) -> StepOutput:
         raise FileNotFoundError(f"{store.sorting_dir} has no sorting: materialize sorted_units first")
     segments = read_json(store.raw_manifest).get("segments") if store.raw_manifest.is_file() else None
     curation.preserve_phy_curation(store)  # a curation saved in Phy outlives the rebuilt folder (curation/history/)
-    bundle = phy.build_phy_bundle(store.sorting_dir, binary, np.asarray(ks_probe["kcoords"]).astype(int), store.phy_dir, segments)
+    bundle = phy.build_phy_bundle(
+        store.sorting_dir, binary, np.asarray(ks_probe["kcoords"]).astype(int), store.phy_dir, segments
+    )
     lineage = read_json(store.sorting_dir / sorting.LINEAGE_FILE)
     metadata = {
         "path": str(bundle.path),
@@ -263,4 +338,8 @@ def measure_units(store: SessionStore) -> StepOutput:
         raise FileNotFoundError(f"{store.phy_dir} has no Phy folder: materialize phy_bundle first")
     metrics = quality.compute_unit_metrics(store)
     version = settings.settings_hash({"units": metrics.table.to_dict(orient="records")})
-    return StepOutput(version, {**metrics.summary, "path": str(store.metrics_dir), "units": metrics.table.to_dict(orient="records")}, metrics.figures)
+    return StepOutput(
+        version,
+        {**metrics.summary, "path": str(store.metrics_dir), "units": metrics.table.to_dict(orient="records")},
+        metrics.figures,
+    )

@@ -35,14 +35,34 @@ def load_probe_file(path: Path) -> Probe:
     except SessionInputError:
         raise
     except PermissionError:
-        raise SessionInputError(path, "permission denied: the platform's user may not read the probe file", f"make it readable (e.g. chmod a+r '{path.name}')") from None
+        raise SessionInputError(
+            path,
+            "permission denied: the platform's user may not read the probe file",
+            f"make it readable (e.g. chmod a+r '{path.name}')",
+        ) from None
     except ValueError as exc:
-        if "must be unique" in str(exc):  # probeinterface refuses repeated positions; in a .prb a channel listed twice gets its geometry twice
-            raise SessionInputError(path, f"two contacts share a channel or a position ({exc})", "give every contact its own channel index and its own (x, y) position") from None
-        raise SessionInputError(path, f"cannot read the probe description (ValueError: {exc})", "provide a probeinterface JSON, .prb, or Kilosort .mat/.json probe") from exc
+        if "must be unique" in str(
+            exc
+        ):  # probeinterface refuses repeated positions; in a .prb a channel listed twice gets its geometry twice
+            raise SessionInputError(
+                path,
+                f"two contacts share a channel or a position ({exc})",
+                "give every contact its own channel index and its own (x, y) position",
+            ) from None
+        raise SessionInputError(
+            path,
+            f"cannot read the probe description (ValueError: {exc})",
+            "provide a probeinterface JSON, .prb, or Kilosort .mat/.json probe",
+        ) from exc
     except Exception as exc:  # parsers raise many kinds; the user needs the file and the cause
-        raise SessionInputError(path, f"cannot read the probe description ({type(exc).__name__}: {exc})", "provide a probeinterface JSON, .prb, or Kilosort .mat/.json probe") from exc
-    raise SessionInputError(path, f"unknown probe file type {path.suffix!r}", "use probeinterface .json, .prb, or Kilosort .mat/.json")
+        raise SessionInputError(
+            path,
+            f"cannot read the probe description ({type(exc).__name__}: {exc})",
+            "provide a probeinterface JSON, .prb, or Kilosort .mat/.json probe",
+        ) from exc
+    raise SessionInputError(
+        path, f"unknown probe file type {path.suffix!r}", "use probeinterface .json, .prb, or Kilosort .mat/.json"
+    )
 
 
 def _load_kilosort_probe(path: Path) -> dict:
@@ -53,7 +73,9 @@ def _load_kilosort_probe(path: Path) -> dict:
 
 def _single_probe(group: pi.ProbeGroup, path: Path) -> Probe:
     if len(group.probes) != 1:
-        raise SessionInputError(path, f"the file describes {len(group.probes)} probes", "give one probe per session (split the probe group)")
+        raise SessionInputError(
+            path, f"the file describes {len(group.probes)} probes", "give one probe per session (split the probe group)"
+        )
     return group.probes[0]
 
 
@@ -91,32 +113,56 @@ def validate_probe(probe: Probe, n_channels: int, path: Path) -> None:
     """Refuse probes Kilosort would mis-sort: duplicates, out-of-range channels, wrong units, bad shanks."""
     channels = probe.device_channel_indices
     if channels is None:
-        raise SessionInputError(path, "the probe has no channel wiring (device_channel_indices)", "wire each contact to a channel of the recording")
+        raise SessionInputError(
+            path,
+            "the probe has no channel wiring (device_channel_indices)",
+            "wire each contact to a channel of the recording",
+        )
     channels = np.asarray(channels)
     wired = channels[channels >= 0]
     values, counts = np.unique(wired, return_counts=True)
     if (counts > 1).any():
         dupes = values[counts > 1][:5].tolist()
-        raise SessionInputError(path, f"channels {dupes} are wired to more than one contact", "give every contact its own channel index")
+        raise SessionInputError(
+            path, f"channels {dupes} are wired to more than one contact", "give every contact its own channel index"
+        )
     if wired.size and wired.max() >= n_channels:
-        raise SessionInputError(path, f"the probe uses channel {int(wired.max())} but the recording has only {n_channels} channels (0..{n_channels - 1})", "use the probe file that matches this recording")
+        raise SessionInputError(
+            path,
+            f"the probe uses channel {int(wired.max())} but the recording has only {n_channels} channels (0..{n_channels - 1})",
+            "use the probe file that matches this recording",
+        )
     if wired.size == 0:
         raise SessionInputError(path, "no contact is wired to a channel", "set the probe's channel indices")
     positions = probe.contact_positions[:, :2]
     _, pos_counts = np.unique(np.round(positions, 3), axis=0, return_counts=True)
     if (pos_counts > 1).any():
-        raise SessionInputError(path, f"{int((pos_counts > 1).sum())} contact positions are used twice", "give every contact its own (x, y) position")
+        raise SessionInputError(
+            path,
+            f"{int((pos_counts > 1).sum())} contact positions are used twice",
+            "give every contact its own (x, y) position",
+        )
     if probe.si_units != "um":
-        raise SessionInputError(path, f"probe positions are in {probe.si_units!r}", "give contact positions in micrometres (um)")
+        raise SessionInputError(
+            path, f"probe positions are in {probe.si_units!r}", "give contact positions in micrometres (um)"
+        )
     span = float(np.ptp(positions[:, 1])) if len(positions) > 1 else 1.0
     if len(positions) >= 8 and span < 1.0:
-        raise SessionInputError(path, f"contacts span only {span:g} units vertically; positions look like mm or m", "give contact positions in micrometres (um)")
+        raise SessionInputError(
+            path,
+            f"contacts span only {span:g} units vertically; positions look like mm or m",
+            "give contact positions in micrometres (um)",
+        )
     shanks = probe.shank_ids
     if shanks is not None and len(shanks) and any(s == "" for s in shanks) and any(s != "" for s in shanks):
-        raise SessionInputError(path, "some contacts have a shank id and others do not", "give every contact a shank id, or none")
+        raise SessionInputError(
+            path, "some contacts have a shank id and others do not", "give every contact a shank id, or none"
+        )
 
 
-def kilosort_probe(probe: Probe, binary_channels: tuple[int, ...], sorting_channels: tuple[int, ...] | None = None) -> dict[str, np.ndarray | int]:
+def kilosort_probe(
+    probe: Probe, binary_channels: tuple[int, ...], sorting_channels: tuple[int, ...] | None = None
+) -> dict[str, np.ndarray | int]:
     """Kilosort's probe dict; ``chanMap`` indexes the rows of the binary, which hold ``binary_channels``.
 
     Only contacts wired to ``sorting_channels`` (default: all binary channels) are sorted.
@@ -124,7 +170,9 @@ def kilosort_probe(probe: Probe, binary_channels: tuple[int, ...], sorting_chann
     sortable = set(binary_channels if sorting_channels is None else sorting_channels)
     row_of_channel = {channel: row for row, channel in enumerate(binary_channels) if channel in sortable}
     rows, xc, yc, kcoords = [], [], [], []
-    shank_ids = probe.shank_ids if probe.shank_ids is not None and len(probe.shank_ids) else [""] * probe.get_contact_count()
+    shank_ids = (
+        probe.shank_ids if probe.shank_ids is not None and len(probe.shank_ids) else [""] * probe.get_contact_count()
+    )
     shank_numbers = {s: i for i, s in enumerate(sorted(set(shank_ids), key=lambda s: (len(s), s)))}
     for contact, channel in enumerate(probe.device_channel_indices):
         if channel < 0 or channel not in row_of_channel:
@@ -148,7 +196,10 @@ def kilosort_probe_to_json(ks_probe: dict) -> dict:
 
 
 def kilosort_probe_from_json(payload: dict) -> dict:
-    out = {k: np.asarray(payload[k], dtype=np.int32 if k == "chanMap" else np.float32) for k in ("chanMap", "xc", "yc", "kcoords")}
+    out = {
+        k: np.asarray(payload[k], dtype=np.int32 if k == "chanMap" else np.float32)
+        for k in ("chanMap", "xc", "yc", "kcoords")
+    }
     out["n_chan"] = int(payload["n_chan"])
     return out
 
@@ -161,7 +212,11 @@ def plot_probe(probe: Probe, path: Path, title: str = "", highlight_channels: tu
 
     from ks_platform.core.figures import new_figure, save_figure
 
-    recorded = np.isin(probe.device_channel_indices, highlight_channels) if highlight_channels else np.ones(probe.get_contact_count(), bool)
+    recorded = (
+        np.isin(probe.device_channel_indices, highlight_channels)
+        if highlight_channels
+        else np.ones(probe.get_contact_count(), bool)
+    )
     colors = list(np.where(recorded, "tab:orange", "lightgrey"))
     positions = probe.contact_positions[recorded] if recorded.any() else probe.contact_positions
     contact_size = max(max(params.values(), default=10) for params in probe.contact_shape_params)  # µm: radius/width
@@ -171,7 +226,20 @@ def plot_probe(probe: Probe, path: Path, title: str = "", highlight_channels: tu
     plt, fig = new_figure(6, 6)
     whole, zoom = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2]})
     for ax in (whole, zoom):
-        pi_plot_probe(probe, ax=ax, contacts_colors=colors, with_contact_id=False, title=False, contact_kwargs={"alpha": 1.0, "edgecolor": "dimgrey", "lw": 0.5 if len(colors) <= 128 else 0.0, "zorder": 2}, probe_shape_kwargs={"facecolor": "#e4e4e4", "edgecolor": "grey", "alpha": 1.0, "zorder": 1})
+        pi_plot_probe(
+            probe,
+            ax=ax,
+            contacts_colors=colors,
+            with_contact_id=False,
+            title=False,
+            contact_kwargs={
+                "alpha": 1.0,
+                "edgecolor": "dimgrey",
+                "lw": 0.5 if len(colors) <= 128 else 0.0,
+                "zorder": 2,
+            },
+            probe_shape_kwargs={"facecolor": "#e4e4e4", "edgecolor": "grey", "alpha": 1.0, "zorder": 1},
+        )
         ax.set_xlabel("x (µm)", fontsize=9)
         ax.set_ylabel("")
         ax.tick_params(labelsize=8)
@@ -190,6 +258,8 @@ def plot_probe(probe: Probe, path: Path, title: str = "", highlight_channels: tu
         for shank in names:
             x = probe.contact_positions[shank_ids == shank, 0].mean()
             if x0 <= x <= x1:
-                zoom.annotate(f"shank {shank}", (x, y0), xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8)
+                zoom.annotate(
+                    f"shank {shank}", (x, y0), xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8
+                )
     fig.suptitle(title or f"{probe.get_contact_count()} contacts, {int(recorded.sum())} recorded", fontsize=10)
     return save_figure(plt, fig, path)

@@ -75,11 +75,15 @@ def spike_band_recording(store: SessionStore):
 
     binary = conversion.load_recording_binary(store.binary_dir)
     ks_probe, _ = load_probe_map(store)
-    recording = si.read_binary(str(binary.path), sampling_frequency=binary.sampling_frequency, dtype="int16", num_channels=binary.n_chan_bin)
+    recording = si.read_binary(
+        str(binary.path), sampling_frequency=binary.sampling_frequency, dtype="int16", num_channels=binary.n_chan_bin
+    )
     recording.set_channel_gains(binary.uv_per_bit)
     recording.set_channel_offsets(0.0)
     probe = pi.Probe(ndim=2, si_units="um")
-    probe.set_contacts(positions=np.column_stack([ks_probe["xc"], ks_probe["yc"]]), shapes="circle", shape_params={"radius": 6})
+    probe.set_contacts(
+        positions=np.column_stack([ks_probe["xc"], ks_probe["yc"]]), shapes="circle", shape_params={"radius": 6}
+    )
     probe.set_device_channel_indices(np.asarray(ks_probe["chanMap"], dtype=int))
     probe.set_shank_ids(np.asarray(ks_probe["kcoords"]).astype(int).astype(str))
     group = pi.ProbeGroup()
@@ -106,12 +110,39 @@ def compute_unit_metrics(store: SessionStore, n_jobs: int = 1) -> UnitMetrics:
 
     recording, binary = spike_band_recording(store)
     sorting = read_kilosort(store.phy_dir, keep_good_only=False)
-    labels = dict(zip(sorting.unit_ids, sorting.get_property("KSLabel") if "KSLabel" in sorting.get_property_keys() else ["unsorted"] * len(sorting.unit_ids)))
+    labels = dict(
+        zip(
+            sorting.unit_ids,
+            sorting.get_property("KSLabel")
+            if "KSLabel" in sorting.get_property_keys()
+            else ["unsorted"] * len(sorting.unit_ids),
+        )
+    )
     job = {"n_jobs": n_jobs, "chunk_duration": "1s", "progress_bar": False}
     analyzer = si.create_sorting_analyzer(sorting, recording, sparse=True, format="memory", job_kwargs=job)
-    analyzer.compute({"random_spikes": {"max_spikes_per_unit": 300, "seed": 0}, "waveforms": {}, "templates": {}, "noise_levels": {"random_slices_kwargs": {"seed": 0}}}, **job)
-    analyzer.compute({"spike_amplitudes": {}, "unit_locations": {"method": "monopolar_triangulation"}, "spike_locations": {"method": "center_of_mass"}}, **job)
-    metrics = analyzer.compute("quality_metrics", metric_names=list(METRIC_NAMES), metric_params=metric_params(binary.n_samples / binary.sampling_frequency), **job).get_data()
+    analyzer.compute(
+        {
+            "random_spikes": {"max_spikes_per_unit": 300, "seed": 0},
+            "waveforms": {},
+            "templates": {},
+            "noise_levels": {"random_slices_kwargs": {"seed": 0}},
+        },
+        **job,
+    )
+    analyzer.compute(
+        {
+            "spike_amplitudes": {},
+            "unit_locations": {"method": "monopolar_triangulation"},
+            "spike_locations": {"method": "center_of_mass"},
+        },
+        **job,
+    )
+    metrics = analyzer.compute(
+        "quality_metrics",
+        metric_names=list(METRIC_NAMES),
+        metric_params=metric_params(binary.n_samples / binary.sampling_frequency),
+        **job,
+    ).get_data()
     table = metrics.copy()
     table.insert(0, "unit_id", [int(u) for u in metrics.index])
     table.insert(1, "kilosort_label", [str(labels.get(u, "")) for u in metrics.index])
@@ -128,7 +159,9 @@ def compute_unit_metrics(store: SessionStore, n_jobs: int = 1) -> UnitMetrics:
         "median_presence_ratio": float(table["presence_ratio"].median()) if len(table) else 0.0,
         "duration_s": float(binary.n_samples / binary.sampling_frequency),
         "metric_names": list(METRIC_NAMES),
-        "curated_counts": {label: int((table["curated_label"] == label).sum()) for label in sorted(set(table["curated_label"]) - {""})},
+        "curated_counts": {
+            label: int((table["curated_label"] == label).sum()) for label in sorted(set(table["curated_label"]) - {""})
+        },
     }
     with atomic_directory(store.metrics_dir) as staged:
         table.to_csv(staged / METRICS_CSV, index=False)
@@ -153,8 +186,21 @@ def _plot_drift_map(analyzer, path: Path) -> None:
     amplitudes = np.abs(analyzer.get_extension("spike_amplitudes").get_data())
     scaled = np.clip(amplitudes / (np.percentile(amplitudes, 95) if amplitudes.size else 1.0), 0.05, 1.0)
     ax = fig.add_subplot(1, 1, 1)
-    ax.scatter(spikes["sample_index"] / analyzer.sampling_frequency, depths, s=2 + 8 * scaled, c=scaled, cmap="Greys", vmin=0, vmax=1, linewidths=0)
-    ax.set(xlabel="time (s)", ylabel="depth (µm)", title=f"drift map: {len(spikes)} spikes, {analyzer.sorting.get_num_units()} units")
+    ax.scatter(
+        spikes["sample_index"] / analyzer.sampling_frequency,
+        depths,
+        s=2 + 8 * scaled,
+        c=scaled,
+        cmap="Greys",
+        vmin=0,
+        vmax=1,
+        linewidths=0,
+    )
+    ax.set(
+        xlabel="time (s)",
+        ylabel="depth (µm)",
+        title=f"drift map: {len(spikes)} spikes, {analyzer.sorting.get_num_units()} units",
+    )
     save_figure(plt, fig, path)
 
 
@@ -165,10 +211,28 @@ def _plot_unit_locations(analyzer, table: pd.DataFrame, path: Path) -> None:
     positions = analyzer.get_channel_locations()
     ax.scatter(positions[:, 0], positions[:, 1], marker="s", s=18, c="#d0d0d0", label="contacts")
     good = table["kilosort_label"] == "good"
-    ax.scatter(table.loc[good, "x_um"], table.loc[good, "y_um"], s=40, c="tab:green", label="good units", edgecolors="k", linewidths=0.5)
-    ax.scatter(table.loc[~good, "x_um"], table.loc[~good, "y_um"], s=30, c="tab:orange", label="other units", edgecolors="k", linewidths=0.5)
+    ax.scatter(
+        table.loc[good, "x_um"],
+        table.loc[good, "y_um"],
+        s=40,
+        c="tab:green",
+        label="good units",
+        edgecolors="k",
+        linewidths=0.5,
+    )
+    ax.scatter(
+        table.loc[~good, "x_um"],
+        table.loc[~good, "y_um"],
+        s=30,
+        c="tab:orange",
+        label="other units",
+        edgecolors="k",
+        linewidths=0.5,
+    )
     for _, row in table.iterrows():
-        ax.annotate(str(int(row["unit_id"])), (row["x_um"], row["y_um"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            str(int(row["unit_id"])), (row["x_um"], row["y_um"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
     ax.set(xlabel="x (µm)", ylabel="y (µm)", title="units on the probe")
     ax.legend(loc="upper right", fontsize=7)
     save_figure(plt, fig, path)
@@ -180,7 +244,11 @@ def _plot_waveforms(analyzer, table: pd.DataFrame, path: Path) -> None:
     templates = analyzer.get_extension("templates").get_data(operator="average")
     best = table.sort_values("snr", ascending=False).head(N_WAVEFORM_UNITS)
     unit_index = {int(u): i for i, u in enumerate(analyzer.unit_ids)}
-    times_ms = (np.arange(templates.shape[1]) - analyzer.get_extension("templates").nbefore) / analyzer.sampling_frequency * 1000
+    times_ms = (
+        (np.arange(templates.shape[1]) - analyzer.get_extension("templates").nbefore)
+        / analyzer.sampling_frequency
+        * 1000
+    )
     for panel, (_, row) in enumerate(best.iterrows(), start=1):
         template = templates[unit_index[int(row["unit_id"])]]
         channel = int(np.argmax(np.ptp(template, axis=0)))

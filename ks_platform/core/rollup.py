@@ -164,7 +164,9 @@ def session_outcome(store_root: Path, key: str, failure: str | None = None) -> S
     )
 
 
-def build_daily_rollup(store_root: Path, date: dt.date, registered_keys: Iterable[str], failures: Mapping[str, str] | None = None) -> DailyRollup:
+def build_daily_rollup(
+    store_root: Path, date: dt.date, registered_keys: Iterable[str], failures: Mapping[str, str] | None = None
+) -> DailyRollup:
     """The rollup of ``date`` over the registered sessions recorded that day (other dates' keys are ignored).
 
     ``failures`` maps a session key to the error of its latest run when that run failed.

@@ -67,23 +67,35 @@ def applies_to(config: Path, probe_files: tuple[Path, ...] | list[Path]) -> bool
 def _load(path: Path) -> dict[str, Any]:
     """One config file as a JSON object; every way it can be unreadable is one clear error."""
     if not path.is_file():
-        raise SessionInputError(path, "the config file is not a regular file", f"make {path.name} a JSON file (or remove it)")
+        raise SessionInputError(
+            path, "the config file is not a regular file", f"make {path.name} a JSON file (or remove it)"
+        )
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise SessionInputError(path, f"the config file is larger than {MAX_CONFIG_BYTES // 1024} KiB", "keep only settings in it")
+            raise SessionInputError(
+                path, f"the config file is larger than {MAX_CONFIG_BYTES // 1024} KiB", "keep only settings in it"
+            )
         payload = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise SessionInputError(path, "the config file is not UTF-8 text", "save it as UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
-        raise SessionInputError(path, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", "fix the JSON syntax (e.g. with `python -m json.tool`)") from None
+        raise SessionInputError(
+            path,
+            f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+            "fix the JSON syntax (e.g. with `python -m json.tool`)",
+        ) from None
     except RecursionError:
         raise SessionInputError(path, "the JSON is nested too deeply to be a config file", _FIX_SYNTAX) from None
     except PermissionError:
         raise
     except OSError as exc:
-        raise SessionInputError(path, f"cannot read the config file ({exc.strerror})", "check the file's permissions") from None
+        raise SessionInputError(
+            path, f"cannot read the config file ({exc.strerror})", "check the file's permissions"
+        ) from None
     if not isinstance(payload, dict):
-        raise SessionInputError(path, f"the config file must hold a JSON object, not {type(payload).__name__}", _FIX_SYNTAX)
+        raise SessionInputError(
+            path, f"the config file must hold a JSON object, not {type(payload).__name__}", _FIX_SYNTAX
+        )
     return {"kilosort": payload} if path.name == SESSION_SETTINGS_FILE else payload
 
 
@@ -93,7 +105,9 @@ def _check_keys(payload: Mapping[str, Any], allowed: tuple[str, ...], path: Path
         raise SessionInputError(path, f"unknown key(s) {unknown} {where}", f"use only {list(allowed)} there")
 
 
-def _layer(config: ProbeConfig, section: Mapping[str, Any], path: Path, session_dir: Path, check_kilosort: bool) -> ProbeConfig:
+def _layer(
+    config: ProbeConfig, section: Mapping[str, Any], path: Path, session_dir: Path, check_kilosort: bool
+) -> ProbeConfig:
     """``config`` with one section of a config file layered over it (validated; Kilosort values only when
     ``check_kilosort``)."""
     _check_keys(section, PROBE_KEYS, path, "in a probe section")
@@ -107,12 +121,22 @@ def _layer(config: ProbeConfig, section: Mapping[str, Any], path: Path, session_
     if "probe_file" in section:
         name = section["probe_file"]
         if not isinstance(name, str) or not name:
-            raise SessionInputError(path, f"probe_file must be a file name, got {name!r}", "name a probe file next to the config file")
+            raise SessionInputError(
+                path, f"probe_file must be a file name, got {name!r}", "name a probe file next to the config file"
+            )
         probe_file = (path.parent / name).resolve()
         if probe_file != Path(session_dir).resolve() and Path(session_dir).resolve() not in probe_file.parents:
-            raise SessionInputError(path, f"probe_file {name!r} resolves to {probe_file}, outside the session folder", "copy the probe file into the session folder and name it relative to the config file")
+            raise SessionInputError(
+                path,
+                f"probe_file {name!r} resolves to {probe_file}, outside the session folder",
+                "copy the probe file into the session folder and name it relative to the config file",
+            )
         if not probe_file.is_file():
-            raise SessionInputError(path, f"probe_file {name!r} does not exist next to the config file", "copy the probe file there or fix its name")
+            raise SessionInputError(
+                path,
+                f"probe_file {name!r} does not exist next to the config file",
+                "copy the probe file there or fix its name",
+            )
     date = config.recording_date
     if "recording_date" in section:
         date = _date(section["recording_date"], path)
@@ -120,24 +144,32 @@ def _layer(config: ProbeConfig, section: Mapping[str, Any], path: Path, session_
     if "split_segments" in section:
         split = section["split_segments"]
         if not isinstance(split, bool):
-            raise SessionInputError(path, f"split_segments must be true or false, got {split!r}", '"split_segments": true')
+            raise SessionInputError(
+                path, f"split_segments must be true or false, got {split!r}", '"split_segments": true'
+            )
     return ProbeConfig(kilosort, probe_file, date, config.files, split)
 
 
 def _date(value: Any, path: Path) -> dt.date:
     if not isinstance(value, str):
-        raise SessionInputError(path, f"recording_date must be a YYYY-MM-DD string, got {value!r}", 'write "recording_date": "2026-03-02"')
+        raise SessionInputError(
+            path, f"recording_date must be a YYYY-MM-DD string, got {value!r}", 'write "recording_date": "2026-03-02"'
+        )
     try:
         return dt.date.fromisoformat(value.strip())
     except ValueError:
-        raise SessionInputError(path, f"recording_date {value!r} is not a YYYY-MM-DD date", 'write "recording_date": "2026-03-02"') from None
+        raise SessionInputError(
+            path, f"recording_date {value!r} is not a YYYY-MM-DD date", 'write "recording_date": "2026-03-02"'
+        ) from None
 
 
 def _probe_section(payload: Mapping[str, Any], names: tuple[str, ...], path: Path) -> Mapping[str, Any] | None:
     """The section of ``payload["probes"]`` for a probe known by any of ``names`` (its name, key name, unsplit name)."""
     sections = payload.get("probes", {})
     if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
-        raise SessionInputError(path, "'probes' must map probe names to objects", '"probes": {"imec0": {"kilosort": {...}}}')
+        raise SessionInputError(
+            path, "'probes' must map probe names to objects", '"probes": {"imec0": {"kilosort": {...}}}'
+        )
     from ks_platform.core.sessions import key_name
 
     known = {alias for name in names for alias in (name, key_name(name))}
@@ -145,7 +177,11 @@ def _probe_section(payload: Mapping[str, Any], names: tuple[str, ...], path: Pat
 
 
 def read_probe_config(
-    session_dir: Path, probes: Mapping[str, tuple[Path, ...]], probe: str, split_from: Mapping[str, str] | None = None, check_kilosort: bool = True
+    session_dir: Path,
+    probes: Mapping[str, tuple[Path, ...]],
+    probe: str,
+    split_from: Mapping[str, str] | None = None,
+    check_kilosort: bool = True,
 ) -> ProbeConfig:
     """The layered config of ``probe`` (a name in ``probes``, the folder's probe → files map). ``split_from`` maps
     segment partitions (``imec0-g1``) to the probe they were split from, whose sections apply to them too.
@@ -159,7 +195,9 @@ def read_probe_config(
         if not applies_to(path, probes[probe]):
             continue
         payload = _load(path)
-        config = ProbeConfig(config.kilosort, config.probe_file, config.recording_date, (*config.files, path), config.split_segments)
+        config = ProbeConfig(
+            config.kilosort, config.probe_file, config.recording_date, (*config.files, path), config.split_segments
+        )
         config = _layer(config, {k: v for k, v in payload.items() if k != "probes"}, path, session_dir, check_kilosort)
         for name in names:
             section = _probe_section(payload, (name,), path)
@@ -168,7 +206,9 @@ def read_probe_config(
     return config
 
 
-def check_configs_apply(session_dir: Path, probes: Mapping[str, tuple[Path, ...]], unsplit: tuple[str, ...] = ()) -> None:
+def check_configs_apply(
+    session_dir: Path, probes: Mapping[str, tuple[Path, ...]], unsplit: tuple[str, ...] = ()
+) -> None:
     """Refuse a config file that applies to no probe, names an unknown probe or has unknown keys (``unsplit``:
     names of probes that are listed split into segments, which config files may still name)."""
     from ks_platform.core.sessions import key_name
@@ -177,15 +217,27 @@ def check_configs_apply(session_dir: Path, probes: Mapping[str, tuple[Path, ...]
     for path in config_files(session_dir):
         covered = [name for name, files in probes.items() if applies_to(path, files)]
         if not covered:
-            raise SessionInputError(path, f"this config file applies to no probe (probes: {', '.join(sorted(probes))}; a file applies to the recordings in its folder and below)", "move it to the session folder or next to the probe's recording, or remove it")
+            raise SessionInputError(
+                path,
+                f"this config file applies to no probe (probes: {', '.join(sorted(probes))}; a file applies to the recordings in its folder and below)",
+                "move it to the session folder or next to the probe's recording, or remove it",
+            )
         payload = _load(path)
         _check_keys(payload, CONFIG_KEYS, path, "at the top level")
         sections = payload.get("probes", {})
         _probe_section(payload, (), path)
         for name in sections:
             if name not in known:
-                raise SessionInputError(path, f"'probes' names {name!r}, which this folder does not hold (it holds {', '.join(sorted(probes))})", f"use one of {sorted(probes)}")
+                raise SessionInputError(
+                    path,
+                    f"'probes' names {name!r}, which this folder does not hold (it holds {', '.join(sorted(probes))})",
+                    f"use one of {sorted(probes)}",
+                )
             if unsplit and name in unsplit:
                 continue
             if not any(name in (covered_name, key_name(covered_name)) for covered_name in covered):
-                raise SessionInputError(path, f"'probes' names {name!r}, whose recording is not in this file's folder or below", "put the section in a config file above that probe's recording")
+                raise SessionInputError(
+                    path,
+                    f"'probes' names {name!r}, whose recording is not in this file's folder or below",
+                    "put the section in a config file above that probe's recording",
+                )

@@ -66,7 +66,9 @@ class SessionRef:
         date_text, root, name, probe = parts
         for label, part in zip(KEY_PARTS[1:], (root, name, probe)):
             if not is_safe_name(part):
-                raise ValueError(f"partition key {key!r}: its {label} part {part!r} is not a key name (letters, digits, '._-')")
+                raise ValueError(
+                    f"partition key {key!r}: its {label} part {part!r} is not a key name (letters, digits, '._-')"
+                )
         try:
             date = dt.date.fromisoformat(date_text)
         except ValueError:
@@ -101,7 +103,11 @@ def check_name(name: str, path: Path) -> None:
 def session_dir(ref: SessionRef, landing_roots: dict[str, Path]) -> Path:
     """The session folder whose key name is ``ref.name``, resolved inside its landing root (no escape)."""
     if ref.root not in landing_roots:
-        raise SessionInputError(Path(ref.root), f"no landing root named {ref.root!r} is configured (known: {sorted(landing_roots)})", "add it to the platform's landing_roots config")
+        raise SessionInputError(
+            Path(ref.root),
+            f"no landing root named {ref.root!r} is configured (known: {sorted(landing_roots)})",
+            "add it to the platform's landing_roots config",
+        )
     root = Path(landing_roots[ref.root])
     direct = root / ref.name
     if direct.is_dir():
@@ -109,7 +115,11 @@ def session_dir(ref: SessionRef, landing_roots: dict[str, Path]) -> Path:
     for folder in candidate_folders(root):
         if key_name(folder.name) == ref.name:
             return contained_path(root, folder)
-    raise SessionInputError(direct, "the session folder does not exist (moved, renamed or deleted since it was registered)", "put the folder back, or retire the partition")
+    raise SessionInputError(
+        direct,
+        "the session folder does not exist (moved, renamed or deleted since it was registered)",
+        "put the folder back, or retire the partition",
+    )
 
 
 def candidate_folders(root: Path) -> list[Path]:

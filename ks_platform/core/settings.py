@@ -20,8 +20,14 @@ SESSION_SETTINGS_FILE = "kilosort4-settings.json"
 DATA_DERIVED = ("n_chan_bin", "fs")
 #: Settings that are ``run_kilosort`` arguments rather than entries of Kilosort's table, in the same format.
 PLATFORM_SETTINGS: dict[str, dict[str, Any]] = {
-    "clear_cache": {"type": bool, "min": None, "max": None, "exclude": [], "default": False,
-                    "description": "Free cached GPU memory between Kilosort's steps (slower, fits smaller GPUs)."},
+    "clear_cache": {
+        "type": bool,
+        "min": None,
+        "max": None,
+        "exclude": [],
+        "default": False,
+        "description": "Free cached GPU memory between Kilosort's steps (slower, fits smaller GPUs).",
+    },
 }
 #: ``drift_smoothing`` is Kilosort's 3-element Gaussian smoothing (batches, depth bins, x bins).
 LIST_LENGTHS = {"drift_smoothing": 3}
@@ -54,7 +60,9 @@ def _value_fix(key: str, spec: dict[str, Any]) -> str:
         allowed = f"a list of {LIST_LENGTHS.get(key, 'some')} non-negative numbers"
     else:
         noun = "a whole number" if kind is int else "a number"
-        allowed = f"{noun} in [{spec['min']}, {spec['max']}]" + (f" other than {', '.join(map(str, spec['exclude']))}" if spec.get("exclude") else "")
+        allowed = f"{noun} in [{spec['min']}, {spec['max']}]" + (
+            f" other than {', '.join(map(str, spec['exclude']))}" if spec.get("exclude") else ""
+        )
     nullable = " (or null for Kilosort's automatic choice)" if default is None and key not in DATA_DERIVED else ""
     return f"set {key!r} to {allowed}{nullable}, or remove it to use Kilosort's default ({json.dumps(default, default=str)})"
 
@@ -71,9 +79,15 @@ def _check_value(key: str, value: Any, spec: dict[str, Any], path: Path) -> Any:
             raise SessionInputError(path, f"{key!r} must be true or false, got {value!r}", fix)
         return value
     if kind is list:
-        numbers = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in value)
+        numbers = isinstance(value, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in value
+        )
         if not numbers or (key in LIST_LENGTHS and len(value) != LIST_LENGTHS[key]):
-            raise SessionInputError(path, f"{key!r} must be a list of {LIST_LENGTHS.get(key, 'some')} non-negative numbers, got {value!r}", fix)
+            raise SessionInputError(
+                path,
+                f"{key!r} must be a list of {LIST_LENGTHS.get(key, 'some')} non-negative numbers, got {value!r}",
+                fix,
+            )
         return [float(v) for v in value]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SessionInputError(path, f"{key!r} must be a number, got {type(value).__name__} {value!r}", fix)
@@ -92,12 +106,18 @@ def _check_value(key: str, value: Any, spec: dict[str, Any], path: Path) -> Any:
 def validate_overrides(overrides: dict[str, Any], path: Path) -> dict[str, Any]:
     """Check every key and value against Kilosort's table; unknown keys get the closest valid name."""
     if not isinstance(overrides, dict):
-        raise SessionInputError(path, f"Kilosort settings must be a JSON object, got {type(overrides).__name__}", 'write {"setting_name": value, ...}')
+        raise SessionInputError(
+            path,
+            f"Kilosort settings must be a JSON object, got {type(overrides).__name__}",
+            'write {"setting_name": value, ...}',
+        )
     table = kilosort_settings_table()
     clean: dict[str, Any] = {}
     for key, value in overrides.items():
         if key in DATA_DERIVED:
-            raise SessionInputError(path, f"{key!r} is taken from the recording and cannot be overridden", f"remove {key!r}")
+            raise SessionInputError(
+                path, f"{key!r} is taken from the recording and cannot be overridden", f"remove {key!r}"
+            )
         if key not in table:
             close = difflib.get_close_matches(key, list(table), n=1, cutoff=0.5)
             hint = f"did you mean {close[0]!r}?" if close else "see kilosort.parameters for valid names"
@@ -119,9 +139,15 @@ def read_overrides_file(path: Path) -> dict[str, Any]:
     try:
         payload = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise SessionInputError(path, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", "fix the JSON syntax (e.g. with `python -m json.tool`)") from None
+        raise SessionInputError(
+            path,
+            f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+            "fix the JSON syntax (e.g. with `python -m json.tool`)",
+        ) from None
     except OSError as exc:
-        raise SessionInputError(path, f"cannot read the settings file ({exc.strerror})", "check the file's permissions") from None
+        raise SessionInputError(
+            path, f"cannot read the settings file ({exc.strerror})", "check the file's permissions"
+        ) from None
     return validate_overrides(payload, path)
 
 
@@ -165,4 +191,3 @@ def effective_settings(
     settings = {**platform, **probe_defaults, **session, "n_chan_bin": int(n_chan_bin), "fs": float(sampling_frequency)}
     layers = {"platform": dict(platform), f"probe:{kind}": dict(probe_defaults), "session": dict(session)}
     return EffectiveSettings(settings=settings, layers=layers)
-

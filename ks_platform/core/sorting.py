@@ -27,7 +27,17 @@ SETTINGS_FILE = "effective_settings.json"
 LINEAGE_FILE = "lineage.json"
 #: Kilosort seeds numpy and torch with 1 before drift correction (run_kilosort._sort); recorded as facts.
 KILOSORT_SEEDS = {"numpy": 1, "torch": 1, "torch_cuda": 1}
-RUNTIME_KEYS = ("runtime_preproc", "runtime_drift", "runtime_st0", "runtime_clu0", "runtime_st", "runtime_clu", "runtime_merge", "runtime_postproc", "runtime")
+RUNTIME_KEYS = (
+    "runtime_preproc",
+    "runtime_drift",
+    "runtime_st0",
+    "runtime_clu0",
+    "runtime_st",
+    "runtime_clu",
+    "runtime_merge",
+    "runtime_postproc",
+    "runtime",
+)
 
 Log = Callable[[str], None]
 
@@ -36,7 +46,12 @@ def kilosort_seeds(settings: dict[str, Any]) -> dict[str, int]:
     """The seeds of a sort: Kilosort's fixed numpy/torch seeds and the clustering seed of the settings."""
     from ks_platform.core.settings import kilosort_settings_table
 
-    return {**KILOSORT_SEEDS, "cluster_init_seed": int(settings.get("cluster_init_seed", kilosort_settings_table()["cluster_init_seed"]["default"]))}
+    return {
+        **KILOSORT_SEEDS,
+        "cluster_init_seed": int(
+            settings.get("cluster_init_seed", kilosort_settings_table()["cluster_init_seed"]["default"])
+        ),
+    }
 
 
 @dataclass
@@ -115,7 +130,9 @@ def sorting_checksum(output_dir: Path) -> str:
     return hasher.hexdigest()
 
 
-def run_kilosort_once(binary: RecordingBinary, ks_probe: dict, settings: dict[str, Any], results_dir: Path, device: str, clear_cache: bool) -> dict:
+def run_kilosort_once(
+    binary: RecordingBinary, ks_probe: dict, settings: dict[str, Any], results_dir: Path, device: str, clear_cache: bool
+) -> dict:
     """One plain ``kilosort.run_kilosort`` call; returns Kilosort's ops."""
     import torch
     from kilosort import run_kilosort
@@ -134,8 +151,12 @@ def run_kilosort_once(binary: RecordingBinary, ks_probe: dict, settings: dict[st
 
 def memory_plan_for(info: BackendInfo, settings: EffectiveSettings, n_channels: int) -> MemoryPlan:
     """:func:`plan_memory` with the user's layers and the executor's planned batch (``KS_PLATFORM_BATCH_SIZE``)."""
-    user_batch = next((layer["batch_size"] for layer in reversed(list(settings.layers.values())) if "batch_size" in layer), None)
-    user_clear = next((layer["clear_cache"] for layer in reversed(list(settings.layers.values())) if "clear_cache" in layer), None)
+    user_batch = next(
+        (layer["batch_size"] for layer in reversed(list(settings.layers.values())) if "batch_size" in layer), None
+    )
+    user_clear = next(
+        (layer["clear_cache"] for layer in reversed(list(settings.layers.values())) if "clear_cache" in layer), None
+    )
     planned = os.environ.get(PLANNED_BATCH_SIZE_ENV, "").strip()  # set by the placing executor (ks_platform.execution)
     return plan_memory(info, n_channels, user_batch, user_clear, int(planned) if planned.isdigit() else None)
 
@@ -162,7 +183,9 @@ def sort_recording(
     requested.pop("clear_cache", None)
     clear_cache = plan.clear_cache
     log(f"batch_size {plan.batch_size}, clear_cache {clear_cache}: {plan.reason} ({info.backend} {info.device_name})")
-    log(f"sorting {binary.path} ({binary.n_samples / binary.sampling_frequency:.1f} s, {ks_probe['n_chan']} channels) on {info.backend} {info.device_name}")
+    log(
+        f"sorting {binary.path} ({binary.n_samples / binary.sampling_frequency:.1f} s, {ks_probe['n_chan']} channels) on {info.backend} {info.device_name}"
+    )
     attempts: list[SortAttempt] = []
     started = time.perf_counter()
     with atomic_directory(output_dir) as staged, forward_kilosort_logs(log):
@@ -174,10 +197,19 @@ def sort_recording(
             except Exception as exc:
                 if not is_out_of_memory(exc) or batch <= MIN_BATCH_SIZE:
                     raise
-                attempts.append(SortAttempt(batch, clear_cache, f"out of memory: {str(exc)[:200]}", round(time.perf_counter() - attempt_start, 2)))
+                attempts.append(
+                    SortAttempt(
+                        batch,
+                        clear_cache,
+                        f"out of memory: {str(exc)[:200]}",
+                        round(time.perf_counter() - attempt_start, 2),
+                    )
+                )
                 requested["batch_size"] = max(MIN_BATCH_SIZE, batch // 2)
                 clear_cache = True
-                log(f"GPU out of memory at batch_size {batch}; retrying with batch_size {requested['batch_size']} and clear_cache")
+                log(
+                    f"GPU out of memory at batch_size {batch}; retrying with batch_size {requested['batch_size']} and clear_cache"
+                )
                 _release_gpu_memory()
                 for leftover in staged.iterdir():
                     if leftover.is_file():
@@ -185,8 +217,18 @@ def sort_recording(
                 continue
             attempts.append(SortAttempt(batch, clear_cache, "ok", round(time.perf_counter() - attempt_start, 2)))
             break
-        result = _summarize(staged, output_dir, ops, info, requested, settings, attempts, binary, time.perf_counter() - started)
-        write_json_atomic(staged / SETTINGS_FILE, {**settings.record(), "as_run": requested, "clear_cache": clear_cache, "as_run_hash": settings_hash(requested)})
+        result = _summarize(
+            staged, output_dir, ops, info, requested, settings, attempts, binary, time.perf_counter() - started
+        )
+        write_json_atomic(
+            staged / SETTINGS_FILE,
+            {
+                **settings.record(),
+                "as_run": requested,
+                "clear_cache": clear_cache,
+                "as_run_hash": settings_hash(requested),
+            },
+        )
         write_json_atomic(staged / SUMMARY_FILE, result.to_json())
         write_json_atomic(
             staged / LINEAGE_FILE,
@@ -203,7 +245,9 @@ def sort_recording(
                 **(extra_lineage or {}),
             ),
         )
-    log(f"sorted: {result.n_units} units ({result.n_good_units} good), {result.n_spikes} spikes in {result.seconds:.1f} s")
+    log(
+        f"sorted: {result.n_units} units ({result.n_good_units} good), {result.n_spikes} spikes in {result.seconds:.1f} s"
+    )
     return result
 
 
@@ -217,7 +261,17 @@ def _release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _summarize(staged: Path, final: Path, ops: dict, info: BackendInfo, requested: dict, settings: EffectiveSettings, attempts: list[SortAttempt], binary: RecordingBinary, seconds: float) -> SortResult:
+def _summarize(
+    staged: Path,
+    final: Path,
+    ops: dict,
+    info: BackendInfo,
+    requested: dict,
+    settings: EffectiveSettings,
+    attempts: list[SortAttempt],
+    binary: RecordingBinary,
+    seconds: float,
+) -> SortResult:
     import pandas as pd
 
     clusters = np.load(staged / "spike_clusters.npy").ravel()

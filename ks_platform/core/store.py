@@ -10,8 +10,8 @@ import json
 import logging
 import os
 import re
-import time
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +36,9 @@ class SessionStore:
 
     def __post_init__(self) -> None:
         if self.folder is None and not STORE_KEY.match(self.key or ""):
-            raise ValueError(f"{self.key!r} is not a partition key the store accepts (one folder name of letters, digits, '._-'): nothing is written for it")
+            raise ValueError(
+                f"{self.key!r} is not a partition key the store accepts (one folder name of letters, digits, '._-'): nothing is written for it"
+            )
 
     @classmethod
     def in_folder(cls, folder: Path) -> SessionStore:
@@ -232,7 +234,9 @@ LOCK_FILE = ".lock"
 
 
 @contextmanager
-def session_lock(store: SessionStore, log: Callable[[str], None] | None = None, poll_seconds: float = 5.0) -> Iterator[None]:
+def session_lock(
+    store: SessionStore, log: Callable[[str], None] | None = None, poll_seconds: float = 5.0
+) -> Iterator[None]:
     """Hold the session's write lock (``flock`` on ``<session>/.lock``) for one step.
 
     A second run of the same session waits here, saying so every ``poll_seconds``, until the first one's step

@@ -51,7 +51,14 @@ def _imro_np1(n_total: int = 384) -> str:
     return f"(0,{n_total}){entries}"
 
 
-def spikeglx_meta(n_saved_ap: int, n_samples: int, fs: float, date: dt.date, channels: tuple[int, ...] | None = None, file_name: str = "demo_g0_t0.imec0.ap.bin") -> str:
+def spikeglx_meta(
+    n_saved_ap: int,
+    n_samples: int,
+    fs: float,
+    date: dt.date,
+    channels: tuple[int, ...] | None = None,
+    file_name: str = "demo_g0_t0.imec0.ap.bin",
+) -> str:
     """A SpikeGLX 3B/NP1.0 meta for an AP file saving ``channels`` (default 0..n-1) plus the sync channel (768)."""
     channels = tuple(range(n_saved_ap)) if channels is None else tuple(channels)
     n_saved = len(channels) + 1
@@ -85,7 +92,13 @@ def spikeglx_meta(n_saved_ap: int, n_samples: int, fs: float, date: dt.date, cha
     return "\n".join(lines) + "\n"
 
 
-def make_spikeglx_session(folder: Path, spec: DemoSessionSpec = DemoSessionSpec(), chunk_s: float = 2.0, file_name: str = "demo_g0_t0.imec0.ap.bin", ground_truth_name: str = GROUND_TRUTH_SPEC) -> Path:
+def make_spikeglx_session(
+    folder: Path,
+    spec: DemoSessionSpec = DemoSessionSpec(),
+    chunk_s: float = 2.0,
+    file_name: str = "demo_g0_t0.imec0.ap.bin",
+    ground_truth_name: str = GROUND_TRUTH_SPEC,
+) -> Path:
     """Write ``folder/<file_name>`` and its ``.meta`` plus ground truth (``ground_truth_name``); return the folder.
 
     Samples are written chunk by chunk; the sync channel carries a 1 Hz square wave as on a rig.
@@ -116,10 +129,14 @@ def make_spikeglx_session(folder: Path, spec: DemoSessionSpec = DemoSessionSpec(
             block[:, :-1] = np.clip(np.rint(traces / NP1_UV_PER_BIT), -32768, 32767)
             block[:, -1] = ((np.arange(start, stop) // int(fs / 2)) % 2) * 64
             handle.write(block.tobytes())
-    bin_path.with_suffix(".meta").write_text(spikeglx_meta(n_saved, n_samples, fs, spec.recording_date, spec.channels, file_name))
+    bin_path.with_suffix(".meta").write_text(
+        spikeglx_meta(n_saved, n_samples, fs, spec.recording_date, spec.channels, file_name)
+    )
     samples, labels = sorting.to_spike_vector()["sample_index"], sorting.to_spike_vector()["unit_index"]
     spike_file = Path(ground_truth_name).stem + ".npz"
-    np.savez(folder / spike_file, samples=samples.astype(np.int64), labels=labels.astype(np.int64), sampling_frequency=fs)
+    np.savez(
+        folder / spike_file, samples=samples.astype(np.int64), labels=labels.astype(np.int64), sampling_frequency=fs
+    )
     (folder / ground_truth_name).write_text(
         json.dumps(
             {
@@ -169,10 +186,25 @@ def spikeglx_run_meta(probe: GlxProbe, n_samples: int, fs: float, date: dt.date,
     ids = probe.saved_ids
     if probe.np2:
         imro = "(2013,384)" + "".join(f"({c} {c // 96} 0 0 {c % 96})" for c in range(384))
-        fields = {"acqApLfSy": "384,0,1", "imAiRangeMax": "0.62", "imAiRangeMin": "-0.62", "imChan0apGain": "100", "imDatPrb_pn": "NP2013", "imDatPrb_type": "2013", "imMaxInt": "2048"}
+        fields = {
+            "acqApLfSy": "384,0,1",
+            "imAiRangeMax": "0.62",
+            "imAiRangeMin": "-0.62",
+            "imChan0apGain": "100",
+            "imDatPrb_pn": "NP2013",
+            "imDatPrb_type": "2013",
+            "imMaxInt": "2048",
+        }
     else:
         imro = _imro_np1()
-        fields = {"acqApLfSy": "384,384,1", "imAiRangeMax": "0.6", "imAiRangeMin": "-0.6", "imDatPrb_pn": "PRB_1_4_0480_1", "imDatPrb_type": "0", "imMaxInt": "512"}
+        fields = {
+            "acqApLfSy": "384,384,1",
+            "imAiRangeMax": "0.6",
+            "imAiRangeMin": "-0.6",
+            "imDatPrb_pn": "PRB_1_4_0480_1",
+            "imDatPrb_type": "0",
+            "imMaxInt": "512",
+        }
     fields.update(
         {
             "appVersion": "20230425",
@@ -186,7 +218,9 @@ def spikeglx_run_meta(probe: GlxProbe, n_samples: int, fs: float, date: dt.date,
             "snsSaveChanSubset": _subset_text(ids),
             "typeThis": "imec",
             "~imroTbl": imro,
-            "~snsChanMap": f"({fields['acqApLfSy']})" + "".join(f"(AP{c};{c}:{c})" for c in ids[:-1]) + f"(SY0;{ids[-1]}:{ids[-1]})",
+            "~snsChanMap": f"({fields['acqApLfSy']})"
+            + "".join(f"(AP{c};{c}:{c})" for c in ids[:-1])
+            + f"(SY0;{ids[-1]}:{ids[-1]})",
         }
     )
     return "".join(f"{key}={value}\n" for key, value in sorted(fields.items(), key=lambda kv: kv[0].lstrip("~")))
@@ -220,17 +254,35 @@ def write_spikeglx_run(
             for probe in probes:
                 name = f"{run}_g{gate}_t{trigger}.{probe.name}.ap.bin"
                 data = rng.integers(-500, 500, (n_samples, len(probe.saved_ids)), dtype=np.int16)
-                path = _write_glx_file(gate_dir / f"{run}_g{gate}_{probe.name}" / name, data, spikeglx_run_meta(probe, n_samples, fs, date, name))
+                path = _write_glx_file(
+                    gate_dir / f"{run}_g{gate}_{probe.name}" / name,
+                    data,
+                    spikeglx_run_meta(probe, n_samples, fs, date, name),
+                )
                 written[probe.name].append(path)
                 if other_streams:
-                    _write_glx_file(path.with_name(name.replace(".ap.bin", ".lf.bin")), data[::12], "typeThis=imec\nsnsApLfSy=0,384,1\n")
+                    _write_glx_file(
+                        path.with_name(name.replace(".ap.bin", ".lf.bin")),
+                        data[::12],
+                        "typeThis=imec\nsnsApLfSy=0,384,1\n",
+                    )
             if other_streams:
-                _write_glx_file(gate_dir / f"{run}_g{gate}_t{trigger}.nidq.bin", rng.integers(-9, 9, (n_samples, 9), dtype=np.int16), "typeThis=nidq\nniSampRate=25000\n")
+                _write_glx_file(
+                    gate_dir / f"{run}_g{gate}_t{trigger}.nidq.bin",
+                    rng.integers(-9, 9, (n_samples, 9), dtype=np.int16),
+                    "typeThis=nidq\nniSampRate=25000\n",
+                )
     if catgt:
         for probe in probes:
-            data = np.concatenate([np.fromfile(p, np.int16).reshape(-1, len(probe.saved_ids)) for p in written[probe.name]])
+            data = np.concatenate(
+                [np.fromfile(p, np.int16).reshape(-1, len(probe.saved_ids)) for p in written[probe.name]]
+            )
             name = f"{run}_g{gates[0]}_tcat.{probe.name}.ap.bin"
-            _write_glx_file(folder / f"catgt_{run}_g{gates[0]}" / f"{run}_g{gates[0]}_{probe.name}" / name, data, spikeglx_run_meta(probe, len(data), fs, date, name))
+            _write_glx_file(
+                folder / f"catgt_{run}_g{gates[0]}" / f"{run}_g{gates[0]}_{probe.name}" / name,
+                data,
+                spikeglx_run_meta(probe, len(data), fs, date, name),
+            )
     return written
 
 

@@ -36,7 +36,9 @@ class WriteBehindFile:
     Not thread-safe: one producer thread calls ``write``.
     """
 
-    def __init__(self, path: Path, block_bytes: int = BLOCK_BYTES, n_blocks: int = N_BLOCKS, direct: bool = True) -> None:
+    def __init__(
+        self, path: Path, block_bytes: int = BLOCK_BYTES, n_blocks: int = N_BLOCKS, direct: bool = True
+    ) -> None:
         if block_bytes % mmap.PAGESIZE or n_blocks < 2:
             raise ValueError(f"block_bytes must be a multiple of {mmap.PAGESIZE} and n_blocks at least 2")
         self.path = Path(path)
@@ -105,7 +107,9 @@ class WriteBehindFile:
     def __enter__(self) -> WriteBehindFile:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
+    ) -> None:
         if kind is None:
             self.close()
         else:

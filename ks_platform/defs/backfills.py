@@ -48,7 +48,9 @@ def session_asset_keys(asset_graph) -> list[dg.AssetKey]:
     return sorted(dg.AssetSelection.groups(GROUP).resolve(asset_graph), key=lambda k: k.to_user_string())
 
 
-def register_landing_sessions(instance: dg.DagsterInstance, platform: PlatformResource) -> tuple[list[str], list[RejectedFolder]]:
+def register_landing_sessions(
+    instance: dg.DagsterInstance, platform: PlatformResource
+) -> tuple[list[str], list[RejectedFolder]]:
     """Add every valid session in the landing roots that is not a partition yet (sorted by key, so by date).
 
     Returns the keys added and the folders that are not sessions (with why).
@@ -68,21 +70,42 @@ def stale_sessions(instance: dg.DagsterInstance, asset_graph, keys: Sequence[str
     from dagster._time import get_current_datetime
 
     registered = set(instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME))
-    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None), instance=instance, asset_graph=asset_graph)
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=asset_graph,
+    )
     resolver = CachingStaleStatusResolver(instance=instance, asset_graph=asset_graph, loading_context=view)
-    return [k for k in keys if k not in registered or resolver.get_status(sorted_units.key, k) in (StaleStatus.MISSING, StaleStatus.STALE)]
+    return [
+        k
+        for k in keys
+        if k not in registered or resolver.get_status(sorted_units.key, k) in (StaleStatus.MISSING, StaleStatus.STALE)
+    ]
 
 
-def select_backfill(instance: dg.DagsterInstance, asset_graph, start: dt.date, end: dt.date, only_stale: bool = False, extra_keys: Sequence[str] = ()) -> BackfillSelection:
+def select_backfill(
+    instance: dg.DagsterInstance,
+    asset_graph,
+    start: dt.date,
+    end: dt.date,
+    only_stale: bool = False,
+    extra_keys: Sequence[str] = (),
+) -> BackfillSelection:
     """The registered sessions (plus ``extra_keys``) recorded from ``start`` to ``end``; with ``only_stale`` only those whose sort is missing or stale."""
-    in_range = session_keys_in_date_range([*instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME), *extra_keys], start, end)
+    in_range = session_keys_in_date_range(
+        [*instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME), *extra_keys], start, end
+    )
     if not only_stale:
         return BackfillSelection(start, end, in_range, in_range)
     stale = set(stale_sessions(instance, asset_graph, in_range))
-    return BackfillSelection(start, end, in_range, [k for k in in_range if k in stale], [k for k in in_range if k not in stale])
+    return BackfillSelection(
+        start, end, in_range, [k for k in in_range if k in stale], [k for k in in_range if k not in stale]
+    )
 
 
-def launch_session_backfill(instance: dg.DagsterInstance, asset_graph, selection: BackfillSelection, only_stale: bool = False) -> str:
+def launch_session_backfill(
+    instance: dg.DagsterInstance, asset_graph, selection: BackfillSelection, only_stale: bool = False
+) -> str:
     """One asset backfill of the session assets over ``selection.selected``; returns its id. The daemon runs it."""
     from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
@@ -101,7 +124,8 @@ def launch_session_backfill(instance: dg.DagsterInstance, asset_graph, selection
         tags={TAG_RANGE: dates, TAG_ONLY_STALE: str(only_stale).lower()},
         dynamic_partitions_store=instance,
         all_partitions=False,
-        title=f"Sessions recorded {selection.start.isoformat()} to {selection.end.isoformat()}" + (" (stale only)" if only_stale else ""),
+        title=f"Sessions recorded {selection.start.isoformat()} to {selection.end.isoformat()}"
+        + (" (stale only)" if only_stale else ""),
         description=f"ks-platform backfill: {len(selection.selected)} session(s) recorded {dates}",
         run_config=None,
     )
@@ -115,4 +139,7 @@ def backfill_partitions(instance: dg.DagsterInstance, backfill_id: str) -> dict[
     if backfill is None:
         raise KeyError(backfill_id)
     subset = backfill.asset_backfill_data.target_subset
-    return {key.to_user_string(): sorted(part.get_partition_keys()) for key, part in subset.partitions_subsets_by_asset_key.items()}
+    return {
+        key.to_user_string(): sorted(part.get_partition_keys())
+        for key, part in subset.partitions_subsets_by_asset_key.items()
+    }

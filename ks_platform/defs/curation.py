@@ -107,7 +107,9 @@ def curated_units(context: dg.AssetExecutionContext, platform: PlatformResource)
             "units": _units_table(record),
             "path": dg.MetadataValue.path(str(curation.curation_dir(store))),
         },
-        data_version=dg.DataVersion(xxhash.xxh3_64_hexdigest(json.dumps(content, sort_keys=True, default=str).encode())),
+        data_version=dg.DataVersion(
+            xxhash.xxh3_64_hexdigest(json.dumps(content, sort_keys=True, default=str).encode())
+        ),
     )
 
 
@@ -138,7 +140,9 @@ def curated_units_not_stale(context: dg.AssetCheckExecutionContext, platform: Pl
 )
 def units_nwb(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     with user_errors_as_failures():
-        export = nwb_export.export_units_nwb(platform.store(context.partition_key), platform.session_dir(context.partition_key))
+        export = nwb_export.export_units_nwb(
+            platform.store(context.partition_key), platform.session_dir(context.partition_key)
+        )
     meta = {
         "n_units": export.n_units,
         "n_spikes": export.n_spikes,

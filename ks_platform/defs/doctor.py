@@ -22,20 +22,39 @@ class DoctorConfig(dg.Config):
 )
 def check_host(context: dg.OpExecutionContext, config: DoctorConfig, platform: PlatformResource) -> dg.Output:
     backend = platform.backend if config.backend == "auto" else config.backend
-    checks = run_checks(Path(platform.store_root), backend=backend, docker_url=config.docker_url or None, landing_roots=platform.roots())
+    checks = run_checks(
+        Path(platform.store_root), backend=backend, docker_url=config.docker_url or None, landing_roots=platform.roots()
+    )
     text = report(checks)
     for line in text.splitlines():
         context.log.info(line)
     table = dg.MetadataValue.table(
-        records=[dg.TableRecord({"check": r["name"], "ok": r["ok"], "required": r["required"], "detail": r["detail"]}) for r in as_records(checks)],
-        schema=dg.TableSchema(columns=[dg.TableColumn("check", "string"), dg.TableColumn("ok", "bool"), dg.TableColumn("required", "bool"), dg.TableColumn("detail", "string")]),
+        records=[
+            dg.TableRecord({"check": r["name"], "ok": r["ok"], "required": r["required"], "detail": r["detail"]})
+            for r in as_records(checks)
+        ],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("check", "string"),
+                dg.TableColumn("ok", "bool"),
+                dg.TableColumn("required", "bool"),
+                dg.TableColumn("detail", "string"),
+            ]
+        ),
     )
     if not healthy(checks):
         failed = "; ".join(line for line in text.splitlines() if line.startswith("[FAIL]"))
-        raise dg.Failure(description=f"host {socket.gethostname()} is not ready to sort: {failed}", metadata={"checks": table}, allow_retries=False)
+        raise dg.Failure(
+            description=f"host {socket.gethostname()} is not ready to sort: {failed}",
+            metadata={"checks": table},
+            allow_retries=False,
+        )
     return dg.Output(None, metadata={"host": socket.gethostname(), "checks": table})
 
 
-@dg.job(description="Check this host before real work (what `ks-platform doctor` prints); fails with the checks to fix.", tags={"ks_platform/kind": "doctor"})
+@dg.job(
+    description="Check this host before real work (what `ks-platform doctor` prints); fails with the checks to fix.",
+    tags={"ks_platform/kind": "doctor"},
+)
 def host_doctor():
     check_host()

@@ -1,6 +1,5 @@
 """Ingest: the landing folder's recording, its probe map, and the binary Kilosort reads."""
 
-
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
@@ -29,9 +28,15 @@ def raw_recording(context: dg.AssetExecutionContext, platform: PlatformResource)
         settings_version = pipeline.session_settings_version(platform.session_dir(key), platform.probe(key))
     # The parameter set as this run finds it, recorded as an observation of session_settings (defs/sorting.py):
     # the sorting's provenance then names it however the run was launched, and a later edit shows as stale.
-    context.log_event(dg.AssetObservation(asset_key=SESSION_SETTINGS_KEY, partition=key, tags={DATA_VERSION_TAG: settings_version}))
-    context.log.info(f"{output.metadata['format']} recording, {output.metadata['duration_s']} s, {output.metadata['n_channels']} channels")
-    return step_result(output, path_key=None, extra={"session_dir": dg.MetadataValue.path(output.metadata["session_dir"])})
+    context.log_event(
+        dg.AssetObservation(asset_key=SESSION_SETTINGS_KEY, partition=key, tags={DATA_VERSION_TAG: settings_version})
+    )
+    context.log.info(
+        f"{output.metadata['format']} recording, {output.metadata['duration_s']} s, {output.metadata['n_channels']} channels"
+    )
+    return step_result(
+        output, path_key=None, extra={"session_dir": dg.MetadataValue.path(output.metadata["session_dir"])}
+    )
 
 
 @dg.asset(
@@ -46,7 +51,9 @@ def raw_recording(context: dg.AssetExecutionContext, platform: PlatformResource)
 def probe_map(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     key = context.partition_key
     with user_errors_as_failures():
-        output = pipeline.build_probe_map(platform.session_dir(key), platform.store(key), platform.allow_zero_copy, platform.probe(key))
+        output = pipeline.build_probe_map(
+            platform.session_dir(key), platform.store(key), platform.allow_zero_copy, platform.probe(key)
+        )
     return step_result(output, extra={"path": dg.MetadataValue.path(str(platform.store(key).probe_dir))})
 
 
@@ -62,6 +69,12 @@ def probe_map(context: dg.AssetExecutionContext, platform: PlatformResource) -> 
 def recording_binary(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     key = context.partition_key
     with user_errors_as_failures():
-        output = pipeline.build_recording_binary(platform.session_dir(key), platform.store(key), platform.allow_zero_copy, progress=ThrottledProgress(context.log.info), probe=platform.probe(key))
+        output = pipeline.build_recording_binary(
+            platform.session_dir(key),
+            platform.store(key),
+            platform.allow_zero_copy,
+            progress=ThrottledProgress(context.log.info),
+            probe=platform.probe(key),
+        )
     context.log.info(f"binary ready: zero_copy={output.metadata['zero_copy']}, checksum {output.data_version}")
     return step_result(output)

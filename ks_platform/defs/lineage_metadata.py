@@ -8,9 +8,25 @@ from ks_platform.defs.reporting import to_metadata_value
 
 #: Metadata keys every ``sorted_units`` / ``phy_bundle`` materialization carries (tests check them).
 LINEAGE_KEYS = (
-    "ks_platform_version", "git_commit", "kilosort_version", "torch_version", "spikeinterface_version", "numpy_version",
-    "backend", "device", "cuda_version", "hip_version", "gpu_driver", "host", "container_image", "image_digest",
-    "params_hash", "input_checksum", "seeds", "stage_seconds", "attempts",
+    "ks_platform_version",
+    "git_commit",
+    "kilosort_version",
+    "torch_version",
+    "spikeinterface_version",
+    "numpy_version",
+    "backend",
+    "device",
+    "cuda_version",
+    "hip_version",
+    "gpu_driver",
+    "host",
+    "container_image",
+    "image_digest",
+    "params_hash",
+    "input_checksum",
+    "seeds",
+    "stage_seconds",
+    "attempts",
 )
 
 
@@ -39,11 +55,30 @@ def lineage_metadata(lineage: dict[str, Any]) -> dict[str, Any]:
         "input_checksum": to_metadata_value(lineage.get("input_checksum")),
         "seeds": dg.MetadataValue.json(lineage.get("seeds", {})),
         "stage_seconds": dg.MetadataValue.table(
-            records=[dg.TableRecord({"stage": stage, "seconds": float(seconds)}) for stage, seconds in stage_seconds.items()],
+            records=[
+                dg.TableRecord({"stage": stage, "seconds": float(seconds)}) for stage, seconds in stage_seconds.items()
+            ],
             schema=dg.TableSchema(columns=[dg.TableColumn("stage", "string"), dg.TableColumn("seconds", "float")]),
         ),
         "attempts": dg.MetadataValue.table(
-            records=[dg.TableRecord({"batch_size": int(a["batch_size"]), "clear_cache": bool(a["clear_cache"]), "outcome": str(a["outcome"]), "seconds": float(a["seconds"])}) for a in attempts],
-            schema=dg.TableSchema(columns=[dg.TableColumn("batch_size", "int"), dg.TableColumn("clear_cache", "bool"), dg.TableColumn("outcome", "string"), dg.TableColumn("seconds", "float")]),
+            records=[
+                dg.TableRecord(
+                    {
+                        "batch_size": int(a["batch_size"]),
+                        "clear_cache": bool(a["clear_cache"]),
+                        "outcome": str(a["outcome"]),
+                        "seconds": float(a["seconds"]),
+                    }
+                )
+                for a in attempts
+            ],
+            schema=dg.TableSchema(
+                columns=[
+                    dg.TableColumn("batch_size", "int"),
+                    dg.TableColumn("clear_cache", "bool"),
+                    dg.TableColumn("outcome", "string"),
+                    dg.TableColumn("seconds", "float"),
+                ]
+            ),
         ),
     }

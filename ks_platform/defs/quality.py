@@ -60,12 +60,20 @@ def unit_metrics(context: dg.AssetExecutionContext, platform: PlatformResource) 
         records=[dg.TableRecord({name: _clean(row[name]) for name in TABLE_COLUMNS}) for row in rows],
         schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in TABLE_COLUMNS.items()]),
     )
-    context.log.info(f"{output.metadata['n_units']} units, median SNR {output.metadata['median_snr']:.1f}, median rate {output.metadata['median_firing_rate_hz']:.1f} Hz")
+    context.log.info(
+        f"{output.metadata['n_units']} units, median SNR {output.metadata['median_snr']:.1f}, median rate {output.metadata['median_firing_rate_hz']:.1f} Hz"
+    )
     return step_result(output, extra={"units": table})
 
 
-@dg.asset_check(asset=unit_metrics, partitions_def=session_partitions, description="Enough units were sorted (default ≥ 1; QualityResource.min_units).")
-def unit_metrics_has_units(context: dg.AssetCheckExecutionContext, quality: QualityResource, platform: PlatformResource) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset=unit_metrics,
+    partitions_def=session_partitions,
+    description="Enough units were sorted (default ≥ 1; QualityResource.min_units).",
+)
+def unit_metrics_has_units(
+    context: dg.AssetCheckExecutionContext, quality: QualityResource, platform: PlatformResource
+) -> dg.AssetCheckResult:
     metrics = load_unit_metrics(platform.store(context.partition_key))
     n = int(metrics.summary["n_units"])
     return dg.AssetCheckResult(passed=n >= quality.min_units, metadata={"n_units": n, "required": quality.min_units})
@@ -76,13 +84,24 @@ def unit_metrics_has_units(context: dg.AssetCheckExecutionContext, quality: Qual
     partitions_def=session_partitions,
     description="Not too many units break the refractory period: at most max_violating_fraction (default 50 %) of units with an ISI-violation ratio above isi_violations_ratio (default 0.5).",
 )
-def unit_metrics_isi_violations(context: dg.AssetCheckExecutionContext, quality: QualityResource, platform: PlatformResource) -> dg.AssetCheckResult:
+def unit_metrics_isi_violations(
+    context: dg.AssetCheckExecutionContext, quality: QualityResource, platform: PlatformResource
+) -> dg.AssetCheckResult:
     thresholds = quality.thresholds()
     metrics = load_unit_metrics(platform.store(context.partition_key))
     fraction = metrics.violating_fraction(thresholds)
-    violating = metrics.table.loc[metrics.table["isi_violations_ratio"] > thresholds.isi_violations_ratio, "unit_id"].astype(int).tolist()
+    violating = (
+        metrics.table.loc[metrics.table["isi_violations_ratio"] > thresholds.isi_violations_ratio, "unit_id"]
+        .astype(int)
+        .tolist()
+    )
     return dg.AssetCheckResult(
         passed=fraction <= thresholds.max_violating_fraction,
         description=f"{len(violating)} of {len(metrics.table)} units above ISI-violation ratio {thresholds.isi_violations_ratio} ({fraction:.0%}; allowed {thresholds.max_violating_fraction:.0%})",
-        metadata={"violating_fraction": fraction, "violating_units": dg.MetadataValue.json(violating), "isi_violations_ratio_limit": thresholds.isi_violations_ratio, "max_violating_fraction": thresholds.max_violating_fraction},
+        metadata={
+            "violating_fraction": fraction,
+            "violating_units": dg.MetadataValue.json(violating),
+            "isi_violations_ratio_limit": thresholds.isi_violations_ratio,
+            "max_violating_fraction": thresholds.max_violating_fraction,
+        },
     )

@@ -24,7 +24,9 @@ def to_metadata_value(value: Any) -> Any:
     return value
 
 
-def step_result(output: StepOutput, *, path_key: str | None = "path", extra: dict[str, Any] | None = None) -> dg.MaterializeResult:
+def step_result(
+    output: StepOutput, *, path_key: str | None = "path", extra: dict[str, Any] | None = None
+) -> dg.MaterializeResult:
     """A ``MaterializeResult`` with the step's data version, metadata and inline figures."""
     metadata: dict[str, Any] = {key: to_metadata_value(value) for key, value in output.metadata.items()}
     if path_key and path_key in output.metadata:

@@ -1,6 +1,5 @@
 """Review: the Phy bundle the lab opens for manual curation."""
 
-
 import socket
 
 import dagster as dg
@@ -34,12 +33,27 @@ def phy_bundle(context: dg.AssetExecutionContext, platform: PlatformResource) ->
     # The fresh folder's curation files, as an observation of phy_curation (defs/curation.py), so a later save in Phy,
     # once observed, marks curated_units stale (as raw_recording records session_settings).
     fingerprint = curation_fingerprint(platform.store(key).phy_dir)
-    context.log_event(dg.AssetObservation(asset_key=dg.AssetKey("phy_curation"), partition=key, tags={DATA_VERSION_TAG: fingerprint}))
+    context.log_event(
+        dg.AssetObservation(asset_key=dg.AssetKey("phy_curation"), partition=key, tags={DATA_VERSION_TAG: fingerprint})
+    )
     extra = {**lineage_metadata(output.metadata["lineage"]), "exported_on_host": socket.gethostname()}
-    return step_result(output, extra={**extra, "open_in_phy": dg.MetadataValue.md(f"```\n{output.metadata['open_command']}\n```")})
+    return step_result(
+        output, extra={**extra, "open_in_phy": dg.MetadataValue.md(f"```\n{output.metadata['open_command']}\n```")}
+    )
 
 
-@dg.asset_check(asset=phy_bundle, partitions_def=session_partitions, description="The published Phy folder opens in phylib and has spikes.")
+@dg.asset_check(
+    asset=phy_bundle,
+    partitions_def=session_partitions,
+    description="The published Phy folder opens in phylib and has spikes.",
+)
 def phy_bundle_opens(context: dg.AssetCheckExecutionContext, platform: PlatformResource) -> dg.AssetCheckResult:
     bundle = validate_phy_folder(platform.store(context.partition_key).phy_dir)
-    return dg.AssetCheckResult(passed=bundle.n_spikes > 0, metadata={"n_spikes": bundle.n_spikes, "n_clusters": bundle.n_clusters, "traces_shape": dg.MetadataValue.json(list(bundle.traces_shape))})
+    return dg.AssetCheckResult(
+        passed=bundle.n_spikes > 0,
+        metadata={
+            "n_spikes": bundle.n_spikes,
+            "n_clusters": bundle.n_clusters,
+            "traces_shape": dg.MetadataValue.json(list(bundle.traces_shape)),
+        },
+    )

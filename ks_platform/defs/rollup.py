@@ -79,7 +79,20 @@ def daily_rollup(context: dg.AssetExecutionContext, platform: PlatformResource) 
     files = write_daily_rollup(store_root, rollup)
     table = dg.MetadataValue.table(
         records=[
-            dg.TableRecord({"session": s.key, "status": s.status, "units": s.n_units or 0, "good_units": s.n_good_units or 0, "recording_s": s.recording_seconds or 0.0, "sorting_s": s.sorting_seconds or 0.0, "device": s.device or "", "error": s.error or "", "curation": s.curation_status or "", "curated_good": s.n_curated_good_units or 0})
+            dg.TableRecord(
+                {
+                    "session": s.key,
+                    "status": s.status,
+                    "units": s.n_units or 0,
+                    "good_units": s.n_good_units or 0,
+                    "recording_s": s.recording_seconds or 0.0,
+                    "sorting_s": s.sorting_seconds or 0.0,
+                    "device": s.device or "",
+                    "error": s.error or "",
+                    "curation": s.curation_status or "",
+                    "curated_good": s.n_curated_good_units or 0,
+                }
+            )
             for s in rollup.sessions
         ],
         schema=dg.TableSchema(
@@ -97,7 +110,9 @@ def daily_rollup(context: dg.AssetExecutionContext, platform: PlatformResource) 
             ]
         ),
     )
-    context.log.info(f"{date}: {len(rollup.by_session)} sessions, {rollup.n_sessions} probe partitions, {rollup.n_sorted} sorted, {rollup.n_failed} failed, {rollup.n_units} units")
+    context.log.info(
+        f"{date}: {len(rollup.by_session)} sessions, {rollup.n_sessions} probe partitions, {rollup.n_sorted} sorted, {rollup.n_failed} failed, {rollup.n_units} units"
+    )
     return dg.MaterializeResult(
         metadata={
             "recording_sessions": dg.MetadataValue.int(len(rollup.by_session)),
@@ -160,7 +175,9 @@ def build_rollup_sensor(
         horizon: int | None = None  # when a page is full, events past its end wait for the next tick
         for event_type in (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE):
             page = context.instance.fetch_run_status_changes(
-                dg.RunStatusChangeRecordsFilter(event_type=event_type, after_storage_id=after), limit=events_per_tick, ascending=True
+                dg.RunStatusChangeRecordsFilter(event_type=event_type, after_storage_id=after),
+                limit=events_per_tick,
+                ascending=True,
             ).records
             records.extend(page)
             if len(page) >= events_per_tick:
@@ -184,7 +201,9 @@ def build_rollup_sensor(
             except ValueError:  # not a session run (e.g. a rollup run)
                 continue
             if date not in valid_dates:
-                context.log.warning(f"session {partition}: no daily_rollup partition for {date} (partitions start at {daily_partitions.start.date()} and end today); set {ROLLUP_START_ENV} to include it")
+                context.log.warning(
+                    f"session {partition}: no daily_rollup partition for {date} (partitions start at {daily_partitions.start.date()} and end today); set {ROLLUP_START_ENV} to include it"
+                )
                 continue
             latest_event_by_date[date] = max(latest_event_by_date.get(date, 0), record.storage_id)
         requests = [

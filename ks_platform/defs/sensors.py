@@ -79,7 +79,9 @@ def marker_from_env() -> str | None:
 
 def _check_marker(marker: str | None) -> str | None:
     if marker and (os.sep in marker or "/" in marker or marker in (".", "..")):
-        raise PlatformConfigError(f"ready marker {marker!r} must be a plain file name inside the session folder (e.g. .ready)")
+        raise PlatformConfigError(
+            f"ready marker {marker!r} must be a plain file name inside the session folder (e.g. .ready)"
+        )
     return marker or None
 
 
@@ -146,7 +148,12 @@ def _sort_request(found: FoundSession, root_name: str) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=run_key(key, found.fingerprint),
         partition_key=key,
-        tags={"dagster/partition": key, TAG_ROOT: root_name, TAG_FOLDER: str(found.folder), TAG_FINGERPRINT: found.fingerprint},
+        tags={
+            "dagster/partition": key,
+            TAG_ROOT: root_name,
+            TAG_FOLDER: str(found.folder),
+            TAG_FINGERPRINT: found.fingerprint,
+        },
     )
 
 
@@ -197,7 +204,9 @@ def build_new_session_sensor(
                     scan = scan_folder(path)
                 except PermissionError as exc:
                     if handled.get(name) != UNREADABLE:
-                        context.log.warning(f"skipped landing folder {root_name}/{name}: cannot list it ({exc.strerror}). Fix: give the Dagster user read access")
+                        context.log.warning(
+                            f"skipped landing folder {root_name}/{name}: cannot list it ({exc.strerror}). Fix: give the Dagster user read access"
+                        )
                     kept[name] = UNREADABLE
                     continue
                 except OSError:  # removed or renamed since the listing; the next tick sees the new state
@@ -222,10 +231,14 @@ def build_new_session_sensor(
                     kept[name] = scan.signature  # reported once; examined again when it changes
                     continue
                 except OSError as exc:  # a file vanished or is locked mid-read: try again next tick
-                    context.log.info(f"could not read landing folder {root_name}/{name} yet ({exc}); retrying next tick")
+                    context.log.info(
+                        f"could not read landing folder {root_name}/{name} yet ({exc}); retrying next tick"
+                    )
                     continue
                 except Exception as exc:  # a reader bug or an input no check foresaw: never stops the other sessions
-                    context.log.warning(f"skipped landing folder {root_name}/{name}: unexpected {type(exc).__name__} while reading it: {exc}")
+                    context.log.warning(
+                        f"skipped landing folder {root_name}/{name}: unexpected {type(exc).__name__} while reading it: {exc}"
+                    )
                     kept[name] = scan.signature
                     continue
                 kept[name] = scan.signature
@@ -234,18 +247,24 @@ def build_new_session_sensor(
                     new_keys.append(found.ref.key)
                     run_requests.append(_sort_request(found, root_name))
                 keys = ", ".join(found.ref.key for found in probes)
-                context.log.info(f"session {root_name}/{name} is complete ({why}); requesting sort_session for {len(probes)} probe(s): {keys}")
+                context.log.info(
+                    f"session {root_name}/{name} is complete ({why}); requesting sort_session for {len(probes)} probe(s): {keys}"
+                )
             if kept:
                 seen[root_name] = kept
         if waiting:
             context.log.debug("not complete yet: " + "; ".join(waiting))
         if deferred:
-            context.log.info(f"{deferred} more complete folder(s) wait for the next tick (max_sessions_per_tick={max_sessions_per_tick})")
+            context.log.info(
+                f"{deferred} more complete folder(s) wait for the next tick (max_sessions_per_tick={max_sessions_per_tick})"
+            )
         skip = None
         if not run_requests:
             skip = "no new complete session"
             if waiting:
-                shown = "; ".join(waiting[:_WAITING_SHOWN]) + (f"; +{len(waiting) - _WAITING_SHOWN} more" if len(waiting) > _WAITING_SHOWN else "")
+                shown = "; ".join(waiting[:_WAITING_SHOWN]) + (
+                    f"; +{len(waiting) - _WAITING_SHOWN} more" if len(waiting) > _WAITING_SHOWN else ""
+                )
                 skip += f"; {len(waiting)} folder(s) not complete yet: {shown}"
         return dg.SensorResult(
             run_requests=run_requests,

@@ -1,6 +1,5 @@
 """Sorting: Kilosort 4 on the session's binary and probe map, with a ground-truth check."""
 
-
 from importlib import metadata
 
 import dagster as dg
@@ -8,8 +7,8 @@ import dagster as dg
 from ks_platform.core import pipeline
 from ks_platform.core.errors import SessionInputError
 from ks_platform.defs.ingest import GROUP, probe_map, recording_binary
-from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.lineage_metadata import lineage_metadata
+from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.reporting import step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
 
@@ -25,7 +24,11 @@ SORT_POOL = "kilosort"
     description="0 · The session's Kilosort parameter set (kilosort4-settings.json next to the recording). Its data version is the hash of the validated overrides: after an edit, 'Observe sources' (or the sensor) marks the sorting stale, not the binary.",
 )
 def session_settings(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.DataVersionsByPartition:
-    keys = [context.partition_key] if context.has_partition_key else context.instance.get_dynamic_partitions(session_partitions.name)
+    keys = (
+        [context.partition_key]
+        if context.has_partition_key
+        else context.instance.get_dynamic_partitions(session_partitions.name)
+    )
     versions = {}
     for key in keys:
         try:
@@ -54,7 +57,14 @@ def build_sorted_units(code_version: str = SORTING_CODE_VERSION) -> dg.AssetsDef
         key = context.partition_key
         session_dir = platform.session_dir(key)
         with user_errors_as_failures():
-            output = pipeline.sort_session(session_dir, platform.store(key), backend=platform.backend, log=context.log.info, extra_lineage={"dagster_run_id": context.run_id, "partition": key, "code_version": code_version}, probe=platform.probe(key))
+            output = pipeline.sort_session(
+                session_dir,
+                platform.store(key),
+                backend=platform.backend,
+                log=context.log.info,
+                extra_lineage={"dagster_run_id": context.run_id, "partition": key, "code_version": code_version},
+                probe=platform.probe(key),
+            )
         extra = {**lineage_metadata(output.metadata["lineage"]), "code_version": code_version}
         return step_result(output, extra=extra)
 
@@ -67,7 +77,9 @@ sorted_units = build_sorted_units()
 @dg.asset_check(asset=sorted_units, partitions_def=session_partitions, description="At least one unit was sorted.")
 def sorted_units_not_empty(context: dg.AssetCheckExecutionContext, platform: PlatformResource) -> dg.AssetCheckResult:
     summary = pipeline.sorting.load_sort_result(platform.store(context.partition_key).sorting_dir)
-    return dg.AssetCheckResult(passed=summary.n_units > 0, metadata={"n_units": summary.n_units, "n_good_units": summary.n_good_units})
+    return dg.AssetCheckResult(
+        passed=summary.n_units > 0, metadata={"n_units": summary.n_units, "n_good_units": summary.n_good_units}
+    )
 
 
 @dg.asset_check(
@@ -75,17 +87,36 @@ def sorted_units_not_empty(context: dg.AssetCheckExecutionContext, platform: Pla
     partitions_def=session_partitions,
     description="For sessions with ground truth: per-unit accuracy/precision/recall; fails when fewer units than the session declares reach the accuracy bar.",
 )
-def sorted_units_match_ground_truth(context: dg.AssetCheckExecutionContext, platform: PlatformResource) -> dg.AssetCheckResult:
+def sorted_units_match_ground_truth(
+    context: dg.AssetCheckExecutionContext, platform: PlatformResource
+) -> dg.AssetCheckResult:
     key = context.partition_key
     score = pipeline.score_session(platform.session_dir(key), platform.store(key), platform.probe(key))
     if score is None:
-        return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN, description="no ground truth in this session", metadata={"has_ground_truth": False})
+        return dg.AssetCheckResult(
+            passed=True,
+            severity=dg.AssetCheckSeverity.WARN,
+            description="no ground truth in this session",
+            metadata={"has_ground_truth": False},
+        )
     table = dg.MetadataValue.table(
         records=[dg.TableRecord(row) for row in score.per_unit],
-        schema=dg.TableSchema(columns=[dg.TableColumn("gt_unit", "string"), dg.TableColumn("accuracy", "float"), dg.TableColumn("precision", "float"), dg.TableColumn("recall", "float")]),
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("gt_unit", "string"),
+                dg.TableColumn("accuracy", "float"),
+                dg.TableColumn("precision", "float"),
+                dg.TableColumn("recall", "float"),
+            ]
+        ),
     )
     return dg.AssetCheckResult(
         passed=score.passed,
         description=f"{score.well_detected} units with accuracy ≥ {score.well_detected_accuracy} (session requires {score.min_well_detected_units})",
-        metadata={"well_detected_units": score.well_detected, "required": score.min_well_detected_units, "accuracy_bar": score.well_detected_accuracy, "per_unit": table},
+        metadata={
+            "well_detected_units": score.well_detected,
+            "required": score.min_well_detected_units,
+            "accuracy_bar": score.well_detected_accuracy,
+            "per_unit": table,
+        },
     )

@@ -8,11 +8,11 @@ that wait instead of failing when every usable GPU is busy, labelled containers 
 run before they are removed, and termination that stops them.
 """
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 import os
 import time
 import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -24,7 +24,11 @@ from dagster import Field, IntSource, Permissive, StringSource
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
 from dagster._core.events import DagsterEvent, EngineEventData
 from dagster._core.execution.retries import RetryMode, get_retries_config
-from dagster._core.executor.step_delegating.step_handler.base import CheckStepHealthResult, StepHandler, StepHandlerContext
+from dagster._core.executor.step_delegating.step_handler.base import (
+    CheckStepHealthResult,
+    StepHandler,
+    StepHandlerContext,
+)
 
 from ks_platform.core.errors import PlatformConfigError
 from ks_platform.core.pipeline import PROBE_MANIFEST
@@ -98,13 +102,21 @@ def _ssh_adapter(host: HostSpec, source: str) -> Any:
         import paramiko
         from docker.transport import SSHHTTPAdapter  # only defined when paramiko imports
     except ImportError:
-        raise InventoryError(source, f"host {host.name} uses {host.docker_url}, which needs the paramiko package", "pip install paramiko (or use tcp:// with tls)") from None
+        raise InventoryError(
+            source,
+            f"host {host.name} uses {host.docker_url}, which needs the paramiko package",
+            "pip install paramiko (or use tcp:// with tls)",
+        ) from None
     settings = host.ssh
     identity_file = settings.identity_file if settings else None
     known_hosts = settings.known_hosts if settings else None
     for label, path in (("identity_file", identity_file), ("known_hosts", known_hosts)):
         if path is not None and not os.path.isfile(path):
-            raise InventoryError(source, f"ssh.{label} of host {host.name} ({path}) does not exist on this machine", f"copy the file there or correct ssh.{label} of host {host.name}")
+            raise InventoryError(
+                source,
+                f"ssh.{label} of host {host.name} ({path}) does not exist on this machine",
+                f"copy the file there or correct ssh.{label} of host {host.name}",
+            )
 
     class InventorySSHAdapter(SSHHTTPAdapter):
         def _create_paramiko_client(self, base_url: str) -> None:  # called by SSHHTTPAdapter.__init__, then _connect()
@@ -123,7 +135,9 @@ def _ssh_adapter(host: HostSpec, source: str) -> Any:
             params["port"] = int(params["port"] or 22)
             if identity_file is not None:  # exactly this key
                 params.update(key_filename=identity_file, look_for_keys=False, allow_agent=False)
-            params.update(timeout=SSH_CONNECT_TIMEOUT, banner_timeout=SSH_CONNECT_TIMEOUT, auth_timeout=SSH_CONNECT_TIMEOUT)
+            params.update(
+                timeout=SSH_CONNECT_TIMEOUT, banner_timeout=SSH_CONNECT_TIMEOUT, auth_timeout=SSH_CONNECT_TIMEOUT
+            )
             self.ssh_params = params
             self.ssh_client = paramiko.SSHClient()
             if known_hosts is not None:
@@ -140,7 +154,9 @@ def _ssh_adapter(host: HostSpec, source: str) -> Any:
     scan = f"ssh-keyscan{f' -p {parsed.port}' if parsed.port else ''} {parsed.hostname} >> {trusted}"
     known_name = f"[{parsed.hostname}]:{parsed.port}" if parsed.port and parsed.port != 22 else parsed.hostname
     try:
-        return InventorySSHAdapter(host.docker_url, timeout=30, pool_connections=docker.constants.DEFAULT_NUM_POOLS_SSH, shell_out=False)
+        return InventorySSHAdapter(
+            host.docker_url, timeout=30, pool_connections=docker.constants.DEFAULT_NUM_POOLS_SSH, shell_out=False
+        )
     except paramiko.BadHostKeyException as exc:
         raise InventoryError(
             source,
@@ -159,10 +175,19 @@ def _ssh_adapter(host: HostSpec, source: str) -> Any:
                 source,
                 f"the host key of host {host.name} ({where}) is not in {trusted}, so the connection was refused ({exc})",
                 f"check that `ssh-keyscan{f' -p {parsed.port}' if parsed.port else ''} {parsed.hostname} | ssh-keygen -lf -` shows the fingerprint that `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` shows on {parsed.hostname}, then add it: {scan}"
-                + ("" if known_hosts else f"; or set ssh.known_hosts of host {host.name} in {source} to a file that has it"),
+                + (
+                    ""
+                    if known_hosts
+                    else f"; or set ssh.known_hosts of host {host.name} in {source} to a file that has it"
+                ),
             ) from None
-        raise EngineConnectionError(f"the ssh server of host {host.name} at {where} failed the handshake ({type(exc).__name__}: {exc}). Fix: check that sshd runs there on port {parsed.port or 22} and correct docker_url of host {host.name} in {source}") from None
-    except (OSError, EOFError) as exc:  # refused, timed out, no route, unknown name (NoValidConnectionsError is an OSError)
+        raise EngineConnectionError(
+            f"the ssh server of host {host.name} at {where} failed the handshake ({type(exc).__name__}: {exc}). Fix: check that sshd runs there on port {parsed.port or 22} and correct docker_url of host {host.name} in {source}"
+        ) from None
+    except (
+        OSError,
+        EOFError,
+    ) as exc:  # refused, timed out, no route, unknown name (NoValidConnectionsError is an OSError)
         raise EngineConnectionError(
             f"the ssh server of host {host.name} at {where} is unreachable ({type(exc).__name__}: {str(exc)[:300]}). "
             f"Fix: start sshd there (and dockerd), check that this machine reaches port {parsed.port or 22} of {parsed.hostname} (firewall, DNS), or correct docker_url of host {host.name} in {source}"
@@ -173,7 +198,9 @@ def _ssh_docker_client(host: HostSpec, source: str) -> docker.DockerClient:
     """A client whose requests go through the paramiko adapter (each connection runs ``docker system dial-stdio``)."""
     adapter = _ssh_adapter(host, source)
     # Built without connecting (a fixed API version and the shell-out transport, never used: replaced by the adapter).
-    client = docker.DockerClient(base_url=host.docker_url, timeout=30, use_ssh_client=True, version=docker.constants.DEFAULT_DOCKER_API_VERSION)
+    client = docker.DockerClient(
+        base_url=host.docker_url, timeout=30, use_ssh_client=True, version=docker.constants.DEFAULT_DOCKER_API_VERSION
+    )
     client.api.mount("http+docker://ssh", adapter)
     client.api._custom_adapter = adapter  # docker-py's fallback adapter (private in docker 7.x, pinned)
     client.api.trust_env = False
@@ -183,7 +210,9 @@ def _ssh_docker_client(host: HostSpec, source: str) -> docker.DockerClient:
         user = urllib.parse.urlparse(host.docker_url).username or "<user>"
         said = ""
         try:
-            _, stdout, stderr = adapter.ssh_client.exec_command("docker version --format '{{.Server.Version}}'", timeout=SSH_CONNECT_TIMEOUT)
+            _, stdout, stderr = adapter.ssh_client.exec_command(
+                "docker version --format '{{.Server.Version}}'", timeout=SSH_CONNECT_TIMEOUT
+            )
             said = (stderr.read() + stdout.read()).decode(errors="replace").strip()[-500:]
         except Exception:  # noqa: BLE001 - the first error is reported either way
             pass
@@ -200,9 +229,17 @@ def docker_client(host: HostSpec, source: str = "the inventory") -> docker.Docke
     """A client for the host's engine: unix socket, ``tcp://`` (TLS when ``tls`` is set) or ``ssh://`` (paramiko)."""
     tls: docker.tls.TLSConfig | bool = False
     if host.tls is not None:
-        for label, path in (("ca_cert", host.tls.ca_cert), ("client_cert", host.tls.client_cert), ("client_key", host.tls.client_key)):
+        for label, path in (
+            ("ca_cert", host.tls.ca_cert),
+            ("client_cert", host.tls.client_cert),
+            ("client_key", host.tls.client_key),
+        ):
             if path is not None and not os.path.isfile(path):
-                raise InventoryError(source, f"tls.{label} of host {host.name} ({path}) does not exist on this machine", f"copy the file there or correct tls.{label} of host {host.name}")
+                raise InventoryError(
+                    source,
+                    f"tls.{label} of host {host.name} ({path}) does not exist on this machine",
+                    f"copy the file there or correct tls.{label} of host {host.name}",
+                )
         cert = (host.tls.client_cert, host.tls.client_key) if host.tls.client_cert and host.tls.client_key else None
         tls = docker.tls.TLSConfig(client_cert=cert, ca_cert=host.tls.ca_cert, verify=host.tls.verify)
     if host.docker_url.startswith("ssh://"):
@@ -211,7 +248,9 @@ def docker_client(host: HostSpec, source: str = "the inventory") -> docker.Docke
         return docker.DockerClient(base_url=host.docker_url, timeout=30)
     # requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE replace the engine's CA (and routes via env proxies): turn that
     # off before the first request, which is docker-py's API version probe (private in docker 7.x, pinned).
-    client = docker.DockerClient(base_url=host.docker_url, timeout=30, tls=tls, version=docker.constants.DEFAULT_DOCKER_API_VERSION)
+    client = docker.DockerClient(
+        base_url=host.docker_url, timeout=30, tls=tls, version=docker.constants.DEFAULT_DOCKER_API_VERSION
+    )
     client.api.trust_env = False
     client.api._version = client.api._retrieve_server_version()
     return client
@@ -231,7 +270,11 @@ def output_tail(container: Any, lines: int = FAILURE_TAIL_LINES) -> str:
         text = container.logs(stdout=True, stderr=True, tail=500).decode(errors="replace")
     except Exception:  # noqa: BLE001 - the exit code alone still makes a failure message
         return ""
-    kept = [line.rstrip() for line in text.splitlines() if line.strip() and not line[0].isspace() and not line.startswith("Traceback (most recent call last)")]
+    kept = [
+        line.rstrip()
+        for line in text.splitlines()
+        if line.strip() and not line[0].isspace() and not line.startswith("Traceback (most recent call last)")
+    ]
     return "\n".join(kept[-lines:])
 
 
@@ -276,7 +319,9 @@ class PlacingDockerStepHandler(StepHandler):
         tags = dict(ctx.step_tags[step_key])
         needs_gpu = StepRequest.from_tags(run.run_id, step_key, tags).needs_gpu
         channels = read_channel_count(self.inventory.store, session) if needs_gpu else None
-        return StepRequest.from_tags(run.run_id, step_key, tags, n_channels=channels, session=session, job_name=run.job_name, attempt=attempt)
+        return StepRequest.from_tags(
+            run.run_id, step_key, tags, n_channels=channels, session=session, job_name=run.job_name, attempt=attempt
+        )
 
     def _engine_event(self, state: _StepState, message: str, metadata: dict[str, Any] | None = None) -> DagsterEvent:
         return DagsterEvent.engine_event(state.step_context, message, EngineEventData(metadata=metadata or {}))
@@ -316,11 +361,16 @@ class PlacingDockerStepHandler(StepHandler):
                             f"(docker/README.md, e.g. docker save {image} | docker -H {host.docker_url} load) or set pull: true for host {host.name} in {self.inventory.source}"
                         )
                         continue
-                    yield self._engine_event(state, f"Pulling {image} on host {host.name} (missing there, pull allowed by {self.inventory.source})")
+                    yield self._engine_event(
+                        state,
+                        f"Pulling {image} on host {host.name} (missing there, pull allowed by {self.inventory.source})",
+                    )
                     try:
                         found = client.images.pull(image)
                     except docker.errors.APIError as exc:
-                        problems.append(f"image {image} is missing on host {host.name} and pulling it failed: {exc.explanation or exc}. Fix: check the image name and the host's registry access, or build/load it there (docker/README.md)")
+                        problems.append(
+                            f"image {image} is missing on host {host.name} and pulling it failed: {exc.explanation or exc}. Fix: check the image name and the host's registry access, or build/load it there (docker/README.md)"
+                        )
                         continue
             except InventoryError as exc:
                 problems.append(str(exc))
@@ -338,7 +388,11 @@ class PlacingDockerStepHandler(StepHandler):
             state.error = "; ".join(dict.fromkeys(problems))
             yield self._engine_event(state, f"{state.request.step_key} cannot start: {state.error}")
         elif problems:
-            yield self._engine_event(state, f"{state.request.step_key} skips {len(state.candidates) - len(usable)} host(s): " + "; ".join(dict.fromkeys(problems)))
+            yield self._engine_event(
+                state,
+                f"{state.request.step_key} skips {len(state.candidates) - len(usable)} host(s): "
+                + "; ".join(dict.fromkeys(problems)),
+            )
         state.candidates = usable
 
     def _try_start(self, ctx: StepHandlerContext, state: _StepState) -> Iterator[DagsterEvent]:
@@ -366,7 +420,10 @@ class PlacingDockerStepHandler(StepHandler):
             extra_env.update({item["name"]: item["value"] for item in ctx.execute_step_args.get_command_env()})
             spec = container_spec(self.inventory, placement, request, command, image_digest=digest, extra_env=extra_env)
             kwargs = spec.docker_kwargs()
-            kwargs["mounts"] = [docker.types.Mount(m["target"], m["source"], type=m["type"], read_only=m["read_only"]) for m in spec.mounts]
+            kwargs["mounts"] = [
+                docker.types.Mount(m["target"], m["source"], type=m["type"], read_only=m["read_only"])
+                for m in spec.mounts
+            ]
             container = client.containers.create(**kwargs)
             state.container_id = container.id
             container.start()
@@ -378,7 +435,8 @@ class PlacingDockerStepHandler(StepHandler):
         waited = time.monotonic() - state.waiting_since
         yield DagsterEvent.step_worker_starting(
             state.step_context,
-            message=f"Launching {request.step_key} on {placement.describe()} in container {spec.name}" + (f" after waiting {waited:.0f} s" if waited > 1 else ""),
+            message=f"Launching {request.step_key} on {placement.describe()} in container {spec.name}"
+            + (f" after waiting {waited:.0f} s" if waited > 1 else ""),
             metadata={
                 "host": placement.host.name,
                 "device": placement.gpu.id if placement.gpu else "cpu",
@@ -396,7 +454,9 @@ class PlacingDockerStepHandler(StepHandler):
         host = placement.host
         if isinstance(exc, (InventoryError, EngineConnectionError)):
             return str(exc)
-        if isinstance(exc, docker.errors.ImageNotFound) or (isinstance(exc, docker.errors.NotFound) and "image" in str(exc).lower()):
+        if isinstance(exc, docker.errors.ImageNotFound) or (
+            isinstance(exc, docker.errors.NotFound) and "image" in str(exc).lower()
+        ):
             return f"image {placement.image} is missing on host {host.name} ({host.docker_url}). Fix: build/load it there (docker/README.md) or set pull: true for host {host.name} in {source}"
         if isinstance(exc, docker.errors.APIError):
             return f"the Docker engine of host {host.name} refused the container: {exc.explanation or exc}. Fix: check the host's devices/runtime, or its entry in {source}"
@@ -423,7 +483,9 @@ class PlacingDockerStepHandler(StepHandler):
         except docker.errors.NotFound:
             state.error_reported = True
             self._cleanup(state, capture_logs=False)
-            return CheckStepHealthResult.unhealthy(f"container of {state.request.step_key} on {state.placement.slot} disappeared")  # type: ignore[union-attr]
+            return CheckStepHealthResult.unhealthy(
+                f"container of {state.request.step_key} on {state.placement.slot} disappeared"
+            )  # type: ignore[union-attr]
         if status in ("created", "running", "restarting"):
             return CheckStepHealthResult.healthy()
         if code == 0:
@@ -454,7 +516,15 @@ class PlacingDockerStepHandler(StepHandler):
         state = self._steps.get(self._step_key(step_handler_context))
         if state is None or state.released:
             return
-        yield self._engine_event(state, f"Stopping {state.request.step_key}" + (f" (container on {state.placement.slot})" if state.container_id and state.placement else " (was waiting for a slot)"))
+        yield self._engine_event(
+            state,
+            f"Stopping {state.request.step_key}"
+            + (
+                f" (container on {state.placement.slot})"
+                if state.container_id and state.placement
+                else " (was waiting for a slot)"
+            ),
+        )
         self._cleanup(state, capture_logs=True, stop=True)
 
     # -- lifecycle hooks called by PlacingDockerExecutor ---------------------------------------------------------
@@ -494,7 +564,10 @@ class PlacingDockerStepHandler(StepHandler):
                     self._engine_event(
                         state,
                         f"Container {container.name} of {request.step_key} on {state.placement.slot} exited with code {code}; its output is attached and the container was removed",
-                        {"container logs": dg.MetadataValue.text(logs[-LOG_TAIL_CHARS:]), "exit code": code if code is not None else -1},
+                        {
+                            "container logs": dg.MetadataValue.text(logs[-LOG_TAIL_CHARS:]),
+                            "exit code": code if code is not None else -1,
+                        },
                     )
                 container.remove(force=True)
             except docker.errors.NotFound:
@@ -508,7 +581,9 @@ class PlacingDockerStepHandler(StepHandler):
 class PlacingDockerExecutor(FinishingStepExecutor):
     """Steps in containers placed by the inventory; the handler hears when steps and runs end."""
 
-    def __init__(self, handler: PlacingDockerStepHandler, retries: RetryMode, max_concurrent: int | None = None) -> None:
+    def __init__(
+        self, handler: PlacingDockerStepHandler, retries: RetryMode, max_concurrent: int | None = None
+    ) -> None:
         super().__init__(handler, retries, handler.inventory.poll_seconds, max_concurrent)
 
 
@@ -517,21 +592,31 @@ def inventory_from_config(config: dict[str, Any]) -> Inventory:
     inline = config.get("inventory")
     path = config.get("inventory_file") or (None if inline else os.environ.get(INVENTORY_ENV))
     if inline and path:
-        raise PlatformConfigError(f"executor config: give either inventory_file or inventory, not both. Fix: remove one of them ({path})")
+        raise PlatformConfigError(
+            f"executor config: give either inventory_file or inventory, not both. Fix: remove one of them ({path})"
+        )
     if path:
         return load_inventory(path)
     if inline:
         return Inventory.from_mapping(inline, source="executor config (execution.config.inventory)")
-    raise PlatformConfigError(f"executor config: no host inventory. Fix: set execution.config.inventory_file, execution.config.inventory or {INVENTORY_ENV}")
+    raise PlatformConfigError(
+        f"executor config: no host inventory. Fix: set execution.config.inventory_file, execution.config.inventory or {INVENTORY_ENV}"
+    )
 
 
 @dg.executor(
     name="ks_platform_docker",
     config_schema={
-        "inventory_file": Field(StringSource, is_required=False, description=f"YAML/JSON host inventory (default: ${INVENTORY_ENV})."),
-        "inventory": Field(Permissive(), is_required=False, description="The inventory inline (same fields as the file)."),
+        "inventory_file": Field(
+            StringSource, is_required=False, description=f"YAML/JSON host inventory (default: ${INVENTORY_ENV})."
+        ),
+        "inventory": Field(
+            Permissive(), is_required=False, description="The inventory inline (same fields as the file)."
+        ),
         "retries": get_retries_config(),
-        "max_concurrent": Field(IntSource, is_required=False, description="Containers of one run at a time (slots limit across runs)."),
+        "max_concurrent": Field(
+            IntSource, is_required=False, description="Containers of one run at a time (slots limit across runs)."
+        ),
     },
     requirements=multiple_process_executor_requirements(),
 )
@@ -542,4 +627,6 @@ def placing_docker_executor(init_context: dg.InitExecutorContext) -> PlacingDock
     require_shared_storage(init_context.instance, "Docker executor", "step containers")
     retries = RetryMode.from_config(config["retries"])
     assert retries is not None
-    return PlacingDockerExecutor(PlacingDockerStepHandler(inventory), retries=retries, max_concurrent=config.get("max_concurrent"))
+    return PlacingDockerExecutor(
+        PlacingDockerStepHandler(inventory), retries=retries, max_concurrent=config.get("max_concurrent")
+    )

@@ -137,7 +137,9 @@ class HostSpec(BaseModel):
         if self.backend != "cpu" and not self.gpus:
             raise ValueError(f"host {self.name!r} has backend {self.backend} but no gpus")
         if self.backend == "rocm" and self.group_ids is None and not self.is_local:
-            raise ValueError(f"host {self.name!r} is a remote rocm engine without group_ids: the video/render group ids of that machine are unknown here; set group_ids: [<gid of video>, <gid of render>] (`getent group video render` on {self.name})")
+            raise ValueError(
+                f"host {self.name!r} is a remote rocm engine without group_ids: the video/render group ids of that machine are unknown here; set group_ids: [<gid of video>, <gid of render>] (`getent group video render` on {self.name})"
+            )
         if self.tls is not None and not self.docker_url.startswith("tcp://"):
             raise ValueError(f"host {self.name!r} has tls settings but docker_url {self.docker_url} is not tcp://")
         if self.ssh is not None and not self.docker_url.startswith("ssh://"):
@@ -213,7 +215,11 @@ class Inventory(BaseModel):
     def from_mapping(cls, data: Any, source: str = "executor config") -> Inventory:
         """Validate ``data``; every problem is reported against ``source`` with how to fix it."""
         if not isinstance(data, dict):
-            raise InventoryError(source, f"the inventory must be a mapping with 'hosts' and 'store', not {type(data).__name__}", "see deploy/inventory.example.yaml")
+            raise InventoryError(
+                source,
+                f"the inventory must be a mapping with 'hosts' and 'store', not {type(data).__name__}",
+                "see deploy/inventory.example.yaml",
+            )
         try:
             return cls.model_validate({**data, "source": source})
         except ValidationError as exc:
@@ -246,7 +252,11 @@ def load_inventory(path: Path | str) -> Inventory:
     """Read an inventory from a ``.yaml``/``.yml``/``.json`` file."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise InventoryError(str(path), "the inventory file does not exist", f"create it (see deploy/inventory.example.yaml) or point {INVENTORY_ENV} at an existing file")
+        raise InventoryError(
+            str(path),
+            "the inventory file does not exist",
+            f"create it (see deploy/inventory.example.yaml) or point {INVENTORY_ENV} at an existing file",
+        )
     text = path.read_text()
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

@@ -21,7 +21,11 @@ def sort_session_in_containers() -> dg.JobDefinition:
     retry_policy=dg.RetryPolicy(max_retries=1),
     config_schema={
         "hold_seconds": dg.Field(float, default_value=0.0),
-        "vanish": dg.Field(bool, default_value=False, description="fault drill: end the step process with code 0 before it reports, as if its events were lost"),
+        "vanish": dg.Field(
+            bool,
+            default_value=False,
+            description="fault drill: end the step process with code 0 before it reports, as if its events were lost",
+        ),
     },
     description="Reports where it ran (host, backend, image digest, planned batch size); holds its slot for hold_seconds.",
 )
@@ -30,7 +34,10 @@ def report_placement(context: dg.OpExecutionContext) -> None:
     import socket
     import time
 
-    seen = {name: os.environ.get(name) for name in ("KS_PLATFORM_BACKEND", "KS_PLATFORM_IMAGE", "KS_PLATFORM_IMAGE_DIGEST", "KS_PLATFORM_BATCH_SIZE")}
+    seen = {
+        name: os.environ.get(name)
+        for name in ("KS_PLATFORM_BACKEND", "KS_PLATFORM_IMAGE", "KS_PLATFORM_IMAGE_DIGEST", "KS_PLATFORM_BATCH_SIZE")
+    }
     seen["hostname"] = socket.gethostname()
     seen["uid"] = str(os.getuid())
     time.sleep(context.op_config["hold_seconds"])
@@ -39,7 +46,10 @@ def report_placement(context: dg.OpExecutionContext) -> None:
     context.log.info("placement " + json.dumps(seen, sort_keys=True))
 
 
-@dg.job(executor_def=placing_docker_executor, description="Smoke test of a deployment: one CPU step in a container, placed by the inventory.")
+@dg.job(
+    executor_def=placing_docker_executor,
+    description="Smoke test of a deployment: one CPU step in a container, placed by the inventory.",
+)
 def placement_smoke_job() -> None:
     report_placement()
 
@@ -56,9 +66,21 @@ def placement_smoke() -> dg.JobDefinition:
 def report_gpu_placement(context: dg.OpExecutionContext) -> None:
     import os
 
-    context.log.info("placement " + json.dumps({name: os.environ.get(name) for name in ("KS_PLATFORM_BACKEND", "KS_PLATFORM_BATCH_SIZE", "KS_PLATFORM_IMAGE_DIGEST")}, sort_keys=True))
+    context.log.info(
+        "placement "
+        + json.dumps(
+            {
+                name: os.environ.get(name)
+                for name in ("KS_PLATFORM_BACKEND", "KS_PLATFORM_BATCH_SIZE", "KS_PLATFORM_IMAGE_DIGEST")
+            },
+            sort_keys=True,
+        )
+    )
 
 
-@dg.job(executor_def=placing_docker_executor, description="Smoke test of GPU placement: one step tagged ks_platform/needs=gpu.")
+@dg.job(
+    executor_def=placing_docker_executor,
+    description="Smoke test of GPU placement: one step tagged ks_platform/needs=gpu.",
+)
 def gpu_placement_smoke_job() -> None:
     report_gpu_placement()

@@ -22,7 +22,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ks_platform.core.hardware import recommended_batch_size
 from ks_platform.execution.inventory import HostSpec, Inventory, InventoryError, load_inventory
-from ks_platform.execution.placement import BACKEND_ENV, BATCH_SIZE_ENV, CONSERVATIVE_CHANNELS, MIB, NEEDS_GPU, NEEDS_TAG, PlacementError, gpu_memory_needed_bytes
+from ks_platform.execution.placement import (
+    BACKEND_ENV,
+    BATCH_SIZE_ENV,
+    CONSERVATIVE_CHANNELS,
+    MIB,
+    NEEDS_GPU,
+    NEEDS_TAG,
+    PlacementError,
+    gpu_memory_needed_bytes,
+)
 
 K8S_CONFIG_TAG = "dagster-k8s/config"
 GPU_RESOURCE = {"cuda": "nvidia.com/gpu", "rocm": "amd.com/gpu"}
@@ -61,14 +70,24 @@ class KubernetesStorage(BaseModel):
     landing: dict[str, VolumeSource] = Field(default_factory=dict)
 
     def pod_volumes(self) -> list[dict[str, Any]]:
-        return [self.store.volume("store"), *(source.volume(f"landing-{name}") for name, source in sorted(self.landing.items()))]
+        return [
+            self.store.volume("store"),
+            *(source.volume(f"landing-{name}") for name, source in sorted(self.landing.items())),
+        ]
 
     def volume_mounts(self, inventory: Inventory) -> list[dict[str, Any]]:
         missing = sorted(set(self.landing) - set(inventory.landing))
         if missing:
-            raise InventoryError(inventory.source, f"storage declares landing root(s) {missing} the inventory does not list", "add them under 'landing' in the inventory or remove them from 'storage'")
+            raise InventoryError(
+                inventory.source,
+                f"storage declares landing root(s) {missing} the inventory does not list",
+                "add them under 'landing' in the inventory or remove them from 'storage'",
+            )
         mounts = [{"name": "store", "mount_path": inventory.store}]
-        mounts += [{"name": f"landing-{name}", "mount_path": inventory.landing[name], "read_only": True} for name in sorted(self.landing)]
+        mounts += [
+            {"name": f"landing-{name}", "mount_path": inventory.landing[name], "read_only": True}
+            for name in sorted(self.landing)
+        ]
         return mounts
 
 
@@ -87,15 +106,23 @@ def load_deployment(path: Path | str) -> KubernetesDeployment:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise InventoryError(str(path), f"cannot read the Kubernetes deployment file ({exc})", "see deploy/kubernetes.example.yaml") from exc
+        raise InventoryError(
+            str(path), f"cannot read the Kubernetes deployment file ({exc})", "see deploy/kubernetes.example.yaml"
+        ) from exc
     if not isinstance(data, dict) or not isinstance(data.get("inventory"), str):
-        raise InventoryError(str(path), "needs 'inventory: <path of the node-pool inventory>' and 'storage:'", "see deploy/kubernetes.example.yaml")
+        raise InventoryError(
+            str(path),
+            "needs 'inventory: <path of the node-pool inventory>' and 'storage:'",
+            "see deploy/kubernetes.example.yaml",
+        )
     inventory = load_inventory(path.parent / data["inventory"])
     try:
         storage = KubernetesStorage.model_validate(data.get("storage"))
     except ValidationError as exc:
         problems = "; ".join(f"storage.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise InventoryError(str(path), problems, "declare 'storage: {store: {claim: NAME}, landing: {ROOT: {claim: NAME}}}'") from exc
+        raise InventoryError(
+            str(path), problems, "declare 'storage: {store: {claim: NAME}, landing: {ROOT: {claim: NAME}}}'"
+        ) from exc
     deployment = KubernetesDeployment(inventory=inventory, storage=storage)
     storage.volume_mounts(inventory)  # landing roots must match the inventory's
     return deployment
@@ -117,13 +144,23 @@ def _pod_spec(host: HostSpec) -> dict[str, Any]:
 def gpu_node_pool(inventory: Inventory, n_channels: int | None = None) -> HostSpec | None:
     """The GPU pool a sorting step targets: the one whose smallest GPU is largest (None: no GPU pool)."""
     channels = n_channels or CONSERVATIVE_CHANNELS
-    pools = [host for host in inventory.gpu_hosts if min(gpu.memory_mib for gpu in host.gpus) * MIB >= gpu_memory_needed_bytes(channels)]
+    pools = [
+        host
+        for host in inventory.gpu_hosts
+        if min(gpu.memory_mib for gpu in host.gpus) * MIB >= gpu_memory_needed_bytes(channels)
+    ]
     if inventory.gpu_hosts and not pools:
-        raise PlacementError(inventory.source, f"no GPU node pool has ≥ {gpu_memory_needed_bytes(channels) // MIB} MiB per GPU for {channels} channels", "add a node pool with larger GPUs")
+        raise PlacementError(
+            inventory.source,
+            f"no GPU node pool has ≥ {gpu_memory_needed_bytes(channels) // MIB} MiB per GPU for {channels} channels",
+            "add a node pool with larger GPUs",
+        )
     return max(pools, key=lambda host: min(gpu.memory_mib for gpu in host.gpus), default=None)
 
 
-def k8s_step_config(inventory: Inventory, needs_gpu: bool, n_channels: int | None = None, storage: KubernetesStorage | None = None) -> dict[str, Any]:
+def k8s_step_config(
+    inventory: Inventory, needs_gpu: bool, n_channels: int | None = None, storage: KubernetesStorage | None = None
+) -> dict[str, Any]:
     """``dagster-k8s/config`` for one step (shape of ``dagster_k8s.job.USER_DEFINED_K8S_JOB_CONFIG_SCHEMA``).
 
     Marked ``merge_behavior: SHALLOW``: merged over the executor's defaults it replaces them instead of appending a
@@ -146,7 +183,10 @@ def k8s_step_config(inventory: Inventory, needs_gpu: bool, n_channels: int | Non
         smallest = min(gpu.memory_mib for gpu in host.gpus)
         env[BACKEND_ENV] = f"{host.backend}:0"
         env[BATCH_SIZE_ENV] = str(recommended_batch_size(smallest * MIB, n_channels or CONSERVATIVE_CHANNELS))
-        container = {"image": host.image_for(host.backend), "resources": {"limits": {GPU_RESOURCE[host.backend]: "1"}, "requests": dict(CPU_REQUESTS)}}
+        container = {
+            "image": host.image_for(host.backend),
+            "resources": {"limits": {GPU_RESOURCE[host.backend]: "1"}, "requests": dict(CPU_REQUESTS)},
+        }
     container["env"] = _env_list(env)
     pod = _pod_spec(host)
     if storage is not None:
@@ -158,19 +198,27 @@ def k8s_step_config(inventory: Inventory, needs_gpu: bool, n_channels: int | Non
     return config
 
 
-def k8s_op_tags(inventory: Inventory, needs_gpu: bool, n_channels: int | None = None, storage: KubernetesStorage | None = None) -> dict[str, str]:
+def k8s_op_tags(
+    inventory: Inventory, needs_gpu: bool, n_channels: int | None = None, storage: KubernetesStorage | None = None
+) -> dict[str, str]:
     """Op tags carrying the step's Kubernetes config (JSON-encoded, as Dagster passes tag values)."""
     return {K8S_CONFIG_TAG: json.dumps(k8s_step_config(inventory, needs_gpu, n_channels, storage), sort_keys=True)}
 
 
-def k8s_executor_config(inventory: Inventory, op_tags: Mapping[str, Mapping[str, Any]], storage: KubernetesStorage | None = None) -> dict[str, Any]:
+def k8s_executor_config(
+    inventory: Inventory, op_tags: Mapping[str, Mapping[str, Any]], storage: KubernetesStorage | None = None
+) -> dict[str, Any]:
     """``k8s_job_executor`` config: CPU defaults for every step, GPU config for ops tagged ``ks_platform/needs: gpu``.
 
     ``op_tags`` maps op names to their tags (asset checks are their own ops and carry no tags: CPU).
     """
     return {
         "step_k8s_config": k8s_step_config(inventory, needs_gpu=False, storage=storage),
-        "per_step_k8s_config": {op: k8s_step_config(inventory, needs_gpu=True, storage=storage) for op, tags in sorted(op_tags.items()) if tags.get(NEEDS_TAG) == NEEDS_GPU},
+        "per_step_k8s_config": {
+            op: k8s_step_config(inventory, needs_gpu=True, storage=storage)
+            for op, tags in sorted(op_tags.items())
+            if tags.get(NEEDS_TAG) == NEEDS_GPU
+        },
     }
 
 
@@ -181,11 +229,16 @@ DEPLOYMENT_MOUNT = "/etc/ks_platform"
 def _camel_volume(volume: dict[str, Any]) -> dict[str, Any]:
     """A volume in the Kubernetes API's own spelling (Helm values), from the Python client's snake_case."""
     if "persistent_volume_claim" in volume:
-        return {"name": volume["name"], "persistentVolumeClaim": {"claimName": volume["persistent_volume_claim"]["claim_name"]}}
+        return {
+            "name": volume["name"],
+            "persistentVolumeClaim": {"claimName": volume["persistent_volume_claim"]["claim_name"]},
+        }
     return {"name": volume["name"], "hostPath": dict(volume["host_path"])}
 
 
-def helm_values(deployment: KubernetesDeployment, deployment_file: str, image_repository: str, image_tag: str = "cpu") -> dict[str, Any]:
+def helm_values(
+    deployment: KubernetesDeployment, deployment_file: str, image_repository: str, image_tag: str = "cpu"
+) -> dict[str, Any]:
     """Values for the ``dagster/dagster`` chart's code location, generated from the one storage declaration.
 
     The code server (sensors read the landing roots) and, through ``includeConfigInLaunchedRuns``, every run worker
@@ -193,11 +246,18 @@ def helm_values(deployment: KubernetesDeployment, deployment_file: str, image_re
     that select the Kubernetes executor; step pods get the same storage from :func:`k8s_executor_config`.
     """
     inventory, storage = deployment.inventory, deployment.storage
-    mounts = [{"name": m["name"], "mountPath": m["mount_path"], **({"readOnly": True} if m.get("read_only") else {})} for m in storage.volume_mounts(inventory)]
+    mounts = [
+        {"name": m["name"], "mountPath": m["mount_path"], **({"readOnly": True} if m.get("read_only") else {})}
+        for m in storage.volume_mounts(inventory)
+    ]
     volumes = [_camel_volume(v) for v in storage.pod_volumes()]
     volumes.append({"name": "ks-platform-deployment", "configMap": {"name": "ks-platform-deployment"}})
     mounts.append({"name": "ks-platform-deployment", "mountPath": DEPLOYMENT_MOUNT, "readOnly": True})
-    env = {"KS_PLATFORM_STORE": inventory.store, "KS_PLATFORM_LANDING": inventory.landing_spec(), KUBERNETES_ENV: f"{DEPLOYMENT_MOUNT}/{Path(deployment_file).name}"}
+    env = {
+        "KS_PLATFORM_STORE": inventory.store,
+        "KS_PLATFORM_LANDING": inventory.landing_spec(),
+        KUBERNETES_ENV: f"{DEPLOYMENT_MOUNT}/{Path(deployment_file).name}",
+    }
     code_location = {
         "name": "ks-platform",
         "image": {"repository": image_repository, "tag": image_tag, "pullPolicy": "IfNotPresent"},
@@ -211,8 +271,17 @@ def helm_values(deployment: KubernetesDeployment, deployment_file: str, image_re
     }
     return {
         "dagster-user-deployments": {"enabled": True, "enableSubchart": True, "deployments": [code_location]},
-        "runLauncher": {"type": "K8sRunLauncher", "config": {"k8sRunLauncher": {"imagePullPolicy": "IfNotPresent", "loadInclusterConfig": True}}},
-        "dagsterDaemon": {"runCoordinator": {"enabled": True, "type": "QueuedRunCoordinator", "config": {"queuedRunCoordinator": {"maxConcurrentRuns": 8}}}},
+        "runLauncher": {
+            "type": "K8sRunLauncher",
+            "config": {"k8sRunLauncher": {"imagePullPolicy": "IfNotPresent", "loadInclusterConfig": True}},
+        },
+        "dagsterDaemon": {
+            "runCoordinator": {
+                "enabled": True,
+                "type": "QueuedRunCoordinator",
+                "config": {"queuedRunCoordinator": {"maxConcurrentRuns": 8}},
+            }
+        },
     }
 
 
@@ -225,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         print(main.__doc__, file=sys.stderr)
         return 2
     deployment = load_deployment(args[0])
-    values = helm_values(deployment, args[0], args[1] if len(args) > 1 else "registry.lab/ks-platform", args[2] if len(args) > 2 else "cpu")
+    values = helm_values(
+        deployment,
+        args[0],
+        args[1] if len(args) > 1 else "registry.lab/ks-platform",
+        args[2] if len(args) > 2 else "cpu",
+    )
     print("# Generated by: python -m ks_platform.execution.kubernetes " + " ".join(args) + " (do not edit by hand)")
     print(yaml.safe_dump(values, sort_keys=False), end="")
     return 0

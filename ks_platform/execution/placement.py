@@ -14,13 +14,18 @@ tests all use these functions. Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import grp
-from pathlib import Path
 import stat
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from ks_platform.core.hardware import BYTES_PER_SAMPLE_CHANNEL, FIXED_OVERHEAD_BYTES, MIN_BATCH_SIZE, recommended_batch_size
+from ks_platform.core.hardware import (
+    BYTES_PER_SAMPLE_CHANNEL,
+    FIXED_OVERHEAD_BYTES,
+    MIN_BATCH_SIZE,
+    recommended_batch_size,
+)
 from ks_platform.core.lineage import IMAGE_DIGEST_ENV, IMAGE_ENV
 from ks_platform.execution.inventory import GpuSpec, HostSpec, Inventory, InventoryError
 
@@ -137,7 +142,14 @@ class ContainerSpec:
             "labels": self.labels,
             "detach": True,
         }
-        optional = {"device_requests": self.device_requests, "devices": self.devices, "group_add": self.group_add, "security_opt": self.security_opt, "user": self.user, "network_mode": self.network_mode}
+        optional = {
+            "device_requests": self.device_requests,
+            "devices": self.devices,
+            "group_add": self.group_add,
+            "security_opt": self.security_opt,
+            "user": self.user,
+            "network_mode": self.network_mode,
+        }
         kwargs.update({key: value for key, value in optional.items() if value})
         return kwargs
 
@@ -173,12 +185,22 @@ def candidate_placements(inventory: Inventory, request: StepRequest) -> list[Pla
             )
         usable.sort(key=lambda pair: -pair[1].memory_mib)
         return [
-            Placement(host, host.backend, Slot(host.name, "gpu", gpu.id), gpu, recommended_batch_size(gpu.memory_mib * MIB, channels))
+            Placement(
+                host,
+                host.backend,
+                Slot(host.name, "gpu", gpu.id),
+                gpu,
+                recommended_batch_size(gpu.memory_mib * MIB, channels),
+            )
             for host, gpu in usable
         ]
     hosts = sorted((host for host in inventory.hosts if host.cpu_slots > 0), key=lambda host: host.is_gpu_host)
     if not hosts:
-        raise PlacementError(inventory.source, f"step {request.step_key} needs CPU capacity and no host has cpu_slots > 0", "give at least one host cpu_slots ≥ 1")
+        raise PlacementError(
+            inventory.source,
+            f"step {request.step_key} needs CPU capacity and no host has cpu_slots > 0",
+            "give at least one host cpu_slots ≥ 1",
+        )
     return [Placement(host, "cpu", Slot(host.name, "cpu", capacity=host.cpu_slots)) for host in hosts]
 
 
@@ -225,8 +247,13 @@ def container_spec(
         DEVICE_LABEL: placement.gpu.id if placement.gpu else "cpu",
     }
     mounts = [{"source": inventory.store, "target": inventory.store, "type": "bind", "read_only": False}]
-    mounts += [{"source": path, "target": path, "type": "bind", "read_only": True} for path in inventory.landing.values()]
-    mounts += [{"source": source, "target": target, "type": "bind", "read_only": True} for source, target in inventory.extra_mounts.items()]
+    mounts += [
+        {"source": path, "target": path, "type": "bind", "read_only": True} for path in inventory.landing.values()
+    ]
+    mounts += [
+        {"source": source, "target": target, "type": "bind", "read_only": True}
+        for source, target in inventory.extra_mounts.items()
+    ]
     spec = ContainerSpec(
         name=container_name(request),
         image=placement.image,
@@ -258,7 +285,11 @@ def rocm_group_ids(inventory: Inventory, host: HostSpec) -> list[int]:
     if host.group_ids is not None:
         return list(host.group_ids)
     if not host.is_local:
-        raise InventoryError(inventory.source, f"host {host.name} is remote and has no group_ids", "set group_ids: [<gid of video>, <gid of render>] for it")
+        raise InventoryError(
+            inventory.source,
+            f"host {host.name} is remote and has no group_ids",
+            "set group_ids: [<gid of video>, <gid of render>] for it",
+        )
     found = []
     for name in ROCM_GROUPS:
         try:
@@ -266,7 +297,11 @@ def rocm_group_ids(inventory: Inventory, host: HostSpec) -> list[int]:
         except KeyError:
             continue
     if not found:
-        raise InventoryError(inventory.source, f"host {host.name}: this machine has neither a video nor a render group, so the ROCm devices' groups are unknown", f"set group_ids of host {host.name} to the gids owning /dev/kfd and /dev/dri/renderD*")
+        raise InventoryError(
+            inventory.source,
+            f"host {host.name}: this machine has neither a video nor a render group, so the ROCm devices' groups are unknown",
+            f"set group_ids of host {host.name} to the gids owning /dev/kfd and /dev/dri/renderD*",
+        )
     return found
 
 
@@ -292,7 +327,9 @@ def _writable(path: Path, uid: int, gid: int) -> bool:
     return info.st_mode & (need >> 6) == need >> 6
 
 
-def store_write_problem(inventory: Inventory, placement: Placement, session: str | None, user: str | None, image: str) -> str | None:
+def store_write_problem(
+    inventory: Inventory, placement: Placement, session: str | None, user: str | None, image: str
+) -> str | None:
     """Why ``user`` (the container's) cannot write the store folders a step writes, with the fix; None when it can.
 
     Checks, as seen from this machine (the store is mounted at the same path everywhere), the store root,
@@ -313,7 +350,11 @@ def store_write_problem(inventory: Inventory, placement: Placement, session: str
         if path.is_dir() and not _writable(path, uid, gid):
             info = path.stat()
             host = placement.host.name
-            as_owner = f", or run the containers as the store's owner (user: \"{info.st_uid}:{info.st_gid}\" of host {host} in {inventory.source})" if info.st_uid else ""
+            as_owner = (
+                f', or run the containers as the store\'s owner (user: "{info.st_uid}:{info.st_gid}" of host {host} in {inventory.source})'
+                if info.st_uid
+                else ""
+            )
             return (
                 f"store folder {path} (owner {info.st_uid}:{info.st_gid}, mode {stat.filemode(info.st_mode)}) is not writable by uid {uid}:{gid}, "
                 f"the user step containers of image {image} run as on host {host}. Fix: chown -R {uid}:{gid} {path} (or chmod -R a+rwX {path}){as_owner}"

@@ -28,7 +28,9 @@ class SlotLedger:
     def __init__(self, instance: dg.DagsterInstance) -> None:
         self._storage = instance.event_log_storage
         if not self._storage.supports_global_concurrency_limits:
-            raise RuntimeError("this Dagster instance's storage does not support concurrency slots: run `dagster instance migrate`")
+            raise RuntimeError(
+                "this Dagster instance's storage does not support concurrency slots: run `dagster instance migrate`"
+            )
 
     def ensure_capacity(self, slots: Iterable[Slot]) -> None:
         """Make each slot's pool exist with the inventory's capacity (idempotent)."""
@@ -40,7 +42,9 @@ class SlotLedger:
     def try_claim(self, run_id: str, step_key: str, candidates: Sequence[Placement]) -> Placement | None:
         """Claim the first free candidate (queueing on the others); None when every candidate is busy."""
         for candidate in candidates:
-            status = self._storage.claim_concurrency_slot(candidate.slot.key, run_id, claim_id(step_key, candidate.slot))
+            status = self._storage.claim_concurrency_slot(
+                candidate.slot.key, run_id, claim_id(step_key, candidate.slot)
+            )
             if status.is_claimed:
                 self.withdraw(run_id, step_key, [other for other in candidates if other.slot != candidate.slot])
                 return candidate

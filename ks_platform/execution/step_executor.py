@@ -22,8 +22,16 @@ class FinishingStepHandler(Protocol):
 class FinishingStepExecutor(StepDelegatingExecutor):
     """``StepDelegatingExecutor`` that also tells the handler when a step ends and when the run ends."""
 
-    def __init__(self, handler: StepHandler, retries: RetryMode, poll_seconds: float, max_concurrent: int | None = None) -> None:
-        super().__init__(handler, retries=retries, check_step_health_interval_seconds=max(1, int(poll_seconds)), sleep_seconds=0.5, max_concurrent=max_concurrent)
+    def __init__(
+        self, handler: StepHandler, retries: RetryMode, poll_seconds: float, max_concurrent: int | None = None
+    ) -> None:
+        super().__init__(
+            handler,
+            retries=retries,
+            check_step_health_interval_seconds=max(1, int(poll_seconds)),
+            sleep_seconds=0.5,
+            max_concurrent=max_concurrent,
+        )
         self.handler = handler
 
     def execute(self, plan_context, execution_plan):  # type: ignore[override]

@@ -22,7 +22,9 @@ def traces(n_samples: int = 90000, seed: int = 7) -> np.ndarray:
 def positions() -> np.ndarray:
     """Two shanks 250 µm apart, two columns 32 µm apart, 20 µm rows (µm)."""
     rows = np.arange(N_CHANNELS // 4) * 20.0
-    shank = [np.column_stack([np.tile([s * 250.0 + 11.0, s * 250.0 + 43.0], len(rows)), np.repeat(rows, 2)]) for s in (0, 1)]
+    shank = [
+        np.column_stack([np.tile([s * 250.0 + 11.0, s * 250.0 + 43.0], len(rows)), np.repeat(rows, 2)]) for s in (0, 1)
+    ]
     return np.vstack(shank)
 
 

@@ -18,7 +18,9 @@ def _xxh3(path) -> str:
 
 
 def test_spikeglx_zero_copy_and_forced_copy(tmp_path, capsys):
-    session = make_spikeglx_session(tmp_path / "landing" / "sglx_g0", DemoSessionSpec(duration_s=1.0, n_units=2, seed=3))
+    session = make_spikeglx_session(
+        tmp_path / "landing" / "sglx_g0", DemoSessionSpec(duration_s=1.0, n_units=2, seed=3)
+    )
     [ap_bin] = session.glob("*.ap.bin")
 
     assert main(["convert", str(session), "--out", str(tmp_path / "zero")]) == 0
@@ -27,7 +29,11 @@ def test_spikeglx_zero_copy_and_forced_copy(tmp_path, capsys):
     manifest = json.loads((tmp_path / "zero" / "binary" / "binary.json").read_text())
     assert binary.is_symlink() and binary.resolve() == ap_bin.resolve()
     assert manifest["zero_copy"] and manifest["bytes_written"] == 0 and manifest["checksum"] == _xxh3(ap_bin)
-    assert f"checksum: xxh3_128 {manifest['checksum']}" in out.out and "zero-copy:" in out.out and "0 bytes written" in out.out
+    assert (
+        f"checksum: xxh3_128 {manifest['checksum']}" in out.out
+        and "zero-copy:" in out.out
+        and "0 bytes written" in out.out
+    )
     assert "recording binary" in out.err and "100/100%" in out.err  # the tqdm bar reached the end
     assert (tmp_path / "zero" / "raw_recording.json").is_file()
 
@@ -36,14 +42,18 @@ def test_spikeglx_zero_copy_and_forced_copy(tmp_path, capsys):
     copied = tmp_path / "copy" / "binary" / "recording.bin"
     manifest = json.loads((tmp_path / "copy" / "binary" / "binary.json").read_text())
     source = np.fromfile(ap_bin, np.int16).reshape(-1, 33)
-    assert not copied.is_symlink() and np.array_equal(np.fromfile(copied, np.int16).reshape(-1, 32), source[:, :32])  # sync dropped
+    assert not copied.is_symlink() and np.array_equal(
+        np.fromfile(copied, np.int16).reshape(-1, 32), source[:, :32]
+    )  # sync dropped
     assert manifest["checksum"] == _xxh3(copied) and f"checksum: xxh3_128 {manifest['checksum']}" in out.out
     assert "copied: zero-copy was turned off" in out.out and "100/100%" in out.err
 
 
 def test_float_nwb_is_converted(tmp_path, capsys):
     traces = syn.traces(n_samples=20000)
-    session = write_nwb_session(tmp_path / "landing" / "nwb_session", traces, syn.FS, syn.positions(), syn.DATE, syn.shank_ids(), as_float=True)
+    session = write_nwb_session(
+        tmp_path / "landing" / "nwb_session", traces, syn.FS, syn.positions(), syn.DATE, syn.shank_ids(), as_float=True
+    )
     assert main(["convert", str(session), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     out = capsys.readouterr()
     binary = tmp_path / "out" / "binary" / "recording.bin"

@@ -83,6 +83,8 @@ def test_raw_float_binary_with_nan_names_the_file_and_sample(tmp_path):
     (tmp_path / "rec.bin").write_bytes(values.tobytes())
     (tmp_path / "rec.json").write_text(json.dumps({"sampling_frequency": 30000.0, "n_channels": 4, "dtype": "float32"}))
     source = raw_binary.open_recording(tmp_path)
-    with pytest.raises(SessionInputError, match=r"rec\.bin: NaN or inf sample at sample 43210\. Fix: repair or re-export"):
+    with pytest.raises(
+        SessionInputError, match=r"rec\.bin: NaN or inf sample at sample 43210\. Fix: repair or re-export"
+    ):
         write_recording_binary(source, tmp_path / "store" / "binary")
     assert not (tmp_path / "store" / "binary").exists()

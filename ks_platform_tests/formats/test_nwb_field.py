@@ -12,11 +12,10 @@ import h5py
 import numpy as np
 import pytest
 
-from ks_platform_tests.conftest import require_module
-
 from ks_platform.core import formats, probes
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import nwb
+from ks_platform_tests.conftest import require_module
 
 FS = 30000.0
 N_SAMPLES = 15000

@@ -18,7 +18,9 @@ from ks_platform_tests.formats import synthetic as syn
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> tuple[Path, np.ndarray]:
     traces = syn.traces()
-    folder = write_openephys_session(tmp_path_factory.mktemp("oe") / "session", traces, syn.FS, syn.positions(), syn.DATE, syn.shank_ids())
+    folder = write_openephys_session(
+        tmp_path_factory.mktemp("oe") / "session", traces, syn.FS, syn.positions(), syn.DATE, syn.shank_ids()
+    )
     return folder, traces
 
 
@@ -54,7 +56,12 @@ def test_open_recording_describes_and_streams(written):
     assert openephys.find_files(folder) == [next(folder.rglob("structure.oebin"))]
     source = openephys.open_recording(folder)
     n = traces.shape[0]
-    assert (source.format, source.n_channels, source.n_samples, source.sampling_frequency) == ("openephys", 34, n, syn.FS)
+    assert (source.format, source.n_channels, source.n_samples, source.sampling_frequency) == (
+        "openephys",
+        34,
+        n,
+        syn.FS,
+    )
     assert source.sorting_channels == tuple(range(syn.N_CHANNELS))  # AUX1 and ADC1 are not sorted
     assert source.recording_date == syn.DATE
     assert source.uv_per_bit == pytest.approx(0.195)
@@ -148,7 +155,9 @@ def test_neuropixels_part_number_uses_the_probeinterface_catalogue(tmp_path):
     catalogue = np1_probe(syn.N_CHANNELS).contact_positions
     plugin_positions = catalogue + [11.0, 0.0]  # the plugin's NP1.0 x positions are 27/59/11/43 µm
     traces = syn.traces(3000)
-    folder = write_openephys_session(tmp_path / "s", traces, syn.FS, plugin_positions, syn.DATE, probe_part_number="PRB_1_4_0480_1")
+    folder = write_openephys_session(
+        tmp_path / "s", traces, syn.FS, plugin_positions, syn.DATE, probe_part_number="PRB_1_4_0480_1"
+    )
     source = openephys.open_recording(folder)
     assert "probeinterface" in source.scaling_note
     np.testing.assert_allclose(source.probe.contact_positions, catalogue)

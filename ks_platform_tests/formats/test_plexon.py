@@ -20,7 +20,9 @@ N_SAMPLES = 22 * 4096
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> tuple[Path, np.ndarray]:
     traces = syn.traces(N_SAMPLES)
-    folder = write_plexon_session(tmp_path_factory.mktemp("plx") / "session", traces, syn.FS, syn.positions(), syn.DATE, syn.shank_ids())
+    folder = write_plexon_session(
+        tmp_path_factory.mktemp("plx") / "session", traces, syn.FS, syn.positions(), syn.DATE, syn.shank_ids()
+    )
     return folder, traces
 
 
@@ -61,7 +63,12 @@ def test_open_recording_describes_and_streams(written):
     folder, traces = written
     assert plexon.find_files(folder) == [folder / "session.plx"]
     source = plexon.open_recording(folder)
-    assert (source.format, source.n_samples, source.sampling_frequency, source.recording_date) == ("plexon", N_SAMPLES, syn.FS, syn.DATE)
+    assert (source.format, source.n_samples, source.sampling_frequency, source.recording_date) == (
+        "plexon",
+        N_SAMPLES,
+        syn.FS,
+        syn.DATE,
+    )
     assert source.n_channels == 2 * syn.N_CHANNELS  # WB01..WB32 then FP01..FP32
     assert source.sorting_channels == tuple(range(syn.N_CHANNELS))
     assert source.uv_per_bit == pytest.approx(PLEXON_UV_PER_BIT)
@@ -79,7 +86,9 @@ def test_uneven_blocks_and_a_short_last_block(tmp_path, monkeypatch, scan_window
     """Odd block sizes, FP/spike/event blocks in between, and scan windows that cut blocks anywhere."""
     monkeypatch.setattr(plexon, "_SCAN_WINDOW", scan_window)
     traces = syn.traces(50_000, seed=3)
-    folder = write_plexon_session(tmp_path / "s", traces, syn.FS, syn.positions(), syn.DATE, block_samples=1000 + 7, with_fp=True)
+    folder = write_plexon_session(
+        tmp_path / "s", traces, syn.FS, syn.positions(), syn.DATE, block_samples=1000 + 7, with_fp=True
+    )
     source = plexon.open_recording(folder)
     assert source.n_samples == 50_000
     for start, stop in [(0, 50_000), (1006, 1008), (49_000, 50_000), (3021, 3021 + 2014)]:

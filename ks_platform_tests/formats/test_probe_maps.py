@@ -36,14 +36,21 @@ def _np2_session(folder: Path, four_shank: bool) -> Path:
         part, kind = "NP2000", "21"
     meta = spikeglx_meta(len(saved), N_SAMPLES, 30000.0, syn.DATE)
     replace = {
-        "imroTbl": imro, "imDatPrb_pn": part, "imDatPrb_type": kind, "imAiRangeMax": "0.5", "imAiRangeMin": "-0.5",
-        "imMaxInt": "8192", "snsSaveChanSubset": ",".join(str(c) for c in saved) + ",384",
+        "imroTbl": imro,
+        "imDatPrb_pn": part,
+        "imDatPrb_type": kind,
+        "imAiRangeMax": "0.5",
+        "imAiRangeMin": "-0.5",
+        "imMaxInt": "8192",
+        "snsSaveChanSubset": ",".join(str(c) for c in saved) + ",384",
         "snsChanMap": "(384,0,1)" + "".join(f"(AP{c};{c}:{c})" for c in saved) + "(SY0;384:384)",
     }
     lines = []
     for line in meta.splitlines():
         key = line.lstrip("~").split("=", 1)[0]
-        lines.append(f"{'~' if key in ('imroTbl', 'snsChanMap') else ''}{key}={replace[key]}" if key in replace else line)
+        lines.append(
+            f"{'~' if key in ('imroTbl', 'snsChanMap') else ''}{key}={replace[key]}" if key in replace else line
+        )
     folder.mkdir(parents=True)
     (folder / "np2_g0_t0.imec0.ap.bin").write_bytes(np.zeros((N_SAMPLES, len(saved) + 1), np.int16).tobytes())
     (folder / "np2_g0_t0.imec0.ap.meta").write_text("\n".join(lines) + "\n")
@@ -60,7 +67,9 @@ def test_spikeglx_np2_geometry_and_shanks_from_the_imro_table(tmp_path, four_sha
     pipeline.observe_raw_recording(session, store)
     out = pipeline.build_probe_map(session, store)
     ks_probe, manifest = pipeline.load_probe_map(store)
-    assert ks_probe["n_chan"] == 32 and ks_probe["chanMap"].tolist() == list(range(32))  # binary rows 0..31, sync row 32 unused
+    assert ks_probe["n_chan"] == 32 and ks_probe["chanMap"].tolist() == list(
+        range(32)
+    )  # binary rows 0..31, sync row 32 unused
     kcoords = ks_probe["kcoords"].astype(int)
     if four_shank:
         assert out.metadata["n_shanks"] == 4 and kcoords.tolist() == [s for s in range(4) for _ in range(8)]
@@ -92,24 +101,54 @@ def _write(folder: Path, kind: str) -> Path:
         return folder / "probe.json"
     if kind == ".prb":
         geometry = {int(c): tuple(p) for c, p in zip(channels, probe.contact_positions.tolist())}
-        groups = {s: {"channels": [int(c) for c, sh in zip(channels, syn.shank_ids()) if sh == s], "geometry": {int(c): geometry[int(c)] for c, sh in zip(channels, syn.shank_ids()) if sh == s}} for s in (0, 1)}
+        groups = {
+            s: {
+                "channels": [int(c) for c, sh in zip(channels, syn.shank_ids()) if sh == s],
+                "geometry": {int(c): geometry[int(c)] for c, sh in zip(channels, syn.shank_ids()) if sh == s},
+            }
+            for s in (0, 1)
+        }
         (folder / "probe.prb").write_text(f"channel_groups = {groups!r}\n")
         return folder / "probe.prb"
     if kind == "kilosort.mat":
         from scipy.io import savemat
 
-        savemat(folder / "chanMap.mat", {"chanMap": channels + 1.0, "chanMap0ind": channels.astype(float), "xcoords": syn.positions()[:, 0], "ycoords": syn.positions()[:, 1], "kcoords": np.asarray(syn.shank_ids(), float) + 1, "connected": np.ones(32), "fs": syn.FS})
+        savemat(
+            folder / "chanMap.mat",
+            {
+                "chanMap": channels + 1.0,
+                "chanMap0ind": channels.astype(float),
+                "xcoords": syn.positions()[:, 0],
+                "ycoords": syn.positions()[:, 1],
+                "kcoords": np.asarray(syn.shank_ids(), float) + 1,
+                "connected": np.ones(32),
+                "fs": syn.FS,
+            },
+        )
         return folder / "chanMap.mat"
     if kind == "kilosort.json":
         from kilosort.io import save_probe
 
-        save_probe({"chanMap": channels.astype(np.int32), "xc": syn.positions()[:, 0].astype(np.float32), "yc": syn.positions()[:, 1].astype(np.float32), "kcoords": np.asarray(syn.shank_ids(), np.float32), "n_chan": 32}, str(folder / "ks_probe.json"))
+        save_probe(
+            {
+                "chanMap": channels.astype(np.int32),
+                "xc": syn.positions()[:, 0].astype(np.float32),
+                "yc": syn.positions()[:, 1].astype(np.float32),
+                "kcoords": np.asarray(syn.shank_ids(), np.float32),
+                "n_chan": 32,
+            },
+            str(folder / "ks_probe.json"),
+        )
         return folder / "ks_probe.json"
     raise AssertionError(kind)
 
 
 def _as_rows(ks_probe: dict) -> list[tuple]:
-    return sorted(zip(ks_probe["chanMap"].tolist(), ks_probe["xc"].tolist(), ks_probe["yc"].tolist(), ks_probe["kcoords"].tolist()))
+    return sorted(
+        zip(
+            ks_probe["chanMap"].tolist(), ks_probe["xc"].tolist(), ks_probe["yc"].tolist(), ks_probe["kcoords"].tolist()
+        )
+    )
 
 
 @pytest.mark.parametrize("kind", ["probeinterface.json", ".prb", "kilosort.mat", "kilosort.json"])
@@ -120,7 +159,10 @@ def test_every_probe_file_format_gives_the_same_kilosort_probe(tmp_path, kind):
             probes.load_probe_file(path)
         text = path.read_text()
         groups = eval(text.split("=", 1)[1])  # the file we just wrote
-        merged = {"channels": groups[0]["channels"] + groups[1]["channels"], "geometry": {**groups[0]["geometry"], **groups[1]["geometry"]}}
+        merged = {
+            "channels": groups[0]["channels"] + groups[1]["channels"],
+            "geometry": {**groups[0]["geometry"], **groups[1]["geometry"]},
+        }
         path.write_text(f"channel_groups = {{0: {merged!r}}}\n")
     probe = probes.load_probe_file(path)
     probes.validate_probe(probe, syn.N_CHANNELS, path)
@@ -141,8 +183,12 @@ def test_duplicate_positions_are_refused(tmp_path):
     probe = _probe()
     positions = probe.contact_positions.copy()
     positions[4] = positions[5]
-    probe._contact_positions = positions  # probeinterface's set_contacts refuses duplicates; a probe built elsewhere may not
-    with pytest.raises(SessionInputError, match=r"probe\.json: 1 contact positions are used twice\. Fix: give every contact its own"):
+    probe._contact_positions = (
+        positions  # probeinterface's set_contacts refuses duplicates; a probe built elsewhere may not
+    )
+    with pytest.raises(
+        SessionInputError, match=r"probe\.json: 1 contact positions are used twice\. Fix: give every contact its own"
+    ):
         _validate(tmp_path, probe)
 
 
@@ -182,7 +228,9 @@ def test_channels_beyond_the_recording_and_duplicates_are_refused(tmp_path):
     channels = probe.device_channel_indices.copy()
     channels[0] = channels[1]
     probe.set_device_channel_indices(channels)
-    with pytest.raises(SessionInputError, match=r"wired to more than one contact.*Fix: give every contact its own channel index"):
+    with pytest.raises(
+        SessionInputError, match=r"wired to more than one contact.*Fix: give every contact its own channel index"
+    ):
         _validate(tmp_path, probe)
 
 
@@ -198,9 +246,19 @@ def test_two_shank_ids_reach_kilosort_and_the_phy_bundle(tmp_path, capsys):
     layout = pi.Probe(ndim=2, si_units="um")
     layout.set_contacts(positions=syn.positions(), shapes="circle", shape_params={"radius": 6})
     layout.set_device_channel_indices(np.arange(syn.N_CHANNELS))
-    recording, _ = generate_ground_truth_recording(durations=[6.0], sampling_frequency=syn.FS, probe=layout, num_units=6, seed=3, generate_sorting_kwargs={"firing_rates": 15.0, "refractory_period_ms": 4.0}, noise_kwargs={"noise_levels": 6.0, "strategy": "on_the_fly"})
+    recording, _ = generate_ground_truth_recording(
+        durations=[6.0],
+        sampling_frequency=syn.FS,
+        probe=layout,
+        num_units=6,
+        seed=3,
+        generate_sorting_kwargs={"firing_rates": 15.0, "refractory_period_ms": 4.0},
+        noise_kwargs={"noise_levels": 6.0, "strategy": "on_the_fly"},
+    )
     traces = np.clip(np.rint(recording.get_traces() / 0.195), -32767, 32767).astype(np.int16)
-    session = write_openephys_session(tmp_path / "landing" / "two_shanks", traces, syn.FS, syn.positions(), syn.DATE, syn.shank_ids())
+    session = write_openephys_session(
+        tmp_path / "landing" / "two_shanks", traces, syn.FS, syn.positions(), syn.DATE, syn.shank_ids()
+    )
     out = tmp_path / "result"
     assert main(["sort", str(session), "--out", str(out), "--backend", "cpu", "--quiet"]) == 0
     assert "2 shank(s)" in capsys.readouterr().out

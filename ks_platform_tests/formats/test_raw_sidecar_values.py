@@ -11,7 +11,13 @@ from ks_platform.core.discovery import discover
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import open_recording
 
-GOOD = {"sampling_frequency": 30000.0, "n_channels": 4, "dtype": "int16", "uv_per_bit": 0.195, "recording_date": "2026-03-02"}
+GOOD = {
+    "sampling_frequency": 30000.0,
+    "n_channels": 4,
+    "dtype": "int16",
+    "uv_per_bit": 0.195,
+    "recording_date": "2026-03-02",
+}
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,9 @@ def _refuse_missing_data(session_dir: Path) -> None:
 def detect_format(session_dir: Path) -> ModuleType:
     """The one reader whose files are in ``session_dir``; unknown or mixed folders get a clear error."""
     if not session_dir.is_dir():
-        raise SessionInputError(session_dir, "the session folder does not exist or is not a folder", "check the landing root")
+        raise SessionInputError(
+            session_dir, "the session folder does not exist or is not a folder", "check the landing root"
+        )
     try:
         matches = [reader for reader in READERS if reader.find_files(session_dir)]
     except PermissionError as exc:
@@ -71,7 +73,11 @@ def detect_format(session_dir: Path) -> ModuleType:
         known = ", ".join(r.FORMAT for r in READERS)
         dats = sorted(session_dir.rglob("continuous.dat"))
         if dats:  # <recording>/continuous/<stream>/continuous.dat
-            raise SessionInputError(dats[0].parents[2] / "structure.oebin", f"the Open Ephys structure.oebin is missing (found {dats[0].relative_to(session_dir)} without it)", "copy the recording folder again with the structure.oebin the Open Ephys GUI wrote")
+            raise SessionInputError(
+                dats[0].parents[2] / "structure.oebin",
+                f"the Open Ephys structure.oebin is missing (found {dats[0].relative_to(session_dir)} without it)",
+                "copy the recording folder again with the structure.oebin the Open Ephys GUI wrote",
+            )
         orphans = _orphan_data_files(session_dir)
         if orphans:
             data = orphans[0]
@@ -80,10 +86,16 @@ def detect_format(session_dir: Path) -> ModuleType:
                 f"the data file has no sidecar {data.with_suffix('.json').name} (or belongs to no known format: {known})",
                 f"add {data.with_suffix('.json').name} with sampling_frequency, n_channels and dtype, or the format's own header/meta files",
             )
-        raise SessionInputError(session_dir, f"no recording of a known format found (known: {known})", "add the recording files, or a .bin with a same-name .json sidecar")
+        raise SessionInputError(
+            session_dir,
+            f"no recording of a known format found (known: {known})",
+            "add the recording files, or a .bin with a same-name .json sidecar",
+        )
     if len(matches) > 1:
         names = ", ".join(r.FORMAT for r in matches)
-        raise SessionInputError(session_dir, f"the folder mixes recording formats ({names})", "keep one recording format per session folder")
+        raise SessionInputError(
+            session_dir, f"the folder mixes recording formats ({names})", "keep one recording format per session folder"
+        )
     return matches[0]
 
 
@@ -135,7 +147,11 @@ def list_probes(session_dir: Path) -> ProbeListing:
         raise permission_error(exc.filename, session_dir) from None
     if not listing.probes:
         skipped = "; ".join(listing.skipped) or "none"
-        raise SessionInputError(session_dir, f"no probe recording to sort in this {reader.FORMAT} folder (skipped streams: {skipped})", "record the wideband/AP band of at least one probe")
+        raise SessionInputError(
+            session_dir,
+            f"no probe recording to sort in this {reader.FORMAT} folder (skipped streams: {skipped})",
+            "record the wideband/AP band of at least one probe",
+        )
     check_configs_apply(session_dir, listing.probes)
     return split_segments(reader, session_dir, listing)
 
@@ -144,13 +160,19 @@ def split_segments(reader: ModuleType, session_dir: Path, listing: ProbeListing)
     """The listing with each probe whose config sets ``split_segments`` replaced by one probe per segment."""
     if not config_files(session_dir):
         return listing
-    configs = {name: read_probe_config(session_dir, listing.probes, name, check_kilosort=False) for name in listing.probes}
+    configs = {
+        name: read_probe_config(session_dir, listing.probes, name, check_kilosort=False) for name in listing.probes
+    }
     split = [name for name, config in configs.items() if config.split_segments]
     if not split:
         return listing
     if not hasattr(reader, "split_segments"):
         config = configs[split[0]]
-        raise SessionInputError(config.files[-1], f"split_segments is set, but {reader.FORMAT} recordings are not made of segments", "remove split_segments")
+        raise SessionInputError(
+            config.files[-1],
+            f"split_segments is set, but {reader.FORMAT} recordings are not made of segments",
+            "remove split_segments",
+        )
     probes: dict[str, tuple[Path, ...]] = {}
     split_from: dict[str, str] = {}
     for name, files in listing.probes.items():

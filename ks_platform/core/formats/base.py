@@ -39,7 +39,11 @@ class ProbeListing:
         if probe is None:
             if len(names) == 1:
                 return names[0]
-            raise SessionInputError(session_dir, f"the folder holds {len(names)} probes ({', '.join(names)}); a probe name is needed", f"name one of {names} (e.g. --probe {names[0] if names else 'imec0'})")
+            raise SessionInputError(
+                session_dir,
+                f"the folder holds {len(names)} probes ({', '.join(names)}); a probe name is needed",
+                f"name one of {names} (e.g. --probe {names[0] if names else 'imec0'})",
+            )
         if probe in self.probes:
             return probe
         from ks_platform.core.sessions import key_name
@@ -47,7 +51,11 @@ class ProbeListing:
         by_key = {key_name(name): name for name in names}
         if probe in by_key:
             return by_key[probe]
-        raise SessionInputError(session_dir, f"no probe named {probe!r} in this folder (it holds {', '.join(names) or 'none'})", "use a probe name the folder holds, or retire the partition if the probe was removed")
+        raise SessionInputError(
+            session_dir,
+            f"no probe named {probe!r} in this folder (it holds {', '.join(names) or 'none'})",
+            "use a probe name the folder holds, or retire the partition if the probe was removed",
+        )
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,9 @@ class RecordingSource:
         return sum(p.stat().st_size for p in self.data_files)
 
     @classmethod
-    def interleaved_int16(cls, data_path: Path, n_channels: int, n_samples: int, sorting_channels: tuple[int, ...], **facts: object) -> RecordingSource:
+    def interleaved_int16(
+        cls, data_path: Path, n_channels: int, n_samples: int, sorting_channels: tuple[int, ...], **facts: object
+    ) -> RecordingSource:
         """A source that already is the interleaved int16 file Kilosort reads: chunked reader and zero-copy set."""
         return cls(
             **facts,
@@ -188,7 +198,9 @@ class InterleavedFile:
                     os.lseek(fd, offset + done, os.SEEK_SET)
                     got = os.readv(fd, [view[done:]])
             if got == 0:
-                raise OSError(f"{self.path} ended {view.nbytes - done} bytes early at byte {offset + done} (was it truncated while being read?)")
+                raise OSError(
+                    f"{self.path} ended {view.nbytes - done} bytes early at byte {offset + done} (was it truncated while being read?)"
+                )
             done += got
         self._prefetch(fd, stop, n)
         return out
@@ -197,7 +209,9 @@ class InterleavedFile:
         """Ask the kernel to start reading the next ``n`` frames now (``POSIX_FADV_WILLNEED``, asynchronous), so
         a chunked reader's next read overlaps the work done on this chunk instead of waiting on the disk."""
         if _HAS_FADVISE and n and start < self.n_samples:
-            os.posix_fadvise(fd, start * self.frame_bytes, min(n, self.n_samples - start) * self.frame_bytes, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(
+                fd, start * self.frame_bytes, min(n, self.n_samples - start) * self.frame_bytes, os.POSIX_FADV_WILLNEED
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -224,7 +238,9 @@ def channel_selector(channels: tuple[int, ...], n_channels: int) -> slice | np.n
     return np.asarray(channels, dtype=np.intp)
 
 
-def select_channels(frames: np.ndarray, selector: slice | np.ndarray | None, out: np.ndarray | None = None) -> np.ndarray:
+def select_channels(
+    frames: np.ndarray, selector: slice | np.ndarray | None, out: np.ndarray | None = None
+) -> np.ndarray:
     """``frames[:, channels]`` as a C-contiguous array (written to ``out`` when given)."""
     if selector is None:
         if out is None:
@@ -236,7 +252,9 @@ def select_channels(frames: np.ndarray, selector: slice | np.ndarray | None, out
             return np.ascontiguousarray(frames[:, selector])
         np.copyto(out, frames[:, selector])
         return out
-    return np.take(frames, selector, axis=1, out=out, mode="clip")  # ~5x faster than frames[:, index]; indices checked by channel_selector
+    return np.take(
+        frames, selector, axis=1, out=out, mode="clip"
+    )  # ~5x faster than frames[:, index]; indices checked by channel_selector
 
 
 def memmap_int16_reader(path: Path, n_channels: int, n_samples: int, channels: tuple[int, ...]) -> ChunkReader:
@@ -293,7 +311,13 @@ class BufferPool:
 INT16_LIMIT = 32767.0
 
 
-def scale_to_int16(values: np.ndarray, scale: float | np.ndarray, out: np.ndarray, shift: float = 0.0, original: Callable[[], np.ndarray] | None = None) -> int | None:
+def scale_to_int16(
+    values: np.ndarray,
+    scale: float | np.ndarray,
+    out: np.ndarray,
+    shift: float = 0.0,
+    original: Callable[[], np.ndarray] | None = None,
+) -> int | None:
     """``out[:] = clip(rint(values * scale + shift), ±32767)`` computed **in place** in ``values`` (float32).
 
     ``values`` is a float32 ``[n, channels]`` scratch array (overwritten); ``scale`` a scalar or one value per

@@ -157,7 +157,9 @@ def _load_oebin(path: Path) -> dict:
         ) from None
     except OSError as exc:
         raise SessionInputError(
-            path, f"cannot read structure.oebin ({exc.strerror or exc})", "check the file's permissions and copy it again"
+            path,
+            f"cannot read structure.oebin ({exc.strerror or exc})",
+            "check the file's permissions and copy it again",
         ) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("continuous"), list):
         raise SessionInputError(

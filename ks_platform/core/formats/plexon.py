@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import ProbeListing, ChunkReader, RecordingSource
+from ks_platform.core.formats.base import ChunkReader, ProbeListing, RecordingSource
 
 FORMAT = "plexon"
 MAGIC = 0x58454C50  # "PLEX"
@@ -161,18 +161,34 @@ def read_file_header(path: Path) -> dict[str, object]:
     """Validate and return the PLX file header, refusing corrupt files with a clear error."""
     size = path.stat().st_size
     if size < FILE_HEADER.itemsize:
-        raise SessionInputError(path, f"the file has {size} bytes, fewer than the 7504-byte PLX file header (truncated or not a .plx)", "copy the .plx again completely from the rig")
+        raise SessionInputError(
+            path,
+            f"the file has {size} bytes, fewer than the 7504-byte PLX file header (truncated or not a .plx)",
+            "copy the .plx again completely from the rig",
+        )
     header = np.fromfile(path, dtype=FILE_HEADER, count=1)[0]
     magic = int(header["MagicNumber"])
     if magic != MAGIC:
-        raise SessionInputError(path, f"bad PLX magic number 0x{magic:08X} (expected 0x{MAGIC:08X}): the file header is corrupt or this is not a .plx file", "copy the .plx again from the rig; PL2 files must be exported to .plx first")
+        raise SessionInputError(
+            path,
+            f"bad PLX magic number 0x{magic:08X} (expected 0x{MAGIC:08X}): the file header is corrupt or this is not a .plx file",
+            "copy the .plx again from the rig; PL2 files must be exported to .plx first",
+        )
     version = int(header["Version"])
     if version not in SUPPORTED_VERSIONS:
-        raise SessionInputError(path, f"PLX version {version} is not supported (supported: 100-107)", "re-save the file as .plx with Plexon's tools")
+        raise SessionInputError(
+            path,
+            f"PLX version {version} is not supported (supported: 100-107)",
+            "re-save the file as .plx with Plexon's tools",
+        )
     counts = {key: int(header[key]) for key in ("NumDSPChannels", "NumEventChannels", "NumSlowChannels")}
     bad = {key: n for key, n in counts.items() if not 0 <= n <= MAX_CHANNEL_HEADERS}
     if bad:
-        raise SessionInputError(path, f"impossible channel counts in the file header {bad}: the header is corrupt", "copy the .plx again from the rig")
+        raise SessionInputError(
+            path,
+            f"impossible channel counts in the file header {bad}: the header is corrupt",
+            "copy the .plx again from the rig",
+        )
     data_start = (
         FILE_HEADER.itemsize
         + CHANNEL_HEADER.itemsize * counts["NumDSPChannels"]
@@ -180,10 +196,20 @@ def read_file_header(path: Path) -> dict[str, object]:
         + SLOW_CHANNEL_HEADER.itemsize * counts["NumSlowChannels"]
     )
     if data_start > size:
-        raise SessionInputError(path, f"the header declares {counts} channel headers ({data_start} bytes) but the file has only {size} bytes: corrupt header or truncated copy", "copy the .plx again completely from the rig")
+        raise SessionInputError(
+            path,
+            f"the header declares {counts} channel headers ({data_start} bytes) but the file has only {size} bytes: corrupt header or truncated copy",
+            "copy the .plx again completely from the rig",
+        )
     if int(header["ADFrequency"]) <= 0:
-        raise SessionInputError(path, f"impossible timestamp frequency ADFrequency={int(header['ADFrequency'])} in the file header", "copy the .plx again from the rig")
-    out: dict[str, object] = {name: header[name].item() if header[name].ndim == 0 else header[name] for name in FILE_HEADER.names}
+        raise SessionInputError(
+            path,
+            f"impossible timestamp frequency ADFrequency={int(header['ADFrequency'])} in the file header",
+            "copy the .plx again from the rig",
+        )
+    out: dict[str, object] = {
+        name: header[name].item() if header[name].ndim == 0 else header[name] for name in FILE_HEADER.names
+    }
     out.update(counts)
     out["data_start"] = data_start
     out["file_size"] = size
@@ -192,7 +218,11 @@ def read_file_header(path: Path) -> dict[str, object]:
 
 def read_slow_channel_headers(path: Path, file_header: dict[str, object]) -> np.ndarray:
     """The continuous ("slow") channel headers, in file order."""
-    offset = FILE_HEADER.itemsize + CHANNEL_HEADER.itemsize * int(file_header["NumDSPChannels"]) + EVENT_HEADER.itemsize * int(file_header["NumEventChannels"])
+    offset = (
+        FILE_HEADER.itemsize
+        + CHANNEL_HEADER.itemsize * int(file_header["NumDSPChannels"])
+        + EVENT_HEADER.itemsize * int(file_header["NumEventChannels"])
+    )
     return np.fromfile(path, dtype=SLOW_CHANNEL_HEADER, count=int(file_header["NumSlowChannels"]), offset=offset)
 
 
@@ -210,7 +240,9 @@ class BlockIndex:
         return int(self.n_samples.sum())
 
 
-def scan_blocks(path: Path, data_start: int, file_size: int, wanted_channels: set[int], known_slow: set[int]) -> dict[int, BlockIndex]:
+def scan_blocks(
+    path: Path, data_start: int, file_size: int, wanted_channels: set[int], known_slow: set[int]
+) -> dict[int, BlockIndex]:
     """One pass over the data block headers; returns the continuous blocks of ``wanted_channels``.
 
     Payloads are skipped (large blocks are seeked over); runs of equal-size blocks are verified in bulk
@@ -232,7 +264,11 @@ def scan_blocks(path: Path, data_start: int, file_size: int, wanted_channels: se
             handle.seek(pos)
             n = handle.readinto(buffer)
             if n < 16:
-                raise SessionInputError(path, f"the file ends inside a data block header at byte {pos} (truncated copy)", "copy the .plx again completely from the rig")
+                raise SessionInputError(
+                    path,
+                    f"the file ends inside a data block header at byte {pos} (truncated copy)",
+                    "copy the .plx again completely from the rig",
+                )
             local = 0
             pending: list[int] = []
             pieces: list[np.ndarray] = []
@@ -271,21 +307,37 @@ def scan_blocks(path: Path, data_start: int, file_size: int, wanted_channels: se
             bad = np.flatnonzero((types != SPIKE_BLOCK) & (types != EVENT_BLOCK) & (types != CONTINUOUS_BLOCK))
             if bad.size:
                 at = pos + int(starts[bad[0]])
-                raise SessionInputError(path, f"corrupt data block at byte {at} (block type {int(types[bad[0]])}; expected 1, 4 or 5): the header's channel counts disagree with the data, or the file is damaged", "copy the .plx again from the rig")
+                raise SessionInputError(
+                    path,
+                    f"corrupt data block at byte {at} (block type {int(types[bad[0]])}; expected 1, 4 or 5): the header's channel counts disagree with the data, or the file is damaged",
+                    "copy the .plx again from the rig",
+                )
             continuous = types == CONTINUOUS_BLOCK
             unknown = continuous & ~known_lookup[headers[:, 4]]
             if unknown.any():
                 at = pos + int(starts[np.flatnonzero(unknown)[0]])
-                raise SessionInputError(path, f"continuous data block at byte {at} belongs to channel {int(headers[unknown][0, 4])}, which has no slow-channel header: corrupt header or data", "copy the .plx again from the rig")
+                raise SessionInputError(
+                    path,
+                    f"continuous data block at byte {at} belongs to channel {int(headers[unknown][0, 4])}, which has no slow-channel header: corrupt header or data",
+                    "copy the .plx again from the rig",
+                )
             keep = continuous & wanted_lookup[headers[:, 4]]
             if keep.any():
                 found_pos.append(starts[keep] + pos)
                 found_hdr.append(headers[keep].copy())
             if local + 16 > n and n < _SCAN_WINDOW and local < n:
-                raise SessionInputError(path, f"the file ends inside a data block header at byte {pos + local} (truncated copy)", "copy the .plx again completely from the rig")
+                raise SessionInputError(
+                    path,
+                    f"the file ends inside a data block header at byte {pos + local} (truncated copy)",
+                    "copy the .plx again completely from the rig",
+                )
             pos += local
     if pos > file_size:
-        raise SessionInputError(path, f"the last data block runs {pos - file_size} bytes past the end of the file (truncated copy)", "copy the .plx again completely from the rig")
+        raise SessionInputError(
+            path,
+            f"the last data block runs {pos - file_size} bytes past the end of the file (truncated copy)",
+            "copy the .plx again completely from the rig",
+        )
     positions = np.concatenate(found_pos) if found_pos else np.zeros(0, np.int64)
     headers = np.concatenate(found_hdr) if found_hdr else np.zeros((0, 8), np.uint16)
     channels = headers[:, 4].astype(np.int64)
@@ -294,7 +346,11 @@ def scan_blocks(path: Path, data_start: int, file_size: int, wanted_channels: se
         mine = channels == channel
         counts = headers[mine, 6].astype(np.int64) * headers[mine, 7].astype(np.int64)
         first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if counts.size else np.zeros(0, np.int64)
-        ts = (headers[mine, 1].astype(np.int64) << 32) | (headers[mine, 3].astype(np.int64) << 16) | headers[mine, 2].astype(np.int64)
+        ts = (
+            (headers[mine, 1].astype(np.int64) << 32)
+            | (headers[mine, 3].astype(np.int64) << 16)
+            | headers[mine, 2].astype(np.int64)
+        )
         index[channel] = BlockIndex(positions[mine] + 16, first, counts, ts)
     return index
 
@@ -311,14 +367,22 @@ def slow_channel_uv_per_bit(file_header: dict[str, object], slow: np.void, path:
     preamp = int(slow["PreAmpGain"]) if version >= 102 else 1000
     name = _text(slow["Name"])
     if gain <= 0 or preamp <= 0:
-        raise SessionInputError(path, f"channel {name!r} has impossible gains (Gain={gain}, PreAmpGain={preamp}) in its header", "copy the .plx again from the rig")
+        raise SessionInputError(
+            path,
+            f"channel {name!r} has impossible gains (Gain={gain}, PreAmpGain={preamp}) in its header",
+            "copy the .plx again from the rig",
+        )
     if version < 103:
         mv_per_bit = 5000.0 / (2048 * gain * preamp)
     else:
         max_mv = int(file_header["SlowMaxMagnitudeMV"])
         bits = int(file_header["BitsPerSlowSample"])
         if max_mv <= 0 or not 8 <= bits <= 24:
-            raise SessionInputError(path, f"impossible ADC description in the file header (SlowMaxMagnitudeMV={max_mv}, BitsPerSlowSample={bits})", "copy the .plx again from the rig")
+            raise SessionInputError(
+                path,
+                f"impossible ADC description in the file header (SlowMaxMagnitudeMV={max_mv}, BitsPerSlowSample={bits})",
+                "copy the .plx again from the rig",
+            )
         mv_per_bit = max_mv / (0.5 * 2**bits * gain * preamp)
     return mv_per_bit * 1000.0
 
@@ -333,7 +397,13 @@ def _candidate_groups(slow: np.ndarray) -> list[list[int]]:
     names = [_text(h["Name"]) for h in slow]
     groups = [[i for i, name in enumerate(names) if _prefix(name) in prefixes] for prefixes in _SORTABLE_PREFIXES]
     taken = {i for group in groups for i in group}
-    groups.append([i for i, name in enumerate(names) if i not in taken and int(slow[i]["ADFreq"]) >= 20000 and _prefix(name) not in _NOT_SORTABLE_PREFIXES])
+    groups.append(
+        [
+            i
+            for i, name in enumerate(names)
+            if i not in taken and int(slow[i]["ADFreq"]) >= 20000 and _prefix(name) not in _NOT_SORTABLE_PREFIXES
+        ]
+    )
     return [g for g in groups if g]
 
 
@@ -351,32 +421,58 @@ def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSour
     slow = read_slow_channel_headers(path, header)
     numbers = [int(h["Channel"]) for h in slow]
     if len(set(numbers)) != len(numbers) or any(not 0 <= c < 65536 for c in numbers):
-        raise SessionInputError(path, "the slow-channel headers repeat a channel number or use an impossible one", "copy the .plx again from the rig")
+        raise SessionInputError(
+            path,
+            "the slow-channel headers repeat a channel number or use an impossible one",
+            "copy the .plx again from the rig",
+        )
     groups = _candidate_groups(slow)
     if not groups:
         names = ", ".join(_text(h["Name"]) for h in slow) or "none"
-        raise SessionInputError(path, f"no wideband continuous channels to sort (continuous channels: {names})", "record the wideband (WB) or spike-continuous (SPKC) signals; spike snippets alone cannot be sorted")
+        raise SessionInputError(
+            path,
+            f"no wideband continuous channels to sort (continuous channels: {names})",
+            "record the wideband (WB) or spike-continuous (SPKC) signals; spike snippets alone cannot be sorted",
+        )
     wanted = {numbers[i] for group in groups for i in group}
     index = scan_blocks(path, int(header["data_start"]), int(header["file_size"]), wanted, set(numbers))
     group = next((g for g in groups if any(index[numbers[i]].total for i in g)), None)
     if group is None:
-        raise SessionInputError(path, "the wideband channels hold no samples", "record wideband (WB) data, not only spikes and events")
+        raise SessionInputError(
+            path, "the wideband channels hold no samples", "record wideband (WB) data, not only spikes and events"
+        )
     sorting = tuple(i for i in group if index[numbers[i]].total)
     totals = {_text(slow[i]["Name"]): index[numbers[i]].total for i in sorting}
     if len(set(totals.values())) != 1:
-        raise SessionInputError(path, f"the wideband channels hold different numbers of samples ({min(totals.values())}..{max(totals.values())}): truncated copy or damaged file", "copy the .plx again completely from the rig")
+        raise SessionInputError(
+            path,
+            f"the wideband channels hold different numbers of samples ({min(totals.values())}..{max(totals.values())}): truncated copy or damaged file",
+            "copy the .plx again completely from the rig",
+        )
     rates = {int(slow[i]["ADFreq"]) for i in sorting}
     if len(rates) != 1 or min(rates) <= 0:
-        raise SessionInputError(path, f"the wideband channels have different or impossible sampling rates {sorted(rates)}", "record all wideband channels at one rate")
+        raise SessionInputError(
+            path,
+            f"the wideband channels have different or impossible sampling rates {sorted(rates)}",
+            "record all wideband channels at one rate",
+        )
     fs = float(rates.pop())
     gains = [slow_channel_uv_per_bit(header, slow[i], path) for i in sorting]
     if not np.allclose(gains, gains[0], rtol=1e-9):
-        raise SessionInputError(path, f"the wideband channels have different gains ({min(gains):.4g}..{max(gains):.4g} µV/bit)", "record all wideband channels with one gain, or export them at one gain")
+        raise SessionInputError(
+            path,
+            f"the wideband channels have different gains ({min(gains):.4g}..{max(gains):.4g} µV/bit)",
+            "record all wideband channels with one gain, or export them at one gain",
+        )
     uv_per_bit = float(gains[0])
     try:
         date = dt.date(int(header["Year"]), int(header["Month"]), int(header["Day"]))
     except ValueError:
-        raise SessionInputError(path, f"impossible recording date {header['Year']}-{header['Month']}-{header['Day']} in the file header", "copy the .plx again from the rig") from None
+        raise SessionInputError(
+            path,
+            f"impossible recording date {header['Year']}-{header['Month']}-{header['Day']} in the file header",
+            "copy the .plx again from the rig",
+        ) from None
     tables = [index[numbers[i]] for i in sorting]
     n_samples = tables[0].total
     gaps = _count_gaps(tables[0], int(header["ADFrequency"]) / fs)
@@ -444,9 +540,18 @@ def block_reader(path: Path, tables: list[BlockIndex]) -> ChunkReader:
         keep = size > 0
         offset, size, row, col_of = offset[keep], size[keep], row[keep], col_of[keep]
         if int(size.sum()) != 2 * (stop - start) * n_cols:
-            raise SessionInputError(path, f"the block index does not cover samples {start}:{stop}", "copy the .plx again completely from the rig")
+            raise SessionInputError(
+                path,
+                f"the block index does not cover samples {start}:{stop}",
+                "copy the .plx again completely from the rig",
+            )
         order = np.argsort(offset, kind="stable")
-        offset, size, row, col_of = offset[order].tolist(), size[order].tolist(), row[order].tolist(), col_of[order].tolist()
+        offset, size, row, col_of = (
+            offset[order].tolist(),
+            size[order].tolist(),
+            row[order].tolist(),
+            col_of[order].tolist(),
+        )
         with open(path, "rb", buffering=0) as handle:
             i = 0
             while i < len(offset):
@@ -457,7 +562,11 @@ def block_reader(path: Path, tables: list[BlockIndex]) -> ChunkReader:
                 buffer = np.empty(end - begin, dtype=np.uint8)
                 handle.seek(begin)
                 if handle.readinto(memoryview(buffer)) != end - begin:
-                    raise SessionInputError(path, f"the file ends before byte {end} (truncated since it was opened)", "copy the .plx again completely from the rig")
+                    raise SessionInputError(
+                        path,
+                        f"the file ends before byte {end} (truncated since it was opened)",
+                        "copy the .plx again completely from the rig",
+                    )
                 samples = buffer.view("<i2")
                 for k in range(i, j):
                     a = (offset[k] - begin) // 2

@@ -16,7 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import BufferPool, ProbeListing, InterleavedFile, RecordingSource, channel_selector, memmap_int16_reader, parse_recording_date, scale_to_int16
+from ks_platform.core.formats.base import (
+    BufferPool,
+    InterleavedFile,
+    ProbeListing,
+    RecordingSource,
+    channel_selector,
+    memmap_int16_reader,
+    parse_recording_date,
+    scale_to_int16,
+)
 
 FORMAT = "raw_binary"
 DATA_SUFFIXES = (".bin", ".dat", ".raw")
@@ -41,7 +50,9 @@ def _sidecar(path: Path) -> dict:
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise SessionInputError(path, f"the sidecar is not valid JSON ({exc.msg} at line {exc.lineno})", "fix the JSON syntax") from None
+        raise SessionInputError(
+            path, f"the sidecar is not valid JSON ({exc.msg} at line {exc.lineno})", "fix the JSON syntax"
+        ) from None
     except UnicodeDecodeError:
         raise SessionInputError(path, "the sidecar is not UTF-8 text", "save it as UTF-8 JSON") from None
     except RecursionError:
@@ -49,7 +60,9 @@ def _sidecar(path: Path) -> dict:
     except PermissionError:
         raise  # reported by formats.open_recording with the permission fix
     except OSError as exc:
-        raise SessionInputError(path, f"cannot read the sidecar ({exc.strerror})", "check the file's permissions") from None
+        raise SessionInputError(
+            path, f"cannot read the sidecar ({exc.strerror})", "check the file's permissions"
+        ) from None
     if not isinstance(payload, dict):
         raise SessionInputError(path, "the sidecar must be a JSON object", _FIX_SIDECAR)
     for key in ("sampling_frequency", "n_channels", "dtype"):
@@ -96,7 +109,9 @@ def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir
     n_samples = size // frame
     probe_file = meta.get("probe_file")
     if probe_file is not None and not isinstance(probe_file, str):
-        raise SessionInputError(sidecar_path, f"probe_file must be a file name, got {probe_file!r}", 'write "probe_file": "probe.json"')
+        raise SessionInputError(
+            sidecar_path, f"probe_file must be a file name, got {probe_file!r}", 'write "probe_file": "probe.json"'
+        )
     probe_path = (session_dir / probe_file) if probe_file else None
     if probe_path is not None and Path(session_dir).resolve() not in probe_path.resolve().parents:
         raise SessionInputError(
@@ -108,10 +123,22 @@ def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir
         problem = f"probe_file {probe_file!r} is a folder, not a probe file"
         raise SessionInputError(sidecar_path, problem, "name the probe file itself (.json, .prb or .mat)")
     if probe_path is not None and not probe_path.is_file():
-        raise SessionInputError(sidecar_path, f"probe_file {probe_file!r} does not exist", "put the probe file in the session folder or fix the path")
+        raise SessionInputError(
+            sidecar_path,
+            f"probe_file {probe_file!r} does not exist",
+            "put the probe file in the session folder or fix the path",
+        )
     listed = meta.get("sorting_channels", list(range(n_channels)))
-    if not isinstance(listed, list) or not listed or not all(isinstance(c, int) and not isinstance(c, bool) for c in listed):
-        raise SessionInputError(sidecar_path, f"sorting_channels must be a non-empty list of channel indices, got {listed!r}", "list the channels to sort, e.g. [0, 1, 2], or remove the key")
+    if (
+        not isinstance(listed, list)
+        or not listed
+        or not all(isinstance(c, int) and not isinstance(c, bool) for c in listed)
+    ):
+        raise SessionInputError(
+            sidecar_path,
+            f"sorting_channels must be a non-empty list of channel indices, got {listed!r}",
+            "list the channels to sort, e.g. [0, 1, 2], or remove the key",
+        )
     sorting = tuple(listed)
     if any(c < 0 or c >= n_channels for c in sorting):
         problem = f"sorting_channels lists channels outside 0..{n_channels - 1}"
@@ -119,8 +146,14 @@ def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir
         raise SessionInputError(sidecar_path, problem, fix)
     date_text = meta.get("recording_date")
     if date_text is not None and not isinstance(date_text, str):
-        raise SessionInputError(sidecar_path, f"recording_date must be a YYYY-MM-DD string, got {date_text!r}", 'write "recording_date": "2026-03-02"')
-    date = parse_recording_date(date_text, sidecar_path) if date_text else dt.date.fromtimestamp(data_path.stat().st_mtime)
+        raise SessionInputError(
+            sidecar_path,
+            f"recording_date must be a YYYY-MM-DD string, got {date_text!r}",
+            'write "recording_date": "2026-03-02"',
+        )
+    date = (
+        parse_recording_date(date_text, sidecar_path) if date_text else dt.date.fromtimestamp(data_path.stat().st_mtime)
+    )
     if dtype == np.int16:
         uv_per_bit = _positive_number({"uv_per_bit": 1.0, **meta}, "uv_per_bit", sidecar_path)
         reader = memmap_int16_reader(data_path, n_channels, n_samples, sorting)
@@ -165,14 +198,20 @@ def _sample_dtype(value: object, path: Path) -> np.dtype:
     except TypeError:
         dtype = None
     if dtype is None or dtype.name not in SAMPLE_DTYPES or not dtype.isnative:
-        raise SessionInputError(path, f"dtype {value!r} is not a sample type the platform reads", f"use one of {', '.join(SAMPLE_DTYPES)} (little-endian)")
+        raise SessionInputError(
+            path,
+            f"dtype {value!r} is not a sample type the platform reads",
+            f"use one of {', '.join(SAMPLE_DTYPES)} (little-endian)",
+        )
     return dtype
 
 
 def _whole_number(meta: dict, key: str, path: Path) -> int:
     value = meta[key]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise SessionInputError(path, f"{key} must be a whole number > 0, got {value!r}", f"write the {key} as a number, e.g. 384")
+        raise SessionInputError(
+            path, f"{key} must be a whole number > 0, got {value!r}", f"write the {key} as a number, e.g. 384"
+        )
     return value
 
 
@@ -187,7 +226,9 @@ def _positive_number(meta: dict, key: str, path: Path) -> float:
     return float(value)
 
 
-def float_scaling_reader(path: Path, dtype: np.dtype, n_channels: int, n_samples: int, channels: tuple[int, ...], scale: float):
+def float_scaling_reader(
+    path: Path, dtype: np.dtype, n_channels: int, n_samples: int, channels: tuple[int, ...], scale: float
+):
     """Chunk reader that scales a float source to int16, refusing NaN/inf with a clear error.
 
     ``clip(rint(x * scale), ±32767)`` in float32, in place: the frames are read with ``preadv`` straight into a
@@ -211,7 +252,13 @@ def float_scaling_reader(path: Path, dtype: np.dtype, n_channels: int, n_samples
                 values = frames
             else:
                 values = work[:n]
-                picked = frames if selector is None else frames[:, selector] if isinstance(selector, slice) else np.take(frames, selector, axis=1)
+                picked = (
+                    frames
+                    if selector is None
+                    else frames[:, selector]
+                    if isinstance(selector, slice)
+                    else np.take(frames, selector, axis=1)
+                )
                 np.copyto(values, picked, casting="unsafe")
 
             def original() -> np.ndarray:
@@ -220,7 +267,11 @@ def float_scaling_reader(path: Path, dtype: np.dtype, n_channels: int, n_samples
 
             bad = scale_to_int16(values, scale32, out, original=original)
             if bad is not None:
-                raise SessionInputError(path, f"NaN or inf sample at sample {start + bad}", "repair or re-export the recording without NaN/inf")
+                raise SessionInputError(
+                    path,
+                    f"NaN or inf sample at sample {start + bad}",
+                    "repair or re-export the recording without NaN/inf",
+                )
         return out
 
     return read_chunk

@@ -182,7 +182,9 @@ def parse_meta(meta_path: Path) -> dict[str, str]:
         ) from None
     except OSError as exc:
         raise SessionInputError(
-            meta_path, f"cannot read the meta file ({exc.strerror or exc})", "check the file's permissions and copy it again"
+            meta_path,
+            f"cannot read the meta file ({exc.strerror or exc})",
+            "check the file's permissions and copy it again",
         ) from None
     for line in text.splitlines():
         if "=" in line:
