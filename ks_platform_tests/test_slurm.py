@@ -90,7 +90,11 @@ def test_gpu_gres_is_allocated_and_two_gpu_steps_queue_behind_each_other(slurm, 
         "execution": {"config": {"settings": settings(tmp_path)}},
         "ops": {SMOKE_STEP: {"config": {"hold_seconds": 8.0}}},
     }
-    workers = [RunWorker(tmp_path / f"worker{i}", "slurm_gpu_smoke_job", run_config, code=RUN_WORKER) for i in range(2)]
+    secret = {"LAB_API_TOKEN": "not-for-jobs"}  # in the orchestrator's environment, outside the --export allow-list
+    workers = [
+        RunWorker(tmp_path / f"worker{i}", "slurm_gpu_smoke_job", run_config, code=RUN_WORKER, env=secret)
+        for i in range(2)
+    ]
     try:
         pending = wait_until(
             lambda: [
@@ -117,6 +121,8 @@ def test_gpu_gres_is_allocated_and_two_gpu_steps_queue_behind_each_other(slurm, 
         assert job["node"] == NODE and job["partition"] == PARTITION
         assert job["gpus"] == "0" and report["CUDA_VISIBLE_DEVICES"] == "0"
         assert job["gres"] == "gres:gpu:1" and job["gres_requested"] == "gpu:1"
+        names = set(report["environment_names"])
+        assert "LAB_API_TOKEN" not in names and {"DAGSTER_HOME", "KS_PLATFORM_BACKEND", "PATH"} <= names
         assert report["KS_PLATFORM_BACKEND"] == "cuda:0" and report["KS_PLATFORM_BATCH_SIZE"] == str(
             plan_job(load_slurm_settings({"settings": settings(tmp_path)}), True).env["KS_PLATFORM_BATCH_SIZE"]
         )

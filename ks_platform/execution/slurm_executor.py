@@ -117,6 +117,8 @@ class SlurmSettings(BaseModel):
     #: Store root (default ``$KS_PLATFORM_STORE``): read for the session's channel count.
     store: str | None = None
     env: dict[str, str] = {}
+    #: More variables of the orchestrator's environment a job gets (names; e.g. ones ``dagster.yaml`` reads).
+    export: list[str] = []
     poll_seconds: float = PydanticField(default=2.0, gt=0)
     #: A job that ended COMPLETED but whose step reported nothing fails after this long.
     exit_grace_seconds: float = PydanticField(default=30.0, ge=0)
@@ -215,8 +217,24 @@ def plan_job(settings: SlurmSettings, needs_gpu: bool, n_channels: int | None = 
     )
 
 
-def sbatch_args(settings: SlurmSettings, job: JobRequest, name: str, output: Path) -> list[str]:
-    """The ``sbatch`` options of one step (never requeued by SLURM: Dagster owns retries)."""
+#: What a step job gets of the orchestrator's environment besides what the executor sets (prefixes and names).
+EXPORTED_PREFIXES = ("KS_PLATFORM_", "DAGSTER_")
+EXPORTED_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "SLURM_CONF")
+
+
+def exported_names(env: dict[str, str], extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The variables of ``env`` a job may see (``--export`` allow-list): the platform's, Dagster's, a few basics
+    and ``extra``; every other variable of the orchestrator (tokens, cloud keys, …) stays out of the job."""
+    allowed = set(EXPORTED_NAMES) | set(extra)
+    return sorted(name for name in env if name in allowed or name.startswith(EXPORTED_PREFIXES))
+
+
+def sbatch_args(
+    settings: SlurmSettings, job: JobRequest, name: str, output: Path, exported: list[str] | None = None
+) -> list[str]:
+    """The ``sbatch`` options of one step (never requeued by SLURM: Dagster owns retries); ``exported`` are the
+    names of the variables the job gets (``--export``; values from sbatch's environment), none but SLURM's when
+    empty."""
     args = [
         f"--job-name={name}",
         f"--partition={job.partition}",
@@ -227,7 +245,7 @@ def sbatch_args(settings: SlurmSettings, job: JobRequest, name: str, output: Pat
         "--nodes=1",
         "--no-requeue",
         f"--output={output}",
-        "--export=ALL",
+        "--export=" + (",".join(exported) if exported else "NONE"),
         "--parsable",
     ]
     if job.gres:
@@ -369,17 +387,16 @@ class SlurmStepHandler(StepHandler):
             script = folder / f"{base}.sh"
             script.write_text(job_script(settings, needs_gpu))
             job.output = folder / f"{base}.out"
-            env = {
-                **os.environ,
+            own = {  # what this executor sets for the job (always exported)
                 **settings.env,
                 **job.request.env,
                 "DAGSTER_RUN_JOB_NAME": run.job_name,
                 "DAGSTER_RUN_STEP_KEY": step_key,
                 "KS_PLATFORM_EXECUTOR": EXECUTOR_NAME,
             }
-            env.update({item["name"]: item["value"] for item in ctx.execute_step_args.get_command_env()})
+            own.update({item["name"]: item["value"] for item in ctx.execute_step_args.get_command_env()})
             if settings.apptainer_image:
-                env.update(
+                own.update(
                     {
                         ENVIRONMENT_KIND_ENV: "apptainer",
                         IMAGE_ENV: settings.apptainer_image,
@@ -387,11 +404,12 @@ class SlurmStepHandler(StepHandler):
                     }
                 )
             else:
-                env[ENVIRONMENT_KIND_ENV] = "venv"
+                own[ENVIRONMENT_KIND_ENV] = "venv"
+            env = {**os.environ, **own}
             name = f"ks_platform:{run.run_id[:8]}:{step_key}"[:120]
             done = run_slurm(
                 "sbatch",
-                *sbatch_args(settings, job.request, name, job.output),
+                *sbatch_args(settings, job.request, name, job.output, exported_names(env, [*settings.export, *own])),
                 f"--chdir={folder}",
                 str(script),
                 env=env,

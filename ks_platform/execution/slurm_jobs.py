@@ -36,6 +36,7 @@ def report_slurm_job(context: dg.OpExecutionContext) -> None:
         for name in ("KS_PLATFORM_BACKEND", "KS_PLATFORM_BATCH_SIZE", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES")
     }
     seen.update(slurm_job())
+    seen["environment_names"] = sorted(os.environ)
     seen["retry_number"] = context.retry_number
     context.log.info("slurm " + json.dumps(seen, sort_keys=True))
     if not context.op_config["first_attempt_only"] or context.retry_number == 0:
