@@ -29,6 +29,8 @@ from ks_platform_tests.conftest import missing_dependency
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
 PARTITION = "gpu"
+#: A partition of a higher priority tier on the same node: its jobs preempt (cancel) the ones of PARTITION.
+URGENT_PARTITION = "urgent"
 NODE = "localhost"
 #: Longest time limit of the partition (minutes).
 MAX_TIME_MINUTES = 30
@@ -122,10 +124,15 @@ def write_config(base: Path, cpus: int, memory_mib: int) -> Path:
         "SchedulerParameters": "sched_interval=1",
         "KillWait": "5",
         "MpiDefault": "none",
+        "PreemptType": "preempt/partition_prio",
+        "PreemptMode": "CANCEL",
     }
     lines = [f"{name}={value}" for name, value in settings.items()]
     lines.append(f"NodeName={NODE} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mib} Gres=gpu:1 State=UNKNOWN")
-    lines.append(f"PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime={MAX_TIME_MINUTES} State=UP")
+    lines.append(
+        f"PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime={MAX_TIME_MINUTES} PriorityTier=1 State=UP"
+    )
+    lines.append(f"PartitionName={URGENT_PARTITION} Nodes={NODE} MaxTime={MAX_TIME_MINUTES} PriorityTier=10 State=UP")
     conf = base / "slurm.conf"
     conf.write_text("\n".join(lines) + "\n")
     return conf

@@ -22,11 +22,12 @@ from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from ks_platform.core.sessions import SessionRef
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
+from ks_platform.definitions import sort_session_on_slurm
 from ks_platform.execution import slurm_jobs
 from ks_platform.execution.slurm_executor import load_slurm_settings, plan_job
 from ks_platform_tests import postgres_support, slurm_support, test_executor
 from ks_platform_tests.conftest import ROOT_NAME, leftovers, wait_until
-from ks_platform_tests.slurm_support import NODE, PARTITION, SlurmCluster
+from ks_platform_tests.slurm_support import NODE, PARTITION, URGENT_PARTITION, SlurmCluster
 from ks_platform_tests.test_executor import RunWorker, engine_messages, error_chain, events_of
 
 # Fixtures of other modules, used here by name.
@@ -171,7 +172,7 @@ def test_sort_step_runs_as_a_slurm_job_and_lineage_names_the_job(slurm, pg_insta
     config, key = small_session(tmp_path, monkeypatch, pg_instance)
     started = time.monotonic()
     with dg.execute_job(
-        dg.reconstructable(slurm_jobs.sort_session_on_slurm),
+        dg.reconstructable(sort_session_on_slurm),
         instance=pg_instance,
         tags={"dagster/partition": key},
         run_config={"execution": {"config": {"settings": config}}},
@@ -233,6 +234,39 @@ def test_job_that_hits_its_time_limit_fails_with_timeout_and_is_retried(slurm, p
     )
     assert ended[jobs[0]]["JobState"] == "TIMEOUT" and ended[jobs[1]]["JobState"] == "COMPLETED"
     print(f"step failed with: {message}")
+
+
+def test_job_preempted_by_a_higher_priority_partition_fails_with_preempted_and_is_retried(slurm, pg_instance, tmp_path):
+    """The step's job (partition gpu, tier 1) holds the node's only GPU; a job submitted to partition urgent (tier 10)
+    needs it, so SLURM preempts (cancels) the step's job: the step fails with SLURM's PREEMPTED state and the retry
+    policy reruns it as a new job once the GPU is free again, which succeeds."""
+    run_config = {
+        "execution": {"config": {"settings": settings(tmp_path)}},
+        "ops": {SMOKE_STEP: {"config": {"hold_seconds": 600.0, "first_attempt_only": True}}},
+    }
+    worker = RunWorker(tmp_path / "worker", "slurm_gpu_smoke_job", run_config, code=RUN_WORKER)
+    try:
+        run_id = worker.run_id(pg_instance, timeout=90)
+        wait_until(lambda: reports(pg_instance, run_id), 120, "the step to run in its SLURM job")
+        [victim] = slurm.queue()
+        urgent = slurm.run(
+            "sbatch", "--parsable", f"--partition={URGENT_PARTITION}", "--gres=gpu:1", "--mem=100M", "--wrap=sleep 3"
+        ).strip()
+        assert worker.finish(pg_instance, timeout=240), worker.output()
+    finally:
+        if worker.process.poll() is None:
+            os.killpg(worker.process.pid, signal.SIGKILL)
+    assert len(events_of(pg_instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)) == 1
+    slurm_says = [m for m in engine_messages(pg_instance, run_id) if "ended PREEMPTED" in m]
+    assert slurm_says and f"SLURM job {victim} " in slurm_says[0], engine_messages(pg_instance, run_id)[-10:]
+    jobs = [report["slurm"]["job_id"] for report in reports(pg_instance, run_id)]
+    assert len(jobs) == 2 and jobs[0] == victim
+    ended = wait_until(
+        lambda: {*jobs, urgent} <= set(completed_jobs(slurm)) and completed_jobs(slurm), 60, "the three jobs to end"
+    )
+    assert ended[victim]["JobState"] == "PREEMPTED" and ended[urgent]["JobState"] == "COMPLETED"
+    assert ended[jobs[1]]["JobState"] == "COMPLETED"
+    print(f"step failed with: {slurm_says[0]}")
 
 
 def test_terminating_the_run_scancels_its_jobs(slurm, pg_instance, tmp_path):
@@ -326,7 +360,7 @@ def test_sort_job_cancelled_mid_kilosort_fails_the_step_with_nothing_half_writte
     canceller = threading.Thread(target=cancel_when_kilosort_writes, daemon=True)
     canceller.start()
     with dg.execute_job(
-        dg.reconstructable(slurm_jobs.sort_session_on_slurm),
+        dg.reconstructable(sort_session_on_slurm),
         instance=pg_instance,
         tags={"dagster/partition": key},
         run_config={"execution": {"config": {"settings": config}}},
