@@ -1,4 +1,4 @@
-"""Writers of real-format recordings (test fixtures and ``make-session --format`` demos).
+"""Writers of real-format recordings for the tests (Open Ephys, NWB, Plexon fixtures).
 
 Each takes int16 traces ``[samples, channels]`` (in bits of ``uv_per_bit`` where the format stores a gain),
 the sampling rate, contact positions in µm, the recording date and optional shank ids, writes a session
