@@ -27,14 +27,19 @@ demo: install
 	$(BIN)/ks-platform doctor
 	$(BIN)/ks-platform demo
 
-## Install and run the whole test suite.
+## Install, check format, lint, layers (import-linter) and that the definitions load (dg), then run the whole test suite.
 test: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg check defs  # dg ([tool.dg] in pyproject.toml) in this venv
 	bash scripts/install_system_deps.sh
 	$(BIN)/python -m pytest -v --durations=15
 
 ## Browse the same assets in the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
+## (`.venv/bin/dagster dev -w workspace.yaml` loads the same code location.)
 dev: install
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg dev -h 127.0.0.1 -p 3000
 
 ## The UI with every step in a ks-platform:cpu container (local Docker engine, local PostgreSQL under data/executor-dev)
 executor-dev: install

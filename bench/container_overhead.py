@@ -150,13 +150,16 @@ def main() -> None:
     print(json.dumps(record, indent=1))
     print("\n| measure | container | in-process (host venv) | ratio |\n|---|---|---|---|")
     print(
-        f"| `ks-platform sort` wall, median (s) | {median('container', 'wall_s'):.1f} | {median('host', 'wall_s'):.1f} | {record['sort_wall_ratio_container_over_host']} |"
+        f"| `ks-platform sort` wall, median (s) | {median('container', 'wall_s'):.1f} | {median('host', 'wall_s'):.1f} "
+        f"| {record['sort_wall_ratio_container_over_host']} |"
     )
     print(
-        f"| Kilosort inside it, median (s) | {median('container', 'kilosort_s'):.1f} | {median('host', 'kilosort_s'):.1f} | {record['kilosort_ratio_container_over_host']} |"
+        f"| Kilosort inside it, median (s) | {median('container', 'kilosort_s'):.1f} | "
+        f"{median('host', 'kilosort_s'):.1f} | {record['kilosort_ratio_container_over_host']} |"
     )
     print(
-        f"| start: `--help`, median of {args.starts} (s) | {record['start_container_median_s']} | {record['start_host_cli_median_s']} | {record['start_ratio_container_over_host']} |"
+        f"| start: `--help`, median of {args.starts} (s) | {record['start_container_median_s']} | "
+        f"{record['start_host_cli_median_s']} | {record['start_ratio_container_over_host']} |"
     )
 
 

@@ -464,11 +464,14 @@ def _mbs(agg: dict) -> str:
 def summarize(rows: list[dict], sizes: list[float], caches: list[str]) -> str:
     n = max(r["repeat"] for r in rows) + 1
     lines = [
-        f"MB/s = source bytes / seconds (1 MB = 1e6 B); median of {n} run(s), (min–max) in brackets. Ratios: median of the {n}"
-        " per-repeat ratios (each repeat runs cp, I/O only, ours and SI back to back, so a ratio compares runs that saw the same disk),"
+        f"MB/s = source bytes / seconds (1 MB = 1e6 B); median of {n} run(s), (min–max) in brackets. Ratios: median of "
+        f"the {n}"
+        " per-repeat ratios (each repeat runs cp, I/O only, ours and SI back to back, so a ratio compares runs that "
+        "saw the same disk),"
         " then the ratio of the median MB/s in brackets.",
         "",
-        "| size | source | cache | cp MB/s | I/O only MB/s | ours MB/s | SI MB/s | ours/cp (goal ≥ 0.8) | ours/SI (goal ≥ 3) | ours/I/O only | I/O only/SI | ours peak RSS MB | SI peak RSS MB |",
+        "| size | source | cache | cp MB/s | I/O only MB/s | ours MB/s | SI MB/s | ours/cp (goal ≥ 0.8) | ours/SI "
+        "(goal ≥ 3) | ours/I/O only | I/O only/SI | ours peak RSS MB | SI peak RSS MB |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     names = {"sglx": "SpikeGLX int16 385→384 ch (forced copy)", "f32": "raw float32 384 ch → int16"}
@@ -484,12 +487,14 @@ def summarize(rows: list[dict], sizes: list[float], caches: list[str]) -> str:
                 )
                 io_vs_si = _paired_ratio(rows, "si", mine="io", size_gb=size, source=source, cache=cache)
                 lines.append(
-                    f"| {size:g} GB | {names[source]} | {cache} | {_mbs(cp)} | {_mbs(io)} | {_mbs(ours)} | {_mbs(si)} | "
+                    f"| {size:g} GB | {names[source]} | {cache} | {_mbs(cp)} | {_mbs(io)} | {_mbs(ours)} | {_mbs(si)} "
+                    "| "
                     f"{vs_cp} | {vs_si} | {vs_io} | {io_vs_si} | {ours['peak_rss_mb']:.0f} | {si['peak_rss_mb']:.0f} |"
                 )
     lines += [
         "",
-        "| size | zero-copy (int16 raw, 385 ch) | cache | seconds (hash in place) | MB/s hashed | recording bytes written to store (goal 0) | manifest bytes | peak RSS MB |",
+        "| size | zero-copy (int16 raw, 385 ch) | cache | seconds (hash in place) | MB/s hashed | recording bytes "
+        "written to store (goal 0) | manifest bytes | peak RSS MB |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for size in sizes if "i16" in present else []:
@@ -499,13 +504,15 @@ def summarize(rows: list[dict], sizes: list[float], caches: list[str]) -> str:
             written = max(r["store_bytes_written"] for r in hits)
             symlinked = all(r["symlink"] and r["zero_copy"] and r["bytes_written_reported"] == 0 for r in hits)
             lines.append(
-                f"| {size:g} GB | symlink={symlinked} | {cache} | {z['seconds']:.2f} | {_mbs(z)} | {written} | {z['manifest_bytes']} | {z['peak_rss_mb']:.0f} |"
+                f"| {size:g} GB | symlink={symlinked} | {cache} | {z['seconds']:.2f} | {_mbs(z)} | {written} | "
+                f"{z['manifest_bytes']} | {z['peak_rss_mb']:.0f} |"
             )
     if len(sizes) >= 2:
         small, big = min(sizes), max(sizes)
         lines += [
             "",
-            f"| peak RSS (VmHWM) of our conversion, fresh process, median over all its runs | {small:g} GB | {big:g} GB | ratio {big:g}/{small:g} (goal ≤ 1.10) |",
+            f"| peak RSS (VmHWM) of our conversion, fresh process, median over all its runs | {small:g} GB | {big:g} "
+            f"GB | ratio {big:g}/{small:g} (goal ≤ 1.10) |",
             "|---|---:|---:|---:|",
         ]
         for source, label in [
@@ -534,7 +541,8 @@ def summarize(rows: list[dict], sizes: list[float], caches: list[str]) -> str:
     if "sglx" in present:
         lines += [
             "",
-            f"SpikeGLX: our recording.bin byte-identical to SpikeInterface's output (xxh3-128): {all(same) and bool(same)} ({len(same)} pairs compared).",
+            "SpikeGLX: our recording.bin byte-identical to SpikeInterface's output (xxh3-128): "
+            f"{all(same) and bool(same)} ({len(same)} pairs compared).",
         ]
     return "\n".join(lines)
 

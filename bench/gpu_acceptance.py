@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: v for k, v in asdict(report).items() if k not in hidden}, indent=2, default=str))
     for row in report.sorts:
         print(
-            f"{row['label']}: {row['sort_seconds']} s on {row['device']}, {row['n_units']} units, well detected {row['well_detected']}"
+            f"{row['label']}: {row['sort_seconds']} s on {row['device']}, {row['n_units']} units, well detected "
+            f"{row['well_detected']}"
         )
     print(f"written: {path}\n{'ACCEPTED' if report.ok else 'NOT ACCEPTED'}")
     return 0 if report.ok else 1

@@ -212,7 +212,8 @@ def main() -> None:
         rows.append(row)
     print()
     print(
-        "| run | data | ours (read_chunk, block) | SpikeInterface (get_traces, block) | ours / SI | our whole conversion |"
+        "| run | data | ours (read_chunk, block) | SpikeInterface (get_traces, block) | ours / SI | our whole "
+        "conversion |"
     )
     print("|---|---|---|---|---|---|")
     for i, row in enumerate(rows):

@@ -22,11 +22,11 @@ import torch
 from kilosort import run_kilosort
 
 from ks_platform.core.formats import open_recording
+from ks_platform.core.names import SESSIONS_PARTITIONS_NAME, SORT_JOB_NAME, SUMMARY_FILE
 from ks_platform.core.probes import kilosort_probe, probe_for_recording
 from ks_platform.core.sessions import SessionRef
 from ks_platform.core.store import read_json
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
-from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
 from ks_platform.defs.resources import PlatformResource
 
 
@@ -57,14 +57,14 @@ def main() -> None:
         )
         key = SessionRef("rig1", folder.name, spec.recording_date, "imec0").key
         instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [key])
-        job = build_definitions(platform, sensors=[]).resolve_job_def("sort_session")
+        job = build_definitions(platform, sensors=[]).resolve_job_def(SORT_JOB_NAME)
         # The five assets of issue #2 and their checks; unit_metrics (SpikeInterface quality metrics, issue #4) is
         # extra analysis a bare run_kilosort does not do either.
         five_assets = [
             dg.AssetKey(name)
             for name in ("raw_recording", "probe_map", "recording_binary", "sorted_units", "phy_bundle")
         ]
-        summary_path = tmp / "store" / "sessions" / key / "sorting" / "sorting_summary.json"
+        summary_path = tmp / "store" / "sessions" / key / "sorting" / SUMMARY_FILE
 
         def bare(i: int) -> float:
             ops, *_ = run_kilosort(
@@ -94,7 +94,8 @@ def main() -> None:
             wall, cpu, kilosort_internal = _timed(lambda fn=fn, i=i: fn(i))
             runs[name].append((wall, cpu, kilosort_internal))
             print(
-                f"[{i + 1}/{len(order)}] {name}: wall {wall:.1f} s, cpu {cpu:.1f} s, Kilosort's own runtime {kilosort_internal:.1f} s",
+                f"[{i + 1}/{len(order)}] {name}: wall {wall:.1f} s, cpu {cpu:.1f} s, Kilosort's own runtime "
+                f"{kilosort_internal:.1f} s",
                 flush=True,
             )
 

@@ -8,18 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ks_platform.core.formats.writers import (
-    OpenEphysProbe,
-    openephys_channels,
-    openephys_stream_entry,
-    write_openephys_node,
-)
 from ks_platform.core.synthetic import (
     GROUND_TRUTH_SPEC,
     NP1_UV_PER_BIT,
     DemoSessionSpec,
     make_spikeglx_session,
     np1_probe,
+)
+from ks_platform_tests.writers import (
+    OpenEphysProbe,
+    openephys_channels,
+    openephys_stream_entry,
+    write_openephys_node,
 )
 
 #: The demo's recording (15 s, 32 channels, 10 units; ~90 s of Kilosort per probe on 2 CPU cores); 10 s sorted

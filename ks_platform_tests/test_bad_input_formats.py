@@ -36,10 +36,10 @@ import probeinterface as pi
 import pytest
 
 from ks_platform.core.formats import plexon
-from ks_platform.core.formats.writers import write_nwb_session, write_openephys_session, write_plexon_session
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 from ks_platform_tests.conftest import TEST_SPEC, failure_messages, leftovers
 from ks_platform_tests.formats import synthetic as syn
+from ks_platform_tests.writers import write_nwb_session, write_openephys_session, write_plexon_session
 
 DATE = TEST_SPEC.recording_date
 INGEST = ["raw_recording", "probe_map", "recording_binary"]

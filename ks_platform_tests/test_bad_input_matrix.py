@@ -18,10 +18,10 @@ import pytest
 
 from ks_platform.core.discovery import discover
 from ks_platform.core.errors import PlatformConfigError, SessionInputError
-from ks_platform.core.formats.writers import write_plexon_session
 from ks_platform.core.sessions import SessionRef, session_dir
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session, np1_probe
 from ks_platform_tests.conftest import failure_messages, leftovers
+from ks_platform_tests.writers import write_plexon_session
 
 SHORT = DemoSessionSpec(duration_s=2.0, n_units=3, seed=11)
 DATE = dt.date(2026, 3, 2)

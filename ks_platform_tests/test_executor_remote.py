@@ -218,8 +218,8 @@ def test_missing_image_on_the_tls_host_is_named_before_placement(pg_instance, tm
         assert not result.success
         message = failure_messages(result)[-1]
     assert (
-        f"image ks-platform:cpu is missing on host tls-engine ({tls_engine['url']}). Fix: build/load it there (docker/README.md"
-        in message
+        f"image ks-platform:cpu is missing on host tls-engine ({tls_engine['url']}). Fix: build/load it there "
+        "(docker/README.md" in message
     ), message
 
 
@@ -405,8 +405,8 @@ def test_ssh_refusals_name_the_host_and_the_fix(ssh_engine, ssh_home, tmp_path):
         in str(refused)
     ), refused
     assert (
-        f"Fix: add that key's public half (ssh-keygen -y -f {ssh_engine['stranger']}) to ~root/.ssh/authorized_keys on 127.0.0.1"
-        in str(refused)
+        f"Fix: add that key's public half (ssh-keygen -y -f {ssh_engine['stranger']}) to ~root/.ssh/authorized_keys on "
+        "127.0.0.1" in str(refused)
     ), refused
 
     no_docker = str(error_of(ssh_host(ssh_engine, key="no_docker")))
@@ -429,8 +429,8 @@ def test_ssh_refusals_name_the_host_and_the_fix(ssh_engine, ssh_home, tmp_path):
 
     missing = str(error_of({**ssh_host(ssh_engine), "ssh": {"identity_file": str(tmp_path / "nokey")}}))
     assert (
-        f"inventory.yaml: ssh.identity_file of host ssh-engine ({tmp_path / 'nokey'}) does not exist on this machine. Fix: copy the file there"
-        in missing
+        f"inventory.yaml: ssh.identity_file of host ssh-engine ({tmp_path / 'nokey'}) does not exist on this machine. "
+        "Fix: copy the file there" in missing
     ), missing
     assert list(ssh_home.rglob("*")) == []
 

@@ -19,6 +19,7 @@ import pytest
 
 from ks_platform.core import conversion, pipeline
 from ks_platform.core.errors import SessionInputError
+from ks_platform.core.names import PROBE_MANIFEST, SUMMARY_FILE
 from ks_platform.core.sessions import SessionRef
 from ks_platform.core.store import SessionStore, session_lock
 from ks_platform.core.synthetic import np1_probe
@@ -29,9 +30,9 @@ REPO = Path(__file__).resolve().parent.parent
 #: What makes each step's final folder complete; a final folder without it would be a partial output.
 COMPLETE_MARKERS = {
     "binary": conversion.MANIFEST_NAME,
-    "sorting": "sorting_summary.json",
+    "sorting": SUMMARY_FILE,
     "phy": "params.py",
-    "probe": pipeline.PROBE_MANIFEST,
+    "probe": PROBE_MANIFEST,
 }
 
 
@@ -322,7 +323,8 @@ def test_a_killed_lock_holder_never_blocks_the_session(tmp_path):
     store = SessionStore(tmp_path / "store", "2026-03-02__rig1__s__imec0")
     script = (
         "import time\nfrom pathlib import Path\nfrom ks_platform.core.store import SessionStore, session_lock\n"
-        f"with session_lock(SessionStore(Path({str(store.root)!r}), {store.key!r})):\n    print('locked', flush=True)\n    time.sleep(600)\n"
+        f"with session_lock(SessionStore(Path({str(store.root)!r}), {store.key!r})):\n    print('locked', "
+        "flush=True)\n    time.sleep(600)\n"
     )
     holder = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}

@@ -24,6 +24,7 @@ import yaml
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from ks_platform.core import conversion, pipeline
+from ks_platform.core.names import PARTITION_TAG
 from ks_platform.core.sessions import SessionRef
 from ks_platform.core.store import LOCK_FILE, SessionStore, session_lock
 from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
@@ -39,7 +40,6 @@ from ks_platform_tests.postgres_support import pg_ctl, postgres_bin_dir, postgre
 from ks_platform_tests.test_faults import COMPLETE_MARKERS, FinalNameWatcher, same_bytes, write_raw_int16_session
 
 REPO = Path(__file__).resolve().parent.parent
-PARTITION_TAG = "dagster/partition"
 INGEST = ["raw_recording", "probe_map", "recording_binary"]
 TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 

@@ -11,8 +11,9 @@ from ks_platform.core.hardware import (
     plan_memory,
     recommended_batch_size,
 )
+from ks_platform.core.names import BATCH_SIZE_ENV
 from ks_platform.core.settings import effective_settings
-from ks_platform.core.sorting import PLANNED_BATCH_SIZE_ENV, memory_plan_for
+from ks_platform.core.sorting import memory_plan_for
 
 GIB = 1024**3
 
@@ -50,13 +51,13 @@ def test_cpu_keeps_kilosorts_defaults_even_with_an_executor_plan():
 def test_sorter_reads_user_layers_and_executor_env(monkeypatch):
     info = laptop_rocm()
     session = effective_settings(384, 30000.0, "neuropixels", {"batch_size": 50_000, "clear_cache": False})
-    monkeypatch.setenv(PLANNED_BATCH_SIZE_ENV, "8000")
+    monkeypatch.setenv(BATCH_SIZE_ENV, "8000")
     assert memory_plan_for(info, session, 384).batch_size == 50_000  # the session file wins over the executor
     platform_layer = effective_settings(384, 30000.0, "neuropixels", {}, platform_defaults={"batch_size": 20_000})
     assert memory_plan_for(info, platform_layer, 384).batch_size == 20_000  # any layer counts as the user's choice
     plain = effective_settings(384, 30000.0, "neuropixels", {})
     assert memory_plan_for(info, plain, 384).batch_size == 8_000
-    monkeypatch.delenv(PLANNED_BATCH_SIZE_ENV)
+    monkeypatch.delenv(BATCH_SIZE_ENV)
     assert memory_plan_for(info, plain, 384).batch_size == recommended_batch_size(1 * GIB, 384)
 
 

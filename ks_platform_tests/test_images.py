@@ -117,7 +117,8 @@ def test_cpu_image_works_offline_as_non_root(cpu_image):
         "python",
         cpu_image,
         "-c",
-        "import kilosort, torch, spikeinterface, dagster; print(kilosort.__version__, torch.__version__, spikeinterface.__version__, dagster.__version__)",
+        "import kilosort, torch, spikeinterface, dagster; print(kilosort.__version__, torch.__version__, "
+        "spikeinterface.__version__, dagster.__version__)",
     )
     assert versions.returncode == 0 and versions.stdout.split() == ["4.1.7", "2.13.0+cpu", "0.105.3", "1.13.27"]
 

@@ -7,8 +7,8 @@ import pytest
 
 from ks_platform.core import pipeline
 from ks_platform.core.conversion import load_recording_binary
-from ks_platform.core.formats import writers
 from ks_platform.core.store import SessionStore
+from ks_platform_tests import writers
 from ks_platform_tests.formats import synthetic
 
 WRITERS = {

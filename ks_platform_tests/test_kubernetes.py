@@ -14,8 +14,9 @@ import yaml
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
 
+from ks_platform.core.names import KUBERNETES_ENV
 from ks_platform.execution.inventory import InventoryError
-from ks_platform.execution.kubernetes import KUBERNETES_ENV, helm_values, load_deployment
+from ks_platform.execution.kubernetes import helm_values, load_deployment
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "deploy" / "kubernetes.example.yaml"
@@ -133,7 +134,8 @@ def test_helm_values_are_generated_from_the_one_storage_declaration():
     deployment = load_deployment(EXAMPLE)
     shipped = yaml.safe_load((REPO / "deploy" / "helm" / "values.yaml").read_text())
     assert shipped == json.loads(json.dumps(helm_values(deployment, str(EXAMPLE), "registry.lab/ks-platform"))), (
-        "deploy/helm/values.yaml is stale: python -m ks_platform.execution.kubernetes deploy/kubernetes.example.yaml > deploy/helm/values.yaml"
+        "deploy/helm/values.yaml is stale: python -m ks_platform.execution.kubernetes deploy/kubernetes.example.yaml > "
+        "deploy/helm/values.yaml"
     )
     [location] = shipped["dagster-user-deployments"]["deployments"]
     claims = {v["persistentVolumeClaim"]["claimName"] for v in location["volumes"] if "persistentVolumeClaim" in v}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ks_platform.core.lineage import IMAGE_DIGEST_ENV, IMAGE_ENV, git_commit, lineage_record
+from ks_platform.core.lineage import git_commit, lineage_record
+from ks_platform.core.names import IMAGE_DIGEST_ENV, IMAGE_ENV
 from ks_platform.core.store import read_json
 from ks_platform.defs.lineage_metadata import LINEAGE_KEYS
 

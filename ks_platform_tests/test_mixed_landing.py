@@ -9,19 +9,19 @@ from pathlib import Path
 import numpy as np
 
 from ks_platform.core.discovery import discover
-from ks_platform.core.formats.writers import (
-    OpenEphysProbe,
-    openephys_channels,
-    openephys_stream_entry,
-    write_openephys_node,
-    write_plexon_session,
-)
 from ks_platform.core.sessions import key_name
 from ks_platform.core.synthetic import GlxProbe, np1_probe, write_spikeglx_run
 from ks_platform.defs import sensors
 from ks_platform_tests.formats.test_nwb_field import START as NWB_START
 from ks_platform_tests.formats.test_nwb_field import _linear_positions, _noise, _series, _write_pynwb
 from ks_platform_tests.test_sensor import ROOT, platform_for, tick
+from ks_platform_tests.writers import (
+    OpenEphysProbe,
+    openephys_channels,
+    openephys_stream_entry,
+    write_openephys_node,
+    write_plexon_session,
+)
 
 DAY = dt.date(2026, 3, 2)
 NP2_SUBSET = (*range(36), *range(72, 96), *range(192, 228), *range(264, 288))

@@ -14,7 +14,8 @@ import dagster as dg
 import pytest
 
 from ks_platform.core import rollup as core_rollup
-from ks_platform.core.sorting import SUMMARY_FILE, load_sort_result
+from ks_platform.core.names import ROLLUP_JOB_NAME, ROLLUP_START_ENV, SUMMARY_FILE
+from ks_platform.core.sorting import load_sort_result
 from ks_platform.core.store import read_json
 from ks_platform.definitions import build_definitions
 from ks_platform.defs import rollup
@@ -64,9 +65,7 @@ def rollup_setup(sorted_workspace, tmp_path):
 
 def test_rollup_asset_counts_sessions_units_failures_and_times(rollup_setup):
     instance, platform, defs, keys = rollup_setup
-    run = defs.resolve_job_def(rollup.ROLLUP_JOB_NAME).execute_in_process(
-        partition_key=DAY.isoformat(), instance=instance
-    )
+    run = defs.resolve_job_def(ROLLUP_JOB_NAME).execute_in_process(partition_key=DAY.isoformat(), instance=instance)
     assert run.success
     [materialization] = run.asset_materializations_for_node("daily_rollup")
     meta = {k: getattr(v, "value", getattr(v, "text", v)) for k, v in materialization.metadata.items()}
@@ -111,14 +110,15 @@ def test_rollup_sensor_requests_the_date_of_each_finished_session_run(rollup_set
         assert isinstance(result, dg.SensorResult)
         return result
 
-    # The broken session's run failed: its date's rollup is requested (the canonical session was sorted on another instance).
+    # The broken session's run failed: its date's rollup is requested (the canonical session was sorted on another
+    # instance).
     first = tick(None)
     [request] = first.run_requests
     assert request.partition_key == "2026-03-02" and request.run_key.startswith("2026-03-02:")
     assert tick(first.cursor).run_requests == []  # nothing new since
 
     # A rollup run is not a session run: it requests nothing. A failed run of another day's session requests that day.
-    defs.resolve_job_def(rollup.ROLLUP_JOB_NAME).execute_in_process(partition_key="2026-03-02", instance=instance)
+    defs.resolve_job_def(ROLLUP_JOB_NAME).execute_in_process(partition_key="2026-03-02", instance=instance)
     defs.resolve_job_def("sort_session").execute_in_process(
         partition_key=keys["other_day"], instance=instance, raise_on_error=False
     )
@@ -150,8 +150,8 @@ def test_rollup_sensor_requests_the_date_of_each_finished_session_run(rollup_set
 
 
 def test_rollup_start_is_configurable(monkeypatch):
-    monkeypatch.setenv(rollup.ROLLUP_START_ENV, "2025-06-01")
+    monkeypatch.setenv(ROLLUP_START_ENV, "2025-06-01")
     assert rollup.rollup_start_from_env() == "2025-06-01"
-    monkeypatch.setenv(rollup.ROLLUP_START_ENV, "June 2025")
+    monkeypatch.setenv(ROLLUP_START_ENV, "June 2025")
     with pytest.raises(Exception, match="KS_PLATFORM_ROLLUP_START"):
         rollup.rollup_start_from_env()

@@ -107,7 +107,9 @@ def test_the_shell_scan_would_catch_a_shell_call(tmp_path):
 
 def test_the_ui_binds_to_localhost_by_default():
     makefile = (PACKAGE.parent / "Makefile").read_text()
-    dev = [line for line in makefile.splitlines() if "dagster dev" in line]
+    dev = [
+        line for line in makefile.splitlines() if line.startswith("\t") and ("dg dev" in line or "dagster dev" in line)
+    ]
     assert dev and all("-h 127.0.0.1" in line for line in dev)
 
 

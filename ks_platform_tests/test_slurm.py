@@ -250,7 +250,13 @@ def test_job_preempted_by_a_higher_priority_partition_fails_with_preempted_and_i
         wait_until(lambda: reports(pg_instance, run_id), 120, "the step to run in its SLURM job")
         [victim] = slurm.queue()
         urgent = slurm.run(
-            "sbatch", "--parsable", f"--partition={URGENT_PARTITION}", "--gres=gpu:1", "--mem=100M", "--wrap=sleep 3"
+            "sbatch",
+            "--parsable",
+            f"--partition={URGENT_PARTITION}",
+            "--gres=gpu:1",
+            "--mem=100M",
+            f"--output={tmp_path / 'urgent.out'}",
+            "--wrap=sleep 3",
         ).strip()
         assert worker.finish(pg_instance, timeout=240), worker.output()
     finally:

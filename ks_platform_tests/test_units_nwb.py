@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from ks_platform.core import curation, nwb_export
-from ks_platform.core.pipeline import load_probe_map
+from ks_platform.core.probes import load_probe_map
 from ks_platform_tests.conftest import failure_messages
 from ks_platform_tests.curation_support import copy_sorted_workspace, run_job, save_in_phy
 

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+
+# Each subcommand module imports only the standard library at the top; its heavy imports are inside functions.
+from ks_platform.cli import (
+    backfill_command,
+    convert_command,
+    determinism_command,
+    doctor_command,
+    pipeline_commands,
+    sessions_command,
+    sort_command,
+)
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES = (
-    "ks_platform.cli.pipeline_commands",
-    "ks_platform.cli.sort_command",
-    "ks_platform.cli.convert_command",
-    "ks_platform.cli.doctor_command",
-    "ks_platform.cli.determinism_command",
-    "ks_platform.cli.backfill_command",
+    pipeline_commands,
+    sort_command,
+    convert_command,
+    doctor_command,
+    determinism_command,
+    backfill_command,
+    sessions_command,
 )
 
 
@@ -22,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ks-platform", description="Kilosort 4 sortings and Phy bundles from raw recordings, through Dagster."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 

@@ -18,10 +18,16 @@ from pathlib import Path
 def zero_copy_decision(source, binary) -> str:
     """One line saying whether the binary is a reference or a copy, and why."""
     if binary.zero_copy:
-        return f"zero-copy: {source.zero_copy_path.name} already is interleaved int16; referenced by a symlink, 0 bytes written"
+        return (
+            f"zero-copy: {source.zero_copy_path.name} already is interleaved int16; referenced by a symlink, 0 "
+            "bytes written"
+        )
     if source.zero_copy_path is not None:
         return f"copied: zero-copy was turned off (--no-zero-copy); {binary.bytes_written} bytes written"
-    return f"converted: {source.format} {source.source_dtype} source → int16 ({source.scaling_note}); {binary.bytes_written} bytes written"
+    return (
+        f"converted: {source.format} {source.source_dtype} source → int16 ({source.scaling_note}); "
+        f"{binary.bytes_written} bytes written"
+    )
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -39,7 +45,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         source = open_recording(Path(args.session_dir).resolve(), args.probe_name)
         manifest = {**source.summary(), "fingerprint": fingerprint(source, include_settings=False)}
         print(
-            f"{source.format} recording: {source.duration_s:.1f} s, {source.n_channels} channels ({len(source.sorting_channels)} sorted), {source.size_bytes / 1e6:.0f} MB"
+            f"{source.format} recording: {source.duration_s:.1f} s, {source.n_channels} channels "
+            f"({len(source.sorting_channels)} sorted), {source.size_bytes / 1e6:.0f} MB"
         )
         with tqdm(
             total=100,
@@ -66,7 +73,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     print(zero_copy_decision(source, binary))
     print(f"checksum: {binary.checksum_algorithm} {binary.checksum}")
     print(
-        f"binary: {binary.path} ({binary.n_chan_bin} channels x {binary.n_samples} samples int16, {binary.uv_per_bit:g} µV/bit) in {binary.seconds:.2f} s"
+        f"binary: {binary.path} ({binary.n_chan_bin} channels x {binary.n_samples} samples int16, "
+        f"{binary.uv_per_bit:g} µV/bit) in {binary.seconds:.2f} s"
     )
     return 0
 

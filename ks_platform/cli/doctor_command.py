@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from ks_platform.core.names import BACKEND_ENV, DOCKER_URL_ENV
+
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from ks_platform.core.doctor import healthy, report, run_checks
@@ -15,7 +17,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     checks = run_checks(
         Path(platform.store_root),
         backend=args.backend,
-        docker_url=args.docker_url or os.environ.get("KS_PLATFORM_DOCKER_URL"),
+        docker_url=args.docker_url or os.environ.get(DOCKER_URL_ENV),
         landing_roots=platform.roots(),
     )
     print(report(checks))
@@ -27,6 +29,6 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     """Add doctor."""
     doctor = sub.add_parser("doctor", help="check this host: imports, backend + tiny kernel, disk, Docker")
-    doctor.add_argument("--backend", default=os.environ.get("KS_PLATFORM_BACKEND", "auto"))
+    doctor.add_argument("--backend", default=os.environ.get(BACKEND_ENV, "auto"))
     doctor.add_argument("--docker-url", default=None)
     doctor.set_defaults(func=_cmd_doctor)

@@ -18,11 +18,10 @@ import xxhash
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats.base import RecordingSource
+from ks_platform.core.names import BINARY_NAME, MANIFEST_NAME
 from ks_platform.core.store import atomic_directory, read_json, write_json_atomic
 from ks_platform.core.write_behind import WriteBehindFile
 
-BINARY_NAME = "recording.bin"
-MANIFEST_NAME = "binary.json"
 HASH_BLOCK_BYTES = 4 * 1024 * 1024  # fits the CPU cache: ~1.3x faster than 16 MB blocks when warm
 #: Chunk size target for conversion: ~1 MiB for the wider of a source frame and an int16 output frame, whatever
 #: the channel count. Small on purpose: the chunk's read, channel selection/scaling, hash and copy to the writer
@@ -176,7 +175,8 @@ def _convert(source: RecordingSource, target: Path, progress: Progress | None) -
         if _disk_full(exc):
             raise SessionInputError(
                 target.parent.parent,
-                f"the store's disk is full after writing {written / 1e6:.0f} MB (needs {source.n_samples * len(source.sorting_channels) * 2 / 1e6:.0f} MB)",
+                f"the store's disk is full after writing {written / 1e6:.0f} MB (needs "
+                f"{source.n_samples * len(source.sorting_channels) * 2 / 1e6:.0f} MB)",
                 "free space in the store or move the store root to a larger disk",
             ) from exc
         raise

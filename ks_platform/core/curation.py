@@ -301,7 +301,8 @@ def record_curation(store: SessionStore) -> CurationRecord:
         stale = latest is not None and read_json(latest / SNAPSHOT_JSON)["basis"] != sorting_basis
         snap = read_json(latest / SNAPSHOT_JSON) if stale else {}
         note = (
-            f"the latest curation (saved {snap['saved_at']}) was made on sorting {snap['basis']}, not on the current sorting {sorting_basis}: it is kept in {latest} and not applied; curate the new sorting in Phy"
+            f"the latest curation (saved {snap['saved_at']}) was made on sorting {snap['basis']}, not on the current "
+            f"sorting {sorting_basis}: it is kept in {latest} and not applied; curate the new sorting in Phy"
             if stale
             else "Phy has saved no curation for this sorting"
         )

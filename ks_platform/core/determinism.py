@@ -61,17 +61,20 @@ class DeterminismReport:
     def summary(self) -> str:
         verdict = "IDENTICAL" if self.identical else "DIFFERENT"
         lines = [
-            f"{verdict} on {self.device}: spikes {self.n_spikes}, clusters {self.n_clusters}, sort seconds {self.sort_seconds}"
+            f"{verdict} on {self.device}: spikes {self.n_spikes}, clusters {self.n_clusters}, sort seconds "
+            f"{self.sort_seconds}"
         ]
         for run, arrays in enumerate(self.arrays, start=1):
             for entry in arrays:
                 if not entry["identical"]:
                     lines.append(
-                        f"  run {run + 1} vs run 1: {entry['name']} differs (shapes {entry['shape_a']} vs {entry['shape_b']}, max |Δ| {entry['max_abs_diff']})"
+                        f"  run {run + 1} vs run 1: {entry['name']} differs (shapes {entry['shape_a']} vs "
+                        f"{entry['shape_b']}, max |Δ| {entry['max_abs_diff']})"
                     )
             if len(self.spikes_at_same_times) >= run:
                 lines.append(
-                    f"  run {run + 1} vs run 1: {self.spikes_at_same_times[run - 1]:.4f} of spikes at identical sample times"
+                    f"  run {run + 1} vs run 1: {self.spikes_at_same_times[run - 1]:.4f} of spikes at identical sample "
+                    "times"
                 )
         return "\n".join(lines)
 

@@ -64,7 +64,10 @@ def _backend(preferred: str) -> list[Check]:
             import torch
 
             if getattr(torch.version, "hip", None):
-                hint = " On AMD GPUs whose gfx version ROCm does not list, set HSA_OVERRIDE_GFX_VERSION (e.g. 10.3.0 for RDNA2 laptop chips)."
+                hint = (
+                    " On AMD GPUs whose gfx version ROCm does not list, set HSA_OVERRIDE_GFX_VERSION (e.g. 10.3.0 "
+                    "for RDNA2 laptop chips)."
+                )
         except ImportError:
             pass
         return [Check("compute backend", False, f"{exc}.{hint}")]
@@ -72,7 +75,8 @@ def _backend(preferred: str) -> list[Check]:
         Check(
             "compute backend",
             True,
-            f"{info.backend} {info.device_name} torch {info.torch_version} cuda {info.cuda_version} hip {info.hip_version} driver {info.driver_version}",
+            f"{info.backend} {info.device_name} torch {info.torch_version} cuda {info.cuda_version} hip "
+            f"{info.hip_version} driver {info.driver_version}",
         )
     ]
     if info.backend == "rocm":

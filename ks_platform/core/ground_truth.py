@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ks_platform.core.synthetic import GROUND_TRUTH_SPEC
+from ks_platform.core.names import GROUND_TRUTH_SPEC
 
 
 @dataclass(frozen=True)

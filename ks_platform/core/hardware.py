@@ -1,16 +1,7 @@
 """Compute backends (CUDA, ROCm, MPS, CPU), the GPU-memory rule for Kilosort's batch size, and ROCm hints.
 
-The batch-size rule (:func:`plan_memory`), in order:
-
-1. ``batch_size`` / ``clear_cache`` set in a parameter layer (platform, probe type, session file) always win.
-2. Else a batch size planned by the placing executor for the GPU it picked (env ``KS_PLATFORM_BATCH_SIZE``).
-3. Else, on a GPU: ``batch = (free − 300 MiB) / (channels × 400 B)``, rounded down to a multiple of 1 000 and
-   clamped to [3 000, 60 000].
-   ``clear_cache`` (unless set by the user) is on when the GPU's free memory is too small for Kilosort's
-   default batch by that formula, whoever chose the batch size.
-4. CPU and MPS: Kilosort's defaults (batch 60 000, no cache clearing).
-
-On an out-of-memory error the sort is retried with half the batch and ``clear_cache`` down to 3 000.
+The batch-size rule is :func:`plan_memory`'s; on an out-of-memory error the sort is retried with half the batch and
+``clear_cache`` down to 3 000.
 """
 
 from __future__ import annotations
@@ -67,7 +58,8 @@ def detect_backend(preferred: str = "auto") -> BackendInfo:
     if choice.startswith(("cuda", "rocm")):
         if not gpu_ok:
             raise RuntimeError(
-                f"backend {preferred!r} was requested but torch {torch.__version__} sees no GPU (cuda={cuda}, hip={hip})"
+                f"backend {preferred!r} was requested but torch {torch.__version__} sees no GPU (cuda={cuda}, "
+                f"hip={hip})"
             )
         index = int(choice.split(":")[1]) if ":" in choice else 0
         free, total = torch.cuda.mem_get_info(index)
@@ -170,7 +162,15 @@ def plan_memory(
     user_clear_cache: bool | None = None,
     planned_batch_size: int | None = None,
 ) -> MemoryPlan:
-    """Apply the module's batch-size rule; a user's ``batch_size``/``clear_cache`` always win."""
+    """The batch-size rule, in order:
+
+    1. ``batch_size`` / ``clear_cache`` set in a parameter layer (platform, probe type, session file) always win.
+    2. Else a batch size planned by the placing executor for the GPU it picked (env ``KS_PLATFORM_BATCH_SIZE``).
+    3. Else, on a GPU: ``batch = (free − 300 MiB) / (channels × 400 B)``, rounded down to a multiple of 1 000 and
+       clamped to [3 000, 60 000]. ``clear_cache`` (unless set by the user) is on when the GPU's free memory is too
+       small for Kilosort's default batch by that formula, whoever chose the batch size.
+    4. CPU and MPS: Kilosort's defaults (batch 60 000, no cache clearing).
+    """
     gpu = info.backend in ("cuda", "rocm")
     if user_batch_size is not None:
         batch, reason = int(user_batch_size), "batch_size set in the parameter set"
@@ -231,10 +231,13 @@ def gfx_override_hint(
         target = family[0]
         value = f"{target[0]}.{target[1]}.{target[2]}"
         return (
-            f"{device_arch.split(':')[0]} is not among the targets torch was built for ({', '.join(sorted(compiled.values()))}){already}; "
+            f"{device_arch.split(':')[0]} is not among the targets torch was built for "
+            f"({', '.join(sorted(compiled.values()))}){already}; "
             f"set HSA_OVERRIDE_GFX_VERSION={value} to run it as {compiled[target]} (same family)"
         )
     return (
-        f"{device_arch.split(':')[0]} is not among the targets torch was built for ({', '.join(sorted(compiled.values()))}){already} and none is "
-        f"of the same family; HSA_OVERRIDE_GFX_VERSION cannot help reliably: use a ROCm build of torch that lists it, or sort on CPU"
+        f"{device_arch.split(':')[0]} is not among the targets torch was built for "
+        f"({', '.join(sorted(compiled.values()))}){already} and none is "
+        "of the same family; HSA_OVERRIDE_GFX_VERSION cannot help reliably: use a ROCm build of torch that lists it, "
+        "or sort on CPU"
     )

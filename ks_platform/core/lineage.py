@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import ks_platform
+from ks_platform.core.names import (
+    ENVIRONMENT_KIND_ENV,
+    GIT_COMMIT_ENV,
+    IMAGE_DIGEST_ENV,
+    IMAGE_ENV,
+    REQUESTED_GRES_ENV,
+)
 
 TRACKED_PACKAGES = ("kilosort", "torch", "spikeinterface", "numpy", "probeinterface", "phylib", "dagster")
-#: Set by the container images (docker/) so results name the image they ran in.
-IMAGE_ENV = "KS_PLATFORM_IMAGE"
-IMAGE_DIGEST_ENV = "KS_PLATFORM_IMAGE_DIGEST"
 
 
 def package_versions() -> dict[str, str | None]:
@@ -33,7 +37,7 @@ def package_versions() -> dict[str, str | None]:
 @lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the ks_platform checkout, or the one baked into the image."""
-    baked = os.environ.get("KS_PLATFORM_GIT_COMMIT")
+    baked = os.environ.get(GIT_COMMIT_ENV)
     if baked:
         return baked
     repo = Path(ks_platform.__file__).resolve().parent.parent
@@ -48,12 +52,6 @@ def git_commit() -> str | None:
 
 def container_image() -> dict[str, str | None]:
     return {"image": os.environ.get(IMAGE_ENV), "image_digest": os.environ.get(IMAGE_DIGEST_ENV)}
-
-
-#: Set by the SLURM executor: ``venv`` (the platform's environment on the shared filesystem) or ``apptainer``.
-ENVIRONMENT_KIND_ENV = "KS_PLATFORM_ENVIRONMENT"
-#: The GRES the SLURM executor requested for the job.
-REQUESTED_GRES_ENV = "KS_PLATFORM_SLURM_GRES"
 
 
 @lru_cache(maxsize=1)

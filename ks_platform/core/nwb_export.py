@@ -5,11 +5,8 @@ quality metrics of ``unit_metrics`` and mean waveforms; the electrodes table hol
 (``rel_x``/``rel_y``) with one electrode group per shank. Spike times are written per unit from one sorted index
 (``np.lexsort``) through an hdmf ``GenericDataChunkIterator``: no Python list of spikes is ever built.
 
-Provenance goes where the NWB core schema keeps it: ``general/source_script`` ("script file or link to public
-source code used to create this NWB file") names ks_platform and its commit, and ``general/data_collection``
-("notes about data collection and analysis") holds the lineage as JSON (versions, Kilosort parameters, image
-digest, input checksum, curation). ``scratch`` is for data not meant to be shared and ``LabMetaData`` needs an
-extension that readers such as DANDI would not know, so neither is used.
+Provenance: ``general/source_script`` names ks_platform and its commit, ``general/data_collection`` holds the
+lineage as JSON (why there: docs/decisions.md, "NWB export: where provenance goes").
 """
 
 from __future__ import annotations
@@ -28,10 +25,16 @@ import numpy as np
 import pandas as pd
 from hdmf.data_utils import GenericDataChunkIterator
 
+from ks_platform.core.names import (
+    EFFECTIVE_SETTINGS_FILE,
+    LINEAGE_FILE,
+    METRICS_CSV,
+    NWB_FILE,
+    SUBJECT_JSON,
+    TIMEZONE_ENV,
+)
 from ks_platform.core.store import SessionStore, atomic_directory, read_json
 
-NWB_FILE = "units.nwb"
-TIMEZONE_ENV = "KS_PLATFORM_TIMEZONE"
 #: unit_metrics columns copied into the Units table, with their descriptions.
 METRIC_COLUMNS = {
     "firing_rate": "firing rate (Hz), SpikeInterface quality metric",
@@ -209,7 +212,8 @@ def write_units_nwb(source: UnitsSource, path: Path) -> Path:
         identifier=source.identifier,
         session_start_time=source.session_start_time,
         session_id=source.session_id,
-        source_script=f"ks_platform {lineage.get('versions', {}).get('ks_platform', '?')} (git {lineage.get('git_commit') or 'unknown'})",
+        source_script=f"ks_platform {lineage.get('versions', {}).get('ks_platform', '?')} (git "
+        f"{lineage.get('git_commit') or 'unknown'})",
         source_script_file_name="ks_platform/core/nwb_export.py",
         data_collection=json.dumps(lineage, sort_keys=True, default=str),
     )
@@ -224,9 +228,9 @@ def write_units_nwb(source: UnitsSource, path: Path) -> Path:
     return path
 
 
-SUBJECT_JSON = "subject.json"
 SUBJECT_KEYS = ("subject_id", "species", "sex", "age", "date_of_birth", "strain", "genotype", "description")
-#: Not a Subject field: where the probe sits (an Allen CCF term for mice, e.g. "VISp"); electrodes say "unknown" without.
+#: Not a Subject field: where the probe sits (an Allen CCF term for mice, e.g. "VISp"); electrodes say "unknown"
+#: without.
 LOCATION_KEY = "electrode_location"
 SUBJECT_FIX = (
     'write {"subject_id": "mouse12", "species": "Mus musculus", "sex": "F", "age": "P90D"} (sex M/F/U/O, age ISO 8601)'
@@ -284,7 +288,7 @@ def session_start_time(
 
 def probe_electrodes(store: SessionStore) -> tuple[pd.DataFrame, dict[str, str]]:
     """Electrodes in Kilosort's channel order (position, shank, binary row) and the device of the probe."""
-    from ks_platform.core.pipeline import load_probe_map
+    from ks_platform.core.probes import load_probe_map
 
     ks_probe, manifest = load_probe_map(store)
     table = pd.DataFrame(
@@ -334,8 +338,7 @@ def store_units_source(
     store: SessionStore, session_dir: Path | None = None, with_waveforms: bool = True
 ) -> tuple[UnitsSource, str]:
     """The session's units as the curation record says (curated merges applied when it applies), and its status."""
-    from ks_platform.core import curation, sorting
-    from ks_platform.core.quality import METRICS_CSV
+    from ks_platform.core import curation
 
     record = curation.current_record(store) or curation.record_curation(store)
     samples = np.load(store.sorting_dir / "spike_times.npy", mmap_mode="r").ravel()
@@ -344,8 +347,8 @@ def store_units_source(
     electrodes, device = probe_electrodes(store)
     metrics_csv = store.metrics_dir / METRICS_CSV
     lineage = {
-        **read_json(store.sorting_dir / sorting.LINEAGE_FILE),
-        "kilosort_settings": read_json(store.sorting_dir / sorting.SETTINGS_FILE).get("as_run"),
+        **read_json(store.sorting_dir / LINEAGE_FILE),
+        "kilosort_settings": read_json(store.sorting_dir / EFFECTIVE_SETTINGS_FILE).get("as_run"),
     }
     folder = session_dir or manifest.get("session_dir")
     subject = read_subject(Path(folder)) if folder else None
@@ -379,7 +382,8 @@ def store_units_source(
         lineage=lineage,
         subject=subject,
         location=(subject or {}).get(LOCATION_KEY, "unknown"),
-        description=f"Kilosort {lineage.get('versions', {}).get('kilosort', '4')} units of {store.key}, curation: {record.status}",
+        description=f"Kilosort {lineage.get('versions', {}).get('kilosort', '4')} units of {store.key}, curation: "
+        f"{record.status}",
     )
     return source, record.status
 

@@ -23,13 +23,13 @@ from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import list_probes, open_recording, probe_config
 from ks_platform.core.formats.base import RecordingSource
 from ks_platform.core.ground_truth import find_ground_truth, score_sorting
+from ks_platform.core.names import KILOSORT_PROBE_JSON, LINEAGE_FILE, PROBE_MANIFEST, SUMMARY_FILE
+from ks_platform.core.probes import load_probe_map
 from ks_platform.core.sessions import fingerprint
 from ks_platform.core.store import SessionStore, atomic_directory, read_json, session_lock, write_json_atomic
 
 PROBE_JSON = "probe.json"
-KILOSORT_PROBE_JSON = "kilosort_probe.json"
 PROBE_PNG = "probe.png"
-PROBE_MANIFEST = "probe_map.json"
 
 
 @dataclass
@@ -155,15 +155,6 @@ def write_probe_map(
     return StepOutput(version, manifest, {"probe": store.probe_dir / PROBE_PNG})
 
 
-def load_probe_map(store: SessionStore) -> tuple[dict, dict]:
-    """The Kilosort probe dict and the probe manifest."""
-    if not (store.probe_dir / PROBE_MANIFEST).is_file():
-        raise FileNotFoundError(f"{store.probe_dir} has no probe map: materialize probe_map first")
-    return probes.kilosort_probe_from_json(read_json(store.probe_dir / KILOSORT_PROBE_JSON)), read_json(
-        store.probe_dir / PROBE_MANIFEST
-    )
-
-
 @writes_session
 def build_recording_binary(
     session_dir: Path,
@@ -266,7 +257,7 @@ def sort_session(
     result = sorting.sort_recording(
         binary, ks_probe, effective, store.sorting_dir, backend=backend, log=log, extra_lineage=extra_lineage
     )
-    lineage = read_json(store.sorting_dir / sorting.LINEAGE_FILE)
+    lineage = read_json(store.sorting_dir / LINEAGE_FILE)
     metadata = {
         "n_units": result.n_units,
         "n_good_units": result.n_good_units,
@@ -306,14 +297,14 @@ def export_phy(store: SessionStore) -> StepOutput:
     """Phy folder with a relocatable ``params.py``, opened in phylib before it is published."""
     binary = conversion.load_recording_binary(store.binary_dir)
     ks_probe, _ = load_probe_map(store)
-    if not (store.sorting_dir / sorting.SUMMARY_FILE).is_file():
+    if not (store.sorting_dir / SUMMARY_FILE).is_file():
         raise FileNotFoundError(f"{store.sorting_dir} has no sorting: materialize sorted_units first")
     segments = read_json(store.raw_manifest).get("segments") if store.raw_manifest.is_file() else None
     curation.preserve_phy_curation(store)  # a curation saved in Phy outlives the rebuilt folder (curation/history/)
     bundle = phy.build_phy_bundle(
         store.sorting_dir, binary, np.asarray(ks_probe["kcoords"]).astype(int), store.phy_dir, segments
     )
-    lineage = read_json(store.sorting_dir / sorting.LINEAGE_FILE)
+    lineage = read_json(store.sorting_dir / LINEAGE_FILE)
     metadata = {
         "path": str(bundle.path),
         "open_command": bundle.open_command,

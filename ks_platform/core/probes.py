@@ -10,6 +10,8 @@ from probeinterface import Probe
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats.base import RecordingSource
+from ks_platform.core.names import KILOSORT_PROBE_JSON, PROBE_MANIFEST
+from ks_platform.core.store import SessionStore, read_json
 
 PROBE_SUFFIXES = (".prb", ".mat")
 
@@ -101,9 +103,8 @@ def probe_for_recording(source: RecordingSource) -> tuple[Probe, Path]:
         raise SessionInputError(
             source.data_files[0] if source.data_files else source.session_dir,
             f"no probe description: the recording of probe {source.probe_name!r} carries no geometry",
-            'put a probe file (probeinterface .json, .prb, Kilosort .mat) in the session folder and name it in ks_session.json: {"probes": {"'
-            + (source.probe_name or "probe")
-            + '": {"probe_file": "probe.json"}}}',
+            "put a probe file (probeinterface .json, .prb, Kilosort .mat) in the session folder and name it in "
+            'ks_session.json: {"probes": {"' + (source.probe_name or "probe") + '": {"probe_file": "probe.json"}}}',
         )
     validate_probe(probe, source.n_channels, origin)
     return probe, origin
@@ -129,7 +130,8 @@ def validate_probe(probe: Probe, n_channels: int, path: Path) -> None:
     if wired.size and wired.max() >= n_channels:
         raise SessionInputError(
             path,
-            f"the probe uses channel {int(wired.max())} but the recording has only {n_channels} channels (0..{n_channels - 1})",
+            f"the probe uses channel {int(wired.max())} but the recording has only {n_channels} channels "
+            f"(0..{n_channels - 1})",
             "use the probe file that matches this recording",
         )
     if wired.size == 0:
@@ -202,6 +204,15 @@ def kilosort_probe_from_json(payload: dict) -> dict:
     }
     out["n_chan"] = int(payload["n_chan"])
     return out
+
+
+def load_probe_map(store: SessionStore) -> tuple[dict, dict]:
+    """The Kilosort probe dict and the probe manifest of a session's ``probe/`` folder."""
+    if not (store.probe_dir / PROBE_MANIFEST).is_file():
+        raise FileNotFoundError(f"{store.probe_dir} has no probe map: materialize probe_map first")
+    return kilosort_probe_from_json(read_json(store.probe_dir / KILOSORT_PROBE_JSON)), read_json(
+        store.probe_dir / PROBE_MANIFEST
+    )
 
 
 def plot_probe(probe: Probe, path: Path, title: str = "", highlight_channels: tuple[int, ...] | None = None) -> Path:

@@ -16,9 +16,9 @@ import pandas as pd
 
 from ks_platform.core import conversion
 from ks_platform.core.figures import new_figure, save_figure
+from ks_platform.core.names import METRICS_CSV
 from ks_platform.core.store import SessionStore, atomic_directory
 
-METRICS_CSV = "unit_metrics.csv"
 SUMMARY_JSON = "summary.json"
 #: SpikeInterface quality metrics computed for every unit.
 METRIC_NAMES = ("firing_rate", "snr", "isi_violation", "presence_ratio", "amplitude_cutoff")
@@ -71,7 +71,7 @@ def spike_band_recording(store: SessionStore):
     import spikeinterface.core as si
     from spikeinterface.preprocessing import highpass_filter
 
-    from ks_platform.core.pipeline import load_probe_map
+    from ks_platform.core.probes import load_probe_map
 
     binary = conversion.load_recording_binary(store.binary_dir)
     ks_probe, _ = load_probe_map(store)

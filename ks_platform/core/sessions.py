@@ -12,12 +12,15 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import xxhash
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import RecordingSource
 from ks_platform.core.store import contained_path
+
+if TYPE_CHECKING:  # annotations only: formats.base imports key_name from here
+    from ks_platform.core.formats.base import RecordingSource
 
 KEY_SEPARATOR = "__"
 KEY_PARTS = ("date", "root", "session", "probe")

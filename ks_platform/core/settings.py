@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ks_platform.core.errors import SessionInputError
+from ks_platform.core.names import SESSION_SETTINGS_FILE
 
-SESSION_SETTINGS_FILE = "kilosort4-settings.json"
 DATA_DERIVED = ("n_chan_bin", "fs")
 #: Settings that are ``run_kilosort`` arguments rather than entries of Kilosort's table, in the same format.
 PLATFORM_SETTINGS: dict[str, dict[str, Any]] = {
@@ -64,7 +64,10 @@ def _value_fix(key: str, spec: dict[str, Any]) -> str:
             f" other than {', '.join(map(str, spec['exclude']))}" if spec.get("exclude") else ""
         )
     nullable = " (or null for Kilosort's automatic choice)" if default is None and key not in DATA_DERIVED else ""
-    return f"set {key!r} to {allowed}{nullable}, or remove it to use Kilosort's default ({json.dumps(default, default=str)})"
+    return (
+        f"set {key!r} to {allowed}{nullable}, or remove it to use Kilosort's default "
+        f"({json.dumps(default, default=str)})"
+    )
 
 
 def _check_value(key: str, value: Any, spec: dict[str, Any], path: Path) -> Any:

@@ -16,15 +16,10 @@ import numpy as np
 from ks_platform.core.conversion import RecordingBinary
 from ks_platform.core.hardware import MIN_BATCH_SIZE, BackendInfo, MemoryPlan, detect_backend, plan_memory
 from ks_platform.core.lineage import lineage_record
+from ks_platform.core.names import BATCH_SIZE_ENV, EFFECTIVE_SETTINGS_FILE, LINEAGE_FILE, SUMMARY_FILE
 from ks_platform.core.settings import EffectiveSettings, settings_hash
 from ks_platform.core.store import atomic_directory, read_json, write_json_atomic
 
-#: Batch size chosen by the executor from the placed GPU's memory (same rule as recommended_batch_size).
-PLANNED_BATCH_SIZE_ENV = "KS_PLATFORM_BATCH_SIZE"
-
-SUMMARY_FILE = "sorting_summary.json"
-SETTINGS_FILE = "effective_settings.json"
-LINEAGE_FILE = "lineage.json"
 #: Kilosort seeds numpy and torch with 1 before drift correction (run_kilosort._sort); recorded as facts.
 KILOSORT_SEEDS = {"numpy": 1, "torch": 1, "torch_cuda": 1}
 RUNTIME_KEYS = (
@@ -157,7 +152,7 @@ def memory_plan_for(info: BackendInfo, settings: EffectiveSettings, n_channels: 
     user_clear = next(
         (layer["clear_cache"] for layer in reversed(list(settings.layers.values())) if "clear_cache" in layer), None
     )
-    planned = os.environ.get(PLANNED_BATCH_SIZE_ENV, "").strip()  # set by the placing executor (ks_platform.execution)
+    planned = os.environ.get(BATCH_SIZE_ENV, "").strip()  # set by the placing executor (ks_platform.execution)
     return plan_memory(info, n_channels, user_batch, user_clear, int(planned) if planned.isdigit() else None)
 
 
@@ -184,7 +179,8 @@ def sort_recording(
     clear_cache = plan.clear_cache
     log(f"batch_size {plan.batch_size}, clear_cache {clear_cache}: {plan.reason} ({info.backend} {info.device_name})")
     log(
-        f"sorting {binary.path} ({binary.n_samples / binary.sampling_frequency:.1f} s, {ks_probe['n_chan']} channels) on {info.backend} {info.device_name}"
+        f"sorting {binary.path} ({binary.n_samples / binary.sampling_frequency:.1f} s, {ks_probe['n_chan']} channels) "
+        f"on {info.backend} {info.device_name}"
     )
     attempts: list[SortAttempt] = []
     started = time.perf_counter()
@@ -208,7 +204,8 @@ def sort_recording(
                 requested["batch_size"] = max(MIN_BATCH_SIZE, batch // 2)
                 clear_cache = True
                 log(
-                    f"GPU out of memory at batch_size {batch}; retrying with batch_size {requested['batch_size']} and clear_cache"
+                    f"GPU out of memory at batch_size {batch}; retrying with batch_size {requested['batch_size']} and "
+                    "clear_cache"
                 )
                 _release_gpu_memory()
                 for leftover in staged.iterdir():
@@ -221,7 +218,7 @@ def sort_recording(
             staged, output_dir, ops, info, requested, settings, attempts, binary, time.perf_counter() - started
         )
         write_json_atomic(
-            staged / SETTINGS_FILE,
+            staged / EFFECTIVE_SETTINGS_FILE,
             {
                 **settings.record(),
                 "as_run": requested,
@@ -246,7 +243,8 @@ def sort_recording(
             ),
         )
     log(
-        f"sorted: {result.n_units} units ({result.n_good_units} good), {result.n_spikes} spikes in {result.seconds:.1f} s"
+        f"sorted: {result.n_units} units ({result.n_good_units} good), {result.n_spikes} spikes in "
+        f"{result.seconds:.1f} s"
     )
     return result
 

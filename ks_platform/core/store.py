@@ -37,7 +37,8 @@ class SessionStore:
     def __post_init__(self) -> None:
         if self.folder is None and not STORE_KEY.match(self.key or ""):
             raise ValueError(
-                f"{self.key!r} is not a partition key the store accepts (one folder name of letters, digits, '._-'): nothing is written for it"
+                f"{self.key!r} is not a partition key the store accepts (one folder name of letters, digits, '._-'): "
+                "nothing is written for it"
             )
 
     @classmethod

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ks_platform.core.names import GROUND_TRUTH_SPEC
+
 #: NP1.0 AP scaling used for the synthetic file: 0.6 V / 512 / gain 500 = 2.34375 µV per bit.
 NP1_UV_PER_BIT = 0.6 / 512 / 500 * 1e6
-GROUND_TRUTH_SPEC = "ground_truth.json"
 
 
 @dataclass(frozen=True)

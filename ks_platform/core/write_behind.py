@@ -1,15 +1,8 @@
 """A sequential file writer whose disk writes run in a background thread, as large direct (O_DIRECT) writes.
 
-Why: converting a recording reads the source and writes the binary over the same disk. Written through the
-page cache, the binary's bytes stay dirty until the final ``fsync`` (a 2 GB binary is under the kernel's
-writeback threshold on a 24 GB host), so the disk first only reads and then only writes. Handing full blocks to
-a thread that writes them straight to the device keeps both directions busy at once: on the benchmark's VM disk a
-cold 4 GB float32 → int16 conversion now runs at the speed of its I/O alone (BENCHMARKS.md, "Conversion").
-``O_DIRECT`` also keeps the binary from pushing other files out of the page cache. Where the filesystem refuses
-``O_DIRECT``, at open or at the first write (or the platform has none), the same thread writes through the page
-cache instead.
-
-Memory: ``n_blocks`` blocks of ``block_bytes`` (24 MiB by default), whatever the file's size.
+Reading the source and writing the binary then overlap on one disk (why: docs/decisions.md, "Conversion output
+is written behind"). Where the filesystem refuses ``O_DIRECT``, at open or at the first write (or the platform has
+none), the same thread writes through the page cache instead. Memory: ``n_blocks`` blocks of ``block_bytes`` (24 MiB by default), whatever the file's size.
 """
 
 from __future__ import annotations

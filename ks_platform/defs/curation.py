@@ -11,6 +11,7 @@ import xxhash
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ks_platform.core import curation, nwb_export
+from ks_platform.core.names import CURATION_GROUP, NWB_FILE, SUBJECT_JSON
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.quality import unit_metrics
 from ks_platform.defs.reporting import user_errors_as_failures
@@ -18,14 +19,13 @@ from ks_platform.defs.resources import PlatformResource
 from ks_platform.defs.review import phy_bundle
 from ks_platform.defs.sorting import sorted_units
 
-CURATION_GROUP = "session_curation"
-
 
 @dg.observable_source_asset(
     partitions_def=session_partitions,
     group_name=CURATION_GROUP,
     owners=["team:ephys"],
-    description="The curation saved in the Phy folder (cluster_group.tsv, cluster_info.tsv, spike_clusters.npy). Its data version is the hash of those files: a save in Phy, once observed, marks curated_units stale.",
+    description="The curation saved in the Phy folder (cluster_group.tsv, cluster_info.tsv, spike_clusters.npy). Its "
+    "data version is the hash of those files: a save in Phy, once observed, marks curated_units stale.",
 )
 def phy_curation(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.DataVersionsByPartition:
     keys = (
@@ -71,7 +71,9 @@ def _units_table(record: curation.CurationRecord) -> dg.MetadataValue:
     deps=[phy_curation.key, phy_bundle, sorted_units],
     kinds={"phy"},
     owners=["team:ephys"],
-    description="7 · The units after curation in Phy: labels, merges and splits (diffed against the sorting), counts per label, kept under curation/ with the sorting they were made on. STALE (and not applied) when the sorting changed since.",
+    description="7 · The units after curation in Phy: labels, merges and splits (diffed against the sorting), counts "
+    "per label, kept under curation/ with the sorting they were made on. STALE (and not applied) when the sorting "
+    "changed since.",
 )
 def curated_units(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     key = context.partition_key
@@ -88,7 +90,8 @@ def curated_units(context: dg.AssetExecutionContext, platform: PlatformResource)
     with user_errors_as_failures():
         record = curation.record_curation(store)
     context.log.info(
-        f"curation {record.status}: {record.counts or 'no labels'}; {len(record.merges)} merges, {len(record.splits)} splits"
+        f"curation {record.status}: {record.counts or 'no labels'}; {len(record.merges)} merges, {len(record.splits)} "
+        "splits"
     )
     content = {k: v for k, v in record.to_json().items() if k != "recorded_at"}
     return dg.MaterializeResult(
@@ -116,7 +119,8 @@ def curated_units(context: dg.AssetExecutionContext, platform: PlatformResource)
 @dg.asset_check(
     asset=curated_units,
     partitions_def=session_partitions,
-    description="The latest curation was made on the current sorting (warns when it is STALE: re-curate the new sorting in Phy).",
+    description="The latest curation was made on the current sorting (warns when it is STALE: re-curate the new "
+    "sorting in Phy).",
 )
 def curated_units_not_stale(context: dg.AssetCheckExecutionContext, platform: PlatformResource) -> dg.AssetCheckResult:
     record = curation.load_record(platform.store(context.partition_key))
@@ -136,7 +140,8 @@ def curated_units_not_stale(context: dg.AssetCheckExecutionContext, platform: Pl
     deps=[curated_units, unit_metrics],
     kinds={"nwb"},
     owners=["team:ephys"],
-    description="8 · The (curated) units as an NWB file: spike times, Kilosort and Phy labels, quality metrics, mean waveforms, probe geometry per shank and the sorting's lineage.",
+    description="8 · The (curated) units as an NWB file: spike times, Kilosort and Phy labels, quality metrics, mean "
+    "waveforms, probe geometry per shank and the sorting's lineage.",
 )
 def units_nwb(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     with user_errors_as_failures():
@@ -163,7 +168,7 @@ def units_nwb(context: dg.AssetExecutionContext, platform: PlatformResource) -> 
 def units_nwb_passes_inspector(
     context: dg.AssetCheckExecutionContext, platform: PlatformResource
 ) -> dg.AssetCheckResult:
-    messages = nwb_export.inspect_nwb(platform.store(context.partition_key).dir / "nwb" / nwb_export.NWB_FILE)
+    messages = nwb_export.inspect_nwb(platform.store(context.partition_key).dir / "nwb" / NWB_FILE)
     blocking = [m for m in messages if m["importance"] in nwb_export.BLOCKING]
     counts = {
         level: sum(1 for m in messages if m["importance"] == level)
@@ -173,7 +178,7 @@ def units_nwb_passes_inspector(
         "; ".join(f"{m['importance']} {m['check']}: {m['message']}" for m in blocking) or f"{len(messages)} suggestions"
     )
     if any(m["check"] == "check_subject_exists" for m in blocking):
-        text = f"{text.rstrip('.')}. Fix: {nwb_export.SUBJECT_FIX} into the session folder's {nwb_export.SUBJECT_JSON}"
+        text = f"{text.rstrip('.')}. Fix: {nwb_export.SUBJECT_FIX} into the session folder's {SUBJECT_JSON}"
     return dg.AssetCheckResult(
         passed=not blocking,
         description=text[:2000],

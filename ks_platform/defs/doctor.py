@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from ks_platform.core.doctor import as_records, healthy, report, run_checks
+from ks_platform.core.names import KIND_TAG
 from ks_platform.defs.resources import PlatformResource
 
 
@@ -18,7 +19,8 @@ class DoctorConfig(dg.Config):
 
 @dg.op(
     out=dg.Out(dg.Nothing),  # the checks travel as metadata: no IO manager, so it runs in a step container too
-    description="Imports, programs Kilosort calls, compute backend + a tiny kernel on the device, free disk in the store, landing roots, Docker.",
+    description="Imports, programs Kilosort calls, compute backend + a tiny kernel on the device, free disk in the "
+    "store, landing roots, Docker.",
 )
 def check_host(context: dg.OpExecutionContext, config: DoctorConfig, platform: PlatformResource) -> dg.Output:
     backend = platform.backend if config.backend == "auto" else config.backend
@@ -54,7 +56,7 @@ def check_host(context: dg.OpExecutionContext, config: DoctorConfig, platform: P
 
 @dg.job(
     description="Check this host before real work (what `ks-platform doctor` prints); fails with the checks to fix.",
-    tags={"ks_platform/kind": "doctor"},
+    tags={KIND_TAG: "doctor"},
 )
 def host_doctor():
     check_host()

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from ks_platform.core import pipeline
+from ks_platform.core.names import SESSION_GROUP
 from ks_platform.core.quality import QualityThresholds, load_unit_metrics
-from ks_platform.defs.ingest import GROUP
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.reporting import step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
@@ -45,12 +45,13 @@ def _clean(value):
 
 @dg.asset(
     partitions_def=session_partitions,
-    group_name=GROUP,
+    group_name=SESSION_GROUP,
     code_version="1",
     deps=[phy_bundle],
     kinds={"spikeinterface"},
     owners=["team:ephys"],
-    description="6 · Unit quality: SpikeInterface metrics per unit (firing rate, SNR, ISI violations, presence ratio, amplitude cutoff) with a drift map, units on the probe and waveforms.",
+    description="6 · Unit quality: SpikeInterface metrics per unit (firing rate, SNR, ISI violations, presence ratio, "
+    "amplitude cutoff) with a drift map, units on the probe and waveforms.",
 )
 def unit_metrics(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     with user_errors_as_failures():
@@ -61,7 +62,8 @@ def unit_metrics(context: dg.AssetExecutionContext, platform: PlatformResource) 
         schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in TABLE_COLUMNS.items()]),
     )
     context.log.info(
-        f"{output.metadata['n_units']} units, median SNR {output.metadata['median_snr']:.1f}, median rate {output.metadata['median_firing_rate_hz']:.1f} Hz"
+        f"{output.metadata['n_units']} units, median SNR {output.metadata['median_snr']:.1f}, median rate "
+        f"{output.metadata['median_firing_rate_hz']:.1f} Hz"
     )
     return step_result(output, extra={"units": table})
 
@@ -82,7 +84,8 @@ def unit_metrics_has_units(
 @dg.asset_check(
     asset=unit_metrics,
     partitions_def=session_partitions,
-    description="Not too many units break the refractory period: at most max_violating_fraction (default 50 %) of units with an ISI-violation ratio above isi_violations_ratio (default 0.5).",
+    description="Not too many units break the refractory period: at most max_violating_fraction (default 50 %) of "
+    "units with an ISI-violation ratio above isi_violations_ratio (default 0.5).",
 )
 def unit_metrics_isi_violations(
     context: dg.AssetCheckExecutionContext, quality: QualityResource, platform: PlatformResource
@@ -97,7 +100,8 @@ def unit_metrics_isi_violations(
     )
     return dg.AssetCheckResult(
         passed=fraction <= thresholds.max_violating_fraction,
-        description=f"{len(violating)} of {len(metrics.table)} units above ISI-violation ratio {thresholds.isi_violations_ratio} ({fraction:.0%}; allowed {thresholds.max_violating_fraction:.0%})",
+        description=f"{len(violating)} of {len(metrics.table)} units above ISI-violation ratio "
+        f"{thresholds.isi_violations_ratio} ({fraction:.0%}; allowed {thresholds.max_violating_fraction:.0%})",
         metadata={
             "violating_fraction": fraction,
             "violating_units": dg.MetadataValue.json(violating),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from ks_platform.core.names import BACKEND_ENV, LANDING_ENV, STORE_ENV
 from ks_platform.core.sessions import parse_partition_key, session_dir
 from ks_platform.core.store import SessionStore
 
@@ -40,9 +41,9 @@ class PlatformResource(dg.ConfigurableResource):
     @classmethod
     def from_env(cls) -> PlatformResource:
         return cls(
-            store_root=os.environ.get("KS_PLATFORM_STORE", DEFAULT_STORE),
-            landing_roots=os.environ.get("KS_PLATFORM_LANDING", DEFAULT_LANDING),
-            backend=os.environ.get("KS_PLATFORM_BACKEND", "auto"),
+            store_root=os.environ.get(STORE_ENV, DEFAULT_STORE),
+            landing_roots=os.environ.get(LANDING_ENV, DEFAULT_LANDING),
+            backend=os.environ.get(BACKEND_ENV, "auto"),
         )
 
     def roots(self) -> dict[str, Path]:

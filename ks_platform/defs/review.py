@@ -7,8 +7,8 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ks_platform.core import pipeline
 from ks_platform.core.curation import curation_fingerprint
+from ks_platform.core.names import SESSION_GROUP
 from ks_platform.core.phy import validate_phy_folder
-from ks_platform.defs.ingest import GROUP
 from ks_platform.defs.lineage_metadata import lineage_metadata
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.reporting import step_result, user_errors_as_failures
@@ -18,12 +18,13 @@ from ks_platform.defs.sorting import sorted_units
 
 @dg.asset(
     partitions_def=session_partitions,
-    group_name=GROUP,
+    group_name=SESSION_GROUP,
     code_version="1",
     deps=[sorted_units],
     kinds={"phy"},
     owners=["team:ephys"],
-    description="5 · A Phy folder (relocatable params.py pointing at the binary), opened with phylib before it is published.",
+    description="5 · A Phy folder (relocatable params.py pointing at the binary), opened with phylib before it is "
+    "published.",
 )
 def phy_bundle(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     key = context.partition_key

@@ -14,11 +14,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ks_platform.core.errors import PlatformConfigError
+from ks_platform.core.names import INVENTORY_ENV
 
 BACKENDS: tuple[str, ...] = ("cuda", "rocm", "cpu")
 Backend = Literal["cuda", "rocm", "cpu"]
 DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
-INVENTORY_ENV = "KS_PLATFORM_INVENTORY"
 PASS_ENV_DEFAULT = ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST", "DAGSTER_PG_DB", "DAGSTER_PG_PORT")
 
 
@@ -138,7 +138,9 @@ class HostSpec(BaseModel):
             raise ValueError(f"host {self.name!r} has backend {self.backend} but no gpus")
         if self.backend == "rocm" and self.group_ids is None and not self.is_local:
             raise ValueError(
-                f"host {self.name!r} is a remote rocm engine without group_ids: the video/render group ids of that machine are unknown here; set group_ids: [<gid of video>, <gid of render>] (`getent group video render` on {self.name})"
+                f"host {self.name!r} is a remote rocm engine without group_ids: the video/render group ids of that "
+                "machine are unknown here; set group_ids: [<gid of video>, <gid of render>] (`getent group video "
+                f"render` on {self.name})"
             )
         if self.tls is not None and not self.docker_url.startswith("tcp://"):
             raise ValueError(f"host {self.name!r} has tls settings but docker_url {self.docker_url} is not tcp://")

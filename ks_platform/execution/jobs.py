@@ -1,20 +1,16 @@
-"""Reconstructable jobs that run their steps in containers (``execute_job(reconstructable(...))``).
+"""Smoke-test jobs that run their steps in containers (``execute_job(reconstructable(...))``).
 
-They live in the installed package so the same module path resolves inside the step images.
+They live in the installed package so the same module path resolves inside the step images. ``sort_session`` with
+this executor is ``ks_platform.definitions.sort_session_in_containers`` (the execution layer does not import the
+code location).
 """
 
 import json
 
 import dagster as dg
 
+from ks_platform.core.names import BACKEND_ENV, BATCH_SIZE_ENV, IMAGE_DIGEST_ENV, IMAGE_ENV, NEEDS_TAG
 from ks_platform.execution.docker_executor import placing_docker_executor
-
-
-def sort_session_in_containers() -> dg.JobDefinition:
-    """``sort_session`` with the placing Docker executor; platform paths from ``KS_PLATFORM_*`` env."""
-    from ks_platform.definitions import build_definitions
-
-    return build_definitions(executor=placing_docker_executor).resolve_job_def("sort_session")
 
 
 @dg.op(
@@ -27,17 +23,15 @@ def sort_session_in_containers() -> dg.JobDefinition:
             description="fault drill: end the step process with code 0 before it reports, as if its events were lost",
         ),
     },
-    description="Reports where it ran (host, backend, image digest, planned batch size); holds its slot for hold_seconds.",
+    description="Reports where it ran (host, backend, image digest, planned batch size); holds its slot for "
+    "hold_seconds.",
 )
 def report_placement(context: dg.OpExecutionContext) -> None:
     import os
     import socket
     import time
 
-    seen = {
-        name: os.environ.get(name)
-        for name in ("KS_PLATFORM_BACKEND", "KS_PLATFORM_IMAGE", "KS_PLATFORM_IMAGE_DIGEST", "KS_PLATFORM_BATCH_SIZE")
-    }
+    seen = {name: os.environ.get(name) for name in (BACKEND_ENV, IMAGE_ENV, IMAGE_DIGEST_ENV, BATCH_SIZE_ENV)}
     seen["hostname"] = socket.gethostname()
     seen["uid"] = str(os.getuid())
     time.sleep(context.op_config["hold_seconds"])
@@ -59,7 +53,7 @@ def placement_smoke() -> dg.JobDefinition:
 
 
 @dg.op(
-    tags={"ks_platform/needs": "gpu"},
+    tags={NEEDS_TAG: "gpu"},
     retry_policy=dg.RetryPolicy(max_retries=1),
     description="Like report_placement, but placed like the sorting step (needs a GPU when the inventory has one).",
 )
@@ -69,10 +63,7 @@ def report_gpu_placement(context: dg.OpExecutionContext) -> None:
     context.log.info(
         "placement "
         + json.dumps(
-            {
-                name: os.environ.get(name)
-                for name in ("KS_PLATFORM_BACKEND", "KS_PLATFORM_BATCH_SIZE", "KS_PLATFORM_IMAGE_DIGEST")
-            },
+            {name: os.environ.get(name) for name in (BACKEND_ENV, BATCH_SIZE_ENV, IMAGE_DIGEST_ENV)},
             sort_keys=True,
         )
     )

@@ -6,8 +6,7 @@ kind of node and how many GPUs: each inventory host stands for a node pool (``no
 ``amd.com/gpu``), and its smallest GPU sets the planned batch size. Storage (the store read-write, the landing
 roots read-only, at the inventory's paths) is declared once in a deployment file; the Helm values generated from it
 give it to the code location, which passes it to every run and step pod (``includeConfigInLaunchedRuns``).
-Per-step configs replace the defaults key by key (dagster-k8s ``merge_behavior: SHALLOW``), so a pod never carries two
-values of one variable. Plain Python, no Dagster import.
+Per-step configs replace the defaults key by key (``merge_behavior: SHALLOW``). Plain Python, no Dagster import.
 """
 
 from __future__ import annotations
@@ -21,14 +20,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ks_platform.core.hardware import recommended_batch_size
+from ks_platform.core.names import BACKEND_ENV, BATCH_SIZE_ENV, KUBERNETES_ENV, LANDING_ENV, NEEDS_TAG, STORE_ENV
 from ks_platform.execution.inventory import HostSpec, Inventory, InventoryError, load_inventory
 from ks_platform.execution.placement import (
-    BACKEND_ENV,
-    BATCH_SIZE_ENV,
     CONSERVATIVE_CHANNELS,
     MIB,
     NEEDS_GPU,
-    NEEDS_TAG,
     PlacementError,
     gpu_memory_needed_bytes,
 )
@@ -37,8 +34,6 @@ K8S_CONFIG_TAG = "dagster-k8s/config"
 GPU_RESOURCE = {"cuda": "nvidia.com/gpu", "rocm": "amd.com/gpu"}
 #: CPU steps: enough for conversion and Phy export of one session (override per deployment in the inventory env).
 CPU_REQUESTS = {"cpu": "1", "memory": "4Gi"}
-#: Environment variable naming a deployment file (deploy/kubernetes.example.yaml): steps then run as Kubernetes Jobs.
-KUBERNETES_ENV = "KS_PLATFORM_KUBERNETES"
 
 
 class VolumeSource(BaseModel):
@@ -170,7 +165,7 @@ def k8s_step_config(
     pool = gpu_node_pool(inventory, n_channels) if needs_gpu else None
     env = dict(inventory.env)
     if storage is not None:  # standalone pods; under the Helm values the code location's context brings these
-        env.update({"KS_PLATFORM_STORE": inventory.store, "KS_PLATFORM_LANDING": inventory.landing_spec()})
+        env.update({STORE_ENV: inventory.store, LANDING_ENV: inventory.landing_spec()})
     if pool is None:
         cpu_pools = [host for host in inventory.hosts if not host.is_gpu_host] or inventory.hosts
         host = cpu_pools[0]
@@ -236,6 +231,11 @@ def _camel_volume(volume: dict[str, Any]) -> dict[str, Any]:
     return {"name": volume["name"], "hostPath": dict(volume["host_path"])}
 
 
+#: Days a sensor/schedule tick is kept, per tick status: the same as ``retention:`` in dagster.yaml and
+#: deploy/dagster.postgres.yaml (most landing-sensor ticks are "skipped": kept one day).
+TICK_RETENTION_DAYS = {"skipped": 1, "success": 30, "failure": 90, "started": 30}
+
+
 def helm_values(
     deployment: KubernetesDeployment, deployment_file: str, image_repository: str, image_tag: str = "cpu"
 ) -> dict[str, Any]:
@@ -254,8 +254,8 @@ def helm_values(
     volumes.append({"name": "ks-platform-deployment", "configMap": {"name": "ks-platform-deployment"}})
     mounts.append({"name": "ks-platform-deployment", "mountPath": DEPLOYMENT_MOUNT, "readOnly": True})
     env = {
-        "KS_PLATFORM_STORE": inventory.store,
-        "KS_PLATFORM_LANDING": inventory.landing_spec(),
+        STORE_ENV: inventory.store,
+        LANDING_ENV: inventory.landing_spec(),
         KUBERNETES_ENV: f"{DEPLOYMENT_MOUNT}/{Path(deployment_file).name}",
     }
     code_location = {
@@ -281,6 +281,11 @@ def helm_values(
                 "type": "QueuedRunCoordinator",
                 "config": {"queuedRunCoordinator": {"maxConcurrentRuns": 8}},
             }
+        },
+        "retention": {
+            "enabled": True,
+            "sensor": {"purgeAfterDays": dict(TICK_RETENTION_DAYS)},
+            "schedule": {"purgeAfterDays": dict(TICK_RETENTION_DAYS)},
         },
     }
 

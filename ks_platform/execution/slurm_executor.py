@@ -7,12 +7,9 @@ Why not submitit / dagster-slurm / Pipes: docs/decisions.md. The job runs the pl
 shared filesystem (``python``), or the backend image through Apptainer (``apptainer_image``); the step records
 the job id, node, partition, GRES and environment hash in the lineage (:mod:`ks_platform.core.lineage`).
 
-A job that ends FAILED, TIMEOUT, PREEMPTED, OUT_OF_MEMORY, NODE_FAIL or CANCELLED (by someone else) fails its step;
-the op's retry policy then applies. A job killed outright (SIGKILL, node lost) fails through the health check with
-SLURM's state, reason and exit code in the failure message. When SLURM ends a job with SIGTERM (time limit,
-preemption, scancel), Dagster's own interrupt handling in the step reports the failure first
-(``DagsterExecutionInterruptedError``), so SLURM's state and reason follow as an engine event on the step. Jobs are
-submitted ``--no-requeue``, so SLURM never reruns a step without Dagster. Terminating the run scancels its jobs.
+A job that ends in any final state but COMPLETED fails its step (the op's retry policy then applies); how each
+ending is reported: docs/decisions.md, "SLURM: how a job's end reaches the step". Jobs are submitted
+``--no-requeue``; terminating the run scancels its jobs.
 """
 
 from __future__ import annotations
@@ -45,23 +42,30 @@ from pydantic import Field as PydanticField
 
 from ks_platform.core.errors import PlatformConfigError
 from ks_platform.core.hardware import recommended_batch_size
-from ks_platform.core.lineage import ENVIRONMENT_KIND_ENV, IMAGE_DIGEST_ENV, IMAGE_ENV, REQUESTED_GRES_ENV
-from ks_platform.core.pipeline import PROBE_MANIFEST
-from ks_platform.core.store import SessionStore, read_json
-from ks_platform.execution.placement import (
+from ks_platform.core.names import (
     BACKEND_ENV,
     BATCH_SIZE_ENV,
+    ENVIRONMENT_KIND_ENV,
+    EXECUTOR_ENV,
+    IMAGE_DIGEST_ENV,
+    IMAGE_ENV,
+    NEEDS_TAG,
+    PARTITION_TAG,
+    PROBE_MANIFEST,
+    REQUESTED_GRES_ENV,
+    SLURM_EXECUTOR_NAME,
+    SLURM_SETTINGS_ENV,
+    STORE_ENV,
+)
+from ks_platform.core.store import SessionStore, read_json
+from ks_platform.execution.placement import (
     CONSERVATIVE_CHANNELS,
     MIB,
     NEEDS_GPU,
-    NEEDS_TAG,
     gpu_memory_needed_bytes,
 )
 from ks_platform.execution.step_executor import FinishingStepExecutor, require_shared_storage
 
-SLURM_SETTINGS_ENV = "KS_PLATFORM_SLURM"
-EXECUTOR_NAME = "ks_platform_slurm"
-PARTITION_TAG = "dagster/partition"
 #: SLURM states in which the job may still run (or start) — everything else is final.
 ACTIVE_STATES = frozenset(
     {
@@ -127,7 +131,7 @@ class SlurmSettings(BaseModel):
     failure_grace_seconds: float = PydanticField(default=10.0, ge=0)
 
     def store_root(self) -> str:
-        return self.store or os.environ.get("KS_PLATFORM_STORE", "data/store")
+        return self.store or os.environ.get(STORE_ENV, "data/store")
 
     def job_dir(self) -> Path:
         return Path(self.workdir or os.path.join(self.store_root(), ".slurm")).absolute()
@@ -392,7 +396,7 @@ class SlurmStepHandler(StepHandler):
                 **job.request.env,
                 "DAGSTER_RUN_JOB_NAME": run.job_name,
                 "DAGSTER_RUN_STEP_KEY": step_key,
-                "KS_PLATFORM_EXECUTOR": EXECUTOR_NAME,
+                EXECUTOR_ENV: SLURM_EXECUTOR_NAME,
             }
             own.update({item["name"]: item["value"] for item in ctx.execute_step_args.get_command_env()})
             if settings.apptainer_image:
@@ -529,7 +533,7 @@ class SlurmExecutor(FinishingStepExecutor):
 
 
 @dg.executor(
-    name=EXECUTOR_NAME,
+    name=SLURM_EXECUTOR_NAME,
     config_schema={
         "settings_file": Field(
             StringSource, is_required=False, description=f"YAML with a slurm: section (default: ${SLURM_SETTINGS_ENV})."

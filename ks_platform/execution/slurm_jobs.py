@@ -1,21 +1,18 @@
-"""Reconstructable jobs whose steps run as SLURM batch jobs (``execute_job(reconstructable(...))``)."""
+"""Smoke-test jobs whose steps run as SLURM batch jobs (``execute_job(reconstructable(...))``).
+
+``sort_session`` with this executor is ``ks_platform.definitions.sort_session_on_slurm``.
+"""
 
 import json
 
 import dagster as dg
 
+from ks_platform.core.names import BACKEND_ENV, BATCH_SIZE_ENV, NEEDS_TAG
 from ks_platform.execution.slurm_executor import slurm_executor
 
 
-def sort_session_on_slurm() -> dg.JobDefinition:
-    """``sort_session`` with the SLURM executor; platform paths from ``KS_PLATFORM_*`` env."""
-    from ks_platform.definitions import build_definitions
-
-    return build_definitions(executor=slurm_executor).resolve_job_def("sort_session")
-
-
 @dg.op(
-    tags={"ks_platform/needs": "gpu"},
+    tags={NEEDS_TAG: "gpu"},
     retry_policy=dg.RetryPolicy(max_retries=1),
     config_schema={
         "hold_seconds": dg.Field(float, default_value=0.0),
@@ -32,8 +29,7 @@ def report_slurm_job(context: dg.OpExecutionContext) -> None:
     from ks_platform.core.lineage import slurm_job
 
     seen = {
-        name: os.environ.get(name)
-        for name in ("KS_PLATFORM_BACKEND", "KS_PLATFORM_BATCH_SIZE", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES")
+        name: os.environ.get(name) for name in (BACKEND_ENV, BATCH_SIZE_ENV, "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES")
     }
     seen.update(slurm_job())
     seen["environment_names"] = sorted(os.environ)

@@ -8,9 +8,9 @@ import numpy as np
 import xxhash
 
 from ks_platform.cli import main
-from ks_platform.core.formats.writers import write_nwb_session
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 from ks_platform_tests.formats import synthetic as syn
+from ks_platform_tests.writers import write_nwb_session
 
 
 def _xxh3(path) -> str:

@@ -12,8 +12,8 @@ import pytest
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import nwb
-from ks_platform.core.formats.writers import write_nwb_session
 from ks_platform_tests.formats import synthetic as syn
+from ks_platform_tests.writers import write_nwb_session
 
 N_SAMPLES = 45000  # 1.5 s keeps pynwb writes quick
 

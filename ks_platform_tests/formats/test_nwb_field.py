@@ -374,7 +374,8 @@ def test_float_with_a_glitch_beyond_any_usable_step_is_refused_with_a_count(tmp_
     )
     with pytest.raises(
         SessionInputError,
-        match=rf"rec\.nwb.*ElectricalSeries 'ElectricalSeries': 3 of {N_SAMPLES * N_CHANNELS} samples exceed .* channel 4",
+        match=rf"rec\.nwb.*ElectricalSeries 'ElectricalSeries': 3 of {N_SAMPLES * N_CHANNELS} samples exceed .* "
+        r"channel 4",
     ):
         nwb.open_recording(file.parent)
 

@@ -11,8 +11,8 @@ import pytest
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import openephys
-from ks_platform.core.formats.writers import write_openephys_session
 from ks_platform_tests.formats import synthetic as syn
+from ks_platform_tests.writers import write_openephys_session
 
 
 @pytest.fixture(scope="module")

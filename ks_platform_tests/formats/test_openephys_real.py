@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from ks_platform.core.formats import openephys
-from ks_platform.core.formats.writers import openephys_channels, openephys_stream_entry, write_openephys_recording
+from ks_platform_tests.writers import openephys_channels, openephys_stream_entry, write_openephys_recording
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "openephys"
 #: Source processors (their streams are what Record Nodes record).

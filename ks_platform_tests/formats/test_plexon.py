@@ -10,8 +10,8 @@ import pytest
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import plexon
-from ks_platform.core.formats.writers import PLEXON_UV_PER_BIT, write_plexon_session
 from ks_platform_tests.formats import synthetic as syn
+from ks_platform_tests.writers import PLEXON_UV_PER_BIT, write_plexon_session
 
 #: A whole number of 4096-sample blocks (~3 s): neo 0.14's PlexonRawIO mis-indexes a shorter last block.
 N_SAMPLES = 22 * 4096

@@ -66,7 +66,7 @@ def test_spikeglx_np2_geometry_and_shanks_from_the_imro_table(tmp_path, four_sha
     store = SessionStore(tmp_path / "store", f"{syn.DATE}__rig1__np2__imec0")
     pipeline.observe_raw_recording(session, store)
     out = pipeline.build_probe_map(session, store)
-    ks_probe, manifest = pipeline.load_probe_map(store)
+    ks_probe, manifest = probes.load_probe_map(store)
     assert ks_probe["n_chan"] == 32 and ks_probe["chanMap"].tolist() == list(
         range(32)
     )  # binary rows 0..31, sync row 32 unused
@@ -241,7 +241,7 @@ def test_two_shank_ids_reach_kilosort_and_the_phy_bundle(tmp_path, capsys):
     from spikeinterface.core import generate_ground_truth_recording
 
     from ks_platform.cli import main
-    from ks_platform.core.formats.writers import write_openephys_session
+    from ks_platform_tests.writers import write_openephys_session
 
     layout = pi.Probe(ndim=2, si_units="um")
     layout.set_contacts(positions=syn.positions(), shapes="circle", shape_params={"radius": 6})

@@ -83,8 +83,10 @@ def detect_format(session_dir: Path) -> ModuleType:
             data = orphans[0]
             raise SessionInputError(
                 data,
-                f"the data file has no sidecar {data.with_suffix('.json').name} (or belongs to no known format: {known})",
-                f"add {data.with_suffix('.json').name} with sampling_frequency, n_channels and dtype, or the format's own header/meta files",
+                f"the data file has no sidecar {data.with_suffix('.json').name} (or belongs to no known format: "
+                f"{known})",
+                f"add {data.with_suffix('.json').name} with sampling_frequency, n_channels and dtype, or the format's "
+                "own header/meta files",
             )
         raise SessionInputError(
             session_dir,

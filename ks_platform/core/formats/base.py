@@ -199,7 +199,8 @@ class InterleavedFile:
                     got = os.readv(fd, [view[done:]])
             if got == 0:
                 raise OSError(
-                    f"{self.path} ended {view.nbytes - done} bytes early at byte {offset + done} (was it truncated while being read?)"
+                    f"{self.path} ended {view.nbytes - done} bytes early at byte {offset + done} (was it truncated "
+                    "while being read?)"
                 )
             done += got
         self._prefetch(fd, stop, n)

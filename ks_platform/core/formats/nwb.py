@@ -155,7 +155,8 @@ def _zarr_io_class(path: Path) -> type:
         raise SessionInputError(
             path,
             "Zarr-backed NWB is not supported here (the hdmf-zarr package is not installed)",
-            "convert it to HDF5 NWB (e.g. hdmf_zarr's NWBZarrIO(...).export to an NWBHDF5IO, or neuroconv with backend='hdf5'), or install hdmf-zarr",
+            "convert it to HDF5 NWB (e.g. hdmf_zarr's NWBZarrIO(...).export to an NWBHDF5IO, or neuroconv with "
+            "backend='hdf5'), or install hdmf-zarr",
         ) from None
     return NWBZarrIO
 
@@ -200,7 +201,8 @@ def _file_series(path: Path, label: Callable[[str], str], alone: bool) -> tuple[
             rate, _ = _rate(series, path)
             if rate < MIN_SPIKE_BAND_RATE:
                 skipped.append(
-                    f"{label(name)}: sampled at {rate:g} Hz (< {MIN_SPIKE_BAND_RATE:g} Hz: LFP or a downsampled band), not sorted"
+                    f"{label(name)}: sampled at {rate:g} Hz (< {MIN_SPIKE_BAND_RATE:g} Hz: LFP or a downsampled band), "
+                    "not sorted"
                 )
             else:
                 sortable.append(name)
@@ -365,7 +367,8 @@ def _channel_conversion(series, n_channels: int, path: Path, where: str) -> np.n
     if bad.size:
         raise SessionInputError(
             path,
-            f"{where} has channel_conversion[{int(bad[0])}] = {values[bad[0]]:g} (must be finite and non-zero; {bad.size} such channels)",
+            f"{where} has channel_conversion[{int(bad[0])}] = {values[bad[0]]:g} (must be finite and non-zero; "
+            f"{bad.size} such channels)",
             "re-export the file with each channel's gain",
         )
     return values
@@ -517,7 +520,8 @@ def _catalogue_probe(rows, groups) -> tuple[Probe | None, str]:
     if column is None:
         return (
             None,
-            f"device {part} is in probeinterface's catalogue but no {'/'.join(_CONTACT_ID_COLUMNS)} column says which contacts were recorded",
+            f"device {part} is in probeinterface's catalogue but no {'/'.join(_CONTACT_ID_COLUMNS)} column says which "
+            "contacts were recorded",
         )
     from probeinterface.neuropixels_tools import build_neuropixels_probe
 
@@ -694,7 +698,8 @@ def _scaling_reader(blocks: _Blocks, scale: np.ndarray, shift: float, uv_per_bit
                 channel = int(np.flatnonzero(~np.isfinite(source[bad].astype(np.float64)))[0])
                 raise SessionInputError(
                     series.data_file,
-                    f"NaN or inf sample at sample {start + bad}, channel {channel} of the ElectricalSeries {series.name!r}",
+                    f"NaN or inf sample at sample {start + bad}, channel {channel} of the ElectricalSeries "
+                    f"{series.name!r}",
                     "repair or re-export the recording without NaN/inf",
                 )
             _refuse_clipped(series, source, out, np.asarray(scale, dtype=np.float64), shift, start, uv_per_bit)
@@ -716,9 +721,12 @@ def _refuse_clipped(
     if clipped.size:
         first = clipped[0]
         raise series.error(
-            f"{clipped.size} samples in samples {start}:{start + len(out)} exceed ±{INT16_LIMIT * uv_per_bit / 1000:g} mV, the int16 range at "
-            f"{uv_per_bit:g} µV/bit chosen from a scan of part of the series (first at sample {start + int(rows[first])}, channel {int(channels[first])}): they would clip",
-            "check conversion/channel_conversion/unit (volts expected), or re-export the traces as int16 with their conversion",
+            f"{clipped.size} samples in samples {start}:{start + len(out)} exceed ±{INT16_LIMIT * uv_per_bit / 1000:g} "
+            "mV, the int16 range at "
+            f"{uv_per_bit:g} µV/bit chosen from a scan of part of the series (first at sample "
+            f"{start + int(rows[first])}, channel {int(channels[first])}): they would clip",
+            "check conversion/channel_conversion/unit (volts expected), or re-export the traces as int16 with their "
+            "conversion",
         )
 
 
@@ -822,8 +830,10 @@ def _step_from_scan(series: _Series, per_channel: np.ndarray, offset_uv: float) 
         seen = "" if scan.covered else f" (in the {scan.scanned_samples * series.n_channels} scanned)"
         raise series.error(
             f"{scan.over} of {total} samples{seen} exceed ±{limit_uv / 1000:g} mV (largest {largest / 1000:g} mV on "
-            f"channel {int(scan.peak_uv.argmax())}): they would clip in int16 at the coarsest usable step ({MAX_UV_PER_BIT:g} µV/bit)",
-            "check conversion/channel_conversion/unit (volts expected) and re-export the file with the acquisition system's scaling",
+            f"channel {int(scan.peak_uv.argmax())}): they would clip in int16 at the coarsest usable step "
+            f"({MAX_UV_PER_BIT:g} µV/bit)",
+            "check conversion/channel_conversion/unit (volts expected) and re-export the file with the acquisition "
+            "system's scaling",
         )
     wanted = largest * (1.0 if scan.covered else SCAN_HEADROOM)
     if wanted / FLOAT_UV_PER_BIT <= INT16_LIMIT + 0.4:

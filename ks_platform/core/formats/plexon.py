@@ -171,7 +171,8 @@ def read_file_header(path: Path) -> dict[str, object]:
     if magic != MAGIC:
         raise SessionInputError(
             path,
-            f"bad PLX magic number 0x{magic:08X} (expected 0x{MAGIC:08X}): the file header is corrupt or this is not a .plx file",
+            f"bad PLX magic number 0x{magic:08X} (expected 0x{MAGIC:08X}): the file header is corrupt or this is not a "
+            ".plx file",
             "copy the .plx again from the rig; PL2 files must be exported to .plx first",
         )
     version = int(header["Version"])
@@ -198,7 +199,8 @@ def read_file_header(path: Path) -> dict[str, object]:
     if data_start > size:
         raise SessionInputError(
             path,
-            f"the header declares {counts} channel headers ({data_start} bytes) but the file has only {size} bytes: corrupt header or truncated copy",
+            f"the header declares {counts} channel headers ({data_start} bytes) but the file has only {size} bytes: "
+            "corrupt header or truncated copy",
             "copy the .plx again completely from the rig",
         )
     if int(header["ADFrequency"]) <= 0:
@@ -309,7 +311,8 @@ def scan_blocks(
                 at = pos + int(starts[bad[0]])
                 raise SessionInputError(
                     path,
-                    f"corrupt data block at byte {at} (block type {int(types[bad[0]])}; expected 1, 4 or 5): the header's channel counts disagree with the data, or the file is damaged",
+                    f"corrupt data block at byte {at} (block type {int(types[bad[0]])}; expected 1, 4 or 5): the "
+                    "header's channel counts disagree with the data, or the file is damaged",
                     "copy the .plx again from the rig",
                 )
             continuous = types == CONTINUOUS_BLOCK
@@ -318,7 +321,8 @@ def scan_blocks(
                 at = pos + int(starts[np.flatnonzero(unknown)[0]])
                 raise SessionInputError(
                     path,
-                    f"continuous data block at byte {at} belongs to channel {int(headers[unknown][0, 4])}, which has no slow-channel header: corrupt header or data",
+                    f"continuous data block at byte {at} belongs to channel {int(headers[unknown][0, 4])}, which has "
+                    "no slow-channel header: corrupt header or data",
                     "copy the .plx again from the rig",
                 )
             keep = continuous & wanted_lookup[headers[:, 4]]
@@ -446,7 +450,8 @@ def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSour
     if len(set(totals.values())) != 1:
         raise SessionInputError(
             path,
-            f"the wideband channels hold different numbers of samples ({min(totals.values())}..{max(totals.values())}): truncated copy or damaged file",
+            "the wideband channels hold different numbers of samples "
+            f"({min(totals.values())}..{max(totals.values())}): truncated copy or damaged file",
             "copy the .plx again completely from the rig",
         )
     rates = {int(slow[i]["ADFreq"]) for i in sorting}
@@ -479,9 +484,15 @@ def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSour
     version = int(header["Version"])
     first = slow[sorting[0]]
     if version >= 103:
-        formula = f"SlowMaxMagnitudeMV {header['SlowMaxMagnitudeMV']} / (0.5 x 2^{header['BitsPerSlowSample']} x Gain {int(first['Gain'])} x PreAmpGain {int(first['PreAmpGain'])})"
+        formula = (
+            f"SlowMaxMagnitudeMV {header['SlowMaxMagnitudeMV']} / (0.5 x 2^{header['BitsPerSlowSample']} x Gain "
+            f"{int(first['Gain'])} x PreAmpGain {int(first['PreAmpGain'])})"
+        )
     else:
-        formula = f"5000 mV / (2048 x Gain {int(first['Gain'])} x PreAmpGain {int(first['PreAmpGain']) if version >= 102 else 1000})"
+        formula = (
+            f"5000 mV / (2048 x Gain {int(first['Gain'])} x PreAmpGain "
+            f"{int(first['PreAmpGain']) if version >= 102 else 1000})"
+        )
     note = f"PLX v{version} slow-channel header: {formula} = {uv_per_bit:.6g} µV/bit"
     if gaps:
         note += f"; {gaps} recording pause(s) in the continuous data are concatenated"
