@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -18,11 +19,12 @@ from dagster._core.execution.backfill import BulkActionStatus
 from ks_platform.cli import build_parser
 from ks_platform.cli.backfill_command import run_backfill
 from ks_platform.core.discovery import session_keys_in_date_range
+from ks_platform.core.names import ONLY_STALE_TAG, RECORDING_DATES_TAG, SESSIONS_PARTITIONS_NAME
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 from ks_platform.definitions import ALL_ASSETS, build_definitions
-from ks_platform.defs import backfills
-from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
 from ks_platform.defs.resources import PlatformResource
+from ks_platform.operations import backfill as backfills
+from ks_platform.operations.sessions import register_sessions
 
 SESSION_ASSETS = ["phy_bundle", "probe_map", "raw_recording", "recording_binary", "sorted_units", "unit_metrics"]
 
@@ -64,31 +66,27 @@ def test_cli_launches_one_backfill_for_exactly_the_sessions_in_range(dated_landi
     landing, platform = dated_landing
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(
-            SESSIONS_PARTITIONS_NAME, ["2026-03-05__rig2__gone_g0__imec0"]
-        )  # registered earlier, folder since removed
+            SESSIONS_PARTITIONS_NAME, ["2026-03-05__rig2__handmade_g0__imec0"]
+        )  # added by hand: unknown to the landing catalog, so left alone and never selected
         assert run_backfill(cli("--start", "2026-03-01", "--end", "2026-03-15"), instance, platform) == 0
         out = capsys.readouterr()
         assert "registered 3 new session(s)" in out.out and "skipped" in out.err and "notes" in out.err
 
         # Registration added the landing sessions in key (= date) order.
         assert instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME) == [
-            "2026-03-05__rig2__gone_g0__imec0",
+            "2026-03-05__rig2__handmade_g0__imec0",
             "2026-03-02__rig1__m1_g0__imec0",
             "2026-03-02__rig1__m2_g0__imec0",
             "2026-03-20__rig1__m3_g0__imec0",
         ]
         [backfill] = instance.get_backfills()
-        expected = [
-            "2026-03-02__rig1__m1_g0__imec0",
-            "2026-03-02__rig1__m2_g0__imec0",
-            "2026-03-05__rig2__gone_g0__imec0",
-        ]
+        expected = ["2026-03-02__rig1__m1_g0__imec0", "2026-03-02__rig1__m2_g0__imec0"]
         assert backfills.backfill_partitions(instance, backfill.backfill_id) == {
             asset: expected for asset in SESSION_ASSETS
         }
         assert backfill.is_asset_backfill and backfill.status == BulkActionStatus.REQUESTED
-        assert backfill.tags[backfills.TAG_RANGE] == "2026-03-01..2026-03-15" and "2026-03-01" in backfill.title
-        assert f"launched backfill {backfill.backfill_id} (3 session(s) × 6 assets)" in out.out
+        assert backfill.tags[RECORDING_DATES_TAG] == "2026-03-01..2026-03-15" and "2026-03-01" in backfill.title
+        assert f"launched backfill {backfill.backfill_id} (2 session(s) × 6 assets)" in out.out
         assert instance.get_runs() == []  # runs are the daemon's job, not the CLI's
 
         # A range with no sessions: a message, no backfill, no failure.
@@ -115,17 +113,28 @@ def test_bad_dates_are_refused_by_the_parser(capsys):
     assert "is not a date; write YYYY-MM-DD" in capsys.readouterr().err
 
 
-def test_only_stale_uses_dagsters_stale_status(sorted_workspace, capsys):
+def test_only_stale_uses_dagsters_stale_status(sorted_workspace, generated_session, tmp_path, capsys):
     """Sorted and unchanged → skipped; registered but never sorted → selected; sort code changed → selected."""
     ws, sorted_key, result = sorted_workspace
     assert result.success
     instance = ws.instance
+    rig9 = tmp_path / "rig9"
+    shutil.copytree(generated_session, rig9 / "never_sorted_g0")
+    make_spikeglx_session(
+        rig9 / "other_day_g0", DemoSessionSpec(duration_s=0.5, n_units=2, recording_date=dt.date(2026, 3, 3))
+    )
+    # The sorted session's landing root plus rig9, with a catalog of their own (the stale status is the instance's).
+    platform = PlatformResource(
+        store_root=str(tmp_path / "store"), landing_roots=f"{ws.platform.landing_roots},rig9={rig9}", backend="cpu"
+    )
     never_sorted = "2026-03-02__rig9__never_sorted_g0__imec0"
-    other_day = "2026-03-03__rig9__other_day_g0__imec0"
-    instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [never_sorted, other_day])
-    graph = build_definitions(ws.platform, sensors=[]).resolve_asset_graph()
+    graph = build_definitions(platform, sensors=[]).resolve_asset_graph()
+    register_sessions(instance, platform.roots(), Path(platform.store_root))
 
-    selection = backfills.select_backfill(instance, graph, dt.date(2026, 3, 2), dt.date(2026, 3, 2), only_stale=True)
+    store = Path(platform.store_root)
+    selection = backfills.select_backfill(
+        instance, graph, store, dt.date(2026, 3, 2), dt.date(2026, 3, 2), only_stale=True
+    )
     assert selection.in_range == sorted([sorted_key, never_sorted]) and sorted_key.startswith("2026-03-02__")
     assert selection.selected == [never_sorted] and selection.up_to_date == [sorted_key]
 
@@ -141,10 +150,10 @@ def test_only_stale_uses_dagsters_stale_status(sorted_workspace, capsys):
 
     # Through the CLI: only the never-sorted session is backfilled; the up-to-date one is reported as skipped.
     before = {b.backfill_id for b in instance.get_backfills()}
-    assert run_backfill(cli("--start", "2026-03-02", "--end", "2026-03-02", "--only-stale"), instance, ws.platform) == 0
+    assert run_backfill(cli("--start", "2026-03-02", "--end", "2026-03-02", "--only-stale"), instance, platform) == 0
     out = capsys.readouterr().out
     assert "1 session(s) already up to date (skipped)" in out
     [new] = [b for b in instance.get_backfills() if b.backfill_id not in before]
     assert backfills.backfill_partitions(instance, new.backfill_id)["sorted_units"] == [never_sorted]
-    assert new.tags[backfills.TAG_ONLY_STALE] == "true"
+    assert new.tags[ONLY_STALE_TAG] == "true"
     instance.update_backfill(new.with_status(BulkActionStatus.CANCELED))  # the shared instance has no daemon

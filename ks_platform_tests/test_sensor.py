@@ -8,7 +8,6 @@ runs the real sensor daemon iteration for that.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -18,7 +17,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ks_platform.core import discovery
+from ks_platform.core import catalog, discovery
+from ks_platform.core.catalog import Catalog
+from ks_platform.core.names import FINGERPRINT_TAG, MARKER_ENV, NEW_SESSION_SENSOR_NAME, SETTLE_ENV
 from ks_platform.core.readiness import fast_folder_signature, is_partial_copy, scan_folder, session_ready
 from ks_platform.core.sessions import key_name
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
@@ -79,6 +80,12 @@ def tick(
     return result
 
 
+def folder_states(tmp_path: Path) -> dict[str, str]:
+    """``{folder name: state}`` the catalog of the test's store holds for the landing root."""
+    with Catalog(tmp_path / "store") as cat:
+        return {f.name: f.state for f in cat.folders() if f.root == ROOT}
+
+
 @pytest.fixture
 def identify_calls(monkeypatch) -> list[Path]:
     """Folders the sensor opened (``identify_session`` calls), in order."""
@@ -89,7 +96,7 @@ def identify_calls(monkeypatch) -> list[Path]:
         calls.append(Path(folder))
         return real(root_name, root, folder)
 
-    monkeypatch.setattr(sensors, "identify_session", counting)
+    monkeypatch.setattr(catalog, "identify_session", counting)
     return calls
 
 
@@ -193,7 +200,7 @@ def test_sensor_requests_one_run_per_complete_session(
     assert request.run_key == f"{key}:{found.fingerprint}"
     assert request.partition_key == key
     assert request.tags["dagster/partition"] == key
-    assert request.tags[sensors.TAG_FINGERPRINT] == found.fingerprint
+    assert request.tags[FINGERPRINT_TAG] == found.fingerprint
     [add] = result.dynamic_partitions_requests
     assert add.partitions_def_name == SESSIONS_PARTITIONS_NAME and list(add.partition_keys) == [key]
 
@@ -211,8 +218,8 @@ def test_sensor_requests_one_run_per_complete_session(
     assert meta["n_channels"] == SMALL.n_channels + 1 and meta["duration_s"] == pytest.approx(1.0)
     assert meta["size_bytes"] > 0
 
-    cursor = json.loads(result.cursor)
-    assert set(cursor["seen"][ROOT]) == {"mouse1_g0"}  # hidden folders are not candidates
+    assert len(result.cursor) < 100  # the catalog holds the per-folder state, the cursor only a position in it
+    assert folder_states(tmp_path) == {"mouse1_g0": "session"}  # hidden folders are not candidates
     assert [p.name for p in identify_calls] == ["mouse1_g0"]
 
 
@@ -225,7 +232,7 @@ def test_sensor_waits_for_the_settle_time(small_session, landing, tmp_path, dags
     first = tick(sensor, dagster_instance, platform)
     assert first.run_requests == [] and first.dynamic_partitions_requests == [] and first.asset_events == []
     assert "fresh (changed 0 s ago; waiting" in first.skip_reason.skip_message
-    assert json.loads(first.cursor)["seen"] == {}  # not handled: looked at again next tick
+    assert folder_states(tmp_path) == {}  # not handled: looked at again next tick
     assert identify_calls == []
 
     now[0] += 121
@@ -235,7 +242,7 @@ def test_sensor_waits_for_the_settle_time(small_session, landing, tmp_path, dags
 
 def test_sensor_waits_for_the_marker(small_session, landing, tmp_path, dagster_instance, monkeypatch):
     folder = copy_session(small_session, landing, "copying")
-    monkeypatch.setenv(sensors.MARKER_ENV, "COPY_DONE")
+    monkeypatch.setenv(MARKER_ENV, "COPY_DONE")
     sensor = sensors.build_new_session_sensor(settle_seconds=0)  # marker from the environment
     platform = platform_for(landing, tmp_path)
 
@@ -300,10 +307,10 @@ def test_changed_data_gets_a_new_run_key(small_session, landing, tmp_path, dagst
     )
     assert [a.partition for a in second.asset_events] == [key_of("edited")]
 
-    # A change that does not touch the recording (here: only the times) re-examines the folder but keeps the run key.
+    # A change that does not touch the recording (here: only the times) re-examines the folder; nothing to sort.
     os.utime(landing / "edited" / "ground_truth.json")
     third = tick(sensor, dagster_instance, platform, second.cursor)
-    assert [r.run_key for r in third.run_requests] == [after.run_key]
+    assert third.run_requests == [] and third.dynamic_partitions_requests == []
     assert len(identify_calls) == 3
 
 
@@ -327,7 +334,8 @@ def test_malformed_session_is_skipped_with_reason_once(
     assert len(warnings) == 2
     assert "rig1/bad_g0" in warnings[0] and "the SpikeGLX meta file is missing" in warnings[0] and "Fix:" in warnings[0]
     assert "rig1/garbled_g0" in warnings[1] and "thirty-three" in warnings[1]
-    assert {"bad_g0", "garbled_g0"} <= set(json.loads(first.cursor)["seen"][ROOT])  # recorded: not re-logged every tick
+    states = folder_states(tmp_path)  # recorded: not re-logged every tick
+    assert states["bad_g0"] == states["garbled_g0"] == "rejected"
 
     logs.clear()
     second = tick(sensor, dagster_instance, platform, first.cursor, logs=logs)
@@ -361,7 +369,7 @@ def test_unsafe_folder_names_get_derived_keys_and_vanished_roots_do_not_stop_the
     assert "bad-name-h" in derived
     [request] = [r for r in result.run_requests if r.partition_key == derived]
     assert request.tags["ks_platform/session_folder"].endswith("/bad name")
-    assert set(json.loads(result.cursor)["seen"][ROOT]) == {"ok_g0", "bad name", "not_a_session"}
+    assert folder_states(tmp_path) == {"ok_g0": "session", "bad name": "session", "not_a_session": "rejected"}
 
 
 def test_cursor_work_is_proportional_to_what_is_new(small_session, landing, tmp_path, dagster_instance, identify_calls):
@@ -381,22 +389,24 @@ def test_cursor_work_is_proportional_to_what_is_new(small_session, landing, tmp_
     assert [r.partition_key for r in third.run_requests] == [key_of("s5_g0")]
     assert [p.name for p in identify_calls[5:]] == ["s5_g0"]
 
-    shutil.rmtree(landing / "s0_g0")  # removed folders leave the cursor
+    shutil.rmtree(landing / "s0_g0")  # a removed folder retires its partition
     fourth = tick(sensor, dagster_instance, platform, third.cursor)
     assert fourth.run_requests == [] and len(identify_calls) == 6
-    assert "s0_g0" not in json.loads(fourth.cursor)["seen"][ROOT]
+    [delete] = fourth.dynamic_partitions_requests
+    assert isinstance(delete, dg.DeleteDynamicPartitionsRequest) and list(delete.partition_keys) == [key_of("s0_g0")]
+    assert "s0_g0" not in folder_states(tmp_path)
 
 
 def test_configuration_from_environment(monkeypatch):
-    monkeypatch.setenv(sensors.SETTLE_ENV, "not-a-number")
+    monkeypatch.setenv(SETTLE_ENV, "not-a-number")
     with pytest.raises(Exception, match="KS_PLATFORM_SETTLE_SECONDS"):
         sensors.build_new_session_sensor()
-    monkeypatch.setenv(sensors.SETTLE_ENV, "30")
-    monkeypatch.setenv(sensors.MARKER_ENV, ".ready")
+    monkeypatch.setenv(SETTLE_ENV, "30")
+    monkeypatch.setenv(MARKER_ENV, ".ready")
     sensor = sensors.build_new_session_sensor()
     assert "marker file '.ready'" in sensor.description
     assert sensor.minimum_interval_seconds == 60 and sensor.default_status == dg.DefaultSensorStatus.STOPPED
-    monkeypatch.delenv(sensors.MARKER_ENV)
+    monkeypatch.delenv(MARKER_ENV)
     assert "30 s without changes" in sensors.build_new_session_sensor().description
     with pytest.raises(Exception, match="plain file name"):
         sensors.build_new_session_sensor(marker_name="../done")
@@ -407,19 +417,19 @@ def test_sensor_loads_in_the_code_location(landing, tmp_path):
 
     platform = platform_for(landing, tmp_path)
     defs = build_definitions(platform)  # the default sensors are part of the code location
-    sensor = defs.resolve_sensor_def(sensors.SENSOR_NAME)
+    sensor = defs.resolve_sensor_def(NEW_SESSION_SENSOR_NAME)
     assert sensor.job_name == "sort_session"
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED and sensor.minimum_interval_seconds == 60
     assert defs.resolve_sensor_def("daily_rollup_sensor").default_status == dg.DefaultSensorStatus.RUNNING
     import ks_platform.definitions as location
 
     assert {s.name for s in location.defs.sensors} == {
-        sensors.SENSOR_NAME,
+        NEW_SESSION_SENSOR_NAME,
         "daily_rollup_sensor",
     }  # what workspace.yaml loads
     # A caller's own sensor replaces the default one (no duplicate name).
     custom = build_definitions(platform, sensors=[sensors.build_new_session_sensor(settle_seconds=0, marker_name="")])
-    assert [s.name for s in custom.sensors] == [sensors.SENSOR_NAME]
+    assert [s.name for s in custom.sensors] == [NEW_SESSION_SENSOR_NAME]
     assert defs.resolve_job_def("sort_session").partitions_def.name == SESSIONS_PARTITIONS_NAME
 
 
@@ -455,7 +465,7 @@ def test_daemon_applies_requests_and_dedups_run_keys(small_session, landing, tmp
         create_test_daemon_workspace_context(InProcessWorkspaceLoadTarget([origin]), instance) as workspace,
     ):
         [entry] = workspace.create_request_context().get_code_location_entries().values()
-        remote_sensor = entry.code_location.get_repository("__repository__").get_sensor(sensors.SENSOR_NAME)
+        remote_sensor = entry.code_location.get_repository("__repository__").get_sensor(NEW_SESSION_SENSOR_NAME)
 
         def daemon_tick(reset_cursor: bool = False) -> None:
             state = instance.get_instigator_state(remote_sensor.get_remote_origin_id(), remote_sensor.selector_id)
@@ -475,7 +485,7 @@ def test_daemon_applies_requests_and_dedups_run_keys(small_session, landing, tmp
         key = key_of("daemon_g0")
         daemon_tick()
         [run] = instance.get_runs()
-        assert run.tags["dagster/partition"] == key and run.tags["dagster/sensor_name"] == sensors.SENSOR_NAME
+        assert run.tags["dagster/partition"] == key and run.tags["dagster/sensor_name"] == NEW_SESSION_SENSOR_NAME
         assert instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME) == [key]
         [observed] = instance.fetch_observations(dg.AssetKey("raw_recording"), limit=5).records
         assert observed.asset_observation.partition == key

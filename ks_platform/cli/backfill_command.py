@@ -1,8 +1,8 @@
 """``ks-platform backfill --start DATE --end DATE [--only-stale] [--dry-run]``: re-sort the sessions recorded in a date range.
 
-Sessions in the landing roots are registered first; then ONE Dagster asset backfill of the session assets
-(group ``session_pipeline``) is recorded in the instance (``DAGSTER_HOME``) for exactly the sessions dated
-in the range. The running daemon launches its runs; it shows on the UI's Backfills page.
+The landing catalog is refreshed and the partitions synced first (``operations.sessions``); then ONE Dagster
+asset backfill of the session assets is recorded for the active sessions dated in the range (a catalog query;
+retired keys are never selected). The running daemon launches its runs; it shows on the UI's Backfills page.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+from pathlib import Path
 
 
 def _date(text: str) -> dt.date:
@@ -21,11 +22,11 @@ def _date(text: str) -> dt.date:
 
 def run_backfill(args: argparse.Namespace, instance=None, platform=None) -> int:
     """The command; ``instance``/``platform`` default to ``DAGSTER_HOME`` and the ``KS_PLATFORM_*`` environment."""
-    from ks_platform.cli.pipeline_commands import _instance, report_landing_roots, report_rejected
-    from ks_platform.core.discovery import discover
+    from ks_platform.cli.pipeline_commands import _instance, report_landing_roots, report_skipped
     from ks_platform.definitions import build_definitions
-    from ks_platform.defs import backfills
     from ks_platform.defs.resources import PlatformResource
+    from ks_platform.operations import backfill
+    from ks_platform.operations.sessions import register_sessions
 
     if args.end < args.start:
         print(f"--end {args.end} is before --start {args.start}", file=sys.stderr)
@@ -33,20 +34,19 @@ def run_backfill(args: argparse.Namespace, instance=None, platform=None) -> int:
     platform = platform or PlatformResource.from_env()
     instance = instance or _instance()
     asset_graph = build_definitions(platform, sensors=[]).resolve_asset_graph()
+    store_root = Path(platform.store_root)
 
     report_landing_roots(platform)
-    extra: list[str] = []
-    if args.dry_run:  # change nothing: count landing sessions without registering them
-        found, rejected = discover(platform.roots())
-        extra = [s.ref.key for s in found]
-    else:
-        added, rejected = backfills.register_landing_sessions(instance, platform)
-        if added:
-            print(f"registered {len(added)} new session(s) from the landing roots")
-    report_rejected(rejected)
+    # A dry run refreshes only the landing catalog (no partition is added or retired in Dagster).
+    outcome = register_sessions(None if args.dry_run else instance, platform.roots(), store_root)
+    if outcome.added:
+        print(f"registered {len(outcome.added)} new session(s) from the landing roots")
+    for record in outcome.retired:
+        print(f"retired partition {record.key} ({record.cause}: {record.reason})", file=sys.stderr)
+    report_skipped(outcome.skipped)
 
-    selection = backfills.select_backfill(
-        instance, asset_graph, args.start, args.end, only_stale=args.only_stale, extra_keys=extra
+    selection = backfill.select_backfill(
+        instance, asset_graph, store_root, args.start, args.end, only_stale=args.only_stale
     )
     span = f"{args.start} to {args.end}"
     if not selection.in_range:
@@ -63,9 +63,9 @@ def run_backfill(args: argparse.Namespace, instance=None, platform=None) -> int:
     if args.dry_run:
         print("dry run: no backfill launched")
         return 0
-    backfill_id = backfills.launch_session_backfill(instance, asset_graph, selection, only_stale=args.only_stale)
+    backfill_id = backfill.launch_session_backfill(instance, asset_graph, selection, only_stale=args.only_stale)
     print(
-        f"launched backfill {backfill_id} ({len(selection.selected)} session(s) × {len(backfills.session_asset_keys(asset_graph))} assets); the daemon runs it, see the UI's Backfills page"
+        f"launched backfill {backfill_id} ({len(selection.selected)} session(s) × {len(backfill.session_asset_keys(asset_graph))} assets); the daemon runs it, see the UI's Backfills page"
     )
     return 0
 

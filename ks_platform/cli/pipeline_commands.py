@@ -7,7 +7,14 @@ import datetime as dt
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
+    from ks_platform.defs.resources import PlatformResource
 
 
 def _cmd_make_session(args: argparse.Namespace) -> int:
@@ -65,31 +72,30 @@ def report_landing_roots(platform) -> None:
         print(f"warning: {problem}", file=sys.stderr)
 
 
-def report_rejected(rejected) -> None:
-    """Each landing folder that is not a session, with why, then how many (on stderr)."""
-    for item in rejected:
-        print(f"skipped {item.folder}: {item.reason}", file=sys.stderr)
-    if rejected:
+def report_skipped(skipped: Sequence[tuple[Path, str]]) -> None:
+    """Each landing folder that is not a session, ``(folder, reason)``, then how many (on stderr)."""
+    for folder, reason in skipped:
+        print(f"skipped {folder}: {reason}", file=sys.stderr)
+    if skipped:
         print(
-            f"skipped {len(rejected)} landing folder(s) that are not sessions (reasons above); the others go on",
+            f"skipped {len(skipped)} landing folder(s) that are not sessions (reasons above); the others go on",
             file=sys.stderr,
         )
 
 
-def register_sessions(instance, platform) -> list[str]:
-    """Add every valid session under the landing roots as a partition; print rejected folders."""
-    from ks_platform.core.discovery import discover
-    from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
+def register_sessions(instance: DagsterInstance, platform: PlatformResource) -> list[str]:
+    """Sync the partitions with the landing catalog (``operations.sessions``); report skipped and retired ones."""
+    from ks_platform.operations.sessions import register_sessions as sync
 
     report_landing_roots(platform)
-    found, rejected = discover(platform.roots())
-    report_rejected(rejected)
-    keys = sorted(s.ref.key for s in found)
-    existing = set(instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME))
-    new = [k for k in keys if k not in existing]
-    if new:
-        instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, new)
-    return keys
+    outcome = sync(instance, platform.roots(), Path(platform.store_root))
+    if outcome.rebuilt_because:
+        print(f"warning: {outcome.rebuilt_because}", file=sys.stderr)
+    report_skipped(outcome.skipped)
+    for record in outcome.retired:
+        then = f"; now {record.successor}" if record.successor else ""
+        print(f"retired partition {record.key} ({record.cause}: {record.reason}){then}", file=sys.stderr)
+    return outcome.active
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
@@ -161,8 +167,10 @@ def register(sub) -> None:
 
     register_cmd = sub.add_parser(
         "register",
-        help="add every session under the landing roots as a partition",
-        description="Add every session under the landing roots as a partition and print the keys. Folders that are not "
+        help="add every session under the landing roots as a partition, retire vanished ones",
+        description="Add every session under the landing roots as a partition and print the active keys; partitions "
+        "whose folder was deleted, renamed or re-dated are retired (see `ks-platform sessions --retired`). Only new or "
+        "changed folders are read (the landing catalog in the store remembers the others). Folders that are not "
         "valid sessions, and landing roots that cannot be searched, are reported on stderr (file, problem, fix) with "
         "how many were skipped; the other sessions are registered all the same. Exit status: 0 when the roots were "
         "searched (even if folders were skipped), 2 when the platform's configuration is unusable.",

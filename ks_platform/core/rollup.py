@@ -17,8 +17,8 @@ from typing import Any
 import xxhash
 
 from ks_platform.core import curation
+from ks_platform.core.names import SUMMARY_FILE
 from ks_platform.core.sessions import KEY_SEPARATOR, SessionRef
-from ks_platform.core.sorting import SUMMARY_FILE
 from ks_platform.core.store import SessionStore, atomic_file, read_json, write_json_atomic
 
 ROLLUP_JSON = "rollup.json"
@@ -48,6 +48,9 @@ class SessionOutcome:
 class DailyRollup:
     date: dt.date
     sessions: list[SessionOutcome] = field(default_factory=list)
+    #: Partitions of that date retired since (key, cause, reason, successor): their folder was deleted, renamed or
+    #: re-dated, or is no longer a session. Their outputs are kept; they are not counted above.
+    retired: list[dict[str, Any]] = field(default_factory=list)
 
     def _count(self, status: str) -> int:
         return sum(1 for s in self.sessions if s.status == status)
@@ -118,6 +121,7 @@ class DailyRollup:
             "devices": self.devices,
             "sessions": [asdict(s) for s in self.sessions],
             "recording_sessions": self.by_session,
+            "retired": self.retired,
         }
 
     def content_hash(self) -> str:
@@ -217,7 +221,8 @@ def plot_daily_rollup(rollup: DailyRollup, path: Path) -> Path:
             twin.set_ylabel("sorting (min)", color="#e6550d")
             twin.set_ylim(bottom=0)
         ax.set_title(
-            f"{rollup.date}: {rollup.n_sessions} sessions, {rollup.n_sorted} sorted, {rollup.n_failed} failed, {rollup.n_good_units}/{rollup.n_units} good units",
+            f"{rollup.date}: {rollup.n_sessions} sessions, {rollup.n_sorted} sorted, {rollup.n_failed} failed, "
+            f"{rollup.n_good_units}/{rollup.n_units} good units",
             fontsize=8,
         )
         ax.legend(fontsize=7, loc="upper left")

@@ -4,35 +4,40 @@ import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ks_platform.core import pipeline
+from ks_platform.core.catalog import current_session_folder
+from ks_platform.core.names import SESSION_GROUP
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.reporting import ThrottledProgress, step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
 
-GROUP = "session_pipeline"
 #: The observable parameter set of a session (defined with the sorting, ``defs/sorting.py``).
 SESSION_SETTINGS_KEY = dg.AssetKey("session_settings")
 
 
 @dg.asset(
     partitions_def=session_partitions,
-    group_name=GROUP,
+    group_name=SESSION_GROUP,
     code_version="1",
     kinds={"spikeglx", "file"},
     owners=["team:ephys"],
-    description="1 · The session's recording as found in its landing folder: format, size, date, channels, duration and a content fingerprint (nothing is copied).",
+    description="1 · The session's recording as found in its landing folder: format, size, date, channels, duration "
+    "and a content fingerprint (nothing is copied).",
 )
 def raw_recording(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     key = context.partition_key
     with user_errors_as_failures():
-        output = pipeline.observe_raw_recording(platform.session_dir(key), platform.store(key), platform.probe(key))
-        settings_version = pipeline.session_settings_version(platform.session_dir(key), platform.probe(key))
+        store = platform.store(key)  # checks the key grammar first
+        folder = current_session_folder(key, platform.roots(), store.root)  # refuses retired and re-dated keys
+        output = pipeline.observe_raw_recording(folder, store, platform.probe(key))
+        settings_version = pipeline.session_settings_version(folder, platform.probe(key))
     # The parameter set as this run finds it, recorded as an observation of session_settings (defs/sorting.py):
     # the sorting's provenance then names it however the run was launched, and a later edit shows as stale.
     context.log_event(
         dg.AssetObservation(asset_key=SESSION_SETTINGS_KEY, partition=key, tags={DATA_VERSION_TAG: settings_version})
     )
     context.log.info(
-        f"{output.metadata['format']} recording, {output.metadata['duration_s']} s, {output.metadata['n_channels']} channels"
+        f"{output.metadata['format']} recording, {output.metadata['duration_s']} s, {output.metadata['n_channels']} "
+        "channels"
     )
     return step_result(
         output, path_key=None, extra={"session_dir": dg.MetadataValue.path(output.metadata["session_dir"])}
@@ -41,7 +46,7 @@ def raw_recording(context: dg.AssetExecutionContext, platform: PlatformResource)
 
 @dg.asset(
     partitions_def=session_partitions,
-    group_name=GROUP,
+    group_name=SESSION_GROUP,
     code_version="1",
     deps=[raw_recording],
     kinds={"probeinterface"},
@@ -59,12 +64,13 @@ def probe_map(context: dg.AssetExecutionContext, platform: PlatformResource) -> 
 
 @dg.asset(
     partitions_def=session_partitions,
-    group_name=GROUP,
+    group_name=SESSION_GROUP,
     code_version="1",
     deps=[raw_recording],
     kinds={"binary"},
     owners=["team:ephys"],
-    description="3 · The int16 interleaved binary Kilosort reads: converted chunk by chunk, or verified in place (zero-copy), with its xxh3 checksum as data version.",
+    description="3 · The int16 interleaved binary Kilosort reads: converted chunk by chunk, or verified in place "
+    "(zero-copy), with its xxh3 checksum as data version.",
 )
 def recording_binary(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     key = context.partition_key

@@ -1,9 +1,9 @@
-"""One partition per session; keys are ``<date>__<root>__<session>`` (see ``core.sessions``)."""
+"""One partition per probe of a session; keys are ``<date>__<root>__<session>__<probe>`` (see ``core.sessions``)."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-#: Named uniquely for this code location (dagster#29693).
-SESSIONS_PARTITIONS_NAME = "ks_platform_sessions"
+from ks_platform.core.names import SESSIONS_PARTITIONS_NAME
+
 session_partitions = dg.DynamicPartitionsDefinition(name=SESSIONS_PARTITIONS_NAME)

@@ -15,17 +15,21 @@ from pathlib import Path
 
 import dagster as dg
 
+from ks_platform.core.catalog import Catalog
 from ks_platform.core.errors import PlatformConfigError
 from ks_platform.core.figures import png_markdown
+from ks_platform.core.names import (
+    PARTITION_TAG,
+    ROLLUP_GROUP,
+    ROLLUP_JOB_NAME,
+    ROLLUP_SENSOR_NAME,
+    ROLLUP_START_ENV,
+    SESSIONS_PARTITIONS_NAME,
+)
 from ks_platform.core.rollup import build_daily_rollup, keys_for_date, write_daily_rollup
 from ks_platform.core.sessions import SessionRef
-from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
 from ks_platform.defs.resources import PlatformResource
 
-ROLLUP_GROUP = "daily_rollups"
-ROLLUP_JOB_NAME = "daily_rollup_job"
-ROLLUP_SENSOR_NAME = "daily_rollup_sensor"
-ROLLUP_START_ENV = "KS_PLATFORM_ROLLUP_START"
 DEFAULT_ROLLUP_START = "2024-01-01"
 #: Run-status events read per event type and tick.
 EVENTS_PER_TICK = 500
@@ -49,7 +53,7 @@ def latest_failures(instance: dg.DagsterInstance, session_keys: list[str]) -> di
     """``{session key: error}`` for the sessions whose most recent run failed."""
     failures: dict[str, str] = {}
     for key in session_keys:
-        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": key}), limit=1)
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={PARTITION_TAG: key}), limit=1)
         if not runs or runs[0].status != dg.DagsterRunStatus.FAILURE:
             continue
         run = runs[0]
@@ -69,13 +73,20 @@ def latest_failures(instance: dg.DagsterInstance, session_keys: list[str]) -> di
     code_version="1",
     kinds={"matplotlib"},
     owners=["team:ephys"],
-    description="Per recording date: sessions, sorted/failed/pending, units and good units, total recording time, sorting time and devices, with a figure. Refreshed by daily_rollup_sensor when a session of that date finishes a run.",
+    description="Per recording date: sessions, sorted/failed/pending, units and good units, total recording time, "
+    "sorting time and devices, with a figure. Refreshed by daily_rollup_sensor when a session of that date finishes a "
+    "run.",
 )
 def daily_rollup(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     date = dt.date.fromisoformat(context.partition_key)
     store_root = Path(platform.store_root).expanduser().resolve()
     registered = keys_for_date(context.instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME), date)
     rollup = build_daily_rollup(store_root, date, registered, latest_failures(context.instance, registered))
+    with Catalog(store_root) as catalog:
+        rollup.retired.extend(
+            {"key": r.key, "cause": r.cause, "reason": r.reason, "successor": r.successor}
+            for r in catalog.retired_on(date)
+        )
     files = write_daily_rollup(store_root, rollup)
     table = dg.MetadataValue.table(
         records=[
@@ -111,7 +122,8 @@ def daily_rollup(context: dg.AssetExecutionContext, platform: PlatformResource) 
         ),
     )
     context.log.info(
-        f"{date}: {len(rollup.by_session)} sessions, {rollup.n_sessions} probe partitions, {rollup.n_sorted} sorted, {rollup.n_failed} failed, {rollup.n_units} units"
+        f"{date}: {len(rollup.by_session)} sessions, {rollup.n_sessions} probe partitions, {rollup.n_sorted} sorted, "
+        f"{rollup.n_failed} failed, {rollup.n_units} units"
     )
     return dg.MaterializeResult(
         metadata={
@@ -128,6 +140,7 @@ def daily_rollup(context: dg.AssetExecutionContext, platform: PlatformResource) 
             "sorting_time_s": dg.MetadataValue.float(rollup.sorting_seconds),
             "devices": ", ".join(rollup.devices) or "none",
             "per_session": table,
+            "retired": dg.MetadataValue.json(rollup.retired),
             "figure": dg.MetadataValue.md(png_markdown(files.png_path, f"rollup {date}")),
             "path": dg.MetadataValue.path(str(files.json_path)),
         },
@@ -167,7 +180,8 @@ def build_rollup_sensor(
         job_name=ROLLUP_JOB_NAME,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
-        description="Refreshes daily_rollup for a recording date whenever a run of one of that date's sessions succeeds or fails.",
+        description="Refreshes daily_rollup for a recording date whenever a run of one of that date's sessions "
+        "succeeds or fails.",
     )
     def daily_rollup_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         after = _load_after(context.cursor)
@@ -193,7 +207,7 @@ def build_rollup_sensor(
         latest_event_by_date: dict[str, int] = {}
         for record in records:
             run = runs.get(record.event_log_entry.run_id)
-            partition = run.tags.get("dagster/partition") if run else None
+            partition = run.tags.get(PARTITION_TAG) if run else None
             if not partition:
                 continue
             try:
@@ -202,12 +216,13 @@ def build_rollup_sensor(
                 continue
             if date not in valid_dates:
                 context.log.warning(
-                    f"session {partition}: no daily_rollup partition for {date} (partitions start at {daily_partitions.start.date()} and end today); set {ROLLUP_START_ENV} to include it"
+                    f"session {partition}: no daily_rollup partition for {date} (partitions start at "
+                    f"{daily_partitions.start.date()} and end today); set {ROLLUP_START_ENV} to include it"
                 )
                 continue
             latest_event_by_date[date] = max(latest_event_by_date.get(date, 0), record.storage_id)
         requests = [
-            dg.RunRequest(run_key=f"{date}:{storage_id}", partition_key=date, tags={"dagster/partition": date})
+            dg.RunRequest(run_key=f"{date}:{storage_id}", partition_key=date, tags={PARTITION_TAG: date})
             for date, storage_id in sorted(latest_event_by_date.items())
         ]
         return dg.SensorResult(

@@ -1,35 +1,26 @@
-"""Backfills by recording date: pick the registered session partitions dated in a range, launch one asset backfill.
+"""Backfills by recording date: the active session partitions dated in a range (a catalog query), one asset backfill.
 
 Why an *asset* backfill created in-process (``PartitionBackfill.from_asset_partitions`` + ``instance.add_backfill``):
-it is exactly what the webserver's GraphQL ``launchPartitionBackfill`` mutation does server-side (the UI's
-"Launch backfill" button), so the backfill is the same object the UI makes, shows on the Backfills page
-with per-asset partition status, and is executed by the daemon like any other. Doing it here rather than
-over GraphQL means the CLI works without a running webserver (the daemon is needed anyway for the runs).
-``dagster job backfill`` (the public CLI) would need a ``--partitions`` list of every key on the command
-line and submits all runs itself as a legacy job backfill; ``dagster asset backfill`` does not exist in
-1.13. The APIs used are internal to Dagster, so the version is pinned and ``test_backfill.py`` exercises
-them against a real instance.
+it is what the webserver's ``launchPartitionBackfill`` mutation does (the UI's "Launch backfill"), so it shows on
+the Backfills page with per-asset status and the daemon runs it; no webserver is needed. ``dagster job backfill``
+would need every key on the command line and runs a legacy job backfill. These are internal Dagster APIs, so the
+version is pinned and ``test_backfill.py`` exercises them against a real instance.
 
-Stale status comes from Dagster's own ``CachingStaleStatusResolver`` (what the UI shows as "Stale" /
-"Missing"): code version, upstream data versions or an upstream observation (e.g. the sorting parameters)
-changed, or the sort never materialized.
+Stale status is Dagster's own ``CachingStaleStatusResolver`` (what the UI shows as "Stale"/"Missing").
 """
+
+from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 
-from ks_platform.core.discovery import RejectedFolder, discover, session_keys_in_date_range
-from ks_platform.defs.ingest import GROUP
-from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
-from ks_platform.defs.resources import PlatformResource
+from ks_platform.core.catalog import Catalog
+from ks_platform.core.names import ONLY_STALE_TAG, RECORDING_DATES_TAG, SESSION_GROUP, SESSIONS_PARTITIONS_NAME
 from ks_platform.defs.sorting import sorted_units
-
-#: Tags on every backfill (and so on its runs) started here.
-TAG_RANGE = "ks_platform/recording_dates"
-TAG_ONLY_STALE = "ks_platform/only_stale"
 
 
 @dataclass(frozen=True)
@@ -45,26 +36,14 @@ class BackfillSelection:
 
 def session_asset_keys(asset_graph) -> list[dg.AssetKey]:
     """The assets of one session (group ``session_pipeline``), in a stable order."""
-    return sorted(dg.AssetSelection.groups(GROUP).resolve(asset_graph), key=lambda k: k.to_user_string())
-
-
-def register_landing_sessions(
-    instance: dg.DagsterInstance, platform: PlatformResource
-) -> tuple[list[str], list[RejectedFolder]]:
-    """Add every valid session in the landing roots that is not a partition yet (sorted by key, so by date).
-
-    Returns the keys added and the folders that are not sessions (with why).
-    """
-    found, rejected = discover(platform.roots())
-    existing = set(instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME))
-    new = sorted({s.ref.key for s in found} - existing)
-    if new:
-        instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, new)
-    return new, rejected
+    return sorted(dg.AssetSelection.groups(SESSION_GROUP).resolve(asset_graph), key=lambda k: k.to_user_string())
 
 
 def stale_sessions(instance: dg.DagsterInstance, asset_graph, keys: Sequence[str]) -> list[str]:
-    """The sessions whose ``sorted_units`` Dagster reports as MISSING or STALE (unregistered ones count as missing)."""
+    """The sessions whose ``sorted_units`` Dagster reports as MISSING or STALE (unregistered ones count as missing).
+
+    Dagster has no public stale-status API outside the webserver: this is the one place its internals are used.
+    """
     from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
     from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
     from dagster._time import get_current_datetime
@@ -86,15 +65,17 @@ def stale_sessions(instance: dg.DagsterInstance, asset_graph, keys: Sequence[str
 def select_backfill(
     instance: dg.DagsterInstance,
     asset_graph,
+    store_root: Path,
     start: dt.date,
     end: dt.date,
     only_stale: bool = False,
-    extra_keys: Sequence[str] = (),
 ) -> BackfillSelection:
-    """The registered sessions (plus ``extra_keys``) recorded from ``start`` to ``end``; with ``only_stale`` only those whose sort is missing or stale."""
-    in_range = session_keys_in_date_range(
-        [*instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME), *extra_keys], start, end
-    )
+    """The catalog's active sessions recorded from ``start`` to ``end``; with ``only_stale`` only those whose sort
+    is missing or stale. Retired keys are never selected."""
+    if end < start:
+        raise ValueError(f"the end date {end} is before the start date {start}")
+    with Catalog(store_root) as catalog:
+        in_range = catalog.active_keys(start, end)
     if not only_stale:
         return BackfillSelection(start, end, in_range, in_range)
     stale = set(stale_sessions(instance, asset_graph, in_range))
@@ -106,7 +87,10 @@ def select_backfill(
 def launch_session_backfill(
     instance: dg.DagsterInstance, asset_graph, selection: BackfillSelection, only_stale: bool = False
 ) -> str:
-    """One asset backfill of the session assets over ``selection.selected``; returns its id. The daemon runs it."""
+    """One asset backfill of the session assets over ``selection.selected``; returns its id. The daemon runs it.
+
+    Dagster has no public API to record an asset backfill: this is the one place its internals are used.
+    """
     from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
     from dagster._time import get_current_timestamp
@@ -121,7 +105,7 @@ def launch_session_backfill(
         partition_names=list(selection.selected),
         asset_selection=session_asset_keys(asset_graph),
         backfill_timestamp=get_current_timestamp(),
-        tags={TAG_RANGE: dates, TAG_ONLY_STALE: str(only_stale).lower()},
+        tags={RECORDING_DATES_TAG: dates, ONLY_STALE_TAG: str(only_stale).lower()},
         dynamic_partitions_store=instance,
         all_partitions=False,
         title=f"Sessions recorded {selection.start.isoformat()} to {selection.end.isoformat()}"
