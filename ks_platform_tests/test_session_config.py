@@ -16,10 +16,10 @@ from ks_platform.core import pipeline, session_config
 from ks_platform.core.discovery import discover
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import list_probes, open_recording, probe_config
-from ks_platform.core.formats.writers import write_openephys_session
 from ks_platform.core.settings import SESSION_SETTINGS_FILE
 from ks_platform.core.store import SessionStore
 from ks_platform.core.synthetic import GlxProbe, np1_probe, write_spikeglx_run
+from ks_platform_tests.writers import write_openephys_session
 
 
 @pytest.fixture

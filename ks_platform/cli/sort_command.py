@@ -18,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from ks_platform.core.names import BACKEND_ENV, IMAGE_ENV, LINK_ENV
+
 
 def _source(args: argparse.Namespace):
     from ks_platform.core.errors import SessionInputError
@@ -39,6 +41,7 @@ def _source(args: argparse.Namespace):
         "sampling_frequency": args.fs,
         "dtype": args.dtype,
         "uv_per_bit": args.uv_per_bit,
+        "recording_date": args.date,
     }
     meta.update({key: value for key, value in flags.items() if value is not None})
     meta.setdefault("dtype", "int16")
@@ -57,8 +60,6 @@ def _source(args: argparse.Namespace):
 def _relative_link(choice: str) -> bool:
     """``--link``: auto is relative inside an image (its mount paths mean nothing on the host), absolute elsewhere."""
     if choice == "auto":
-        from ks_platform.core.lineage import IMAGE_ENV
-
         return bool(os.environ.get(IMAGE_ENV))
     return choice == "relative"
 
@@ -113,7 +114,8 @@ def _cmd_sort(args: argparse.Namespace) -> int:
         return 2
     meta = sorted_.metadata
     print(
-        f"sorted: {meta['n_units']} units ({meta['n_good_units']} good), {meta['n_spikes']} spikes in {meta['sort_seconds']} s on {meta['lineage']['backend']['backend']}"
+        f"sorted: {meta['n_units']} units ({meta['n_good_units']} good), {meta['n_spikes']} spikes in "
+        f"{meta['sort_seconds']} s on {meta['lineage']['backend']['backend']}"
     )
     print(f"Phy folder: {phy.metadata['path']}\n  open it with: {phy.metadata['open_command']}")
     return 0
@@ -133,19 +135,24 @@ def register(sub) -> None:
     )
     sort.add_argument("--settings", help="Kilosort 4 settings JSON, layered over the session's kilosort4-settings.json")
     sort.add_argument(
-        "--backend", default=os.environ.get("KS_PLATFORM_BACKEND", "auto"), help="auto, cpu, cuda[:N], rocm[:N], mps"
+        "--backend", default=os.environ.get(BACKEND_ENV, "auto"), help="auto, cpu, cuda[:N], rocm[:N], mps"
     )
     sort.add_argument(
         "--n-channels", type=int, help="bare binary: channels in the file (or the same-stem .json sidecar's n_channels)"
     )
     sort.add_argument("--fs", type=float, help="bare binary: sampling rate in Hz (or the sidecar's sampling_frequency)")
     sort.add_argument("--dtype", help="bare binary: sample type (default int16)")
+    sort.add_argument(
+        "--date",
+        help="bare binary: recording date YYYY-MM-DD (or the sidecar's recording_date; else the file's "
+        "modification date, said so in the lineage)",
+    )
     sort.add_argument("--uv-per-bit", type=float, help="bare binary: µV per bit (metadata only; default 1.0)")
     sort.add_argument("--no-zero-copy", action="store_true", help="always write a copy of the binary into --out")
     sort.add_argument(
         "--link",
         choices=("auto", "relative", "absolute"),
-        default=os.environ.get("KS_PLATFORM_LINK", "auto"),
+        default=os.environ.get(LINK_ENV, "auto"),
         help="zero-copy symlink to the raw file: relative (resolves wherever the landing folder and --out keep their "
         "layout, on the host and in a container) or absolute; auto (default): relative inside an image",
     )

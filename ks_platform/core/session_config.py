@@ -8,7 +8,7 @@ probe, or that names a probe the folder does not hold, is an error: nothing foun
 
 ``ks_session.json``::
 
-    {"recording_date": "2026-03-02",            # overrides the date the recording's header gives
+    {"recording_date": "2026-03-02",            # overrides the recording's own date; required when it has none
      "probe_file": "probe.json",                # for formats without geometry; relative to this file
      "kilosort": {"Th_universal": 10},          # Kilosort settings for every probe below this folder
      "probes": {"imec1": {"kilosort": {"batch_size": 30000}, "probe_file": "imec1_probe.json"},
@@ -22,13 +22,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.settings import SESSION_SETTINGS_FILE, validate_overrides
+from ks_platform.core.names import SESSION_SETTINGS_FILE
+from ks_platform.core.settings import validate_overrides
 
 CONFIG_FILE = "ks_session.json"
 CONFIG_NAMES = (CONFIG_FILE, SESSION_SETTINGS_FILE)
@@ -156,11 +158,40 @@ def _date(value: Any, path: Path) -> dt.date:
             path, f"recording_date must be a YYYY-MM-DD string, got {value!r}", 'write "recording_date": "2026-03-02"'
         )
     try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+            raise ValueError(value)
         return dt.date.fromisoformat(value.strip())
     except ValueError:
         raise SessionInputError(
             path, f"recording_date {value!r} is not a YYYY-MM-DD date", 'write "recording_date": "2026-03-02"'
         ) from None
+
+
+def config_recording_date(
+    session_dir: Path, probe_files: tuple[Path, ...] | list[Path], probe: str = ""
+) -> dt.date | None:
+    """The ``recording_date`` the config files applying to ``probe_files`` set (nearest file wins, a ``probes``
+    section for ``probe`` over its file's top level), else None. Readers use it when the recording holds no date."""
+    date = None
+    for path in config_files(session_dir):
+        if not applies_to(path, probe_files):
+            continue
+        payload = _load(path)
+        if "recording_date" in payload:
+            date = _date(payload["recording_date"], path)
+        section = _probe_section(payload, (probe,), path) if probe else None
+        if section is not None and "recording_date" in section:
+            date = _date(section["recording_date"], path)
+    return date
+
+
+def missing_date_error(path: Path, source: str, how: str) -> SessionInputError:
+    """The error for a recording that holds no date: the date is never guessed from a file's modification time."""
+    return SessionInputError(
+        path,
+        f"the recording holds no recording date ({source}); a file's modification time is never used",
+        f'{how}, or set "recording_date": "YYYY-MM-DD" in {CONFIG_FILE} in the session folder',
+    )
 
 
 def _probe_section(payload: Mapping[str, Any], names: tuple[str, ...], path: Path) -> Mapping[str, Any] | None:

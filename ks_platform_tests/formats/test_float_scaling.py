@@ -61,7 +61,13 @@ def test_raw_float_binary_converts_chunk_by_chunk(tmp_path, dtype, channels):
     values = (np.random.default_rng(2).standard_normal((n_samples, n_channels)) * 200).astype(dtype)
     values[5, 7] = 9000.0  # clipped (channel 7 is sorted in every case)
     (tmp_path / "rec.bin").write_bytes(values.tobytes())
-    sidecar = {"sampling_frequency": 30000.0, "n_channels": n_channels, "dtype": dtype, "units": "uV"}
+    sidecar = {
+        "sampling_frequency": 30000.0,
+        "n_channels": n_channels,
+        "dtype": dtype,
+        "units": "uV",
+        "recording_date": "2026-03-02",
+    }
     if channels:
         sidecar["sorting_channels"] = list(channels)
     (tmp_path / "rec.json").write_text(json.dumps(sidecar))
@@ -81,7 +87,8 @@ def test_raw_float_binary_with_nan_names_the_file_and_sample(tmp_path):
     values = np.zeros((50000, 4), np.float32)
     values[43210, 3] = np.nan
     (tmp_path / "rec.bin").write_bytes(values.tobytes())
-    (tmp_path / "rec.json").write_text(json.dumps({"sampling_frequency": 30000.0, "n_channels": 4, "dtype": "float32"}))
+    sidecar = {"sampling_frequency": 30000.0, "n_channels": 4, "dtype": "float32", "recording_date": "2026-03-02"}
+    (tmp_path / "rec.json").write_text(json.dumps(sidecar))
     source = raw_binary.open_recording(tmp_path)
     with pytest.raises(
         SessionInputError, match=r"rec\.bin: NaN or inf sample at sample 43210\. Fix: repair or re-export"

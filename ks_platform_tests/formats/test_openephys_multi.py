@@ -12,7 +12,7 @@ import pytest
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import openephys
-from ks_platform.core.formats.writers import openephys_channels, openephys_stream_entry, write_openephys_recording
+from ks_platform_tests.writers import openephys_channels, openephys_stream_entry, write_openephys_recording
 
 N = 400
 
@@ -94,8 +94,8 @@ def test_two_record_nodes_with_the_same_streams_use_the_lowest(tmp_path):
     listing = openephys.list_probes(tmp_path)
     assert sorted(listing.probes) == ["ProbeA", "ProbeB"]
     assert (
-        "Record Node 103/Neuropix-PXI-100.ProbeA-AP: also recorded by Record Node 101, which is used (the lowest-numbered Record Node with the data)"
-        in listing.skipped
+        "Record Node 103/Neuropix-PXI-100.ProbeA-AP: also recorded by Record Node 101, which is used (the "
+        "lowest-numbered Record Node with the data)" in listing.skipped
     )
     source = openephys.open_recording(tmp_path, "ProbeA")
     assert source.details["record_node"] == "Record Node 101" and source.details["unused_record_nodes"] == [
@@ -170,8 +170,8 @@ def test_recordings_that_differ_are_refused(tmp_path):
 
 def test_experiment_settings_file_is_used(tmp_path):
     """Experiment 2 takes its geometry from settings_2.xml."""
-    from ks_platform.core.formats.writers import write_openephys_session
     from ks_platform_tests.formats import synthetic as syn
+    from ks_platform_tests.writers import write_openephys_session
 
     session = write_openephys_session(tmp_path / "s", syn.traces(N), syn.FS, syn.positions(), syn.DATE, syn.shank_ids())
     node = next(session.rglob("Record Node 101"))
@@ -278,8 +278,8 @@ def test_bad_values_name_the_file_and_key(tmp_path, change, message):
 
 
 def test_bad_electrode_position_names_settings_and_key(tmp_path):
-    from ks_platform.core.formats.writers import write_openephys_session
     from ks_platform_tests.formats import synthetic as syn
+    from ks_platform_tests.writers import write_openephys_session
 
     session = write_openephys_session(tmp_path / "s", syn.traces(N), syn.FS, syn.positions(), syn.DATE, syn.shank_ids())
     settings = next(session.rglob("settings.xml"))
@@ -300,13 +300,19 @@ def test_no_probe_stream_lists_why(tmp_path):
 def test_session_folder_may_be_any_level(tmp_path):
     """A Record Node or recording folder as the session: settings.xml above the session folder is not read."""
     from ks_platform.core import formats
-    from ks_platform.core.formats.writers import write_openephys_session
     from ks_platform_tests.formats import synthetic as syn
+    from ks_platform_tests.writers import write_openephys_session
 
     session = write_openephys_session(tmp_path / "s", syn.traces(N), syn.FS, syn.positions(), syn.DATE, syn.shank_ids())
     node = next(session.rglob("Record Node 101"))
     assert formats.open_recording(node).probe is not None
+    # the dated GUI folder above a recording folder is outside the session: its date must come from ks_session.json
+    with pytest.raises(SessionInputError, match="holds no recording date"):
+        formats.open_recording(node / "experiment1" / "recording1")
+    config = {"recording_date": syn.DATE.isoformat()}
+    (node / "experiment1" / "recording1" / "ks_session.json").write_text(json.dumps(config))
     recording = formats.open_recording(node / "experiment1" / "recording1")
+    assert recording.recording_date == syn.DATE
     assert recording.probe is None and "no settings.xml" in recording.scaling_note
     assert all(node / "experiment1" / "recording1" in p.parents for p in recording.data_files)
 
@@ -315,8 +321,8 @@ def test_session_writer_adds_streams_and_record_nodes(tmp_path):
     """``write_openephys_session`` with an LFP band, an NI-DAQ board and two Record Nodes, read by neo too."""
     from neo.rawio import OpenEphysBinaryRawIO
 
-    from ks_platform.core.formats.writers import write_openephys_session
     from ks_platform_tests.formats import synthetic as syn
+    from ks_platform_tests.writers import write_openephys_session
 
     lfp = openephys_stream_entry(
         "Neuropix-PXI", 100, "ProbeA-LFP", 2500.0, openephys_channels([f"LFP{i}" for i in range(4)], 0.195)
@@ -372,7 +378,8 @@ def test_experiment_and_recordings_match_spikeinterface_blocks_and_segments(tmp_
 def _legacy_settings(*parts: str) -> ET.Element:
     probes = "".join(f'<NP_PROBE probe_part_number="{p}" probe_serial_number="{i}"/>' for i, p in enumerate(parts))
     return ET.fromstring(
-        f'<SETTINGS><INFO><VERSION>0.5.5</VERSION></INFO><SIGNALCHAIN><PROCESSOR name="Sources/Neuropix-PXI" NodeId="100"><EDITOR>{probes}</EDITOR></PROCESSOR></SIGNALCHAIN></SETTINGS>'
+        '<SETTINGS><INFO><VERSION>0.5.5</VERSION></INFO><SIGNALCHAIN><PROCESSOR name="Sources/Neuropix-PXI" '
+        f'NodeId="100"><EDITOR>{probes}</EDITOR></PROCESSOR></SIGNALCHAIN></SETTINGS>'
     )
 
 

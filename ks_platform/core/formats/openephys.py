@@ -57,6 +57,7 @@ from probeinterface import Probe
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats.base import ChunkReader, ProbeListing, RecordingSource, memmap_int16_reader
+from ks_platform.core.session_config import config_recording_date, missing_date_error
 
 FORMAT = "openephys"
 #: Channel-name markers of non-ephys channels (Intan aux/ADC inputs, Neuropixels sync line).
@@ -504,9 +505,10 @@ def _settings_date(root: ET.Element) -> dt.date | None:
 
 
 def _recording_date(
-    root: ET.Element | None, recording_dir: Path, session_dir: Path, data_path: Path
+    root: ET.Element | None, recording_dir: Path, session_dir: Path, data_path: Path, probe: str
 ) -> tuple[dt.date, str]:
-    """Date from settings.xml ``<INFO><DATE>``, else the GUI's ``YYYY-MM-DD_HH-MM-SS`` folder, else file time."""
+    """Date from settings.xml ``<INFO><DATE>``, else the GUI's ``YYYY-MM-DD_HH-MM-SS`` folder, else ks_session.json's
+    ``recording_date``; never a file's modification time."""
     if root is not None and (date := _settings_date(root)) is not None:
         return date, "settings.xml INFO/DATE"
     for folder in (recording_dir, *recording_dir.parents):
@@ -518,7 +520,14 @@ def _recording_date(
                 return dt.date.fromisoformat(match.group(1)), f"folder name {folder.name!r}"
             except ValueError:
                 pass
-    return dt.date.fromtimestamp(data_path.stat().st_mtime), "file modification time"
+    date = config_recording_date(session_dir, [data_path], probe)
+    if date is None:
+        raise missing_date_error(
+            recording_dir / "structure.oebin",
+            "no settings.xml with <INFO><DATE>, no YYYY-MM-DD_hh-mm-ss folder of the Open Ephys GUI",
+            "copy the settings.xml the GUI wrote next to the experiment folders (or keep its dated recording folder)",
+        )
+    return date, "ks_session.json recording_date"
 
 
 def has_lf_band(part_number: str) -> bool:
@@ -757,7 +766,7 @@ def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSour
     if settings is not None and root is not None:
         siblings = [e for e in _load_oebin(first.oebin)["continuous"] if isinstance(e, dict)]
         probe_obj, probe_note, sorting = probe_from_settings(settings, root, first, sorting, siblings)
-    date, date_note = _recording_date(root, first.oebin.parent, session_dir, first.data_path)
+    date, date_note = _recording_date(root, first.oebin.parent, session_dir, first.data_path, name)
     files = (p for s, f in zip(plan.segments, facts) for p in (s.data_path, s.oebin, f.count_file, settings))
     common: dict = {
         "format": FORMAT,

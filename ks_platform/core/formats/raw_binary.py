@@ -1,7 +1,7 @@
 """Plain interleaved binary + JSON sidecar (``name.bin`` + ``name.json``).
 
 Sidecar keys: ``sampling_frequency`` (Hz), ``n_channels``, ``dtype`` (e.g. ``int16``, ``float32``),
-``probe_file`` (relative to the session folder), optional ``recording_date`` (YYYY-MM-DD),
+``probe_file`` (relative to the session folder), ``recording_date`` (YYYY-MM-DD; else ks_session.json must set it),
 ``uv_per_bit`` (int16 sources) or ``units`` (``uV``/``mV``/``V`` for float sources),
 ``sorting_channels`` (list of channel indices; default: those wired in the probe).
 """
@@ -26,6 +26,7 @@ from ks_platform.core.formats.base import (
     parse_recording_date,
     scale_to_int16,
 )
+from ks_platform.core.session_config import config_recording_date, missing_date_error
 
 FORMAT = "raw_binary"
 DATA_SUFFIXES = (".bin", ".dat", ".raw")
@@ -81,11 +82,17 @@ def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSour
     listing = list_probes(session_dir)
     data_path = listing.probes[listing.pick(probe, session_dir)][0]
     sidecar_path = data_path.with_suffix(".json")
-    return describe_binary(data_path, _sidecar(sidecar_path), sidecar_path, session_dir)
+    return describe_binary(data_path, _sidecar(sidecar_path), sidecar_path, session_dir, session=True)
 
 
-def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir: Path) -> RecordingSource:
-    """A raw binary described by sidecar-style ``meta`` (``sidecar_path`` is named in errors)."""
+def describe_binary(
+    data_path: Path, meta: dict, sidecar_path: Path, session_dir: Path, session: bool = False
+) -> RecordingSource:
+    """A raw binary described by sidecar-style ``meta`` (``sidecar_path`` is named in errors).
+
+    ``session``: a landed session folder, whose date must come from the sidecar or ks_session.json. Otherwise (one
+    file given to ``ks-platform sort``, filed under no date) an undated file is described with its modification date,
+    said in ``scaling_note``."""
     dtype = _sample_dtype(meta["dtype"], sidecar_path)
     n_channels = _whole_number(meta, "n_channels", sidecar_path)
     fs = _positive_number(meta, "sampling_frequency", sidecar_path)
@@ -151,9 +158,17 @@ def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir
             f"recording_date must be a YYYY-MM-DD string, got {date_text!r}",
             'write "recording_date": "2026-03-02"',
         )
-    date = (
-        parse_recording_date(date_text, sidecar_path) if date_text else dt.date.fromtimestamp(data_path.stat().st_mtime)
-    )
+    date = parse_recording_date(date_text, sidecar_path) if date_text else None
+    date_note = ""
+    if date is None and session:
+        date = config_recording_date(session_dir, [data_path])
+        if date is None:
+            raise missing_date_error(
+                sidecar_path, "no recording_date in the sidecar", 'add "recording_date": "YYYY-MM-DD" to it'
+            )
+    elif date is None:
+        date = dt.date.fromtimestamp(data_path.stat().st_mtime)
+        date_note = "; date: the file's modification date (a single file, not a session)"
     if dtype == np.int16:
         uv_per_bit = _positive_number({"uv_per_bit": 1.0, **meta}, "uv_per_bit", sidecar_path)
         reader = memmap_int16_reader(data_path, n_channels, n_samples, sorting)
@@ -183,7 +198,7 @@ def describe_binary(data_path: Path, meta: dict, sidecar_path: Path, session_dir
         probe=None,
         probe_file=probe_path,
         zero_copy_path=zero_copy,
-        scaling_note=note,
+        scaling_note=note + date_note,
         probe_name=data_path.stem,
     )
 

@@ -34,6 +34,7 @@ from ks_platform.core.formats.base import (
     parse_recording_date,
     select_channels,
 )
+from ks_platform.core.session_config import config_recording_date, missing_date_error
 
 FORMAT = "spikeglx"
 RESTORE = "restore the .meta SpikeGLX wrote for this recording"
@@ -549,7 +550,7 @@ def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSour
         "session_dir": session_dir,
         "data_files": tuple(path for s in segments for path in (s.bin_path, s.meta_path)),
         "sampling_frequency": first.sampling_frequency,
-        "recording_date": created_date(first),
+        "recording_date": created_date(first, session_dir, name),
         "uv_per_bit": first.uv_per_bit,
         "probe": None,
         "probe_file": first.meta_path,
@@ -573,12 +574,19 @@ def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSour
     )
 
 
-def created_date(segment: Segment) -> dt.date:
-    """``fileCreateTime`` of the meta, else the data file's modification date."""
+def created_date(segment: Segment, session_dir: Path, probe: str = "") -> dt.date:
+    """``fileCreateTime`` of the meta, else ``recording_date`` of ks_session.json; never a file's modification time."""
     created = segment.meta.get("fileCreateTime")
     if created:
         return parse_recording_date(created, segment.meta_path)
-    return dt.date.fromtimestamp(segment.bin_path.stat().st_mtime)
+    date = config_recording_date(session_dir, [segment.bin_path], probe)
+    if date is None:
+        raise missing_date_error(
+            segment.meta_path,
+            "no fileCreateTime in the .meta",
+            "add the fileCreateTime=YYYY-MM-DDThh:mm:ss line SpikeGLX wrote",
+        )
+    return date
 
 
 def _details(segments: list[Segment], listing: ProbeListing, session_dir: Path) -> dict[str, object]:
