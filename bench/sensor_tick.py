@@ -2,8 +2,8 @@
 
 Makes ``--sessions`` tiny but valid SpikeGLX session folders laid out as SpikeGLX writes them
 (``<run>_g0/<run>_g0_t0.nidq.{bin,meta}`` + ``<run>_g0_imec0/<run>_g0_t0.imec0.{ap,lf}.{bin,meta}``: 2
-folders and 6 files per session; only the AP pair has content, a few hundred bytes), runs one warm-up tick
-that opens all of them and builds the cursor, then times ticks of the real sensor function (called with
+folders and 6 files per session; only the AP pair has content: a 250-byte .bin and its ~8 kB .meta), runs one warm-up tick
+that opens all of them into the landing catalog (under the store), then times ticks of the real sensor function (called with
 ``build_sensor_context`` on a real instance) each with one new session added since the previous tick,
 and ticks with nothing new; the row is appended to ``bench/results/sensor_tick.json``. Goal: a tick with
 1 new session among 10,000 in ≤ 1 s.
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from ks_platform.core.synthetic import spikeglx_meta
 from ks_platform.defs.resources import PlatformResource
 from ks_platform.defs.sensors import build_new_session_sensor
 
@@ -40,24 +41,9 @@ RESULTS = Path(__file__).parent / "results" / "sensor_tick.json"
 
 
 def tiny_meta(file_size: int, date: dt.date) -> str:
-    n_saved = N_AP + 1
-    return (
-        "\n".join(
-            [
-                f"fileCreateTime={date.isoformat()}T10:00:00",
-                f"fileSizeBytes={file_size}",
-                "imAiRangeMax=0.6",
-                "imMaxInt=512",
-                "imDatPrb_type=0",
-                "imSampRate=30000",
-                f"nSavedChans={n_saved}",
-                "snsApLfSy=384,0,1",
-                f"snsSaveChanSubset=0:{N_AP - 1},768",
-                "typeThis=imec",
-            ]
-        )
-        + "\n"
-    )
+    """The meta SpikeGLX writes for the AP file (``N_AP`` channels + sync; ``file_size`` bytes, checked here)."""
+    assert file_size == N_SAMPLES * (N_AP + 1) * 2, file_size
+    return spikeglx_meta(N_AP, N_SAMPLES, 30000.0, date)
 
 
 def make_tiny_session(root: Path, index: int) -> Path:
@@ -132,7 +118,7 @@ def main() -> None:
         warmup_s, result = tick(None, quiet=True)
         assert len(result.run_requests) == args.sessions, len(result.run_requests)
         cursor = result.cursor
-        print(f"warm-up tick (opens all {args.sessions}): {warmup_s:.2f} s, cursor {len(cursor) / 1e3:.0f} kB")
+        print(f"warm-up tick (opens all {args.sessions}): {warmup_s:.2f} s, cursor {len(cursor)} bytes")
 
         new_times, idle_times = [], []
         for repeat in range(args.repeats):
