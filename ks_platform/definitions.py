@@ -14,6 +14,18 @@ warnings.filterwarnings(
     "ignore", message="Function `observable_source_asset` is currently in beta", category=dg.BetaWarning
 )
 
+from ks_platform.core.names import (  # noqa: E402
+    DOCKER_EXECUTOR_NAME,
+    EXECUTOR_ENV,
+    IN_PROCESS_EXECUTOR_NAME,
+    INVENTORY_ENV,
+    KUBERNETES_ENV,
+    OBSERVE_SETTINGS_JOB_NAME,
+    SESSION_GROUP,
+    SLURM_EXECUTOR_NAME,
+    SLURM_SETTINGS_ENV,
+    SORT_JOB_NAME,
+)
 from ks_platform.defs import curation, doctor, ingest, quality, review, rollup, sorting  # noqa: E402
 from ks_platform.defs.partitions import session_partitions  # noqa: E402
 from ks_platform.defs.resources import PlatformResource  # noqa: E402
@@ -21,18 +33,20 @@ from ks_platform.defs.sensors import build_new_session_sensor  # noqa: E402
 
 #: Everything for one session, recording to Phy folder.
 sort_session_job = dg.define_asset_job(
-    "sort_session",
-    selection=dg.AssetSelection.groups(ingest.GROUP),
+    SORT_JOB_NAME,
+    selection=dg.AssetSelection.groups(SESSION_GROUP),
     partitions_def=session_partitions,
     description="Materialize every asset of one session: recording → probe → binary → Kilosort 4 → Phy → unit metrics.",
 )
 
-#: Re-read sessions' kilosort4-settings.json (the UI's "Observe sources" does the same): edited ones turn the sorting stale.
+#: Re-read sessions' kilosort4-settings.json (the UI's "Observe sources" does the same): edited ones turn the sorting
+#: stale.
 observe_settings_job = dg.define_asset_job(
-    "observe_session_settings",
+    OBSERVE_SETTINGS_JOB_NAME,
     selection=dg.AssetSelection.assets(sorting.session_settings.key),
     partitions_def=session_partitions,
-    description="Observe the parameter set of one session (or all, without a partition): a changed kilosort4-settings.json marks its sorting stale.",
+    description="Observe the parameter set of one session (or all, without a partition): a changed "
+    "kilosort4-settings.json marks its sorting stale.",
 )
 
 ALL_ASSETS = [
@@ -67,18 +81,19 @@ def executor_from_env() -> dg.ExecutorDefinition | None:
     """The executor the environment selects: dagster-k8s's (``KS_PLATFORM_KUBERNETES``), SLURM jobs
     (``KS_PLATFORM_SLURM`` or ``KS_PLATFORM_EXECUTOR=ks_platform_slurm``), the placing Docker executor
     (``KS_PLATFORM_INVENTORY`` or ``KS_PLATFORM_EXECUTOR=ks_platform_docker``; the latter is set in every step container
-    and job so run config validates there too), else Dagster's default."""
+    and job so run config validates there too), Dagster's in-process executor (``KS_PLATFORM_EXECUTOR=in_process``:
+    no process start per step, so a waiting run's sort starts as soon as the slot frees), else Dagster's default."""
     import os
-
-    from ks_platform.execution.kubernetes import KUBERNETES_ENV
 
     if os.environ.get(KUBERNETES_ENV):
         return kubernetes_executor(os.environ[KUBERNETES_ENV])
-    if os.environ.get("KS_PLATFORM_SLURM") or os.environ.get("KS_PLATFORM_EXECUTOR") == "ks_platform_slurm":
+    if os.environ.get(SLURM_SETTINGS_ENV) or os.environ.get(EXECUTOR_ENV) == SLURM_EXECUTOR_NAME:
         from ks_platform.execution.slurm_executor import slurm_executor
 
         return slurm_executor
-    if not os.environ.get("KS_PLATFORM_INVENTORY") and os.environ.get("KS_PLATFORM_EXECUTOR") != "ks_platform_docker":
+    if os.environ.get(EXECUTOR_ENV) == IN_PROCESS_EXECUTOR_NAME:
+        return dg.in_process_executor
+    if not os.environ.get(INVENTORY_ENV) and os.environ.get(EXECUTOR_ENV) != DOCKER_EXECUTOR_NAME:
         return None
     from ks_platform.execution.docker_executor import placing_docker_executor
 
@@ -122,6 +137,22 @@ def build_definitions(
         resources={"platform": platform or PlatformResource.from_env(), "quality": quality.QualityResource()},
         executor=executor or executor_from_env(),
     )
+
+
+def sort_session_in_containers() -> dg.JobDefinition:
+    """``sort_session`` with the placing Docker executor, for ``execute_job(reconstructable(...))``; platform paths
+    from the ``KS_PLATFORM_*`` environment. In the installed package, so the same path resolves in the step images."""
+    from ks_platform.execution.docker_executor import placing_docker_executor
+
+    return build_definitions(executor=placing_docker_executor).resolve_job_def(SORT_JOB_NAME)
+
+
+def sort_session_on_slurm() -> dg.JobDefinition:
+    """``sort_session`` with the SLURM executor, for ``execute_job(reconstructable(...))``; platform paths from the
+    ``KS_PLATFORM_*`` environment."""
+    from ks_platform.execution.slurm_executor import slurm_executor
+
+    return build_definitions(executor=slurm_executor).resolve_job_def(SORT_JOB_NAME)
 
 
 defs = build_definitions()

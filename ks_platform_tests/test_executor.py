@@ -32,8 +32,9 @@ import yaml
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from ks_platform.core.errors import PlatformConfigError
+from ks_platform.definitions import sort_session_in_containers
 from ks_platform.execution.inventory import Inventory
-from ks_platform.execution.jobs import gpu_placement_smoke_job, placement_smoke_job, sort_session_in_containers
+from ks_platform.execution.jobs import gpu_placement_smoke_job, placement_smoke_job
 from ks_platform.execution.placement import RUN_LABEL, STEP_LABEL, StepRequest, candidate_placements
 from ks_platform.execution.slots import SlotLedger
 from ks_platform.execution.step_executor import require_shared_storage
@@ -270,8 +271,8 @@ def test_missing_image_fails_clearly_before_a_slot_is_taken(pg_instance, tmp_pat
     took = time.monotonic() - started
     assert took < 60, f"the step waited for the busy slot ({took:.0f} s) instead of failing on the missing image"
     assert (
-        "image ks-platform:no-such-tag is missing on host local (unix:///var/run/docker.sock). Fix: build/load it there (docker/README.md"
-        in messages[-1]
+        "image ks-platform:no-such-tag is missing on host local (unix:///var/run/docker.sock). Fix: build/load it "
+        "there (docker/README.md" in messages[-1]
     ), messages
     assert "or set pull: true for host local in executor config" in messages[-1]
     assert len(events_of(pg_instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)) == 1
@@ -536,13 +537,13 @@ def test_container_killed_mid_step_fails_clearly_then_the_retry_policy_reruns_it
     assert names[0] == first.name and names[1] == f"{first.name}-1"
     messages = engine_messages(pg_instance, run_id)
     assert any(
-        f"Container {names[0]} of {SMOKE_STEP} on local CPU exited with code 137; its output is attached and the container was removed"
-        in m
+        f"Container {names[0]} of {SMOKE_STEP} on local CPU exited with code 137; its output is attached and the "
+        "container was removed" in m
         for m in messages
     )
     assert any(
-        f"Container {names[1]} of {SMOKE_STEP} on local CPU exited with code 0; its output is attached and the container was removed"
-        in m
+        f"Container {names[1]} of {SMOKE_STEP} on local CPU exited with code 0; its output is attached and the "
+        "container was removed" in m
         for m in messages
     )
     assert len([entry for entry in pg_instance.all_logs(run_id) if "placement {" in (entry.user_message or "")]) == 1
@@ -620,7 +621,8 @@ def test_terminating_a_run_stops_and_removes_its_containers(pg_instance, tmp_pat
         assert client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}) == []
         assert run_id not in slot_holders(pg_instance, CPU_SLOT)
         print(
-            f"terminated run {run_id[:8]}: {run.status.value}, worker ended {stopped_after:.1f} s after SIGINT (rc {worker.process.returncode})"
+            f"terminated run {run_id[:8]}: {run.status.value}, worker ended {stopped_after:.1f} s after SIGINT (rc "
+            f"{worker.process.returncode})"
         )
     finally:  # never leave a worker or a container behind for later tests, even when an assertion failed
         worker.stop(client, pg_instance)
@@ -765,7 +767,8 @@ def test_code_location_executor_settings_reach_the_step_container(route, pg_inst
     written = sorted(p.relative_to(tmp_path) for p in (tmp_path / "store").rglob("*") if p.is_file())
     assert written and all(p.stat().st_uid == 1000 for p in (tmp_path / "store").rglob("*") if p.is_file()), written
     print(
-        f"{route}: daily_rollup wrote {[str(p) for p in written]} in a step container on {host} in {time.monotonic() - started:.1f} s"
+        f"{route}: daily_rollup wrote {[str(p) for p in written]} in a step container on {host} in "
+        f"{time.monotonic() - started:.1f} s"
     )
 
 
@@ -781,8 +784,8 @@ def test_container_that_exits_non_zero_puts_its_cause_in_the_step_failure(pg_ins
         messages = failure_messages(result)
         run_id = result.run_id
     assert (
-        f"Step {SMOKE_STEP} failed health check: container of {SMOKE_STEP} on local CPU exited with code 1. Its last output lines"
-        in messages[-1]
+        f"Step {SMOKE_STEP} failed health check: container of {SMOKE_STEP} on local CPU exited with code 1. Its last "
+        "output lines" in messages[-1]
     ), messages
     assert "Connection refused" in messages[-1] and "psycopg2.OperationalError" in messages[-1], messages[-1]
     assert labelled_containers(client, run_id) == []
@@ -814,8 +817,8 @@ def test_store_folder_not_writable_by_the_container_user_fails_before_launch(
         messages = failure_messages(result)
         run_id = result.run_id
     assert (
-        f"store folder {folder} (owner 0:0, mode drwxr-xr-x) is not writable by uid 1000:1000, the user step containers of image {image} run as on host local"
-        in messages[0]
+        f"store folder {folder} (owner 0:0, mode drwxr-xr-x) is not writable by uid 1000:1000, the user step "
+        f"containers of image {image} run as on host local" in messages[0]
     ), messages
     assert messages[0].endswith(f"Fix: chown -R 1000:1000 {folder} (or chmod -R a+rwX {folder})"), messages[0]
     assert events_of(pg_instance, run_id, dg.DagsterEventType.STEP_WORKER_STARTING) == []
@@ -869,7 +872,8 @@ def test_rocm_group_add_is_numeric_host_gids():
     assert rocm_spec(docker_url="tcp://amd.lab:2376", group_ids=[44, 992]) == ["44", "992"]
     with pytest.raises(
         InventoryError,
-        match=r"test inventory: hosts\.0: host 'amd' is a remote rocm engine without group_ids.*Fix: give each remote rocm host group_ids",
+        match=r"test inventory: hosts\.0: host 'amd' is a remote rocm engine without group_ids.*Fix: give each remote "
+        r"rocm host group_ids",
     ):
         rocm_spec(docker_url="ssh://ops@amd.lab")
 
@@ -904,7 +908,10 @@ def test_make_executor_dev_starts_the_ui_on_postgres_with_the_docker_executor(tm
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    query = b'{"query": "{ instance { runLauncher { name } } repositoriesOrError { ... on RepositoryConnection { nodes { jobs { name } } } } }"}'
+    query = (
+        b'{"query": "{ instance { runLauncher { name } } repositoriesOrError { ... on RepositoryConnection { nodes '
+        b'{ jobs { name } } } } }"}'
+    )
 
     def answered() -> str | None:
         assert process.poll() is None, f"executor_dev.sh ended:\n{log.read_text()[-3000:]}"

@@ -18,11 +18,10 @@ from dagster_k8s.job import (
 )
 
 from ks_platform.core.hardware import recommended_batch_size
-from ks_platform.core.sorting import PLANNED_BATCH_SIZE_ENV
+from ks_platform.core.names import BATCH_SIZE_ENV
 from ks_platform.execution.inventory import Inventory, InventoryError, load_inventory
 from ks_platform.execution.kubernetes import K8S_CONFIG_TAG, k8s_executor_config, k8s_op_tags, k8s_step_config
 from ks_platform.execution.placement import (
-    BATCH_SIZE_ENV,
     MIB,
     PlacementError,
     StepRequest,
@@ -97,7 +96,7 @@ def test_cuda_container_spec():
     env = spec.environment
     assert env["KS_PLATFORM_BACKEND"] == "cuda:0"  # the container sees only the chosen GPU
     assert env["KS_PLATFORM_IMAGE"] == "ks-platform:cuda" and env["KS_PLATFORM_IMAGE_DIGEST"] == "sha256:feed"
-    assert env[BATCH_SIZE_ENV] == str(nvidia.batch_size) and BATCH_SIZE_ENV == PLANNED_BATCH_SIZE_ENV
+    assert env[BATCH_SIZE_ENV] == str(nvidia.batch_size)
     assert env["KS_PLATFORM_STORE"] == "/srv/store" and env["KS_PLATFORM_LANDING"] == "rig1=/srv/landing/rig1"
     assert spec.labels == {
         "ks_platform.managed": "true",
@@ -280,3 +279,19 @@ def test_executor_definition_takes_the_inventory_as_config():
         schema, {"inventory": three_hosts().model_dump(exclude={"source"}), "retries": {"enabled": {}}}
     ).success
     assert isinstance(placing_docker_executor, dg.ExecutorDefinition)
+
+
+def test_ks_platform_executor_in_process_selects_dagsters_in_process_executor(monkeypatch):
+    """The backfill-friendly route: a run's steps in its run worker (no process start per step)."""
+    from ks_platform.definitions import build_definitions, executor_from_env
+
+    for name in ("KS_PLATFORM_KUBERNETES", "KS_PLATFORM_SLURM", "KS_PLATFORM_INVENTORY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KS_PLATFORM_EXECUTOR", "in_process")
+    executor = executor_from_env()
+    assert executor is not None and executor.name == "in_process"
+    assert build_definitions(sensors=[], executor=executor).resolve_job_def("sort_session").executor_def.name == (
+        "in_process"
+    )
+    monkeypatch.delenv("KS_PLATFORM_EXECUTOR")
+    assert executor_from_env() is None  # Dagster's default (multiprocess)

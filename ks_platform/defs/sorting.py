@@ -6,7 +6,8 @@ import dagster as dg
 
 from ks_platform.core import pipeline
 from ks_platform.core.errors import SessionInputError
-from ks_platform.defs.ingest import GROUP, probe_map, recording_binary
+from ks_platform.core.names import NEEDS_TAG, SESSION_GROUP, SORT_POOL
+from ks_platform.defs.ingest import probe_map, recording_binary
 from ks_platform.defs.lineage_metadata import lineage_metadata
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.reporting import step_result, user_errors_as_failures
@@ -14,14 +15,15 @@ from ks_platform.defs.resources import PlatformResource
 
 #: Bump the suffix when the platform's sorting logic changes; the Kilosort version is part of it.
 SORTING_CODE_VERSION = f"kilosort-{metadata.version('kilosort')}+1"
-SORT_POOL = "kilosort"
 
 
 @dg.observable_source_asset(
     partitions_def=session_partitions,
-    group_name=GROUP,
+    group_name=SESSION_GROUP,
     owners=["team:ephys"],
-    description="0 · The session's Kilosort parameter set (kilosort4-settings.json next to the recording). Its data version is the hash of the validated overrides: after an edit, 'Observe sources' (or the sensor) marks the sorting stale, not the binary.",
+    description="0 · The session's Kilosort parameter set (kilosort4-settings.json next to the recording). Its data "
+    "version is the hash of the validated overrides: after an edit, 'Observe sources' (or the sensor) marks the "
+    "sorting stale, not the binary.",
 )
 def session_settings(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.DataVersionsByPartition:
     keys = (
@@ -44,14 +46,15 @@ def build_sorted_units(code_version: str = SORTING_CODE_VERSION) -> dg.AssetsDef
     @dg.asset(
         name="sorted_units",
         partitions_def=session_partitions,
-        group_name=GROUP,
+        group_name=SESSION_GROUP,
         code_version=code_version,
         deps=[recording_binary, probe_map, session_settings.key],
         kinds={"kilosort", "pytorch"},
         owners=["team:ephys"],
         pool=SORT_POOL,
-        op_tags={"ks_platform/needs": "gpu"},
-        description="4 · Kilosort 4 spike sorting of the binary with the session's parameter set (platform defaults < probe type < kilosort4-settings.json).",
+        op_tags={NEEDS_TAG: "gpu"},
+        description="4 · Kilosort 4 spike sorting of the binary with the session's parameter set (platform defaults < "
+        "probe type < kilosort4-settings.json).",
     )
     def sorted_units(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
         key = context.partition_key
@@ -85,7 +88,8 @@ def sorted_units_not_empty(context: dg.AssetCheckExecutionContext, platform: Pla
 @dg.asset_check(
     asset=sorted_units,
     partitions_def=session_partitions,
-    description="For sessions with ground truth: per-unit accuracy/precision/recall; fails when fewer units than the session declares reach the accuracy bar.",
+    description="For sessions with ground truth: per-unit accuracy/precision/recall; fails when fewer units than the "
+    "session declares reach the accuracy bar.",
 )
 def sorted_units_match_ground_truth(
     context: dg.AssetCheckExecutionContext, platform: PlatformResource
@@ -112,7 +116,8 @@ def sorted_units_match_ground_truth(
     )
     return dg.AssetCheckResult(
         passed=score.passed,
-        description=f"{score.well_detected} units with accuracy ≥ {score.well_detected_accuracy} (session requires {score.min_well_detected_units})",
+        description=f"{score.well_detected} units with accuracy ≥ {score.well_detected_accuracy} (session requires "
+        f"{score.min_well_detected_units})",
         metadata={
             "well_detected_units": score.well_detected,
             "required": score.min_well_detected_units,

@@ -31,9 +31,9 @@ from dagster._core.executor.step_delegating.step_handler.base import (
 )
 
 from ks_platform.core.errors import PlatformConfigError
-from ks_platform.core.pipeline import PROBE_MANIFEST
+from ks_platform.core.names import DOCKER_EXECUTOR_NAME, INVENTORY_ENV, PARTITION_TAG, PROBE_MANIFEST, SORT_POOL
 from ks_platform.core.store import SessionStore, read_json
-from ks_platform.execution.inventory import INVENTORY_ENV, HostSpec, Inventory, InventoryError, load_inventory
+from ks_platform.execution.inventory import HostSpec, Inventory, InventoryError, load_inventory
 from ks_platform.execution.placement import (
     Placement,
     PlacementError,
@@ -41,12 +41,12 @@ from ks_platform.execution.placement import (
     all_slots,
     candidate_placements,
     container_spec,
+    sort_slot_count,
     store_write_problem,
 )
 from ks_platform.execution.slots import SlotLedger
 from ks_platform.execution.step_executor import FinishingStepExecutor, require_shared_storage
 
-PARTITION_TAG = "dagster/partition"
 #: Characters of a container's log kept in the run's event log.
 LOG_TAIL_CHARS = 20_000
 #: Lines of a failed container's output put into the step failure message (the cause is usually at the end).
@@ -160,21 +160,29 @@ def _ssh_adapter(host: HostSpec, source: str) -> Any:
     except paramiko.BadHostKeyException as exc:
         raise InventoryError(
             source,
-            f"host {host.name} ({where}) presented a host key ({exc.key.get_name()} {exc.key.fingerprint}) that differs from the one in {trusted}",
-            f"if that machine was reinstalled, check its new key there (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub on {parsed.hostname}), then replace its line in {trusted} (ssh-keygen -R '{known_name}' -f {trusted}; {scan}); otherwise something else answers at that address: do not connect",
+            f"host {host.name} ({where}) presented a host key ({exc.key.get_name()} {exc.key.fingerprint}) that "
+            f"differs from the one in {trusted}",
+            "if that machine was reinstalled, check its new key there (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub on "
+            f"{parsed.hostname}), then replace its line in {trusted} (ssh-keygen -R '{known_name}' -f {trusted}; "
+            f"{scan}); otherwise something else answers at that address: do not connect",
         ) from None
     except paramiko.AuthenticationException as exc:
         raise InventoryError(
             source,
-            f"host {host.name} ({where}) refused ssh authentication of user {user} with {key} ({type(exc).__name__}: {exc})",
-            f"add that key's public half (ssh-keygen -y -f {identity_file or '<key>'}) to ~{user}/.ssh/authorized_keys on {parsed.hostname}, or set ssh.identity_file of host {host.name} in {source} to an unencrypted key that host accepts",
+            f"host {host.name} ({where}) refused ssh authentication of user {user} with {key} ({type(exc).__name__}: "
+            f"{exc})",
+            f"add that key's public half (ssh-keygen -y -f {identity_file or '<key>'}) to ~{user}/.ssh/authorized_keys "
+            f"on {parsed.hostname}, or set ssh.identity_file of host {host.name} in {source} to an unencrypted key "
+            "that host accepts",
         ) from None
     except paramiko.SSHException as exc:
         if "known_hosts" in str(exc):
             raise InventoryError(
                 source,
                 f"the host key of host {host.name} ({where}) is not in {trusted}, so the connection was refused ({exc})",
-                f"check that `ssh-keyscan{f' -p {parsed.port}' if parsed.port else ''} {parsed.hostname} | ssh-keygen -lf -` shows the fingerprint that `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` shows on {parsed.hostname}, then add it: {scan}"
+                f"check that `ssh-keyscan{f' -p {parsed.port}' if parsed.port else ''} {parsed.hostname} | ssh-keygen "
+                "-lf -` shows the fingerprint that `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` shows on "
+                f"{parsed.hostname}, then add it: {scan}"
                 + (
                     ""
                     if known_hosts
@@ -182,7 +190,9 @@ def _ssh_adapter(host: HostSpec, source: str) -> Any:
                 ),
             ) from None
         raise EngineConnectionError(
-            f"the ssh server of host {host.name} at {where} failed the handshake ({type(exc).__name__}: {exc}). Fix: check that sshd runs there on port {parsed.port or 22} and correct docker_url of host {host.name} in {source}"
+            f"the ssh server of host {host.name} at {where} failed the handshake ({type(exc).__name__}: {exc}). Fix: "
+            f"check that sshd runs there on port {parsed.port or 22} and correct docker_url of host {host.name} in "
+            f"{source}"
         ) from None
     except (
         OSError,
@@ -190,7 +200,8 @@ def _ssh_adapter(host: HostSpec, source: str) -> Any:
     ) as exc:  # refused, timed out, no route, unknown name (NoValidConnectionsError is an OSError)
         raise EngineConnectionError(
             f"the ssh server of host {host.name} at {where} is unreachable ({type(exc).__name__}: {str(exc)[:300]}). "
-            f"Fix: start sshd there (and dockerd), check that this machine reaches port {parsed.port or 22} of {parsed.hostname} (firewall, DNS), or correct docker_url of host {host.name} in {source}"
+            f"Fix: start sshd there (and dockerd), check that this machine reaches port {parsed.port or 22} of "
+            f"{parsed.hostname} (firewall, DNS), or correct docker_url of host {host.name} in {source}"
         ) from None
 
 
@@ -218,9 +229,11 @@ def _ssh_docker_client(host: HostSpec, source: str) -> docker.DockerClient:
             pass
         client.close()
         raise EngineConnectionError(
-            f"host {host.name} accepted ssh as {user}, but `docker system dial-stdio` there gave no Docker engine ({str(exc)[:300]})"
+            f"host {host.name} accepted ssh as {user}, but `docker system dial-stdio` there gave no Docker engine "
+            f"({str(exc)[:300]})"
             + (f"; `docker version` there says: {said}" if said else "")
-            + f". Fix: on that host put the docker CLI on the PATH of non-interactive ssh sessions, start dockerd, and let {user} use /var/run/docker.sock (docker group)"
+            + ". Fix: on that host put the docker CLI on the PATH of non-interactive ssh sessions, start dockerd, and "
+            f"let {user} use /var/run/docker.sock (docker group)"
         ) from None
     return client
 
@@ -357,8 +370,10 @@ class PlacingDockerStepHandler(StepHandler):
                 except docker.errors.ImageNotFound:
                     if not host.pulls(image):
                         problems.append(
-                            f"image {image} is missing on host {host.name} ({host.docker_url}). Fix: build/load it there "
-                            f"(docker/README.md, e.g. docker save {image} | docker -H {host.docker_url} load) or set pull: true for host {host.name} in {self.inventory.source}"
+                            f"image {image} is missing on host {host.name} ({host.docker_url}). Fix: build/load it "
+                            "there "
+                            f"(docker/README.md, e.g. docker save {image} | docker -H {host.docker_url} load) or set "
+                            f"pull: true for host {host.name} in {self.inventory.source}"
                         )
                         continue
                     yield self._engine_event(
@@ -369,7 +384,9 @@ class PlacingDockerStepHandler(StepHandler):
                         found = client.images.pull(image)
                     except docker.errors.APIError as exc:
                         problems.append(
-                            f"image {image} is missing on host {host.name} and pulling it failed: {exc.explanation or exc}. Fix: check the image name and the host's registry access, or build/load it there (docker/README.md)"
+                            f"image {image} is missing on host {host.name} and pulling it failed: "
+                            f"{exc.explanation or exc}. Fix: check the image name and the host's registry access, or "
+                            "build/load it there (docker/README.md)"
                         )
                         continue
             except InventoryError as exc:
@@ -407,7 +424,8 @@ class PlacingDockerStepHandler(StepHandler):
                 kind = "a GPU" if request.needs_gpu and state.candidates[0].gpu is not None else "a CPU slot"
                 yield self._engine_event(
                     state,
-                    f"{request.step_key} waits for {kind} ({int(now - state.waiting_since)} s so far): every usable slot is busy — {busy}. It starts when one frees; nothing has failed.",
+                    f"{request.step_key} waits for {kind} ({int(now - state.waiting_since)} s so far): every usable "
+                    f"slot is busy — {busy}. It starts when one frees; nothing has failed.",
                     {"candidates": dg.MetadataValue.json([c.slot.key for c in state.candidates])},
                 )
             return
@@ -457,12 +475,25 @@ class PlacingDockerStepHandler(StepHandler):
         if isinstance(exc, docker.errors.ImageNotFound) or (
             isinstance(exc, docker.errors.NotFound) and "image" in str(exc).lower()
         ):
-            return f"image {placement.image} is missing on host {host.name} ({host.docker_url}). Fix: build/load it there (docker/README.md) or set pull: true for host {host.name} in {source}"
+            return (
+                f"image {placement.image} is missing on host {host.name} ({host.docker_url}). Fix: build/load it "
+                f"there (docker/README.md) or set pull: true for host {host.name} in {source}"
+            )
         if isinstance(exc, docker.errors.APIError):
-            return f"the Docker engine of host {host.name} refused the container: {exc.explanation or exc}. Fix: check the host's devices/runtime, or its entry in {source}"
+            return (
+                f"the Docker engine of host {host.name} refused the container: {exc.explanation or exc}. Fix: check "
+                f"the host's devices/runtime, or its entry in {source}"
+            )
         if "ssl" in f"{type(exc).__name__} {exc}".lower():
-            return f"the Docker engine of host {host.name} at {host.docker_url} refused the TLS connection ({type(exc).__name__}: {str(exc)[:300]}). Fix: set tls (ca_cert, client_cert, client_key) of host {host.name} in {source} to certificates that engine's --tlscacert trusts"
-        return f"the Docker engine of host {host.name} at {host.docker_url} is unreachable ({type(exc).__name__}: {str(exc)[:300]}). Fix: start dockerd there or correct docker_url of host {host.name} in {source}"
+            return (
+                f"the Docker engine of host {host.name} at {host.docker_url} refused the TLS connection "
+                f"({type(exc).__name__}: {str(exc)[:300]}). Fix: set tls (ca_cert, client_cert, client_key) of host "
+                f"{host.name} in {source} to certificates that engine's --tlscacert trusts"
+            )
+        return (
+            f"the Docker engine of host {host.name} at {host.docker_url} is unreachable ({type(exc).__name__}: "
+            f"{str(exc)[:300]}). Fix: start dockerd there or correct docker_url of host {host.name} in {source}"
+        )
 
     def check_step_health(self, step_handler_context: StepHandlerContext) -> CheckStepHealthResult:
         ctx = step_handler_context
@@ -497,12 +528,17 @@ class PlacingDockerStepHandler(StepHandler):
             state.error_reported = True
             self._cleanup(state, capture_logs=True)
             return CheckStepHealthResult.unhealthy(
-                f"container of {state.request.step_key} on {state.placement.slot} exited with code 0 but its step reported no outcome within {self.inventory.exit_grace_seconds} s "  # type: ignore[union-attr]
-                "(its events did not reach the instance database. Fix: check that step containers reach the same PostgreSQL as the run)"
+                f"container of {state.request.step_key} on {state.placement.slot} exited with code 0 but its step "
+                f"reported no outcome within {self.inventory.exit_grace_seconds} s "  # type: ignore[union-attr]
+                "(its events did not reach the instance database. Fix: check that step containers reach the same "
+                "PostgreSQL as the run)"
             )
         state.error_reported = True
         if container_state.get("OOMKilled"):
-            cause = " (out of memory: the host's kernel killed it. Fix: free memory on that host, or sort with a smaller batch_size in kilosort4-settings.json)"
+            cause = (
+                " (out of memory: the host's kernel killed it. Fix: free memory on that host, or sort with a "
+                "smaller batch_size in kilosort4-settings.json)"
+            )
         else:
             cause = " (killed)" if code == 137 else ""
         reason = f"container of {state.request.step_key} on {state.placement.slot} exited with code {code}{cause}"  # type: ignore[union-attr]
@@ -563,7 +599,8 @@ class PlacingDockerStepHandler(StepHandler):
                     logs = container.logs(stdout=True, stderr=True).decode(errors="replace")
                     self._engine_event(
                         state,
-                        f"Container {container.name} of {request.step_key} on {state.placement.slot} exited with code {code}; its output is attached and the container was removed",
+                        f"Container {container.name} of {request.step_key} on {state.placement.slot} exited with code "
+                        f"{code}; its output is attached and the container was removed",
                         {
                             "container logs": dg.MetadataValue.text(logs[-LOG_TAIL_CHARS:]),
                             "exit code": code if code is not None else -1,
@@ -600,12 +637,13 @@ def inventory_from_config(config: dict[str, Any]) -> Inventory:
     if inline:
         return Inventory.from_mapping(inline, source="executor config (execution.config.inventory)")
     raise PlatformConfigError(
-        f"executor config: no host inventory. Fix: set execution.config.inventory_file, execution.config.inventory or {INVENTORY_ENV}"
+        "executor config: no host inventory. Fix: set execution.config.inventory_file, execution.config.inventory or "
+        f"{INVENTORY_ENV}"
     )
 
 
 @dg.executor(
-    name="ks_platform_docker",
+    name=DOCKER_EXECUTOR_NAME,
     config_schema={
         "inventory_file": Field(
             StringSource, is_required=False, description=f"YAML/JSON host inventory (default: ${INVENTORY_ENV})."
@@ -625,6 +663,11 @@ def placing_docker_executor(init_context: dg.InitExecutorContext) -> PlacingDock
     config = init_context.executor_config
     inventory = inventory_from_config(config)
     require_shared_storage(init_context.instance, "Docker executor", "step containers")
+    # The inventory's sort slots set the kilosort pool before any step is queued on it (else the pool's limit, 1 in
+    # dagster.yaml, would serialize sorts that several GPUs could run at once).
+    ledger = SlotLedger(init_context.instance)
+    ledger.ensure_capacity(all_slots(inventory))
+    ledger.ensure_pool(SORT_POOL, sort_slot_count(inventory))
     retries = RetryMode.from_config(config["retries"])
     assert retries is not None
     return PlacingDockerExecutor(

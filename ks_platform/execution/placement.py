@@ -26,17 +26,23 @@ from ks_platform.core.hardware import (
     MIN_BATCH_SIZE,
     recommended_batch_size,
 )
-from ks_platform.core.lineage import IMAGE_DIGEST_ENV, IMAGE_ENV
+from ks_platform.core.names import (
+    BACKEND_ENV,
+    BATCH_SIZE_ENV,
+    DOCKER_EXECUTOR_NAME,
+    EXECUTOR_ENV,
+    IMAGE_DIGEST_ENV,
+    IMAGE_ENV,
+    LANDING_ENV,
+    NEEDS_TAG,
+    STORE_ENV,
+)
 from ks_platform.execution.inventory import GpuSpec, HostSpec, Inventory, InventoryError
 
-NEEDS_TAG = "ks_platform/needs"
 NEEDS_GPU = "gpu"
 #: Channel count assumed when the session's probe map cannot be read yet (Neuropixels 1.0/2.0: 384).
 CONSERVATIVE_CHANNELS = 384
 MIB = 1024**2
-#: Environment the container gets: the planned batch size and the device as the platform names it.
-BATCH_SIZE_ENV = "KS_PLATFORM_BATCH_SIZE"
-BACKEND_ENV = "KS_PLATFORM_BACKEND"
 LABEL_PREFIX = "ks_platform."
 MANAGED_LABEL = f"{LABEL_PREFIX}managed"
 RUN_LABEL = f"{LABEL_PREFIX}run_id"
@@ -46,9 +52,6 @@ HOST_LABEL = f"{LABEL_PREFIX}host"
 DEVICE_LABEL = f"{LABEL_PREFIX}device"
 ROCM_DEVICES = ("/dev/kfd", "/dev/dri")
 ROCM_GROUPS = ("video", "render")
-#: Set in every step container so the code location it loads uses this executor too (its run config must validate).
-EXECUTOR_ENV = "KS_PLATFORM_EXECUTOR"
-EXECUTOR_NAME = "ks_platform_docker"
 
 
 class PlacementError(InventoryError):
@@ -169,6 +172,15 @@ def all_slots(inventory: Inventory) -> list[Slot]:
     return slots
 
 
+def sort_slot_count(inventory: Inventory) -> int:
+    """How many sorts the inventory runs at once: one per GPU, or (no GPU host) the CPU slots of all hosts.
+
+    The executor sets the ``kilosort`` pool to this, so the pool never serializes sorts the slots could run together.
+    """
+    gpus = sum(len(host.gpus) for host in inventory.gpu_hosts)
+    return gpus or sum(host.cpu_slots for host in inventory.hosts)
+
+
 def candidate_placements(inventory: Inventory, request: StepRequest) -> list[Placement]:
     """The placements a step may take, best first. Raises :class:`PlacementError` when there is none at all."""
     if request.needs_gpu and inventory.gpu_hosts:
@@ -180,7 +192,8 @@ def candidate_placements(inventory: Inventory, request: StepRequest) -> list[Pla
             largest = max(gpu.memory_mib for _, gpu in gpus)
             raise PlacementError(
                 inventory.source,
-                f"step {request.step_key} needs a GPU with ≥ {needed // MIB} MiB for {channels} channels, the largest listed has {largest} MiB",
+                f"step {request.step_key} needs a GPU with ≥ {needed // MIB} MiB for {channels} channels, the largest "
+                f"listed has {largest} MiB",
                 "add a host with a larger GPU to the inventory, or sort fewer channels",
             )
         usable.sort(key=lambda pair: -pair[1].memory_mib)
@@ -225,15 +238,15 @@ def container_spec(
     """The container a placed step runs in: image, devices, groups, environment, labels, mounts."""
     host = placement.host
     env: dict[str, str] = {
-        "KS_PLATFORM_STORE": inventory.store,
+        STORE_ENV: inventory.store,
         BACKEND_ENV: placement.device_backend,
         IMAGE_ENV: placement.image,
         "DAGSTER_RUN_JOB_NAME": request.job_name,
         "DAGSTER_RUN_STEP_KEY": request.step_key,
-        EXECUTOR_ENV: EXECUTOR_NAME,
+        EXECUTOR_ENV: DOCKER_EXECUTOR_NAME,  # the code location in the container loads this executor too
     }
     if inventory.landing:
-        env["KS_PLATFORM_LANDING"] = inventory.landing_spec()
+        env[LANDING_ENV] = inventory.landing_spec()
     if image_digest:
         env[IMAGE_DIGEST_ENV] = image_digest
     if placement.batch_size:
@@ -299,7 +312,8 @@ def rocm_group_ids(inventory: Inventory, host: HostSpec) -> list[int]:
     if not found:
         raise InventoryError(
             inventory.source,
-            f"host {host.name}: this machine has neither a video nor a render group, so the ROCm devices' groups are unknown",
+            f"host {host.name}: this machine has neither a video nor a render group, so the ROCm devices' groups are "
+            "unknown",
             f"set group_ids of host {host.name} to the gids owning /dev/kfd and /dev/dri/renderD*",
         )
     return found
@@ -351,12 +365,15 @@ def store_write_problem(
             info = path.stat()
             host = placement.host.name
             as_owner = (
-                f', or run the containers as the store\'s owner (user: "{info.st_uid}:{info.st_gid}" of host {host} in {inventory.source})'
+                f', or run the containers as the store\'s owner (user: "{info.st_uid}:{info.st_gid}" of host {host} in '
+                f"{inventory.source})"
                 if info.st_uid
                 else ""
             )
             return (
-                f"store folder {path} (owner {info.st_uid}:{info.st_gid}, mode {stat.filemode(info.st_mode)}) is not writable by uid {uid}:{gid}, "
-                f"the user step containers of image {image} run as on host {host}. Fix: chown -R {uid}:{gid} {path} (or chmod -R a+rwX {path}){as_owner}"
+                f"store folder {path} (owner {info.st_uid}:{info.st_gid}, mode {stat.filemode(info.st_mode)}) is not "
+                f"writable by uid {uid}:{gid}, "
+                f"the user step containers of image {image} run as on host {host}. Fix: chown -R {uid}:{gid} {path} "
+                f"(or chmod -R a+rwX {path}){as_owner}"
             )
     return None

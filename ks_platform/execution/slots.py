@@ -10,9 +10,11 @@ the slots of a run that dies (``free_concurrency_slots_for_run``), so a crash do
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
 import dagster as dg
+import sqlalchemy.exc
 
 from ks_platform.execution.placement import Placement, Slot
 
@@ -35,9 +37,23 @@ class SlotLedger:
     def ensure_capacity(self, slots: Iterable[Slot]) -> None:
         """Make each slot's pool exist with the inventory's capacity (idempotent)."""
         for slot in slots:
-            info = self._storage.get_concurrency_info(slot.key)
-            if info.slot_count != slot.capacity:
-                self._storage.set_concurrency_slots(slot.key, slot.capacity)
+            self.ensure_pool(slot.key, slot.capacity)
+
+    def ensure_pool(self, pool: str, limit: int) -> bool:
+        """Set a Dagster pool's limit (e.g. ``kilosort`` to the sort slots); True when this call changed it.
+
+        Runs starting together may set the same pool at once: a unique-key clash is retried after re-reading it."""
+        for attempt in range(3):
+            if self._storage.get_concurrency_info(pool).slot_count == limit:
+                return False
+            try:
+                self._storage.set_concurrency_slots(pool, limit)
+                return True
+            except sqlalchemy.exc.DBAPIError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5)
+        return False
 
     def try_claim(self, run_id: str, step_key: str, candidates: Sequence[Placement]) -> Placement | None:
         """Claim the first free candidate (queueing on the others); None when every candidate is busy."""
