@@ -80,7 +80,7 @@ def test_sensor_sorts_a_dropped_session_and_backfill_targets_its_date(live_dagst
         lambda: (s := graphql(RUN, runId=run["runId"])["runOrError"]["status"]) in ("SUCCESS", "FAILURE", "CANCELED")
         and s,
         SORT_TIMEOUT_S,
-        every_s=10,
+        every_s=2,
     )
     assert status == "SUCCESS"
     assert (Path(env["KS_PLATFORM_STORE"]) / "sessions" / key / "phy" / "params.py").is_file()
@@ -132,7 +132,8 @@ def test_sensor_sorts_a_dropped_session_and_backfill_targets_its_date(live_dagst
         "unit_metrics",
     ]
 
-    # The daemon launches the backfill's run(s), all for that one session; then we stop it (a second sort proves nothing more).
+    # The daemon launches the backfill's run(s), all for that one session; then we stop it (a second sort proves nothing
+    # more).
     backfill_tags = [{"key": "dagster/backfill", "value": backfill_id}]
     launched = wait_for(
         "the backfill's first run", lambda: graphql(RUNS, tags=backfill_tags)["runsOrError"]["results"], 180
