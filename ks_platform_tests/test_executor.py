@@ -374,8 +374,10 @@ CPU_SLOT = "ks_platform/cpu/local"  # the CPU pool of cpu_inventory's host "loca
 RUN_WORKER = """
 import json, sys
 import dagster as dg
+from ks_platform import definitions
 from ks_platform.execution import jobs
-job, run_config, tags = getattr(jobs, sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+job = getattr(jobs, sys.argv[1], None) or getattr(definitions, sys.argv[1])  # smoke jobs, then the code location's
+run_config, tags = json.loads(sys.argv[2]), json.loads(sys.argv[3])
 with dg.DagsterInstance.get() as instance:
     with dg.execute_job(dg.reconstructable(job), instance=instance, run_config=run_config, tags=tags) as result:
         print(f"run {result.run_id} success={result.success}", flush=True)
