@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ks_platform.core.names import SORT_JOB_NAME, SUMMARY_FILE
+
 if TYPE_CHECKING:
     from dagster import DagsterInstance
 
@@ -111,7 +113,7 @@ def run_session(instance, platform, key: str):
     from ks_platform.definitions import build_definitions
 
     defs = build_definitions(platform)
-    job = defs.resolve_job_def("sort_session")
+    job = defs.resolve_job_def(SORT_JOB_NAME)
     return job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
 
 
@@ -142,7 +144,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             if event.is_failure and event.event_specific_data and getattr(event.event_specific_data, "error", None):
                 print(f"FAILED {event.step_key}: {event.event_specific_data.error.message.strip()}", file=sys.stderr)
         return 1
-    summary = read_json(store.sorting_dir / "sorting_summary.json")
+    summary = read_json(store.sorting_dir / SUMMARY_FILE)
     print(f"\nPhy folder: {store.phy_dir}\n  open it with: phy template-gui {store.phy_dir / 'params.py'}")
     print(
         f"units: {summary['n_units']} ({summary['n_good_units']} good), spikes: {summary['n_spikes']}, sort time {summary['seconds']} s"
