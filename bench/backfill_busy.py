@@ -15,7 +15,7 @@ run, then reads the instance's event log:
 Baseline, measured in the same run: the serial time Σ over runs of the run's own step durations (what running the
 sessions strictly one after another would take with these step times); ratio = serial / backfill wall time.
 
-    .venv/bin/python bench/backfill_busy.py --sessions 6 --duration 8 [--executor in_process]
+    .venv/bin/python bench/backfill_busy.py --sessions 6 --duration 8 [--executor in_process|spawn]
 """
 
 from __future__ import annotations
@@ -220,10 +220,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--executor",
-        choices=["default", "in_process"],
+        choices=["default", "in_process", "spawn"],
         default="default",
-        help="the code location's executor: the project's (Dagster's multiprocess: one process per step) or "
-        "in_process (each run's steps in its run worker, so a sort starts without spawning a process)",
+        help="the code location's executor: the project's (multiprocess, steps forked from a preloaded forkserver) or "
+        "in_process (each run's steps in its run worker, so a sort starts without spawning a process) or spawn "
+        "(Dagster's stock multiprocess executor, bench/spawn_location.py: the baseline for the forkserver)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (prints its path)")
     parser.add_argument(
@@ -272,6 +273,13 @@ def main() -> int:
     workspace = REPO / "workspace.yaml"
     if args.executor == "in_process":  # the platform's own route (definitions.executor_from_env)
         env["KS_PLATFORM_EXECUTOR"] = "in_process"
+    if args.executor == "spawn":
+        workspace = tmp / "workspace.yaml"
+        workspace.write_text(
+            "load_from:\n  - python_file:\n"
+            f"      relative_path: {REPO / 'bench' / 'spawn_location.py'}\n"
+            f"      working_directory: {REPO}\n      attribute: defs\n      location_name: ks_platform\n"
+        )
     bin_dir = Path(sys.executable).parent
     import dagster as dg
     from dagster._core.execution.backfill import BulkActionStatus

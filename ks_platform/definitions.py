@@ -77,12 +77,13 @@ def default_sensors() -> list[dg.SensorDefinition]:
     return [build_new_session_sensor(), rollup.build_rollup_sensor()]
 
 
-def executor_from_env() -> dg.ExecutorDefinition | None:
+def executor_from_env() -> dg.ExecutorDefinition:
     """The executor the environment selects: dagster-k8s's (``KS_PLATFORM_KUBERNETES``), SLURM jobs
     (``KS_PLATFORM_SLURM`` or ``KS_PLATFORM_EXECUTOR=ks_platform_slurm``), the placing Docker executor
     (``KS_PLATFORM_INVENTORY`` or ``KS_PLATFORM_EXECUTOR=ks_platform_docker``; the latter is set in every step container
     and job so run config validates there too), Dagster's in-process executor (``KS_PLATFORM_EXECUTOR=in_process``:
-    no process start per step, so a waiting run's sort starts as soon as the slot frees), else Dagster's default."""
+    no process start per step), else Dagster's multiprocess executor with steps forked from a preloaded forkserver
+    (``execution/step_processes.py``: one process per step that starts in under a second)."""
     import os
 
     if os.environ.get(KUBERNETES_ENV):
@@ -94,7 +95,9 @@ def executor_from_env() -> dg.ExecutorDefinition | None:
     if os.environ.get(EXECUTOR_ENV) == IN_PROCESS_EXECUTOR_NAME:
         return dg.in_process_executor
     if not os.environ.get(INVENTORY_ENV) and os.environ.get(EXECUTOR_ENV) != DOCKER_EXECUTOR_NAME:
-        return None
+        from ks_platform.execution.step_processes import forkserver_multiprocess_executor
+
+        return forkserver_multiprocess_executor
     from ks_platform.execution.docker_executor import placing_docker_executor
 
     return placing_docker_executor

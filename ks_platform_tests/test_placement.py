@@ -294,4 +294,4 @@ def test_ks_platform_executor_in_process_selects_dagsters_in_process_executor(mo
         "in_process"
     )
     monkeypatch.delenv("KS_PLATFORM_EXECUTOR")
-    assert executor_from_env() is None  # Dagster's default (multiprocess)
+    assert executor_from_env().name == "multiprocess"  # steps forked from a preloaded forkserver

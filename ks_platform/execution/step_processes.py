@@ -1,0 +1,41 @@
+"""The default executor: Dagster's multiprocess executor, with step processes forked from a preloaded forkserver.
+
+Each step still runs in its own process (a crashed sort takes down only its step), but the process starts in well
+under a second instead of importing Dagster, the code location and the sorting stack again (8 s on a quiet
+2-core machine, 27-105 s under load). That matters because Dagster claims a step's pool slot before it starts the
+step's process: with ``spawn`` the ``kilosort`` slot sat idle through every sort's imports (bench/backfill_busy.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+#: Imported once per run, in the forkserver, before the first step forks. Modules that fail to import are skipped by
+#: multiprocessing (a CPU-only or a ROCm host simply pays that import in the step). CUDA is never initialised here:
+#: importing torch and kilosort does not touch the device, so forked steps can still use the GPU.
+STEP_PRELOAD_MODULES: tuple[str, ...] = (
+    "ks_platform.definitions",
+    "ks_platform.core.pipeline",
+    "spikeinterface.core",
+    "probeinterface",
+    "torch",
+    "kilosort",
+)
+
+
+def _with_forkserver(config: dict[str, Any]) -> dict[str, Any]:
+    """Dagster's multiprocess config with ``forkserver`` + :data:`STEP_PRELOAD_MODULES` unless a start method is set."""
+    if config.get("start_method"):
+        return config
+    return {**config, "start_method": {"forkserver": {"preload_modules": list(STEP_PRELOAD_MODULES)}}}
+
+
+#: ``multiprocess`` with the same run config as Dagster's (``max_concurrent``, ``retries``, ``start_method``, ...);
+#: only the default start method differs. ``start_method: {spawn: {}}`` in run config restores Dagster's default.
+forkserver_multiprocess_executor: dg.ExecutorDefinition = dg.multiprocess_executor.configured(
+    _with_forkserver,
+    name="multiprocess",
+    config_schema=dg.multiprocess_executor.config_schema,
+)
