@@ -5,8 +5,9 @@
 
 Uses only the domain core (no Dagster), so it runs where just the wheels of ``ks-platform sort`` are installed
 (``make gpu-bundle``). Writes ``DIR/acceptance.json``: times, GPU vs CPU speed, accuracy, memory peaks, determinism.
-Determinism differences are reported, never failed on; the exit status is non-zero only when a sort fails or the
-ground truth bar is missed.
+Also checks that a step forked the way the default executor forks it (forkserver with torch and Kilosort preloaded)
+can use the device. Determinism differences are reported, never failed on; the exit status is non-zero only when a
+sort fails, the ground truth bar is missed or the forked step cannot use the device.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class Report:
     determinism: dict[str, Any] = field(default_factory=dict)
     capped: dict[str, Any] | None = None
     cpu_vs_gpu: dict[str, Any] | None = None
+    #: A step process forked from a forkserver that preloaded what the default executor preloads, using the device.
+    forked_step: dict[str, Any] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     #: Distributions this run imported (what the bundle plus the node's image must provide).
     imported_distributions: list[str] = field(default_factory=list)
@@ -174,6 +177,38 @@ def compare_sortings(dirs: list[Path]) -> dict[str, Any]:
     return {"identical": all(row["identical"] for row in rows), "pairs": rows}
 
 
+def _torch_in_forked_step(device: str) -> dict[str, Any]:
+    """Runs in the forked process: a matrix product on ``device``, and which preloaded modules it inherited."""
+    import os
+
+    import torch
+
+    from ks_platform.core.names import STEP_PRELOAD_MODULES
+
+    inherited = [name for name in STEP_PRELOAD_MODULES if name in sys.modules]
+    x = torch.ones((256, 256), device=device)
+    return {"pid": os.getpid(), "device": str((x @ x).device), "value": float((x @ x)[0, 0]), "inherited": inherited}
+
+
+def forked_step_check(device: str) -> dict[str, Any]:
+    """What the default executor does (``execution/step_processes.py``): fork a step from a forkserver that imported
+    torch and Kilosort, then use ``device`` in the step. Run before this process touches the device."""
+    import multiprocessing
+
+    from ks_platform.core.names import STEP_PRELOAD_MODULES
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(STEP_PRELOAD_MODULES))
+    started = time.perf_counter()
+    try:
+        with context.Pool(1) as pool:
+            seen = pool.apply(_torch_in_forked_step, (device,))
+    except Exception as error:  # reported in the JSON; the run is then not accepted
+        return {"ok": False, "error": f"{type(error).__name__}: {error}"}
+    ok = seen["value"] == 256.0 and seen["device"].split(":")[0] == device and "torch" in seen["inherited"]
+    return {"ok": ok, "seconds": round(time.perf_counter() - started, 2), **seen}
+
+
 def run(mode: str, out: Path, duration_s: float | None = None) -> Report:
     from ks_platform.core.doctor import SORT_MODULES, as_records, run_checks
 
@@ -186,6 +221,7 @@ def run(mode: str, out: Path, duration_s: float | None = None) -> Report:
     )
     out.mkdir(parents=True, exist_ok=True)
     report.doctor = as_records(run_checks(out, backend=plan.backend, modules=SORT_MODULES))  # no Dagster on the node
+    report.forked_step = forked_step_check(plan.backend)
 
     t0 = time.perf_counter()
     session = make_session(out / "session" / "accept_g0", plan.duration_s, plan.n_channels, plan.n_units)
@@ -239,7 +275,7 @@ def run(mode: str, out: Path, duration_s: float | None = None) -> Report:
         }
 
     sorts = report.sorts + ([report.capped] if report.capped else [])
-    report.ok = bool(sorts) and all(s["ground_truth_passed"] for s in sorts)
+    report.ok = bool(sorts) and all(s["ground_truth_passed"] for s in sorts) and report.forked_step.get("ok", False)
     report.imported_distributions = imported_distributions()
     report.total_seconds = round(time.perf_counter() - started, 2)
     return report

@@ -54,6 +54,8 @@ def test_cpu_mode_sorts_twice_identically_and_meets_the_ground_truth_bar(cpu_acc
     assert report["determinism"]["identical"], report["determinism"]  # CPU sorts are bit-identical
     assert {check["name"] for check in report["doctor"]}, "doctor ran"
     assert all(row["memory_plan"]["batch_size"] > 0 and row["rss_peak_bytes"] > 0 for row in report["sorts"])
+    forked = report["forked_step"]  # the default executor's way of starting a step, using the device
+    assert forked["ok"] and forked["device"] == "cpu" and "kilosort" in forked["inherited"], forked
 
 
 @pytest.mark.slow

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from ks_platform.execution.step_processes import STEP_PRELOAD_MODULES, forkserver_multiprocess_executor
+from ks_platform.core.names import STEP_PRELOAD_MODULES
+from ks_platform.execution.step_processes import forkserver_multiprocess_executor
 
 
 @dg.op(config_schema={"report": str, "crash": dg.Field(bool, default_value=False)})

@@ -80,6 +80,17 @@ DOCKER_EXECUTOR_NAME = "ks_platform_docker"
 SLURM_EXECUTOR_NAME = "ks_platform_slurm"
 #: Dagster's in-process executor: a run's steps in its run worker (no process start per step).
 IN_PROCESS_EXECUTOR_NAME = "in_process"
+#: What the default executor's forkserver imports once per run before it forks the step processes
+#: (``execution/step_processes.py``; checked on a GPU node by ``bench/gpu_acceptance.py``). A module that fails to
+#: import is skipped by multiprocessing, and its step imports it itself.
+STEP_PRELOAD_MODULES: tuple[str, ...] = (
+    "ks_platform.definitions",
+    "ks_platform.core.pipeline",
+    "spikeinterface.core",
+    "probeinterface",
+    "torch",
+    "kilosort",
+)
 
 # --- File names of the store and landing layouts -------------------------------------------------------------------
 #: ``probe/``: the probe manifest and the Kilosort probe.

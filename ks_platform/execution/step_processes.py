@@ -12,17 +12,7 @@ from typing import Any
 
 import dagster as dg
 
-#: Imported once per run, in the forkserver, before the first step forks. Modules that fail to import are skipped by
-#: multiprocessing (a CPU-only or a ROCm host simply pays that import in the step). CUDA is never initialised here:
-#: importing torch and kilosort does not touch the device, so forked steps can still use the GPU.
-STEP_PRELOAD_MODULES: tuple[str, ...] = (
-    "ks_platform.definitions",
-    "ks_platform.core.pipeline",
-    "spikeinterface.core",
-    "probeinterface",
-    "torch",
-    "kilosort",
-)
+from ks_platform.core.names import STEP_PRELOAD_MODULES
 
 
 def _with_forkserver(config: dict[str, Any]) -> dict[str, Any]:
