@@ -4,8 +4,10 @@ Debian's ``slurm-wlm`` and ``munge`` (scripts/install_system_deps.sh installs th
 node ``localhost`` has this machine's CPUs and memory and one GPU GRES on partition ``gpu``. SLURM 22.05 drops a
 ``gpu`` GRES without ``File=`` ("Removing file-less GPU"), so the GRES names a character device made in the temp dir
 (a copy of /dev/null's numbers): the scheduler allocates it and sets ``SLURM_JOB_GPUS``/``CUDA_VISIBLE_DEVICES``
-like for a real GPU, though nothing can compute on it. No accounting database: job states come from slurmctld
-(``MinJobAge`` keeps ended jobs for 10 minutes) and the job-completion log (``jobcomp/filetxt``).
+like for a real GPU, though nothing can compute on it. By default there is no accounting database: job states come
+from slurmctld (``MinJobAge`` keeps ended jobs for 10 minutes) and the job-completion log (``jobcomp/filetxt``).
+``slurm_cluster(accounting=True)`` adds what a university cluster has: MariaDB (Debian's ``mariadb-server``, its own
+data dir and port) and ``slurmdbd`` (Debian's ``slurmdbd``), so ``sacct`` answers once slurmctld forgot a job.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from ks_platform_tests.conftest import missing_dependency
 
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
+#: The accounting cluster's extra programs (Debian packages ``slurmdbd`` and ``mariadb-server``).
+ACCOUNTING_PROGRAMS = ("/usr/sbin/slurmdbd", "/usr/sbin/mariadbd", "/usr/bin/mariadb-install-db", "/usr/bin/mariadb")
+ACCOUNTING_CLIENTS = ("sacct", "sacctmgr")
+CLUSTER_NAME = "kstest"
 PARTITION = "gpu"
 #: A partition of a higher priority tier on the same node: its jobs preempt (cancel) the ones of PARTITION.
 URGENT_PARTITION = "urgent"
@@ -65,9 +71,11 @@ class SlurmCluster:
         )
 
 
-def missing_programs() -> list[str]:
-    return [path for path in DAEMONS if not os.access(path, os.X_OK)] + [
-        name for name in CLIENTS if shutil.which(name) is None
+def missing_programs(accounting: bool = False) -> list[str]:
+    daemons = DAEMONS + (ACCOUNTING_PROGRAMS if accounting else ())
+    clients = CLIENTS + (ACCOUNTING_CLIENTS if accounting else ())
+    return [path for path in daemons if not os.access(path, os.X_OK)] + [
+        name for name in clients if shutil.which(name) is None
     ]
 
 
@@ -83,8 +91,9 @@ def _memory_mib() -> int:
     return max(1024, total_kib // 1024 - 1024)  # leave the OS 1 GiB
 
 
-def write_config(base: Path, cpus: int, memory_mib: int) -> Path:
-    """``slurm.conf`` + ``gres.conf`` + the munge key and the fake GPU device under ``base``."""
+def write_config(base: Path, cpus: int, memory_mib: int, dbd_port: int | None = None, min_job_age: int = 600) -> Path:
+    """``slurm.conf`` + ``gres.conf`` + the munge key and the fake GPU device under ``base``; with ``dbd_port``, job
+    accounting goes to the slurmdbd on that port."""
     for folder in ("state", "spool", "log", "dev"):
         (base / folder).mkdir()
     key = base / "munge.key"
@@ -94,7 +103,7 @@ def write_config(base: Path, cpus: int, memory_mib: int) -> Path:
     os.mknod(device, 0o666 | 0o020000, os.makedev(1, 3))  # a character device with /dev/null's numbers
     (base / "gres.conf").write_text(f"Name=gpu File={device}\n")
     settings = {
-        "ClusterName": "kstest",
+        "ClusterName": CLUSTER_NAME,
         "SlurmctldHost": f"{NODE}(127.0.0.1)",
         "SlurmctldPort": str(_free_port()),
         "SlurmdPort": str(_free_port()),
@@ -115,10 +124,10 @@ def write_config(base: Path, cpus: int, memory_mib: int) -> Path:
         "SelectTypeParameters": "CR_Core_Memory",
         "GresTypes": "gpu",
         "JobAcctGatherType": "jobacct_gather/none",
-        "AccountingStorageType": "accounting_storage/none",
+        "AccountingStorageType": "accounting_storage/slurmdbd" if dbd_port else "accounting_storage/none",
         "JobCompType": "jobcomp/filetxt",
         "JobCompLoc": str(base / "jobcomp.txt"),
-        "MinJobAge": "600",
+        "MinJobAge": str(min_job_age),
         "ReturnToService": "2",
         "SchedulerType": "sched/backfill",
         "SchedulerParameters": "sched_interval=1",
@@ -127,6 +136,15 @@ def write_config(base: Path, cpus: int, memory_mib: int) -> Path:
         "PreemptType": "preempt/partition_prio",
         "PreemptMode": "CANCEL",
     }
+    if dbd_port:
+        settings.update(
+            {
+                "AccountingStorageHost": NODE,
+                "AccountingStoragePort": str(dbd_port),
+                # with auth/munge this names the munge socket that slurmctld and sacct use to reach slurmdbd
+                "AccountingStoragePass": str(base / "munge.socket"),
+            }
+        )
     lines = [f"{name}={value}" for name, value in settings.items()]
     lines.append(f"NodeName={NODE} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mib} Gres=gpu:1 State=UNKNOWN")
     lines.append(
@@ -136,6 +154,79 @@ def write_config(base: Path, cpus: int, memory_mib: int) -> Path:
     conf = base / "slurm.conf"
     conf.write_text("\n".join(lines) + "\n")
     return conf
+
+
+def write_dbd_config(base: Path, dbd_port: int, database_port: int) -> None:
+    """``slurmdbd.conf`` beside ``slurm.conf`` (where slurmdbd looks for it), readable by its owner only."""
+    settings = {
+        "AuthType": "auth/munge",
+        "AuthInfo": f"socket={base / 'munge.socket'}",
+        "DbdHost": NODE,
+        "DbdAddr": "127.0.0.1",
+        "DbdPort": str(dbd_port),
+        "SlurmUser": "root",
+        "PidFile": str(base / "slurmdbd.pid"),
+        "LogFile": str(base / "log" / "slurmdbd.log"),
+        "StorageType": "accounting_storage/mysql",
+        "StorageHost": "127.0.0.1",
+        "StoragePort": str(database_port),
+        "StorageUser": "slurm",
+        "StoragePass": "slurm",
+        "StorageLoc": "slurm_acct_db",
+    }
+    path = base / "slurmdbd.conf"
+    path.write_text("".join(f"{name}={value}\n" for name, value in settings.items()))
+    path.chmod(0o600)
+
+
+def start_database(base: Path, port: int) -> subprocess.Popen:
+    """A private MariaDB server (data dir under ``base``, TCP on ``port``) with the ``slurm`` user slurmdbd uses."""
+    data = base / "mariadb"
+    data.mkdir()
+    subprocess.run(
+        ["mariadb-install-db", "--no-defaults", "--user=root", f"--datadir={data}", "--skip-test-db"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    socket_path = base / "mariadb.sock"
+    server = subprocess.Popen(
+        [
+            "/usr/sbin/mariadbd",
+            "--no-defaults",
+            "--user=root",
+            f"--datadir={data}",
+            f"--socket={socket_path}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={base / 'mariadb.pid'}",
+            f"--log-error={base / 'log' / 'mariadb.log'}",
+            "--innodb-buffer-pool-size=32M",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    grant = (
+        "CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm'; "
+        "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1'; FLUSH PRIVILEGES;"
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        done = subprocess.run(
+            ["mariadb", "--no-defaults", f"--socket={socket_path}", "-u", "root", "-e", grant],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode == 0:
+            return server
+        if server.poll() is not None or time.monotonic() > deadline:
+            log = (base / "log" / "mariadb.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"MariaDB did not start: {done.stderr.strip()}\n{log}")
+        time.sleep(0.5)
 
 
 def _stop(pid_file: Path) -> None:
@@ -158,10 +249,12 @@ def _stop(pid_file: Path) -> None:
 
 
 @contextmanager
-def slurm_cluster() -> Iterator[SlurmCluster]:
-    """Start munged, slurmctld and slurmd; yield once ``sinfo`` shows the node idle; stop them and delete the dir."""
+def slurm_cluster(accounting: bool = False, min_job_age: int = 600) -> Iterator[SlurmCluster]:
+    """Start munged (then MariaDB and slurmdbd with ``accounting``), slurmctld and slurmd; yield once ``sinfo`` shows
+    the node idle; stop them and delete the dir. ``min_job_age``: seconds slurmctld keeps an ended job."""
     base = Path(tempfile.mkdtemp(prefix="ks-platform-slurm-"))
-    conf = write_config(base, os.cpu_count() or 1, _memory_mib())
+    dbd_port = _free_port() if accounting else None
+    conf = write_config(base, os.cpu_count() or 1, _memory_mib(), dbd_port, min_job_age)
     cluster = SlurmCluster(conf, base, base / "jobcomp.txt")
     env = cluster.env()
     started: list[Path] = []
@@ -185,6 +278,23 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
             ],
             base / "munged.pid",
         )
+        if dbd_port:
+            database_port = _free_port()
+            write_dbd_config(base, dbd_port, database_port)
+            database = start_database(base, database_port)
+            started.append(base / "mariadb.pid")
+            start(["/usr/sbin/slurmdbd"], base / "slurmdbd.pid")
+            deadline = time.monotonic() + 60
+            while True:  # slurmdbd creates its tables first; then the cluster can be registered
+                try:
+                    cluster.run("sacctmgr", "-i", "add", "cluster", CLUSTER_NAME)
+                    break
+                except RuntimeError as exc:
+                    if "already exists" in str(exc):
+                        break
+                    if database.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"slurmdbd did not answer: {exc}\n{cluster.logs()}") from exc
+                    time.sleep(1)
         start(["/usr/sbin/slurmctld", "-f", str(conf)], base / "slurmctld.pid")
         start(["/usr/sbin/slurmd", "-f", str(conf), "-N", NODE], base / "slurmd.pid")
         deadline = time.monotonic() + 30
