@@ -9,6 +9,7 @@ import numpy as np
 
 from ks_platform.cli import main
 from ks_platform.core.determinism import compare_sortings
+from ks_platform.core.names import SESSION_SETTINGS_FILE
 
 
 def test_determinism_command_on_cpu_finds_identical_outputs(sorted_workspace, tmp_path, capsys):
@@ -27,6 +28,8 @@ def test_determinism_command_on_cpu_finds_identical_outputs(sorted_workspace, tm
             "cpu",
             "--reference",
             str(store.sorting_dir),
+            "--settings",  # the session's own settings, as the reference was sorted with them
+            str(next(ws.landing.iterdir()) / SESSION_SETTINGS_FILE),
             "--workdir",
             str(tmp_path / "runs"),
             "--json",
