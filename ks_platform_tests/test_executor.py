@@ -123,6 +123,50 @@ def test_one_sort_per_gpu_across_runs_and_processes(pg_instance, tmp_path):
     assert pg_instance.event_log_storage.get_concurrency_info(candidates[0].slot.key).claimed_slots == []
 
 
+def _claim_at_once(instance_ref, run_ids: list[str], candidates, barrier, claimed) -> None:
+    """One contender (a forked process): each round, wait for the others, claim the GPU, report whether it got it,
+    wait until every contender has claimed, then give it back."""
+    with dg.DagsterInstance.from_ref(instance_ref) as instance:
+        ledger = SlotLedger(instance)
+        for round_index, run_id in enumerate(run_ids):
+            barrier.wait(timeout=60)
+            if round_index == 0:
+                ledger.ensure_capacity([candidates[0].slot])  # as each run's executor does before its first claim
+            claimed.put((round_index, run_id, ledger.try_claim(run_id, "sorted_units", candidates) is not None))
+            barrier.wait(timeout=60)
+            ledger.withdraw(run_id, "sorted_units", candidates)
+
+
+def test_contenders_claiming_the_only_gpu_at_the_same_instant_get_it_once(pg_instance, tmp_path):
+    """Dagster's claim reads a free slot, then writes it: without the ledger's per-slot lock, contenders released
+    together could all be told CLAIMED for the one GPU (two sorts on GPU 0 in test_parallel_sorts)."""
+    import multiprocessing
+
+    contenders, rounds = 4, 15
+    inventory = Inventory.from_mapping(one_gpu_inventory(tmp_path))
+    runs = [
+        [pg_instance.create_run_for_job(gpu_placement_smoke_job).run_id for _ in range(rounds)]
+        for _ in range(contenders)
+    ]
+    candidates = candidate_placements(
+        inventory, StepRequest.from_tags(runs[0][0], "sorted_units", {"ks_platform/needs": "gpu"}, n_channels=32)
+    )
+    context = multiprocessing.get_context("fork")
+    barrier, claimed = context.Barrier(contenders), context.Queue()
+    workers = [
+        context.Process(target=_claim_at_once, args=(pg_instance.get_ref(), mine, candidates, barrier, claimed))
+        for mine in runs
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [claimed.get(timeout=300) for _ in range(contenders * rounds)]
+    for worker in workers:
+        worker.join(timeout=60)
+    winners = {index: sum(won for round_index, _, won in outcomes if round_index == index) for index in range(rounds)}
+    assert set(winners.values()) == {1}, winners  # every round: exactly one contender got the GPU
+    assert pg_instance.event_log_storage.get_concurrency_info(candidates[0].slot.key).claimed_slots == []
+
+
 def test_step_waits_for_busy_gpu_then_unreachable_engine_fails_clearly_with_retry(pg_instance, tmp_path):
     """Another run holds the GPU: the step waits (log line, no failure); once freed it is placed; the engine
     is unreachable, so the step fails with the host, URL and fix, and the op's RetryPolicy(max_retries=1) applies."""

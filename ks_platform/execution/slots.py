@@ -6,12 +6,22 @@ storage (``claim_concurrency_slot``), which is transactional in SQLite and Postg
 order, and is visible in the UI's concurrency page. A step waiting for several candidate GPUs is queued on each
 and keeps the first one it gets; the other queue entries are withdrawn at once. Dagster's run monitoring frees
 the slots of a run that dies (``free_concurrency_slots_for_run``), so a crash does not leak a GPU.
+
+Dagster's claim picks a free slot row and then writes the claimant into it in two statements, so two processes that
+claim the same pool at the same instant can both be told CLAIMED for the one slot (seen in test_parallel_sorts: two
+runs started together both sorted on GPU 0). The ledger therefore serializes the claims of one slot: a
+transaction-scoped advisory lock on PostgreSQL, an ``flock`` on a file in the instance's folder otherwise (SQLite: one
+host).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import dagster as dg
 import sqlalchemy.exc
@@ -33,6 +43,27 @@ class SlotLedger:
             raise RuntimeError(
                 "this Dagster instance's storage does not support concurrency slots: run `dagster instance migrate`"
             )
+        self._postgres = type(self._storage).__module__.startswith("dagster_postgres")
+        self._lock_dir = Path(instance.root_directory) if not self._postgres else None
+
+    @contextmanager
+    def _claims_serialized(self, pool: str) -> Iterator[None]:
+        """Hold a lock that every ledger claiming ``pool`` takes (see the module docstring)."""
+        key = f"ks_platform/slot-claim/{pool}"
+        if self._postgres:
+            lock_id = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+            with self._storage.index_transaction() as conn:  # released when this transaction ends
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+                yield
+            return
+        assert self._lock_dir is not None
+        self._lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(self._lock_dir / ".ks_platform_slot_claims.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def ensure_capacity(self, slots: Iterable[Slot]) -> None:
         """Make each slot's pool exist with the inventory's capacity (idempotent)."""
@@ -58,9 +89,10 @@ class SlotLedger:
     def try_claim(self, run_id: str, step_key: str, candidates: Sequence[Placement]) -> Placement | None:
         """Claim the first free candidate (queueing on the others); None when every candidate is busy."""
         for candidate in candidates:
-            status = self._storage.claim_concurrency_slot(
-                candidate.slot.key, run_id, claim_id(step_key, candidate.slot)
-            )
+            with self._claims_serialized(candidate.slot.key):
+                status = self._storage.claim_concurrency_slot(
+                    candidate.slot.key, run_id, claim_id(step_key, candidate.slot)
+                )
             if status.is_claimed:
                 self.withdraw(run_id, step_key, [other for other in candidates if other.slot != candidate.slot])
                 return candidate
