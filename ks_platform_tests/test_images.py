@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from dockerfile_parse import DockerfileParser
 
+from ks_platform.core.names import SESSION_SETTINGS_FILE
 from ks_platform_tests import docker_support
 
 REPO = Path(__file__).resolve().parent.parent
@@ -196,6 +197,8 @@ def test_sort_command_on_a_bare_binary_equals_the_asset_sorting(sorted_workspace
             str(fs),
             "--probe",
             str(store.probe_dir / "probe.json"),
+            "--settings",  # a bare binary has no session folder: pass the session's settings the assets used
+            str(generated_session / SESSION_SETTINGS_FILE),
             "--out",
             str(out),
             "--backend",
