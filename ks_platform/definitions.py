@@ -83,7 +83,7 @@ def executor_from_env() -> dg.ExecutorDefinition:
     (``KS_PLATFORM_INVENTORY`` or ``KS_PLATFORM_EXECUTOR=ks_platform_docker``; the latter is set in every step container
     and job so run config validates there too), Dagster's in-process executor (``KS_PLATFORM_EXECUTOR=in_process``:
     no process start per step), else Dagster's multiprocess executor with steps forked from a preloaded forkserver
-    (``execution/step_processes.py``: one process per step that starts in under a second)."""
+    (``execution/step_processes.py``: one process per step, started by a fork in ~2 s)."""
     import os
 
     if os.environ.get(KUBERNETES_ENV):

@@ -1,9 +1,10 @@
 """The default executor: Dagster's multiprocess executor, with step processes forked from a preloaded forkserver.
 
-Each step still runs in its own process (a crashed sort takes down only its step), but the process starts in well
-under a second instead of importing Dagster, the code location and the sorting stack again (8 s on a quiet
-2-core machine, 27-105 s under load). That matters because Dagster claims a step's pool slot before it starts the
-step's process: with ``spawn`` the ``kilosort`` slot sat idle through every sort's imports (bench/backfill_busy.py).
+Each step still runs in its own process (a crashed sort takes down only its step), but the process is a fork that
+does not import Dagster, the code location and the sorting stack again: a step started in 2.4 s (median) against
+6.7 s with ``spawn`` on the same 2-core machine, and 27-105 s with ``spawn`` under heavy load. That matters because
+Dagster claims a step's pool slot before it starts the step's process: with ``spawn`` the ``kilosort`` slot sat idle
+through every sort's imports (bench/backfill_busy.py, BENCHMARKS.md).
 """
 
 from __future__ import annotations
