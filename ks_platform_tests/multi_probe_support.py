@@ -46,11 +46,20 @@ def _patch_meta(text: str, **values: object) -> str:
 
 
 def write_gated_probe(
-    session: Path, run: str, probe: str, spec: DemoSessionSpec, gates: tuple[int, ...], scratch: Path
+    session: Path,
+    run: str,
+    probe: str,
+    spec: DemoSessionSpec,
+    parts: tuple[tuple[int, int], ...],
+    scratch: Path,
+    first_sample: int = 0,
+    gaps: tuple[int, ...] | None = None,
 ) -> list[Path]:
-    """One probe's ground-truth recording split into equal gate files, nested as SpikeGLX writes a run:
-    ``<run>_g<G>/<run>_g<G>_<probe>/<run>_g<G>_t0.<probe>.ap.{bin,meta}``; the truth goes to the session folder
-    as ``ground_truth.<probe>.json`` (its spike times count from the start of the first gate)."""
+    """One probe's ground-truth recording split into equal files, one per (gate, trigger) of ``parts``, nested as
+    SpikeGLX writes a run: ``<run>_g<G>/<run>_g<G>_<probe>/<run>_g<G>_t<T>.<probe>.ap.{bin,meta}``. The files lie on
+    the acquisition clock as the rig put them: the first at ``first_sample``, each one ``gaps[k]`` samples after the
+    one before (``firstSample`` in its meta). The truth goes to the session folder as ``ground_truth.<probe>.json``,
+    its spike times on that acquisition clock."""
     generated = make_spikeglx_session(
         scratch / f"{run}_{probe}",
         spec,
@@ -61,31 +70,44 @@ def write_gated_probe(
     meta = whole.with_suffix(".meta").read_text()
     n_saved = len(spec.channels) + 1
     frames = np.fromfile(whole, dtype=np.int16).reshape(-1, n_saved)
-    bounds = np.linspace(0, len(frames), len(gates) + 1).astype(int)
+    bounds = np.linspace(0, len(frames), len(parts) + 1).astype(int)
+    gaps = gaps or (0,) * len(parts)
+    shifts = first_sample + np.cumsum(gaps)  # acquisition sample of whole-recording row 0, per part
     written = []
-    for gate, start, stop in zip(gates, bounds[:-1], bounds[1:]):
-        name = f"{run}_g{gate}_t0.{probe}.ap.bin"
+    for (gate, trigger), start, stop, shift in zip(parts, bounds[:-1], bounds[1:], shifts):
+        name = f"{run}_g{gate}_t{trigger}.{probe}.ap.bin"
         path = session / f"{run}_g{gate}" / f"{run}_g{gate}_{probe}" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         frames[start:stop].tofile(path)
         seconds = (stop - start) / spec.sampling_frequency
-        path.with_suffix(".meta").write_text(
-            _patch_meta(meta, fileName=name, fileSizeBytes=(stop - start) * n_saved * 2, fileTimeSecs=f"{seconds:.6f}")
-        )
+        values = {"fileName": name, "fileSizeBytes": (stop - start) * n_saved * 2, "fileTimeSecs": f"{seconds:.6f}"}
+        path.with_suffix(".meta").write_text(_patch_meta(meta, **values, firstSample=int(shift + start)))
         written.append(path)
+    truth_file = generated / f"{Path(GROUND_TRUTH_SPEC).stem}.{probe}.npz"
+    truth = dict(np.load(truth_file))
+    part = np.searchsorted(bounds[1:], truth["samples"], side="right")
+    truth["samples"] = truth["samples"] + shifts[part]
+    np.savez(truth_file, **truth)
     for item in generated.iterdir():
         if item.name.startswith(Path(GROUND_TRUTH_SPEC).stem):
             shutil.move(item, session / item.name)
     return written
 
 
+#: imec0 of the two-probe run: two triggers of gate 0, the second one second after the first ends, the first at
+#: sample 1000 of the acquisition clock (its spike times must come back on that clock).
+IMEC0_PARTS, IMEC0_FIRST_SAMPLE, IMEC0_GAP = ((0, 0), (0, 1)), 1000, 30_000
+
+
 def write_two_probe_two_gate_run(session: Path, scratch: Path, run: str = "mouse7") -> dict[str, list[Path]]:
-    """A SpikeGLX run with imec0 (32 contiguous channels) and imec1 (a saved subset), each in gates g0 and g1,
-    plus an NI-DAQ file per gate (not a probe: listed as skipped)."""
+    """A SpikeGLX run with imec0 (32 contiguous channels; two triggers with a 1 s gap) and imec1 (a saved subset;
+    gates g0 and g1 back to back), plus an NI-DAQ file per gate (not a probe: listed as skipped)."""
     files = {
-        "imec0": write_gated_probe(session, run, "imec0", PROBE_SPEC, (0, 1), scratch),
+        "imec0": write_gated_probe(
+            session, run, "imec0", PROBE_SPEC, IMEC0_PARTS, scratch, IMEC0_FIRST_SAMPLE, (0, IMEC0_GAP)
+        ),
         "imec1": write_gated_probe(
-            session, run, "imec1", replace(PROBE_SPEC, saved_channels=SUBSET_CHANNELS), (0, 1), scratch
+            session, run, "imec1", replace(PROBE_SPEC, saved_channels=SUBSET_CHANNELS), ((0, 0), (1, 0)), scratch
         ),
     }
     for gate in (0, 1):

@@ -6,10 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ks_platform.core.ground_truth import score_sorting
 from ks_platform.core.phy import SEGMENTS_TSV, validate_phy_folder
 from ks_platform.core.store import read_json
+from ks_platform.core.timeline import segments_from_manifest, to_acquisition_samples
 from ks_platform_tests.conftest import ROOT_NAME, SESSION_FOLDER, failure_messages, sort_every_probe
-from ks_platform_tests.multi_probe_support import OPENEPHYS_PROBES, SUBSET_CHANNELS, write_openephys_two_probe_node
+from ks_platform_tests.multi_probe_support import (
+    IMEC0_FIRST_SAMPLE,
+    IMEC0_GAP,
+    OPENEPHYS_PROBES,
+    SUBSET_CHANNELS,
+    write_openephys_two_probe_node,
+)
 
 #: The Open Ephys rig's session folder (one Record Node, ProbeA + ProbeB + an NI-DAQ board).
 OPENEPHYS_FOLDER = "mouse8"
@@ -38,8 +46,9 @@ def test_each_probe_sorts_exports_to_phy_and_matches_its_ground_truth(two_probe_
     )  # the key is set only without truth
     assert truth.metadata["well_detected_units"].value >= 4
     bundle = validate_phy_folder(ws.store(key).phy_dir)
-    # converted (two files): the sync channel is not copied
-    assert bundle.n_spikes > 0 and bundle.traces_shape == (450_000, 32)
+    # converted (two files): the sync channel is not copied; imec0's 1 s gap between its triggers is zero-filled
+    rows = 450_000 + (IMEC0_GAP if probe == "imec0" else 0)
+    assert bundle.n_spikes > 0 and bundle.traces_shape == (rows, 32)
 
 
 def test_the_saved_subset_keeps_all_its_channels_at_their_acquired_positions(two_probe_run):
@@ -53,21 +62,38 @@ def test_the_saved_subset_keeps_all_its_channels_at_their_acquired_positions(two
     assert min(probe["yc"]) == 960  # acquired channel 96 sits 960 µm up: positions follow acquired ids, not file order
 
 
-def test_gates_are_concatenated_in_time_with_the_boundaries_recorded(two_probe_run):
+def test_files_are_laid_out_on_the_acquisition_clock_with_the_boundaries_recorded(two_probe_run):
+    """imec1: gates g0 and g1 back to back. imec0: triggers t0 and t1 with a 1 s gap, the first at sample 1000: the gap
+    is zero-filled in the binary, the segment table says where each file lies, and the sorted spike times mapped
+    back by ``to_acquisition_samples`` land on the ground truth's acquisition clock (its check passed above)."""
     ws, _, files, results = two_probe_run
-    key, _ = results["imec0"]
-    store = ws.store(key)
-    segments = read_json(store.raw_manifest)["segments"]
-    assert [(s["gate"], s["start_sample"], s["n_samples"]) for s in segments] == [
-        (0, 0, 225_000),
-        (1, 225_000, 225_000),
+    store = ws.store(results["imec1"][0])
+    timeline = segments_from_manifest(read_json(store.raw_manifest))
+    assert [(s.label, s.first_sample, s.binary_start, s.n_samples) for s in timeline] == [
+        ("g0_t0", 0, 0, 225_000),
+        ("g1_t0", 225_000, 225_000, 225_000),
+    ]
+    rows = (store.phy_dir / SEGMENTS_TSV).read_text().splitlines()
+    assert rows[0].split("\t")[:5] == ["segment", "file", "first_sample", "first_s", "binary_start"]
+    assert [row.split("\t")[4] for row in rows[1:]] == ["0", "225000"]
+
+    store = ws.store(results["imec0"][0])
+    timeline = segments_from_manifest(read_json(store.raw_manifest))
+    assert [(s.label, s.first_sample, s.binary_start, s.n_samples, s.zeros_before) for s in timeline] == [
+        ("g0_t0", IMEC0_FIRST_SAMPLE, 0, 225_000, 0),
+        ("g0_t1", IMEC0_FIRST_SAMPLE + 225_000 + IMEC0_GAP, 225_000 + IMEC0_GAP, 225_000, IMEC0_GAP),
     ]
     binary = np.fromfile(store.binary_dir / "recording.bin", dtype=np.int16).reshape(-1, 32)
-    appended = np.concatenate([np.fromfile(path, dtype=np.int16).reshape(-1, 33) for path in files["imec0"]])
-    assert np.array_equal(binary, appended[:, :32])
-    rows = (store.phy_dir / SEGMENTS_TSV).read_text().splitlines()
-    assert rows[0].split("\t") == ["file", "gate", "trigger", "start_sample", "n_samples", "start_s"]
-    assert [row.split("\t")[3] for row in rows[1:]] == ["0", "225000"]
+    parts = [np.fromfile(path, dtype=np.int16).reshape(-1, 33)[:, :32] for path in files["imec0"]]
+    assert np.array_equal(binary, np.concatenate([parts[0], np.zeros((IMEC0_GAP, 32), np.int16), parts[1]]))
+    spikes = np.load(store.sorting_dir / "spike_times.npy").ravel()
+    acquired = to_acquisition_samples(spikes, timeline)
+    assert np.array_equal(acquired, spikes + IMEC0_FIRST_SAMPLE)  # one linear clock: gaps filled, nothing squeezed
+    spec = ws.landing / SESSION_FOLDER / "ground_truth.imec0.json"
+    clusters = np.load(store.sorting_dir / "spike_clusters.npy").ravel()
+    on_the_clock = score_sorting(spec, acquired, clusters, 30_000.0)
+    as_sorted = score_sorting(spec, spikes, clusters, 30_000.0)  # binary rows taken for acquisition samples
+    assert on_the_clock.well_detected >= 4 and as_sorted.well_detected == 0, (on_the_clock, as_sorted)
 
 
 @pytest.fixture(scope="session")

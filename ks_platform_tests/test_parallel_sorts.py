@@ -98,7 +98,7 @@ def two_probe_session(tmp_path_factory, deployment_instance) -> Iterator[tuple[W
     base = tmp_path_factory.mktemp("parallel_sorts")
     landing, session = base / "landing", base / "landing" / FOLDER
     for probe, seed in (("imec0", 1), ("imec1", 2)):
-        write_gated_probe(session, FOLDER, probe, replace(SPEC, seed=seed), (0,), base / "scratch")
+        write_gated_probe(session, FOLDER, probe, replace(SPEC, seed=seed), ((0, 0),), base / "scratch")
     ws = Workspace(landing, base / "store", deployment_instance)
     found, rejected = discover(ws.platform.roots())
     assert rejected == [] and sorted(item.probe_name for item in found) == ["imec0", "imec1"]

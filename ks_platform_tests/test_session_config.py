@@ -159,7 +159,7 @@ def test_split_segments_makes_one_partition_per_gate_with_the_probe_settings(tmp
     found, rejected = discover({"rig1": session.parent})
     assert rejected == [] and [f.ref.probe for f in found] == ["imec0-g0", "imec0-g1", "imec1"]
     gate1 = open_recording(session, "imec0-g1")
-    assert gate1.n_samples == 200 and [s["gate"] for s in gate1.details["segments"]] == [1]
+    assert gate1.n_samples == 200 and [s.label for s in gate1.timeline] == ["g1_t0"]
     assert np.array_equal(
         gate1.read_chunk(0, 200), np.fromfile(written["imec0"][1], np.int16).reshape(200, -1)[:, :384]
     )

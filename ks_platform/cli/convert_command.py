@@ -36,17 +36,21 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from ks_platform.core.conversion import write_recording_binary
     from ks_platform.core.discovery import unexpected_error
     from ks_platform.core.errors import SessionInputError
-    from ks_platform.core.formats import open_recording
+    from ks_platform.core.formats import scan_session
     from ks_platform.core.sessions import fingerprint
     from ks_platform.core.store import SessionStore, write_json_atomic
+    from ks_platform.core.timeline import relative_files, segment_table
 
     store = SessionStore.in_folder(Path(args.out))
     try:
-        source = open_recording(Path(args.session_dir).resolve(), args.probe_name)
+        source = scan_session(Path(args.session_dir).resolve()).open(args.probe_name)
         manifest = {**source.summary(), "fingerprint": fingerprint(source, include_settings=False)}
         print(
-            f"{source.format} recording: {source.duration_s:.1f} s, {source.n_channels} channels "
+            f"{source.format} recording {source.probe_name}: {source.duration_s:.1f} s, {source.n_channels} channels "
             f"({len(source.sorting_channels)} sorted), {source.size_bytes / 1e6:.0f} MB"
+        )
+        print(
+            "\n".join(segment_table(relative_files(source.segments(), source.session_dir), source.sampling_frequency))
         )
         with tqdm(
             total=100,

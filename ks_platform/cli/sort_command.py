@@ -4,8 +4,8 @@
     ks-platform sort recording.bin --n-channels 385 --fs 30000 --probe probe.json --out OUT
     ks-platform sort recording.bin --out OUT          (recording.json sidecar: n_channels, sampling_frequency, probe_file)
 
-Writes ``OUT/{raw_recording.json, probe/, binary/, sorting/, phy/}``: the same files and lineage record as the
-Dagster assets, each step atomically. Progress: a bar for the conversion, Kilosort's own stage logs after it.
+Writes ``OUT/{raw_recording.json, probe/, binary/, sorting/, phy/}`` by running the assets' own steps
+(``core/pipeline.py``, each under the session's write lock, each atomically) over one scan of the folder. Progress: a bar for the conversion, Kilosort's own stage logs after it.
 
 A zero-copy ``binary/recording.bin`` is a symlink to the raw file (``--link``): inside an image (``KS_PLATFORM_IMAGE``
 set) it is relative by default, so the Phy folder also opens on the host, where the mounts have other paths.
@@ -21,14 +21,15 @@ from pathlib import Path
 from ks_platform.core.names import BACKEND_ENV, IMAGE_ENV, LINK_ENV
 
 
-def _source(args: argparse.Namespace):
+def _scan(args: argparse.Namespace):
+    """The session folder's scan, or a scan of the one binary file given (sidecar and flags)."""
     from ks_platform.core.errors import SessionInputError
-    from ks_platform.core.formats import open_recording, raw_binary
+    from ks_platform.core.formats import raw_binary, scan_session, single_source_scan
     from ks_platform.core.formats.raw_binary import describe_binary
 
     path = Path(args.recording).resolve()
     if path.is_dir():
-        return open_recording(path, args.probe_name), path
+        return scan_session(path)
     if not path.is_file():
         raise SessionInputError(
             path, "no such session folder or binary file", "give a session folder or an int16 .bin file"
@@ -54,7 +55,7 @@ def _source(args: argparse.Namespace):
             f"a bare binary needs {', '.join(missing)} (or a {sidecar.name} sidecar with them)",
             "pass the channel count, the sampling rate and a probe file, or give the session folder",
         )
-    return describe_binary(path, meta, sidecar if sidecar.is_file() else path, path.parent), None
+    return single_source_scan(describe_binary(path, meta, sidecar if sidecar.is_file() else path, path.parent))
 
 
 def _relative_link(choice: str) -> bool:
@@ -67,22 +68,21 @@ def _relative_link(choice: str) -> bool:
 def _cmd_sort(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ks_platform.core import conversion, pipeline
+    from ks_platform.core import pipeline
     from ks_platform.core.errors import SessionInputError
-    from ks_platform.core.sessions import fingerprint
-    from ks_platform.core.store import SessionStore, write_json_atomic
+    from ks_platform.core.store import SessionStore
 
     store = SessionStore.in_folder(Path(args.out))
     try:
-        source, session_dir = _source(args)
-        write_json_atomic(
-            store.raw_manifest, {**source.summary(), "fingerprint": fingerprint(source, include_settings=False)}
-        )
-        probe = pipeline.write_probe_map(
-            source, store, allow_zero_copy=not args.no_zero_copy, probe_file=Path(args.probe) if args.probe else None
+        scan = _scan(args)
+        probe = scan.pick(args.probe_name)
+        pipeline.observe_raw_recording(scan, store, probe)
+        probe_map = pipeline.build_probe_map(
+            scan, store, not args.no_zero_copy, probe, Path(args.probe) if args.probe else None
         )
         print(
-            f"probe map: {probe.metadata['n_sorted_channels']} sorted channels, {probe.metadata['n_shanks']} shank(s)"
+            f"probe map: {probe_map.metadata['n_sorted_channels']} sorted channels, "
+            f"{probe_map.metadata['n_shanks']} shank(s)"
         )
         with tqdm(
             total=100,
@@ -96,17 +96,18 @@ def _cmd_sort(args: argparse.Namespace) -> int:
                 bar.update(max(0.0, fraction * 100 - bar.n))
                 bar.set_postfix_str(message, refresh=False)
 
-            binary = conversion.write_recording_binary(
-                source, store.binary_dir, not args.no_zero_copy, progress, relative_link=_relative_link(args.link)
+            binary = pipeline.build_recording_binary(
+                scan, store, not args.no_zero_copy, progress, probe, relative_link=_relative_link(args.link)
             )
-        print(f"binary: {'zero-copy reference' if binary.zero_copy else 'converted'}, xxh3 {binary.checksum}")
+        kind = "zero-copy reference" if binary.metadata["zero_copy"] else "converted"
+        print(f"binary: {kind}, xxh3 {binary.data_version}")
         sorted_ = pipeline.sort_session(
-            session_dir,
+            scan,
             store,
             backend=args.backend,
             log=None if args.quiet else print,
             settings_file=Path(args.settings) if args.settings else None,
-            probe=source.probe_name if session_dir else None,
+            probe=probe,
         )
         phy = pipeline.export_phy(store)
     except SessionInputError as exc:

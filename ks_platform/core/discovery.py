@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats import list_probes, open_recording
+from ks_platform.core.formats import scan_session
 from ks_platform.core.sessions import SessionRef, candidate_folders, check_name, fingerprint, is_safe_name, key_name
 from ks_platform.core.store import contained_path
 
@@ -55,9 +55,10 @@ def identify_session(root_name: str, root: Path, folder: Path) -> list[FoundSess
     """
     check_name(root_name, root)
     contained_path(root, folder)
-    listing = list_probes(folder)
-    sources = [open_recording(folder, name) for name in sorted(listing.probes)]
-    date = min(source.recording_date for source in sources)
+    scan = scan_session(folder)
+    listing = scan.listing
+    sources = scan.sources()
+    date = min(source.recording_date for source in sources)  # type: ignore[type-var]  # dated by scan.open
     names = tuple(source.probe_name for source in sources)
     return [
         FoundSession(

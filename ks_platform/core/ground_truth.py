@@ -45,7 +45,10 @@ def find_ground_truth(
 def score_sorting(
     spec_path: Path, spike_samples: np.ndarray, spike_clusters: np.ndarray, sampling_frequency: float
 ) -> GroundTruthScore:
-    """Compare the sorting to the ground truth that ``spec_path`` (``ground_truth.json`` + ``.npz``) describes."""
+    """Compare the sorting to the ground truth that ``spec_path`` (``ground_truth.json`` + ``.npz``) describes.
+
+    Both are on the recording's acquisition clock: the truth's ``samples`` as the rig's clock counts them, the
+    sorting's spike times mapped there from the binary (``core/timeline.py``)."""
     from spikeinterface.comparison import compare_sorter_to_ground_truth
     from spikeinterface.core import NumpySorting
 

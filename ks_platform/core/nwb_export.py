@@ -34,6 +34,7 @@ from ks_platform.core.names import (
     TIMEZONE_ENV,
 )
 from ks_platform.core.store import SessionStore, atomic_directory, read_json
+from ks_platform.core.timeline import TimelineSegment, segments_from_manifest, to_acquisition_seconds
 
 #: unit_metrics columns copied into the Units table, with their descriptions.
 METRIC_COLUMNS = {
@@ -49,16 +50,24 @@ METRIC_COLUMNS = {
 
 
 class SpikeTimesIterator(GenericDataChunkIterator):
-    """Spike times in seconds, unit after unit, read chunk by chunk from ``times[order] / fs``."""
+    """Spike times in seconds on the acquisition clock, unit after unit, read chunk by chunk from ``times[order]``
+    (binary rows) mapped through the recording's timeline."""
 
-    def __init__(self, times: np.ndarray, order: np.ndarray, sampling_frequency: float, chunk_spikes: int = 1_000_000):
-        self._times, self._order, self._fs = times, order, float(sampling_frequency)
+    def __init__(
+        self,
+        times: np.ndarray,
+        order: np.ndarray,
+        sampling_frequency: float,
+        timeline: tuple[TimelineSegment, ...] = (),
+        chunk_spikes: int = 1_000_000,
+    ):
+        self._times, self._order, self._fs, self._timeline = times, order, float(sampling_frequency), timeline
         n = max(int(order.size), 1)
         chunk = min(chunk_spikes, n)
         super().__init__(chunk_shape=(chunk,), buffer_shape=(chunk,), display_progress=False)
 
     def _get_data(self, selection: tuple[slice]) -> np.ndarray:
-        return np.asarray(self._times[self._order[selection[0]]], dtype=np.float64) / self._fs
+        return to_acquisition_seconds(self._times[self._order[selection[0]]], self._timeline, self._fs)
 
     def _get_maxshape(self) -> tuple[int]:
         return (int(self._order.size),)
@@ -87,6 +96,8 @@ class UnitsSource:
     description: str = "Kilosort 4 units"
     subject: dict[str, str] | None = None
     location: str = "unknown"
+    #: Where each file of the recording lies on the acquisition clock (spike times are written on that clock).
+    timeline: tuple[TimelineSegment, ...] = ()
 
 
 def unit_index(clusters: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -137,9 +148,9 @@ def _units(nwbfile, source: UnitsSource):
     unit_ids, ends, order = unit_index(source.spike_clusters, source.spike_samples)
     times = _column(
         "spike_times",
-        "spike times (s) from the start of the recording",
+        "spike times (s) on the probe's acquisition clock (SpikeGLX firstSample / Open Ephys sample number / fs)",
         H5DataIO(
-            SpikeTimesIterator(source.spike_samples, order, source.sampling_frequency),
+            SpikeTimesIterator(source.spike_samples, order, source.sampling_frequency, source.timeline),
             compression="gzip",
             compression_opts=4,
         ),
@@ -202,6 +213,42 @@ def _units(nwbfile, source: UnitsSource):
     )
 
 
+def _segments_table(source: UnitsSource):
+    """The recording's files as time intervals on the acquisition clock, with where each lies in the sorted binary."""
+    from pynwb.epoch import TimeIntervals
+
+    table = TimeIntervals(
+        name="recording_segments",
+        description="the files the sorted recording was made of, on the acquisition clock (gaps between them were "
+        "zero-filled in the sorted binary, overlaps skipped)",
+    )
+    columns = {
+        "segment": "gate/trigger (SpikeGLX) or recording (Open Ephys) of the file",
+        "file": "the file, relative to the session folder",
+        "first_sample": "the file's first sample on the acquisition clock",
+        "binary_start": "row of the sorted binary where the file's samples start",
+        "n_samples": "samples of the file in the sorted binary",
+        "skipped_samples": "samples at the file's start skipped as an overlap with the file before",
+        "zeros_before": "zero samples filled in before the file (a gap)",
+    }
+    for name, text in columns.items():
+        table.add_column(name=name, description=text)
+    fs = source.sampling_frequency
+    for s in source.timeline:
+        table.add_interval(
+            start_time=s.acquisition_start / fs,
+            stop_time=(s.acquisition_start + s.n_samples) / fs,
+            segment=s.label,
+            file=s.file,
+            first_sample=int(s.first_sample),
+            binary_start=int(s.binary_start),
+            n_samples=int(s.n_samples),
+            skipped_samples=int(s.file_offset),
+            zeros_before=int(s.zeros_before),
+        )
+    return table
+
+
 def write_units_nwb(source: UnitsSource, path: Path) -> Path:
     """Write the NWB file to ``path`` (the caller makes it atomic); spike times streamed from a sorted index."""
     from pynwb import NWBHDF5IO, NWBFile
@@ -223,6 +270,8 @@ def write_units_nwb(source: UnitsSource, path: Path) -> Path:
         nwbfile.subject = Subject(**{k: v for k, v in source.subject.items() if k != LOCATION_KEY})
     _electrodes(nwbfile, source)
     nwbfile.units = _units(nwbfile, source)
+    if source.timeline:
+        nwbfile.add_time_intervals(_segments_table(source))
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwbfile)
     return path
@@ -273,9 +322,8 @@ def session_start_time(
     tz = tz or lab_timezone()
     meta = Path(str(manifest.get("probe_file", "")))
     if session_dir is not None and manifest.get("session_dir") and meta.is_relative_to(manifest["session_dir"]):
-        meta = Path(session_dir) / meta.relative_to(
-            manifest["session_dir"]
-        )  # the landing folder as it is now    if meta.suffix == ".meta" and meta.is_file():
+        meta = Path(session_dir) / meta.relative_to(manifest["session_dir"])  # the landing folder as it is now
+    if meta.suffix == ".meta" and meta.is_file():
         for line in meta.read_text(errors="replace").splitlines():
             if line.startswith("fileCreateTime="):
                 return dt.datetime.fromisoformat(line.split("=", 1)[1].strip()).replace(tzinfo=tz)
@@ -371,6 +419,7 @@ def store_units_source(
         spike_clusters=clusters,
         sampling_frequency=float(manifest["sampling_frequency"]),
         session_start_time=session_start_time(manifest, session_dir=session_dir),
+        timeline=tuple(segments_from_manifest(manifest)),
         identifier=str(uuid.uuid5(uuid.NAMESPACE_URL, seed)),
         session_id=store.key,
         electrodes=electrodes,

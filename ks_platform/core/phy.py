@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 from ks_platform.core.conversion import RecordingBinary
 from ks_platform.core.figures import new_figure, save_figure
 from ks_platform.core.store import atomic_directory
+from ks_platform.core.timeline import TimelineSegment
 
 #: Kilosort outputs that are not part of a Phy folder (kept with the sorting).
 NOT_FOR_PHY = {"ops.npy", "kilosort4.log"}
@@ -48,13 +50,27 @@ def params_py(dat_path: str, binary: RecordingBinary) -> str:
 SEGMENTS_TSV = "recording_segments.tsv"
 
 
-def write_segments_tsv(segments: list[dict], path: Path, sampling_frequency: float) -> None:
-    """The files a concatenated recording was made of, with where each starts in the sorted binary."""
-    columns = ("file", "gate", "trigger", "start_sample", "n_samples")
-    lines = ["\t".join((*columns, "start_s"))]
-    for segment in segments:
-        cells = [str(segment.get(column, "")) for column in columns]
-        lines.append("\t".join((*cells, f"{int(segment.get('start_sample', 0)) / sampling_frequency:.6f}")))
+def write_segments_tsv(segments: Sequence[TimelineSegment], path: Path, sampling_frequency: float) -> None:
+    """The files the binary was made of: each one's first sample on the acquisition clock (and in seconds), where
+    it starts in the binary (and in Phy's time axis), the samples used, the overlap skipped and the zeros filled
+    before it. A Phy time ``t`` is acquisition time ``t + first_s - binary_start_s`` of its segment."""
+    header = (
+        "segment\tfile\tfirst_sample\tfirst_s\tbinary_start\tbinary_start_s\tn_samples\tskipped_samples\tzeros_before"
+    )
+    lines = [header]
+    for s in segments:
+        cells = (
+            s.label,
+            s.file,
+            str(s.first_sample),
+            f"{s.first_sample / sampling_frequency:.6f}",
+            str(s.binary_start),
+            f"{s.binary_start / sampling_frequency:.6f}",
+            str(s.n_samples),
+            str(s.file_offset),
+            str(s.zeros_before),
+        )
+        lines.append("\t".join(cells))
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -63,13 +79,13 @@ def build_phy_bundle(
     binary: RecordingBinary,
     channel_shanks: np.ndarray,
     phy_dir: Path,
-    segments: list[dict] | None = None,
+    segments: Sequence[TimelineSegment] = (),
 ) -> PhyBundle:
     """Copy the sorting's Phy files to ``phy_dir`` with ``dat_path`` relative to it, then open it in phylib.
 
     The relative path (``../binary/recording.bin``) keeps working when the whole store is moved.
-    ``channel_shanks`` gives the shank of each channel in ``channel_map.npy`` order; ``segments`` (files of a
-    concatenated multi-gate/trigger recording) are written to ``recording_segments.tsv``.
+    ``channel_shanks`` gives the shank of each channel in ``channel_map.npy`` order; ``segments`` (the recording's
+    timeline: where each file lies on the acquisition clock) are written to ``recording_segments.tsv``.
     """
     with atomic_directory(phy_dir) as staged:
         for item in sorting_dir.iterdir():

@@ -20,16 +20,25 @@ import probeinterface as pi
 
 from ks_platform.core import conversion, curation, phy, probes, session_config, settings, sorting
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats import list_probes, open_recording, probe_config
+from ks_platform.core.formats import SessionScan, scan_session
 from ks_platform.core.formats.base import RecordingSource
 from ks_platform.core.ground_truth import find_ground_truth, score_sorting
 from ks_platform.core.names import KILOSORT_PROBE_JSON, LINEAGE_FILE, PROBE_MANIFEST, SUMMARY_FILE
 from ks_platform.core.probes import load_probe_map
 from ks_platform.core.sessions import fingerprint
 from ks_platform.core.store import SessionStore, atomic_directory, read_json, session_lock, write_json_atomic
+from ks_platform.core.timeline import segments_from_manifest, to_acquisition_samples
 
 PROBE_JSON = "probe.json"
 PROBE_PNG = "probe.png"
+
+#: A session as a step receives it: its landing folder (scanned once by the step) or a scan already made.
+Session = Path | SessionScan
+
+
+def as_scan(session: Session) -> SessionScan:
+    """The one scan a step reads its session folder through."""
+    return session if isinstance(session, SessionScan) else scan_session(Path(session))
 
 
 @dataclass
@@ -62,28 +71,29 @@ def binary_layout(source: RecordingSource, allow_zero_copy: bool) -> tuple[int, 
 
 
 @writes_session
-def observe_raw_recording(session_dir: Path, store: SessionStore, probe: str | None = None) -> StepOutput:
-    """Describe and fingerprint one probe's recording in the landing folder; record it as ``raw_recording.json``."""
-    source = open_recording(session_dir, probe)
-    listing = list_probes(session_dir)
-    session = {
-        "folder_name": Path(session_dir).name,
-        "session_probes": sorted(listing.probes),
-        "skipped_streams": list(listing.skipped),
-    }
+def observe_raw_recording(session: Session, store: SessionStore, probe: str | None = None) -> StepOutput:
+    """Describe and fingerprint one probe's recording in the landing folder; record it as ``raw_recording.json``.
+
+    The metadata also holds ``settings_version``: the probe's Kilosort parameter set as this scan finds it."""
+    scan = as_scan(session)
+    source = scan.open(probe)
     manifest = {
         **source.summary(),
-        **session,
+        "folder_name": scan.folder.name,
+        "session_probes": sorted(scan.listing.probes),
+        "skipped_streams": list(scan.listing.skipped),
         "fingerprint": fingerprint(source, include_settings=False),
-        "has_ground_truth": find_ground_truth(session_dir, source.data_files, source.probe_name) is not None,
+        "has_ground_truth": find_ground_truth(scan.folder, source.data_files, source.probe_name) is not None,
     }
     write_json_atomic(store.raw_manifest, manifest)
-    return StepOutput(manifest["fingerprint"], manifest)
+    return StepOutput(
+        manifest["fingerprint"], {**manifest, "settings_version": session_settings_version(scan, source.probe_name)}
+    )
 
 
-def open_unchanged_recording(session_dir: Path, store: SessionStore, probe: str | None = None) -> RecordingSource:
+def open_unchanged_recording(session: Session, store: SessionStore, probe: str | None = None) -> RecordingSource:
     """Open the probe's recording and refuse it if it changed since ``raw_recording`` observed it."""
-    source = open_recording(session_dir, probe)
+    source = as_scan(session).open(probe)
     if not store.raw_manifest.is_file():
         raise SessionInputError(
             store.raw_manifest,
@@ -94,7 +104,7 @@ def open_unchanged_recording(session_dir: Path, store: SessionStore, probe: str 
     now = fingerprint(source, include_settings=False)
     if now != observed:
         raise SessionInputError(
-            session_dir,
+            source.session_dir,
             f"the recording changed since it was observed (fingerprint {observed[:12]} → {now[:12]})",
             "wait until copying has finished, then re-materialize raw_recording and the steps after it",
         )
@@ -103,10 +113,15 @@ def open_unchanged_recording(session_dir: Path, store: SessionStore, probe: str 
 
 @writes_session
 def build_probe_map(
-    session_dir: Path, store: SessionStore, allow_zero_copy: bool = True, probe: str | None = None
+    session: Session,
+    store: SessionStore,
+    allow_zero_copy: bool = True,
+    probe: str | None = None,
+    probe_file: Path | None = None,
 ) -> StepOutput:
-    """Validated probe → ``probe.json`` (probeinterface), ``kilosort_probe.json`` and ``probe.png``."""
-    return write_probe_map(open_unchanged_recording(session_dir, store, probe), store, allow_zero_copy)
+    """Validated probe (the recording's own, or ``probe_file``) → ``probe.json`` (probeinterface),
+    ``kilosort_probe.json`` and ``probe.png``."""
+    return write_probe_map(open_unchanged_recording(session, store, probe), store, allow_zero_copy, probe_file)
 
 
 def write_probe_map(
@@ -157,16 +172,17 @@ def write_probe_map(
 
 @writes_session
 def build_recording_binary(
-    session_dir: Path,
+    session: Session,
     store: SessionStore,
     allow_zero_copy: bool = True,
     progress: conversion.Progress | None = None,
     probe: str | None = None,
+    relative_link: bool = False,
 ) -> StepOutput:
     """Convert (streamed) or verify-and-reference (zero-copy) the probe's recording into ``binary/``."""
-    source = open_unchanged_recording(session_dir, store, probe)
+    source = open_unchanged_recording(session, store, probe)
     binary = conversion.write_recording_binary(
-        source, store.binary_dir, allow_zero_copy=allow_zero_copy, progress=progress
+        source, store.binary_dir, allow_zero_copy=allow_zero_copy, progress=progress, relative_link=relative_link
     )
     metadata = {
         **binary.to_json(),
@@ -177,16 +193,17 @@ def build_recording_binary(
     return StepOutput(binary.checksum, metadata)
 
 
-def session_settings_version(session_dir: Path, probe: str | None = None) -> str:
+def session_settings_version(session: Session, probe: str | None = None) -> str:
     """Data version of the probe's Kilosort parameter set: hash of its validated overrides (``none`` without any).
 
     An invalid config still gets a version (hash of the config files' bytes), so editing it marks the sorting
     stale and the sort then fails with the validation message.
     """
     try:
-        overrides = probe_config(session_dir, probe).kilosort
+        overrides = as_scan(session).probe_config(probe).kilosort
     except SessionInputError:
-        files = session_config.config_files(session_dir)
+        folder = session.folder if isinstance(session, SessionScan) else Path(session)
+        files = session_config.config_files(folder)
         return "invalid-" + settings.settings_hash(
             {str(p): p.read_bytes().hex() if p.is_file() else "?" for p in files}
         )
@@ -194,14 +211,14 @@ def session_settings_version(session_dir: Path, probe: str | None = None) -> str
 
 
 def effective_session_settings(
-    session_dir: Path | None,
+    session: Session | None,
     binary: conversion.RecordingBinary,
     probe_manifest: dict,
     settings_file: Path | None = None,
     probe: str | None = None,
 ) -> settings.EffectiveSettings:
     """Layered, validated Kilosort settings for the probe as its session config says now (``settings_file`` last)."""
-    config = probe_config(session_dir, probe) if session_dir is not None else session_config.ProbeConfig()
+    config = as_scan(session).probe_config(probe) if session is not None else session_config.ProbeConfig()
     overrides, files = config.kilosort, list(config.files)
     if settings_file is not None:
         overrides = {**overrides, **settings.read_overrides_file(Path(settings_file))}
@@ -231,7 +248,7 @@ def check_batch_size(overrides: dict[str, Any], binary: conversion.RecordingBina
 
 @writes_session
 def sort_session(
-    session_dir: Path | None,
+    session: Session | None,
     store: SessionStore,
     backend: str = "auto",
     log: sorting.Log | None = None,
@@ -241,10 +258,11 @@ def sort_session(
 ) -> StepOutput:
     """Kilosort 4 on the session's binary and probe map, with the session's settings, into ``sorting/``.
 
-    With ``session_dir`` the landing recording is first checked against the fingerprint ``raw_recording`` took, so a
+    With ``session`` the landing recording is first checked against the fingerprint ``raw_recording`` took, so a
     recording replaced after conversion is never sorted under the old lineage."""
-    if session_dir is not None:
-        open_unchanged_recording(session_dir, store, probe)
+    if session is not None:
+        session = as_scan(session)
+        open_unchanged_recording(session, store, probe)
     binary = conversion.load_recording_binary(store.binary_dir)
     ks_probe, probe_manifest = load_probe_map(store)
     if tuple(probe_manifest["binary_channels"]) != binary.binary_channels:
@@ -253,7 +271,7 @@ def sort_session(
             "the probe map was made for a different binary layout",
             "re-materialize probe_map and recording_binary together",
         )
-    effective = effective_session_settings(session_dir, binary, probe_manifest, settings_file, probe)
+    effective = effective_session_settings(session, binary, probe_manifest, settings_file, probe)
     result = sorting.sort_recording(
         binary, ks_probe, effective, store.sorting_dir, backend=backend, log=log, extra_lineage=extra_lineage
     )
@@ -279,17 +297,18 @@ def sort_session(
     return StepOutput(result.output_checksum, metadata, figures)
 
 
-def score_session(session_dir: Path, store: SessionStore, probe: str | None = None):
+def score_session(session: Session, store: SessionStore, probe: str | None = None):
     """Ground-truth score of the probe's sorting, or None when its recording carries no ground truth."""
-    listing = list_probes(session_dir)
-    name = listing.pick(probe, session_dir)
-    spec = find_ground_truth(session_dir, listing.probes[name], name)
+    scan = as_scan(session)
+    source = scan.open(probe)
+    spec = find_ground_truth(scan.folder, source.data_files, source.probe_name)
     if spec is None:
         return None
-    spikes = np.load(store.sorting_dir / "spike_times.npy")
+    spikes = np.load(store.sorting_dir / "spike_times.npy").ravel()
     clusters = np.load(store.sorting_dir / "spike_clusters.npy")
     binary = conversion.load_recording_binary(store.binary_dir)
-    return score_sorting(spec, spikes, clusters, binary.sampling_frequency)
+    timeline = segments_from_manifest(read_json(store.raw_manifest)) if store.raw_manifest.is_file() else []
+    return score_sorting(spec, to_acquisition_samples(spikes, timeline), clusters, binary.sampling_frequency)
 
 
 @writes_session
@@ -299,7 +318,7 @@ def export_phy(store: SessionStore) -> StepOutput:
     ks_probe, _ = load_probe_map(store)
     if not (store.sorting_dir / SUMMARY_FILE).is_file():
         raise FileNotFoundError(f"{store.sorting_dir} has no sorting: materialize sorted_units first")
-    segments = read_json(store.raw_manifest).get("segments") if store.raw_manifest.is_file() else None
+    segments = segments_from_manifest(read_json(store.raw_manifest)) if store.raw_manifest.is_file() else []
     curation.preserve_phy_curation(store)  # a curation saved in Phy outlives the rebuilt folder (curation/history/)
     bundle = phy.build_phy_bundle(
         store.sorting_dir, binary, np.asarray(ks_probe["kcoords"]).astype(int), store.phy_dir, segments

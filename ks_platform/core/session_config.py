@@ -11,6 +11,7 @@ probe, or that names a probe the folder does not hold, is an error: nothing foun
     {"recording_date": "2026-03-02",            # overrides the recording's own date; required when it has none
      "probe_file": "probe.json",                # for formats without geometry; relative to this file
      "kilosort": {"Th_universal": 10},          # Kilosort settings for every probe below this folder
+     "max_gap_fill_s": 120,                     # fill gaps between a recording's files with zeros up to 120 s
      "probes": {"imec1": {"kilosort": {"batch_size": 30000}, "probe_file": "imec1_probe.json"},
                 "imec0": {"split_segments": true}}}    # sort each gate of imec0 on its own (imec0-g0, imec0-g1)
 
@@ -19,6 +20,7 @@ probe, or that names a probe the folder does not hold, is an error: nothing foun
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -34,8 +36,8 @@ from ks_platform.core.settings import validate_overrides
 
 CONFIG_FILE = "ks_session.json"
 CONFIG_NAMES = (CONFIG_FILE, SESSION_SETTINGS_FILE)
-CONFIG_KEYS = ("recording_date", "probe_file", "kilosort", "split_segments", "probes")
-PROBE_KEYS = ("recording_date", "probe_file", "kilosort", "split_segments")
+PROBE_KEYS = ("recording_date", "probe_file", "kilosort", "split_segments", "max_gap_fill_s")
+CONFIG_KEYS = (*PROBE_KEYS, "probes")
 MAX_CONFIG_BYTES = 1024 * 1024
 _FIX_SYNTAX = 'write a JSON object such as {"kilosort": {"Th_universal": 10}, "probes": {"imec0": {...}}}'
 
@@ -50,6 +52,8 @@ class ProbeConfig:
     files: tuple[Path, ...] = ()
     #: Sort each segment (SpikeGLX gate, Open Ephys recording) as its own partition instead of concatenating them.
     split_segments: bool = False
+    #: Longest gap between two files of the recording filled with zeros (seconds); None: the platform's default.
+    max_gap_fill_s: float | None = None
 
 
 def config_files(session_dir: Path) -> list[Path]:
@@ -149,7 +153,17 @@ def _layer(
             raise SessionInputError(
                 path, f"split_segments must be true or false, got {split!r}", '"split_segments": true'
             )
-    return ProbeConfig(kilosort, probe_file, date, config.files, split)
+    gap = config.max_gap_fill_s
+    if "max_gap_fill_s" in section:
+        gap = section["max_gap_fill_s"]
+        if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not (0 <= gap < 1e7):
+            raise SessionInputError(
+                path, f"max_gap_fill_s must be a number of seconds >= 0, got {gap!r}", '"max_gap_fill_s": 120'
+            )
+        gap = float(gap)
+    return dataclasses.replace(
+        config, kilosort=kilosort, probe_file=probe_file, recording_date=date, split_segments=split, max_gap_fill_s=gap
+    )
 
 
 def _date(value: Any, path: Path) -> dt.date:
@@ -165,24 +179,6 @@ def _date(value: Any, path: Path) -> dt.date:
         raise SessionInputError(
             path, f"recording_date {value!r} is not a YYYY-MM-DD date", 'write "recording_date": "2026-03-02"'
         ) from None
-
-
-def config_recording_date(
-    session_dir: Path, probe_files: tuple[Path, ...] | list[Path], probe: str = ""
-) -> dt.date | None:
-    """The ``recording_date`` the config files applying to ``probe_files`` set (nearest file wins, a ``probes``
-    section for ``probe`` over its file's top level), else None. Readers use it when the recording holds no date."""
-    date = None
-    for path in config_files(session_dir):
-        if not applies_to(path, probe_files):
-            continue
-        payload = _load(path)
-        if "recording_date" in payload:
-            date = _date(payload["recording_date"], path)
-        section = _probe_section(payload, (probe,), path) if probe else None
-        if section is not None and "recording_date" in section:
-            date = _date(section["recording_date"], path)
-    return date
 
 
 def missing_date_error(path: Path, source: str, how: str) -> SessionInputError:
@@ -207,68 +203,78 @@ def _probe_section(payload: Mapping[str, Any], names: tuple[str, ...], path: Pat
     return next((section for name, section in sections.items() if name in known), None)
 
 
-def read_probe_config(
-    session_dir: Path,
-    probes: Mapping[str, tuple[Path, ...]],
-    probe: str,
-    split_from: Mapping[str, str] | None = None,
-    check_kilosort: bool = True,
-) -> ProbeConfig:
-    """The layered config of ``probe`` (a name in ``probes``, the folder's probe → files map). ``split_from`` maps
-    segment partitions (``imec0-g1``) to the probe they were split from, whose sections apply to them too.
-    ``check_kilosort=False`` (finding sessions): Kilosort values are checked when the probe is sorted, so a typo
-    there fails that probe's sort with the file and the fix, visible in the UI, instead of hiding the session."""
-    split_from = split_from or {}
-    names = (probe,) if probe not in split_from else (split_from[probe], probe)
-    check_configs_apply(session_dir, probes, tuple(sorted(set(split_from.values()))))
-    config = ProbeConfig()
-    for path in config_files(session_dir):
-        if not applies_to(path, probes[probe]):
-            continue
-        payload = _load(path)
-        config = ProbeConfig(
-            config.kilosort, config.probe_file, config.recording_date, (*config.files, path), config.split_segments
-        )
-        config = _layer(config, {k: v for k, v in payload.items() if k != "probes"}, path, session_dir, check_kilosort)
-        for name in names:
-            section = _probe_section(payload, (name,), path)
-            if section is not None:
-                config = _layer(config, section, path, session_dir, check_kilosort)
-    return config
+@dataclass(frozen=True)
+class SessionConfig:
+    """Every config file of a session folder, each read and parsed once (shallowest first)."""
 
+    folder: Path
+    payloads: tuple[tuple[Path, dict[str, Any]], ...] = ()
 
-def check_configs_apply(
-    session_dir: Path, probes: Mapping[str, tuple[Path, ...]], unsplit: tuple[str, ...] = ()
-) -> None:
-    """Refuse a config file that applies to no probe, names an unknown probe or has unknown keys (``unsplit``:
-    names of probes that are listed split into segments, which config files may still name)."""
-    from ks_platform.core.sessions import key_name
+    @classmethod
+    def load(cls, session_dir: Path) -> SessionConfig:
+        return cls(Path(session_dir), tuple((path, _load(path)) for path in config_files(session_dir)))
 
-    known = {alias for name in (*probes, *unsplit) for alias in (name, key_name(name))}
-    for path in config_files(session_dir):
-        covered = [name for name, files in probes.items() if applies_to(path, files)]
-        if not covered:
-            raise SessionInputError(
-                path,
-                f"this config file applies to no probe (probes: {', '.join(sorted(probes))}; a file applies to the recordings in its folder and below)",
-                "move it to the session folder or next to the probe's recording, or remove it",
-            )
-        payload = _load(path)
-        _check_keys(payload, CONFIG_KEYS, path, "at the top level")
-        sections = payload.get("probes", {})
-        _probe_section(payload, (), path)
-        for name in sections:
-            if name not in known:
-                raise SessionInputError(
-                    path,
-                    f"'probes' names {name!r}, which this folder does not hold (it holds {', '.join(sorted(probes))})",
-                    f"use one of {sorted(probes)}",
-                )
-            if unsplit and name in unsplit:
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return tuple(path for path, _ in self.payloads)
+
+    def for_probe(
+        self,
+        probes: Mapping[str, tuple[Path, ...]],
+        probe: str,
+        split_from: Mapping[str, str] | None = None,
+        check_kilosort: bool = True,
+    ) -> ProbeConfig:
+        """The layered config of ``probe`` (a name in ``probes``, the folder's probe → files map). ``split_from``
+        maps segment partitions (``imec0-g1``) to the probe they were split from, whose sections apply to them
+        too. ``check_kilosort=False`` (finding sessions): Kilosort values are checked when the probe is sorted, so
+        a typo there fails that probe's sort with the file and the fix, visible in the UI, instead of hiding the
+        session."""
+        split_from = split_from or {}
+        names = (probe,) if probe not in split_from else (split_from[probe], probe)
+        config = ProbeConfig()
+        for path, payload in self.payloads:
+            if not applies_to(path, probes[probe]):
                 continue
-            if not any(name in (covered_name, key_name(covered_name)) for covered_name in covered):
+            config = dataclasses.replace(config, files=(*config.files, path))
+            top = {k: v for k, v in payload.items() if k != "probes"}
+            config = _layer(config, top, path, self.folder, check_kilosort)
+            for name in names:
+                section = _probe_section(payload, (name,), path)
+                if section is not None:
+                    config = _layer(config, section, path, self.folder, check_kilosort)
+        return config
+
+    def check_apply(self, probes: Mapping[str, tuple[Path, ...]], unsplit: tuple[str, ...] = ()) -> None:
+        """Refuse a config file that applies to no probe, names an unknown probe or has unknown keys (``unsplit``:
+        names of probes that are listed split into segments, which config files may still name)."""
+        from ks_platform.core.sessions import key_name
+
+        known = {alias for name in (*probes, *unsplit) for alias in (name, key_name(name))}
+        for path, payload in self.payloads:
+            covered = [name for name, files in probes.items() if applies_to(path, files)]
+            if not covered:
                 raise SessionInputError(
                     path,
-                    f"'probes' names {name!r}, whose recording is not in this file's folder or below",
-                    "put the section in a config file above that probe's recording",
+                    f"this config file applies to no probe (probes: {', '.join(sorted(probes))}; a file applies to "
+                    "the recordings in its folder and below)",
+                    "move it to the session folder or next to the probe's recording, or remove it",
                 )
+            _check_keys(payload, CONFIG_KEYS, path, "at the top level")
+            sections = payload.get("probes", {})
+            _probe_section(payload, (), path)
+            for name in sections:
+                if name not in known:
+                    raise SessionInputError(
+                        path,
+                        f"'probes' names {name!r}, which this folder does not hold (it holds {', '.join(sorted(probes))})",
+                        f"use one of {sorted(probes)}",
+                    )
+                if unsplit and name in unsplit:
+                    continue
+                if not any(name in (covered_name, key_name(covered_name)) for covered_name in covered):
+                    raise SessionInputError(
+                        path,
+                        f"'probes' names {name!r}, whose recording is not in this file's folder or below",
+                        "put the section in a config file above that probe's recording",
+                    )

@@ -132,24 +132,48 @@ def candidate_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def fingerprint(source: RecordingSource, include_settings: bool = True) -> str:
-    """Cheap content fingerprint: names, sizes, mtimes and the first/last MiB of each data file (+ the settings file).
+#: Blocks read across the middle of a data file besides its first and last MiB (``FINGERPRINT_BLOCK_BYTES`` each).
+FINGERPRINT_SAMPLES = 64
+FINGERPRINT_BLOCK_BYTES = 16 * 1024
 
-    It changes when a file is replaced, appended or edited at either end; the full xxh3 checksum of
-    the binary is taken during conversion. The sensor includes the session config files (an edited parameter set
-    is a changed session to sort again); ``raw_recording``'s data version does not, so that a parameter
-    change makes only the sorting stale, not the binary (the parameters have their own asset, ``session_settings``).
+
+def fingerprint(source: RecordingSource, include_settings: bool = True) -> str:
+    """Cheap content fingerprint: names, sizes, mtimes, the first/last MiB of each data file and 64 blocks of 16 KiB
+    spread evenly between them (+ the settings files); a folder (Zarr NWB) counts every file inside it.
+
+    It changes when a file is replaced, appended, or edited in place at either end or anywhere the samples reach
+    (an edit that keeps size and mtime, as ``rsync --inplace`` leaves it, included, when it covers more than
+    1/64 of the file's middle); the full xxh3 checksum of the binary is taken during conversion. The sensor includes
+    the session config files (an edited parameter set is a changed session to sort again); ``raw_recording``'s data
+    version does not, so that a parameter change makes only the sorting stale, not the binary (the parameters
+    have their own asset, ``session_settings``).
     """
     hasher = xxhash.xxh3_128()
-    files = list(source.data_files)
+    files: list[Path] = []
+    for path in source.data_files:
+        path = Path(path)
+        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
     if include_settings:
         files.extend(Path(p) for p in source.details.get("config_files", ()))
     for path in files:
         stat = path.stat()
         hasher.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
         with open(path, "rb") as handle:
-            hasher.update(handle.read(FINGERPRINT_EDGE_BYTES))
-            if stat.st_size > 2 * FINGERPRINT_EDGE_BYTES:
-                handle.seek(-FINGERPRINT_EDGE_BYTES, 2)
-                hasher.update(handle.read(FINGERPRINT_EDGE_BYTES))
+            for offset, length in sample_spans(stat.st_size):
+                handle.seek(offset)
+                hasher.update(handle.read(length))
     return hasher.hexdigest()
+
+
+def sample_spans(size: int) -> list[tuple[int, int]]:
+    """``(offset, length)`` of what ``fingerprint`` reads of a file of ``size`` bytes: all of it when small, else the
+    first and last MiB and ``FINGERPRINT_SAMPLES`` blocks spread evenly between them."""
+    edge = FINGERPRINT_EDGE_BYTES
+    if size <= 2 * edge + FINGERPRINT_SAMPLES * FINGERPRINT_BLOCK_BYTES:
+        return [(0, size)]
+    middle = size - 2 * edge - FINGERPRINT_BLOCK_BYTES
+    blocks = [
+        (edge + middle * (i + 1) // (FINGERPRINT_SAMPLES + 1), FINGERPRINT_BLOCK_BYTES)
+        for i in range(FINGERPRINT_SAMPLES)
+    ]
+    return [(0, edge), *blocks, (size - edge, edge)]

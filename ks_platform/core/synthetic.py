@@ -182,8 +182,18 @@ def _subset_text(ids: tuple[int, ...]) -> str:
     return ",".join(f"{r[0]}:{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
-def spikeglx_run_meta(probe: GlxProbe, n_samples: int, fs: float, date: dt.date, file_name: str) -> str:
-    """The meta of one AP file of ``probe`` as SpikeGLX writes it (the keys the readers use)."""
+def spikeglx_run_meta(
+    probe: GlxProbe,
+    n_samples: int,
+    fs: float,
+    date: dt.date,
+    file_name: str,
+    first_sample: int = 0,
+    catgt_gates: tuple[int, int] | None = None,
+    catgt_triggers: tuple[int, int] | None = None,
+) -> str:
+    """The meta of one AP file of ``probe`` as SpikeGLX writes it (the keys the readers use); CatGT output also
+    names the gates and triggers it covers (``catGVals``/``catTVals``)."""
     ids = probe.saved_ids
     if probe.np2:
         imro = "(2013,384)" + "".join(f"({c} {c // 96} 0 0 {c % 96})" for c in range(384))
@@ -213,6 +223,7 @@ def spikeglx_run_meta(probe: GlxProbe, n_samples: int, fs: float, date: dt.date,
             "fileName": file_name,
             "fileSizeBytes": str(n_samples * len(ids) * 2),
             "fileTimeSecs": f"{n_samples / fs:.9f}",
+            "firstSample": str(first_sample),
             "imSampRate": f"{fs:g}",
             "nSavedChans": str(len(ids)),
             "snsApLfSy": f"{len(ids) - 1},0,1",
@@ -224,6 +235,9 @@ def spikeglx_run_meta(probe: GlxProbe, n_samples: int, fs: float, date: dt.date,
             + f"(SY0;{ids[-1]}:{ids[-1]})",
         }
     )
+    if catgt_gates is not None:
+        fields["catGVals"] = f"{catgt_gates[0]},{catgt_gates[1]}"
+        fields["catTVals"] = f"{catgt_triggers[0]},{catgt_triggers[1]}" if catgt_triggers else "0,0"
     return "".join(f"{key}={value}\n" for key, value in sorted(fields.items(), key=lambda kv: kv[0].lstrip("~")))
 
 
@@ -239,16 +253,22 @@ def write_spikeglx_run(
     catgt: bool = False,
     other_streams: bool = False,
     seed: int = 0,
+    first_samples: dict[tuple[int, int], int] | None = None,
+    catgt_gates: tuple[int, ...] | None = None,
 ) -> dict[str, list[Path]]:
     """Write a SpikeGLX run as SpikeGLX nests it (``<run>_gG/<run>_gG_imecN/<run>_gG_tT.imecN.ap.{bin,meta}``).
 
-    Every gate × trigger file of every probe holds ``n_samples`` random int16 frames (sync channel last).
-    ``catgt``: also ``catgt_<run>_g<first gate>/…_tcat.imecN.ap.bin`` holding all of a probe's files appended;
+    Every gate × trigger file of every probe holds ``n_samples`` random int16 frames (sync channel last); its
+    ``firstSample`` is ``first_samples[(gate, trigger)]`` (default: the files back to back from sample 0).
+    ``catgt``: also ``catgt_<run>_g<first gate>/…_tcat.imecN.ap.bin`` holding the files of ``catgt_gates`` (default
+    all) of a probe laid end to end, its meta naming the gates and triggers it covers;
     ``other_streams``: also an NI-DAQ file per gate/trigger and an LF file per AP file. Returns each probe's raw
     AP files in time order (gate, then trigger).
     """
     rng = np.random.default_rng(seed)
     written: dict[str, list[Path]] = {probe.name: [] for probe in probes}
+    order = [(gate, trigger) for gate in gates for trigger in triggers]
+    starts = first_samples or {key: i * n_samples for i, key in enumerate(order)}
     for gate in gates:
         gate_dir = folder / f"{run}_g{gate}"
         for trigger in triggers:
@@ -258,7 +278,7 @@ def write_spikeglx_run(
                 path = _write_glx_file(
                     gate_dir / f"{run}_g{gate}_{probe.name}" / name,
                     data,
-                    spikeglx_run_meta(probe, n_samples, fs, date, name),
+                    spikeglx_run_meta(probe, n_samples, fs, date, name, starts[(gate, trigger)]),
                 )
                 written[probe.name].append(path)
                 if other_streams:
@@ -274,15 +294,25 @@ def write_spikeglx_run(
                     "typeThis=nidq\nniSampRate=25000\n",
                 )
     if catgt:
+        covered = tuple(catgt_gates or gates)
+        keep = [i for i, (gate, _) in enumerate(order) if gate in covered]
         for probe in probes:
             data = np.concatenate(
-                [np.fromfile(p, np.int16).reshape(-1, len(probe.saved_ids)) for p in written[probe.name]]
+                [np.fromfile(written[probe.name][i], np.int16).reshape(-1, len(probe.saved_ids)) for i in keep]
             )
-            name = f"{run}_g{gates[0]}_tcat.{probe.name}.ap.bin"
+            name = f"{run}_g{covered[0]}_tcat.{probe.name}.ap.bin"
+            meta = spikeglx_run_meta(
+                probe,
+                len(data),
+                fs,
+                date,
+                name,
+                starts[order[keep[0]]],
+                (min(covered), max(covered)),
+                (min(triggers), max(triggers)),
+            )
             _write_glx_file(
-                folder / f"catgt_{run}_g{gates[0]}" / f"{run}_g{gates[0]}_{probe.name}" / name,
-                data,
-                spikeglx_run_meta(probe, len(data), fs, date, name),
+                folder / f"catgt_{run}_g{covered[0]}" / f"{run}_g{covered[0]}_{probe.name}" / name, data, meta
             )
     return written
 

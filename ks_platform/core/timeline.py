@@ -179,3 +179,25 @@ def segments_from_manifest(manifest: Mapping[str, object]) -> list[TimelineSegme
     """The segment table recorded in a ``raw_recording.json`` (empty for records made before it existed)."""
     rows = manifest.get("timeline") or []
     return [TimelineSegment.from_json(row) for row in rows]  # type: ignore[union-attr]
+
+
+def segment_table(segments: Sequence[TimelineSegment], sampling_frequency: float) -> list[str]:
+    """The segment table as aligned text lines (for the CLI and logs)."""
+    header = ("segment", "first_sample", "first_s", "binary_start", "n_samples", "skipped", "zeros_before", "file")
+    rows = [
+        (
+            s.label,
+            str(s.first_sample),
+            f"{s.first_sample / sampling_frequency:.6f}",
+            str(s.binary_start),
+            str(s.n_samples),
+            str(s.file_offset),
+            str(s.zeros_before),
+            s.file,
+        )
+        for s in segments
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in (header, *rows)
+    ]

@@ -29,7 +29,7 @@ def raw_recording(context: dg.AssetExecutionContext, platform: PlatformResource)
         store = platform.store(key)  # checks the key grammar first
         folder = current_session_folder(key, platform.roots(), store.root)  # refuses retired and re-dated keys
         output = pipeline.observe_raw_recording(folder, store, platform.probe(key))
-        settings_version = pipeline.session_settings_version(folder, platform.probe(key))
+        settings_version = output.metadata.pop("settings_version")
     # The parameter set as this run finds it, recorded as an observation of session_settings (defs/sorting.py):
     # the sorting's provenance then names it however the run was launched, and a later edit shows as stale.
     context.log_event(

@@ -310,7 +310,7 @@ def test_lfp_only_file_is_not_sorted(tmp_path):
     )
     with pytest.raises(SessionInputError, match=r"no probe recording to sort.*ElectricalSeriesLFP: sampled at 2500 Hz"):
         formats.list_probes(file.parent)
-    with pytest.raises(SessionInputError, match=r"no wideband ElectricalSeries to sort.*2500 Hz"):
+    with pytest.raises(SessionInputError, match=r"no probe recording to sort.*2500 Hz"):
         nwb.open_recording(file.parent)
 
 

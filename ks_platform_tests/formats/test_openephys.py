@@ -142,10 +142,16 @@ def test_two_recordings_of_one_experiment_are_concatenated(session, written):
     traces = written[1]
     recording = next(session.rglob("structure.oebin")).parent
     shutil.copytree(recording, recording.parent / "recording2")
-    source = openephys.open_recording(session)
     n = traces.shape[0]
+    with pytest.raises(SessionInputError, match="wholly inside"):  # a copy of recording1: its samples 0..n-1 again
+        openephys.open_recording(session)
+    for index in recording.parent.glob("recording2/continuous/*/*.npy"):  # recorded on: the clock continues
+        numbers = np.load(index)
+        np.save(index, numbers + (n if numbers.dtype.kind in "iu" else n / syn.FS))
+    source = openephys.open_recording(session)
     assert source.n_samples == 2 * n and source.zero_copy_path is None
-    assert [s["start_sample"] for s in source.details["segments"]] == [0, n]
+    first = source.timeline[0].first_sample
+    assert [(s.first_sample - first, s.binary_start) for s in source.timeline] == [(0, 0), (n, n)]
     np.testing.assert_array_equal(source.read_chunk(n - 100, n + 100), np.concatenate([traces[-100:], traces[:100]]))
 
 

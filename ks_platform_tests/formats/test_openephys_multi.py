@@ -116,7 +116,9 @@ def test_record_nodes_with_different_streams_are_combined(tmp_path):
     assert openephys.open_recording(tmp_path, "ProbeB").details["record_node"] == "Record Node 102"
 
 
-def test_recordings_are_concatenated_and_experiments_are_separate_probes(tmp_path):
+def test_recordings_are_laid_out_on_the_clock_and_experiments_are_separate_probes(tmp_path):
+    """recording2 starts at sample 90000 (recording1 holds 0..N-1): the gap between them is zero-filled, so every
+    sample of the binary sits where the acquisition clock put it."""
     r1, r2 = _write(tmp_path, recording=1), _write(tmp_path, recording=2, first_sample=90000)
     e2 = _write(tmp_path, experiment=2)
     listing = openephys.list_probes(tmp_path)
@@ -124,24 +126,22 @@ def test_recordings_are_concatenated_and_experiments_are_separate_probes(tmp_pat
     assert len(listing.probes["ProbeA-e1"]) == 2
     folder = "Neuropix-PXI-100.ProbeA-AP"
     source = openephys.open_recording(tmp_path, "ProbeA-e1")
-    both = np.concatenate([r1[folder], r2[folder]])[:, :8]
-    assert source.n_samples == 2 * N and source.zero_copy_path is None and source.details["experiment"] == 1
-    assert source.details["segments"] == [
-        {
-            "recording": "Record Node 101/experiment1/recording1",
-            "start_sample": 0,
-            "n_samples": N,
-            "first_sample_number": 0,
-        },
-        {
-            "recording": "Record Node 101/experiment1/recording2",
-            "start_sample": N,
-            "n_samples": N,
-            "first_sample_number": 90000,
-        },
+    laid = np.zeros((90000 + N, 8), dtype=np.int16)
+    laid[:N], laid[90000:] = r1[folder][:, :8], r2[folder][:, :8]
+    assert source.n_samples == 90000 + N and source.zero_copy_path is None and source.details["experiment"] == 1
+    assert [(s.label, s.first_sample, s.binary_start, s.n_samples, s.zeros_before) for s in source.timeline] == [
+        ("Record Node 101/experiment1/recording1", 0, 0, N, 0),
+        ("Record Node 101/experiment1/recording2", 90000, 90000, N, 90000 - N),
     ]
-    for start, stop in ((0, 2 * N), (N - 7, N + 5), (N, N + 1), (2 * N - 3, 2 * N + 10), (5, 5)):
-        np.testing.assert_array_equal(source.read_chunk(start, stop), both[start:stop])
+    for start, stop in (
+        (0, 90000 + N),
+        (N - 7, N + 5),
+        (89990, 90010),
+        (N, N + 1),
+        (5, 5),
+        (90000 + N - 3, 90000 + N + 9),
+    ):
+        np.testing.assert_array_equal(source.read_chunk(start, stop), laid[start:stop])
     assert (
         source.summary()["zero_copy_capable"] is False and len(source.data_files) == 6
     )  # dat, oebin, sample_numbers x2
@@ -370,8 +370,12 @@ def test_experiment_and_recordings_match_spikeinterface_blocks_and_segments(tmp_
         segments = [
             recording.get_traces(segment_index=i, return_in_uV=False) for i in range(recording.get_num_segments())
         ]
-        assert [s["n_samples"] for s in source.details["segments"]] == [len(s) for s in segments]
-        np.testing.assert_array_equal(source.read_chunk(0, source.n_samples), np.concatenate(segments))
+        assert [s.n_samples for s in source.timeline] == [len(s) for s in segments]
+        for index, (segment, theirs) in enumerate(zip(source.timeline, segments)):  # each where the clock puts it
+            ours = source.read_chunk(segment.binary_start, segment.binary_start + segment.n_samples)
+            np.testing.assert_array_equal(ours, theirs)
+            start_s = recording.get_times(segment_index=index)[0]
+            assert segment.first_sample / recording.get_sampling_frequency() == pytest.approx(start_s)
         assert list(recording.channel_ids) == [f"AP{i + 1}" for i in range(8)]
 
 

@@ -72,14 +72,14 @@ def test_gates_and_triggers_are_appended_in_order_into_one_recording(tmp_path):
     assert np.array_equal(source.read_chunk(140, 460), appended[140:460])  # spans three files
     assert np.array_equal(source.read_chunk(590, 700), appended[590:])  # clipped at the end
     assert source.data_files == tuple(p for f in files for p in (f, f.with_suffix(".meta")))
-    segments = source.summary()["segments"]
-    assert [(s["gate"], s["trigger"], s["start_sample"], s["n_samples"]) for s in segments] == [
-        (0, 0, 0, 150),
-        (0, 1, 150, 150),
-        (1, 0, 300, 150),
-        (1, 1, 450, 150),
+    timeline = source.summary()["timeline"]
+    assert [(s["label"], s["first_sample"], s["binary_start"], s["n_samples"]) for s in timeline] == [
+        ("g0_t0", 0, 0, 150),
+        ("g0_t1", 150, 150, 150),
+        ("g1_t0", 300, 300, 150),
+        ("g1_t1", 450, 450, 150),
     ]
-    assert segments[2]["file"] == "run_g1/run_g1_imec1/run_g1_t0.imec1.ap.bin"
+    assert timeline[2]["file"] == "run_g1/run_g1_imec1/run_g1_t0.imec1.ap.bin"
 
 
 def test_one_gate_can_be_opened_on_its_own(tmp_path):
@@ -87,7 +87,7 @@ def test_one_gate_can_be_opened_on_its_own(tmp_path):
     gate = formats.open_recording(tmp_path / "run", "imec0-g1")
     assert gate.probe_name == "imec0-g1" and gate.n_samples == 100 and gate.zero_copy_path == written["imec0"][1]
     assert list(formats.list_probes(tmp_path / "run").probes) == ["imec0"]  # not listed as a probe of its own
-    with pytest.raises(SessionInputError, match="no gate 5"):
+    with pytest.raises(SessionInputError, match="no probe named 'imec0-g5'"):
         formats.open_recording(tmp_path / "run", "imec0-g5")
 
 
@@ -138,6 +138,8 @@ def test_phase3a_files_are_probe_imec(tmp_path):
     path = written["imec0"][0]
     for suffix in (".bin", ".meta"):
         path.with_suffix(suffix).rename(path.parent / f"test_file.imec.ap{suffix}")
+    meta = path.parent / "test_file.imec.ap.meta"  # phase 3A: SpikeGLX names the file *.imec.ap.bin
+    meta.write_text(meta.read_text().replace("fileName=run_g0_t0.imec0.ap.bin", "fileName=run_g0_t0.imec.ap.bin"))
     assert list(formats.list_probes(tmp_path / "run").probes) == ["imec"]
     assert formats.open_recording(tmp_path / "run").probe_name == "imec"
 

@@ -1,18 +1,23 @@
-"""Recording formats. Each module offers ``FORMAT``, ``find_files(dir)`` (detection), ``list_probes(dir)``
-(a :class:`ProbeListing`) and ``open_recording(dir, probe)`` (one probe's :class:`RecordingSource`)."""
+"""Recording formats. Each reader module offers ``FORMAT``, ``find_files(dir)`` (detection) and ``scan(dir)``: one
+read of the folder's headers, an object with ``listing`` (a :class:`ProbeListing`) and ``open(name, options)`` (one
+probe's :class:`RecordingSource`); optionally ``split(name)`` (one probe per segment) and ``base_probe(name)`` /
+``files_of(name)`` for names it opens without listing them. ``scan_session`` is the one way in."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import nwb, openephys, plexon, raw_binary, spikeglx
-from ks_platform.core.formats.base import ProbeListing, RecordingSource
-from ks_platform.core.session_config import ProbeConfig, check_configs_apply, config_files, read_probe_config
+from ks_platform.core.formats.base import MissingDate, ProbeListing, ReadOptions, RecordingSource
+from ks_platform.core.session_config import ProbeConfig, SessionConfig, missing_date_error
 from ks_platform.core.store import contained_path
 
 #: Registered readers, in detection order.
@@ -137,89 +142,177 @@ def refuse_escaping_links(session_dir: Path) -> None:
                     )
 
 
-def list_probes(session_dir: Path) -> ProbeListing:
-    """The probes in ``session_dir`` (one partition each) and the streams that are skipped, with why."""
+@dataclass
+class SessionScan:
+    """One read of a session folder: its format, its probes and skipped streams, its config files; each probe's
+    recording is opened from it once (config applied, files checked) and kept.
+
+    Every step and command reads a folder through one scan: the headers are read once per step, and the readers
+    never read the session config themselves (what it says reaches them as ``ReadOptions``)."""
+
+    folder: Path
+    reader: ModuleType
+    reading: Any = field(repr=False)
+    listing: ProbeListing
+    config: SessionConfig
+    _opened: dict[str, RecordingSource] = field(default_factory=dict, repr=False)
+
+    @property
+    def format(self) -> str:
+        return self.reader.FORMAT
+
+    def pick(self, probe: str | None = None) -> str:
+        """The probe name ``probe`` refers to (``None`` only when there is one); a reader may accept names it does
+        not list (``imec0-g1``: one gate of imec0)."""
+        if probe is not None and probe not in self.listing.probes and hasattr(self.reading, "base_probe"):
+            if self.reading.base_probe(probe) is not None:
+                return probe
+        return self.listing.pick(probe, self.folder)
+
+    def _config_names(self, name: str) -> tuple[dict[str, tuple[Path, ...]], Mapping[str, str]]:
+        if name in self.listing.probes:
+            return dict(self.listing.probes), self.listing.split_from
+        base = self.reading.base_probe(name)
+        return {**self.listing.probes, name: self.reading.files_of(name)}, {**self.listing.split_from, name: base}
+
+    def probe_config(self, probe: str | None = None, check_kilosort: bool = True) -> ProbeConfig:
+        """What the session's config files say about one probe (empty when the folder has none)."""
+        if not self.config.payloads:
+            return ProbeConfig()
+        name = self.pick(probe)
+        probes, split_from = self._config_names(name)
+        return self.config.for_probe(probes, name, split_from, check_kilosort)
+
+    def open(self, probe: str | None = None) -> RecordingSource:
+        """One probe's recording (``probe=None``: the only one), with the config applied and its files checked."""
+        name = self.pick(probe)
+        if name not in self._opened:
+            config = self.probe_config(name, check_kilosort=False)
+            options = ReadOptions(
+                **({} if config.max_gap_fill_s is None else {"max_gap_fill_s": config.max_gap_fill_s})
+            )
+            try:
+                source = self.reading.open(name, options)
+            except PermissionError as exc:  # a reader met a file it may not open: name that file
+                raise permission_error(exc.filename, self.folder) from None
+            source = _with_config(source, config)
+            for path in (*source.data_files, *([source.probe_file] if source.probe_file else [])):
+                contained_path(self.folder, path, "the session folder")
+                require_readable(path)
+            self._opened[name] = source
+        return self._opened[name]
+
+    def sources(self) -> list[RecordingSource]:
+        """Every listed probe's recording, in name order."""
+        return [self.open(name) for name in sorted(self.listing.probes)]
+
+
+def scan_session(session_dir: Path) -> SessionScan:
+    """Read a session folder once: detect its format, list its probes (split as the config says), load its config."""
     session_dir = Path(session_dir)
     if session_dir.is_dir():
         refuse_escaping_links(session_dir)
     reader = detect_format(session_dir)
     try:
-        listing = reader.list_probes(session_dir)
+        reading = reader.scan(session_dir)
     except PermissionError as exc:
         raise permission_error(exc.filename, session_dir) from None
+    listing = reading.listing
     if not listing.probes:
-        skipped = "; ".join(listing.skipped) or "none"
         raise SessionInputError(
             session_dir,
-            f"no probe recording to sort in this {reader.FORMAT} folder (skipped streams: {skipped})",
-            "record the wideband/AP band of at least one probe",
+            f"no probe recording to sort in this {reader.FORMAT} folder; it holds: {_holds(listing)}",
+            getattr(reader, "NO_PROBE_FIX", "record the wideband/AP band of at least one probe")
+            + " (or put this folder outside the landing root)",
         )
-    check_configs_apply(session_dir, listing.probes)
-    return split_segments(reader, session_dir, listing)
+    config = SessionConfig.load(session_dir)
+    config.check_apply(listing.probes)
+    return SessionScan(
+        session_dir, reader, reading, split_segments(reader, reading, session_dir, listing, config), config
+    )
 
 
-def split_segments(reader: ModuleType, session_dir: Path, listing: ProbeListing) -> ProbeListing:
+@dataclass(frozen=True)
+class _OneSource:
+    """The reading of a recording described without a session folder (one file given to ``ks-platform sort``)."""
+
+    source: RecordingSource
+
+    @property
+    def listing(self) -> ProbeListing:
+        return ProbeListing({self.source.probe_name: self.source.data_files})
+
+    def open(self, name: str, options: ReadOptions) -> RecordingSource:
+        return self.source
+
+
+def single_source_scan(source: RecordingSource) -> SessionScan:
+    """A scan of one recording described without a session folder (no config files apply to it)."""
+    reading = _OneSource(source)
+    return SessionScan(source.session_dir, raw_binary, reading, reading.listing, SessionConfig(source.session_dir))
+
+
+def _holds(listing: ProbeListing) -> str:
+    """What a folder without a probe to sort does hold, for the refusal."""
+    return "; ".join(listing.skipped) or "no stream at all"
+
+
+def split_segments(
+    reader: ModuleType, reading: Any, session_dir: Path, listing: ProbeListing, config: SessionConfig
+) -> ProbeListing:
     """The listing with each probe whose config sets ``split_segments`` replaced by one probe per segment."""
-    if not config_files(session_dir):
+    if not config.payloads:
         return listing
-    configs = {
-        name: read_probe_config(session_dir, listing.probes, name, check_kilosort=False) for name in listing.probes
-    }
-    split = [name for name, config in configs.items() if config.split_segments]
+    configs = {name: config.for_probe(listing.probes, name, check_kilosort=False) for name in listing.probes}
+    split = [name for name, probe_config in configs.items() if probe_config.split_segments]
     if not split:
         return listing
-    if not hasattr(reader, "split_segments"):
-        config = configs[split[0]]
+    if not hasattr(reading, "split"):
         raise SessionInputError(
-            config.files[-1],
+            configs[split[0]].files[-1],
             f"split_segments is set, but {reader.FORMAT} recordings are not made of segments",
             "remove split_segments",
         )
     probes: dict[str, tuple[Path, ...]] = {}
     split_from: dict[str, str] = {}
     for name, files in listing.probes.items():
-        parts = reader.split_segments(name, files) if name in split else {name: files}
+        parts = reading.split(name) if name in split else {name: files}
         probes.update(parts)
         split_from.update({part: name for part in parts if name in split})
-    return ProbeListing(probes, listing.skipped, split_from)
+    split_listing = ProbeListing(probes, listing.skipped, split_from)
+    config.check_apply(probes, tuple(sorted(set(split_from.values()))))
+    return split_listing
+
+
+def list_probes(session_dir: Path) -> ProbeListing:
+    """The probes in ``session_dir`` (one partition each) and the streams that are skipped, with why."""
+    return scan_session(session_dir).listing
 
 
 def probe_config(session_dir: Path, probe: str | None = None, check_kilosort: bool = True) -> ProbeConfig:
     """What the session's config files say about one probe (empty when the folder has none)."""
-    session_dir = Path(session_dir)
-    if not config_files(session_dir):
-        return ProbeConfig()
-    listing = list_probes(session_dir)
-    name = listing.pick(probe, session_dir)
-    return read_probe_config(session_dir, listing.probes, name, listing.split_from, check_kilosort)
+    return scan_session(session_dir).probe_config(probe, check_kilosort)
 
 
 def _with_config(source: RecordingSource, config: ProbeConfig) -> RecordingSource:
-    """The source as the session config amends it (recording date, probe file), noting which files applied."""
-    changes: dict[str, object] = {"details": {**source.details, "config_files": [str(p) for p in config.files]}}
+    """The source as the session config amends it (recording date, probe file), noting which files applied; a source
+    whose files hold no date and no config date is refused here (never a file's modification time)."""
+    changes: dict[str, object] = {}
+    if config.files:
+        changes["details"] = {**source.details, "config_files": [str(p) for p in config.files]}
     if config.recording_date is not None:
         changes["recording_date"] = config.recording_date
+    elif source.recording_date is None:
+        missing = source.missing_date or MissingDate(source.session_dir, "no date in the recording's files", "")
+        raise missing_date_error(missing.path, missing.what, missing.how or "write the date into the recording")
     if config.probe_file is not None:
         changes.update(probe_file=config.probe_file, probe=None)
-    return dataclasses.replace(source, **changes)
+    return dataclasses.replace(source, **changes) if changes else source
 
 
 def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
     """Describe one probe's recording in ``session_dir`` (``probe=None``: the only one), from files inside the folder."""
-    session_dir = Path(session_dir)
-    if session_dir.is_dir():
-        refuse_escaping_links(session_dir)
-    reader = detect_format(session_dir)
-    try:
-        source = reader.open_recording(session_dir, probe)
-    except PermissionError as exc:  # a reader met a file it may not open: name that file
-        raise permission_error(exc.filename, session_dir) from None
-    if session_dir.is_dir() and config_files(session_dir):
-        source = _with_config(source, probe_config(session_dir, source.probe_name, check_kilosort=False))
-    for path in (*source.data_files, *([source.probe_file] if source.probe_file else [])):
-        contained_path(session_dir, path, "the session folder")
-        require_readable(path)
-    return source
+    return scan_session(session_dir).open(probe)
 
 
 def require_readable(path: Path) -> None:
@@ -230,4 +323,15 @@ def require_readable(path: Path) -> None:
         raise permission_error(path, path) from None
 
 
-__all__ = ["ProbeListing", "RecordingSource", "detect_format", "list_probes", "open_recording", "register", "READERS"]
+__all__ = [
+    "ProbeListing",
+    "READERS",
+    "RecordingSource",
+    "SessionScan",
+    "detect_format",
+    "list_probes",
+    "open_recording",
+    "register",
+    "scan_session",
+    "single_source_scan",
+]

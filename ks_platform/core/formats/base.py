@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from probeinterface import Probe
 
+from ks_platform.core.timeline import DEFAULT_MAX_GAP_FILL_S, TimelineSegment, relative_files
+
 #: ``read_chunk(start, stop)`` returns int16 samples ``[stop - start, len(sorting_channels)]``.
 ChunkReader = Callable[[int, int], np.ndarray]
 
@@ -36,6 +38,12 @@ class ProbeListing:
         from ks_platform.core.errors import SessionInputError
 
         names = sorted(self.probes)
+        if not names:
+            raise SessionInputError(
+                session_dir,
+                f"no probe recording to sort in this folder; it holds: {'; '.join(self.skipped) or 'no stream at all'}",
+                "record the wideband/AP band of at least one probe",
+            )
         if probe is None:
             if len(names) == 1:
                 return names[0]
@@ -59,6 +67,23 @@ class ProbeListing:
 
 
 @dataclass(frozen=True)
+class ReadOptions:
+    """What the session config tells a reader (readers never read the config themselves)."""
+
+    #: Longest gap between two files of one recording that is filled with zeros (seconds).
+    max_gap_fill_s: float = DEFAULT_MAX_GAP_FILL_S
+
+
+@dataclass(frozen=True)
+class MissingDate:
+    """Why a recording's own files hold no date: the file to name, what is missing, how the rig writes it."""
+
+    path: Path
+    what: str
+    how: str
+
+
+@dataclass(frozen=True)
 class RecordingSource:
     """A recording found in a session folder, described without loading its samples.
 
@@ -73,7 +98,8 @@ class RecordingSource:
     n_channels: int
     n_samples: int
     source_dtype: str
-    recording_date: dt.date
+    #: The date the recording's own files give; None (with ``missing_date``) when they give none.
+    recording_date: dt.date | None
     sorting_channels: tuple[int, ...]
     uv_per_bit: float
     read_chunk: ChunkReader = field(repr=False, compare=False)
@@ -87,6 +113,9 @@ class RecordingSource:
     probe_name: str = ""
     #: Format-specific facts for the record (segments of a multi-gate run, skipped streams, real names…).
     details: Mapping[str, object] = field(default_factory=dict, compare=False)
+    #: Where each file lies on the acquisition clock and in the binary (one segment per file; see core/timeline.py).
+    timeline: tuple[TimelineSegment, ...] = field(default=(), compare=False)
+    missing_date: MissingDate | None = field(default=None, repr=False, compare=False)
 
     @property
     def duration_s(self) -> float:
@@ -111,8 +140,16 @@ class RecordingSource:
             zero_copy_path=data_path,
         )
 
+    def segments(self) -> tuple[TimelineSegment, ...]:
+        """The timeline; a source of one file without one is that file from its own sample 0."""
+        if self.timeline:
+            return self.timeline
+        first = self.zero_copy_path or (self.data_files[0] if self.data_files else self.session_dir)
+        return (TimelineSegment("recording", str(first), 0, self.n_samples, 0),)
+
     def summary(self) -> dict[str, object]:
         """Plain facts for metadata and manifests."""
+        timeline = relative_files(self.segments(), self.session_dir)
         return {
             "format": self.format,
             "session_dir": str(self.session_dir),
@@ -123,7 +160,7 @@ class RecordingSource:
             "n_samples": self.n_samples,
             "duration_s": round(self.duration_s, 3),
             "source_dtype": self.source_dtype,
-            "recording_date": self.recording_date.isoformat(),
+            "recording_date": self.recording_date.isoformat() if self.recording_date else None,
             "uv_per_bit": self.uv_per_bit,
             "size_bytes": self.size_bytes,
             "zero_copy_capable": self.zero_copy_path is not None,
@@ -131,6 +168,7 @@ class RecordingSource:
             "scaling_note": self.scaling_note,
             "probe_name": self.probe_name,
             **dict(self.details),
+            "timeline": [segment.to_json() for segment in timeline],
         }
 
 
@@ -277,6 +315,43 @@ def memmap_int16_reader(path: Path, n_channels: int, n_samples: int, channels: t
         with buffers.get((n, n_channels), np.int16) as frames:
             file.read(start, stop, frames)
             return select_channels(frames[:n], selector, np.empty((n, n_out), dtype=np.int16))
+
+    return read_chunk
+
+
+def timeline_reader(
+    files: list[tuple[Path, int, int]], segments: tuple[TimelineSegment, ...], channels: tuple[int, ...]
+) -> ChunkReader:
+    """Chunk reader over interleaved int16 files ``(path, n_channels, n_samples)`` laid out on ``segments`` (one
+    per file): zeros where a gap was filled, each file's rows from its ``file_offset``. Bounded memory: one pooled
+    frame buffer per file read, never a whole file."""
+    handles = [
+        InterleavedFile(path, np.dtype(np.int16), n_channels, n_samples) for path, n_channels, n_samples in files
+    ]
+    selectors = [channel_selector(tuple(channels), n_channels) for _, n_channels, _ in files]
+    total = segments[-1].binary_start + segments[-1].n_samples if segments else 0
+    n_out = len(channels)
+    buffers = BufferPool()
+
+    def read_chunk(start: int, stop: int) -> np.ndarray:
+        stop = min(stop, total)
+        n = max(stop - start, 0)
+        out = np.empty((n, n_out), dtype=np.int16)
+        filled = start
+        for handle, selector, segment in zip(handles, selectors, segments):
+            low, high = max(start, segment.binary_start), min(stop, segment.binary_start + segment.n_samples)
+            if low >= high:
+                continue
+            if low > filled:
+                out[filled - start : low - start] = 0
+            first = segment.file_offset + low - segment.binary_start
+            with buffers.get((high - low, handle.n_channels), np.int16) as frames:
+                handle.read(first, first + high - low, frames)
+                select_channels(frames[: high - low], selector, out[low - start : high - start])
+            filled = high
+        if filled < stop:
+            out[filled - start :] = 0
+        return out
 
     return read_chunk
 

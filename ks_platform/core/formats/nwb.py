@@ -36,6 +36,7 @@ from ks_platform.core.formats.base import (
     BufferPool,
     ChunkReader,
     ProbeListing,
+    ReadOptions,
     RecordingSource,
     scale_to_int16,
 )
@@ -228,9 +229,31 @@ def _scan_folder(session_dir: Path) -> _Folder:
     return _Folder(probes, tuple(skipped))
 
 
+#: What to do about an NWB folder without a series to sort.
+NO_PROBE_FIX = f"export the raw (>= {MIN_SPIKE_BAND_RATE:g} Hz) voltage traces as an ElectricalSeries in acquisition"
+
+
+class Reading:
+    """One read of an NWB session folder: one probe per wideband ElectricalSeries of its NWB files; LFP-rate series
+    and snippets are skipped."""
+
+    def __init__(self, session_dir: Path) -> None:
+        self.folder = session_dir
+        self.found = _scan_folder(session_dir)
+        self.listing = self.found.listing()
+
+    def open(self, name: str, options: ReadOptions = ReadOptions()) -> RecordingSource:
+        return _open(self.folder, self.found, name)
+
+
+def scan(session_dir: Path) -> Reading:
+    """Read the folder's NWB files' structure once."""
+    return Reading(session_dir)
+
+
 def list_probes(session_dir: Path) -> ProbeListing:
-    """One probe per wideband ElectricalSeries of the folder's NWB files; LFP-rate series and snippets are skipped."""
-    return _scan_folder(session_dir).listing()
+    """The folder's probes (reader only: no session config applied)."""
+    return scan(session_dir).listing
 
 
 # ---------------------------------------------------------------------------------------- the series
@@ -853,17 +876,16 @@ def _step_from_scan(series: _Series, per_channel: np.ndarray, offset_uv: float) 
 # -------------------------------------------------------------------------------------------- the API
 
 
-def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
+def open_recording(
+    session_dir: Path, probe: str | None = None, options: ReadOptions = ReadOptions()
+) -> RecordingSource:
+    """One probe as the files say (reader only: no session config applied; use formats.scan_session)."""
+    reading = scan(session_dir)
+    return reading.open(reading.listing.pick(probe, session_dir), options)
+
+
+def _open(session_dir: Path, folder: _Folder, name: str) -> RecordingSource:
     """Describe one probe (wideband ElectricalSeries) of the folder's NWB files; samples are read lazily."""
-    folder = _scan_folder(session_dir)
-    if not folder.probes:
-        skipped = "; ".join(folder.skipped) or "none"
-        raise SessionInputError(
-            session_dir,
-            f"no wideband ElectricalSeries to sort (skipped: {skipped})",
-            f"export the raw (>= {MIN_SPIKE_BAND_RATE:g} Hz) voltage traces as an ElectricalSeries in acquisition",
-        )
-    name = folder.listing().pick(probe, session_dir)
     path, series_name = folder.probes[name]
     with _nwb_file(path) as nwbfile:
         series = _describe(nwbfile.acquisition[series_name], path, dict(nwbfile.electrode_groups))

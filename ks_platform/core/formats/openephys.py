@@ -32,7 +32,8 @@ and the channel list are unchanged; a mismatch is refused). Each experiment (acq
 possibly with other settings) is its own partition; when the folder holds more than one experiment, every
 probe name gets ``-e<E>`` (``ProbeA-e1``, ``ProbeA-e2``; ``-<run folder>-e<E>`` when the session folder holds
 several GUI run folders). Several recordings are read chunk by chunk across the files (``zero_copy_path`` is
-None then); ``details["segments"]`` lists where each one starts.
+None then); they are laid out on the acquisition clock by their first sample numbers (``sample_numbers.npy``, or
+GUI 0.5.x's integer ``timestamps.npy``): a gap is zero-filled, an overlap skipped (core/timeline.py).
 
 Geometry comes from the experiment's settings.xml: probeinterface's ``read_openephys_neuropixels`` (the
 catalogue probe sliced to the recorded electrodes, Channel Map and channel subsets applied, as SpikeInterface
@@ -56,8 +57,8 @@ import numpy as np
 from probeinterface import Probe
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import ChunkReader, ProbeListing, RecordingSource, memmap_int16_reader
-from ks_platform.core.session_config import config_recording_date, missing_date_error
+from ks_platform.core.formats.base import MissingDate, ProbeListing, ReadOptions, RecordingSource, timeline_reader
+from ks_platform.core.timeline import FilePlacement, lay_out
 
 FORMAT = "openephys"
 #: Channel-name markers of non-ephys channels (Intan aux/ADC inputs, Neuropixels sync line).
@@ -181,6 +182,8 @@ class _Segment:
     oebin: Path
     index: int
     entry: dict = field(compare=False, repr=False)
+    #: Every ``continuous`` entry of the same oebin (the stream's siblings), as read once.
+    siblings: tuple = field(compare=False, repr=False)
     gui_version: str
     node: str
     node_id: int
@@ -235,6 +238,7 @@ def _segments(session_dir: Path) -> list[_Segment]:
                         oebin=oebin,
                         index=index,
                         entry=entry,
+                        siblings=tuple(e for e in payload["continuous"] if isinstance(e, dict)),
                         gui_version=str(payload.get("GUI version", "")),
                         node=node_dir.name if node_dir is not None else "",
                         node_id=int(node_match.group(1)) if node_match else -1,
@@ -318,12 +322,6 @@ def _name_plans(chosen: dict[tuple[str, int, str], _Plan]) -> dict[str, _Plan]:
             for prefix, channels in groups.items():
                 plans[f"{name}-{prefix}"] = _Plan(plan.segments, prefix, channels, plan.other_nodes)
     return plans
-
-
-def list_probes(session_dir: Path) -> ProbeListing:
-    """The probe streams of the Open Ephys recordings under ``session_dir`` and the streams skipped, with why."""
-    plans, skipped = _scan(session_dir)
-    return ProbeListing({name: tuple(s.data_path for s in plan.segments) for name, plan in plans.items()}, skipped)
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -505,29 +503,27 @@ def _settings_date(root: ET.Element) -> dt.date | None:
 
 
 def _recording_date(
-    root: ET.Element | None, recording_dir: Path, session_dir: Path, data_path: Path, probe: str
-) -> tuple[dt.date, str]:
-    """Date from settings.xml ``<INFO><DATE>``, else the GUI's ``YYYY-MM-DD_HH-MM-SS`` folder, else ks_session.json's
-    ``recording_date``; never a file's modification time."""
+    root: ET.Element | None, recording_dir: Path, session_dir: Path
+) -> tuple[dt.date | None, str, MissingDate | None]:
+    """Date from settings.xml ``<INFO><DATE>``, else the GUI's ``YYYY-MM-DD_HH-MM-SS`` folder; never a file's
+    modification time (None and why otherwise: the session config may give it)."""
     if root is not None and (date := _settings_date(root)) is not None:
-        return date, "settings.xml INFO/DATE"
+        return date, "settings.xml INFO/DATE", None
     for folder in (recording_dir, *recording_dir.parents):
         if folder == session_dir.parent:
             break
         match = _FOLDER_DATE.match(folder.name)
         if match:
             try:
-                return dt.date.fromisoformat(match.group(1)), f"folder name {folder.name!r}"
+                return dt.date.fromisoformat(match.group(1)), f"folder name {folder.name!r}", None
             except ValueError:
                 pass
-    date = config_recording_date(session_dir, [data_path], probe)
-    if date is None:
-        raise missing_date_error(
-            recording_dir / "structure.oebin",
-            "no settings.xml with <INFO><DATE>, no YYYY-MM-DD_hh-mm-ss folder of the Open Ephys GUI",
-            "copy the settings.xml the GUI wrote next to the experiment folders (or keep its dated recording folder)",
-        )
-    return date, "ks_session.json recording_date"
+    missing = MissingDate(
+        recording_dir / "structure.oebin",
+        "no settings.xml with <INFO><DATE>, no YYYY-MM-DD_hh-mm-ss folder of the Open Ephys GUI",
+        "copy the settings.xml the GUI wrote next to the experiment folders (or keep its dated recording folder)",
+    )
+    return None, "ks_session.json recording_date", missing
 
 
 def has_lf_band(part_number: str) -> bool:
@@ -713,25 +709,6 @@ def probe_from_settings(
 # --------------------------------------------------------------------------------------------- reading
 
 
-def concatenated_reader(parts: list[tuple[Path, int, int]], channels: tuple[int, ...]) -> ChunkReader:
-    """Chunk reader over several interleaved int16 files ``(path, n_channels, n_samples)`` read as one, in order."""
-    readers = [memmap_int16_reader(path, n_channels, n_samples, channels) for path, n_channels, n_samples in parts]
-    bounds = np.cumsum([0] + [n for _, _, n in parts])
-
-    def read_chunk(start: int, stop: int) -> np.ndarray:
-        stop = min(stop, int(bounds[-1]))
-        pieces = [
-            readers[i](max(start, lo) - lo, min(stop, hi) - lo)
-            for i, (lo, hi) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
-            if max(start, lo) < min(stop, hi)
-        ]
-        if len(pieces) == 1:
-            return pieces[0]
-        return np.concatenate(pieces) if pieces else np.empty((0, len(channels)), dtype=np.int16)
-
-    return read_chunk
-
-
 def _checked(plan: _Plan) -> tuple[list[_Facts], tuple[int, ...], float]:
     """Validate every segment and that they agree; the ephys channels to sort and their µV per bit."""
     first = plan.segments[0]
@@ -752,67 +729,94 @@ def _checked(plan: _Plan) -> tuple[list[_Facts], tuple[int, ...], float]:
     return facts, sorting, scales[0]
 
 
-def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
-    """Describe one probe (see the module docstring) of the Open Ephys recordings under ``session_dir``."""
-    plans, skipped = _scan(session_dir)
-    listing = ProbeListing({name: tuple(s.data_path for s in plan.segments) for name, plan in plans.items()}, skipped)
-    name = listing.pick(probe, session_dir)
-    plan = plans[name]
-    first = plan.segments[0]
-    facts, sorting, uv_per_bit = _checked(plan)
-    settings = _settings_file(first, session_dir)
-    root = _parse_settings(settings) if settings is not None else None
-    probe_obj, probe_note = None, "no settings.xml"
-    if settings is not None and root is not None:
-        siblings = [e for e in _load_oebin(first.oebin)["continuous"] if isinstance(e, dict)]
-        probe_obj, probe_note, sorting = probe_from_settings(settings, root, first, sorting, siblings)
-    date, date_note = _recording_date(root, first.oebin.parent, session_dir, first.data_path, name)
-    files = (p for s, f in zip(plan.segments, facts) for p in (s.data_path, s.oebin, f.count_file, settings))
-    common: dict = {
-        "format": FORMAT,
-        "session_dir": session_dir,
-        "data_files": tuple(dict.fromkeys(p for p in files if p is not None)),
-        "sampling_frequency": facts[0].sampling_frequency,
-        "recording_date": date,
-        "uv_per_bit": uv_per_bit,
-        "probe": probe_obj,
-        "probe_file": None,
-        "scaling_note": f"bit_volts {uv_per_bit:g} µV/bit from structure.oebin ({first.folder}); probe: {probe_note}; date: {date_note}",
-        "probe_name": name,
-        "details": _details(plan, facts, skipped, probe_note),
-    }
-    n_channels, n_samples = facts[0].n_channels, sum(f.n_samples for f in facts)
-    if len(plan.segments) == 1:
-        return RecordingSource.interleaved_int16(first.data_path, n_channels, n_samples, sorting, **common)
-    parts = [(s.data_path, n_channels, f.n_samples) for s, f in zip(plan.segments, facts)]
-    reader = concatenated_reader(parts, sorting)
-    return RecordingSource(
-        **common,
-        n_channels=n_channels,
-        n_samples=n_samples,
-        source_dtype="int16",
-        sorting_channels=sorting,
-        read_chunk=reader,
-    )
+class Reading:
+    """One read of an Open Ephys session folder: every structure.oebin and settings.xml parsed once, the probe streams
+    listed (see the module docstring) and each one opened from what was read."""
+
+    def __init__(self, session_dir: Path) -> None:
+        self.folder = session_dir
+        self.plans, skipped = _scan(session_dir)
+        probes = {name: tuple(s.data_path for s in plan.segments) for name, plan in self.plans.items()}
+        self.listing = ProbeListing(probes, skipped)
+        self._settings: dict[Path, ET.Element] = {}
+
+    def settings_root(self, path: Path) -> ET.Element:
+        if path not in self._settings:
+            self._settings[path] = _parse_settings(path)
+        return self._settings[path]
+
+    def open(self, name: str, options: ReadOptions = ReadOptions()) -> RecordingSource:
+        """Describe one probe stream: its recordings laid out on the acquisition clock by their first sample numbers."""
+        plan = self.plans[name]
+        first = plan.segments[0]
+        facts, sorting, uv_per_bit = _checked(plan)
+        settings = _settings_file(first, self.folder)
+        root = self.settings_root(settings) if settings is not None else None
+        probe_obj, probe_note = None, "no settings.xml"
+        if settings is not None and root is not None:
+            probe_obj, probe_note, sorting = probe_from_settings(settings, root, first, sorting, list(first.siblings))
+        date, date_note, missing = _recording_date(root, first.oebin.parent, self.folder)
+        placements = [
+            FilePlacement(s.where, s.data_path, f.first_sample, f.n_samples) for s, f in zip(plan.segments, facts)
+        ]
+        timeline = tuple(lay_out(placements, facts[0].sampling_frequency, options.max_gap_fill_s))
+        files = (p for s, f in zip(plan.segments, facts) for p in (s.data_path, s.oebin, f.count_file, settings))
+        common: dict = {
+            "format": FORMAT,
+            "session_dir": self.folder,
+            "data_files": tuple(dict.fromkeys(p for p in files if p is not None)),
+            "sampling_frequency": facts[0].sampling_frequency,
+            "recording_date": date,
+            "missing_date": missing,
+            "uv_per_bit": uv_per_bit,
+            "probe": probe_obj,
+            "probe_file": None,
+            "scaling_note": f"bit_volts {uv_per_bit:g} µV/bit from structure.oebin ({first.folder}); probe: "
+            f"{probe_note}; date: {date_note}",
+            "probe_name": name,
+            "timeline": timeline,
+            "details": _details(plan, self.listing.skipped, probe_note),
+        }
+        n_channels = facts[0].n_channels
+        if len(plan.segments) == 1:
+            return RecordingSource.interleaved_int16(first.data_path, n_channels, facts[0].n_samples, sorting, **common)
+        parts = [(s.data_path, n_channels, f.n_samples) for s, f in zip(plan.segments, facts)]
+        return RecordingSource(
+            **common,
+            n_channels=n_channels,
+            n_samples=timeline[-1].binary_start + timeline[-1].n_samples,
+            source_dtype="int16",
+            sorting_channels=sorting,
+            read_chunk=timeline_reader(parts, timeline, sorting),
+        )
 
 
-def _details(plan: _Plan, facts: list[_Facts], skipped: tuple[str, ...], probe_note: str) -> dict[str, object]:
+def scan(session_dir: Path) -> Reading:
+    """Read the folder's Open Ephys headers once."""
+    return Reading(session_dir)
+
+
+def list_probes(session_dir: Path) -> ProbeListing:
+    """The folder's probe streams (reader only: no session config applied)."""
+    return scan(session_dir).listing
+
+
+def open_recording(
+    session_dir: Path, probe: str | None = None, options: ReadOptions = ReadOptions()
+) -> RecordingSource:
+    """One probe stream as the files say (reader only: no session config applied; use formats.scan_session)."""
+    reading = scan(session_dir)
+    return reading.open(reading.listing.pick(probe, session_dir), options)
+
+
+def _details(plan: _Plan, skipped: tuple[str, ...], probe_note: str) -> dict[str, object]:
     first = plan.segments[0]
-    starts = np.cumsum([0] + [f.n_samples for f in facts[:-1]]).tolist()
     details: dict[str, object] = {
         "openephys_stream": first.folder,
         "record_node": first.node,
         "experiment": first.experiment,
         "gui_version": first.gui_version,
-        "segments": [
-            {
-                "recording": s.where,
-                "start_sample": int(start),
-                "n_samples": f.n_samples,
-                "first_sample_number": f.first_sample,
-            }
-            for s, f, start in zip(plan.segments, facts, starts)
-        ],
+        "recordings": [s.where for s in plan.segments],
         "skipped_streams": list(skipped),
         "probe_geometry": probe_note,
     }

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import ChunkReader, ProbeListing, RecordingSource
+from ks_platform.core.formats.base import ChunkReader, ProbeListing, ReadOptions, RecordingSource
 
 FORMAT = "plexon"
 MAGIC = 0x58454C50  # "PLEX"
@@ -411,16 +411,36 @@ def _candidate_groups(slow: np.ndarray) -> list[list[int]]:
     return [g for g in groups if g]
 
 
+class Reading:
+    """A Plexon session folder: one probe per ``.plx`` file, named by its file stem."""
+
+    def __init__(self, session_dir: Path) -> None:
+        self.folder = session_dir
+        self.listing = ProbeListing({path.stem: (path,) for path in find_files(session_dir)})
+
+    def open(self, name: str, options: ReadOptions = ReadOptions()) -> RecordingSource:
+        return _open(self.folder, self.listing.probes[name][0])
+
+
+def scan(session_dir: Path) -> Reading:
+    return Reading(session_dir)
+
+
 def list_probes(session_dir: Path) -> ProbeListing:
-    """One probe per ``.plx`` file, named by its file stem."""
-    return ProbeListing({path.stem: (path,) for path in find_files(session_dir)})
+    """The folder's probes (reader only: no session config applied)."""
+    return scan(session_dir).listing
 
 
-def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
-    """Describe one ``.plx`` recording in ``session_dir`` (one header pass; samples stay on disk)."""
-    listing = list_probes(session_dir)
-    name = listing.pick(probe, session_dir)
-    path = listing.probes[name][0]
+def open_recording(
+    session_dir: Path, probe: str | None = None, options: ReadOptions = ReadOptions()
+) -> RecordingSource:
+    """One ``.plx`` recording as the file says (reader only: no session config applied)."""
+    reading = scan(session_dir)
+    return reading.open(reading.listing.pick(probe, session_dir), options)
+
+
+def _open(session_dir: Path, path: Path) -> RecordingSource:
+    """Describe one ``.plx`` recording (one header pass; samples stay on disk)."""
     header = read_file_header(path)
     slow = read_slow_channel_headers(path, header)
     numbers = [int(h["Channel"]) for h in slow]

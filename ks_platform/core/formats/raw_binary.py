@@ -19,14 +19,15 @@ from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats.base import (
     BufferPool,
     InterleavedFile,
+    MissingDate,
     ProbeListing,
+    ReadOptions,
     RecordingSource,
     channel_selector,
     memmap_int16_reader,
     parse_recording_date,
     scale_to_int16,
 )
-from ks_platform.core.session_config import config_recording_date, missing_date_error
 
 FORMAT = "raw_binary"
 DATA_SUFFIXES = (".bin", ".dat", ".raw")
@@ -72,17 +73,34 @@ def _sidecar(path: Path) -> dict:
     return payload
 
 
+class Reading:
+    """A raw-binary session folder: one probe per data file with a sidecar, named by the file's stem."""
+
+    def __init__(self, session_dir: Path) -> None:
+        self.folder = session_dir
+        self.listing = ProbeListing({path.stem: (path, path.with_suffix(".json")) for path in find_files(session_dir)})
+
+    def open(self, name: str, options: ReadOptions = ReadOptions()) -> RecordingSource:
+        data_path = self.listing.probes[name][0]
+        sidecar_path = data_path.with_suffix(".json")
+        return describe_binary(data_path, _sidecar(sidecar_path), sidecar_path, self.folder, session=True)
+
+
+def scan(session_dir: Path) -> Reading:
+    return Reading(session_dir)
+
+
 def list_probes(session_dir: Path) -> ProbeListing:
-    """One probe per data file with a sidecar, named by the file's stem."""
-    return ProbeListing({path.stem: (path, path.with_suffix(".json")) for path in find_files(session_dir)})
+    """The folder's probes (reader only: no session config applied)."""
+    return scan(session_dir).listing
 
 
-def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
-    """Describe one raw binary recording (data file + sidecar) in ``session_dir``."""
-    listing = list_probes(session_dir)
-    data_path = listing.probes[listing.pick(probe, session_dir)][0]
-    sidecar_path = data_path.with_suffix(".json")
-    return describe_binary(data_path, _sidecar(sidecar_path), sidecar_path, session_dir, session=True)
+def open_recording(
+    session_dir: Path, probe: str | None = None, options: ReadOptions = ReadOptions()
+) -> RecordingSource:
+    """One raw binary recording as its sidecar says (reader only: no session config applied)."""
+    reading = scan(session_dir)
+    return reading.open(reading.listing.pick(probe, session_dir), options)
 
 
 def describe_binary(
@@ -160,12 +178,11 @@ def describe_binary(
         )
     date = parse_recording_date(date_text, sidecar_path) if date_text else None
     date_note = ""
+    missing = None
     if date is None and session:
-        date = config_recording_date(session_dir, [data_path])
-        if date is None:
-            raise missing_date_error(
-                sidecar_path, "no recording_date in the sidecar", 'add "recording_date": "YYYY-MM-DD" to it'
-            )
+        missing = MissingDate(
+            sidecar_path, "no recording_date in the sidecar", 'add "recording_date": "YYYY-MM-DD" to it'
+        )
     elif date is None:
         date = dt.date.fromtimestamp(data_path.stat().st_mtime)
         date_note = "; date: the file's modification date (a single file, not a session)"
@@ -192,6 +209,7 @@ def describe_binary(
         n_samples=n_samples,
         source_dtype=dtype.name,
         recording_date=date,
+        missing_date=missing,
         sorting_channels=sorting,
         uv_per_bit=uv_per_bit,
         read_chunk=reader,

@@ -2,39 +2,43 @@
 
 A run folder may hold several probes (``imec0``, ``imec1``; phase 3A files ``*.imec.ap.bin`` are ``imec``), several
 gates and triggers (``<run>_g0_t0``, ``<run>_g1_t0``…, nested folders are normal) and CatGT output
-(``catgt_<run>_g0/…/<run>_g0_tcat.imec0.ap.bin``). One probe is one recording: its gate/trigger files are
-concatenated in time (the CatGT convention: by gate, then trigger), after checking they agree. When CatGT output
-is present for a probe, it is used and that probe's raw files are listed as skipped. NI-DAQ, LF and OneBox
-streams are listed as skipped. ``open_recording(folder, "imec0-g1")`` reads one gate only (not listed as a probe).
+(``catgt_<run>_g0/…/<run>_g0_tcat.imec0.ap.bin``). A file's run, gate, trigger and probe come from the name SpikeGLX
+gave it (the meta's ``fileName``), so files renamed by hand keep their identity; the name on disk is used only for a
+meta without ``fileName``.
 
-Channels: ``snsSaveChanSubset`` lists *acquired* channel ids; AP channels are those below ``acqApLfSy[0]``, the
-sync channel(s) come last and are never sorted. µV per bit = ``imAiRangeMax / imMaxInt / AP gain * 1e6``.
+One probe is one recording: its gate/trigger files are laid out on the acquisition clock by their ``firstSample``
+(core/timeline.py: gaps zero-filled up to ``max_gap_fill_s``, overlaps skipped, as CatGT does). A CatGT output file
+supersedes exactly the gates and triggers its meta names (``catGVals``/``catTVals``); a raw file it does not cover is
+never dropped: the probe is refused naming it, unless the session config splits the probe by gate (then each gate is
+read from CatGT output where it covers it, else from the raw files). NI-DAQ, LF and OneBox streams are listed as
+skipped. ``open(…, "imec0-g1")`` reads one gate only (not listed as a probe).
+
+Channels: ``snsSaveChanSubset`` lists *acquired* channel ids (``all``: every channel of the file, ``snsApLfSy``); AP
+channels are those below ``acqApLfSy[0]``, the sync channel(s) come last and are never sorted. µV per bit =
+``imAiRangeMax / imMaxInt / AP gain * 1e6``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
+from pathlib import Path, PureWindowsPath
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats.base import (
-    BufferPool,
-    ChunkReader,
-    InterleavedFile,
+    MissingDate,
     ProbeListing,
+    ReadOptions,
     RecordingSource,
-    channel_selector,
     parse_recording_date,
-    select_channels,
+    timeline_reader,
 )
-from ks_platform.core.session_config import config_recording_date, missing_date_error
+from ks_platform.core.timeline import FilePlacement, lay_out
 
 FORMAT = "spikeglx"
 RESTORE = "restore the .meta SpikeGLX wrote for this recording"
@@ -68,19 +72,23 @@ DEFAULT_MAX_INT = {**dict.fromkeys(PER_CHANNEL_GAIN_TYPES, 512.0), "1110": 512.0
 
 _PROBE_IN_NAME = re.compile(r"\.(imec\d*)\.ap\.bin$")
 _GATE_TRIGGER = re.compile(r"^(?P<run>.*)_g(?P<gate>\d+)(?:_t(?P<trigger>\d+|cat))?$")
-_SPLIT_REQUEST = re.compile(r"^(?P<probe>.+)-g(?P<gate>\d+)$")
+#: A segment partition: ``imec0-g1`` (one gate), ``imec0-g0to2`` (a CatGT file covering gates 0..2).
+_PART_NAME = re.compile(r"^(?P<probe>.+)-g(?P<first>\d+)(?:to(?P<last>\d+))?$")
 
 
 # ------------------------------------------------------------------------------------------------ file names
 @dataclass(frozen=True)
 class FileName:
-    """What a SpikeGLX AP file name says: run, gate, trigger (``None`` for CatGT's ``_tcat``) and probe."""
+    """What a SpikeGLX AP file's name says: run, gate, trigger (``None`` for CatGT's ``_tcat``) and probe; for CatGT
+    output, the gates and triggers it covers (``catGVals``/``catTVals`` of its meta)."""
 
     path: Path
     run: str
     gate: int
     trigger: int | None
     probe: str
+    gates: tuple[int, int] | None = None
+    triggers: tuple[int, int] | None = None
 
     @property
     def catgt(self) -> bool:
@@ -90,12 +98,29 @@ class FileName:
     def order(self) -> tuple:
         return (self.run, self.gate, -1 if self.trigger is None else self.trigger, self.path.name)
 
+    @property
+    def label(self) -> str:
+        if not self.catgt:
+            return f"g{self.gate}_t{self.trigger}"
+        gates = self.gates or (self.gate, self.gate)
+        return f"g{gates[0]}{'' if gates[0] == gates[1] else f'-{gates[1]}'}_tcat"
 
-def parse_name(path: Path) -> FileName:
-    """Run/gate/trigger/probe of an ``.ap.bin`` (a name without ``_gN_tM`` is gate 0, trigger 0)."""
-    match = _PROBE_IN_NAME.search(path.name)
+    def covers(self, raw: FileName) -> bool:
+        """Whether this CatGT file holds ``raw``'s samples (same run and probe, gate and trigger in its ranges)."""
+        if not self.catgt or raw.catgt or (raw.run, raw.probe) != (self.run, self.probe):
+            return False
+        gates = self.gates or (self.gate, self.gate)
+        triggers = self.triggers or (0, 1 << 30)
+        return gates[0] <= raw.gate <= gates[1] and triggers[0] <= (raw.trigger or 0) <= triggers[1]
+
+
+def parse_name(path: Path, written_as: str | None = None) -> FileName:
+    """Run/gate/trigger/probe of an ``.ap.bin``, from the name SpikeGLX wrote (``written_as``, the meta's
+    ``fileName``) or else from ``path``'s (a name without ``_gN_tM`` is gate 0, trigger 0)."""
+    name = written_as or path.name
+    match = _PROBE_IN_NAME.search(name)
     probe = match.group(1) if match else "imec"
-    stem = path.name[: match.start()] if match else path.name[: -len(".ap.bin")]
+    stem = name[: match.start()] if match else name[: -len(".ap.bin")]
     parts = _GATE_TRIGGER.match(stem)
     if parts is None:
         return FileName(path, stem, 0, 0, probe)
@@ -103,6 +128,25 @@ def parse_name(path: Path) -> FileName:
     return FileName(
         path, parts.group("run"), int(parts.group("gate")), None if trigger == "cat" else int(trigger or 0), probe
     )
+
+
+def _written_name(meta: Mapping[str, str]) -> str | None:
+    """The file name SpikeGLX/CatGT gave the file (``fileName``, a Windows or POSIX path), when it is an AP file."""
+    name = PureWindowsPath(meta.get("fileName", "").strip()).name
+    return name if name.endswith(".ap.bin") else None
+
+
+def _catgt_range(meta: Mapping[str, str], key: str, meta_path: Path) -> tuple[int, int] | None:
+    text = meta.get(key)
+    if text is None:
+        return None
+    try:
+        first, last = (int(part) for part in text.split(","))
+    except ValueError:
+        raise SessionInputError(meta_path, f"{key}={text!r} is not two numbers (first,last)", RESTORE) from None
+    if first < 0 or last < first:
+        raise SessionInputError(meta_path, f"{key}={text!r} is not a range first,last", RESTORE)
+    return first, last
 
 
 def _skipped_kind(name: str) -> str | None:
@@ -126,41 +170,6 @@ def _relative(path: Path, session_dir: Path) -> str:
         return str(path.relative_to(session_dir))
     except ValueError:
         return str(path)
-
-
-def list_probes(session_dir: Path) -> ProbeListing:
-    """One probe per ``imecN`` (its AP files in time order); LF/NI-DAQ/OneBox streams and raw files superseded by
-    CatGT output are listed as skipped."""
-    raw: dict[str, list[FileName]] = {}
-    catgt: dict[str, list[FileName]] = {}
-    skipped: list[str] = []
-    for path in _binaries(session_dir):
-        why = _skipped_kind(path.name)
-        if why is not None:
-            skipped.append(f"{_relative(path, session_dir)}: {why}")
-            continue
-        name = parse_name(path)
-        (catgt if name.catgt else raw).setdefault(name.probe, []).append(name)
-    probes: dict[str, tuple[Path, ...]] = {}
-    for probe in sorted(set(raw) | set(catgt)):
-        chosen = catgt.get(probe) or raw[probe]
-        probes[probe] = tuple(n.path for n in sorted(chosen, key=lambda n: n.order))
-        if probe in catgt:
-            output = _relative(probes[probe][0], session_dir)
-            skipped += [
-                f"{_relative(n.path, session_dir)}: raw {probe} file superseded by the CatGT output {output}"
-                for n in sorted(raw.get(probe, []), key=lambda n: n.order)
-            ]
-    return ProbeListing(probes, tuple(skipped))
-
-
-def split_segments(probe: str, files: tuple[Path, ...]) -> dict[str, tuple[Path, ...]]:
-    """One partition per gate of ``probe`` (``imec0-g0``, ``imec0-g1``; a gate's triggers stay appended), for a
-    session config that sets ``split_segments``."""
-    gates: dict[int, list[Path]] = {}
-    for path in files:
-        gates.setdefault(parse_name(path).gate, []).append(path)
-    return {f"{probe}-g{gate}": tuple(paths) for gate, paths in sorted(gates.items())}
 
 
 # ------------------------------------------------------------------------------------------------ meta files
@@ -241,7 +250,7 @@ def saved_channel_ids(meta: Mapping[str, str], meta_path: Path) -> tuple[int, ..
     subset = meta.get("snsSaveChanSubset", "all").strip()
     acquired = sum(_counts(meta, "acqApLfSy", meta_path)) if "acqApLfSy" in meta else n_saved
     if subset == "all":
-        ids: tuple[int, ...] = tuple(range(acquired))
+        ids: tuple[int, ...] = _all_saved(meta, meta_path, n_saved)
     else:
         ids = _parse_subset(subset, meta_path)
     if any(b <= a for a, b in itertools.pairwise(ids)) or (ids and (ids[0] < 0 or ids[-1] >= acquired)):
@@ -257,6 +266,23 @@ def saved_channel_ids(meta: Mapping[str, str], meta_path: Path) -> tuple[int, ..
             RESTORE,
         )
     return ids
+
+
+def _all_saved(meta: Mapping[str, str], meta_path: Path, n_saved: int) -> tuple[int, ...]:
+    """``snsSaveChanSubset=all``: every channel of this file, by type (``snsApLfSy``: its AP, LF and sync channels)
+    placed at their acquired ids (AP from 0, LF from ``acqApLfSy[0]``, sync after AP + LF)."""
+    if "snsApLfSy" not in meta or "acqApLfSy" not in meta:
+        return tuple(range(n_saved))
+    ap, lf, sy = _counts(meta, "snsApLfSy", meta_path)
+    acq_ap, acq_lf, acq_sy = _counts(meta, "acqApLfSy", meta_path)
+    if ap > acq_ap or lf > acq_lf or sy > acq_sy:
+        raise SessionInputError(
+            meta_path,
+            f"snsApLfSy={meta['snsApLfSy']!r} saves more channels of a type than acqApLfSy={meta['acqApLfSy']!r} "
+            "acquires",
+            RESTORE,
+        )
+    return (*range(ap), *range(acq_ap, acq_ap + lf), *range(acq_ap + acq_lf, acq_ap + acq_lf + sy))
 
 
 def _parse_subset(subset: str, meta_path: Path) -> tuple[int, ...]:
@@ -403,8 +429,8 @@ class Segment:
         return self.name.path
 
 
-def read_segment(bin_path: Path) -> Segment:
-    """Read and check one AP file's meta against the file (size, duration, channel subset, scaling)."""
+def meta_path_of(bin_path: Path) -> Path:
+    """The ``.meta`` next to an ``.ap.bin``; a folder or a missing file under that name is refused."""
     meta_path = bin_path.with_suffix(".meta")
     if meta_path.is_dir():
         fix = f"replace it by the .meta file SpikeGLX wrote for {bin_path.name}"
@@ -415,7 +441,12 @@ def read_segment(bin_path: Path) -> Segment:
             f"the SpikeGLX meta file is missing (the .meta of {bin_path.name})",
             "copy the .ap.meta written by SpikeGLX next to the .ap.bin",
         )
-    meta = parse_meta(meta_path)
+    return meta_path
+
+
+def read_segment(name: FileName, meta: Mapping[str, str]) -> Segment:
+    """Check one AP file against its (already parsed) meta: size, duration, channel subset, scaling."""
+    bin_path, meta_path = name.path, name.path.with_suffix(".meta")
     n_channels = int(_number(meta, "nSavedChans", meta_path))
     fs = _number(meta, "imSampRate", meta_path, float)
     saved = saved_channel_ids(meta, meta_path)  # checked against nSavedChans first: a wrong meta names the meta
@@ -425,7 +456,14 @@ def read_segment(bin_path: Path) -> Segment:
     if not sorting:
         raise SessionInputError(meta_path, "no AP channels are saved in this file", "record the AP band (the .ap.bin)")
     scale, note = uv_per_bit(meta, meta_path, tuple(saved[i] for i in sorting))
-    return Segment(parse_name(bin_path), meta_path, meta, n_channels, n_samples, fs, saved, sorting, scale, note)
+    return Segment(name, meta_path, meta, n_channels, n_samples, fs, saved, sorting, scale, note)
+
+
+def first_sample(segment: Segment) -> int | None:
+    """The file's first sample on the probe's acquisition clock (``firstSample``), None when the meta has none."""
+    if "firstSample" not in segment.meta:
+        return None
+    return int(_number(segment.meta, "firstSample", segment.meta_path, int, allow_zero=True))
 
 
 def _check_size(bin_path: Path, meta: Mapping[str, str], meta_path: Path, n_channels: int, fs: float) -> int:
@@ -459,7 +497,7 @@ def _check_size(bin_path: Path, meta: Mapping[str, str], meta_path: Path, n_chan
 
 
 # ------------------------------------------------------------------------------------------------ one probe
-#: What every gate/trigger of a probe must share to be concatenated: (description, value of a segment).
+#: What every gate/trigger of a probe must share to be laid out as one recording: (description, value of a segment).
 AGREEMENT = (
     ("nSavedChans", lambda s: s.n_channels),
     ("imSampRate", lambda s: s.sampling_frequency),
@@ -484,7 +522,7 @@ def _check_segments(segments: list[Segment], probe: str) -> None:
         if key in seen:
             raise SessionInputError(
                 segment.bin_path,
-                f"gate {key[0]} trigger {key[1]} of {probe} is also in {seen[key]}",
+                f"gate {key[0]} trigger {key[1]} of {probe} is also in {seen[key]} (the metas' fileName says so)",
                 "keep one copy of each file in the session folder",
             )
         seen[key] = segment.bin_path
@@ -492,120 +530,219 @@ def _check_segments(segments: list[Segment], probe: str) -> None:
             if value(segment) != value(first):
                 raise SessionInputError(
                     segment.meta_path,
-                    f"{what} differs from {first.meta_path.name} ({what} of {probe}'s gates/triggers must agree to concatenate them)",
-                    f"sort the gates separately (open '{probe}-g<N>'), or put each run in its own session folder",
+                    f"{what} differs from {first.meta_path.name} ({what} of {probe}'s gates/triggers must agree to "
+                    "sort them as one recording)",
+                    'sort the gates separately ("split_segments": true in ks_session.json), or put each run in its '
+                    "own session folder",
                 )
 
 
-def _select_gate(request: str | None, listing: ProbeListing) -> tuple[str | None, int | None]:
-    """``imec0-g1`` → (``imec0``, 1) when that is not itself a probe name; otherwise (request, None)."""
-    match = _SPLIT_REQUEST.match(request or "")
-    if request is None or request in listing.probes or match is None:
-        return request, None
-    return match.group("probe"), int(match.group("gate"))
+@dataclass(frozen=True)
+class _Part:
+    """A segment partition of a probe split by gate: the files it reads."""
+
+    probe: str
+    files: tuple[FileName, ...]
 
 
-def concatenated_reader(segments: list[Segment]) -> ChunkReader:
-    """Chunk reader over the segments appended in time; a chunk may span files. Bounded memory: one pooled
-    frame buffer per call, never a whole file."""
-    first = segments[0]
-    files = [InterleavedFile(s.bin_path, np.dtype(np.int16), first.n_channels, s.n_samples) for s in segments]
-    starts = np.cumsum([0] + [s.n_samples for s in segments]).tolist()
-    total, n_out = starts[-1], len(first.sorting_channels)
-    selector = channel_selector(first.sorting_channels, first.n_channels)
-    buffers = BufferPool()
+class Reading:
+    """One read of a SpikeGLX session folder: every AP meta parsed once, files named as SpikeGLX wrote them, the
+    probes listed (see the module docstring) and each probe's recording opened from the cached metas."""
 
-    def read_chunk(start: int, stop: int) -> np.ndarray:
-        stop = min(stop, total)
-        out = np.empty((max(stop - start, 0), n_out), dtype=np.int16)
-        for file, begin, end in zip(files, starts, starts[1:]):
-            low, high = max(start, begin), min(stop, end)
-            if low >= high:
+    def __init__(self, session_dir: Path) -> None:
+        self.folder = session_dir
+        self._metas: dict[Path, Mapping[str, str]] = {}
+        raw: dict[str, list[FileName]] = {}
+        catgt: dict[str, list[FileName]] = {}
+        skipped: list[str] = []
+        for path in _binaries(session_dir):
+            why = _skipped_kind(path.name)
+            if why is not None:
+                skipped.append(f"{_relative(path, session_dir)}: {why}")
                 continue
-            with buffers.get((high - low, first.n_channels), np.int16) as frames:
-                file.read(low - begin, high - begin, frames)
-                select_channels(frames[: high - low], selector, out[low - start : high - start])
-        return out
+            name = self._identify(path)
+            (catgt if name.catgt else raw).setdefault(name.probe, []).append(name)
+        self._raw = {probe: sorted(names, key=lambda n: n.order) for probe, names in raw.items()}
+        self._catgt = {probe: sorted(names, key=lambda n: n.order) for probe, names in catgt.items()}
+        probes: dict[str, tuple[Path, ...]] = {}
+        for probe in sorted(set(raw) | set(catgt)):
+            cat = self._catgt.get(probe, [])
+            covered = [n for n in self._raw.get(probe, []) if any(c.covers(n) for c in cat)]
+            listed = [*cat, *self.uncovered(probe)] if cat else self._raw[probe]
+            probes[probe] = tuple(n.path for n in listed)
+            skipped += [
+                f"{_relative(n.path, session_dir)}: raw {probe} file superseded by the CatGT output "
+                f"{_relative(next(c for c in cat if c.covers(n)).path, session_dir)}"
+                for n in covered
+            ]
+        self.listing = ProbeListing(probes, tuple(skipped))
 
-    return read_chunk
+    # -- reading headers (once each)
+    def meta(self, bin_path: Path) -> Mapping[str, str]:
+        if bin_path not in self._metas:
+            self._metas[bin_path] = parse_meta(meta_path_of(bin_path))
+        return self._metas[bin_path]
 
+    def _identify(self, path: Path) -> FileName:
+        """The file's identity from its meta's ``fileName`` (the name on disk when there is no readable meta yet:
+        opening it then reports the meta's problem)."""
+        meta_path = path.with_suffix(".meta")
+        if not meta_path.is_file():
+            return parse_name(path)
+        meta = self.meta(path)
+        name = parse_name(path, _written_name(meta))
+        if name.catgt:
+            name = dataclasses.replace(
+                name,
+                gates=_catgt_range(meta, "catGVals", meta_path),
+                triggers=_catgt_range(meta, "catTVals", meta_path),
+            )
+        return name
 
-def open_recording(session_dir: Path, probe: str | None = None) -> RecordingSource:
-    """Describe one probe's SpikeGLX AP recording (all its gates/triggers appended) and verify it against its metas."""
-    listing = list_probes(session_dir)
-    request, gate = _select_gate(probe, listing)
-    name = listing.pick(request, session_dir)
-    bins = [path for path in listing.probes[name] if gate is None or parse_name(path).gate == gate]
-    if not bins:
-        raise SessionInputError(
-            session_dir,
-            f"{name} has no gate {gate} (gates: {sorted({parse_name(p).gate for p in listing.probes[name]})})",
-            f"name a gate the folder holds, e.g. {name}",
+    def uncovered(self, probe: str) -> list[FileName]:
+        """Raw files of ``probe`` that no CatGT output of it covers (all of them when it has no CatGT output)."""
+        cat = self._catgt.get(probe, [])
+        return [n for n in self._raw.get(probe, []) if not any(c.covers(n) for c in cat)] if cat else []
+
+    # -- segment partitions
+    def _parts(self, probe: str) -> dict[str, _Part]:
+        """One part per CatGT output file (``imec0-g0`` or ``imec0-g0to2``) and per raw gate none covers."""
+        parts: dict[str, _Part] = {}
+        for cat in self._catgt.get(probe, []):
+            gates = cat.gates or (cat.gate, cat.gate)
+            name = f"{probe}-g{gates[0]}" + ("" if gates[0] == gates[1] else f"to{gates[1]}")
+            parts[name] = _Part(probe, (*parts[name].files, cat) if name in parts else (cat,))
+        raw = self.uncovered(probe) if self._catgt.get(probe) else self._raw.get(probe, [])
+        for name in raw:
+            partly = [
+                c
+                for c in self._catgt.get(probe, [])
+                if (c.gates or (c.gate, c.gate))[0] <= name.gate <= (c.gates or (c.gate, c.gate))[1]
+            ]
+            if partly:
+                raise SessionInputError(
+                    name.path,
+                    f"gate {name.gate} of {probe} is only partly covered by the CatGT output {partly[0].path.name} "
+                    f"(catTVals {partly[0].triggers}); this trigger is not in it",
+                    "run CatGT again over every trigger of the gate, or move the CatGT output out of the session folder",
+                )
+            key = f"{probe}-g{name.gate}"
+            parts[key] = _Part(probe, (*parts[key].files, name) if key in parts else (name,))
+        return dict(sorted(parts.items(), key=lambda item: item[1].files[0].order))
+
+    def split(self, probe: str) -> dict[str, tuple[Path, ...]]:
+        """One partition per gate of ``probe`` (its triggers laid out together), CatGT output where it covers the
+        gate; for a session config that sets ``split_segments``."""
+        return {name: tuple(n.path for n in part.files) for name, part in self._parts(probe).items()}
+
+    def base_probe(self, name: str) -> str | None:
+        """The probe a segment partition (``imec0-g1``) belongs to, when the folder has that part."""
+        match = _PART_NAME.match(name)
+        if match is None or match.group("probe") not in self.listing.probes:
+            return None
+        return match.group("probe") if name in self._parts(match.group("probe")) else None
+
+    def files_of(self, name: str) -> tuple[Path, ...]:
+        base = self.base_probe(name)
+        return self.split(base)[name] if base else self.listing.probes[name]
+
+    # -- opening
+    def _files(self, name: str) -> list[FileName]:
+        base = self.base_probe(name) if name not in self.listing.probes else None
+        if base is not None:
+            return list(self._parts(base)[name].files)
+        cat = self._catgt.get(name, [])
+        if not cat:
+            return list(self._raw[name])
+        uncovered = self.uncovered(name)
+        if uncovered:
+            listed = ", ".join(_relative(n.path, self.folder) for n in uncovered[:4])
+            raise SessionInputError(
+                uncovered[0].path,
+                f"{len(uncovered)} raw {name} file(s) are not covered by the CatGT output beside them ({listed}); "
+                "sorting the CatGT output alone would drop them",
+                "run CatGT over every gate and trigger of the run, or sort each gate on its own "
+                '("split_segments": true in ks_session.json: CatGT output where it covers a gate, else the raw '
+                "files), or move the CatGT output out of the session folder",
+            )
+        return list(cat)
+
+    def open(self, name: str, options: ReadOptions = ReadOptions()) -> RecordingSource:
+        """Describe one probe's (or segment partition's) AP recording, laid out on its acquisition clock."""
+        segments = [read_segment(n, self.meta(n.path)) for n in self._files(name)]
+        _check_segments(segments, name)
+        first = segments[0]
+        placements = [FilePlacement(s.name.label, s.bin_path, first_sample(s), s.n_samples) for s in segments]
+        timeline = tuple(lay_out(placements, first.sampling_frequency, options.max_gap_fill_s))
+        date, missing = created_date(first)
+        facts = {
+            "format": FORMAT,
+            "session_dir": self.folder,
+            "data_files": tuple(path for s in segments for path in (s.bin_path, s.meta_path)),
+            "sampling_frequency": first.sampling_frequency,
+            "recording_date": date,
+            "missing_date": missing,
+            "uv_per_bit": first.uv_per_bit,
+            "probe": None,
+            "probe_file": first.meta_path,
+            "scaling_note": first.scaling_note,
+            "probe_name": name,
+            "timeline": timeline,
+            "details": _details(segments, self.listing),
+        }
+        if len(segments) == 1:
+            return RecordingSource.interleaved_int16(
+                first.bin_path, first.n_channels, first.n_samples, first.sorting_channels, **facts
+            )
+        files = [(s.bin_path, s.n_channels, s.n_samples) for s in segments]
+        return RecordingSource(
+            **facts,
+            n_channels=first.n_channels,
+            n_samples=timeline[-1].binary_start + timeline[-1].n_samples,
+            source_dtype="int16",
+            sorting_channels=first.sorting_channels,
+            read_chunk=timeline_reader(files, timeline, first.sorting_channels),
+            zero_copy_path=None,
         )
-    segments = [read_segment(path) for path in bins]
-    _check_segments(segments, name)
-    first = segments[0]
-    facts = {
-        "format": FORMAT,
-        "session_dir": session_dir,
-        "data_files": tuple(path for s in segments for path in (s.bin_path, s.meta_path)),
-        "sampling_frequency": first.sampling_frequency,
-        "recording_date": created_date(first, session_dir, name),
-        "uv_per_bit": first.uv_per_bit,
-        "probe": None,
-        "probe_file": first.meta_path,
-        "scaling_note": first.scaling_note,
-        "probe_name": name if gate is None else f"{name}-g{gate}",
-        "details": _details(segments, listing, session_dir),
-    }
-    n_samples = sum(s.n_samples for s in segments)
-    if len(segments) == 1:
-        return RecordingSource.interleaved_int16(
-            first.bin_path, first.n_channels, n_samples, first.sorting_channels, **facts
-        )
-    return RecordingSource(
-        **facts,
-        n_channels=first.n_channels,
-        n_samples=n_samples,
-        source_dtype="int16",
-        sorting_channels=first.sorting_channels,
-        read_chunk=concatenated_reader(segments),
-        zero_copy_path=None,
+
+
+def scan(session_dir: Path) -> Reading:
+    """Read the folder's SpikeGLX headers once."""
+    return Reading(session_dir)
+
+
+def list_probes(session_dir: Path) -> ProbeListing:
+    """The folder's probes (reader only: no session config applied)."""
+    return scan(session_dir).listing
+
+
+def open_recording(
+    session_dir: Path, probe: str | None = None, options: ReadOptions = ReadOptions()
+) -> RecordingSource:
+    """One probe's recording as the files say (reader only: no session config applied; use formats.scan_session)."""
+    reading = scan(session_dir)
+    name = probe if probe is not None and reading.base_probe(probe) else reading.listing.pick(probe, session_dir)
+    return reading.open(name, options)
+
+
+def created_date(segment: Segment) -> tuple[dt.date | None, MissingDate | None]:
+    """``fileCreateTime`` of the meta; never a file's modification time (None and why when the meta has none)."""
+    created = segment.meta.get("fileCreateTime")
+    if created:
+        return parse_recording_date(created, segment.meta_path), None
+    return None, MissingDate(
+        segment.meta_path,
+        "no fileCreateTime in the .meta",
+        "add the fileCreateTime=YYYY-MM-DDThh:mm:ss line SpikeGLX wrote",
     )
 
 
-def created_date(segment: Segment, session_dir: Path, probe: str = "") -> dt.date:
-    """``fileCreateTime`` of the meta, else ``recording_date`` of ks_session.json; never a file's modification time."""
-    created = segment.meta.get("fileCreateTime")
-    if created:
-        return parse_recording_date(created, segment.meta_path)
-    date = config_recording_date(session_dir, [segment.bin_path], probe)
-    if date is None:
-        raise missing_date_error(
-            segment.meta_path,
-            "no fileCreateTime in the .meta",
-            "add the fileCreateTime=YYYY-MM-DDThh:mm:ss line SpikeGLX wrote",
-        )
-    return date
-
-
-def _details(segments: list[Segment], listing: ProbeListing, session_dir: Path) -> dict[str, object]:
-    """Segment boundaries (file, gate, trigger, first sample, samples), skipped streams and the saved subset."""
-    rows, start = [], 0
-    for s in segments:
-        rows.append(
-            {
-                "file": _relative(s.bin_path, session_dir),
-                "gate": s.name.gate,
-                "trigger": "cat" if s.name.catgt else s.name.trigger,
-                "start_sample": start,
-                "n_samples": s.n_samples,
-            }
-        )
-        start += s.n_samples
+def _details(segments: list[Segment], listing: ProbeListing) -> dict[str, object]:
+    """Gate/trigger of each file, skipped streams, the saved subset and whether it is CatGT output."""
     return {
-        "segments": rows,
+        "gates_triggers": [s.name.label for s in segments],
         "skipped_streams": list(listing.skipped),
         "saved_channels": segments[0].meta.get("snsSaveChanSubset", "all"),
         "catgt": segments[0].name.catgt,
+        "probe_serial": segments[0].meta.get("imDatPrb_sn", ""),
     }
