@@ -109,7 +109,7 @@ def _cmd_sort(args: argparse.Namespace) -> int:
             settings_file=Path(args.settings) if args.settings else None,
             probe=probe,
         )
-        phy = pipeline.export_phy(store)
+        phy = pipeline.export_phy(store, scan, probe)
     except SessionInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -437,11 +438,16 @@ def store_units_source(
     return source, record.status
 
 
-def export_units_nwb(store: SessionStore, session_dir: Path | None = None) -> NwbExport:
-    """Write ``<store>/<key>/nwb/units.nwb`` atomically from the sorting, its curation, metrics and probe."""
+def export_units_nwb(
+    store: SessionStore, session_dir: Path | None = None, verify: Callable[[], None] | None = None
+) -> NwbExport:
+    """Write ``<store>/<key>/nwb/units.nwb`` atomically from the sorting, its curation, metrics and probe; ``verify``
+    runs before it is published (raises when the input changed)."""
     source, status = store_units_source(store, session_dir)
     with atomic_directory(store.dir / "nwb") as staged:
         write_units_nwb(source, staged / NWB_FILE)
+        if verify is not None:
+            verify()
     return NwbExport(
         store.dir / "nwb" / NWB_FILE,
         len(np.unique(source.spike_clusters)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,12 +80,14 @@ def build_phy_bundle(
     channel_shanks: np.ndarray,
     phy_dir: Path,
     segments: Sequence[TimelineSegment] = (),
+    verify: Callable[[], None] | None = None,
 ) -> PhyBundle:
     """Copy the sorting's Phy files to ``phy_dir`` with ``dat_path`` relative to it, then open it in phylib.
 
     The relative path (``../binary/recording.bin``) keeps working when the whole store is moved.
     ``channel_shanks`` gives the shank of each channel in ``channel_map.npy`` order; ``segments`` (the recording's
-    timeline: where each file lies on the acquisition clock) are written to ``recording_segments.tsv``.
+    timeline: where each file lies on the acquisition clock) are written to ``recording_segments.tsv``. ``verify``
+    runs last before the folder is published (raises when the input changed).
     """
     with atomic_directory(phy_dir) as staged:
         for item in sorting_dir.iterdir():
@@ -98,6 +100,8 @@ def build_phy_bundle(
         (staged / "params.py").write_text(params_py(relative, binary))
         bundle = validate_phy_folder(staged, final_path=phy_dir)
         plot_phy_overview(staged, staged / OVERVIEW_PNG, binary.sampling_frequency)
+        if verify is not None:
+            verify()
     return bundle
 
 

@@ -111,6 +111,33 @@ def open_unchanged_recording(session: Session, store: SessionStore, probe: str |
     return source
 
 
+def publish_check(
+    session: Session | None, store: SessionStore, probe: str | None, binary: conversion.RecordingBinary | None = None
+) -> Callable[[], None] | None:
+    """What a step runs just before it publishes: the landing recording is still what ``raw_recording`` observed
+    (its fingerprint, content sampled), and a zero-copy ``binary`` (the landing file itself, which Kilosort read in
+    place) still has the full checksum it was verified with. Either change fails the step naming the file, so
+    nothing is published from changed data. None without a session (nothing to compare with)."""
+    if session is None:
+        return None
+
+    def verify() -> None:
+        open_unchanged_recording(as_scan(session).fresh(), store, probe)  # the folder as it is now
+        if binary is not None and binary.zero_copy:
+            source = binary.path.resolve()
+            now = conversion.hash_file(source)
+            if now != binary.checksum:
+                raise SessionInputError(
+                    source,
+                    f"the recording changed while it was being read in place (xxh3 {binary.checksum[:12]} → {now[:12]}); "
+                    "nothing was published from it",
+                    "stop whatever writes into the landing folder, then re-materialize raw_recording and the steps "
+                    "after it",
+                )
+
+    return verify
+
+
 @writes_session
 def build_probe_map(
     session: Session,
@@ -273,7 +300,14 @@ def sort_session(
         )
     effective = effective_session_settings(session, binary, probe_manifest, settings_file, probe)
     result = sorting.sort_recording(
-        binary, ks_probe, effective, store.sorting_dir, backend=backend, log=log, extra_lineage=extra_lineage
+        binary,
+        ks_probe,
+        effective,
+        store.sorting_dir,
+        backend=backend,
+        log=log,
+        extra_lineage=extra_lineage,
+        verify=publish_check(session, store, probe, binary),
     )
     lineage = read_json(store.sorting_dir / LINEAGE_FILE)
     metadata = {
@@ -312,8 +346,9 @@ def score_session(session: Session, store: SessionStore, probe: str | None = Non
 
 
 @writes_session
-def export_phy(store: SessionStore) -> StepOutput:
-    """Phy folder with a relocatable ``params.py``, opened in phylib before it is published."""
+def export_phy(store: SessionStore, session: Session | None = None, probe: str | None = None) -> StepOutput:
+    """Phy folder with a relocatable ``params.py``, opened in phylib before it is published (and, with ``session``,
+    only if the landing recording is unchanged: ``publish_check``)."""
     binary = conversion.load_recording_binary(store.binary_dir)
     ks_probe, _ = load_probe_map(store)
     if not (store.sorting_dir / SUMMARY_FILE).is_file():
@@ -321,7 +356,12 @@ def export_phy(store: SessionStore) -> StepOutput:
     segments = segments_from_manifest(read_json(store.raw_manifest)) if store.raw_manifest.is_file() else []
     curation.preserve_phy_curation(store)  # a curation saved in Phy outlives the rebuilt folder (curation/history/)
     bundle = phy.build_phy_bundle(
-        store.sorting_dir, binary, np.asarray(ks_probe["kcoords"]).astype(int), store.phy_dir, segments
+        store.sorting_dir,
+        binary,
+        np.asarray(ks_probe["kcoords"]).astype(int),
+        store.phy_dir,
+        segments,
+        verify=publish_check(session, store, probe),
     )
     lineage = read_json(store.sorting_dir / LINEAGE_FILE)
     metadata = {
@@ -340,13 +380,14 @@ def export_phy(store: SessionStore) -> StepOutput:
 
 
 @writes_session
-def measure_units(store: SessionStore) -> StepOutput:
-    """SpikeInterface quality metrics and figures of the sorted units into ``metrics/``."""
+def measure_units(store: SessionStore, session: Session | None = None, probe: str | None = None) -> StepOutput:
+    """SpikeInterface quality metrics and figures of the sorted units into ``metrics/`` (with ``session``, published
+    only if the landing recording is unchanged: ``publish_check``)."""
     from ks_platform.core import quality
 
     if not (store.phy_dir / "params.py").is_file():
         raise FileNotFoundError(f"{store.phy_dir} has no Phy folder: materialize phy_bundle first")
-    metrics = quality.compute_unit_metrics(store)
+    metrics = quality.compute_unit_metrics(store, verify=publish_check(session, store, probe))
     version = settings.settings_hash({"units": metrics.table.to_dict(orient="records")})
     return StepOutput(
         version,

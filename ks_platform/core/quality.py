@@ -7,6 +7,7 @@ and three PNGs (drift map, units on the probe, waveforms of the best units), ato
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def curated_labels(store: SessionStore, unit_ids: list[int]) -> list[str]:
     return [labels.get(u, "") for u in unit_ids]
 
 
-def compute_unit_metrics(store: SessionStore, n_jobs: int = 1) -> UnitMetrics:
+def compute_unit_metrics(store: SessionStore, n_jobs: int = 1, verify: Callable[[], None] | None = None) -> UnitMetrics:
     """Quality metrics + figures for the session's Phy folder, written to ``store.metrics_dir``."""
     import spikeinterface.core as si
     import spikeinterface.metrics  # noqa: F401  (registers the metric extensions)
@@ -169,6 +170,8 @@ def compute_unit_metrics(store: SessionStore, n_jobs: int = 1) -> UnitMetrics:
         _plot_drift_map(analyzer, staged / "drift_map.png")
         _plot_unit_locations(analyzer, table, staged / "unit_locations.png")
         _plot_waveforms(analyzer, table, staged / "waveforms.png")
+        if verify is not None:
+            verify()
     return UnitMetrics(table, summary, {name: store.metrics_dir / f"{name}.png" for name in FIGURES})
 
 

@@ -164,8 +164,10 @@ def sort_recording(
     backend: str = "auto",
     log: Log | None = None,
     extra_lineage: dict[str, Any] | None = None,
+    verify: Callable[[], None] | None = None,
 ) -> SortResult:
-    """Sort ``binary`` into ``output_dir`` (atomically), retrying with smaller batches on GPU OOM.
+    """Sort ``binary`` into ``output_dir`` (atomically), retrying with smaller batches on GPU OOM. ``verify`` runs
+    last, before anything is published: it raises when the input changed while Kilosort ran.
 
     ``batch_size``/``clear_cache`` follow :func:`ks_platform.core.hardware.plan_memory` (a user's
     value always wins); each attempt, failed or not, is recorded in the summary and the lineage.
@@ -242,6 +244,8 @@ def sort_recording(
                 **(extra_lineage or {}),
             ),
         )
+        if verify is not None:
+            verify()
     log(
         f"sorted: {result.n_units} units ({result.n_good_units} good), {result.n_spikes} spikes in "
         f"{result.seconds:.1f} s"

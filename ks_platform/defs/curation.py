@@ -10,7 +10,7 @@ import dagster as dg
 import xxhash
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
-from ks_platform.core import curation, nwb_export
+from ks_platform.core import curation, nwb_export, pipeline
 from ks_platform.core.names import CURATION_GROUP, NWB_FILE, SUBJECT_JSON
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.quality import unit_metrics
@@ -145,9 +145,9 @@ def curated_units_not_stale(context: dg.AssetCheckExecutionContext, platform: Pl
 )
 def units_nwb(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     with user_errors_as_failures():
-        export = nwb_export.export_units_nwb(
-            platform.store(context.partition_key), platform.session_dir(context.partition_key)
-        )
+        key = context.partition_key
+        store, folder = platform.store(key), platform.session_dir(key)
+        export = nwb_export.export_units_nwb(store, folder, pipeline.publish_check(folder, store, platform.probe(key)))
     meta = {
         "n_units": export.n_units,
         "n_spikes": export.n_spikes,

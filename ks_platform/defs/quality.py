@@ -55,7 +55,8 @@ def _clean(value):
 )
 def unit_metrics(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     with user_errors_as_failures():
-        output = pipeline.measure_units(platform.store(context.partition_key))
+        key = context.partition_key
+        output = pipeline.measure_units(platform.store(key), platform.session_dir(key), platform.probe(key))
     rows = output.metadata.pop("units")
     table = dg.MetadataValue.table(
         records=[dg.TableRecord({name: _clean(row[name]) for name in TABLE_COLUMNS}) for row in rows],

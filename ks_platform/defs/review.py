@@ -29,7 +29,7 @@ from ks_platform.defs.sorting import sorted_units
 def phy_bundle(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     key = context.partition_key
     with user_errors_as_failures():
-        output = pipeline.export_phy(platform.store(key))
+        output = pipeline.export_phy(platform.store(key), platform.session_dir(key), platform.probe(key))
     context.log.info(f"Phy folder ready: {output.metadata['open_command']}")
     # The fresh folder's curation files, as an observation of phy_curation (defs/curation.py), so a later save in Phy,
     # once observed, marks curated_units stale (as raw_recording records session_settings).

@@ -202,6 +202,10 @@ class SessionScan:
             self._opened[name] = source
         return self._opened[name]
 
+    def fresh(self) -> SessionScan:
+        """The folder scanned again as it is now (a scan of one file given without a folder is itself)."""
+        return self if isinstance(self.reading, _OneSource) else scan_session(self.folder)
+
     def sources(self) -> list[RecordingSource]:
         """Every listed probe's recording, in name order."""
         return [self.open(name) for name in sorted(self.listing.probes)]
