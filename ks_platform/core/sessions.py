@@ -158,6 +158,10 @@ def fingerprint(source: RecordingSource, include_settings: bool = True) -> str:
     for path in files:
         stat = path.stat()
         hasher.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
+        header = source.headers.get(path) if source.headers is not None else None
+        if header is not None:  # a header the scan read: its bytes, not a second read
+            hasher.update(header)
+            continue
         with open(path, "rb") as handle:
             for offset, length in sample_spans(stat.st_size):
                 handle.seek(offset)

@@ -196,9 +196,10 @@ class SessionScan:
             except PermissionError as exc:  # a reader met a file it may not open: name that file
                 raise permission_error(exc.filename, self.folder) from None
             source = _with_config(source, config)
-            for path in (*source.data_files, *([source.probe_file] if source.probe_file else [])):
+            for path in dict.fromkeys((*source.data_files, *([source.probe_file] if source.probe_file else []))):
                 contained_path(self.folder, path, "the session folder")
-                require_readable(path)
+                if source.headers is None or source.headers.get(path) is None:  # a header read is a readable one
+                    require_readable(path)
             self._opened[name] = source
         return self._opened[name]
 

@@ -74,6 +74,26 @@ class ReadOptions:
     max_gap_fill_s: float = DEFAULT_MAX_GAP_FILL_S
 
 
+class HeaderFiles:
+    """The header files one scan read (meta, oebin, settings.xml, sidecar…), kept as bytes: each is read from disk
+    once per scan, and the fingerprint and the readable-file check take them from here."""
+
+    def __init__(self) -> None:
+        self._bytes: dict[Path, bytes] = {}
+
+    def read(self, path: Path) -> bytes:
+        path = Path(path)
+        if path not in self._bytes:
+            self._bytes[path] = path.read_bytes()
+        return self._bytes[path]
+
+    def text(self, path: Path, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return self.read(path).decode(encoding, errors)
+
+    def get(self, path: Path) -> bytes | None:
+        return self._bytes.get(Path(path))
+
+
 @dataclass(frozen=True)
 class MissingDate:
     """Why a recording's own files hold no date: the file to name, what is missing, how the rig writes it."""
@@ -116,6 +136,8 @@ class RecordingSource:
     #: Where each file lies on the acquisition clock and in the binary (one segment per file; see core/timeline.py).
     timeline: tuple[TimelineSegment, ...] = field(default=(), compare=False)
     missing_date: MissingDate | None = field(default=None, repr=False, compare=False)
+    #: The header files the reader read for this recording (None: it keeps none).
+    headers: HeaderFiles | None = field(default=None, repr=False, compare=False)
 
     @property
     def duration_s(self) -> float:
