@@ -672,7 +672,9 @@ class Reading:
         segments = [read_segment(n, self.meta(n.path)) for n in self._files(name)]
         _check_segments(segments, name)
         first = segments[0]
-        placements = [FilePlacement(s.name.label, s.bin_path, first_sample(s), s.n_samples) for s in segments]
+        placements = [
+            FilePlacement(s.name.label, s.bin_path, first_sample(s), s.n_samples, f"g{s.name.gate}") for s in segments
+        ]
         timeline = tuple(lay_out(placements, first.sampling_frequency, options.max_gap_fill_s))
         date, missing = created_date(first)
         facts = {
