@@ -48,6 +48,11 @@ from ks_platform.core.timeline import FilePlacement, lay_out, total_samples
 
 FORMAT = "spikeglx"
 RESTORE = "restore the .meta SpikeGLX wrote for this recording"
+#: The fix for a SpikeGLX folder without an AP file (e.g. only the LF band, or only NI-DAQ files).
+NO_PROBE_FIX = (
+    "copy each probe's AP band (<run>_gN_tM.imecK.ap.bin with its .ap.meta) into the session folder: Kilosort sorts "
+    "the AP band, an LF-only recording cannot be spike-sorted"
+)
 
 #: Streams that are recognised but not sorted, by file-name ending, with why.
 SKIPPED_STREAMS = {
@@ -180,14 +185,15 @@ def _relative(path: Path, session_dir: Path) -> str:
 
 # ------------------------------------------------------------------------------------------------ meta files
 def parse_meta(meta_path: Path) -> dict[str, str]:
-    """Parse a ``.meta`` file (``key=value`` lines; imro keys start with ``~``)."""
+    """Parse a ``.meta`` file (``key=value`` lines; imro keys start with ``~``). UTF-8; a byte-order mark (as a
+    meta saved by a Windows editor starts) is not part of the first key."""
     if not meta_path.is_file():
         raise SessionInputError(
             meta_path, "the SpikeGLX meta file is missing", "copy the .ap.meta written by SpikeGLX next to the .ap.bin"
         )
     meta: dict[str, str] = {}
     try:
-        text = meta_path.read_text(errors="strict")
+        text = meta_path.read_text(encoding="utf-8-sig", errors="strict")
     except PermissionError:
         raise  # reported by formats.open_recording with the permission fix
     except UnicodeDecodeError as exc:
@@ -452,6 +458,11 @@ class Segment:
     def uv_per_bit(self) -> float:
         return self.scaling.uv_per_bit
 
+    @property
+    def serial(self) -> str:
+        """The probe's serial number (``imDatPrb_sn``; phase 3A: ``imProbeSN``)."""
+        return self.meta.get("imDatPrb_sn") or self.meta.get("imProbeSN", "")
+
 
 def meta_path_of(bin_path: Path) -> Path:
     """The ``.meta`` next to an ``.ap.bin``; a folder or a missing file under that name is refused."""
@@ -523,6 +534,7 @@ def _check_size(bin_path: Path, meta: Mapping[str, str], meta_path: Path, n_chan
 # ------------------------------------------------------------------------------------------------ one probe
 #: What every gate/trigger of a probe must share to be laid out as one recording: (description, value of a segment).
 AGREEMENT = (
+    ("imDatPrb_sn (the probe's serial number)", lambda s: s.serial),
     ("nSavedChans", lambda s: s.n_channels),
     ("imSampRate", lambda s: s.sampling_frequency),
     ("snsSaveChanSubset", lambda s: s.saved_ids),
@@ -541,25 +553,43 @@ def _check_segments(segments: list[Segment], probe: str) -> None:
             f"{probe} has files of {len(runs)} runs ({', '.join(runs)}) in one session folder",
             "keep one SpikeGLX run per session folder",
         )
-    seen: dict[tuple, Path] = {}
+    seen: dict[tuple, Segment] = {}
     for segment in segments:
         key = (segment.name.gate, segment.name.trigger)
         if key in seen:
-            raise SessionInputError(
-                segment.bin_path,
-                f"gate {key[0]} trigger {key[1]} of {probe} is also in {seen[key]} (the metas' fileName says so)",
-                "keep one copy of each file in the session folder",
-            )
-        seen[key] = segment.bin_path
+            _refuse_duplicate(segment, seen[key], probe)
+        seen[key] = segment
         for what, value in AGREEMENT:
             if value(segment) != value(first):
+                one_gate = segment.name.gate == first.name.gate
                 raise SessionInputError(
                     segment.meta_path,
                     f"{what} differs from {first.meta_path.name} ({what} of {probe}'s gates/triggers must agree to "
                     "sort them as one recording)",
-                    'sort the gates separately ("split_segments": true in ks_session.json), or put each run in its '
-                    "own session folder",
+                    "put each run in its own session folder"
+                    if one_gate
+                    else 'sort the gates separately ("split_segments": true in ks_session.json), or put each run in '
+                    "its own session folder",
                 )
+
+
+def _refuse_duplicate(segment: Segment, other: Segment, probe: str) -> None:
+    """Two files whose metas name the same gate, trigger and probe: copies of one file, or two probes' files."""
+    where = f"gate {segment.name.gate} trigger {segment.name.trigger} of {probe}"
+    if segment.serial != other.serial:
+        raise SessionInputError(
+            segment.bin_path,
+            f"{where} is also in {other.bin_path} (the metas' fileName says so), but the two files come from "
+            f"different probes (imDatPrb_sn {other.serial} and {segment.serial})",
+            "put each recording in its own session folder (a fileName edited by hand must keep the probe "
+            "SpikeGLX gave the file)",
+        )
+    raise SessionInputError(
+        segment.bin_path,
+        f"{where} (probe serial {segment.serial or 'not in the meta'}) is also in {other.bin_path} (the metas' "
+        "fileName says so)",
+        "keep one copy of each file in the session folder",
+    )
 
 
 @dataclass(frozen=True)
@@ -771,12 +801,13 @@ def created_date(segment: Segment) -> tuple[dt.date | None, MissingDate | None]:
 
 def _details(segments: list[Segment], listing: ProbeListing) -> dict[str, object]:
     """Gate/trigger of each file, skipped streams, the saved subset, whether it is CatGT output, the probe's serial
-    and how many AP channels have each AP gain."""
+    and part number, and how many AP channels have each AP gain."""
     return {
         "gates_triggers": [s.name.label for s in segments],
         "skipped_streams": list(listing.skipped),
         "saved_channels": segments[0].meta.get("snsSaveChanSubset", "all"),
         "catgt": segments[0].name.catgt,
-        "probe_serial": segments[0].meta.get("imDatPrb_sn", ""),
+        "probe_serial": segments[0].serial,
+        "probe_part_number": segments[0].meta.get("imDatPrb_pn", ""),
         "ap_gains": {f"{gain:g}": n for gain, n in sorted(Counter(segments[0].scaling.gains).items())},
     }
