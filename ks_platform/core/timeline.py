@@ -27,12 +27,14 @@ DEFAULT_MAX_GAP_FILL_S = 60.0
 @dataclass(frozen=True)
 class FilePlacement:
     """One file of a recording as the rig wrote it: a label, its path and its first sample on the acquisition clock
-    (``None`` when the format does not say)."""
+    (``None`` when the format does not say); ``part``: the part a split recording sorts it in (SpikeGLX: its gate),
+    so that a refusal between two files of one part does not offer splitting as the fix ("" when unknown)."""
 
     label: str
     file: Path
     first_sample: int | None
     n_samples: int
+    part: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,13 +104,16 @@ def lay_out(
         first = int(placement.first_sample)  # type: ignore[arg-type]
         offset = zeros = 0
         if clock_end is not None and previous is not None:
+            splittable = not (placement.part and placement.part == previous.part)
             if first < previous.first_sample:  # type: ignore[operator]
                 raise SessionInputError(
                     placement.file,
                     f"{placement.label} starts at sample {first}, before {previous.label} ({previous.first_sample}): "
                     "the acquisition clock restarted, so the files are not one recording",
                     f'sort them separately ("split_segments": true in {config_hint}) or put them in separate '
-                    "session folders",
+                    "session folders"
+                    if splittable
+                    else "put the files of each acquisition in their own session folder",
                 )
             if first < clock_end:
                 offset = clock_end - first
@@ -126,8 +131,12 @@ def lay_out(
                         placement.file,
                         f"{placement.label} starts {zeros / sampling_frequency:.3f} s after {previous.label} ends; "
                         f"filling a gap with zeros is allowed up to {max_gap_fill_s:g} s",
-                        f'sort the parts separately ("split_segments": true in {config_hint}), or allow the fill '
-                        f'("max_gap_fill_s": {int(zeros / sampling_frequency) + 1} in {config_hint})',
+                        (
+                            f'sort the parts separately ("split_segments": true in {config_hint}), or '
+                            if splittable
+                            else ""
+                        )
+                        + f'allow the fill ("max_gap_fill_s": {int(zeros / sampling_frequency) + 1} in {config_hint})',
                     )
         binary_start = binary_end + zeros
         used = placement.n_samples - offset

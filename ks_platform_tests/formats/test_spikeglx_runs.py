@@ -152,13 +152,16 @@ def test_an_ap_bin_without_its_meta_is_named(tmp_path):
     assert caught.value.path == written["imec0"][1].with_suffix(".meta") and "copy the .ap.meta" in caught.value.fix
 
 
-def test_different_ap_gains_on_one_probe_are_refused(tmp_path):
-    written = write_spikeglx_run(tmp_path / "run", (FULL,))
-    meta = written["imec0"][0].with_suffix(".meta")
+def test_gates_whose_channel_gains_differ_are_refused(tmp_path):
+    # mixed AP gains within a file are rescaled (test_spikeglx_gains.py); gates recorded with different imro
+    # tables are not one recording
+    written = write_spikeglx_run(tmp_path / "run", (FULL,), gates=(0, 1))
+    meta = written["imec0"][1].with_suffix(".meta")
     meta.write_text(meta.read_text().replace("(7 0 0 500 250 1)", "(7 0 0 1000 250 1)"))
-    with pytest.raises(SessionInputError, match="AP gains differ") as caught:
+    with pytest.raises(SessionInputError, match="differs from run_g0_t0.imec0.ap.meta") as caught:
         formats.open_recording(tmp_path / "run")
-    assert caught.value.path == meta and "gain 1000 on 1 channels (e.g. [7])" in caught.value.problem
+    assert caught.value.path == meta and "split_segments" in caught.value.fix
+    assert formats.open_recording(tmp_path / "run", "imec0-g1").scaling_note.count("gain 1000 on 1 channels (x1)")
 
 
 BAD_NUMBERS = [

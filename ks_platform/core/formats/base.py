@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -443,3 +444,50 @@ def scale_to_int16(
         np.clip(values, -INT16_LIMIT, INT16_LIMIT, out=values)
     np.copyto(out, values, casting="unsafe")
     return None
+
+
+class RescaledReader:
+    """A chunk reader over another int16 reader that multiplies some channels by their own factor (``factors``,
+    one per returned channel; 1 leaves a channel as stored).
+
+    For files whose channels were recorded at different gains (SpikeGLX NP1.0 imro tables give each channel its AP
+    gain): the binary keeps one µV/bit, the finest, and each coarser channel is put on it as
+    ``rint(value * factor)`` in float64 (within half a step of the exact value), saturating at ±32767. ``clipped``
+    counts the samples that saturated and ``first_clip`` is the first one seen as (sample, index of the channel among
+    those returned), which is also logged as a warning. Channels with factor 1 are returned exactly as stored."""
+
+    def __init__(self, read_chunk: ChunkReader, factors: tuple[float, ...]) -> None:
+        scale = np.asarray(factors, dtype=np.float64)
+        if scale.ndim != 1 or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            raise ValueError("factors must be finite numbers > 0, one per channel")
+        self._read = read_chunk
+        self._columns = np.flatnonzero(scale != 1.0)
+        self._factors = scale[self._columns]
+        self._lock = threading.Lock()
+        self.clipped = 0
+        self.first_clip: tuple[int, int] | None = None
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        block = self._read(start, stop)
+        if not self._columns.size or not len(block):
+            return block
+        values = block[:, self._columns] * self._factors
+        np.rint(values, out=values)
+        over = np.abs(values) > INT16_LIMIT
+        if over.any():
+            rows, columns = np.nonzero(over)
+            where = (start + int(rows[0]), int(self._columns[columns[0]]))
+            with self._lock:
+                self.clipped += int(rows.size)
+                first, self.first_clip = self.first_clip is None, self.first_clip or where
+            if first:
+                logging.getLogger(__name__).warning(
+                    "rescaling to one µV/bit saturated %d sample(s) at ±%g, first at sample %d of channel %d "
+                    "(all of them are counted: RescaledReader.clipped)",
+                    rows.size,
+                    INT16_LIMIT,
+                    *where,
+                )
+            np.clip(values, -INT16_LIMIT, INT16_LIMIT, out=values)
+        block[:, self._columns] = values
+        return block

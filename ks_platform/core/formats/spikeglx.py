@@ -15,7 +15,9 @@ skipped. ``open(…, "imec0-g1")`` reads one gate only (not listed as a probe).
 
 Channels: ``snsSaveChanSubset`` lists *acquired* channel ids (``all``: every channel of the file, ``snsApLfSy``); AP
 channels are those below ``acqApLfSy[0]``, the sync channel(s) come last and are never sorted. µV per bit =
-``imAiRangeMax / imMaxInt / AP gain * 1e6``.
+``imAiRangeMax / imMaxInt / AP gain * 1e6``; where the imro table gives the channels different AP gains, the finest
+channel's, with each coarser channel rescaled to it when read (SpikeInterface scales each channel with its own
+gain; the file is then converted, not referenced in place).
 """
 
 from __future__ import annotations
@@ -25,23 +27,32 @@ import datetime as dt
 import itertools
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats.base import (
+    INT16_LIMIT,
     MissingDate,
     ProbeListing,
     ReadOptions,
     RecordingSource,
+    RescaledReader,
+    memmap_int16_reader,
     parse_recording_date,
     timeline_reader,
 )
-from ks_platform.core.timeline import FilePlacement, lay_out
+from ks_platform.core.timeline import FilePlacement, lay_out, total_samples
 
 FORMAT = "spikeglx"
 RESTORE = "restore the .meta SpikeGLX wrote for this recording"
+#: The fix for a SpikeGLX folder without an AP file (e.g. only the LF band, or only NI-DAQ files).
+NO_PROBE_FIX = (
+    "copy each probe's AP band (<run>_gN_tM.imecK.ap.bin with its .ap.meta) into the session folder: Kilosort sorts "
+    "the AP band, an LF-only recording cannot be spike-sorted"
+)
 
 #: Streams that are recognised but not sorted, by file-name ending, with why.
 SKIPPED_STREAMS = {
@@ -174,14 +185,15 @@ def _relative(path: Path, session_dir: Path) -> str:
 
 # ------------------------------------------------------------------------------------------------ meta files
 def parse_meta(meta_path: Path) -> dict[str, str]:
-    """Parse a ``.meta`` file (``key=value`` lines; imro keys start with ``~``)."""
+    """Parse a ``.meta`` file (``key=value`` lines; imro keys start with ``~``). UTF-8; a byte-order mark (as a
+    meta saved by a Windows editor starts) is not part of the first key."""
     if not meta_path.is_file():
         raise SessionInputError(
             meta_path, "the SpikeGLX meta file is missing", "copy the .ap.meta written by SpikeGLX next to the .ap.bin"
         )
     meta: dict[str, str] = {}
     try:
-        text = meta_path.read_text(errors="strict")
+        text = meta_path.read_text(encoding="utf-8-sig", errors="strict")
     except PermissionError:
         raise  # reported by formats.open_recording with the permission fix
     except UnicodeDecodeError as exc:
@@ -335,77 +347,92 @@ def _catalogue_gain(part_number: str | None) -> float | None:
     return float(gains[0]) if len(gains) == 1 and gains[0] else None
 
 
-def ap_gain(meta: Mapping[str, str], meta_path: Path, ap_ids: tuple[int, ...]) -> tuple[float, str]:
-    """The AP gain shared by the saved AP channels ``ap_ids`` and where it came from.
+def ap_gains(meta: Mapping[str, str], meta_path: Path, ap_ids: tuple[int, ...]) -> tuple[tuple[float, ...], str]:
+    """The AP gain of each saved AP channel ``ap_ids`` and where it came from.
 
     Per-channel imro entries (NP1.0 style) first, then ``imChan0apGain``, the imro header (NP1110), the fixed gain
-    of the imro type, probeinterface's catalogue. Channels with different gains are refused: one µV/bit is kept
-    per recording and the int16 samples stay as stored.
+    of the imro type, probeinterface's catalogue; all but the first give every channel the same gain.
     """
     kind, header, entries = _imro(meta, meta_path)
     if kind in PER_CHANNEL_GAIN_TYPES:
-        return _per_channel_gain(entries, ap_ids, meta_path), "imroTbl"
+        return _per_channel_gains(entries, ap_ids, meta_path), "imroTbl"
     if "imChan0apGain" in meta:
-        return _number(meta, "imChan0apGain", meta_path, float), "imChan0apGain"
-    if kind in HEADER_GAIN_FIELD:
+        gain, origin = _number(meta, "imChan0apGain", meta_path, float), "imChan0apGain"
+    elif kind in HEADER_GAIN_FIELD:
         field = HEADER_GAIN_FIELD[kind]
-        return _number(
-            {"imroTbl header": header[field] if len(header) > field else ""}, "imroTbl header", meta_path, float
-        ), "imroTbl header"
-    if kind in FIXED_AP_GAIN:
-        return FIXED_AP_GAIN[kind], f"fixed for imro type {kind}"
-    gain = _catalogue_gain(meta.get("imDatPrb_pn"))
-    if gain is None:
-        raise SessionInputError(
-            meta_path,
-            f"cannot tell the AP gain of probe type {kind!r} (imDatPrb_pn={meta.get('imDatPrb_pn')!r}; no imChan0apGain)",
-            "use the .meta SpikeGLX wrote (recent versions write imChan0apGain)",
-        )
-    return gain, "probeinterface catalogue"
+        text = header[field] if len(header) > field else ""
+        gain, origin = _number({"imroTbl header": text}, "imroTbl header", meta_path, float), "imroTbl header"
+    elif kind in FIXED_AP_GAIN:
+        gain, origin = FIXED_AP_GAIN[kind], f"fixed for imro type {kind}"
+    else:
+        catalogue = _catalogue_gain(meta.get("imDatPrb_pn"))
+        if catalogue is None:
+            raise SessionInputError(
+                meta_path,
+                f"cannot tell the AP gain of probe type {kind!r} (imDatPrb_pn={meta.get('imDatPrb_pn')!r}; no "
+                "imChan0apGain)",
+                "use the .meta SpikeGLX wrote (recent versions write imChan0apGain)",
+            )
+        gain, origin = catalogue, "probeinterface catalogue"
+    return (gain,) * len(ap_ids), origin
 
 
-def _per_channel_gain(entries: list[list[str]], ap_ids: tuple[int, ...], meta_path: Path) -> float:
-    gains: dict[int, str] = {}
+def _per_channel_gains(entries: list[list[str]], ap_ids: tuple[int, ...], meta_path: Path) -> tuple[float, ...]:
+    """``apGain`` of each channel's ``(channel bank ref apGain lfGain …)`` imro entry."""
+    texts: dict[int, str] = {}
     for fields in entries:
         if len(fields) >= 4:
-            gains[int(fields[0]) if fields[0].isdigit() else -1] = fields[3]
-    missing = [c for c in ap_ids if c not in gains]
+            texts[int(fields[0]) if fields[0].isdigit() else -1] = fields[3]
+    missing = [c for c in ap_ids if c not in texts]
     if missing:
         raise SessionInputError(
             meta_path, f"imroTbl has no (channel bank ref apGain …) entry for channels {missing[:5]}", RESTORE
         )
-    used: dict[str, list[int]] = {}
-    for channel in ap_ids:
-        used.setdefault(gains[channel], []).append(channel)
-    if len(used) > 1:
-        listed = "; ".join(
-            f"gain {g} on {len(chs)} channels (e.g. {chs[:3]})"
-            for g, chs in sorted(used.items(), key=lambda item: -len(item[1]))
-        )
-        raise SessionInputError(
-            meta_path,
-            f"the AP gains differ across the saved channels ({listed}); one µV/bit per recording is kept",
-            "record with one AP gain on all channels (imro table), or convert to a common gain first",
-        )
-    (text,) = used
-    return _number({"imroTbl apGain": text}, "imroTbl apGain", meta_path, float)
+    used = {texts[channel] for channel in ap_ids}
+    values = {text: _number({"imroTbl apGain": text}, "imroTbl apGain", meta_path, float) for text in used}
+    return tuple(values[texts[channel]] for channel in ap_ids)
 
 
-def uv_per_bit(meta: Mapping[str, str], meta_path: Path, ap_ids: tuple[int, ...]) -> tuple[float, str]:
-    """µV per bit of the AP channels and a note saying where the numbers came from."""
+@dataclass(frozen=True)
+class Scaling:
+    """How the AP channels' int16 values map to µV: one µV/bit for the recording, and for channels recorded at a
+    coarser gain than the finest the factor that puts them on it (``rescale``, one per AP channel; None when all
+    channels share one gain and the samples stay as stored)."""
+
+    uv_per_bit: float
+    note: str
+    rescale: tuple[float, ...] | None = None
+    gains: tuple[float, ...] = ()
+
+
+def scaling(meta: Mapping[str, str], meta_path: Path, ap_ids: tuple[int, ...]) -> Scaling:
+    """µV per bit of the AP channels ``ap_ids``; with several AP gains (NP1.0 imro tables allow one per channel),
+    the finest channel's µV per bit and each channel's factor to it (SpikeInterface's rule: every channel at its
+    own gain)."""
     kind = _imro(meta, meta_path)[0]
-    gain, origin = ap_gain(meta, meta_path, ap_ids)
+    gains, origin = ap_gains(meta, meta_path, ap_ids)
     default_max = DEFAULT_MAX_INT.get(kind)
     max_int = _number(meta, "imMaxInt", meta_path, float, default=None if default_max is None else str(default_max))
     ai_range = _number(meta, "imAiRangeMax", meta_path, float)
-    value = ai_range / max_int / gain * 1e6
+    finest = max(gains)
+    value = ai_range / max_int / finest * 1e6
     if not (math.isfinite(value) and value > 0):
         raise SessionInputError(
             meta_path,
-            f"imAiRangeMax={ai_range:g} / imMaxInt={max_int:g} / gain={gain:g} gives no usable µV per bit",
+            f"imAiRangeMax={ai_range:g} / imMaxInt={max_int:g} / gain={finest:g} gives no usable µV per bit",
             RESTORE,
         )
-    return value, f"imAiRangeMax {ai_range:g} V / imMaxInt {max_int:g} / AP gain {gain:g} ({origin})"
+    note = f"imAiRangeMax {ai_range:g} V / imMaxInt {max_int:g} / AP gain {finest:g} ({origin})"
+    if len(set(gains)) == 1:
+        return Scaling(value, note, None, gains)
+    counts = sorted(Counter(gains).items())
+    listed = ", ".join(f"gain {gain:g} on {n} channels (x{finest / gain:g})" for gain, n in counts)
+    note += (
+        f"; the AP gains differ ({listed}): each channel is rescaled from its own gain to the finest (rint, "
+        f"saturating at ±{INT16_LIMIT:g}, saturated samples counted), so zero-copy is off (the stored int16 values "
+        "are not on one scale)"
+    )
+    return Scaling(value, note, tuple(finest / gain for gain in gains), gains)
 
 
 # ------------------------------------------------------------------------------------------------ one file
@@ -421,12 +448,20 @@ class Segment:
     sampling_frequency: float
     saved_ids: tuple[int, ...]
     sorting_channels: tuple[int, ...]
-    uv_per_bit: float
-    scaling_note: str
+    scaling: Scaling
 
     @property
     def bin_path(self) -> Path:
         return self.name.path
+
+    @property
+    def uv_per_bit(self) -> float:
+        return self.scaling.uv_per_bit
+
+    @property
+    def serial(self) -> str:
+        """The probe's serial number (``imDatPrb_sn``; phase 3A: ``imProbeSN``)."""
+        return self.meta.get("imDatPrb_sn") or self.meta.get("imProbeSN", "")
 
 
 def meta_path_of(bin_path: Path) -> Path:
@@ -455,8 +490,8 @@ def read_segment(name: FileName, meta: Mapping[str, str]) -> Segment:
     sorting = tuple(i for i, channel in enumerate(saved) if channel < limit)
     if not sorting:
         raise SessionInputError(meta_path, "no AP channels are saved in this file", "record the AP band (the .ap.bin)")
-    scale, note = uv_per_bit(meta, meta_path, tuple(saved[i] for i in sorting))
-    return Segment(name, meta_path, meta, n_channels, n_samples, fs, saved, sorting, scale, note)
+    found = scaling(meta, meta_path, tuple(saved[i] for i in sorting))
+    return Segment(name, meta_path, meta, n_channels, n_samples, fs, saved, sorting, found)
 
 
 def first_sample(segment: Segment) -> int | None:
@@ -499,10 +534,12 @@ def _check_size(bin_path: Path, meta: Mapping[str, str], meta_path: Path, n_chan
 # ------------------------------------------------------------------------------------------------ one probe
 #: What every gate/trigger of a probe must share to be laid out as one recording: (description, value of a segment).
 AGREEMENT = (
+    ("imDatPrb_sn (the probe's serial number)", lambda s: s.serial),
     ("nSavedChans", lambda s: s.n_channels),
     ("imSampRate", lambda s: s.sampling_frequency),
     ("snsSaveChanSubset", lambda s: s.saved_ids),
     ("µV per bit (gain)", lambda s: s.uv_per_bit),
+    ("the AP gain of each channel", lambda s: s.scaling.gains),
     ("imroTbl", lambda s: s.meta.get("imroTbl")),
 )
 
@@ -516,25 +553,43 @@ def _check_segments(segments: list[Segment], probe: str) -> None:
             f"{probe} has files of {len(runs)} runs ({', '.join(runs)}) in one session folder",
             "keep one SpikeGLX run per session folder",
         )
-    seen: dict[tuple, Path] = {}
+    seen: dict[tuple, Segment] = {}
     for segment in segments:
         key = (segment.name.gate, segment.name.trigger)
         if key in seen:
-            raise SessionInputError(
-                segment.bin_path,
-                f"gate {key[0]} trigger {key[1]} of {probe} is also in {seen[key]} (the metas' fileName says so)",
-                "keep one copy of each file in the session folder",
-            )
-        seen[key] = segment.bin_path
+            _refuse_duplicate(segment, seen[key], probe)
+        seen[key] = segment
         for what, value in AGREEMENT:
             if value(segment) != value(first):
+                one_gate = segment.name.gate == first.name.gate
                 raise SessionInputError(
                     segment.meta_path,
                     f"{what} differs from {first.meta_path.name} ({what} of {probe}'s gates/triggers must agree to "
                     "sort them as one recording)",
-                    'sort the gates separately ("split_segments": true in ks_session.json), or put each run in its '
-                    "own session folder",
+                    "put each run in its own session folder"
+                    if one_gate
+                    else 'sort the gates separately ("split_segments": true in ks_session.json), or put each run in '
+                    "its own session folder",
                 )
+
+
+def _refuse_duplicate(segment: Segment, other: Segment, probe: str) -> None:
+    """Two files whose metas name the same gate, trigger and probe: copies of one file, or two probes' files."""
+    where = f"gate {segment.name.gate} trigger {segment.name.trigger} of {probe}"
+    if segment.serial != other.serial:
+        raise SessionInputError(
+            segment.bin_path,
+            f"{where} is also in {other.bin_path} (the metas' fileName says so), but the two files come from "
+            f"different probes (imDatPrb_sn {other.serial} and {segment.serial})",
+            "put each recording in its own session folder (a fileName edited by hand must keep the probe "
+            "SpikeGLX gave the file)",
+        )
+    raise SessionInputError(
+        segment.bin_path,
+        f"{where} (probe serial {segment.serial or 'not in the meta'}) is also in {other.bin_path} (the metas' "
+        "fileName says so)",
+        "keep one copy of each file in the session folder",
+    )
 
 
 @dataclass(frozen=True)
@@ -672,7 +727,9 @@ class Reading:
         segments = [read_segment(n, self.meta(n.path)) for n in self._files(name)]
         _check_segments(segments, name)
         first = segments[0]
-        placements = [FilePlacement(s.name.label, s.bin_path, first_sample(s), s.n_samples) for s in segments]
+        placements = [
+            FilePlacement(s.name.label, s.bin_path, first_sample(s), s.n_samples, f"g{s.name.gate}") for s in segments
+        ]
         timeline = tuple(lay_out(placements, first.sampling_frequency, options.max_gap_fill_s))
         date, missing = created_date(first)
         facts = {
@@ -685,23 +742,28 @@ class Reading:
             "uv_per_bit": first.uv_per_bit,
             "probe": None,
             "probe_file": first.meta_path,
-            "scaling_note": first.scaling_note,
+            "scaling_note": first.scaling.note,
             "probe_name": name,
             "timeline": timeline,
             "details": _details(segments, self.listing),
         }
-        if len(segments) == 1:
+        rescale = first.scaling.rescale
+        if len(segments) == 1 and rescale is None:
             return RecordingSource.interleaved_int16(
                 first.bin_path, first.n_channels, first.n_samples, first.sorting_channels, **facts
             )
-        files = [(s.bin_path, s.n_channels, s.n_samples) for s in segments]
+        if len(segments) == 1:
+            read_chunk = memmap_int16_reader(first.bin_path, first.n_channels, first.n_samples, first.sorting_channels)
+        else:
+            files = [(s.bin_path, s.n_channels, s.n_samples) for s in segments]
+            read_chunk = timeline_reader(files, timeline, first.sorting_channels)
         return RecordingSource(
             **facts,
             n_channels=first.n_channels,
-            n_samples=timeline[-1].binary_start + timeline[-1].n_samples,
+            n_samples=total_samples(timeline),
             source_dtype="int16",
             sorting_channels=first.sorting_channels,
-            read_chunk=timeline_reader(files, timeline, first.sorting_channels),
+            read_chunk=read_chunk if rescale is None else RescaledReader(read_chunk, rescale),
             zero_copy_path=None,
         )
 
@@ -738,11 +800,14 @@ def created_date(segment: Segment) -> tuple[dt.date | None, MissingDate | None]:
 
 
 def _details(segments: list[Segment], listing: ProbeListing) -> dict[str, object]:
-    """Gate/trigger of each file, skipped streams, the saved subset and whether it is CatGT output."""
+    """Gate/trigger of each file, skipped streams, the saved subset, whether it is CatGT output, the probe's serial
+    and part number, and how many AP channels have each AP gain."""
     return {
         "gates_triggers": [s.name.label for s in segments],
         "skipped_streams": list(listing.skipped),
         "saved_channels": segments[0].meta.get("snsSaveChanSubset", "all"),
         "catgt": segments[0].name.catgt,
-        "probe_serial": segments[0].meta.get("imDatPrb_sn", ""),
+        "probe_serial": segments[0].serial,
+        "probe_part_number": segments[0].meta.get("imDatPrb_pn", ""),
+        "ap_gains": {f"{gain:g}": n for gain, n in sorted(Counter(segments[0].scaling.gains).items())},
     }
