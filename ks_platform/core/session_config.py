@@ -25,7 +25,7 @@ import datetime as dt
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,8 +70,9 @@ def applies_to(config: Path, probe_files: tuple[Path, ...] | list[Path]) -> bool
     return any(config.parent in Path(p).parents for p in probe_files)
 
 
-def _load(path: Path) -> dict[str, Any]:
-    """One config file as a JSON object; every way it can be unreadable is one clear error."""
+def _load(path: Path, read: Callable[[Path], bytes] | None = None) -> dict[str, Any]:
+    """One config file as a JSON object (its bytes from ``read`` when given); every way it can be unreadable is one
+    clear error."""
     if not path.is_file():
         raise SessionInputError(
             path, "the config file is not a regular file", f"make {path.name} a JSON file (or remove it)"
@@ -81,7 +82,7 @@ def _load(path: Path) -> dict[str, Any]:
             raise SessionInputError(
                 path, f"the config file is larger than {MAX_CONFIG_BYTES // 1024} KiB", "keep only settings in it"
             )
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload = json.loads((read or Path.read_bytes)(path).decode("utf-8"))
     except UnicodeDecodeError:
         raise SessionInputError(path, "the config file is not UTF-8 text", "save it as UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
@@ -211,8 +212,9 @@ class SessionConfig:
     payloads: tuple[tuple[Path, dict[str, Any]], ...] = ()
 
     @classmethod
-    def load(cls, session_dir: Path) -> SessionConfig:
-        return cls(Path(session_dir), tuple((path, _load(path)) for path in config_files(session_dir)))
+    def load(cls, session_dir: Path, read: Callable[[Path], bytes] | None = None) -> SessionConfig:
+        """The folder's config files, each read once (through ``read`` when given: a scan's header files)."""
+        return cls(Path(session_dir), tuple((path, _load(path, read)) for path in config_files(session_dir)))
 
     @property
     def files(self) -> tuple[Path, ...]:

@@ -230,7 +230,8 @@ def scan_session(session_dir: Path) -> SessionScan:
             getattr(reader, "NO_PROBE_FIX", "record the wideband/AP band of at least one probe")
             + " (or put this folder outside the landing root)",
         )
-    config = SessionConfig.load(session_dir)
+    headers = getattr(reading, "headers", None)
+    config = SessionConfig.load(session_dir, headers.read if headers is not None else None)
     config.check_apply(listing.probes)
     return SessionScan(
         session_dir, reader, reading, split_segments(reader, reading, session_dir, listing, config), config

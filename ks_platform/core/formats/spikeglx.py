@@ -35,6 +35,7 @@ from pathlib import Path, PureWindowsPath
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats.base import (
     INT16_LIMIT,
+    HeaderFiles,
     MissingDate,
     ProbeListing,
     ReadOptions,
@@ -184,16 +185,18 @@ def _relative(path: Path, session_dir: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ meta files
-def parse_meta(meta_path: Path) -> dict[str, str]:
-    """Parse a ``.meta`` file (``key=value`` lines; imro keys start with ``~``). UTF-8; a byte-order mark (as a
-    meta saved by a Windows editor starts) is not part of the first key."""
+def parse_meta(meta_path: Path, headers: HeaderFiles | None = None) -> dict[str, str]:
+    """Parse a ``.meta`` file (``key=value`` lines; imro keys start with ``~``), read through ``headers`` when given
+    (once per scan). UTF-8; a byte-order mark (as a meta saved by a Windows editor starts) is not part of the first
+    key."""
     if not meta_path.is_file():
         raise SessionInputError(
             meta_path, "the SpikeGLX meta file is missing", "copy the .ap.meta written by SpikeGLX next to the .ap.bin"
         )
     meta: dict[str, str] = {}
     try:
-        text = meta_path.read_text(encoding="utf-8-sig", errors="strict")
+        raw = headers.read(meta_path) if headers is not None else meta_path.read_bytes()
+        text = raw.decode("utf-8-sig", errors="strict")
     except PermissionError:
         raise  # reported by formats.open_recording with the permission fix
     except UnicodeDecodeError as exc:
@@ -606,6 +609,7 @@ class Reading:
 
     def __init__(self, session_dir: Path) -> None:
         self.folder = session_dir
+        self.headers = HeaderFiles()
         self._metas: dict[Path, Mapping[str, str]] = {}
         raw: dict[str, list[FileName]] = {}
         catgt: dict[str, list[FileName]] = {}
@@ -635,7 +639,7 @@ class Reading:
     # -- reading headers (once each)
     def meta(self, bin_path: Path) -> Mapping[str, str]:
         if bin_path not in self._metas:
-            self._metas[bin_path] = parse_meta(meta_path_of(bin_path))
+            self._metas[bin_path] = parse_meta(meta_path_of(bin_path), self.headers)
         return self._metas[bin_path]
 
     def _identify(self, path: Path) -> FileName:
@@ -745,6 +749,7 @@ class Reading:
             "scaling_note": first.scaling.note,
             "probe_name": name,
             "timeline": timeline,
+            "headers": self.headers,
             "details": _details(segments, self.listing),
         }
         rescale = first.scaling.rescale
