@@ -21,9 +21,13 @@ ephys channels) comes from the oebin. Which streams are probes (one partition ea
 * NI-DAQ, ADC / analog-input, LFP, sync-only and slow (< 10 kHz) streams are skipped and listed in
   ``ProbeListing.skipped`` with the reason. ADC/AUX/SYNC channels inside a probe stream are not sorted.
 
-Record Nodes: when several Record Nodes hold the same stream (same ``folder_name``), the lowest-numbered
-node whose data files are present is used; the others are listed as skipped (``details["record_node"]``
-names the one used).
+Record Nodes are recognised by their content, not by a spelling: the folder holding ``experiment<E>/`` is a
+Record Node when its oebin says a Record Node recorded the streams (``recorded_processor``) or its name is one the
+GUI wrote (``Record Node 103``; ``RecordNode103`` in GUI 0.5.x; ``Record_Node_101`` in copies); its id is the
+name's number, else the oebin's ``recorded_processor_id``. Without either it is a GUI <= 0.4 run folder. When
+several Record Nodes hold the same stream (same ``folder_name``), their copies are never mixed: the lowest-numbered
+node whose data files are present is used, the others are listed as skipped with why (and the copy's processing
+history when it differs, e.g. after a bandpass filter); ``details["record_node"]`` names the one used.
 
 Experiments and recordings follow SpikeInterface's model (experiment = block, recording = segment):
 the recordings of one experiment are one probe partition, concatenated in ``recording<R>`` order (the
@@ -70,7 +74,7 @@ MIN_WIDEBAND_RATE = 10_000.0
 _UNIT_TO_UV = {"": 1.0, "uv": 1.0, "µv": 1.0, "microvolts": 1.0, "mv": 1e3, "millivolts": 1e3, "v": 1e6, "volts": 1e6}
 _SETTINGS_DATE_FORMATS = ("%d %b %Y %H:%M:%S", "%d %B %Y %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
 _FOLDER_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})_\d{2}-\d{2}-\d{2}")
-_NODE = re.compile(r"^Record[ _]Node[ _](\d+)$")
+_NODE = re.compile(r"^record[ _-]*node[ _-]*(\d+)", re.IGNORECASE)
 _NUMBERED = {"experiment": re.compile(r"^experiment(\d+)$"), "recording": re.compile(r"^recording(\d+)$")}
 _RESTORE = "restore the structure.oebin the GUI wrote"
 
@@ -219,16 +223,36 @@ def _number(path: Path, kind: str) -> int:
     return int(match.group(1)) if match else 1
 
 
+def _node_folder(container: Path, entries: list) -> tuple[str, int] | None:
+    """``(name, id)`` when ``container`` (the folder holding ``experiment<E>/``) is a Record Node, recognised by its
+    content: the oebin says a Record Node recorded the streams (``recorded_processor``), or the folder is named like
+    one in any spelling the GUI used (``Record Node 103``, ``RecordNode103`` of GUI 0.5.x, ``Record_Node_101``). The
+    id is the folder name's number, else the oebin's ``recorded_processor_id`` (-1 without either). None: a GUI <= 0.4
+    run folder (experiments without Record Nodes)."""
+    recorded = [
+        e for e in entries if isinstance(e, dict) and "record node" in str(e.get("recorded_processor", "")).lower()
+    ]
+    named = _NODE.match(container.name)
+    if named is not None:
+        return container.name, int(named.group(1))
+    if not recorded:
+        return None
+    ids = {e.get("recorded_processor_id") for e in recorded}
+    only = next(iter(ids)) if len(ids) == 1 else None
+    return container.name, only if isinstance(only, int) and not isinstance(only, bool) else -1
+
+
 def _segments(session_dir: Path) -> list[_Segment]:
     segments = []
     for oebin in find_files(session_dir):
         payload = _load_oebin(oebin)
         recording_dir, experiment_dir = oebin.parent, oebin.parent.parent
-        node_match = _NODE.match(experiment_dir.parent.name)
-        node_dir = experiment_dir.parent if node_match else None
+        container = experiment_dir.parent if _NUMBERED["experiment"].match(experiment_dir.name) else None
+        node = _node_folder(container, payload["continuous"]) if container is not None else None
+        run_dir = (container.parent if node is not None else container) if container is not None else None
         run = (
-            str(node_dir.parent.relative_to(session_dir))
-            if node_dir is not None and node_dir != session_dir and session_dir in node_dir.parents
+            str(run_dir.relative_to(session_dir))
+            if run_dir is not None and (run_dir == session_dir or session_dir in run_dir.parents)
             else ""
         )
         for index, entry in enumerate(payload["continuous"]):
@@ -240,8 +264,8 @@ def _segments(session_dir: Path) -> list[_Segment]:
                         entry=entry,
                         siblings=tuple(e for e in payload["continuous"] if isinstance(e, dict)),
                         gui_version=str(payload.get("GUI version", "")),
-                        node=node_dir.name if node_dir is not None else "",
-                        node_id=int(node_match.group(1)) if node_match else -1,
+                        node=node[0] if node is not None else "",
+                        node_id=node[1] if node is not None else -1,
                         run="" if run == "." else run,
                         experiment=_number(experiment_dir, "experiment"),
                         recording=_number(recording_dir, "recording"),
@@ -294,13 +318,22 @@ def _scan(session_dir: Path) -> tuple[dict[str, _Plan], tuple[str, ...]]:
     for key, nodes in by_stream.items():
         ordered = sorted(nodes)
         used = next((n for n in ordered if _has_data(nodes[n])), ordered[0])
-        others = tuple(node for node_id, node in ordered if (node_id, node) != used)
-        for node in others:
-            skipped[
-                f"{node}/{key[2]}: also recorded by {used[1]}, which is used (the lowest-numbered Record Node with the data)"
-            ] = None
-        chosen[key] = _Plan(sorted(nodes[used], key=lambda s: (s.recording, str(s.oebin))), other_nodes=others)
+        others = [node for node in ordered if node != used]
+        for other in others:
+            why = f"also recorded by {used[1]}, which is used (the lowest-numbered Record Node with the data)"
+            skipped[f"{other[1]}/{key[2]}: {why}{_history_note(nodes[other][0], nodes[used][0])}"] = None
+        plan_segments = sorted(nodes[used], key=lambda s: (s.recording, str(s.oebin)))
+        chosen[key] = _Plan(plan_segments, other_nodes=tuple(name for _, name in others))
     return _name_plans(chosen), tuple(skipped)
+
+
+def _history_note(copy: _Segment, used: _Segment) -> str:
+    """How the skipped copy was processed, when its channels' ``history`` differs from the used one's."""
+
+    def history(segment: _Segment) -> str:
+        return str((_channel_list(segment.entry) or [{}])[0].get("history") or "")
+
+    return f" (this copy's history: {history(copy)})" if history(copy) not in ("", history(used)) else ""
 
 
 def _name_plans(chosen: dict[tuple[str, int, str], _Plan]) -> dict[str, _Plan]:
