@@ -41,8 +41,12 @@ GUI 0.5.x's integer ``timestamps.npy``): a gap is zero-filled, an overlap skippe
 
 Geometry comes from the experiment's settings.xml: probeinterface's ``read_openephys_neuropixels`` (the
 catalogue probe sliced to the recorded electrodes, Channel Map and channel subsets applied, as SpikeInterface
-does), else the per-channel ``ELECTRODE_XPOS``/``ELECTRODE_YPOS`` the Neuropixels-PXI plugin writes. A channel
-without an electrode in settings.xml (an NP1.0 reference channel such as CH191) is not sorted.
+does). Where probeinterface cannot match the plugin's per-channel ``ELECTRODE_XPOS``/``ELECTRODE_YPOS`` to the
+catalogue of a part it knows (the plugin 0.6.x wrote NP1100 rows 48 µm apart instead of 6 µm, so probeinterface
+refuses it), the electrodes are read on the plugin's own grid and placed at the catalogue's positions;
+``details["probe_geometry_disagreement"]`` says what disagreed. Only a part outside the catalogue keeps the
+plugin's positions. A channel without an electrode in settings.xml (an NP1.0 reference channel such as CH191) is
+not sorted.
 """
 
 from __future__ import annotations
@@ -705,24 +709,145 @@ def wire_contacts(n_contacts: int, keys: object, ephys: tuple[int, ...]) -> tupl
     return tuple(ephys[i] for i in numbers)
 
 
+def _catalogue_features(part_number: str) -> dict | None:
+    """probeinterface's catalogue entry of a Neuropixels part (None when it is not in the catalogue)."""
+    try:
+        from probeinterface.neuropixels_tools import _load_np_probe_features
+
+        return _load_np_probe_features()["neuropixels_probes"].get(part_number)
+    except Exception:  # noqa: BLE001 - a private probeinterface helper: no catalogue then
+        return None
+
+
+def _grid_unit(values: np.ndarray) -> float:
+    """The largest step (µm, to 0.001) that every value is a whole multiple of (0 when all are 0)."""
+    return math.gcd(*(int(round(abs(v) * 1000)) for v in values)) / 1000 if len(values) else 0.0
+
+
+def _stagger(features: dict) -> float:
+    """How far even rows sit right of odd rows (µm; NP1.0: 16)."""
+    return float(features["even_row_horz_offset_left_edge_to_leftmost_electrode_center_um"]) - float(
+        features["odd_row_horz_offset_left_edge_to_leftmost_electrode_center_um"]
+    )
+
+
+def _electrode_ids(
+    positions: np.ndarray, shank_ids: np.ndarray | None, features: dict, scale: tuple[float, float]
+) -> list[int] | None:
+    """probeinterface's rule (``_parse_openephys_settings``) for the electrode under each plugin position, with the
+    plugin's grid divided by ``scale`` (x, y) first; None when a position is off the catalogue's grid."""
+    x_pitch, y_pitch = float(features["electrode_pitch_horz_um"]), float(features["electrode_pitch_vert_um"])
+    columns, rows = int(features["cols_per_shank"]), int(features["rows_per_shank"])
+    shank_pitch, stagger = float(features["shank_pitch_um"]), _stagger(features)
+    shanks = shank_ids if shank_ids is not None else np.zeros(len(positions), dtype=int)
+    ids = []
+    for (x, y), shank in zip(positions / np.asarray(scale), shanks):
+        row = y / y_pitch
+        column = 0.0 if x_pitch == 0 else (x - (stagger if row % 2 == 0 else 0.0) - shank_pitch * shank) / x_pitch
+        if scale == (1.0, 1.0):  # probeinterface's own rule truncates
+            electrode = int(column + columns * row)
+        elif not (math.isclose(row, round(row), abs_tol=1e-6) and math.isclose(column, round(column), abs_tol=1e-6)):
+            return None
+        else:
+            electrode = int(round(column)) + columns * int(round(row))
+        if not 0 <= column < max(columns, 1) or not 0 <= row < rows:
+            return None
+        ids.append(electrode)
+    return ids
+
+
+def catalogue_probe(
+    element: ET.Element, settings: Path, root: ET.Element, ephys: tuple[int, ...]
+) -> tuple[Probe, tuple[int, ...], str] | None:
+    """The catalogue probe of an ``NP_PROBE`` whose part number probeinterface knows, from the plugin's
+    ``ELECTRODE_XPOS/YPOS`` read on the plugin's own grid when they disagree with the catalogue (the Neuropix-PXI
+    plugin 0.6.x wrote NP1100 rows 48 µm apart instead of 6 µm: probeinterface refuses it, issue 407): the contacts,
+    wired to the stored channels, the channels to sort and what disagreed. None when it cannot be said."""
+    part = element.attrib.get("probe_part_number") or element.attrib.get("probePartNumber") or ""
+    features = _catalogue_features(part)
+    parsed = _positions_from_np_probe(element, settings)
+    if features is None or parsed is None:
+        return None
+    positions, shanks, keys = parsed
+    positions = positions.copy()
+    shank_ids = np.asarray([int(s) for s in shanks]) if shanks is not None else None
+    shank_pitch = float(features["shank_pitch_um"])
+    version = tuple(int(p) for p in re.findall(r"\d+", root.findtext("INFO/VERSION") or "")[:2])
+    if shank_ids is not None and version and version < (0, 6):  # GUI 0.5.x added the shank pitch to y
+        positions[:, 1] -= shank_pitch * shank_ids
+    positions[:, 0] -= positions[:, 0].min() - (shank_pitch * shank_ids.min() if shank_ids is not None else 0.0)
+    y_pitch = float(features["electrode_pitch_vert_um"])
+    x_pitch = float(features["electrode_pitch_horz_um"])
+    within = positions[:, 0] - (shank_pitch * shank_ids if shank_ids is not None else 0.0)
+    plugin_x, plugin_y = _grid_unit(within - within.min()), _grid_unit(positions[:, 1])
+    scales = [(1.0, 1.0)]
+    if plugin_y and plugin_y != y_pitch:  # the plugin's rows on another pitch: read its grid in its own units
+        staggered = _stagger(features) != 0
+        scales.append((plugin_x / x_pitch if x_pitch and plugin_x and not staggered else 1.0, plugin_y / y_pitch))
+    from probeinterface.neuropixels_tools import build_neuropixels_probe
+
+    full = build_neuropixels_probe(part)
+    index = {str(cid): i for i, cid in enumerate(full.contact_ids)}
+    for scale in scales:
+        ids = _electrode_ids(positions, shank_ids, features, scale)
+        if ids is None:
+            continue
+        contact_ids = [
+            f"s{s}e{e}" if shank_ids is not None and int(features["num_shanks"]) > 1 else f"e{e}"
+            for s, e in zip(shank_ids if shank_ids is not None else [0] * len(ids), ids)
+        ]
+        if len(set(contact_ids)) != len(contact_ids) or not all(c in index for c in contact_ids):
+            continue
+        wired = wire_contacts(len(contact_ids), keys, ephys)
+        if wired is None:
+            return None
+        probe = full.get_slice(np.asarray([index[c] for c in contact_ids]))
+        probe.set_device_channel_indices(np.asarray(wired, dtype=int))
+        probe.annotate(part_number=part)
+        if scale == (1.0, 1.0):
+            return probe, tuple(sorted(wired)), ""
+        span = np.ptp(positions, axis=0)
+        true_span = np.ptp(probe.contact_positions, axis=0)
+        disagreement = (
+            f"{settings.name} NP_PROBE {element.attrib.get('custom_probe_name') or part} ({part}): ELECTRODE_XPOS/YPOS "
+            f"span {span[0]:g} x {span[1]:g} µm with rows {plugin_y:g} µm apart, probeinterface's {part} catalogue "
+            f"{true_span[0]:g} x {true_span[1]:g} µm with rows {y_pitch:g} µm apart: the catalogue positions of the "
+            "same electrodes are used"
+        )
+        return probe, tuple(sorted(wired)), disagreement
+    return None
+
+
 def probe_from_settings(
     settings: Path, root: ET.Element, segment: _Segment, ephys: tuple[int, ...], siblings: list[dict]
-) -> tuple[Probe | None, str, tuple[int, ...]]:
-    """Probe geometry of the stream from settings.xml wired to stored channel indices, the note, and the channels
-    to sort (``ephys`` less any channel without an electrode); ``(None, why, ephys)`` without geometry."""
+) -> tuple[Probe | None, str, tuple[int, ...], str]:
+    """Probe geometry of the stream from settings.xml wired to stored channel indices, the note, the channels to sort
+    (``ephys`` less any channel without an electrode) and what the plugin's positions disagreed with in
+    probeinterface's catalogue ("" when nothing); ``(None, why, ephys, "")`` without geometry."""
     legacy = legacy_probe_index(segment, siblings, root)
     probe = _probeinterface_probe(settings, segment.folder, legacy, segment.entry.get("source_processor_id"))
     if probe is not None:
         wired = wire_contacts(probe.get_contact_count(), probe.contact_annotations.get("settings_channel_key"), ephys)
         if wired is not None:
             probe.set_device_channel_indices(np.asarray(wired, dtype=int))
-            return probe, f"{settings.name} (probeinterface Neuropixels catalogue)", tuple(sorted(wired))
+            return probe, f"{settings.name} (probeinterface Neuropixels catalogue)", tuple(sorted(wired)), ""
     element = _np_probe_element(root, stream_probe_name(segment.entry), legacy)
     if element is None:
-        return None, f"{settings.name} has no Neuropixels probe geometry for this stream", ephys
+        return None, f"{settings.name} has no Neuropixels probe geometry for this stream", ephys, ""
+    catalogue = catalogue_probe(element, settings, root, ephys)
+    if catalogue is not None:
+        probe, wired, disagreement = catalogue
+        part = probe.annotations["part_number"]
+        note = f"{settings.name} NP_PROBE electrodes at probeinterface's {part} catalogue positions"
+        return (
+            probe,
+            note + (" (the plugin's ELECTRODE_XPOS/YPOS disagree)" if disagreement else ""),
+            wired,
+            disagreement,
+        )
     parsed = _positions_from_np_probe(element, settings)
     if parsed is None:
-        return None, f"{settings.name} NP_PROBE has no ELECTRODE_XPOS/ELECTRODE_YPOS", ephys
+        return None, f"{settings.name} NP_PROBE has no ELECTRODE_XPOS/ELECTRODE_YPOS", ephys, ""
     positions, shanks, keys = parsed
     wired = wire_contacts(len(positions), keys, ephys)
     if wired is None:
@@ -730,12 +855,14 @@ def probe_from_settings(
             None,
             f"{settings.name} lists {len(positions)} electrode positions for {len(ephys)} ephys channels",
             ephys,
+            "",
         )
     name = element.attrib.get("custom_probe_name") or element.attrib.get("probe_name") or segment.folder
     return (
         _contact_probe(positions, wired, shanks, name),
         f"{settings.name} NP_PROBE ELECTRODE_XPOS/YPOS",
         tuple(sorted(wired)),
+        "",
     )
 
 
@@ -785,9 +912,11 @@ class Reading:
         facts, sorting, uv_per_bit = _checked(plan)
         settings = _settings_file(first, self.folder)
         root = self.settings_root(settings) if settings is not None else None
-        probe_obj, probe_note = None, "no settings.xml"
+        probe_obj, probe_note, disagreement = None, "no settings.xml", ""
         if settings is not None and root is not None:
-            probe_obj, probe_note, sorting = probe_from_settings(settings, root, first, sorting, list(first.siblings))
+            probe_obj, probe_note, sorting, disagreement = probe_from_settings(
+                settings, root, first, sorting, list(first.siblings)
+            )
         date, date_note, missing = _recording_date(root, first.oebin.parent, self.folder)
         placements = [
             FilePlacement(s.where, s.data_path, f.first_sample, f.n_samples) for s, f in zip(plan.segments, facts)
@@ -808,7 +937,7 @@ class Reading:
             f"{probe_note}; date: {date_note}",
             "probe_name": name,
             "timeline": timeline,
-            "details": _details(plan, self.listing.skipped, probe_note),
+            "details": _details(plan, self.listing.skipped, probe_note, disagreement),
         }
         n_channels = facts[0].n_channels
         if len(plan.segments) == 1:
@@ -842,7 +971,7 @@ def open_recording(
     return reading.open(reading.listing.pick(probe, session_dir), options)
 
 
-def _details(plan: _Plan, skipped: tuple[str, ...], probe_note: str) -> dict[str, object]:
+def _details(plan: _Plan, skipped: tuple[str, ...], probe_note: str, disagreement: str = "") -> dict[str, object]:
     first = plan.segments[0]
     details: dict[str, object] = {
         "openephys_stream": first.folder,
@@ -853,6 +982,8 @@ def _details(plan: _Plan, skipped: tuple[str, ...], probe_note: str) -> dict[str
         "skipped_streams": list(skipped),
         "probe_geometry": probe_note,
     }
+    if disagreement:
+        details["probe_geometry_disagreement"] = disagreement
     if plan.other_nodes:
         details["unused_record_nodes"] = list(plan.other_nodes)
     if plan.group:
