@@ -37,7 +37,10 @@ possibly with other settings) is its own partition; when the folder holds more t
 probe name gets ``-e<E>`` (``ProbeA-e1``, ``ProbeA-e2``; ``-<run folder>-e<E>`` when the session folder holds
 several GUI run folders). Several recordings are read chunk by chunk across the files (``zero_copy_path`` is
 None then); they are laid out on the acquisition clock by their first sample numbers (``sample_numbers.npy``, or
-GUI 0.5.x's integer ``timestamps.npy``): a gap is zero-filled, an overlap skipped (core/timeline.py).
+GUI 0.5.x's integer ``timestamps.npy``): a gap is zero-filled up to ``max_gap_fill_s`` (longer: refused with the
+fix), an overlap skipped, a recording wholly inside the one before (a duplicate) refused (core/timeline.py). With
+``"split_segments": true`` each recording is its own partition instead, ``<probe>-r<R>`` after its
+``recording<R>`` folder (``ProbeA-r1``, ``ProbeA-r2``; ``ProbeA-e2-r1`` in experiment 2).
 
 Geometry comes from the experiment's settings.xml: probeinterface's ``read_openephys_neuropixels`` (the
 catalogue probe sliced to the recorded electrodes, Channel Map and channel subsets applied, as SpikeInterface
@@ -51,6 +54,7 @@ not sorted.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -81,6 +85,8 @@ _FOLDER_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})_\d{2}-\d{2}-\d{2}")
 _NODE = re.compile(r"^record[ _-]*node[ _-]*(\d+)", re.IGNORECASE)
 _NUMBERED = {"experiment": re.compile(r"^experiment(\d+)$"), "recording": re.compile(r"^recording(\d+)$")}
 _RESTORE = "restore the structure.oebin the GUI wrote"
+#: A recording partition of a probe (``split_segments``): ``ProbeA-r2`` is recording2 of ProbeA.
+_PART_NAME = re.compile(r"^(?P<probe>.+)-r(?P<recording>\d+)$")
 
 
 _ADC_STREAM = re.compile(r"(^|[-_. ])ADC\b|ANALOGIN|ANALOGIO")
@@ -905,9 +911,32 @@ class Reading:
             self._settings[path] = _parse_settings(path)
         return self._settings[path]
 
+    def _parts(self, probe: str) -> dict[str, _Plan]:
+        plan = self.plans[probe]
+        return {f"{probe}-r{s.recording}": dataclasses.replace(plan, segments=[s]) for s in plan.segments}
+
+    def split(self, probe: str) -> dict[str, tuple[Path, ...]]:
+        """One partition per recording of ``probe``, named ``<probe>-r<R>`` after its ``recording<R>`` folder
+        (``ProbeA-r1``, ``ProbeA-r2``; ``ProbeA-e2-r1`` in experiment 2), each on its own first sample; for a session
+        config that sets ``split_segments``."""
+        return {name: (part.segments[0].data_path,) for name, part in self._parts(probe).items()}
+
+    def base_probe(self, name: str) -> str | None:
+        """The probe a recording partition (``ProbeA-r2``) belongs to, when the folder has that recording."""
+        match = _PART_NAME.match(name)
+        if match is None or match.group("probe") not in self.plans:
+            return None
+        return match.group("probe") if name in self._parts(match.group("probe")) else None
+
+    def files_of(self, name: str) -> tuple[Path, ...]:
+        base = self.base_probe(name) if name not in self.plans else None
+        return self.split(base)[name] if base else self.listing.probes[name]
+
     def open(self, name: str, options: ReadOptions = ReadOptions()) -> RecordingSource:
-        """Describe one probe stream: its recordings laid out on the acquisition clock by their first sample numbers."""
-        plan = self.plans[name]
+        """Describe one probe stream (or one recording of it, ``ProbeA-r2``): its recordings laid out on the
+        acquisition clock by their first sample numbers."""
+        base = self.base_probe(name) if name not in self.plans else None
+        plan = self._parts(base)[name] if base is not None else self.plans[name]
         first = plan.segments[0]
         facts, sorting, uv_per_bit = _checked(plan)
         settings = _settings_file(first, self.folder)
