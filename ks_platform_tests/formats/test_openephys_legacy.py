@@ -262,3 +262,32 @@ def test_a_folder_without_ch_channels_says_what_it_holds(tmp_path):
     ) as info:
         formats.scan_session(folder)
     assert "record the CH channels" in info.value.fix
+
+
+def test_legacy_session_through_the_ingest_steps(tmp_path):
+    """observe → probe map (from the session config's probe file, two shanks kept) → recording binary."""
+    import probeinterface as pi
+
+    from ks_platform.core import pipeline
+    from ks_platform.core.conversion import load_recording_binary
+    from ks_platform.core.store import SessionStore
+
+    folder = tmp_path / "landing" / "2016-06-15_11-45-27"
+    traces = syn.traces(3 * RECORD)
+    write_openephys_legacy(folder, traces, syn.FS, syn.DATE, extra_channels=("AUX1",))
+    probe = pi.Probe(ndim=2, si_units="um")
+    probe.set_contacts(positions=syn.positions(), shapes="circle", shape_params={"radius": 6})
+    probe.set_shank_ids(np.asarray(syn.shank_ids()).astype(str))
+    probe.set_device_channel_indices(np.arange(32))
+    pi.write_probeinterface(folder / "probe.json", probe)
+    (folder / "ks_session.json").write_text(json.dumps({"probe_file": "probe.json"}))
+    store = SessionStore(tmp_path / "store", f"{syn.DATE}__rig1__2016-06-15_11-45-27__100")
+    observed = pipeline.observe_raw_recording(folder, store)
+    assert observed.metadata["format"] == "openephys-legacy"
+    assert observed.metadata["recording_date"] == syn.DATE.isoformat()
+    probe_map = pipeline.build_probe_map(folder, store)
+    assert probe_map.metadata["n_sorted_channels"] == 32 and probe_map.metadata["n_shanks"] == 2
+    pipeline.build_recording_binary(folder, store)
+    binary = load_recording_binary(store.binary_dir)
+    data = np.fromfile(binary.path, dtype=np.int16).reshape(-1, binary.n_chan_bin)
+    np.testing.assert_array_equal(data, traces)

@@ -111,3 +111,23 @@ def test_gui_04_run_folders_are_runs_not_nodes(tmp_path):
     listing = openephys.list_probes(tmp_path)
     assert sorted(listing.probes) == ["ProbeA-2024-05-06_10-00-00-e1", "ProbeA-2024-05-06_11-00-00-e1"]
     assert listing.skipped == ()
+
+
+def test_a_node_folder_is_recognised_by_its_settings_xml(tmp_path):
+    """Neither a node name nor ``recorded_processor`` in the oebin: the settings.xml beside ``experiment1/`` has Record
+    Node processors, so the two folders are nodes of one run (one used), not two runs."""
+    session = tmp_path / "2025-04-03_13-38-45"
+    for node, renamed in ((101, "first"), (105, "second")):
+        target = session / renamed
+        shutil.copytree(DATA / f"Record Node {node}", target)
+        oebin = target / "experiment1" / "recording1" / "structure.oebin"
+        entries = openephys._load_oebin(oebin)["continuous"]
+        for entry in entries:
+            del entry["recorded_processor"], entry["recorded_processor_id"]
+        write_openephys_recording(oebin.parent, entries, n_samples=N, seed=node)
+    listing = openephys.list_probes(session)
+    assert list(listing.probes) == ["example_data"]
+    assert listing.skipped[0].startswith(f"second/{STREAM}: also recorded by first, which is used")
+    for node in ("first", "second"):
+        (session / node / "settings.xml").unlink()
+    assert sorted(openephys.list_probes(session).probes) == ["example_data-first-e1", "example_data-second-e1"]

@@ -82,7 +82,8 @@ MIN_WIDEBAND_RATE = 10_000.0
 _UNIT_TO_UV = {"": 1.0, "uv": 1.0, "µv": 1.0, "microvolts": 1.0, "mv": 1e3, "millivolts": 1e3, "v": 1e6, "volts": 1e6}
 _SETTINGS_DATE_FORMATS = ("%d %b %Y %H:%M:%S", "%d %B %Y %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
 _FOLDER_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})_\d{2}-\d{2}-\d{2}")
-_NODE = re.compile(r"^record[ _-]*node[ _-]*(\d+)", re.IGNORECASE)
+#: A Record Node folder name in any spelling the GUI used: ``Record Node 103``, ``RecordNode103``, ``Record_Node_101``.
+NODE_NAME = re.compile(r"^record[ _-]*node[ _-]*(\d+)", re.IGNORECASE)
 _NUMBERED = {"experiment": re.compile(r"^experiment(\d+)$"), "recording": re.compile(r"^recording(\d+)$")}
 _RESTORE = "restore the structure.oebin the GUI wrote"
 #: A recording partition of a probe (``split_segments``): ``ProbeA-r2`` is recording2 of ProbeA.
@@ -233,19 +234,39 @@ def _number(path: Path, kind: str) -> int:
     return int(match.group(1)) if match else 1
 
 
+def names_record_node(folder: Path) -> bool:
+    """Whether ``folder/settings.xml`` has a Record Node processor (GUI >= 0.5; GUI <= 0.4 recorded without them)."""
+    settings = folder / "settings.xml"
+    try:
+        root = ET.parse(settings).getroot() if settings.is_file() else None
+    except (ET.ParseError, OSError):
+        return False
+    return root is not None and any(
+        p.attrib.get("name", "").endswith("Record Node") or p.attrib.get("pluginName") == "Record Node"
+        for p in root.iter("PROCESSOR")
+    )
+
+
+def node_id(name: str) -> int | None:
+    """The number of a Record Node folder named in any spelling the GUI used (None: not named like one)."""
+    match = NODE_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
 def _node_folder(container: Path, entries: list) -> tuple[str, int] | None:
     """``(name, id)`` when ``container`` (the folder holding ``experiment<E>/``) is a Record Node, recognised by its
-    content: the oebin says a Record Node recorded the streams (``recorded_processor``), or the folder is named like
-    one in any spelling the GUI used (``Record Node 103``, ``RecordNode103`` of GUI 0.5.x, ``Record_Node_101``). The
-    id is the folder name's number, else the oebin's ``recorded_processor_id`` (-1 without either). None: a GUI <= 0.4
-    run folder (experiments without Record Nodes)."""
+    content: the oebin says a Record Node recorded the streams (``recorded_processor``), its settings.xml has a
+    Record Node processor, or it is named like one in any spelling the GUI used (``Record Node 103``,
+    ``RecordNode103`` of GUI 0.5.x, ``Record_Node_101``). The id is the folder name's number, else the oebin's
+    ``recorded_processor_id`` (-1 without either). None: a GUI <= 0.4 run folder (experiments without Record
+    Nodes)."""
     recorded = [
         e for e in entries if isinstance(e, dict) and "record node" in str(e.get("recorded_processor", "")).lower()
     ]
-    named = _NODE.match(container.name)
+    named = node_id(container.name)
     if named is not None:
-        return container.name, int(named.group(1))
-    if not recorded:
+        return container.name, named
+    if not recorded and not names_record_node(container):
         return None
     ids = {e.get("recorded_processor_id") for e in recorded}
     only = next(iter(ids)) if len(ids) == 1 else None

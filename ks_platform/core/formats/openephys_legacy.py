@@ -48,6 +48,7 @@ from neo.rawio.openephysrawio import HEADER_SIZE, RECORD_SIZE, continuous_dtype,
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats.base import ChunkReader, MissingDate, ProbeListing, ReadOptions, RecordingSource
+from ks_platform.core.formats.openephys import names_record_node, node_id
 from ks_platform.core.timeline import FilePlacement, TimelineSegment, lay_out
 
 FORMAT = "openephys-legacy"
@@ -57,7 +58,6 @@ RECORD = np.dtype(continuous_dtype)
 MARKER = bytes([0, 1, 2, 3, 4, 5, 6, 7, 8, 255])
 #: ``<prefix>_<kind><number>[_<experiment>]`` (the stem of a ``.continuous`` file).
 _FILE = re.compile(r"^(?P<prefix>\d+(?:_.+?)?)_(?P<kind>[A-Za-z]+)(?P<number>\d+)(?:_(?P<experiment>\d+))?$")
-_NODE = re.compile(r"^record[ _-]*node[ _-]*(\d+)", re.IGNORECASE)
 _HEADER_DATES = ("%d-%b-%Y %H%M%S", "%d-%b-%Y %H:%M:%S", "%d-%b-%Y")
 _SETTINGS_DATES = ("%d %b %Y %H:%M:%S", "%d %B %Y %H:%M:%S", "%Y-%m-%d %H:%M:%S")
 _FOLDER_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})_\d{2}-\d{2}-\d{2}")
@@ -102,22 +102,13 @@ class _Plan:
 def _is_node(folder: Path) -> bool:
     """A Record Node folder (GUI >= 0.5): named like one in any spelling, or its settings.xml has a Record Node
     processor (GUI <= 0.4 had none: its files lie in the run folder)."""
-    if _NODE.match(folder.name):
-        return True
-    settings = folder / "settings.xml"
-    try:
-        root = ET.parse(settings).getroot() if settings.is_file() else None
-    except (ET.ParseError, OSError):
-        return False
-    return root is not None and any(
-        p.attrib.get("name", "").endswith("Record Node") or p.attrib.get("pluginName") == "Record Node"
-        for p in root.iter("PROCESSOR")
-    )
+    return node_id(folder.name) is not None or names_record_node(folder)
 
 
 def _node_id(folder: Path) -> int:
-    match = _NODE.match(folder.name) or re.search(r"(\d+)\D*$", folder.name)
-    return int(match.group(1)) if match else -1
+    named = node_id(folder.name)
+    digits = re.search(r"(\d+)\D*$", folder.name)
+    return named if named is not None else int(digits.group(1)) if digits else -1
 
 
 def _groups(session_dir: Path) -> list[_Group]:
