@@ -345,6 +345,80 @@ def write_openephys_recording(
     return written
 
 
+def _legacy_header(
+    channel: str, sampling_frequency: float, bit_volts: float, created: dt.datetime, version: str
+) -> bytes:
+    """The 1024-byte header of a ``.continuous`` file as the GUI's ``OriginalRecording::generateHeader`` writes it."""
+    text = (
+        "header.format = 'Open Ephys Data Format'; \n"
+        f"header.version = {version}; \n"
+        "header.header_bytes = 1024;\n"
+        "header.description = 'each record contains one 64-bit timestamp, one 16-bit sample count (N), 1 uint16 "
+        "recordingNumber, N 16-bit samples, and one 10-byte record marker (0 1 2 3 4 5 6 7 8 255)'; \n"
+        f"header.date_created = '{created.strftime('%d-%b-%Y %H%M%S')}';\n"
+        f"header.channel = '{channel}';\n"
+        "header.channelType = 'Continuous';\n"
+        f"header.sampleRate = {sampling_frequency:g};\n"
+        "header.blockLength = 1024;\n"
+        "header.bufferSize = 1024;\n"
+        f"header.bitVolts = {bit_volts:g};\n"
+    )
+    return text.encode("ascii").ljust(1024, b" ")
+
+
+def write_openephys_legacy(
+    folder: Path,
+    traces: np.ndarray,
+    sampling_frequency: float,
+    recording_date: dt.date,
+    *,
+    prefix: str = "100",
+    uv_per_bit: float = DEFAULT_UV_PER_BIT,
+    record_starts: Sequence[int] | None = None,
+    recording_numbers: Sequence[int] | None = None,
+    first_sample: int = 0,
+    experiment: int = 1,
+    extra_channels: Sequence[str] = (),
+    version: str = "0.4",
+    seed: int = 0,
+) -> Path:
+    """Write one experiment of the Open Ephys legacy format (GUI <= 0.4 "Open Ephys" record engine) into ``folder``:
+    ``<prefix>_CH<i>[_<experiment>].continuous`` per channel of int16 ``traces`` ``[samples, channels]`` (zero-padded
+    to whole 1024-sample records, as the GUI pads the last record when recording stops), and random samples for
+    ``extra_channels`` (``AUX1``, ``ADC1``…, in volts). Record k starts at ``record_starts[k]`` (default: contiguous
+    from ``first_sample``) with recording number ``recording_numbers[k]`` (default 0); returns ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n_records = -(-traces.shape[0] // 1024)
+    samples = np.zeros((n_records * 1024, traces.shape[1]), dtype=np.int16)
+    samples[: traces.shape[0]] = traces
+    starts = list(record_starts) if record_starts is not None else [first_sample + 1024 * k for k in range(n_records)]
+    numbers = list(recording_numbers) if recording_numbers is not None else [0] * n_records
+    if len(starts) != n_records or len(numbers) != n_records:
+        raise ValueError(f"{n_records} records need {n_records} record_starts and recording_numbers")
+    record = np.dtype(
+        [("timestamp", "<i8"), ("nb_sample", "<u2"), ("rec_num", "<u2"), ("samples", ">i2", 1024), ("marker", "u1", 10)]
+    )
+    created = dt.datetime.combine(recording_date, dt.time(11, 45, 27))
+    suffix = f"_{experiment}" if experiment > 1 else ""
+    rng = np.random.default_rng(seed)
+    extra = rng.integers(-3000, 3000, size=(n_records * 1024, len(extra_channels)), dtype=np.int16)
+    channels = [(f"CH{i + 1}", samples[:, i], uv_per_bit) for i in range(samples.shape[1])]
+    channels += [
+        (name, extra[:, j], _NON_EPHYS_BIT_VOLTS["ADC" if "ADC" in name else "AUX"])
+        for j, name in enumerate(extra_channels)
+    ]
+    for name, column, bit_volts in channels:
+        records = np.zeros(n_records, dtype=record)
+        records["timestamp"], records["nb_sample"], records["rec_num"] = starts, 1024, numbers
+        records["samples"] = column.reshape(n_records, 1024)
+        records["marker"] = list(range(9)) + [255]
+        with open(folder / f"{prefix}_{name}{suffix}.continuous", "wb") as handle:
+            handle.write(_legacy_header(name, sampling_frequency, bit_volts, created, version))
+            handle.write(records.tobytes())
+    return folder
+
+
 # --------------------------------------------------------------------------------------------- NWB
 
 

@@ -412,6 +412,30 @@ def test_geometry_matches_probeinterface(layout_session):
         np.testing.assert_allclose(ours, expected.contact_positions, atol=1e-6)
 
 
+def _parts(settings: Path) -> set[str]:
+    root = ET.parse(settings).getroot()
+    return {p.attrib.get("probe_part_number") or p.attrib.get("probePartNumber") or "" for p in root.iter("NP_PROBE")}
+
+
+def test_every_catalogue_part_gets_catalogue_positions(layout_session):
+    """Every real layout: a probe whose settings.xml names catalogue parts sits on its part's catalogue electrodes
+    (never the plugin's own positions)."""
+    from probeinterface.neuropixels_tools import build_neuropixels_probe
+
+    layout, session = layout_session
+    for name in layout.probes:
+        source = openephys.open_recording(session, name)
+        settings = next((p for p in source.data_files if p.suffix == ".xml"), None)
+        known = {part for part in _parts(settings) if openephys._catalogue_features(part)} if settings else set()
+        if not known:
+            continue
+        assert "NP_PROBE ELECTRODE_XPOS" not in source.scaling_note, (name, source.scaling_note)
+        part = source.probe.annotations["part_number"]
+        catalogue = {tuple(p) for p in build_neuropixels_probe(part).contact_positions.round(6)}
+        ours, _ = _our_positions(source)
+        assert {tuple(p) for p in ours.round(6)} <= catalogue, (name, part)
+
+
 def test_two_experiments_take_their_own_settings_file(tmp_path):
     """``settings.xml`` (GUI 0.6.0) for experiment 1 and ``settings_2.xml`` (0.6.2) for experiment 2, as the GUI
     names them: each experiment is its own probe set, compared with SpikeInterface's ``experiment_name``."""

@@ -15,13 +15,13 @@ from types import ModuleType
 from typing import Any
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats import nwb, openephys, plexon, raw_binary, spikeglx
+from ks_platform.core.formats import nwb, openephys, openephys_legacy, plexon, raw_binary, spikeglx
 from ks_platform.core.formats.base import MissingDate, ProbeListing, ReadOptions, RecordingSource
 from ks_platform.core.session_config import ProbeConfig, SessionConfig, missing_date_error
 from ks_platform.core.store import contained_path
 
 #: Registered readers, in detection order.
-READERS: list[ModuleType] = [spikeglx, openephys, nwb, plexon, raw_binary]
+READERS: list[ModuleType] = [spikeglx, openephys, openephys_legacy, nwb, plexon, raw_binary]
 
 
 def register(reader: ModuleType) -> None:

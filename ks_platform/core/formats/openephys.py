@@ -21,9 +21,13 @@ ephys channels) comes from the oebin. Which streams are probes (one partition ea
 * NI-DAQ, ADC / analog-input, LFP, sync-only and slow (< 10 kHz) streams are skipped and listed in
   ``ProbeListing.skipped`` with the reason. ADC/AUX/SYNC channels inside a probe stream are not sorted.
 
-Record Nodes: when several Record Nodes hold the same stream (same ``folder_name``), the lowest-numbered
-node whose data files are present is used; the others are listed as skipped (``details["record_node"]``
-names the one used).
+Record Nodes are recognised by their content, not by a spelling: the folder holding ``experiment<E>/`` is a
+Record Node when its oebin says a Record Node recorded the streams (``recorded_processor``) or its name is one the
+GUI wrote (``Record Node 103``; ``RecordNode103`` in GUI 0.5.x; ``Record_Node_101`` in copies); its id is the
+name's number, else the oebin's ``recorded_processor_id``. Without either it is a GUI <= 0.4 run folder. When
+several Record Nodes hold the same stream (same ``folder_name``), their copies are never mixed: the lowest-numbered
+node whose data files are present is used, the others are listed as skipped with why (and the copy's processing
+history when it differs, e.g. after a bandpass filter); ``details["record_node"]`` names the one used.
 
 Experiments and recordings follow SpikeInterface's model (experiment = block, recording = segment):
 the recordings of one experiment are one probe partition, concatenated in ``recording<R>`` order (the
@@ -33,16 +37,24 @@ possibly with other settings) is its own partition; when the folder holds more t
 probe name gets ``-e<E>`` (``ProbeA-e1``, ``ProbeA-e2``; ``-<run folder>-e<E>`` when the session folder holds
 several GUI run folders). Several recordings are read chunk by chunk across the files (``zero_copy_path`` is
 None then); they are laid out on the acquisition clock by their first sample numbers (``sample_numbers.npy``, or
-GUI 0.5.x's integer ``timestamps.npy``): a gap is zero-filled, an overlap skipped (core/timeline.py).
+GUI 0.5.x's integer ``timestamps.npy``): a gap is zero-filled up to ``max_gap_fill_s`` (longer: refused with the
+fix), an overlap skipped, a recording wholly inside the one before (a duplicate) refused (core/timeline.py). With
+``"split_segments": true`` each recording is its own partition instead, ``<probe>-r<R>`` after its
+``recording<R>`` folder (``ProbeA-r1``, ``ProbeA-r2``; ``ProbeA-e2-r1`` in experiment 2).
 
 Geometry comes from the experiment's settings.xml: probeinterface's ``read_openephys_neuropixels`` (the
 catalogue probe sliced to the recorded electrodes, Channel Map and channel subsets applied, as SpikeInterface
-does), else the per-channel ``ELECTRODE_XPOS``/``ELECTRODE_YPOS`` the Neuropixels-PXI plugin writes. A channel
-without an electrode in settings.xml (an NP1.0 reference channel such as CH191) is not sorted.
+does). Where probeinterface cannot match the plugin's per-channel ``ELECTRODE_XPOS``/``ELECTRODE_YPOS`` to the
+catalogue of a part it knows (the plugin 0.6.x wrote NP1100 rows 48 µm apart instead of 6 µm, so probeinterface
+refuses it), the electrodes are read on the plugin's own grid and placed at the catalogue's positions;
+``details["probe_geometry_disagreement"]`` says what disagreed. Only a part outside the catalogue keeps the
+plugin's positions. A channel without an electrode in settings.xml (an NP1.0 reference channel such as CH191) is
+not sorted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -70,9 +82,12 @@ MIN_WIDEBAND_RATE = 10_000.0
 _UNIT_TO_UV = {"": 1.0, "uv": 1.0, "µv": 1.0, "microvolts": 1.0, "mv": 1e3, "millivolts": 1e3, "v": 1e6, "volts": 1e6}
 _SETTINGS_DATE_FORMATS = ("%d %b %Y %H:%M:%S", "%d %B %Y %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
 _FOLDER_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})_\d{2}-\d{2}-\d{2}")
-_NODE = re.compile(r"^Record[ _]Node[ _](\d+)$")
+#: A Record Node folder name in any spelling the GUI used: ``Record Node 103``, ``RecordNode103``, ``Record_Node_101``.
+NODE_NAME = re.compile(r"^record[ _-]*node[ _-]*(\d+)", re.IGNORECASE)
 _NUMBERED = {"experiment": re.compile(r"^experiment(\d+)$"), "recording": re.compile(r"^recording(\d+)$")}
 _RESTORE = "restore the structure.oebin the GUI wrote"
+#: A recording partition of a probe (``split_segments``): ``ProbeA-r2`` is recording2 of ProbeA.
+_PART_NAME = re.compile(r"^(?P<probe>.+)-r(?P<recording>\d+)$")
 
 
 _ADC_STREAM = re.compile(r"(^|[-_. ])ADC\b|ANALOGIN|ANALOGIO")
@@ -219,16 +234,56 @@ def _number(path: Path, kind: str) -> int:
     return int(match.group(1)) if match else 1
 
 
+def names_record_node(folder: Path) -> bool:
+    """Whether ``folder/settings.xml`` has a Record Node processor (GUI >= 0.5; GUI <= 0.4 recorded without them)."""
+    settings = folder / "settings.xml"
+    try:
+        root = ET.parse(settings).getroot() if settings.is_file() else None
+    except (ET.ParseError, OSError):
+        return False
+    return root is not None and any(
+        p.attrib.get("name", "").endswith("Record Node") or p.attrib.get("pluginName") == "Record Node"
+        for p in root.iter("PROCESSOR")
+    )
+
+
+def node_id(name: str) -> int | None:
+    """The number of a Record Node folder named in any spelling the GUI used (None: not named like one)."""
+    match = NODE_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _node_folder(container: Path, entries: list) -> tuple[str, int] | None:
+    """``(name, id)`` when ``container`` (the folder holding ``experiment<E>/``) is a Record Node, recognised by its
+    content: the oebin says a Record Node recorded the streams (``recorded_processor``), its settings.xml has a
+    Record Node processor, or it is named like one in any spelling the GUI used (``Record Node 103``,
+    ``RecordNode103`` of GUI 0.5.x, ``Record_Node_101``). The id is the folder name's number, else the oebin's
+    ``recorded_processor_id`` (-1 without either). None: a GUI <= 0.4 run folder (experiments without Record
+    Nodes)."""
+    recorded = [
+        e for e in entries if isinstance(e, dict) and "record node" in str(e.get("recorded_processor", "")).lower()
+    ]
+    named = node_id(container.name)
+    if named is not None:
+        return container.name, named
+    if not recorded and not names_record_node(container):
+        return None
+    ids = {e.get("recorded_processor_id") for e in recorded}
+    only = next(iter(ids)) if len(ids) == 1 else None
+    return container.name, only if isinstance(only, int) and not isinstance(only, bool) else -1
+
+
 def _segments(session_dir: Path) -> list[_Segment]:
     segments = []
     for oebin in find_files(session_dir):
         payload = _load_oebin(oebin)
         recording_dir, experiment_dir = oebin.parent, oebin.parent.parent
-        node_match = _NODE.match(experiment_dir.parent.name)
-        node_dir = experiment_dir.parent if node_match else None
+        container = experiment_dir.parent if _NUMBERED["experiment"].match(experiment_dir.name) else None
+        node = _node_folder(container, payload["continuous"]) if container is not None else None
+        run_dir = (container.parent if node is not None else container) if container is not None else None
         run = (
-            str(node_dir.parent.relative_to(session_dir))
-            if node_dir is not None and node_dir != session_dir and session_dir in node_dir.parents
+            str(run_dir.relative_to(session_dir))
+            if run_dir is not None and (run_dir == session_dir or session_dir in run_dir.parents)
             else ""
         )
         for index, entry in enumerate(payload["continuous"]):
@@ -240,8 +295,8 @@ def _segments(session_dir: Path) -> list[_Segment]:
                         entry=entry,
                         siblings=tuple(e for e in payload["continuous"] if isinstance(e, dict)),
                         gui_version=str(payload.get("GUI version", "")),
-                        node=node_dir.name if node_dir is not None else "",
-                        node_id=int(node_match.group(1)) if node_match else -1,
+                        node=node[0] if node is not None else "",
+                        node_id=node[1] if node is not None else -1,
                         run="" if run == "." else run,
                         experiment=_number(experiment_dir, "experiment"),
                         recording=_number(recording_dir, "recording"),
@@ -294,13 +349,22 @@ def _scan(session_dir: Path) -> tuple[dict[str, _Plan], tuple[str, ...]]:
     for key, nodes in by_stream.items():
         ordered = sorted(nodes)
         used = next((n for n in ordered if _has_data(nodes[n])), ordered[0])
-        others = tuple(node for node_id, node in ordered if (node_id, node) != used)
-        for node in others:
-            skipped[
-                f"{node}/{key[2]}: also recorded by {used[1]}, which is used (the lowest-numbered Record Node with the data)"
-            ] = None
-        chosen[key] = _Plan(sorted(nodes[used], key=lambda s: (s.recording, str(s.oebin))), other_nodes=others)
+        others = [node for node in ordered if node != used]
+        for other in others:
+            why = f"also recorded by {used[1]}, which is used (the lowest-numbered Record Node with the data)"
+            skipped[f"{other[1]}/{key[2]}: {why}{_history_note(nodes[other][0], nodes[used][0])}"] = None
+        plan_segments = sorted(nodes[used], key=lambda s: (s.recording, str(s.oebin)))
+        chosen[key] = _Plan(plan_segments, other_nodes=tuple(name for _, name in others))
     return _name_plans(chosen), tuple(skipped)
+
+
+def _history_note(copy: _Segment, used: _Segment) -> str:
+    """How the skipped copy was processed, when its channels' ``history`` differs from the used one's."""
+
+    def history(segment: _Segment) -> str:
+        return str((_channel_list(segment.entry) or [{}])[0].get("history") or "")
+
+    return f" (this copy's history: {history(copy)})" if history(copy) not in ("", history(used)) else ""
 
 
 def _name_plans(chosen: dict[tuple[str, int, str], _Plan]) -> dict[str, _Plan]:
@@ -672,24 +736,145 @@ def wire_contacts(n_contacts: int, keys: object, ephys: tuple[int, ...]) -> tupl
     return tuple(ephys[i] for i in numbers)
 
 
+def _catalogue_features(part_number: str) -> dict | None:
+    """probeinterface's catalogue entry of a Neuropixels part (None when it is not in the catalogue)."""
+    try:
+        from probeinterface.neuropixels_tools import _load_np_probe_features
+
+        return _load_np_probe_features()["neuropixels_probes"].get(part_number)
+    except Exception:  # noqa: BLE001 - a private probeinterface helper: no catalogue then
+        return None
+
+
+def _grid_unit(values: np.ndarray) -> float:
+    """The largest step (µm, to 0.001) that every value is a whole multiple of (0 when all are 0)."""
+    return math.gcd(*(int(round(abs(v) * 1000)) for v in values)) / 1000 if len(values) else 0.0
+
+
+def _stagger(features: dict) -> float:
+    """How far even rows sit right of odd rows (µm; NP1.0: 16)."""
+    return float(features["even_row_horz_offset_left_edge_to_leftmost_electrode_center_um"]) - float(
+        features["odd_row_horz_offset_left_edge_to_leftmost_electrode_center_um"]
+    )
+
+
+def _electrode_ids(
+    positions: np.ndarray, shank_ids: np.ndarray | None, features: dict, scale: tuple[float, float]
+) -> list[int] | None:
+    """probeinterface's rule (``_parse_openephys_settings``) for the electrode under each plugin position, with the
+    plugin's grid divided by ``scale`` (x, y) first; None when a position is off the catalogue's grid."""
+    x_pitch, y_pitch = float(features["electrode_pitch_horz_um"]), float(features["electrode_pitch_vert_um"])
+    columns, rows = int(features["cols_per_shank"]), int(features["rows_per_shank"])
+    shank_pitch, stagger = float(features["shank_pitch_um"]), _stagger(features)
+    shanks = shank_ids if shank_ids is not None else np.zeros(len(positions), dtype=int)
+    ids = []
+    for (x, y), shank in zip(positions / np.asarray(scale), shanks):
+        row = y / y_pitch
+        column = 0.0 if x_pitch == 0 else (x - (stagger if row % 2 == 0 else 0.0) - shank_pitch * shank) / x_pitch
+        if scale == (1.0, 1.0):  # probeinterface's own rule truncates
+            electrode = int(column + columns * row)
+        elif not (math.isclose(row, round(row), abs_tol=1e-6) and math.isclose(column, round(column), abs_tol=1e-6)):
+            return None
+        else:
+            electrode = int(round(column)) + columns * int(round(row))
+        if not 0 <= column < max(columns, 1) or not 0 <= row < rows:
+            return None
+        ids.append(electrode)
+    return ids
+
+
+def catalogue_probe(
+    element: ET.Element, settings: Path, root: ET.Element, ephys: tuple[int, ...]
+) -> tuple[Probe, tuple[int, ...], str] | None:
+    """The catalogue probe of an ``NP_PROBE`` whose part number probeinterface knows, from the plugin's
+    ``ELECTRODE_XPOS/YPOS`` read on the plugin's own grid when they disagree with the catalogue (the Neuropix-PXI
+    plugin 0.6.x wrote NP1100 rows 48 µm apart instead of 6 µm: probeinterface refuses it, issue 407): the contacts,
+    wired to the stored channels, the channels to sort and what disagreed. None when it cannot be said."""
+    part = element.attrib.get("probe_part_number") or element.attrib.get("probePartNumber") or ""
+    features = _catalogue_features(part)
+    parsed = _positions_from_np_probe(element, settings)
+    if features is None or parsed is None:
+        return None
+    positions, shanks, keys = parsed
+    positions = positions.copy()
+    shank_ids = np.asarray([int(s) for s in shanks]) if shanks is not None else None
+    shank_pitch = float(features["shank_pitch_um"])
+    version = tuple(int(p) for p in re.findall(r"\d+", root.findtext("INFO/VERSION") or "")[:2])
+    if shank_ids is not None and version and version < (0, 6):  # GUI 0.5.x added the shank pitch to y
+        positions[:, 1] -= shank_pitch * shank_ids
+    positions[:, 0] -= positions[:, 0].min() - (shank_pitch * shank_ids.min() if shank_ids is not None else 0.0)
+    y_pitch = float(features["electrode_pitch_vert_um"])
+    x_pitch = float(features["electrode_pitch_horz_um"])
+    within = positions[:, 0] - (shank_pitch * shank_ids if shank_ids is not None else 0.0)
+    plugin_x, plugin_y = _grid_unit(within - within.min()), _grid_unit(positions[:, 1])
+    scales = [(1.0, 1.0)]
+    if plugin_y and plugin_y != y_pitch:  # the plugin's rows on another pitch: read its grid in its own units
+        staggered = _stagger(features) != 0
+        scales.append((plugin_x / x_pitch if x_pitch and plugin_x and not staggered else 1.0, plugin_y / y_pitch))
+    from probeinterface.neuropixels_tools import build_neuropixels_probe
+
+    full = build_neuropixels_probe(part)
+    index = {str(cid): i for i, cid in enumerate(full.contact_ids)}
+    for scale in scales:
+        ids = _electrode_ids(positions, shank_ids, features, scale)
+        if ids is None:
+            continue
+        contact_ids = [
+            f"s{s}e{e}" if shank_ids is not None and int(features["num_shanks"]) > 1 else f"e{e}"
+            for s, e in zip(shank_ids if shank_ids is not None else [0] * len(ids), ids)
+        ]
+        if len(set(contact_ids)) != len(contact_ids) or not all(c in index for c in contact_ids):
+            continue
+        wired = wire_contacts(len(contact_ids), keys, ephys)
+        if wired is None:
+            return None
+        probe = full.get_slice(np.asarray([index[c] for c in contact_ids]))
+        probe.set_device_channel_indices(np.asarray(wired, dtype=int))
+        probe.annotate(part_number=part)
+        if scale == (1.0, 1.0):
+            return probe, tuple(sorted(wired)), ""
+        span = np.ptp(positions, axis=0)
+        true_span = np.ptp(probe.contact_positions, axis=0)
+        disagreement = (
+            f"{settings.name} NP_PROBE {element.attrib.get('custom_probe_name') or part} ({part}): ELECTRODE_XPOS/YPOS "
+            f"span {span[0]:g} x {span[1]:g} µm with rows {plugin_y:g} µm apart, probeinterface's {part} catalogue "
+            f"{true_span[0]:g} x {true_span[1]:g} µm with rows {y_pitch:g} µm apart: the catalogue positions of the "
+            "same electrodes are used"
+        )
+        return probe, tuple(sorted(wired)), disagreement
+    return None
+
+
 def probe_from_settings(
     settings: Path, root: ET.Element, segment: _Segment, ephys: tuple[int, ...], siblings: list[dict]
-) -> tuple[Probe | None, str, tuple[int, ...]]:
-    """Probe geometry of the stream from settings.xml wired to stored channel indices, the note, and the channels
-    to sort (``ephys`` less any channel without an electrode); ``(None, why, ephys)`` without geometry."""
+) -> tuple[Probe | None, str, tuple[int, ...], str]:
+    """Probe geometry of the stream from settings.xml wired to stored channel indices, the note, the channels to sort
+    (``ephys`` less any channel without an electrode) and what the plugin's positions disagreed with in
+    probeinterface's catalogue ("" when nothing); ``(None, why, ephys, "")`` without geometry."""
     legacy = legacy_probe_index(segment, siblings, root)
     probe = _probeinterface_probe(settings, segment.folder, legacy, segment.entry.get("source_processor_id"))
     if probe is not None:
         wired = wire_contacts(probe.get_contact_count(), probe.contact_annotations.get("settings_channel_key"), ephys)
         if wired is not None:
             probe.set_device_channel_indices(np.asarray(wired, dtype=int))
-            return probe, f"{settings.name} (probeinterface Neuropixels catalogue)", tuple(sorted(wired))
+            return probe, f"{settings.name} (probeinterface Neuropixels catalogue)", tuple(sorted(wired)), ""
     element = _np_probe_element(root, stream_probe_name(segment.entry), legacy)
     if element is None:
-        return None, f"{settings.name} has no Neuropixels probe geometry for this stream", ephys
+        return None, f"{settings.name} has no Neuropixels probe geometry for this stream", ephys, ""
+    catalogue = catalogue_probe(element, settings, root, ephys)
+    if catalogue is not None:
+        probe, wired, disagreement = catalogue
+        part = probe.annotations["part_number"]
+        note = f"{settings.name} NP_PROBE electrodes at probeinterface's {part} catalogue positions"
+        return (
+            probe,
+            note + (" (the plugin's ELECTRODE_XPOS/YPOS disagree)" if disagreement else ""),
+            wired,
+            disagreement,
+        )
     parsed = _positions_from_np_probe(element, settings)
     if parsed is None:
-        return None, f"{settings.name} NP_PROBE has no ELECTRODE_XPOS/ELECTRODE_YPOS", ephys
+        return None, f"{settings.name} NP_PROBE has no ELECTRODE_XPOS/ELECTRODE_YPOS", ephys, ""
     positions, shanks, keys = parsed
     wired = wire_contacts(len(positions), keys, ephys)
     if wired is None:
@@ -697,12 +882,14 @@ def probe_from_settings(
             None,
             f"{settings.name} lists {len(positions)} electrode positions for {len(ephys)} ephys channels",
             ephys,
+            "",
         )
     name = element.attrib.get("custom_probe_name") or element.attrib.get("probe_name") or segment.folder
     return (
         _contact_probe(positions, wired, shanks, name),
         f"{settings.name} NP_PROBE ELECTRODE_XPOS/YPOS",
         tuple(sorted(wired)),
+        "",
     )
 
 
@@ -745,16 +932,41 @@ class Reading:
             self._settings[path] = _parse_settings(path)
         return self._settings[path]
 
+    def _parts(self, probe: str) -> dict[str, _Plan]:
+        plan = self.plans[probe]
+        return {f"{probe}-r{s.recording}": dataclasses.replace(plan, segments=[s]) for s in plan.segments}
+
+    def split(self, probe: str) -> dict[str, tuple[Path, ...]]:
+        """One partition per recording of ``probe``, named ``<probe>-r<R>`` after its ``recording<R>`` folder
+        (``ProbeA-r1``, ``ProbeA-r2``; ``ProbeA-e2-r1`` in experiment 2), each on its own first sample; for a session
+        config that sets ``split_segments``."""
+        return {name: (part.segments[0].data_path,) for name, part in self._parts(probe).items()}
+
+    def base_probe(self, name: str) -> str | None:
+        """The probe a recording partition (``ProbeA-r2``) belongs to, when the folder has that recording."""
+        match = _PART_NAME.match(name)
+        if match is None or match.group("probe") not in self.plans:
+            return None
+        return match.group("probe") if name in self._parts(match.group("probe")) else None
+
+    def files_of(self, name: str) -> tuple[Path, ...]:
+        base = self.base_probe(name) if name not in self.plans else None
+        return self.split(base)[name] if base else self.listing.probes[name]
+
     def open(self, name: str, options: ReadOptions = ReadOptions()) -> RecordingSource:
-        """Describe one probe stream: its recordings laid out on the acquisition clock by their first sample numbers."""
-        plan = self.plans[name]
+        """Describe one probe stream (or one recording of it, ``ProbeA-r2``): its recordings laid out on the
+        acquisition clock by their first sample numbers."""
+        base = self.base_probe(name) if name not in self.plans else None
+        plan = self._parts(base)[name] if base is not None else self.plans[name]
         first = plan.segments[0]
         facts, sorting, uv_per_bit = _checked(plan)
         settings = _settings_file(first, self.folder)
         root = self.settings_root(settings) if settings is not None else None
-        probe_obj, probe_note = None, "no settings.xml"
+        probe_obj, probe_note, disagreement = None, "no settings.xml", ""
         if settings is not None and root is not None:
-            probe_obj, probe_note, sorting = probe_from_settings(settings, root, first, sorting, list(first.siblings))
+            probe_obj, probe_note, sorting, disagreement = probe_from_settings(
+                settings, root, first, sorting, list(first.siblings)
+            )
         date, date_note, missing = _recording_date(root, first.oebin.parent, self.folder)
         placements = [
             FilePlacement(s.where, s.data_path, f.first_sample, f.n_samples) for s, f in zip(plan.segments, facts)
@@ -775,7 +987,7 @@ class Reading:
             f"{probe_note}; date: {date_note}",
             "probe_name": name,
             "timeline": timeline,
-            "details": _details(plan, self.listing.skipped, probe_note),
+            "details": _details(plan, self.listing.skipped, probe_note, disagreement),
         }
         n_channels = facts[0].n_channels
         if len(plan.segments) == 1:
@@ -809,7 +1021,7 @@ def open_recording(
     return reading.open(reading.listing.pick(probe, session_dir), options)
 
 
-def _details(plan: _Plan, skipped: tuple[str, ...], probe_note: str) -> dict[str, object]:
+def _details(plan: _Plan, skipped: tuple[str, ...], probe_note: str, disagreement: str = "") -> dict[str, object]:
     first = plan.segments[0]
     details: dict[str, object] = {
         "openephys_stream": first.folder,
@@ -820,6 +1032,8 @@ def _details(plan: _Plan, skipped: tuple[str, ...], probe_note: str) -> dict[str
         "skipped_streams": list(skipped),
         "probe_geometry": probe_note,
     }
+    if disagreement:
+        details["probe_geometry_disagreement"] = disagreement
     if plan.other_nodes:
         details["unused_record_nodes"] = list(plan.other_nodes)
     if plan.group:
