@@ -519,15 +519,22 @@ def write_plexon_session(
     with_spikes: bool = True,
     write_probe_json: bool = True,
     file_name: str = "session.plx",
+    pauses: Sequence[tuple[int, int]] = (),
+    start_sample: int = 0,
+    ticks_per_sample: int = 1,
+    with_wideband: bool = True,
 ) -> Path:
     """Write ``folder/<file_name>``, a PLX v106 file as OmniPlex lays it out; return ``folder``.
 
     Slow channels ``WB01..WBnn`` (channel numbers 0..n-1, the int16 traces at ``PLEXON_UV_PER_BIT``), and
     with ``with_fp`` ``FP01..FPnn`` at 1 kHz (traces decimated). Data blocks go in time order: for each
     ``block_samples`` window one continuous block per WB channel, then the FP blocks, then spike snippet
-    blocks (type 1, 32 words) and a strobed event (type 4). The timestamp clock (ADFrequency) equals the
-    sampling rate. PLX carries no geometry: with ``write_probe_json`` a probeinterface JSON wired to the WB
-    channels is written next to it as ``<stem>.probe.json``.
+    blocks (type 1, 32 words) and a strobed event (type 4). The timestamp clock (ADFrequency) runs at
+    ``ticks_per_sample`` x the sampling rate; the first sample is at ``start_sample`` on it, and each
+    ``(at, samples)`` of ``pauses`` stops the recording before trace sample ``at`` for that many samples (the clock
+    runs on; a block ends there). ``with_wideband=False`` keeps the WB headers but writes no WB blocks (a file whose
+    wideband channels were not recorded). PLX carries no geometry: with ``write_probe_json`` a probeinterface JSON wired to
+    the WB channels is written next to it as ``<stem>.probe.json``.
     """
     from ks_platform.core.formats.plexon import (
         BLOCK_HEADER,
@@ -554,10 +561,16 @@ def write_plexon_session(
     file_header = np.zeros(1, FILE_HEADER)
     h = file_header[0]
     h["MagicNumber"], h["Version"], h["Comment"] = MAGIC, 106, b"synthetic recording written by ks_platform"
-    h["ADFrequency"], h["NumDSPChannels"], h["NumEventChannels"], h["NumSlowChannels"] = fs, n_dsp, 2, n_channels + n_fp
+
+    def clock(sample: int) -> int:
+        """The timestamp (ticks) of trace sample ``sample``: its place on the acquisition clock."""
+        return (sample + start_sample + sum(length for at, length in pauses if at <= sample)) * ticks_per_sample
+
+    h["ADFrequency"], h["NumDSPChannels"] = fs * ticks_per_sample, n_dsp
+    h["NumEventChannels"], h["NumSlowChannels"] = 2, n_channels + n_fp
     h["NumPointsWave"], h["NumPointsPreThr"] = wave_words, pre_threshold
     h["Year"], h["Month"], h["Day"], h["Hour"] = recording_date.year, recording_date.month, recording_date.day, 10
-    h["WaveformFreq"], h["LastTimestamp"] = fs, float(n_samples)
+    h["WaveformFreq"], h["LastTimestamp"] = fs, float(clock(n_samples))
     h["Trodalness"], h["DataTrodalness"], h["BitsPerSpikeSample"], h["BitsPerSlowSample"] = 1, 1, 16, 16
     h["SpikeMaxMagnitudeMV"], h["SlowMaxMagnitudeMV"], h["SpikePreAmpGain"] = 5000, 5000, 1000
     h["AcquiringSoftware"], h["ProcessingSoftware"] = b"ks_platform", b"ks_platform"
@@ -595,31 +608,31 @@ def write_plexon_session(
     with open(path, "wb") as handle:
         handle.write(b"\x00" * FILE_HEADER.itemsize)
         handle.write(dsp.tobytes() + events.tobytes() + slow.tobytes())
-        handle.write(block(4, 0, 258, 0, np.zeros(0, np.int16)))
+        handle.write(block(4, clock(0), 258, 0, np.zeros(0, np.int16)))
         counts["ev"][258] += 1
-        for k, s0 in enumerate(range(0, n_samples, block_samples)):
-            s1 = min(s0 + block_samples, n_samples)
+        edges = sorted({*range(0, n_samples, block_samples), *(at for at, _ in pauses if 0 < at < n_samples)})
+        for k, (s0, s1) in enumerate(zip(edges, [*edges[1:], n_samples])):
             window = np.asarray(traces[s0:s1])
-            for c in range(n_channels):
-                handle.write(block(5, s0, c, 0, window[:, c]))
+            for c in range(n_channels if with_wideband else 0):
+                handle.write(block(5, clock(s0), c, 0, window[:, c]))
             if decimation:
                 j0, j1 = -(-s0 // decimation), -(-s1 // decimation)
                 if j1 > j0:
                     picks = np.asarray(traces[j0 * decimation : (j1 - 1) * decimation + 1 : decimation])
                     for c in range(n_channels):
-                        handle.write(block(5, j0 * decimation, n_channels + c, 0, picks[:, c]))
+                        handle.write(block(5, clock(j0 * decimation), n_channels + c, 0, picks[:, c]))
             for t in range(-(-max(s0, pre_threshold) // spike_interval) * spike_interval, s1, spike_interval):
                 if n_dsp and t + wave_words - pre_threshold <= n_samples:
                     channel = (t // spike_interval) % n_dsp
                     snippet = np.asarray(traces[t - pre_threshold : t - pre_threshold + wave_words, channel])
-                    handle.write(block(1, t, channel + 1, 1, snippet))
+                    handle.write(block(1, clock(t), channel + 1, 1, snippet))
                     if channel + 1 < 130:
                         counts["ts"][(channel + 1) * 5 + 1] += 1
-            handle.write(block(4, s0, 257, k & 0x7FFF, np.zeros(0, np.int16)))
+            handle.write(block(4, clock(s0), 257, k & 0x7FFF, np.zeros(0, np.int16)))
             counts["ev"][257] += 1
         for i in range(n_channels + n_fp):  # Plexon keeps continuous sample counts from EVCounts[300]
             if 300 + i < 512:
-                total = n_samples if i < n_channels else len(range(0, n_samples, decimation))
+                total = (n_samples if with_wideband else 0) if i < n_channels else len(range(0, n_samples, decimation))
                 counts["ev"][300 + i] = total
         h["TSCounts"], h["WFCounts"], h["EVCounts"] = counts["ts"], counts["ts"], counts["ev"]
         handle.seek(0)

@@ -46,7 +46,8 @@ def _write_pynwb(
     path: Path, series: list[dict], columns: dict[str, np.ndarray] | None = None, zarr: bool = False
 ) -> Path:
     """One NWB file: electrodes with ``columns`` (rel_x, x, ...: one value per row) shared by all series, each series
-    on its own rows when the series have different channels (``rows``) or on all rows."""
+    on its own rows when the series have different channels (``rows``) or on all rows; a series with ``timestamps``
+    has no rate."""
     from hdmf.backends.hdf5.h5_utils import H5DataIO
     from pynwb import NWBFile
     from pynwb.ecephys import ElectricalSeries
@@ -68,10 +69,9 @@ def _write_pynwb(
             data = H5DataIO(
                 data, compression="gzip", compression_opts=4, chunks=(min(5000, len(data)), min(64, data.shape[1]))
             )
-        extra = {k: spec[k] for k in ("conversion", "offset", "channel_conversion") if k in spec}
-        nwbfile.add_acquisition(
-            ElectricalSeries(name=spec["name"], data=data, electrodes=region, rate=spec["rate"], **extra)
-        )
+        extra = {k: spec[k] for k in ("conversion", "offset", "channel_conversion", "starting_time") if k in spec}
+        timing = {"timestamps": spec["timestamps"]} if "timestamps" in spec else {"rate": spec["rate"]}
+        nwbfile.add_acquisition(ElectricalSeries(name=spec["name"], data=data, electrodes=region, **timing, **extra))
     path.parent.mkdir(parents=True, exist_ok=True)
     if zarr:
         from hdmf_zarr.nwb import NWBZarrIO
@@ -380,27 +380,32 @@ def test_float_with_a_glitch_beyond_any_usable_step_is_refused_with_a_count(tmp_
         nwb.open_recording(file.parent)
 
 
-def test_partial_scan_leaves_headroom_and_a_block_that_would_clip_is_refused(tmp_path, monkeypatch):
-    """Long float series are scanned in part (discovery stays quick): x2 headroom, and never a silent clip."""
+def test_partial_scan_leaves_headroom_and_every_sample_is_checked_before_the_first_read(tmp_path, monkeypatch):
+    """Long float series are scanned in part when opened (discovery stays quick): x2 headroom; then every sample is
+    range-checked before the first read returns, so a sample the scan missed is refused before anything is written."""
     volts = _noise(seed=5).astype(np.float32) * np.float32(0.195e-6)  # full scale ±6.39 mV in every block
-    volts[12000, 9] = 0.020  # 20 mV in the last block, which the scan does not read
     positions = _linear_positions()
-    file = _write_pynwb(
-        tmp_path / "s" / "rec.nwb",
-        [_series("ElectricalSeries", volts)],
-        {"rel_x": positions[:, 0], "rel_y": positions[:, 1]},
-    )
+    columns = {"rel_x": positions[:, 0], "rel_y": positions[:, 1]}
     monkeypatch.setattr(nwb, "BLOCK_BYTES", 1)  # blocks of one chunk row: 5000 samples, three blocks
-    monkeypatch.setattr(nwb, "SCAN_BYTES", 1)  # the scan reads one of them
-    source = nwb.open_recording(file.parent)
+    monkeypatch.setattr(nwb, "SCAN_BYTES", 1)  # the scan at open reads one of them
+    clean = _write_pynwb(tmp_path / "clean" / "rec.nwb", [_series("ElectricalSeries", volts)], columns)
+    source = nwb.open_recording(clean.parent)
     assert source.uv_per_bit == pytest.approx(0.39, rel=1e-3) and "x2 headroom" in source.scaling_note
-    uv = source.read_chunk(0, 10000).astype(np.float64) * source.uv_per_bit
-    np.testing.assert_allclose(uv, volts[:10000].astype(np.float64) * 1e6, atol=source.uv_per_bit)
-    with pytest.raises(
-        SessionInputError,
-        match=r"rec\.nwb.*1 samples in samples 10000:15000 exceed ±12\.\d+ mV.*first at sample 12000, channel 9",
-    ):
-        source.read_chunk(10000, 15000)
+    assert "range-checked before the first read" in source.scaling_note
+    uv = source.read_chunk(0, N_SAMPLES).astype(np.float64) * source.uv_per_bit
+    assert np.abs(uv - volts.astype(np.float64) * 1e6).max() <= source.uv_per_bit * 0.5 + 1e-3
+
+    volts[12000, 9] = 0.020  # 20 mV in the last block, which the scan at open does not read
+    glitch = _write_pynwb(tmp_path / "glitch" / "rec.nwb", [_series("ElectricalSeries", volts)], columns)
+    source = nwb.open_recording(glitch.parent)
+    assert source.uv_per_bit == pytest.approx(0.39, rel=1e-3)
+    for window in ((0, 10), (10000, 15000)):  # the first read, far from the sample, and any later one
+        with pytest.raises(
+            SessionInputError,
+            match=r"glitch/rec\.nwb: ElectricalSeries 'ElectricalSeries': sample 12000 \(0\.400 s\) on channel 9 is "
+            r"\+20 mV, beyond ±12\.7\d+ mV.*refused before anything is written.*Fix: re-export the traces as int16",
+        ):
+            source.read_chunk(*window)
 
 
 def test_zarr_backed_nwb(tmp_path):

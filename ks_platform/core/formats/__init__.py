@@ -46,7 +46,7 @@ def _orphan_data_files(session_dir: Path) -> list[Path]:
 
 
 #: Names of data files that must be regular files (a folder or a missing file under such a name is a broken copy).
-_DATA_FILE_SUFFIXES = (".bin", ".dat", ".raw", ".plx")
+_DATA_FILE_SUFFIXES = (".bin", ".dat", ".raw", ".plx", ".pl2")
 
 
 def _refuse_missing_data(session_dir: Path) -> None:
@@ -75,6 +75,9 @@ def detect_format(session_dir: Path) -> ModuleType:
         raise permission_error(exc.filename, session_dir) from None
     if not matches:
         _refuse_missing_data(session_dir)
+        pl2 = plexon.pl2_files(session_dir)
+        if pl2:  # Plexon's newer format: named, with the conversion to do, rather than "no known format"
+            raise plexon.pl2_refusal(pl2[0])
         known = ", ".join(r.FORMAT for r in READERS)
         dats = sorted(session_dir.rglob("continuous.dat"))
         if dats:  # <recording>/continuous/<stream>/continuous.dat

@@ -10,8 +10,15 @@ Opening a file walks the block headers once (skipping payloads, runs of equal-si
 and keeps, for the channels to sort, where each block's samples are. ``read_chunk`` then reads only the
 blocks overlapping the requested window, coalescing neighbouring blocks into a few large reads.
 
+Time: each block's timestamp (ADFrequency ticks) places it on the acquisition clock. Blocks that follow on make one
+part; a recording pause starts the next part. The parts are laid out on the clock as the other formats' files are
+(core/timeline.py: pauses zero-filled up to ``max_gap_fill_s``, longer ones refused with the fix; with
+``split_segments`` each part is its own partition, ``<stem>-part<k>``).
+
 Channel indices are positions in the slow-channel header table (0..NumSlowChannels-1); the wideband
 channels (``WB*``, else ``SPKC*``, else other continuous channels sampled at >= 20 kHz) are sorted.
+``.pl2`` files (Plexon's newer format) are not read: neo's reader needs a DLL downloaded at run time; they are
+listed as skipped, and a folder of them alone is refused with the conversion to do.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import numpy as np
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats.base import ChunkReader, ProbeListing, ReadOptions, RecordingSource
+from ks_platform.core.timeline import FilePlacement, TimelineSegment, lay_out, total_samples
 
 FORMAT = "plexon"
 MAGIC = 0x58454C50  # "PLEX"
@@ -411,15 +419,128 @@ def _candidate_groups(slow: np.ndarray) -> list[list[int]]:
     return [g for g in groups if g]
 
 
+#: Plexon's newer format: its only reader (neo's Plexon2RawIO) needs Plexon's Windows DLL, downloaded at run time.
+PL2_SUFFIX = ".pl2"
+PL2_FIX = (
+    "convert it to .plx with Plexon's own software (PlexUtil's PL2 to PLX conversion, or Offline Sorter), or to NWB, "
+    "and put that file in the session folder in place of the .pl2"
+)
+_PART_NAME = re.compile(r"^(?P<probe>.+)-part(?P<k>[1-9]\d*)$")
+
+
+def pl2_files(session_dir: Path) -> list[Path]:
+    """The ``.pl2`` files anywhere in the session folder."""
+    return sorted(p for p in session_dir.rglob("*") if p.suffix.lower() == PL2_SUFFIX and p.is_file())
+
+
+def pl2_refusal(path: Path) -> SessionInputError:
+    """Why a ``.pl2`` file is not sorted, and what to do instead."""
+    return SessionInputError(
+        path,
+        "a PL2 file (Plexon's newer format) cannot be read here: the only PL2 reader, neo's Plexon2RawIO, needs "
+        "Plexon's Windows DLL, downloaded when it runs, and this platform reads no code from the network",
+        PL2_FIX,
+    )
+
+
+@dataclass(frozen=True)
+class _Recording:
+    """One ``.plx`` file's wideband channels as its headers and block index say: what ``open`` and ``split`` need.
+
+    ``parts``: the runs of continuous blocks that follow on without a pause, placed on the acquisition clock (the
+    block timestamp over the ticks per sample); ``concat_start``: where each part starts in the channels' samples
+    taken in file order."""
+
+    path: Path
+    header: dict[str, object]
+    n_slow: int
+    sorting: tuple[int, ...]
+    tables: list[BlockIndex]
+    fs: float
+    uv_per_bit: float
+    date: dt.date
+    note: str
+    parts: tuple[FilePlacement, ...]
+    concat_start: tuple[int, ...]
+
+
 class Reading:
-    """A Plexon session folder: one probe per ``.plx`` file, named by its file stem."""
+    """A Plexon session folder: one probe per ``.plx`` file, named by its file stem (``<stem>-part<k>``: one part
+    between two recording pauses, with ``split_segments``); ``.pl2`` files are listed as skipped."""
 
     def __init__(self, session_dir: Path) -> None:
         self.folder = session_dir
-        self.listing = ProbeListing({path.stem: (path,) for path in find_files(session_dir)})
+        files = find_files(session_dir)
+        stems = {path.stem for path in files}
+        skipped = [
+            f"{path.relative_to(session_dir)}: a PL2 file, not readable offline"
+            + (f" (the same recording as {path.stem}.plx, which is sorted)" if path.stem in stems else f"; {PL2_FIX}")
+            for path in pl2_files(session_dir)
+        ]
+        self.listing = ProbeListing({path.stem: (path,) for path in files}, tuple(skipped))
+        self._recordings: dict[str, _Recording] = {}
+
+    def _recording(self, probe: str) -> _Recording:
+        if probe not in self._recordings:
+            self._recordings[probe] = _examine(self.listing.probes[probe][0])
+        return self._recordings[probe]
+
+    def split(self, probe: str) -> dict[str, tuple[Path, ...]]:
+        """One partition per part of ``probe`` between recording pauses (``<stem>-part1``, ...)."""
+        recording = self._recording(probe)
+        return {f"{probe}-part{k}": (recording.path,) for k in range(1, len(recording.parts) + 1)}
+
+    def base_probe(self, name: str) -> str | None:
+        """The ``.plx`` a part partition (``session-part2``) belongs to, when the file has that part."""
+        match = _PART_NAME.match(name)
+        if match is None or match.group("probe") not in self.listing.probes:
+            return None
+        return match.group("probe") if name in self.split(match.group("probe")) else None
+
+    def files_of(self, name: str) -> tuple[Path, ...]:
+        base = self.base_probe(name)
+        return self.listing.probes[base or name]
 
     def open(self, name: str, options: ReadOptions = ReadOptions()) -> RecordingSource:
-        return _open(self.folder, self.listing.probes[name][0])
+        """One ``.plx`` recording (or one part of it) laid out on the acquisition clock: pauses filled with zeros up to
+        ``max_gap_fill_s``, longer ones refused with the fix."""
+        base = name if name in self.listing.probes else self.base_probe(name)
+        if base is None:  # neither a listed file nor one of its parts: the listing's refusal names what there is
+            base = self.listing.pick(name, self.folder)
+        recording = self._recording(base)
+        if name == base:
+            chosen = list(range(len(recording.parts)))
+        else:
+            chosen = [int(_PART_NAME.match(name).group("k")) - 1]  # type: ignore[union-attr]
+        placements = [recording.parts[i] for i in chosen]
+        timeline = tuple(lay_out(placements, recording.fs, options.max_gap_fill_s))
+        concat = block_reader(recording.path, recording.tables)
+        pauses = len(recording.parts) - 1
+        note = recording.note
+        if pauses and base == name:
+            note += f"; {pauses} recording pause(s): the parts are placed on the acquisition clock, pauses zero-filled"
+        return RecordingSource(
+            format=FORMAT,
+            session_dir=self.folder,
+            data_files=(recording.path,),
+            sampling_frequency=recording.fs,
+            n_channels=recording.n_slow,
+            n_samples=total_samples(timeline),
+            source_dtype="int16",
+            recording_date=recording.date,
+            sorting_channels=recording.sorting,
+            uv_per_bit=recording.uv_per_bit,
+            read_chunk=placed_reader(
+                concat, timeline, [recording.concat_start[i] for i in chosen], len(recording.tables)
+            ),
+            probe=None,
+            probe_file=_probe_file(recording.path),
+            zero_copy_path=None,
+            scaling_note=note,
+            probe_name=name,
+            details={"plexon_parts": len(recording.parts), "skipped_streams": list(self.listing.skipped)},
+            timeline=timeline,
+        )
 
 
 def scan(session_dir: Path) -> Reading:
@@ -436,11 +557,17 @@ def open_recording(
 ) -> RecordingSource:
     """One ``.plx`` recording as the file says (reader only: no session config applied)."""
     reading = scan(session_dir)
-    return reading.open(reading.listing.pick(probe, session_dir), options)
+    name = probe if probe is not None and reading.base_probe(probe) else reading.listing.pick(probe, session_dir)
+    return reading.open(name, options)
 
 
-def _open(session_dir: Path, path: Path) -> RecordingSource:
-    """Describe one ``.plx`` recording (one header pass; samples stay on disk)."""
+def _probe_file(path: Path) -> Path | None:
+    probe_file = path.with_suffix(".probe.json")
+    return probe_file if probe_file.is_file() else None
+
+
+def _examine(path: Path) -> _Recording:
+    """One header pass over a ``.plx`` file: the wideband channels, their gain and their parts on the clock."""
     header = read_file_header(path)
     slow = read_slow_channel_headers(path, header)
     numbers = [int(h["Channel"]) for h in slow]
@@ -463,7 +590,11 @@ def _open(session_dir: Path, path: Path) -> RecordingSource:
     group = next((g for g in groups if any(index[numbers[i]].total for i in g)), None)
     if group is None:
         raise SessionInputError(
-            path, "the wideband channels hold no samples", "record wideband (WB) data, not only spikes and events"
+            path,
+            "the wideband channels ("
+            + ", ".join(_text(slow[i]["Name"]) for g in groups for i in g)
+            + f") hold no samples; the file holds: {_holdings(path, header, slow)}",
+            "record wideband (WB) data, not only spikes and events",
         )
     sorting = tuple(i for i in group if index[numbers[i]].total)
     totals = {_text(slow[i]["Name"]): index[numbers[i]].total for i in sorting}
@@ -489,7 +620,6 @@ def _open(session_dir: Path, path: Path) -> RecordingSource:
             f"the wideband channels have different gains ({min(gains):.4g}..{max(gains):.4g} µV/bit)",
             "record all wideband channels with one gain, or export them at one gain",
         )
-    uv_per_bit = float(gains[0])
     try:
         date = dt.date(int(header["Year"]), int(header["Month"]), int(header["Day"]))
     except ValueError:
@@ -499,10 +629,35 @@ def _open(session_dir: Path, path: Path) -> RecordingSource:
             "copy the .plx again from the rig",
         ) from None
     tables = [index[numbers[i]] for i in sorting]
-    n_samples = tables[0].total
-    gaps = _count_gaps(tables[0], int(header["ADFrequency"]) / fs)
-    version = int(header["Version"])
-    first = slow[sorting[0]]
+    ticks_per_sample = int(header["ADFrequency"]) / fs
+    runs = [_runs(table, ticks_per_sample) for table in tables]
+    differs = next((k for k, run in enumerate(runs) if run != runs[0]), None)
+    if differs is not None:
+        raise SessionInputError(
+            path,
+            f"the wideband channels pause at different times ({_text(slow[sorting[differs]]['Name'])}'s continuous "
+            f"blocks start at other timestamps than {_text(slow[sorting[0]]['Name'])}'s)",
+            "record all wideband channels over the same time, or export them together from Plexon's software",
+        )
+    parts = tuple(FilePlacement(f"part{k}", path, first, n) for k, (first, n) in enumerate(runs[0], start=1))
+    concat_start = tuple(int(c) for c in np.concatenate([[0], np.cumsum([n for _, n in runs[0]])[:-1]]))
+    return _Recording(
+        path=path,
+        header=header,
+        n_slow=len(slow),
+        sorting=sorting,
+        tables=tables,
+        fs=fs,
+        uv_per_bit=float(gains[0]),
+        date=date,
+        note=_gain_note(header, slow[sorting[0]], float(gains[0])),
+        parts=parts,
+        concat_start=concat_start,
+    )
+
+
+def _gain_note(header: dict[str, object], first: np.void, uv_per_bit: float) -> str:
+    version = int(header["Version"])  # type: ignore[call-overload]
     if version >= 103:
         formula = (
             f"SlowMaxMagnitudeMV {header['SlowMaxMagnitudeMV']} / (0.5 x 2^{header['BitsPerSlowSample']} x Gain "
@@ -513,36 +668,58 @@ def _open(session_dir: Path, path: Path) -> RecordingSource:
             f"5000 mV / (2048 x Gain {int(first['Gain'])} x PreAmpGain "
             f"{int(first['PreAmpGain']) if version >= 102 else 1000})"
         )
-    note = f"PLX v{version} slow-channel header: {formula} = {uv_per_bit:.6g} µV/bit"
-    if gaps:
-        note += f"; {gaps} recording pause(s) in the continuous data are concatenated"
-    probe_file = path.with_suffix(".probe.json")
-    return RecordingSource(
-        format=FORMAT,
-        session_dir=session_dir,
-        data_files=(path,),
-        sampling_frequency=fs,
-        n_channels=len(slow),
-        n_samples=n_samples,
-        source_dtype="int16",
-        recording_date=date,
-        sorting_channels=sorting,
-        uv_per_bit=uv_per_bit,
-        read_chunk=block_reader(path, tables),
-        probe=None,
-        probe_file=probe_file if probe_file.is_file() else None,
-        zero_copy_path=None,
-        scaling_note=note,
-        probe_name=path.stem,
-    )
+    return f"PLX v{version} slow-channel header: {formula} = {uv_per_bit:.6g} µV/bit"
 
 
-def _count_gaps(table: BlockIndex, ticks_per_sample: float) -> int:
-    """Blocks whose timestamp does not follow on from the previous block's samples (paused recording)."""
-    if table.timestamp.size < 2:
-        return 0
-    expected = table.timestamp[:-1] + table.n_samples[:-1] * ticks_per_sample
-    return int((np.abs(table.timestamp[1:] - expected) > max(ticks_per_sample, 1.0)).sum())
+def _holdings(path: Path, header: dict[str, object], slow: np.ndarray) -> str:
+    """The continuous channels that hold samples (for a file whose wideband channels hold none)."""
+    numbers = [int(h["Channel"]) for h in slow]
+    index = scan_blocks(path, int(header["data_start"]), int(header["file_size"]), set(numbers), set(numbers))  # type: ignore[call-overload]
+    held = [
+        f"{_text(h['Name'])} ({int(h['ADFreq'])} Hz, {index[n].total} samples)"
+        for h, n in zip(slow, numbers)
+        if index[n].total
+    ]
+    if not held:
+        return "no continuous samples at all (only spikes and events)"
+    return ", ".join(held[:8]) + (f" and {len(held) - 8} more" if len(held) > 8 else "")
+
+
+def _runs(table: BlockIndex, ticks_per_sample: float) -> list[tuple[int, int]]:
+    """(first sample on the acquisition clock, samples) of each run of blocks that follow on without a pause: a block
+    starting within a sample of where the previous one ended continues it."""
+    keep = table.n_samples > 0
+    start = table.timestamp[keep] / ticks_per_sample
+    counts = table.n_samples[keep]
+    if not counts.size:
+        return []
+    breaks = np.flatnonzero(np.abs(start[1:] - (start[:-1] + counts[:-1])) >= 1.0) + 1
+    firsts = np.concatenate([[0], breaks])
+    totals = np.add.reduceat(counts, firsts)
+    return [(int(round(float(start[f]))), int(n)) for f, n in zip(firsts, totals)]
+
+
+def placed_reader(
+    concat: ChunkReader, segments: tuple[TimelineSegment, ...], concat_starts: list[int], n_cols: int
+) -> ChunkReader:
+    """Rows of the binary from ``concat`` (the channels' samples in file order): each segment's rows from its part's
+    samples (``concat_start`` + the overlap it skips), zeros where a pause was filled."""
+    total = total_samples(segments)
+    if len(segments) == 1 and concat_starts[0] == 0 and segments[0].file_offset == 0:
+        return concat
+
+    def read_chunk(start: int, stop: int) -> np.ndarray:
+        if not 0 <= start <= stop <= total:
+            raise ValueError(f"samples {start}:{stop} are outside 0:{total}")
+        out = np.zeros((stop - start, n_cols), dtype=np.int16)
+        for segment, first in zip(segments, concat_starts):
+            lo, hi = max(start, segment.binary_start), min(stop, segment.binary_start + segment.n_samples)
+            if lo < hi:
+                at = first + segment.file_offset + lo - segment.binary_start
+                out[lo - start : hi - start] = concat(at, at + hi - lo)
+        return out
+
+    return read_chunk
 
 
 def block_reader(path: Path, tables: list[BlockIndex]) -> ChunkReader:
