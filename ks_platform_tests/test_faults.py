@@ -196,7 +196,7 @@ def test_kill_during_conversion_then_rematerialize_is_byte_identical(fault_env):
     run_to_success(home, store, landing, key, ["recording_binary"], zero_copy=False)
     assert leftovers(session) == [], "the next write of the step cleans up what the killed one left"
     undisturbed = conversion.write_recording_binary(
-        pipeline.open_recording(folder), store.parent / "undisturbed" / "binary", allow_zero_copy=False
+        pipeline.as_scan(folder).open(), store.parent / "undisturbed" / "binary", allow_zero_copy=False
     )
     assert (session / "binary" / conversion.BINARY_NAME).read_bytes() == undisturbed.path.read_bytes()
     assert conversion.load_recording_binary(session / "binary").checksum == undisturbed.checksum

@@ -541,7 +541,7 @@ def test_two_run_workers_of_one_session_take_turns_and_leave_one_whole_binary(tm
 
     assert_outputs_complete(session, ["binary"])
     undisturbed = conversion.write_recording_binary(
-        pipeline.open_recording(folder), tmp_path / "undisturbed" / "binary", allow_zero_copy=False
+        pipeline.as_scan(folder).open(), tmp_path / "undisturbed" / "binary", allow_zero_copy=False
     )
     assert (session / "binary" / conversion.BINARY_NAME).read_bytes() == undisturbed.path.read_bytes()
     assert conversion.load_recording_binary(session / "binary").checksum == undisturbed.checksum

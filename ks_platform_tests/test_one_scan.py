@@ -5,6 +5,7 @@ Counted for real: a Python audit hook sees every ``open`` of a file (builtins, `
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import json
 import os
 import sys
@@ -12,8 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from ks_platform.core import pipeline
 from ks_platform.core.discovery import discover
+from ks_platform.core.formats import openephys
 from ks_platform.core.store import SessionStore
 from ks_platform.core.synthetic import GlxProbe, write_spikeglx_run
 
@@ -74,3 +78,35 @@ def test_each_step_scans_the_folder_once(tmp_path):
     with opens() as counted:
         pipeline.build_recording_binary(session, store, probe="imec1")
     assert [counted[path] for path in metas] == [1, 1]
+
+
+def test_open_ephys_discovery_reads_each_oebin_and_settings_file_once(tmp_path):
+    """Two probes in one Record Node (one structure.oebin, one settings.xml) and a session config."""
+    from ks_platform.core.synthetic import np1_probe
+    from ks_platform_tests.writers import OpenEphysProbe, write_openephys_node
+
+    rng = np.random.default_rng(0)
+    positions = np1_probe(32).contact_positions
+    probes = [
+        OpenEphysProbe(
+            name, rng.integers(-100, 100, (600, 32), dtype=np.int16), positions, part_number="PRB_1_4_0480_1"
+        )
+        for name in ("ProbeA", "ProbeB")
+    ]
+    session = write_openephys_node(tmp_path / "landing" / "oe", probes, 30000.0, dt.date(2026, 3, 2))
+    (session / "ks_session.json").write_text(json.dumps({"kilosort": {"Th_universal": 9}}))
+    headers = sorted(
+        str(p) for p in session.rglob("*") if p.name in ("structure.oebin", "settings.xml", "ks_session.json")
+    )
+    assert len(headers) == 3
+    with opens() as counted:
+        found, rejected = discover({"rig1": tmp_path / "landing"})
+    assert rejected == [] and [f.probe_name for f in found] == ["ProbeA", "ProbeB"]
+    # probeinterface's read_openephys takes a path and parses settings.xml itself, once per probe stream: those
+    # opens are its own; the platform's own reads are one per file
+    settings = next(path for path in headers if path.endswith("settings.xml"))
+    with opens() as by_probeinterface:
+        for stream in ("Neuropix-PXI-100.ProbeA", "Neuropix-PXI-100.ProbeB"):
+            openephys._probeinterface_probe(Path(settings), stream, None, 100)
+    ours = {path: counted[path] - (by_probeinterface[path] if path == settings else 0) for path in headers}
+    assert ours == dict.fromkeys(headers, 1), (dict(counted), dict(by_probeinterface))

@@ -69,7 +69,14 @@ import numpy as np
 from probeinterface import Probe
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import MissingDate, ProbeListing, ReadOptions, RecordingSource, timeline_reader
+from ks_platform.core.formats.base import (
+    HeaderFiles,
+    MissingDate,
+    ProbeListing,
+    ReadOptions,
+    RecordingSource,
+    timeline_reader,
+)
 from ks_platform.core.timeline import FilePlacement, lay_out
 
 FORMAT = "openephys"
@@ -149,9 +156,9 @@ def _channel_list(entry: dict) -> list[dict]:
     return [c for c in channels if isinstance(c, dict)] if isinstance(channels, list) else []
 
 
-def _load_oebin(path: Path) -> dict:
+def _load_oebin(path: Path, headers: HeaderFiles | None = None) -> dict:
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload = json.loads((headers.read(path) if headers is not None else path.read_bytes()).decode("utf-8"))
     except PermissionError:
         raise  # reported by formats.open_recording with the permission fix
     except json.JSONDecodeError as exc:
@@ -234,11 +241,11 @@ def _number(path: Path, kind: str) -> int:
     return int(match.group(1)) if match else 1
 
 
-def names_record_node(folder: Path) -> bool:
+def names_record_node(folder: Path, headers: HeaderFiles | None = None) -> bool:
     """Whether ``folder/settings.xml`` has a Record Node processor (GUI >= 0.5; GUI <= 0.4 recorded without them)."""
     settings = folder / "settings.xml"
     try:
-        root = ET.parse(settings).getroot() if settings.is_file() else None
+        root = _parse_settings(settings, headers) if settings.is_file() else None
     except (ET.ParseError, OSError):
         return False
     return root is not None and any(
@@ -253,7 +260,7 @@ def node_id(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _node_folder(container: Path, entries: list) -> tuple[str, int] | None:
+def _node_folder(container: Path, entries: list, headers: HeaderFiles | None = None) -> tuple[str, int] | None:
     """``(name, id)`` when ``container`` (the folder holding ``experiment<E>/``) is a Record Node, recognised by its
     content: the oebin says a Record Node recorded the streams (``recorded_processor``), its settings.xml has a
     Record Node processor, or it is named like one in any spelling the GUI used (``Record Node 103``,
@@ -266,20 +273,20 @@ def _node_folder(container: Path, entries: list) -> tuple[str, int] | None:
     named = node_id(container.name)
     if named is not None:
         return container.name, named
-    if not recorded and not names_record_node(container):
+    if not recorded and not names_record_node(container, headers):
         return None
     ids = {e.get("recorded_processor_id") for e in recorded}
     only = next(iter(ids)) if len(ids) == 1 else None
     return container.name, only if isinstance(only, int) and not isinstance(only, bool) else -1
 
 
-def _segments(session_dir: Path) -> list[_Segment]:
+def _segments(session_dir: Path, headers: HeaderFiles | None = None) -> list[_Segment]:
     segments = []
     for oebin in find_files(session_dir):
-        payload = _load_oebin(oebin)
+        payload = _load_oebin(oebin, headers)
         recording_dir, experiment_dir = oebin.parent, oebin.parent.parent
         container = experiment_dir.parent if _NUMBERED["experiment"].match(experiment_dir.name) else None
-        node = _node_folder(container, payload["continuous"]) if container is not None else None
+        node = _node_folder(container, payload["continuous"], headers) if container is not None else None
         run_dir = (container.parent if node is not None else container) if container is not None else None
         run = (
             str(run_dir.relative_to(session_dir))
@@ -334,11 +341,11 @@ def _has_data(segments: list[_Segment]) -> bool:
     return all(s.data_path.is_file() for s in segments)
 
 
-def _scan(session_dir: Path) -> tuple[dict[str, _Plan], tuple[str, ...]]:
+def _scan(session_dir: Path, headers: HeaderFiles | None = None) -> tuple[dict[str, _Plan], tuple[str, ...]]:
     """Probe plans by name and the skipped streams (see the module docstring for the rules)."""
     skipped: dict[str, None] = {}
     by_stream: dict[tuple[str, int, str], dict[tuple[int, str], list[_Segment]]] = {}
-    for segment in _segments(session_dir):
+    for segment in _segments(session_dir, headers):
         why = skip_reason(segment.entry)
         if why is not None:
             skipped[f"{segment.folder or segment.oebin}: {why}"] = None
@@ -543,9 +550,10 @@ def _settings_file(segment: _Segment, session_dir: Path) -> Path | None:
     return next((node_dir / n for n in names if (node_dir / n).is_file()), None)
 
 
-def _parse_settings(path: Path) -> ET.Element:
+def _parse_settings(path: Path, headers: HeaderFiles | None = None) -> ET.Element:
+    """settings.xml's root element, its bytes read through ``headers`` when given (once per scan)."""
     try:
-        return ET.parse(path).getroot()
+        return ET.fromstring(headers.read(path)) if headers is not None else ET.parse(path).getroot()
     except PermissionError:
         raise  # reported by formats.open_recording with the permission fix
     except (ET.ParseError, OSError) as exc:
@@ -922,14 +930,15 @@ class Reading:
 
     def __init__(self, session_dir: Path) -> None:
         self.folder = session_dir
-        self.plans, skipped = _scan(session_dir)
+        self.headers = HeaderFiles()
+        self.plans, skipped = _scan(session_dir, self.headers)
         probes = {name: tuple(s.data_path for s in plan.segments) for name, plan in self.plans.items()}
         self.listing = ProbeListing(probes, skipped)
         self._settings: dict[Path, ET.Element] = {}
 
     def settings_root(self, path: Path) -> ET.Element:
         if path not in self._settings:
-            self._settings[path] = _parse_settings(path)
+            self._settings[path] = _parse_settings(path, self.headers)
         return self._settings[path]
 
     def _parts(self, probe: str) -> dict[str, _Plan]:
@@ -987,6 +996,7 @@ class Reading:
             f"{probe_note}; date: {date_note}",
             "probe_name": name,
             "timeline": timeline,
+            "headers": self.headers,
             "details": _details(plan, self.listing.skipped, probe_note, disagreement),
         }
         n_channels = facts[0].n_channels
