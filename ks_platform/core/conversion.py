@@ -49,6 +49,8 @@ class RecordingBinary:
     bytes_written: int
     uv_per_bit: float
     seconds: float
+    #: Samples that saturated at ±32767 when channels were rescaled to one µV/bit (SpikeGLX mixed AP gains).
+    clipped_samples: int = 0
 
     def to_json(self) -> dict:
         payload = asdict(self)
@@ -119,6 +121,7 @@ def write_recording_binary(
     ``relative_link``: a zero-copy symlink points at the source relative to ``binary_dir`` (``link_target``).
     """
     started = time.perf_counter()
+    clipped_before = int(getattr(source.read_chunk, "clipped", 0) or 0)  # a rescaling reader counts saturations
     with atomic_directory(binary_dir) as staged:
         target = staged / BINARY_NAME
         if allow_zero_copy and source.zero_copy_path is not None:
@@ -143,6 +146,7 @@ def write_recording_binary(
             bytes_written=written,
             uv_per_bit=source.uv_per_bit,
             seconds=round(time.perf_counter() - started, 3),
+            clipped_samples=int(getattr(source.read_chunk, "clipped", 0) or 0) - clipped_before,
         )
         write_json_atomic(staged / MANIFEST_NAME, binary.to_json())
     return binary

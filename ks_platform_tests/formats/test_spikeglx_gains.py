@@ -98,6 +98,10 @@ def test_a_rescaled_sample_beyond_int16_saturates_and_is_counted(tmp_path):
     assert source.read_chunk.clipped == 2 and source.read_chunk.first_clip == (10, 0)
     source.read_chunk(5, 11)  # row 10 again
     assert source.read_chunk.clipped == 3  # counted on every read
+    from ks_platform.core.conversion import load_recording_binary, write_recording_binary
+
+    write_recording_binary(source, tmp_path / "binary")  # the conversion records what saturated in it
+    assert load_recording_binary(tmp_path / "binary").clipped_samples == 2
 
 
 def test_one_gain_keeps_the_plain_zero_copy_reader(tmp_path):

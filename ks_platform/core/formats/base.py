@@ -146,7 +146,11 @@ class RecordingSource:
 
     @property
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.data_files)
+        """Bytes of the data files (a folder, such as a Zarr NWB, counts the files inside it)."""
+        return sum(
+            sum(f.stat().st_size for f in Path(p).rglob("*") if f.is_file()) if Path(p).is_dir() else p.stat().st_size
+            for p in self.data_files
+        )
 
     @classmethod
     def interleaved_int16(

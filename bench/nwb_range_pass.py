@@ -1,7 +1,7 @@
 """Cost of the NWB range pass (every sample checked before the first read), against the conversion of the same file
 in the same run.
 
-    python -m ks_platform_tests.formats.nwb_range_pass_bench --gb 2 --repeats 2
+    .venv/bin/python bench/nwb_range_pass.py --gb 2 --repeats 2
 
 Writes a float32 volts NWB (``writers.write_nwb_session``: 384 channels at 30 kHz, uncompressed, chunks of 30000
 samples x all channels) of about ``--gb`` GB, larger than the bounded scan at open (``nwb.SCAN_BYTES``), so the pass
@@ -20,6 +20,7 @@ import argparse
 import json
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +30,11 @@ import numpy as np
 from ks_platform.core import formats
 from ks_platform.core.conversion import write_recording_binary
 from ks_platform.core.formats import nwb
-from ks_platform_tests.formats import synthetic as syn
-from ks_platform_tests.writers import write_nwb_session
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: the tests' writers
+
+from ks_platform_tests.formats import synthetic as syn  # noqa: E402
+from ks_platform_tests.writers import write_nwb_session  # noqa: E402
 
 CHANNELS = 384
 FS = 30000.0
