@@ -221,6 +221,22 @@ def test_a_damaged_catalog_is_kept_and_a_new_one_restores_every_retired_record(l
     assert (catalog.SessionStore(lab.store.resolve(), key_of("sorted_g0")).dir / "raw_recording.json").is_file()
 
 
+def test_a_deleted_catalog_comes_back_with_its_retired_records(lab, monkeypatch):
+    before = with_one_retired(lab, monkeypatch)
+    path = catalog_path(lab.store.resolve())
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    code, out, err = lab.cli("sessions")
+    assert code == 0 and "no landing catalog yet" in err and out.splitlines()[-1] == "0 active, 0 retired partition(s)"
+    assert not path.exists()  # listing made none
+    code, _, err = lab.cli("register")
+    assert code == 0 and "did not exist: started a new catalog; 2 retired partition(s) restored" in err, err
+    after = lab.listing()
+    assert {k: r for k, r in after.items() if r["state"] == RETIRED} == {
+        k: r for k, r in before.items() if r["state"] == RETIRED
+    }
+
+
 def test_retired_records_are_in_the_store_whether_or_not_the_key_has_outputs(lab, monkeypatch):
     before = with_one_retired(lab, monkeypatch)
     for name in ("sorted_g0", "unsorted_g0"):

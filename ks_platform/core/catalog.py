@@ -308,7 +308,17 @@ class Catalog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._exclusive(), self._mapped_errors("open the catalog"):
             try:
-                return self._open_checked()
+                if self.path.exists():
+                    return self._open_checked()
+                self._db = self._open_checked()  # none yet, or deleted: the retired records come back from the store
+                restored, unreadable = self._restore_retired()
+                if restored or unreadable:
+                    self.rebuilt_because = (
+                        f"{self.path} did not exist: started a new catalog; {restored} retired partition(s) restored "
+                        f"from the store's {RETIRED_MARKER} files{_unreadable(unreadable)}; the landing roots are read"
+                    )
+                    log.warning(self.rebuilt_because)
+                return self._db
             except sqlite3.DatabaseError as exc:
                 damage = self._damage(exc)
                 if damage is None:
@@ -397,10 +407,10 @@ class Catalog:
         db = self._open_checked()
         self._db = db
         restored, unreadable = self._restore_retired()
-        lost = f"; {len(unreadable)} RETIRED.json could not be read: {', '.join(unreadable[:3])}" if unreadable else ""
         self.rebuilt_because = (
             f"{self.path} was damaged ({damage}); kept it as {kept.name} and started a new catalog: {restored} retired "
-            f"partition(s) restored from the store's {RETIRED_MARKER} files{lost}; the landing roots are read again"
+            f"partition(s) restored from the store's {RETIRED_MARKER} files{_unreadable(unreadable)}; the landing "
+            "roots are read again"
         )
         log.warning(self.rebuilt_because)
         return db
@@ -999,6 +1009,10 @@ def _newer_schema(path: Path, version: int) -> SessionInputError:
         f"the landing catalog has schema version {version}; this ks_platform reads {SCHEMA_VERSION} (and 1)",
         "run the ks_platform version that wrote it, or a newer one; the file is left as it is",
     )
+
+
+def _unreadable(markers: list[str]) -> str:
+    return f"; {len(markers)} could not be read: {', '.join(markers[:3])}" if markers else ""
 
 
 def _is_damage(exc: BaseException) -> bool:
