@@ -740,7 +740,10 @@ class Catalog:
             try:
                 refuse_linked_session(root, folder)
             except SessionInputError as exc:
-                signature = f"link:{os.readlink(folder)}"
+                try:
+                    signature = f"link:{os.readlink(folder)}"
+                except OSError:  # removed since the listing: the next refresh sees what is there
+                    return None
                 if known != (signature, REJECTED):
                     with _transaction(self._db):
                         self._put_folder(root_name, name, folder, signature, REJECTED, str(exc))
@@ -1145,19 +1148,19 @@ def retired_record_from_marker(marker: Path) -> PartitionRecord:
 
 
 def lookup_partition(store_root: Path, key: str) -> PartitionRecord | None:
-    """The catalog's record of ``key``, without creating a catalog; None when there is none or it is unreadable."""
-    path = catalog_path(Path(store_root).expanduser().resolve())
-    if not path.is_file():
-        return None
+    """The catalog's record of ``key``, read without writing anything; None when there is no catalog, no record, or
+    the catalog cannot be read (the step that reads the recording reports its own problems)."""
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-        try:
-            row = db.execute("SELECT * FROM partitions WHERE key=?", (key,)).fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
+        catalog = Catalog.open_read_only(store_root, wait_seconds=30)
+    except SessionInputError:
         return None
-    return _partition(row) if row else None
+    if catalog is None:
+        return None
+    with catalog:
+        try:
+            return catalog.partition(key)
+        except sqlite3.Error:
+            return None
 
 
 def current_session_folder(key: str, landing_roots: Mapping[str, Path], store_root: Path) -> Path:
