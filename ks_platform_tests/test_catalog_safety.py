@@ -412,7 +412,7 @@ def test_a_root_that_lost_most_of_its_folders_retires_nothing_until_accepted(har
     for name in names[:4]:
         shutil.rmtree(harness.landing / name)
     assert harness.sync_after(2 * DAY) == keys
-    assert any("it lists 2 folder(s) where it had 6" in m for m in harness.messages), harness.messages
+    assert any("it lists 2 of the 6 session folders it had" in m for m in harness.messages), harness.messages
 
     # The operator says the folders went on purpose: their absence starts counting, a day later they are retired.
     register_sessions(harness.instance, harness.platform.roots(), harness.store, now=harness.now, accept_roots=[ROOT])
@@ -423,6 +423,18 @@ def test_a_root_that_lost_most_of_its_folders_retires_nothing_until_accepted(har
         assert retired.cause == DELETED and f"absent from every listing of the available landing root {ROOT}" in (
             retired.reason
         )
+
+
+def test_cleaning_up_junk_folders_is_no_alarm(harness):
+    keys = {key_of("s_g0")}
+    harness.add("s_g0")
+    for index in range(8):
+        (harness.landing / f"junk{index}").mkdir()
+        (harness.landing / f"junk{index}" / "notes.txt").write_text("not a recording")
+    assert harness.sync() == keys
+    for index in range(8):
+        shutil.rmtree(harness.landing / f"junk{index}")  # 8 of 9 folders gone, but no session folder
+    assert harness.sync_after(DAY) == keys and not [m for m in harness.messages if "unavailable" in m]
 
 
 def test_a_folder_back_before_the_retire_time_is_untouched(harness, tmp_path):

@@ -1103,12 +1103,11 @@ def _future_file(lab: HazardLab) -> None:
 
 
 def _schema_1(lab: HazardLab) -> None:
-    """The catalog as the previous version wrote it (schema 1: no absence times, no root listings)."""
+    """The catalog as the previous version wrote it (schema 1: no absence times, no first-seen times)."""
     import sqlite3
 
     db = sqlite3.connect(lab.catalog, isolation_level=None)
     db.execute("ALTER TABLE folders DROP COLUMN absent_since")
-    db.execute("DROP TABLE roots")
     db.execute("DROP TABLE pending")
     db.execute("UPDATE meta SET value='1' WHERE name='schema'")
     db.close()

@@ -71,7 +71,8 @@ RETIRE_AFTER_ENV = "KS_PLATFORM_RETIRE_AFTER_SECONDS"
 #: How long a command or a sensor tick waits for the catalog while another one holds it.
 WAIT_SECONDS = 60.0
 WAIT_ENV = "KS_PLATFORM_CATALOG_WAIT_SECONDS"
-#: A root that lists fewer than this fraction of the folders it had lost "most of its folders at once" ...
+#: A root that lists fewer than this fraction of the session folders present at its last listing lost "most of its
+#: folders at once" (junk folders do not count: cleaning them up is no alarm) ...
 LOST_FRACTION = 0.5
 #: ... when it had at least this many (a smaller root is judged only by being empty).
 LOST_MIN_FOLDERS = 4
@@ -96,16 +97,12 @@ CREATE INDEX IF NOT EXISTS partitions_by_date ON partitions (state, recording_da
 CREATE INDEX IF NOT EXISTS partitions_by_seq ON partitions (seq);
 CREATE INDEX IF NOT EXISTS partitions_by_fingerprint ON partitions (fingerprint);
 CREATE INDEX IF NOT EXISTS folders_by_seq ON folders (seq);
-CREATE TABLE IF NOT EXISTS roots (name TEXT PRIMARY KEY, path TEXT NOT NULL, listed INTEGER NOT NULL,
-    checked_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS pending (root TEXT NOT NULL, name TEXT NOT NULL, signature TEXT NOT NULL,
     since REAL NOT NULL, PRIMARY KEY (root, name));
 """
-#: Schema 1 → 2: absence times, root listings (the baseline of "lost most of its folders"), first-seen times.
+#: Schema 1 → 2: when a folder went absent, and when a folder dated in the future was first seen as it is.
 _MIGRATE_1_TO_2 = """
 ALTER TABLE folders ADD COLUMN absent_since REAL;
-CREATE TABLE IF NOT EXISTS roots (name TEXT PRIMARY KEY, path TEXT NOT NULL, listed INTEGER NOT NULL,
-    checked_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS pending (root TEXT NOT NULL, name TEXT NOT NULL, signature TEXT NOT NULL,
     since REAL NOT NULL, PRIMARY KEY (root, name));
 """
@@ -251,17 +248,19 @@ def list_landing_folders(root: Path) -> list[tuple[str, str]] | None:
         return None
 
 
-def root_unavailable(listed: int, baseline: int) -> str | None:
-    """Why a root that lists ``listed`` folders, having had ``baseline``, says nothing reliable about absences."""
-    if listed == 0 and baseline > 0:
+def root_unavailable(listed: int, held: int, sessions_before: int, sessions_now: int) -> str | None:
+    """Why a root that lists ``listed`` folders says nothing reliable about absent ones: it is empty while the catalog
+    ``held`` folders of it, or it lists ``sessions_now`` of the ``sessions_before`` session folders present at its
+    last listing, under ``LOST_FRACTION`` of them (when there were at least ``LOST_MIN_FOLDERS``)."""
+    if listed == 0 and held > 0:
         return (
-            f"it is empty, and held {baseline} folder(s) at its last listing (an unmounted network share or an "
+            f"it is empty, and held {held} folder(s) at its last listing (an unmounted network share or an "
             "unplugged disk looks like this)"
         )
-    if baseline >= LOST_MIN_FOLDERS and listed < baseline * LOST_FRACTION:
+    if sessions_before >= LOST_MIN_FOLDERS and sessions_now < sessions_before * LOST_FRACTION:
         return (
-            f"it lists {listed} folder(s) where it had {baseline} at its last listing: most are gone at once (a partial "
-            "mount or another disk at the same path looks like this)"
+            f"it lists {sessions_now} of the {sessions_before} session folders it had at its last listing: most are "
+            "gone at once (a partial mount or another disk at the same path looks like this)"
         )
     return None
 
@@ -669,7 +668,6 @@ class Catalog:
                 absent_before.add((root, name))
         stamps = {(r, n): (paths, digest) for r, n, paths, digest in self._db.execute("SELECT * FROM folder_stamps")}
         pending = {(r, n): (sig, since) for r, n, sig, since in self._db.execute("SELECT * FROM pending")}
-        baselines = dict(self._db.execute("SELECT name, listed FROM roots").fetchall())
         listed: set[tuple[str, str]] = set()
         searched_roots: set[str] = set()
         candidates: list[_Candidate] = []
@@ -681,17 +679,15 @@ class Catalog:
                 if held:
                     report.unavailable.append(UnavailableRoot(root_name, root, "it cannot be listed", held))
                 continue
-            why = None if root_name in accept_roots else root_unavailable(len(entries), baselines.get(root_name, held))
+            names = {name for name, _ in entries}
+            present = [n for (r, n), (_, state) in known.items() if r == root_name and state == SESSION]
+            present = [n for n in present if (root_name, n) not in absent_before]  # sessions there last time
+            still = sum(1 for n in present if n in names)
+            why = None if root_name in accept_roots else root_unavailable(len(entries), held, len(present), still)
             if why is not None:
                 report.unavailable.append(UnavailableRoot(root_name, root, why, held))
             else:
                 searched_roots.add(root_name)
-                if baselines.get(root_name) != len(entries):  # the baseline of "lost most of its folders at once"
-                    with _transaction(self._db):
-                        self._db.execute(
-                            "INSERT OR REPLACE INTO roots VALUES (?, ?, ?, ?)",
-                            (root_name, str(root), len(entries), now),
-                        )
             by_key_name: dict[str, list[str]] = {}
             for name, _ in entries:
                 by_key_name.setdefault(key_name(name), []).append(name)
