@@ -679,10 +679,10 @@ class Catalog:
                 if held:
                     report.unavailable.append(UnavailableRoot(root_name, root, "it cannot be listed", held))
                 continue
-            names = {name for name, _ in entries}
+            listed_here = {name for name, _ in entries}
             present = [n for (r, n), (_, state) in known.items() if r == root_name and state == SESSION]
             present = [n for n in present if (root_name, n) not in absent_before]  # sessions there last time
-            still = sum(1 for n in present if n in names)
+            still = sum(1 for n in present if n in listed_here)
             why = None if root_name in accept_roots else root_unavailable(len(entries), held, len(present), still)
             if why is not None:
                 report.unavailable.append(UnavailableRoot(root_name, root, why, held))
@@ -691,7 +691,7 @@ class Catalog:
             by_key_name: dict[str, list[str]] = {}
             for name, _ in entries:
                 by_key_name.setdefault(key_name(name), []).append(name)
-            shared = {name: names for names in by_key_name.values() if len(names) > 1 for name in names}
+            shared = {name: group for group in by_key_name.values() if len(group) > 1 for name in group}
             returned = [(root_name, name) for name, _ in entries if (root_name, name) in absent_before]
             if returned:
                 with _transaction(self._db):
