@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from contextlib import redirect_stdout
 from io import StringIO
 from pathlib import Path
@@ -49,6 +50,7 @@ from ks_platform_tests.conftest import failure_messages
 from ks_platform_tests.test_sensor import tick
 
 ROOT = "rig1"
+DAY = 86400.0
 SPEC = DemoSessionSpec(duration_s=0.5, n_units=2, seed=11)
 DATE = SPEC.recording_date.isoformat()
 
@@ -138,17 +140,24 @@ class Harness:
         self.platform = PlatformResource(
             store_root=str(self.store), landing_roots=f"{ROOT}={self.landing}", backend="cpu"
         )
-        self.sensor = sensors.build_new_session_sensor(settle_seconds=0, marker_name="")
+        #: The clock of both drivers (a deleted folder is retired once absent for a day: tests move it on).
+        self.now = time.time()
+        self.sensor = sensors.build_new_session_sensor(settle_seconds=0, marker_name="", clock=lambda: self.now)
         self.cursor: str | None = None
         self.run_keys: list[str] = []
+        self.messages: list[str] = []
 
     def add(self, name: str) -> Path:
         return Path(shutil.copytree(self.template, self.landing / name))
 
-    def sync(self) -> set[str]:
-        """One sensor tick or one ``register``; returns the instance's partitions after it."""
+    def sync(self, accept_roots: tuple[str, ...] = ()) -> set[str]:
+        """One sensor tick or one ``register``; returns the instance's partitions after it. What it reported is kept
+        in ``messages`` (the tick's log lines, or register's unavailable roots and absent folders)."""
         if self.driver == "sensor":
-            result = tick(self.sensor, self.instance, self.platform, self.cursor)
+            assert not accept_roots, "the sensor takes no root as it is: that is a register decision"
+            logs: list = []
+            result = tick(self.sensor, self.instance, self.platform, self.cursor, logs=logs)
+            self.messages = [r.getMessage() for r in logs]
             self.cursor = result.cursor
             for request in result.dynamic_partitions_requests:
                 if isinstance(request, dg.AddDynamicPartitionsRequest):
@@ -158,8 +167,18 @@ class Harness:
                         self.instance.delete_dynamic_partition(request.partitions_def_name, key)
             self.run_keys = [r.run_key for r in result.run_requests]
         else:
-            register_sessions(self.instance, self.platform.roots(), self.store)
+            outcome = register_sessions(
+                self.instance, self.platform.roots(), self.store, now=self.now, accept_roots=accept_roots
+            )
+            self.messages = [root.message for root in outcome.unavailable] + [
+                f"absent: {label}" for label, _ in outcome.absent
+            ]
         return set(self.instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME))
+
+    def sync_after(self, seconds: float, accept_roots: tuple[str, ...] = ()) -> set[str]:
+        """Move the clock on by ``seconds``, then sync."""
+        self.now += seconds
+        return self.sync(accept_roots)
 
     def record(self, key: str) -> PartitionRecord:
         with Catalog(self.store) as cat:
@@ -195,9 +214,14 @@ def test_deleted_session_is_retired_and_its_outputs_kept_and_marked(harness):
     outputs = harness.give_outputs(key_of("gone_g0"))
 
     shutil.rmtree(folder)
-    assert harness.sync() == {key_of("stays_g0")}
+    # Absent, not retired yet: an unmounted share and a deleted folder look alike until it stays away for a day.
+    assert harness.sync() == {key_of("gone_g0"), key_of("stays_g0")}
+    assert harness.record(key_of("gone_g0")).state == ACTIVE and not (outputs / RETIRED_MARKER).exists()
+    assert harness.sync_after(DAY - 60) == {key_of("gone_g0"), key_of("stays_g0")}
+    assert harness.sync_after(61) == {key_of("stays_g0")}
     retired = harness.record(key_of("gone_g0"))
     assert (retired.state, retired.cause, retired.successor) == (RETIRED, DELETED, None)
+    assert "absent from every listing of the available landing root rig1 since" in retired.reason
     marker = json.loads((outputs / RETIRED_MARKER).read_text())
     assert marker["cause"] == DELETED and marker["key"] == key_of("gone_g0") and marker["retired_at"]
     assert (outputs / "raw_recording.json").is_file()  # outputs kept
@@ -354,6 +378,7 @@ def test_backfill_selection_never_includes_retired_keys(harness):
     harness.sync()
     shutil.rmtree(doomed)
     harness.sync()
+    harness.sync_after(DAY)
     graph = build_definitions(harness.platform, sensors=[]).resolve_asset_graph()
     day = SPEC.recording_date
     for only_stale in (False, True):
@@ -364,7 +389,7 @@ def test_backfill_selection_never_includes_retired_keys(harness):
 # --- storage, CLI --------------------------------------------------------------------------------------------------
 
 
-def test_a_corrupt_catalog_is_rebuilt_with_a_log_line(template, tmp_path):
+def test_a_corrupt_catalog_is_kept_beside_a_new_one_with_a_log_line(template, tmp_path):
     landing = tmp_path / "landing"
     shutil.copytree(template, landing / "one_g0")
     store = tmp_path / "store"
@@ -375,7 +400,9 @@ def test_a_corrupt_catalog_is_rebuilt_with_a_log_line(template, tmp_path):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         path.write_bytes(b"this is not a database" * 100)
         outcome = register_sessions(instance, {ROOT: landing}, store)
-    assert outcome.active == [key_of("one_g0")] and "rebuilding it" in (outcome.rebuilt_because or "")
+    assert outcome.active == [key_of("one_g0")] and "started a new catalog" in (outcome.rebuilt_because or "")
+    [kept] = path.parent.glob(f"{path.name}.damaged-*")  # the damaged file is kept, never deleted
+    assert kept.read_bytes() == b"this is not a database" * 100 and kept.name in outcome.rebuilt_because
 
 
 def test_sessions_command_lists_active_and_retired(template, tmp_path, monkeypatch):
@@ -385,6 +412,7 @@ def test_sessions_command_lists_active_and_retired(template, tmp_path, monkeypat
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     monkeypatch.setenv("KS_PLATFORM_LANDING", f"{ROOT}={landing}")
     monkeypatch.setenv("KS_PLATFORM_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv(catalog.RETIRE_AFTER_ENV, "0")  # retire a folder as soon as it is absent
 
     def run(*argv: str) -> str:
         out = StringIO()
@@ -412,8 +440,8 @@ def test_the_daily_rollup_lists_retired_partitions(template, tmp_path):
     platform = PlatformResource(store_root=str(tmp_path / "store"), landing_roots=f"{ROOT}={landing}", backend="cpu")
     with dg.instance_for_test() as instance:
         register_sessions(instance, platform.roots(), Path(platform.store_root))
-        shutil.rmtree(landing / "left_g0")
-        register_sessions(instance, platform.roots(), Path(platform.store_root))
+        shutil.rmtree(landing / "left_g0")  # its root is empty now: retired only when the root's state is accepted
+        register_sessions(instance, platform.roots(), Path(platform.store_root), retire_after=0, accept_roots=[ROOT])
         defs = build_definitions(platform, sensors=[])
         run = defs.resolve_job_def("daily_rollup_job").execute_in_process(partition_key=DATE, instance=instance)
     assert run.success

@@ -43,6 +43,7 @@ from ks_platform.cli import main
 from ks_platform.core.discovery import discover
 from ks_platform.core.formats import plexon
 from ks_platform.core.names import CATALOG_DIR
+from ks_platform.core.session_plan import SHOWN
 from ks_platform.core.synthetic import spikeglx_meta
 from ks_platform.defs import sensors
 from ks_platform.defs.resources import PlatformResource
@@ -320,6 +321,17 @@ def _probe_outside(folder: Path) -> Path:
     return _sidecar(probe_file=f"../../outside/{folder.name}/probe.json")(folder)
 
 
+def _probe_nan(folder: Path) -> Path:
+    """Two contacts of the probeinterface file at NaN (JSON's common extension, as Python writes it)."""
+    path = folder / "probe.json"
+    payload = json.loads(path.read_text())
+    positions = payload["probes"][0]["contact_positions"]
+    positions[3] = [float("nan"), positions[3][1]]
+    positions[7] = [positions[7][0], float("nan")]
+    path.write_text(json.dumps(payload))
+    return path
+
+
 def _probe_dir(folder: Path) -> Path:
     (folder / "probe.json").unlink()
     (folder / "probe.json").mkdir()
@@ -483,6 +495,7 @@ CORPUS: list[Hostile] = [
     Hostile("raw sidecar without n_channels", _raw, _write("rec.json", '{"sampling_frequency": 3e4}'), "n_channels"),
     Hostile("raw probe file not JSON", _raw, _write("probe.json", "{not json"), "probe", phase="ingest", converts=True),
     Hostile("raw probe file empty object", _raw, _write("probe.json", "{}"), "probe", phase="ingest", converts=True),
+    Hostile("raw probe positions NaN", _raw, _probe_nan, "finite (x, y) position", phase="ingest", converts=True),
     # Open Ephys
     Hostile("openephys oebin not JSON", _openephys, _write("structure.oebin", "{oops"), "structure.oebin"),
     Hostile("openephys oebin not UTF-8", _openephys, _write("structure.oebin", _NOT_UTF8), "structure.oebin"),
@@ -545,6 +558,11 @@ CORPUS: list[Hostile] = [
     Hostile("unsafe name unicode", _glx, _same, "", phase="good", folder="ünïcode_mäus"),
     Hostile("unsafe name with __", _glx, _same, "", phase="good", folder="a__b"),
     Hostile("unsafe name with ..", _glx, _same, "", phase="good", folder="up..down"),
+    # issue #25: names whose keys were wrong (a newline kept in the key; a literal name equal to another's derived key)
+    Hostile("unsafe name ending in a newline", _glx, _same, "", phase="good", folder="trailing_newline\n"),
+    Hostile("unsafe name with control characters", _glx, _same, "", phase="good", folder="ctl\x1b[31m\x07\tname"),
+    Hostile("unsafe name whose derived key is a literal name", _glx, _same, "", phase="good", folder="mouse7 day3"),
+    Hostile("literal name equal to a derived key", _glx, _same, "", phase="good", folder="mouse7-day3-hcf373c60"),
 ]
 
 BAD = [c for c in CORPUS if c.phase != "good"]
@@ -739,7 +757,9 @@ def test_backfill_dry_run_over_the_whole_corpus(corpus, discovered, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ (d) sensor
-def test_one_sensor_tick_over_the_whole_corpus(corpus, discovered, dagster_instance):
+def test_one_sensor_tick_over_the_whole_corpus(corpus, discovered, dagster_instance, monkeypatch):
+    for name, value in corpus.env.items():
+        monkeypatch.setenv(name, value)
     sensor = sensors.build_new_session_sensor(settle_seconds=0, marker_name="", max_sessions_per_tick=None)
     logs: list[logging.LogRecord] = []
     result = tick(sensor, dagster_instance, corpus.platform, logs=logs)
@@ -750,13 +770,22 @@ def test_one_sensor_tick_over_the_whole_corpus(corpus, discovered, dagster_insta
     # An empty folder is a copy that has not started: it waits (said in the tick's debug log), it is not refused.
     waiting = [r.getMessage() for r in logs if r.getMessage().startswith("not complete yet:")]
     assert len(waiting) == 1 and f"{ROOT}/{EMPTY.name} (the folder is empty)" in waiting[0], waiting
-    for case in FOUND:
-        if case is EMPTY:
-            continue
-        mine = [w for w in warnings if w.startswith(f"skipped landing folder {ROOT}/{case.name}:")]
-        assert len(mine) == 1, f"{case.kind}: {mine}"
-        assert_says_file_and_fix(mine[0], corpus.named[case.kind], case.fix_hint)
-    assert len(warnings) == len(FOUND) - 1, warnings
+    # The log is bounded: the first SHOWN refused folders in full, the rest counted by reason in one line.
+    refused = [c for c in FOUND if c is not EMPTY]
+    by_name = {c.name: c for c in refused}
+    shown = [w for w in warnings if w.startswith("skipped landing folder ")]
+    assert len(shown) == SHOWN and len(warnings) == SHOWN + 1, warnings
+    for line in shown:
+        case = by_name[line.removeprefix(f"skipped landing folder {ROOT}/").split(": /", 1)[0]]
+        assert_says_file_and_fix(line, corpus.named[case.kind], case.fix_hint)
+    [summary] = [w for w in warnings if w.startswith(f"skipped {len(refused) - SHOWN} more landing folder(s) ")]
+    assert "`ks-platform sessions --skipped` lists each" in summary and " × " in summary
+    # Every refused folder's own report (file and fix) is in the catalog, as `sessions --skipped` lists it.
+    code, out, err = run_cli(["sessions", "--skipped", "--json"])
+    assert code == 0 and TRACEBACK not in err, err
+    reasons = {Path(row["folder"]).name: row["reason"] for row in json.loads(out)}
+    for case in refused:
+        assert_says_file_and_fix(reasons[case.name], corpus.named[case.kind], case.fix_hint)
 
 
 # ------------------------------------------------------------------------------------------ (e) Dagster runs
@@ -923,3 +952,274 @@ def test_convert_into_a_read_only_folder_says_so(read_only_store, corpus):
     code, stdout, stderr = run_cli(["convert", str(corpus.landing / GOOD[1]), "--out", str(out), "--quiet"])
     assert code == 2 and TRACEBACK not in stdout + stderr, stderr
     assert str(read_only_store) in stderr and "store cannot be written" in stderr and "Fix:" in stderr, stderr
+
+
+# ------------------------------------------------------------------------------------------ NaN probe through `sort`
+def test_sort_refuses_a_probe_with_nan_positions_before_kilosort(corpus, tmp_path):
+    [case] = [c for c in CORPUS if c.kind == "raw probe positions NaN"]
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(["sort", str(corpus.folder(case)), "--out", str(out), "--quiet"])
+    assert code == 2 and TRACEBACK not in stdout + stderr, stderr
+    assert_says_file_and_fix(stderr, corpus.named[case.kind], case.fix_hint)
+    assert not (out / "probe").exists() and not (out / "sorting").exists()
+
+
+def test_every_folder_of_the_corpus_gets_keys_of_its_own(discovered):
+    keys, _ = discovered
+    every = [key for folder_keys in keys.values() for key in folder_keys]
+    assert len(every) == len(set(every)), "two folders share a partition key"
+    assert all(key.isprintable() and "\n" not in key for key in every)
+
+
+# ------------------------------------------------------------------------------------------ landing catalog hazards
+# Issue #25: what the store, the catalog or the landing root can do to the catalog. Each hazard is applied to a small
+# landing root (four sessions, one retired, one folder that is not a session) whose store is a real tmpfs, then
+# `register`, `sessions`, `backfill --dry-run` and a sensor tick run while it lasts: no traceback, exit 0 or one
+# "error:" line with its fix; then the hazard is undone and nothing the catalog held is lost.
+HAZARD_SESSIONS = ("h0_g0", "h1_g0", "h2_g0", "h3_g0")
+CATALOG_WAIT = "1"
+
+
+@dataclass
+class HazardLab:
+    base: Path
+    landing: Path
+    store: Path
+    env: dict[str, str]
+
+    @property
+    def catalog(self) -> Path:
+        return self.store / CATALOG_DIR / "sessions.sqlite"
+
+    @property
+    def platform(self) -> PlatformResource:
+        return PlatformResource(store_root=str(self.store), landing_roots=f"{ROOT}={self.landing}", backend="cpu")
+
+    def session(self, name: str, salt: int) -> Path:
+        folder = _glx(self.landing / name)
+        with open(next(folder.glob("*.ap.bin")), "r+b") as handle:
+            handle.write(salt.to_bytes(2, "little") * 16)  # each its own fingerprint
+        return folder
+
+    def listing(self) -> dict[str, dict]:
+        code, out, err = run_cli(["sessions", "--json"])
+        assert code == 0 and TRACEBACK not in err, err
+        return {row["key"]: row for row in json.loads(out)}
+
+
+def _fill(lab: HazardLab) -> Callable[[], None]:
+    with open(lab.store / "filler", "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return lambda: (lab.store / "filler").unlink()
+
+
+def _read_only(lab: HazardLab) -> Callable[[], None]:
+    subprocess.run(["mount", "-o", "remount,ro", str(lab.store)], check=True)
+    return lambda: subprocess.run(["mount", "-o", "remount,rw", str(lab.store)], check=True)
+
+
+def _holding(script: str) -> Callable[[HazardLab], Callable[[], None]]:
+    def apply(lab: HazardLab) -> Callable[[], None]:
+        process = subprocess.Popen([sys.executable, "-c", script, str(lab.catalog)], stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == "held"
+        return lambda: (process.kill(), process.wait())
+
+    return apply
+
+
+_SQLITE_LOCK = (
+    "import sqlite3, sys, time\ndb = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+    "db.execute('BEGIN IMMEDIATE')\nprint('held', flush=True)\ntime.sleep(120)\n"
+)
+_REFRESH_LOCK = (
+    "import fcntl, os, sys, time\nhandle = open(os.path.join(os.path.dirname(sys.argv[1]), '.lock'), 'a+')\n"
+    "fcntl.flock(handle.fileno(), fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(120)\n"
+)
+
+
+def _damage(keep: int) -> Callable[[HazardLab], None]:
+    """Overwrite the catalog after its first ``keep`` bytes (0: the header too)."""
+
+    def apply(lab: HazardLab) -> None:
+        data = lab.catalog.read_bytes()
+        lab.catalog.write_bytes(data[:keep] + b"\xa5" * (len(data) - keep))
+
+    return apply
+
+
+def _moved_away(names: Callable[[HazardLab], list[str]]) -> Callable[[HazardLab], Callable[[], None]]:
+    def apply(lab: HazardLab) -> Callable[[], None]:
+        aside = lab.base / "aside"
+        aside.mkdir()
+        moved = names(lab)
+        for name in moved:
+            shutil.move(lab.landing / name, aside / name)
+        return lambda: [shutil.move(aside / name, lab.landing / name) for name in moved]
+
+    return apply
+
+
+def _root_renamed(lab: HazardLab) -> Callable[[], None]:
+    lab.landing.rename(lab.base / "unmounted")
+    return lambda: (lab.base / "unmounted").rename(lab.landing)
+
+
+def _added(build: Callable[[HazardLab], list[Path]]) -> Callable[[HazardLab], Callable[[], None]]:
+    def apply(lab: HazardLab) -> Callable[[], None]:
+        made = build(lab)
+        return lambda: [p.unlink() if p.is_symlink() else shutil.rmtree(p) for p in made]
+
+    return apply
+
+
+def _link_inside(lab: HazardLab) -> list[Path]:
+    link = lab.landing / "alias_g0"
+    os.symlink(lab.landing / HAZARD_SESSIONS[0], link)
+    return [link]
+
+
+def _colliding_names(lab: HazardLab) -> list[Path]:
+    return [lab.session("rec) '^g0", 11), lab.session("rec)~)[g0", 12)]  # one derived key name (8 hex digits)
+
+
+def _junk(lab: HazardLab) -> list[Path]:
+    made = []
+    for index in range(500):
+        folder = lab.landing / f"junk{index:04d}"
+        folder.mkdir()
+        if index % 2:
+            (folder / "notes.txt").write_text("not a recording")
+        made.append(folder)
+    return made
+
+
+def _future_file(lab: HazardLab) -> None:
+    os.utime(next((lab.landing / HAZARD_SESSIONS[1]).glob("*.meta")), (4102444800, 4102444800))
+
+
+def _schema_1(lab: HazardLab) -> None:
+    """The catalog as the previous version wrote it (schema 1: no absence times, no first-seen times)."""
+    import sqlite3
+
+    db = sqlite3.connect(lab.catalog, isolation_level=None)
+    try:
+        db.execute("ALTER TABLE folders DROP COLUMN absent_since")
+        db.execute("DROP TABLE pending")
+        db.execute("UPDATE meta SET value='1' WHERE name='schema'")
+    finally:
+        db.close()
+
+
+@dataclass(frozen=True)
+class Hazard:
+    kind: str
+    apply: Callable[[HazardLab], Callable[[], None] | None]  # returns what undoes it (None: nothing to undo)
+    #: the catalog cannot be written while it lasts: register and backfill say so in one line
+    blocks_writers: bool = False
+    #: the catalog cannot be read either while it lasts (damaged): sessions says so in one line
+    blocks_readers: bool = False
+
+
+HAZARDS = [
+    Hazard("store full", _fill, blocks_writers=True),
+    Hazard("store read-only", _read_only, blocks_writers=True),
+    Hazard("catalog locked by SQLite", _holding(_SQLITE_LOCK), blocks_writers=True),
+    Hazard("catalog locked by a stuck refresh", _holding(_REFRESH_LOCK), blocks_writers=True),
+    Hazard("catalog header damaged", _damage(0), blocks_readers=True),
+    Hazard("catalog pages damaged", _damage(4096), blocks_readers=True),
+    Hazard("catalog of the previous schema", _schema_1),
+    Hazard("landing root empty (unplugged)", _moved_away(lambda lab: list(HAZARD_SESSIONS) + ["notes_only"])),
+    Hazard("landing root gone (unmounted)", _root_renamed),
+    Hazard("landing root lost most folders", _moved_away(lambda lab: list(HAZARD_SESSIONS[1:]) + ["notes_only"])),
+    Hazard("session folder linked inside the root", _added(_link_inside)),
+    Hazard("two names with one derived key", _added(_colliding_names)),
+    Hazard("500 junk folders", _added(_junk)),
+    Hazard("a file dated in 2100", _future_file),
+]
+
+
+@pytest.fixture
+def hazard_lab(tmp_path, monkeypatch) -> Iterator[HazardLab]:
+    """Four sessions and a notes-only folder registered, a fifth session retired; the store on its own tmpfs."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.fail("these tests mount a tmpfs store: run them as root (CI does)")
+    store = tmp_path / "store"
+    store.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(store)], check=True)
+    try:
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        env = {
+            "DAGSTER_HOME": str(home),
+            "KS_PLATFORM_STORE": str(store),
+            "KS_PLATFORM_LANDING": f"{ROOT}={tmp_path / 'landing'}",
+            "KS_PLATFORM_CATALOG_WAIT_SECONDS": CATALOG_WAIT,
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        lab = HazardLab(tmp_path, tmp_path / "landing", store, env)
+        for salt, name in enumerate((*HAZARD_SESSIONS, "gone_g0"), start=1):
+            lab.session(name, salt)
+        _only("notes.txt", "not a recording")(lab.landing / "notes_only")
+        assert run_cli(["register"])[0] == 0
+        shutil.rmtree(lab.landing / "gone_g0")
+        monkeypatch.setenv("KS_PLATFORM_RETIRE_AFTER_SECONDS", "0")
+        assert run_cli(["register"])[0] == 0
+        monkeypatch.delenv("KS_PLATFORM_RETIRE_AFTER_SECONDS")
+        yield lab
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(store)], check=False)
+        if subprocess.run(["umount", str(store)], check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(store)], check=False)  # a handle left open by a failed check
+
+
+def _said_once(code: int, err: str, blocked: bool) -> None:
+    assert TRACEBACK not in err, err
+    if not blocked:
+        assert code == 0, err
+        return
+    assert code == 2, err
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Fix:" in line and str(Path(line.split(": ", 2)[1])).startswith("/"), line
+
+
+@pytest.mark.parametrize("hazard", HAZARDS, ids=[h.kind for h in HAZARDS])
+def test_a_catalog_hazard_is_no_traceback_and_loses_nothing(hazard, hazard_lab):
+    lab = hazard_lab
+    before = lab.listing()
+    assert [row["state"] for row in before.values()].count("retired") == 1 and len(before) == 5
+    undo = hazard.apply(lab)
+    try:
+        code, out, err = run_cli(["sessions", "--json"])
+        _said_once(code, err, hazard.blocks_readers)
+        if not hazard.blocks_readers:
+            assert {row["key"]: row for row in json.loads(out)} == before
+        code, _, err = run_cli(["register"])
+        _said_once(code, err, hazard.blocks_writers)
+        code, _, err = run_cli(["backfill", "--start", DATE.isoformat(), "--end", DATE.isoformat(), "--dry-run"])
+        _said_once(code, err, hazard.blocks_writers)
+        with dg.instance_for_test() as instance:
+            logs: list[logging.LogRecord] = []
+            result = tick(
+                sensors.build_new_session_sensor(settle_seconds=0, marker_name=""), instance, lab.platform, logs=logs
+            )
+        assert not any(TRACEBACK in r.getMessage() for r in logs)
+        if hazard.blocks_writers:
+            assert result.run_requests == [] and "Fix:" in result.skip_reason.skip_message
+    finally:
+        if undo is not None:
+            undo()
+    code, _, err = run_cli(["register"])
+    assert code == 0 and TRACEBACK not in err, err
+    after = lab.listing()
+    for key, row in before.items():  # nothing lost: every key is still there, as it was
+        assert key in after, key
+        assert after[key]["state"] == row["state"] and after[key]["cause"] == row["cause"], (key, after[key])
+        if row["state"] == "retired":
+            assert after[key] == row, key

@@ -375,7 +375,9 @@ def test_unsafe_folder_names_get_derived_keys_and_vanished_roots_do_not_stop_the
 def test_cursor_work_is_proportional_to_what_is_new(small_session, landing, tmp_path, dagster_instance, identify_calls):
     for i in range(5):
         copy_session(small_session, landing, f"s{i}_g0")
-    sensor = sensors.build_new_session_sensor(settle_seconds=0, marker_name="", max_sessions_per_tick=3)
+    sensor = sensors.build_new_session_sensor(
+        settle_seconds=0, marker_name="", max_sessions_per_tick=3, retire_after_seconds=0
+    )
     platform = platform_for(landing, tmp_path)
 
     first = tick(sensor, dagster_instance, platform)  # at most 3 opened per tick; the rest wait
@@ -389,7 +391,7 @@ def test_cursor_work_is_proportional_to_what_is_new(small_session, landing, tmp_
     assert [r.partition_key for r in third.run_requests] == [key_of("s5_g0")]
     assert [p.name for p in identify_calls[5:]] == ["s5_g0"]
 
-    shutil.rmtree(landing / "s0_g0")  # a removed folder retires its partition
+    shutil.rmtree(landing / "s0_g0")  # a removed folder retires its partition (retire_after_seconds=0: at once)
     fourth = tick(sensor, dagster_instance, platform, third.cursor)
     assert fourth.run_requests == [] and len(identify_calls) == 6
     [delete] = fourth.dynamic_partitions_requests

@@ -22,7 +22,7 @@ def _date(text: str) -> dt.date:
 
 def run_backfill(args: argparse.Namespace, instance=None, platform=None) -> int:
     """The command; ``instance``/``platform`` default to ``DAGSTER_HOME`` and the ``KS_PLATFORM_*`` environment."""
-    from ks_platform.cli.pipeline_commands import _instance, report_landing_roots, report_skipped
+    from ks_platform.cli.pipeline_commands import _instance, report_landing_roots, report_lifecycle, report_skipped
     from ks_platform.definitions import build_definitions
     from ks_platform.defs.resources import PlatformResource
     from ks_platform.operations import backfill
@@ -41,9 +41,8 @@ def run_backfill(args: argparse.Namespace, instance=None, platform=None) -> int:
     outcome = register_sessions(None if args.dry_run else instance, platform.roots(), store_root)
     if outcome.added:
         print(f"registered {len(outcome.added)} new session(s) from the landing roots")
-    for record in outcome.retired:
-        print(f"retired partition {record.key} ({record.cause}: {record.reason})", file=sys.stderr)
     report_skipped(outcome.skipped)
+    report_lifecycle(outcome)
 
     selection = backfill.select_backfill(
         instance, asset_graph, store_root, args.start, args.end, only_stale=args.only_stale
@@ -78,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "assets for the sessions recorded from --start to --end (inclusive). Folders that are not valid sessions, and "
         "landing roots that cannot be searched, are reported on stderr (file, problem, fix) with how many were "
         "skipped; the other sessions go on. Exit status: 0 when the roots were searched (even if folders were "
-        "skipped), 2 on a bad date range or an unusable configuration.",
+        "skipped), 2 on a bad date range, an unusable configuration or an unusable store (one error line naming the fix).",
     )
     parser.add_argument("--start", type=_date, required=True, help="first recording date, YYYY-MM-DD")
     parser.add_argument("--end", type=_date, required=True, help="last recording date (included), YYYY-MM-DD")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,7 +56,30 @@ def _instance():
                     file=sys.stderr,
                 )
         os.environ["DAGSTER_HOME"] = str(home)
-    return DagsterInstance.get()
+    with _first_start_lock(Path(os.environ["DAGSTER_HOME"])):
+        return DagsterInstance.get()
+
+
+#: Lock file in ``DAGSTER_HOME`` that commands starting the instance take turns on.
+INSTANCE_LOCK = ".ks_platform_instance.lock"
+
+
+@contextmanager
+def _first_start_lock(home: Path) -> Iterator[None]:
+    """Commands open the instance one at a time: Dagster creates a fresh SQLite instance's tables without a guard, so
+    two `register`s on a new ``DAGSTER_HOME`` failed with "table runs already exists". Unguarded when the folder
+    cannot hold the lock file (the instance then says what is wrong)."""
+    try:
+        handle = open(home / INSTANCE_LOCK, "a")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def report_landing_roots(platform) -> None:
@@ -85,25 +110,53 @@ def report_skipped(skipped: Sequence[tuple[Path, str]]) -> None:
         )
 
 
-def register_sessions(instance: DagsterInstance, platform: PlatformResource) -> list[str]:
-    """Sync the partitions with the landing catalog (``operations.sessions``); report skipped and retired ones."""
-    from ks_platform.operations.sessions import register_sessions as sync
+def report_lifecycle(outcome) -> None:
+    """A rebuilt catalog, unavailable landing roots, absent folders not retired yet, retired partitions (stderr)."""
+    from ks_platform.core.catalog import retire_after_from_env
+    from ks_platform.core.readiness import format_duration
 
-    report_landing_roots(platform)
-    outcome = sync(instance, platform.roots(), Path(platform.store_root))
     if outcome.rebuilt_because:
         print(f"warning: {outcome.rebuilt_because}", file=sys.stderr)
-    report_skipped(outcome.skipped)
+    for root in outcome.unavailable:
+        print(f"warning: {root.message}", file=sys.stderr)
+    if outcome.absent:
+        shown = ", ".join(label for label, _ in outcome.absent[:5])
+        more = f" (+{len(outcome.absent) - 5} more)" if len(outcome.absent) > 5 else ""
+        print(
+            f"{len(outcome.absent)} folder(s) absent from their landing root, not retired yet: {shown}{more}; they are "
+            f"retired once absent for {format_duration(retire_after_from_env())} (KS_PLATFORM_RETIRE_AFTER_SECONDS)",
+            file=sys.stderr,
+        )
     for record in outcome.retired:
         then = f"; now {record.successor}" if record.successor else ""
         print(f"retired partition {record.key} ({record.cause}: {record.reason}){then}", file=sys.stderr)
+
+
+def register_sessions(
+    instance: DagsterInstance, platform: PlatformResource, accept_roots: Sequence[str] = ()
+) -> list[str]:
+    """Sync the partitions with the landing catalog (``operations.sessions``); report skipped and retired ones."""
+    from ks_platform.core.errors import PlatformConfigError
+    from ks_platform.operations.sessions import register_sessions as sync
+
+    report_landing_roots(platform)
+    roots = platform.roots()
+    unknown = sorted(set(accept_roots) - set(roots))
+    if unknown:
+        raise PlatformConfigError(
+            f"--accept-root {', '.join(unknown)}: no such landing root (configured: {', '.join(sorted(roots))}). "
+            "Fix: name a root of KS_PLATFORM_LANDING"
+        )
+    outcome = sync(instance, roots, Path(platform.store_root), accept_roots=accept_roots)
+    report_skipped(outcome.skipped)
+    report_lifecycle(outcome)
     return outcome.active
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
     from ks_platform.defs.resources import PlatformResource
 
-    keys = register_sessions(_instance(), PlatformResource.from_env())
+    keys = register_sessions(_instance(), PlatformResource.from_env(), args.accept_root)
     print("\n".join(keys))
     return 0
 
@@ -174,8 +227,19 @@ def register(sub) -> None:
         "whose folder was deleted, renamed or re-dated are retired (see `ks-platform sessions --retired`). Only new or "
         "changed folders are read (the landing catalog in the store remembers the others). Folders that are not "
         "valid sessions, and landing roots that cannot be searched, are reported on stderr (file, problem, fix) with "
-        "how many were skipped; the other sessions are registered all the same. Exit status: 0 when the roots were "
-        "searched (even if folders were skipped), 2 when the platform's configuration is unusable.",
+        "how many were skipped; the other sessions are registered all the same. A folder is retired once it has been "
+        "absent for KS_PLATFORM_RETIRE_AFTER_SECONDS (one day) from a landing root that is available; a root that is "
+        "missing, empty or lost most of its folders at once retires nothing and is reported. Exit status: 0 when the "
+        "roots were searched (even if folders were skipped), 2 when the platform's configuration or the store is "
+        "unusable (one error line naming the fix).",
+    )
+    register_cmd.add_argument(
+        "--accept-root",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="the landing root NAME lost its folders on purpose: take its listing as it is now (its absent folders "
+        "are retired after the usual time); repeatable",
     )
     register_cmd.set_defaults(func=_cmd_register)
 

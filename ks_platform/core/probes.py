@@ -136,7 +136,15 @@ def validate_probe(probe: Probe, n_channels: int, path: Path) -> None:
         )
     if wired.size == 0:
         raise SessionInputError(path, "no contact is wired to a channel", "set the probe's channel indices")
-    positions = probe.contact_positions[:, :2]
+    positions = np.asarray(probe.contact_positions[:, :2], dtype=float)
+    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+    if bad.size:
+        contacts = ", ".join(str(int(i)) for i in bad[:5]) + (f" (+{bad.size - 5} more)" if bad.size > 5 else "")
+        raise SessionInputError(
+            path,
+            f"{bad.size} contact position(s) are not finite numbers (NaN or infinity): contact(s) {contacts}",
+            "give every contact a finite (x, y) position in micrometres (the probe file the rig or the maker wrote)",
+        )
     _, pos_counts = np.unique(np.round(positions, 3), axis=0, return_counts=True)
     if (pos_counts > 1).any():
         raise SessionInputError(
@@ -209,7 +217,11 @@ def kilosort_probe_from_json(payload: dict) -> dict:
 def load_probe_map(store: SessionStore) -> tuple[dict, dict]:
     """The Kilosort probe dict and the probe manifest of a session's ``probe/`` folder."""
     if not (store.probe_dir / PROBE_MANIFEST).is_file():
-        raise FileNotFoundError(f"{store.probe_dir} has no probe map: materialize probe_map first")
+        raise SessionInputError(
+            store.probe_dir / PROBE_MANIFEST,
+            "the session has no probe map (probe_map was not materialized, or its output was removed)",
+            "materialize probe_map for this partition first (or the whole sort_session job)",
+        )
     return kilosort_probe_from_json(read_json(store.probe_dir / KILOSORT_PROBE_JSON)), read_json(
         store.probe_dir / PROBE_MANIFEST
     )

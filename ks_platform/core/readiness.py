@@ -13,6 +13,11 @@ when the file is written, renamed or re-stamped, and creating or deleting a file
 times. On network mounts both times come from the file server's clock, compared here with this host's
 clock: keep the settle time well above any clock skew.
 
+A file dated ahead of this host's clock by more than ``FUTURE_TOLERANCE_SECONDS`` (a bad timestamp, a file
+server whose clock is far off) says nothing about when the folder last changed: such a folder is reported with how
+far ahead it is, and its settle time is counted on this host's clock from when the caller first saw it unchanged
+(``first_seen``), so it is neither sorted at once nor kept waiting forever.
+
 Either way a folder holding an in-progress copy (``*.part``, ``*.partial``, ``*.tmp``, ``*.crdownload``,
 ``*.filepart``, rsync's hidden ``.name.XXXXXX`` temporaries) or no file at all is never ready.
 
@@ -34,6 +39,10 @@ PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".filepart", ".!
 #: rsync writes ``.<name>.<6 random letters/digits>`` next to the final name, then renames it. A tail of
 #: six lowercase letters (``.notes.backup``) is taken for a word, not for rsync's random suffix.
 RSYNC_TEMP = re.compile(r"^\..+\.([A-Za-z0-9]{6})$")
+#: A file dated further ahead of this host's clock than this is "from the future" (not ordinary clock skew).
+FUTURE_TOLERANCE_SECONDS = 60.0
+#: Name endings of the files the recording formats read (only to order the work: the readers decide what is one).
+RECORDING_SUFFIXES = (".bin", ".dat", ".raw", ".meta", ".oebin", ".nwb", ".plx", ".continuous", ".zarr")
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,14 @@ class FolderScan:
     files: tuple[str, ...]
     #: The folder and its sub-folders (absolute paths); their times are read only when readiness is asked.
     dirs: tuple[str, ...]
+    #: Relative name of the file with the newest mtime/ctime ("" when there is none).
+    newest: str = ""
+
+    @property
+    def looks_like_recording(self) -> bool:
+        """True when a file or sub-folder has a name ending a recording format reads (a cheap hint, no file opened)."""
+        names = (*self.files, *(os.path.basename(d) for d in self.dirs[1:]))
+        return any(name.lower().endswith(RECORDING_SUFFIXES) for name in names)
 
     @property
     def in_progress(self) -> tuple[str, ...]:
@@ -90,6 +107,7 @@ def scan_folder(folder: Path) -> FolderScan:
     entries: list[tuple] = []
     dirs = [top]
     latest = 0
+    newest = ""
     stack = [(top, "")]
     while stack:
         path, prefix = stack.pop()
@@ -113,15 +131,13 @@ def scan_folder(folder: Path) -> FolderScan:
                     entries.append((rel, "gone"))
                     continue
                 mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
-                if mtime > latest:
-                    latest = mtime
-                if ctime > latest:
-                    latest = ctime
+                if mtime > latest or ctime > latest:
+                    latest, newest = max(mtime, ctime, latest), rel
                 entries.append((rel, st.st_size, mtime, ctime))
     entries.sort()
     signature = xxhash.xxh3_64_hexdigest(repr(entries).encode("utf-8", "surrogateescape"))
     files = tuple(e[0] for e in entries if len(e) == 4)
-    return FolderScan(signature, latest, files, tuple(dirs))
+    return FolderScan(signature, latest, files, tuple(dirs), newest)
 
 
 def fast_folder_signature(folder: Path) -> str:
@@ -139,11 +155,14 @@ def session_ready(
     now: float,
     *,
     scan: FolderScan | None = None,
+    first_seen: float | None = None,
 ) -> tuple[bool, str]:
     """``(ready, reason)`` for a landing folder (see the module docstring for the rules).
 
-    ``now`` is seconds since the epoch (``time.time()``); ``scan`` reuses a walk already made.
-    ``settle_seconds <= 0`` means "ready as soon as it is complete-looking" (tests, trusted atomic moves).
+    ``now`` is seconds since the epoch (``time.time()``); ``scan`` reuses a walk already made. ``first_seen`` is when
+    the caller first saw the folder as it is now (same walk signature); it times folders whose files are dated in
+    the future (``now`` when not given). ``settle_seconds <= 0`` means "ready as soon as it is complete-looking"
+    (tests, trusted atomic moves).
     """
     folder = Path(folder)
     if scan is None:
@@ -161,7 +180,26 @@ def session_ready(
         if (folder / marker_name).is_file():
             return True, f"marker {marker_name!r} present"
         return False, f"waiting for the marker file {marker_name!r}"
-    age = now - scan.latest_change()
+    latest = scan.latest_change()
+    ahead = latest - now
+    if ahead > FUTURE_TOLERANCE_SECONDS:
+        quiet = max(now - (now if first_seen is None else first_seen), 0.0)
+        dated = f"{scan.newest or 'a file'} is dated {format_duration(ahead)} ahead of this host's clock"
+        if settle_seconds <= 0 or quiet >= settle_seconds:
+            return True, f"{dated}; unchanged for {quiet:.0f} s by this host's clock (settle time {settle_seconds:g} s)"
+        return False, (
+            f"{dated} (a bad timestamp or the file server's clock); waiting until it has been unchanged for "
+            f"{settle_seconds:g} s by this host's clock ({quiet:.0f} s so far)"
+        )
+    age = now - latest
     if settle_seconds <= 0 or age >= settle_seconds:
         return True, f"unchanged for {max(age, 0.0):.0f} s (settle time {settle_seconds:g} s)"
     return False, f"changed {max(age, 0.0):.0f} s ago; waiting until it has been unchanged for {settle_seconds:g} s"
+
+
+def format_duration(seconds: float) -> str:
+    """A rough human length of time: ``45 s``, ``12 min``, ``5.0 h``, ``3.2 days``, ``74.1 years``."""
+    for unit, size, shown_from in (("years", 365.25 * 86400, 1), ("days", 86400, 2), ("h", 3600, 2)):
+        if seconds >= size * shown_from:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"

@@ -2,8 +2,10 @@
 
 Key grammar (stable; docs/partition_keys.md): ``<YYYY-MM-DD>__<root>__<session>__<probe>``, e.g.
 ``2026-03-02__rig1__mouse12_g0__imec0``. Each part is a *key name*: the real name when it is safe
-(letters, digits, ``._-``, no ``__`` or ``..``, at most 80 characters), else a slug of it plus ``-h`` and 8 hex
-digits of its hash, so raw folders are never renamed; the real names are kept in metadata.
+(letters, digits, ``._-``, no ``__`` or ``..``, at most 80 characters, no control character, not ending like a
+derived name), else a slug of it plus ``-h`` and 8 hex digits of its hash, so raw folders are never renamed; the real
+names are kept in metadata. A name that already ends in ``-h`` + 8 hex digits is derived too: a literal folder
+``mouse7-day3-hcf373c60`` and a folder ``mouse7 day3`` (whose derived name that is) get different keys.
 """
 
 from __future__ import annotations
@@ -26,17 +28,33 @@ KEY_SEPARATOR = "__"
 KEY_PARTS = ("date", "root", "session", "probe")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+|_{2,}|\.{2,}")
+#: The tail every derived key name has: a literal name ending like this would pass for another folder's key name.
+DERIVED_TAIL = re.compile(r"-h[0-9a-f]{8}")
 FINGERPRINT_EDGE_BYTES = 1024 * 1024
 
 
 def is_safe_name(name: str) -> bool:
-    """A name that can be a key part and a folder name as it is."""
-    return bool(SAFE_NAME.match(name)) and KEY_SEPARATOR not in name and ".." not in name and not name.endswith(".")
+    """A name that can be a key part and a folder name as it is (the whole name: a trailing newline is not safe)."""
+    return (
+        isinstance(name, str)
+        and bool(SAFE_NAME.fullmatch(name))
+        and KEY_SEPARATOR not in name
+        and ".." not in name
+        and not name.endswith(".")
+    )
+
+
+def looks_derived(name: str) -> bool:
+    """True for a name ending like a derived key name (``-h`` + 8 hex digits)."""
+    return len(name) > 10 and DERIVED_TAIL.fullmatch(name, len(name) - 10) is not None
 
 
 def key_name(name: str) -> str:
-    """``name`` itself when safe, else a readable slug of it plus ``-h<8 hex>`` of its hash (stable, unique)."""
-    if is_safe_name(name):
+    """``name`` itself when safe, else a readable slug of it plus ``-h<8 hex>`` of its hash (stable, unique).
+
+    A safe name that ends like a derived one is derived as well, so no literal name equals another name's derived
+    key name (the derived name of ``a-h0123abcd`` ends in ``-h0123abcd-h<its own hash>``)."""
+    if is_safe_name(name) and not looks_derived(name):
         return name
     slug = _UNSAFE_RUN.sub("-", name).strip("-._")[:60] or "x"
     return f"{slug}-h{xxhash.xxh3_64_hexdigest(name.encode('utf-8', 'surrogateescape'))[:8]}"
@@ -104,7 +122,11 @@ def check_name(name: str, path: Path) -> None:
 
 
 def session_dir(ref: SessionRef, landing_roots: dict[str, Path]) -> Path:
-    """The session folder whose key name is ``ref.name``, resolved inside its landing root (no escape)."""
+    """The session folder whose key name is ``ref.name``, resolved inside its landing root (no escape).
+
+    A folder named literally like a derived key name is not taken for the folder that name was derived from (its
+    own key name differs), and a session folder that is a symlink to a folder inside the root is refused.
+    """
     if ref.root not in landing_roots:
         raise SessionInputError(
             Path(ref.root),
@@ -113,15 +135,48 @@ def session_dir(ref: SessionRef, landing_roots: dict[str, Path]) -> Path:
         )
     root = Path(landing_roots[ref.root])
     direct = root / ref.name
-    if direct.is_dir():
-        return contained_path(root, direct)
-    for folder in candidate_folders(root):
-        if key_name(folder.name) == ref.name:
-            return contained_path(root, folder)
+    matches = [direct] if direct.is_dir() and key_name(direct.name) == ref.name else []
+    if not matches:
+        matches = [folder for folder in candidate_folders(root) if key_name(folder.name) == ref.name]
+    if len(matches) > 1:
+        names = ", ".join(repr(folder.name) for folder in matches)
+        raise SessionInputError(
+            root,
+            f"the folders {names} share the key name {ref.name!r}",
+            "rename one of them (the catalog keeps the first one registered)",
+        )
+    if matches:
+        refuse_linked_session(root, matches[0])
+        return contained_path(root, matches[0])
     raise SessionInputError(
         direct,
         "the session folder does not exist (moved, renamed or deleted since it was registered)",
         "put the folder back, or retire the partition",
+    )
+
+
+def refuse_linked_session(root: Path, folder: Path) -> None:
+    """Refuse a session folder that is a symlink to a folder inside its own landing root.
+
+    Such a link would give one recording two partitions (the link's and the target's, when the target is a session
+    folder itself) and a key that does not match the folder it resolves to. A link to a folder outside the root is
+    refused where every path is checked to stay inside its root (``contained_path``).
+    """
+    if not folder.is_symlink():
+        return
+    root_resolved = Path(root).resolve()
+    target = folder.resolve()
+    if target == root_resolved or root_resolved not in target.parents:
+        return
+    inside = target.relative_to(root_resolved)
+    registered = target.parent == root_resolved
+    raise SessionInputError(
+        folder,
+        f"the session folder is a symbolic link to {inside} inside the same landing root; links are not followed "
+        "there (one recording would get two keys)",
+        f"remove the link: {inside} is registered under its own name"
+        if registered
+        else f"move the folder {inside} itself to {folder} (replace the link by the folder)",
     )
 
 

@@ -2,7 +2,9 @@
 
 The work is plain Python: ``core/catalog.py`` (stat walk; only new or changed folders are opened) and
 ``core/session_plan.plan_tick`` (what to request). This module turns the :class:`TickPlan` into a
-``dg.SensorResult``. Stopped by default; see ``docs/decisions.md`` for why and for the tick's costs.
+``dg.SensorResult``. A store the catalog cannot be used in (locked, full, read-only, a newer schema) skips the tick
+with the error's one line (file and fix), the cursor kept: no traceback, nothing lost. Stopped by default; see
+``docs/decisions.md`` for why and for the tick's costs.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from ks_platform.core.catalog import Catalog
+from ks_platform.core.catalog import Catalog, retire_after_from_env
 from ks_platform.core.discovery import landing_root_problems
-from ks_platform.core.errors import PlatformConfigError
+from ks_platform.core.errors import PlatformConfigError, SessionInputError
 from ks_platform.core.names import MARKER_ENV, NEW_SESSION_SENSOR_NAME, SETTLE_ENV, SORT_JOB_NAME
 from ks_platform.core.session_plan import TickPlan, cursor_position, plan_tick
 from ks_platform.defs.ingest import raw_recording
@@ -91,13 +93,17 @@ def build_new_session_sensor(
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
     max_sessions_per_tick: int | None = DEFAULT_MAX_SESSIONS_PER_TICK,
     clock: Callable[[], float] = time.time,
+    retire_after_seconds: float | None = None,
 ) -> dg.SensorDefinition:
     """The landing-root sensor. ``settle_seconds``/``marker_name`` default to ``KS_PLATFORM_SETTLE_SECONDS``
     (120) and ``KS_PLATFORM_READY_MARKER`` (unset = use the settle time); pass ``marker_name=""`` to ignore
-    the variable. ``max_sessions_per_tick`` caps the folders opened and the partitions requested per tick
-    (None: no cap); ``clock`` is for tests.
+    the variable. ``max_sessions_per_tick`` caps the folders opened (settled ones that look like recordings
+    first) and the partitions requested per tick (None: no cap). ``retire_after_seconds`` (default
+    ``KS_PLATFORM_RETIRE_AFTER_SECONDS``, one day): how long a folder must be absent from an available landing
+    root before its partitions are retired. ``clock`` is for tests.
     """
     settle = settle_seconds_from_env() if settle_seconds is None else float(settle_seconds)
+    retire_after = retire_after_from_env() if retire_after_seconds is None else float(retire_after_seconds)
     marker = _check_marker(marker_from_env() if marker_name is None else marker_name)
     rule = f"marker file {marker!r}" if marker else f"{settle:g} s without changes"
 
@@ -108,8 +114,9 @@ def build_new_session_sensor(
         default_status=default_status,
         description=(
             f"Adds complete session folders from the landing roots as partitions and sorts each once per content "
-            f"fingerprint (run key <partition>:<fingerprint>); retires partitions whose folder was deleted, renamed "
-            f"or re-dated. Complete = {rule}. Bad folders are logged and skipped until they change."
+            f"fingerprint (run key <partition>:<fingerprint>); retires partitions whose folder was renamed or "
+            f"re-dated, or absent for {retire_after:g} s from an available landing root. Complete = {rule}. Bad "
+            f"folders are logged and skipped until they change."
         ),
     )
     def new_session_sensor(context: dg.SensorEvaluationContext, platform: PlatformResource) -> dg.SensorResult:
@@ -117,14 +124,24 @@ def build_new_session_sensor(
         roots = platform.roots()
         for problem in landing_root_problems(roots, Path(platform.store_root)):
             context.log.warning(problem)
-        with Catalog(Path(platform.store_root)) as catalog:
-            if catalog.rebuilt_because:
-                context.log.warning(catalog.rebuilt_because)
-            refresh = catalog.refresh(
-                roots, settle_seconds=settle, marker_name=marker, now=now, max_open=max_sessions_per_tick
-            )
-            changes = catalog.changes_since(cursor_position(context.cursor, catalog.catalog_id), max_sessions_per_tick)
-            plan = plan_tick(refresh, changes, catalog.catalog_id, max_sessions_per_tick)
+        try:
+            with Catalog(Path(platform.store_root)) as catalog:
+                if catalog.rebuilt_because:
+                    context.log.warning(catalog.rebuilt_because)
+                refresh = catalog.refresh(
+                    roots,
+                    settle_seconds=settle,
+                    marker_name=marker,
+                    now=now,
+                    max_open=max_sessions_per_tick,
+                    retire_after=retire_after,
+                )
+                position = cursor_position(context.cursor, catalog.catalog_id)
+                changes = catalog.changes_since(position, max_sessions_per_tick)
+                plan = plan_tick(refresh, changes, catalog.catalog_id, max_sessions_per_tick)
+        except SessionInputError as exc:  # locked, full or read-only store: this tick does nothing, loses nothing
+            context.log.error(f"landing catalog unusable, tick skipped: {exc}")
+            return dg.SensorResult(skip_reason=f"landing catalog unusable: {exc}", cursor=context.cursor)
         return sensor_result(plan, lambda level, message: getattr(context.log, level)(message))
 
     return new_session_sensor
