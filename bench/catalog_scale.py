@@ -216,6 +216,9 @@ def child(n: int, workdir: Path | None) -> dict:
     from ks_platform.cli import main as cli
     from ks_platform.defs.resources import PlatformResource
 
+    from ks_platform.core.names import RETIRE_AFTER_ENV
+
+    os.environ[RETIRE_AFTER_ENV] = "0"  # the deleted session is retired by the next refresh, as before the grace time
     traffic = Traffic()
     with tempfile.TemporaryDirectory(dir=workdir, prefix=f"catalog_scale_{n}_") as tmp:
         tmp = Path(tmp)

@@ -94,7 +94,8 @@ def conversion_child(session: Path, out: Path) -> dict:
 
     source = open_recording(session)
     for path in source.data_files:
-        with open(path, "rb") as handle:
+        with open(path, "rb") as handle:  # on disk, then out of the page cache: a cold read
+            os.fsync(handle.fileno())
             os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     started = time.perf_counter()
     binary = write_recording_binary(source, out, allow_zero_copy=False)
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline", default=BASELINE)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--parts", nargs="+", choices=("discovery", "conversion"), default=["discovery", "conversion"])
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -160,20 +162,26 @@ def main() -> None:
         subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=REPO, check=True)
         try:
             codes = {"this": REPO, "baseline": baseline}
-            print(f"writing {args.sessions} sessions …", flush=True)
-            landing = work / "landing"
-            write_sessions(landing, args.sessions)
-            discovery = {name: run_child(code, "discover", str(landing)) for name, code in codes.items()}
-            for name, row in discovery.items():
-                print(f"discovery [{name}]: {row}", flush=True)
+            discovery: dict = {}
+            if "discovery" in args.parts:
+                print(f"writing {args.sessions} sessions …", flush=True)
+                landing = work / "landing"
+                write_sessions(landing, args.sessions)
+                discovery = {name: run_child(code, "discover", str(landing)) for name, code in codes.items()}
+                for name, row in discovery.items():
+                    print(f"discovery [{name}]: {row}", flush=True)
             session = work / "conversion"
-            write_conversion_source(session, args.gb)
             pairs = []
-            for repeat in range(args.repeats):
+            if "conversion" in args.parts:
+                write_conversion_source(session, args.gb)
+                subprocess.run(["sync"], check=True)
+            for repeat in range(args.repeats if "conversion" in args.parts else 0):
                 order = list(codes) if repeat % 2 == 0 else list(reversed(codes))
                 pair = {}
                 for name in order:
                     out = work / f"out_{name}_{repeat}"
+                    subprocess.run(["sync"], check=True)
+                    time.sleep(1.0)
                     pair[name] = run_child(codes[name], "convert", str(session), str(out))
                     subprocess.run(["rm", "-rf", str(out)], check=True)
                 pair["ratio"] = round(pair["this"]["mb_s"] / pair["baseline"]["mb_s"], 3)
@@ -191,12 +199,15 @@ def main() -> None:
         "discovery": discovery,
         "conversion_gb": args.gb,
         "conversion": pairs,
-        "conversion_ratio_median": statistics.median(p["ratio"] for p in pairs),
+        "conversion_ratio_median": statistics.median(p["ratio"] for p in pairs) if pairs else None,
+        "conversion_mb_s_median": {
+            name: statistics.median(p[name]["mb_s"] for p in pairs) for name in ("this", "baseline") if pairs
+        },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     rows = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     RESULTS.write_text(json.dumps([*rows, row], indent=1) + "\n")
-    print(json.dumps({k: row[k] for k in ("discovery", "conversion_ratio_median")}, indent=1))
+    print(json.dumps({k: row[k] for k in ("discovery", "conversion_ratio_median", "conversion_mb_s_median")}, indent=1))
 
 
 if __name__ == "__main__":

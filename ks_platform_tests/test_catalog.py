@@ -37,7 +37,7 @@ from ks_platform.core.catalog import (
     PartitionRecord,
     RefreshReport,
 )
-from ks_platform.core.names import FINGERPRINT_TAG, RETIRED_MARKER, SESSIONS_PARTITIONS_NAME
+from ks_platform.core.names import FINGERPRINT_TAG, RETIRE_AFTER_ENV, RETIRED_MARKER, SESSIONS_PARTITIONS_NAME
 from ks_platform.core.session_plan import cursor_position, dump_cursor, plan_tick
 from ks_platform.core.store import SessionStore
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
@@ -412,7 +412,7 @@ def test_sessions_command_lists_active_and_retired(template, tmp_path, monkeypat
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     monkeypatch.setenv("KS_PLATFORM_LANDING", f"{ROOT}={landing}")
     monkeypatch.setenv("KS_PLATFORM_STORE", str(tmp_path / "store"))
-    monkeypatch.setenv(catalog.RETIRE_AFTER_ENV, "0")  # retire a folder as soon as it is absent
+    monkeypatch.setenv(RETIRE_AFTER_ENV, "0")  # retire a folder as soon as it is absent
 
     def run(*argv: str) -> str:
         out = StringIO()

@@ -31,7 +31,7 @@ from ks_platform.cli import pipeline_commands
 from ks_platform.core import catalog
 from ks_platform.core.catalog import ACTIVE, DELETED, RETIRED, catalog_path, current_session_folder
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.names import CATALOG_DIR, RETIRED_MARKER
+from ks_platform.core.names import CATALOG_DIR, CATALOG_WAIT_ENV, RETIRE_AFTER_ENV, RETIRED_MARKER
 from ks_platform.core.sessions import SessionRef, key_name, session_dir
 from ks_platform.core.synthetic import make_spikeglx_session
 from ks_platform.defs import sensors
@@ -132,7 +132,7 @@ def digest(path: Path) -> str:
 
 def with_one_retired(lab: Lab, monkeypatch) -> dict[str, dict]:
     """Three sessions registered, one with outputs retired (deleted), one without outputs retired; their listing."""
-    monkeypatch.setenv(catalog.RETIRE_AFTER_ENV, "0")
+    monkeypatch.setenv(RETIRE_AFTER_ENV, "0")
     for name in ("keep_g0", "sorted_g0", "unsorted_g0"):
         lab.add(name, distinct=len(name))
     assert lab.cli("register")[0] == 0
@@ -149,7 +149,7 @@ def with_one_retired(lab: Lab, monkeypatch) -> dict[str, dict]:
         key_of("sorted_g0"): RETIRED,
         key_of("unsorted_g0"): RETIRED,
     }
-    monkeypatch.delenv(catalog.RETIRE_AFTER_ENV)
+    monkeypatch.delenv(RETIRE_AFTER_ENV)
     return listing
 
 
@@ -319,7 +319,7 @@ def test_a_locked_catalog_is_one_error_line_after_the_wait_and_reads_go_on(lab, 
     lab.add("first_g0")
     assert lab.cli("register")[0] == 0
     lab.add("second_g0", distinct=3)
-    monkeypatch.setenv(catalog.WAIT_ENV, "1")
+    monkeypatch.setenv(CATALOG_WAIT_ENV, "1")
     path = catalog_path(lab.store.resolve())
     process = subprocess.Popen([sys.executable, "-c", HOLDERS[holder], str(path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -452,11 +452,11 @@ def test_a_folder_back_before_the_retire_time_is_untouched(harness, tmp_path):
 
 
 def test_the_retire_time_is_configurable_and_checked(monkeypatch):
-    monkeypatch.setenv(catalog.RETIRE_AFTER_ENV, "3600")
+    monkeypatch.setenv(RETIRE_AFTER_ENV, "3600")
     assert "absent for 3600 s" in sensors.build_new_session_sensor().description
     for bad in ("soon", "-5", "nan"):
-        monkeypatch.setenv(catalog.RETIRE_AFTER_ENV, bad)
-        with pytest.raises(Exception, match=catalog.RETIRE_AFTER_ENV):
+        monkeypatch.setenv(RETIRE_AFTER_ENV, bad)
+        with pytest.raises(Exception, match=RETIRE_AFTER_ENV):
             sensors.build_new_session_sensor()
 
 

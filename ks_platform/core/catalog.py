@@ -46,7 +46,7 @@ import xxhash
 
 from ks_platform.core.discovery import FoundSession, identify_session, unexpected_error
 from ks_platform.core.errors import PlatformConfigError, SessionInputError
-from ks_platform.core.names import CATALOG_DIR, CATALOG_FILE, RETIRED_MARKER
+from ks_platform.core.names import CATALOG_DIR, CATALOG_FILE, CATALOG_WAIT_ENV, RETIRE_AFTER_ENV, RETIRED_MARKER
 from ks_platform.core.readiness import FUTURE_TOLERANCE_SECONDS, FolderScan, format_duration, scan_folder, session_ready
 from ks_platform.core.sessions import SessionRef, key_name, parse_partition_key, refuse_linked_session, session_dir
 from ks_platform.core.store import SessionStore, read_json, write_json_atomic
@@ -67,10 +67,8 @@ REKEYED = "re-keyed"
 
 #: How long a folder must be absent from an available landing root before its partitions are retired.
 RETIRE_AFTER_SECONDS = 86400.0
-RETIRE_AFTER_ENV = "KS_PLATFORM_RETIRE_AFTER_SECONDS"
 #: How long a command or a sensor tick waits for the catalog while another one holds it.
 WAIT_SECONDS = 60.0
-WAIT_ENV = "KS_PLATFORM_CATALOG_WAIT_SECONDS"
 #: A root that lists fewer than this fraction of the session folders present at its last listing lost "most of its
 #: folders at once" (junk folders do not count: cleaning them up is no alarm) ...
 LOST_FRACTION = 0.5
@@ -276,7 +274,7 @@ class Catalog:
     def __init__(self, store_root: Path, *, wait_seconds: float | None = None, _read_only: bool = False) -> None:
         self.store_root = Path(store_root).expanduser().resolve()
         self.path = catalog_path(self.store_root)
-        self.wait_seconds = seconds_from_env(WAIT_ENV, WAIT_SECONDS) if wait_seconds is None else wait_seconds
+        self.wait_seconds = seconds_from_env(CATALOG_WAIT_ENV, WAIT_SECONDS) if wait_seconds is None else wait_seconds
         self.read_only = _read_only
         #: Set when the file was unusable and a new one was started (the caller may log it again).
         self.rebuilt_because: str | None = None

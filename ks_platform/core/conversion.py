@@ -191,11 +191,17 @@ def load_recording_binary(binary_dir: Path) -> RecordingBinary:
     """Read back a binary's manifest (``path``: ``binary_dir/recording.bin``); refuses a missing or dangling one."""
     manifest = binary_dir / MANIFEST_NAME
     if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest} is missing: materialize recording_binary for this session first")
+        raise SessionInputError(
+            manifest,
+            "the session has no recording binary (recording_binary was not materialized, or its output was removed)",
+            "materialize recording_binary for this partition first (or the whole sort_session job)",
+        )
     # The binary is where the manifest is now: the recorded path goes stale when the store moves.
     binary = replace(RecordingBinary.from_json(read_json(manifest)), path=binary_dir / BINARY_NAME)
     if not binary.path.exists():
-        raise FileNotFoundError(
-            f"{binary.path} is missing or its zero-copy source has moved: re-materialize recording_binary"
+        raise SessionInputError(
+            binary.path,
+            "the binary is missing, or the landing file it links to (zero-copy) has moved",
+            "put the landing folder back where it was, or re-materialize recording_binary",
         )
     return binary

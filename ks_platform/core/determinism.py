@@ -98,12 +98,7 @@ def load_binary(binary: Path) -> RecordingBinary:
         raise SessionInputError(
             binary, "not a recording-binary folder", "give the store's <session>/binary folder (it holds binary.json)"
         )
-    try:
-        return load_recording_binary(folder)
-    except FileNotFoundError as exc:
-        raise SessionInputError(
-            folder, str(exc), "give the store's <session>/binary folder of a materialized session"
-        ) from None
+    return load_recording_binary(folder)  # a missing or dangling binary: one error naming it and the fix
 
 
 def load_kilosort_probe(path: Path) -> dict:

@@ -43,6 +43,10 @@ ROLLUP_START_ENV = "KS_PLATFORM_ROLLUP_START"
 #: Landing sensor: seconds a session folder must stay unchanged, and the marker file that says it is complete.
 SETTLE_ENV = "KS_PLATFORM_SETTLE_SECONDS"
 MARKER_ENV = "KS_PLATFORM_READY_MARKER"
+#: How long a session folder must be absent from an available landing root before its partitions are retired (s).
+RETIRE_AFTER_ENV = "KS_PLATFORM_RETIRE_AFTER_SECONDS"
+#: How long a command or a sensor tick waits for the landing catalog while another one holds it (s).
+CATALOG_WAIT_ENV = "KS_PLATFORM_CATALOG_WAIT_SECONDS"
 
 # --- Run and op tags -----------------------------------------------------------------------------------------------
 #: Op tag: what a step needs (``gpu``); the placing executors read it.

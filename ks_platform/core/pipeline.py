@@ -338,6 +338,12 @@ def score_session(session: Session, store: SessionStore, probe: str | None = Non
     spec = find_ground_truth(scan.folder, source.data_files, source.probe_name)
     if spec is None:
         return None
+    if not (store.sorting_dir / SUMMARY_FILE).is_file():
+        raise SessionInputError(
+            store.sorting_dir / SUMMARY_FILE,
+            "the session has no sorting to score (sorted_units was not materialized, or its output was removed)",
+            "materialize sorted_units for this partition first",
+        )
     spikes = np.load(store.sorting_dir / "spike_times.npy").ravel()
     clusters = np.load(store.sorting_dir / "spike_clusters.npy")
     binary = conversion.load_recording_binary(store.binary_dir)
@@ -352,7 +358,11 @@ def export_phy(store: SessionStore, session: Session | None = None, probe: str |
     binary = conversion.load_recording_binary(store.binary_dir)
     ks_probe, _ = load_probe_map(store)
     if not (store.sorting_dir / SUMMARY_FILE).is_file():
-        raise FileNotFoundError(f"{store.sorting_dir} has no sorting: materialize sorted_units first")
+        raise SessionInputError(
+            store.sorting_dir / SUMMARY_FILE,
+            "the session has no sorting (sorted_units was not materialized, or its output was removed)",
+            "materialize sorted_units for this partition first (or the whole sort_session job)",
+        )
     segments = segments_from_manifest(read_json(store.raw_manifest)) if store.raw_manifest.is_file() else []
     curation.preserve_phy_curation(store)  # a curation saved in Phy outlives the rebuilt folder (curation/history/)
     bundle = phy.build_phy_bundle(
@@ -386,7 +396,11 @@ def measure_units(store: SessionStore, session: Session | None = None, probe: st
     from ks_platform.core import quality
 
     if not (store.phy_dir / "params.py").is_file():
-        raise FileNotFoundError(f"{store.phy_dir} has no Phy folder: materialize phy_bundle first")
+        raise SessionInputError(
+            store.phy_dir / "params.py",
+            "the session has no Phy folder (phy_bundle was not materialized, or its output was removed)",
+            "materialize phy_bundle for this partition first",
+        )
     metrics = quality.compute_unit_metrics(store, verify=publish_check(session, store, probe))
     version = settings.settings_hash({"units": metrics.table.to_dict(orient="records")})
     return StepOutput(
