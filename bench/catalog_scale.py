@@ -214,9 +214,8 @@ def child(n: int, workdir: Path | None) -> dict:
     import dagster as dg
 
     from ks_platform.cli import main as cli
-    from ks_platform.defs.resources import PlatformResource
-
     from ks_platform.core.names import RETIRE_AFTER_ENV
+    from ks_platform.defs.resources import PlatformResource
 
     os.environ[RETIRE_AFTER_ENV] = "0"  # the deleted session is retired by the next refresh, as before the grace time
     traffic = Traffic()
