@@ -117,6 +117,10 @@ def write_two_probe_two_gate_run(session: Path, scratch: Path, run: str = "mouse
     return files
 
 
+#: The Open Ephys node's first sample number (acquisition ran 1 s before recording started, as on a rig).
+OPENEPHYS_FIRST_SAMPLE = 30_000
+
+
 def write_openephys_two_probe_node(session: Path, scratch: Path) -> dict[str, np.ndarray]:
     """One Open Ephys Record Node holding ProbeA and ProbeB (``OPENEPHYS_PROBES``; NP1.0 part number with the
     plugin's positions; ``bit_volts`` = the NP1.0 µV per bit; no AUX/ADC channels, as the plugin records) plus an
@@ -133,6 +137,10 @@ def write_openephys_two_probe_node(session: Path, scratch: Path) -> dict[str, np
         traces[name] = frames[:, :-1]
         positions = np1_probe(spec.n_channels, spec.channels).contact_positions + [PLUGIN_X_OFFSET_UM, 0.0]
         probes.append(OpenEphysProbe(name, traces[name], positions, part_number="PRB_1_4_0480_1"))
+        truth_file = generated / f"{Path(GROUND_TRUTH_SPEC).stem}.{name}.npz"
+        truth = dict(np.load(truth_file))
+        truth["samples"] = truth["samples"] + OPENEPHYS_FIRST_SAMPLE  # the truth on the acquisition clock
+        np.savez(truth_file, **truth)
         for item in generated.iterdir():
             if item.name.startswith(Path(GROUND_TRUTH_SPEC).stem):
                 shutil.move(item, session / item.name)
@@ -147,5 +155,6 @@ def write_openephys_two_probe_node(session: Path, scratch: Path) -> dict[str, np
         uv_per_bit=NP1_UV_PER_BIT,
         extra_channels=(),
         extra_streams=[nidaq],
+        first_sample=OPENEPHYS_FIRST_SAMPLE,
     )
     return traces
