@@ -64,6 +64,28 @@ class SlurmCluster:
         """Job ids slurmctld still has queued or running."""
         return self.run("squeue", "-h", "-o", "%i").split()
 
+    def slurmd_pid(self) -> int | None:
+        try:
+            return int((self.base / "slurmd.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def start_slurmd(self) -> None:
+        """Start slurmd (again, e.g. after a test killed it); the node rejoins (``ReturnToService=2``)."""
+        done = subprocess.run(
+            ["/usr/sbin/slurmd", "-f", str(self.conf), "-N", NODE],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=60,
+            check=False,
+        )
+        if done.returncode:
+            raise RuntimeError(f"slurmd failed ({done.returncode}): {done.stderr.strip()}\n{self.logs()}")
+
+    def node_state(self) -> str:
+        return self.run("sinfo", "-h", "-n", NODE, "-o", "%T").strip()
+
     def logs(self) -> str:
         return "\n".join(
             f"== {path.name}\n{path.read_text(errors='replace')[-3000:]}"
@@ -91,9 +113,17 @@ def _memory_mib() -> int:
     return max(1024, total_kib // 1024 - 1024)  # leave the OS 1 GiB
 
 
-def write_config(base: Path, cpus: int, memory_mib: int, dbd_port: int | None = None, min_job_age: int = 600) -> Path:
+def write_config(
+    base: Path,
+    cpus: int,
+    memory_mib: int,
+    dbd_port: int | None = None,
+    min_job_age: int = 600,
+    slurmd_timeout: int = 300,
+) -> Path:
     """``slurm.conf`` + ``gres.conf`` + the munge key and the fake GPU device under ``base``; with ``dbd_port``, job
-    accounting goes to the slurmdbd on that port."""
+    accounting goes to the slurmdbd on that port. ``slurmd_timeout``: seconds slurmctld waits for a silent node
+    before it marks it DOWN and its jobs NODE_FAIL."""
     for folder in ("state", "spool", "log", "dev"):
         (base / folder).mkdir()
     key = base / "munge.key"
@@ -128,6 +158,7 @@ def write_config(base: Path, cpus: int, memory_mib: int, dbd_port: int | None = 
         "JobCompType": "jobcomp/filetxt",
         "JobCompLoc": str(base / "jobcomp.txt"),
         "MinJobAge": str(min_job_age),
+        "SlurmdTimeout": str(slurmd_timeout),
         "ReturnToService": "2",
         "SchedulerType": "sched/backfill",
         "SchedulerParameters": "sched_interval=1",
@@ -248,13 +279,44 @@ def _stop(pid_file: Path) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def _kill_job_processes(conf: Path) -> None:
+    """SIGKILL the ``slurmstepd`` processes of this cluster (and what runs under them) that outlived its slurmd (a job
+    orphaned by a killed slurmd keeps running otherwise)."""
+    marker = f"SLURM_CONF={conf}".encode()
+    children: dict[int, list[int]] = {}
+    stepds = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+            if (entry / "comm").read_text().strip() == "slurmstepd" and marker in (entry / "environ").read_bytes():
+                stepds.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    doomed, todo = [], list(stepds)
+    while todo:
+        pid = todo.pop()
+        doomed.append(pid)
+        todo.extend(children.get(pid, []))
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @contextmanager
-def slurm_cluster(accounting: bool = False, min_job_age: int = 600) -> Iterator[SlurmCluster]:
+def slurm_cluster(
+    accounting: bool = False, min_job_age: int = 600, slurmd_timeout: int = 300
+) -> Iterator[SlurmCluster]:
     """Start munged (then MariaDB and slurmdbd with ``accounting``), slurmctld and slurmd; yield once ``sinfo`` shows
-    the node idle; stop them and delete the dir. ``min_job_age``: seconds slurmctld keeps an ended job."""
+    the node idle; stop them, kill job processes they left and delete the dir. ``min_job_age``: seconds slurmctld keeps
+    an ended job; ``slurmd_timeout``: seconds until a silent node is DOWN."""
     base = Path(tempfile.mkdtemp(prefix="ks-platform-slurm-"))
     dbd_port = _free_port() if accounting else None
-    conf = write_config(base, os.cpu_count() or 1, _memory_mib(), dbd_port, min_job_age)
+    conf = write_config(base, os.cpu_count() or 1, _memory_mib(), dbd_port, min_job_age, slurmd_timeout)
     cluster = SlurmCluster(conf, base, base / "jobcomp.txt")
     env = cluster.env()
     started: list[Path] = []
@@ -319,6 +381,7 @@ def slurm_cluster(accounting: bool = False, min_job_age: int = 600) -> Iterator[
             subprocess.run(["scancel", job], env=env, check=False, timeout=60)
         for pid_file in reversed(started):
             _stop(pid_file)
+        _kill_job_processes(conf)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -678,8 +678,9 @@ def test_terminating_a_run_stops_and_removes_its_containers(pg_instance, tmp_pat
 def test_container_killed_mid_sort_fails_the_step_clearly_with_nothing_half_written(
     pg_instance, tmp_path, engine_and_cpu_image, generated_session, monkeypatch
 ):
-    """SIGKILL of the sorted_units container while Kilosort writes: the step fails with the exit code (the op has no
-    retry policy: one sort), the run fails, no ``sorting/`` under its final name, no container, lock and slot free."""
+    """SIGKILL of the sorted_units container while Kilosort writes: the step fails with the exit code (retries off in
+    this run: the sort's own policy would sort again), the run fails, no ``sorting/`` under its final name, no
+    container, lock and slot free."""
     from ks_platform.core.store import LOCK_FILE
 
     client, image = engine_and_cpu_image
@@ -692,7 +693,7 @@ def test_container_killed_mid_sort_fails_the_step_clearly_with_nothing_half_writ
     worker = RunWorker(
         tmp_path / "worker",
         "sort_session_in_containers",
-        {"execution": {"config": {"inventory": config}}},
+        {"execution": {"config": {"inventory": config, "retries": {"disabled": {}}}}},
         tags={"dagster/partition": key},
     )
     try:

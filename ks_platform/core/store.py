@@ -23,6 +23,11 @@ from typing import Any
 STORE_KEY = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,400}$")
 TEMP_MARK = ".tmp-"
 OLD_MARK = ".old-"
+#: Set by an executor that can lose sight of a running step (SLURM: a node stops answering while its job runs on): the
+#: file naming the step's live attempt, and this process's attempt token. A publish by an attempt that is no longer
+#: the live one (the executor failed, cancelled or retried it) is refused, so an orphan never replaces outputs.
+ATTEMPT_FILE_ENV = "KS_PLATFORM_ATTEMPT_FILE"
+ATTEMPT_TOKEN_ENV = "KS_PLATFORM_ATTEMPT_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -150,27 +155,62 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+class StaleAttemptError(RuntimeError):
+    """This process's step attempt is no longer the live one: it must not publish."""
+
+
+@contextmanager
+def live_attempt(final: Path) -> Iterator[None]:
+    """Hold the attempt file (shared ``flock``) while publishing ``final``; refuse unless this attempt is the live one.
+
+    A no-op unless :data:`ATTEMPT_FILE_ENV` and :data:`ATTEMPT_TOKEN_ENV` are set. The executor rewrites the file
+    under an exclusive lock when it gives up on an attempt, so a publish either ends before that or is refused.
+    """
+    path, token = os.environ.get(ATTEMPT_FILE_ENV), os.environ.get(ATTEMPT_TOKEN_ENV)
+    if not path or not token:
+        yield
+        return
+    try:
+        handle = open(path)  # noqa: SIM115 - held for the whole publish
+    except OSError as exc:
+        raise StaleAttemptError(
+            f"{final}: not published: the attempt file {path} cannot be read ({exc.strerror}), so this step attempt "
+            "cannot show it is the live one. Fix: nothing here; the executor's retry or a new run writes this output"
+        ) from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        live = handle.read().strip()
+        if live != token:
+            raise StaleAttemptError(
+                f"{final}: not published: this step attempt ({token[:12]}) is no longer the live one ({path}: "
+                f"{live[:200] or 'empty'}); the executor failed, cancelled or retried it. Fix: nothing here; the "
+                "executor's retry or a new run writes this output"
+            )
+        yield
+
+
 def replace_path(staged: Path, final: Path) -> None:
     """Move ``staged`` to ``final``: ``final`` is always either the complete old output or the complete new one.
 
     An existing ``final`` is exchanged with ``staged`` atomically (``RENAME_EXCHANGE``) and the old one, now
     under the staged name, is deleted. Where the kernel cannot exchange, the old output is renamed aside first:
     a crash between the two renames then leaves ``final`` missing (never partial), and the next write of that
-    step cleans the aside copy up.
+    step cleans the aside copy up. Only the live attempt of a step publishes (:func:`live_attempt`).
     """
-    if final.exists() or final.is_symlink():
-        if _exchange(staged, final):
-            _fsync_dir(final.parent)
-            _remove(staged)
-            return
-        old = final.parent / f".{final.name}{OLD_MARK}{uuid.uuid4().hex[:8]}"
-        os.rename(final, old)
-        os.rename(staged, final)
+    with live_attempt(final):
+        if final.exists() or final.is_symlink():
+            if _exchange(staged, final):
+                old = staged
+            else:
+                old = final.parent / f".{final.name}{OLD_MARK}{uuid.uuid4().hex[:8]}"
+                os.rename(final, old)
+                os.rename(staged, final)
+        else:
+            old = None
+            os.rename(staged, final)
         _fsync_dir(final.parent)
+    if old is not None:
         _remove(old)
-        return
-    os.rename(staged, final)
-    _fsync_dir(final.parent)
 
 
 @contextmanager
@@ -183,10 +223,10 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         staged.mkdir()
     try:
         yield staged
+        replace_path(staged, final)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    replace_path(staged, final)
 
 
 @contextmanager
@@ -200,10 +240,10 @@ def atomic_file(final: Path) -> Iterator[Path]:
         if staged.exists():
             with open(staged, "rb+") as handle:
                 os.fsync(handle.fileno())
+        replace_path(staged, final)
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
-    replace_path(staged, final)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

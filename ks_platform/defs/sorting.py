@@ -16,6 +16,11 @@ from ks_platform.defs.resources import PlatformResource
 #: Bump the suffix when the platform's sorting logic changes; the Kilosort version is part of it.
 SORTING_CODE_VERSION = f"kilosort-{metadata.version('kilosort')}+1"
 
+#: A sort whose job or container was taken away (SLURM preemption, time limit, node failure, a killed process) runs
+#: again, twice at most, after 10 s then 30 s. A bad input is never retried (``user_errors_as_failures``), and
+#: Kilosort's out-of-memory errors are retried inside the step with a smaller batch (core/sorting.py).
+SORT_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+
 
 @dg.observable_source_asset(
     partitions_def=session_partitions,
@@ -52,6 +57,7 @@ def build_sorted_units(code_version: str = SORTING_CODE_VERSION) -> dg.AssetsDef
         kinds={"kilosort", "pytorch"},
         owners=["team:ephys"],
         pool=SORT_POOL,
+        retry_policy=SORT_RETRY_POLICY,
         op_tags={NEEDS_TAG: "gpu"},
         description="4 · Kilosort 4 spike sorting of the binary with the session's parameter set (platform defaults < "
         "probe type < kilosort4-settings.json).",

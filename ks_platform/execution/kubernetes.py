@@ -20,7 +20,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ks_platform.core.hardware import recommended_batch_size
-from ks_platform.core.names import BACKEND_ENV, BATCH_SIZE_ENV, KUBERNETES_ENV, LANDING_ENV, NEEDS_TAG, STORE_ENV
+from ks_platform.core.names import (
+    BACKEND_ENV,
+    BATCH_SIZE_ENV,
+    KUBERNETES_ENV,
+    LANDING_ENV,
+    NEEDS_TAG,
+    PARTITION_TAG,
+    STORE_ENV,
+)
 from ks_platform.execution.inventory import HostSpec, Inventory, InventoryError, load_inventory
 from ks_platform.execution.placement import (
     CONSERVATIVE_CHANNELS,
@@ -234,6 +242,11 @@ def _camel_volume(volume: dict[str, Any]) -> dict[str, Any]:
 #: Days a sensor/schedule tick is kept, per tick status: the same as ``retention:`` in dagster.yaml and
 #: deploy/dagster.postgres.yaml (most landing-sensor ticks are "skipped": kept one day).
 TICK_RETENTION_DAYS = {"skipped": 1, "success": 30, "failure": 90, "started": 30}
+#: Seconds after a run ended before run monitoring frees the concurrency slots it still holds (``run_monitoring`` in
+#: dagster.yaml and deploy/dagster.postgres.yaml): a terminated or crashed run never keeps the ``kilosort`` pool.
+FREE_SLOTS_AFTER_RUN_END_SECONDS = 30
+#: One run per session at a time (``tag_concurrency_limits`` in dagster.yaml and deploy/dagster.postgres.yaml).
+PARTITION_RUN_LIMIT = {"key": PARTITION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
 
 
 def helm_values(
@@ -279,8 +292,11 @@ def helm_values(
             "runCoordinator": {
                 "enabled": True,
                 "type": "QueuedRunCoordinator",
-                "config": {"queuedRunCoordinator": {"maxConcurrentRuns": 8}},
-            }
+                "config": {
+                    "queuedRunCoordinator": {"maxConcurrentRuns": 8, "tagConcurrencyLimits": [PARTITION_RUN_LIMIT]}
+                },
+            },
+            "runMonitoring": {"enabled": True, "freeSlotsAfterRunEndSeconds": FREE_SLOTS_AFTER_RUN_END_SECONDS},
         },
         "retention": {
             "enabled": True,

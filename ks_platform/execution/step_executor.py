@@ -1,11 +1,13 @@
-"""What the Docker and SLURM executors share: a step executor that tells its handler when steps and runs end, and
-the check that the instance storage can be reached from other machines."""
+"""What the Docker and SLURM executors share: a step executor that tells its handler when steps and runs end and
+gives back the concurrency slots of an ended run, and the check that the instance storage can be reached from other
+machines."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import dagster as dg
+from dagster._core.events import DagsterEvent, EngineEventData
 from dagster._core.execution.retries import RetryMode
 from dagster._core.executor.step_delegating import StepDelegatingExecutor
 from dagster._core.executor.step_delegating.step_handler.base import StepHandler
@@ -43,6 +45,38 @@ class FinishingStepExecutor(StepDelegatingExecutor):
                     handler.finish_step(event.step_key, failed=not event.is_step_success)
         finally:
             handler.finish_run()
+            release_run_slots(plan_context)
+
+
+def release_run_slots(plan_context: Any) -> list[str]:
+    """Give back the concurrency slots the run still holds once its steps are stopped; the pools freed.
+
+    Dagster frees a step's slot when the executor hears the step end; a step stopped because the run was terminated
+    never reports, so its slot (e.g. the ``kilosort`` pool's only one) stayed claimed by the ended run and the next
+    sort waited "blocked by limit for pool kilosort" until freed by hand (``run_monitoring``'s
+    ``free_slots_after_run_end_seconds`` in the instance configs is the backstop for a run worker that died).
+    """
+    instance, run_id = plan_context.instance, plan_context.run_id
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits or instance.run_will_resume(run_id):
+        return []
+    if run_id not in storage.get_concurrency_run_ids():
+        return []
+    pools = sorted(
+        {
+            f"{pool} ({claim.step_key})"
+            for pool in storage.get_concurrency_keys()
+            for claim in storage.get_concurrency_info(pool).claimed_slots
+            if claim.run_id == run_id
+        }
+    )
+    storage.free_concurrency_slots_for_run(run_id)
+    DagsterEvent.engine_event(
+        plan_context,
+        f"Gave back the concurrency slots this run still held: {', '.join(pools) or 'queue entries only'}",
+        EngineEventData(metadata={"pools": ", ".join(pools)}),
+    )
+    return pools
 
 
 def require_shared_storage(instance: dg.DagsterInstance, executor: str, where: str) -> None:
