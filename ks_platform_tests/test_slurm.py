@@ -359,6 +359,7 @@ def test_sort_cancelled_mid_kilosort_is_retried_by_its_policy_and_lineage_names_
     job = lineage["slurm"]
     assert job["job_id"] == sort_jobs[1] and job["node"] == NODE and job["partition"] == PARTITION
     assert job["gres_requested"] == "gpu:1" and job["gpus"] == "0"
+    assert job["gres_granted"] == "gpu:1" and "IDX:0" in job["gres_on_node"], job  # what slurmctld allocated
     assert lineage["environment"]["kind"] == "venv" and lineage["environment"]["lock_hash"] == environment_hash()
     ended = completed_jobs(slurm)
     assert ended[sort_jobs[0]]["JobState"] == "CANCELLED" and ended[sort_jobs[1]]["JobState"] == "COMPLETED"

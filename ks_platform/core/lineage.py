@@ -78,14 +78,14 @@ def slurm_job() -> dict[str, Any]:
         "rocr_visible_devices": os.environ.get("ROCR_VISIBLE_DEVICES"),
         "gres_requested": os.environ.get(REQUESTED_GRES_ENV),
     }
-    try:  # what slurmctld granted (TresPerNode / AllocTRES), as `scontrol show job` reports it
-        command = ["scontrol", "show", "job", "-o", job_id]
+    try:  # what slurmctld allocated: `scontrol -d show job` reports JOB_GRES and the node's GRES with its indices
+        command = ["scontrol", "-d", "show", "job", "-o", job_id]
         out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
-        granted = dict(part.split("=", 1) for part in out.stdout.split() if "=" in part)
-        facts["gres"] = granted.get("TresPerNode") or granted.get("TresPerJob")
-        facts["alloc_tres"] = granted.get("AllocTRES")
+        shown = dict(part.split("=", 1) for part in out.stdout.split() if "=" in part)
+        facts["gres_granted"] = shown.get("JOB_GRES") if shown.get("JOB_GRES") not in (None, "(null)") else None
+        facts["gres_on_node"] = shown.get("GRES") if shown.get("GRES") not in (None, "(null)") else None
     except (OSError, subprocess.SubprocessError):
-        facts["gres"] = None
+        facts["gres_granted"] = facts["gres_on_node"] = None  # not reported: never claimed
     kind = os.environ.get(ENVIRONMENT_KIND_ENV, "venv")
     return {"slurm": facts, "environment": {"kind": kind, "prefix": sys.prefix, "lock_hash": environment_hash()}}
 
