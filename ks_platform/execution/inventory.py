@@ -37,7 +37,9 @@ class GpuSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: Device id as the engine knows it (NVIDIA: ``device_ids`` of the device request, e.g. "0"; ROCm: the index).
     id: str
+    #: The GPU's memory in MiB: which sessions fit it, and the batch size planned for it.
     memory_mib: int = Field(gt=0)
 
     @field_validator("id", mode="before")
@@ -55,6 +57,7 @@ class TlsSpec(BaseModel):
     ca_cert: str | None = None
     #: Client certificate and key the engine accepts (both or neither).
     client_cert: str | None = None
+    #: The client certificate's key (with ``client_cert``).
     client_key: str | None = None
     #: Check the engine's certificate against ``ca_cert`` and its host name.
     verify: bool = True
@@ -85,9 +88,13 @@ class HostSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: The host's name in pools, container labels and messages (letters, digits, ``_``, ``.``, ``-``).
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    #: The Docker engine: ``unix://`` (local), ``tcp://host:2376`` (with ``tls``) or ``ssh://user@host[:port]``.
     docker_url: str = DEFAULT_DOCKER_URL
+    #: What its GPUs are: ``cuda`` (NVIDIA), ``rocm`` (AMD) or ``cpu`` (no GPU); picks the image and the devices.
     backend: Backend = "cpu"
+    #: Its GPUs (none for a ``cpu`` host): each sorts one session at a time.
     gpus: list[GpuSpec] = Field(default_factory=list)
     #: Concurrent non-GPU steps (ingest, conversion, checks, Phy export) this host takes.
     cpu_slots: int = Field(default=1, ge=0)
@@ -109,6 +116,7 @@ class HostSpec(BaseModel):
     group_ids: list[int] | None = None
     #: Kubernetes: node selector and tolerations for pods placed like this host.
     node_selector: dict[str, str] = Field(default_factory=dict)
+    #: Kubernetes: tolerations of those pods (e.g. of a GPU node pool's taint).
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
 
     @field_validator("backend", mode="before")
@@ -170,6 +178,7 @@ class Inventory(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: The Docker engines (at least one); on Kubernetes, the node pools.
     hosts: list[HostSpec] = Field(min_length=1)
     #: Store root; mounted read-write at the same path (results are written there).
     store: str

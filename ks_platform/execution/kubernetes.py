@@ -49,7 +49,9 @@ class VolumeSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: Name of a PersistentVolumeClaim in the release's namespace (ReadWriteMany for the store).
     claim: str | None = None
+    #: A folder on every node that may run a step pod.
     host_path: str | None = None
 
     @model_validator(mode="after")
@@ -69,7 +71,9 @@ class KubernetesStorage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: The store, mounted read-write at the inventory's ``store`` path.
     store: VolumeSource
+    #: Each landing root by its inventory name, mounted read-only at the inventory's path for it.
     landing: dict[str, VolumeSource] = Field(default_factory=dict)
 
     def pod_volumes(self) -> list[dict[str, Any]]:

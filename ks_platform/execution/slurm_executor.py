@@ -24,7 +24,7 @@ dagster-slurm / Pipes, and why the CPU steps share a job: docs/decisions.md.
 A job that ends in any final state but COMPLETED fails its step (the op's retry policy then applies); how each ending
 is reported: docs/decisions.md, "SLURM: how a job's end reaches the step". Jobs are submitted ``--no-requeue``.
 
-``python -m ks_platform.execution.slurm_executor check [--submit]`` checks a deployment (README, "SLURM: setting up").
+``python -m ks_platform.execution.slurm_executor check [--submit]`` checks a deployment (docs/slurm.md, "Setting up").
 """
 
 from __future__ import annotations
@@ -141,32 +141,42 @@ class SlurmSettings(BaseModel):
 
     #: Partition of steps tagged ``ks_platform/needs: gpu`` (Kilosort) and the GRES they request.
     gpu_partition: str = "gpu"
+    #: GRES the sort job requests (``--gres``): ``gpu:1``, or ``gpu:a100:1`` with typed GRES.
     gres: str = "gpu:1"
     #: What the sorter gets on the GPU partition: ``cuda`` (NVIDIA), ``rocm`` (AMD) or ``cpu`` (no GPU visible).
     backend: Literal["cuda", "rocm", "cpu"] = "cuda"
     #: Memory of one GPU of the partition: the batch size is planned from it (as the Docker path does per GPU).
     gpu_memory_mib: int | None = PydanticField(default=None, gt=0)
-    #: The sort job's limits.
+    #: The sort job's limits: ``--time``, ``--mem`` and ``--cpus-per-task``.
     time_limit: str = "04:00:00"
+    #: The sort job's memory (``--mem``).
     mem: str = "32G"
+    #: The sort job's CPUs (``--cpus-per-task``).
     cpus_per_task: int = PydanticField(default=4, gt=0)
     #: Partition of every other step (None: the GPU partition, without GRES).
     cpu_partition: str | None = None
     #: How the other steps run: ``run_job`` (one job of the run runs them all, started when one is due, ended after
     #: ``cpu_idle_seconds`` without any), ``step_jobs`` (one job each) or ``orchestrator`` (on the run worker's machine).
     cpu_steps: CpuSteps = "run_job"
+    #: With ``run_job``: the run's CPU job ends after this many seconds without a step.
     cpu_idle_seconds: float = PydanticField(default=20.0, ge=0)
     #: Limits of a CPU job (with ``run_job``: shared by the steps it runs at once, for as long as it lives).
     cpu_time_limit: str = "01:00:00"
+    #: A CPU job's memory (``--mem``).
     cpu_mem: str = "8G"
+    #: A CPU job's CPUs (``--cpus-per-task``).
     cpu_cpus_per_task: int = PydanticField(default=2, gt=0)
+    #: ``--account`` of every job (None: the user's default).
     account: str | None = None
+    #: ``--qos`` of every job (None: the default).
     qos: str | None = None
+    #: More ``sbatch`` arguments for every job, as written (e.g. ``["--constraint=a100"]``).
     extra_sbatch_args: list[str] = []
     #: The platform's environment on the shared filesystem (its Python); None: the run worker's own.
     python: str | None = None
     #: Run the step in this Apptainer/Singularity image (``.sif`` on the shared filesystem) instead of ``python``.
     apptainer_image: str | None = None
+    #: The Apptainer (or ``singularity``) command on the compute nodes.
     apptainer: str = "apptainer"
     #: Shared folder for job scripts, job output and attempt files (None: ``<store>/.slurm``).
     workdir: str | None = None
@@ -177,6 +187,7 @@ class SlurmSettings(BaseModel):
     #: Variables of the orchestrator's environment a job gets besides ``KS_PLATFORM_*`` and the basics (names; those
     #: ``dagster.yaml`` reads, e.g. ``DAGSTER_PG_PASSWORD``, must be listed: nothing else reaches a job).
     export: list[str] = []
+    #: Seconds between ``squeue``/``scontrol`` polls of a step's job.
     poll_seconds: float = PydanticField(default=2.0, gt=0)
     #: A job that ended COMPLETED but whose step reported nothing fails after this long.
     exit_grace_seconds: float = PydanticField(default=30.0, ge=0)
