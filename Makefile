@@ -48,7 +48,7 @@ executor-dev: install
 	docker image inspect ks-platform:cpu >/dev/null 2>&1 || bash docker/build_images.sh cpu
 	bash scripts/executor_dev.sh
 
-## Refresh the README's UI screenshots: the browser test (real Chromium) saves one per step.
+## Refresh the docs' UI screenshots: the browser test (real Chromium) saves one per step.
 screenshots: install
 	bash scripts/install_system_deps.sh
 	$(BIN)/python -m pytest -v ks_platform_tests/test_ui_browser.py
@@ -58,7 +58,7 @@ bench: install
 	$(BIN)/python bench/run_all.py
 
 ## Wheels for an air-gapped GPU node (bench/gpu_bundle.txt, <= 64 MiB in .gpu_bundle); on the node run
-## `bash bench/gpu_acceptance.sh run --mode gpu --out OUT` (see README, "GPU acceptance run").
+## `bash bench/gpu_acceptance.sh run --mode gpu --out OUT` (docs/benchmarks.md, "GPU acceptance run").
 gpu-bundle: install
 	bash bench/gpu_acceptance.sh bundle
 

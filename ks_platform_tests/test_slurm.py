@@ -8,7 +8,7 @@ nothing half-written and the sort's retry policy sorts again, with lineage namin
 environment; a job that hits its time limit, is preempted or is killed outright fails its step with SLURM's state and
 is retried; a partition or size sbatch refuses is a clear failure naming the settings; terminating a run scancels its
 jobs, and a run terminated while its sort holds the ``kilosort`` pool gives the slot back, so the next sort starts by
-itself; the README's admin walkthrough runs as written. A job orphaned by a dead slurmd: test_slurm_orphan.py.
+itself; the admin walkthrough of docs/slurm.md runs as written. A job orphaned by a dead slurmd: test_slurm_orphan.py.
 """
 
 from __future__ import annotations
@@ -697,15 +697,15 @@ def test_job_killed_outright_fails_the_step_with_slurms_state_and_is_retried(slu
 
 
 def walkthrough_commands() -> list[str]:
-    """The commands of the README's admin walkthrough check (the fenced block after its marker)."""
-    readme = (REPO / "README.md").read_text()
-    block = re.search(r"<!-- slurm-walkthrough-check -->\s*```bash\n(.*?)```", readme, re.S)
-    assert block, "README.md: the SLURM walkthrough's check block is missing"
+    """The commands of the admin walkthrough's check in docs/slurm.md (the fenced block after its marker)."""
+    page = (REPO / "docs" / "slurm.md").read_text()
+    block = re.search(r"<!-- slurm-walkthrough-check -->\s*```bash\n(.*?)```", page, re.S)
+    assert block, "docs/slurm.md: the SLURM walkthrough's check block is missing"
     return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
 
 
-def test_readme_admin_walkthrough_runs_as_written_on_the_one_node_cluster(slurm, pg_instance, tmp_path):
-    """The README's walkthrough: a slurm.yaml from deploy/slurm.example.yaml, DAGSTER_HOME with the PostgreSQL
+def test_docs_admin_walkthrough_runs_as_written_on_the_one_node_cluster(slurm, pg_instance, tmp_path):
+    """The walkthrough of docs/slurm.md: a slurm.yaml from deploy/slurm.example.yaml, DAGSTER_HOME with the PostgreSQL
     config, then its check commands verbatim (sinfo, scontrol, ``slurm_executor check --submit``): every check passes
     and a small job per partition imports the platform on the node. The example's defaults (4 CPUs and 4 hours for
     the sort) do not fit this node and partition: the check says so, naming the settings."""

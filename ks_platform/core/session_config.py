@@ -1,6 +1,6 @@
 """The session config files: Kilosort settings per probe, a probe file, a recording date.
 
-Lookup rule (README, "The session config file"): every ``ks_session.json`` and every ``kilosort4-settings.json``
+Lookup rule (docs/session-folders.md): every ``ks_session.json`` and every ``kilosort4-settings.json``
 inside the session folder, at any depth, applies to the probes that have a file in its folder or below it (so a
 file next to ``<run>_g0_imec0/…imec0.ap.bin`` applies to imec0 only). For each probe the files that apply are layered
 from the session folder down: the file nearest to the recording wins, key by key. A file that applies to no
