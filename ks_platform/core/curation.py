@@ -88,7 +88,7 @@ def basis_version(folder: Path) -> str:
     """Hash of ``spike_times.npy`` + ``spike_templates.npy``: the sorting a folder (and its curation) belongs to."""
     hasher = xxhash.xxh3_128()
     for name in ("spike_times.npy", "spike_templates.npy"):
-        hasher.update(np.ascontiguousarray(np.load(folder / name, mmap_mode="r")).tobytes())
+        hasher.update(memoryview(np.ascontiguousarray(np.load(folder / name, mmap_mode="r"))))  # no copy
     return hasher.hexdigest()
 
 
@@ -504,10 +504,12 @@ class CurationRecord:
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> CurationRecord:
         ints = ("labels", "kilosort_labels", "merges", "splits", "n_spikes")
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(
-            **{k: ({int(i): v for i, v in v.items()} if k in ints else v) for k, v in payload.items() if k in known}
-        )
+        fields = {
+            key: {int(cluster): item for cluster, item in value.items()} if key in ints else value
+            for key, value in payload.items()
+            if key in cls.__dataclass_fields__  # a record written by an older version lacks the newer fields
+        }
+        return cls(**fields)
 
 
 def list_curations(store: SessionStore) -> list[dict[str, Any]]:

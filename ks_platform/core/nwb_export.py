@@ -600,7 +600,7 @@ def content_identifier(source: UnitsSource, waveform_inputs: str) -> str:
     """A UUID of everything the file holds: spike trains, units, metadata, probe, timeline and lineage."""
     hasher = xxhash.xxh3_128()
     for array in (source.spike_samples, source.spike_clusters):
-        hasher.update(np.ascontiguousarray(array).tobytes())
+        hasher.update(memoryview(np.ascontiguousarray(array)))  # the buffer itself: no copy of the spikes
     described = {
         "layout": NWB_LAYOUT,
         "fs": source.sampling_frequency,
