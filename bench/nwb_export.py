@@ -6,14 +6,19 @@ own child process, so its peak RSS (``ru_maxrss`` of that child)
 is its own (``os.wait4`` returns that child's rusage); an ``imports`` child (the same imports, no writing) gives the floor to compare with:
 
 * ``ours``     - ``nwb_export.write_units_nwb``: memory-mapped inputs, one ``lexsort`` index, spike times streamed
-  through an hdmf ``GenericDataChunkIterator`` (1 M spikes a chunk, gzip 4);
+  through an hdmf ``GenericDataChunkIterator`` (1 M spikes a chunk, gzip 4), plus what a versioned export adds: the
+  content identifier (a hash of the spike trains and tables) and the file's sha256 for ``nwb/versions.json``;
 * ``neuroconv`` - SpikeInterface ``NumpySorting`` → neuroconv ``write_sorting_to_nwbfile`` (its default backend configuration);
 * ``add_unit`` - pynwb ``nwbfile.add_unit(spike_times=…)`` per unit, times grouped with one argsort (the plain
   pynwb loop, not the quadratic mask-per-unit variant).
 
 Each file is read back (the number of spikes in ``units/spike_times`` must equal the sorting's).
 
-    .venv/bin/python bench/nwb_export.py --units 600 --spikes 10000000
+``--probes 2`` makes a two-probe session of the same totals (each probe half the units and spikes, its own sorting):
+each writer then writes one file per probe, one probe after the other in one child, as ``units_nwb`` does per
+partition (``add_unit`` is left out there).
+
+    .venv/bin/python bench/nwb_export.py --units 600 --spikes 10000000 [--probes 2]
 """
 
 from __future__ import annotations
@@ -81,7 +86,9 @@ def write_ours(folder: Path, out: Path) -> None:
         electrodes=_electrodes(),
         device={"name": "probe", "description": "synthetic 384 channels", "manufacturer": "none"},
     )
+    source.identifier = nwb_export.content_identifier(source, "bench")
     nwb_export.write_units_nwb(source, out)
+    nwb_export.file_sha256(out)
 
 
 def write_neuroconv(folder: Path, out: Path) -> None:
@@ -111,20 +118,28 @@ def write_add_unit(folder: Path, out: Path) -> None:
         io.write(nwbfile)
 
 
-def child(method: str, folder: Path, out: Path) -> None:
+def probe_folders(folder: Path) -> list[Path]:
+    """The session's probe folders (``probe0``, ``probe1``, …), each holding one sorting."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("probe"))
+
+
+def child(method: str, folder: Path) -> None:
     _imports()
     start = time.perf_counter()
     if method != "imports":
-        {"ours": write_ours, "neuroconv": write_neuroconv, "add_unit": write_add_unit}[method](folder, out)
+        for probe in probe_folders(folder):
+            {"ours": write_ours, "neuroconv": write_neuroconv, "add_unit": write_add_unit}[method](
+                probe, probe / f"{method}.nwb"
+            )
     print(json.dumps({"seconds": time.perf_counter() - start}))
 
 
 def measure(method: str, folder: Path) -> dict:
     """Run one writer in a fresh child; its wall time, peak RSS (``os.wait4``: that child's own rusage) and the
-    spikes found in the file it wrote."""
+    spikes found in the files it wrote (one per probe)."""
     import h5py
 
-    out, log = folder / f"{method}.nwb", folder / f"{method}.log"
+    log = folder / f"{method}.log"
     with open(log, "w") as handle:
         proc = subprocess.Popen(
             [sys.executable, __file__, "--child", method, "--folder", str(folder)],
@@ -140,10 +155,15 @@ def measure(method: str, folder: Path) -> dict:
         "seconds": round(json.loads(lines[-1])["seconds"], 2),
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
     }
-    if out.exists():
-        with h5py.File(out, "r") as handle:
-            result["spikes_in_file"] = int(handle["units/spike_times"].shape[0])
-        result["file_mib"] = round(out.stat().st_size / 2**20, 1)
+    outs = [p / f"{method}.nwb" for p in probe_folders(folder) if (p / f"{method}.nwb").exists()]
+    if outs:
+        spikes = 0
+        for out in outs:
+            with h5py.File(out, "r") as handle:
+                spikes += int(handle["units/spike_times"].shape[0])
+        result["spikes_in_files"] = spikes
+        result["files"] = len(outs)
+        result["file_mib"] = round(sum(out.stat().st_size for out in outs) / 2**20, 1)
     return result
 
 
@@ -151,16 +171,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--units", type=int, default=600)
     parser.add_argument("--spikes", type=int, default=10_000_000)
+    parser.add_argument("--probes", type=int, default=1, help="split the session over this many probes")
     parser.add_argument("--child", choices=METHODS)
     parser.add_argument("--folder", type=Path)
     parser.add_argument("--out", type=Path, help="write the results JSON here too")
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.folder, args.folder / f"{args.child}.nwb")
+        return child(args.child, args.folder)
+    methods = METHODS if args.probes == 1 else tuple(m for m in METHODS if m != "add_unit")
     with tempfile.TemporaryDirectory(prefix="nwb_export_bench_") as tmp:
         folder = Path(tmp)
-        make_sorting(folder, args.units, args.spikes)
-        results = [measure(method, folder) for method in METHODS]
+        for probe in range(args.probes):
+            (folder / f"probe{probe}").mkdir()
+            make_sorting(folder / f"probe{probe}", args.units // args.probes, args.spikes // args.probes, seed=probe)
+        results = [measure(method, folder) for method in methods]
     by = {r["method"]: r for r in results}
     ratios = {
         f"{m}/ours": {
@@ -173,6 +197,7 @@ def main() -> None:
     report = {
         "units": args.units,
         "spikes": args.spikes,
+        "probes": args.probes,
         "machine": f"{os.cpu_count()} cpus, {platform.machine()}",
         "results": results,
         "ratios": ratios,

@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 
 from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
-from ks_platform_tests.conftest import Workspace
+from ks_platform_tests.conftest import Workspace, missing_dependency
 
 #: "root" is the Allen CCF term for the whole brain: true of the synthetic recording, and what nwbinspector accepts.
 SUBJECT = (
     '{"subject_id": "demo42", "species": "Mus musculus", "sex": "F", "age": "P90D", "electrode_location": "root"}\n'
 )
+#: What DANDI asks of a session beyond the subject (``session_metadata.json``).
+SESSION_METADATA = {
+    "experimenter": ["Doe, Jane", "Roe, Richard R."],
+    "institution": "Example Institute",
+    "lab": "Ephys Lab",
+    "keywords": ["Neuropixels", "spike sorting", "Kilosort 4"],
+    "session_description": "synthetic ground-truth recording, 15 s, 10 units",
+    "protocol": "IACUC-2026-001",
+    "related_publications": ["doi:10.1234/example.5678"],
+}
 
 
 def copy_sorted_workspace(ws: Workspace, key: str, base: Path, instance: dg.DagsterInstance) -> Workspace:
@@ -31,6 +47,7 @@ def copy_sorted_workspace(ws: Workspace, key: str, base: Path, instance: dg.Dags
         binary["path"] = str(copied / Path(binary["path"]).relative_to(ws.store(key).dir))
         manifest.write_text(json.dumps(binary, indent=2) + "\n")
     (next(landing.iterdir()) / "subject.json").write_text(SUBJECT)
+    (next(landing.iterdir()) / "session_metadata.json").write_text(json.dumps(SESSION_METADATA, indent=1) + "\n")
     instance.add_dynamic_partitions(SESSIONS_PARTITIONS_NAME, [key])
     return Workspace(landing, base / "store", instance)
 
@@ -69,3 +86,75 @@ def save_in_phy(phy_dir: Path, merge: tuple[int, int], split: int, labels: dict[
     lines = ["cluster_id\tgroup\tn_spikes"] + [f"{c}\t{g}\t{counts[c]}" for c, g in groups.items()]
     (phy_dir / "cluster_info.tsv").write_text("\n".join(lines) + "\n")
     return ids
+
+
+PHY_PROBE = Path(__file__).resolve().parent / "phy_gui_probe.py"
+
+
+def curate_in_phy(phy_dir: Path, actions: list[dict], display: str, scratch: Path) -> dict:
+    """Curate ``phy_dir`` in Phy's template GUI through its supervisor (``phy_gui_probe.py --actions``), in its own
+    process on the X display ``display``; returns its report: the clusters and labels Phy showed on opening the
+    folder (``opened``), the ids it gave new clusters (``names``) and the state after the actions (``after``)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    actions_file, out = scratch / f"actions-{tag}.json", scratch / f"phy-{tag}.json"
+    actions_file.write_text(json.dumps(actions))
+    env = {**os.environ, "DISPLAY": display, "XDG_RUNTIME_DIR": str(scratch)}
+    env.pop("QT_QPA_PLATFORM", None)
+    command = [sys.executable, str(PHY_PROBE), str(phy_dir / "params.py"), str(out), "--actions", str(actions_file),
+               "--config-dir", str(scratch / "phy-config")]  # fmt: skip
+    done = subprocess.run(command, cwd=phy_dir, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"Phy failed on {phy_dir}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return json.loads(out.read_text())
+
+
+@contextmanager
+def xvfb() -> Iterator[str]:
+    """A private Xvfb server on a display it picks itself (``-displayfd``): ``":N"`` (Phy and PyQt5 needed)."""
+    import importlib.util
+
+    for module in ("phy", "PyQt5"):
+        if importlib.util.find_spec(module) is None:
+            missing_dependency(f"the Python package {module!r} is not installed")
+    if shutil.which("Xvfb") is None:
+        missing_dependency("Xvfb (Debian package xvfb)")
+    read_end, write_end = os.pipe()
+    server = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1920x1200x24", "-nolisten", "tcp"],
+        pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    os.close(write_end)
+    with os.fdopen(read_end) as announced:
+        number = announced.readline().strip()
+    if not number:
+        server.kill()
+        raise RuntimeError(f"Xvfb did not start: {server.communicate()[1].decode()[-2000:]}")
+    try:
+        yield f":{number}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def dandi_validate(files: list[Path], scratch: Path) -> str:
+    """What a lab runs before uploading: ``dandi organize`` of ``files`` into one Dandiset, then ``dandi validate``
+    (offline); asserts every file was organized and no error found; returns dandi's output."""
+    dandiset = scratch / f"dandiset-{uuid.uuid4().hex[:6]}"
+    dandiset.mkdir(parents=True)
+    (dandiset / "dandiset.yaml").write_text("identifier: DANDI:000000\nname: ks_platform test\ndescription: test\n")
+    dandi = [str(Path(sys.executable).parent / "dandi")]
+    env = {**os.environ, "DANDI_NO_ET": "1", "HOME": str(scratch)}  # no update check; logs under scratch
+    sources = []
+    for number, path in enumerate(files):  # dandi organize wants real files (not the units.nwb link)
+        sources.append(scratch / f"{dandiset.name}-{number}.nwb")
+        shutil.copy2(path, sources[-1])
+    organize = subprocess.run(
+        [*dandi, "organize", "--files-mode", "copy", "-d", str(dandiset), *map(str, sources)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert organize.returncode == 0, organize.stderr[-2000:]
+    assert len(list(dandiset.rglob("sub-*/*.nwb"))) == len(files), organize.stderr[-2000:]
+    validate = subprocess.run([*dandi, "validate", str(dandiset)], env=env, capture_output=True, text=True, timeout=300)
+    output = validate.stdout + validate.stderr
+    assert validate.returncode == 0 and "No errors found" in output, output[-2000:]
+    return output

@@ -1,6 +1,14 @@
 """Open a Phy folder in Phy's template GUI (as ``phy template-gui PARAMS`` does) and report what its views read.
 
     python phy_gui_probe.py PARAMS_PY OUT_NPZ [--screenshot PNG] [--config-dir DIR]
+    python phy_gui_probe.py PARAMS_PY OUT_JSON --actions ACTIONS_JSON [--config-dir DIR]
+
+With ``--actions`` it curates instead, as a person does in the GUI, through Phy's own supervisor: a list of
+``{"merge": [a, b]}``, ``{"split": c}`` (the first half of ``c``'s spikes, in time order, become one new cluster and
+the rest another), ``{"label": [c, "good"]}`` (``c`` an id or a name given to a new cluster: ``merged``,
+``split_a``, ``split_b``, ``merged2``…) and ``{"save": true}`` (Phy's save: ``spike_clusters.npy``,
+``cluster_group.tsv``, ``cluster_info.tsv``); it writes ``OUT_JSON`` with the clusters and labels Phy showed when it
+opened the folder, the ids Phy gave new clusters, and the clusters and labels after the actions.
 
 Runs in its own process (a crash in Qt/OpenGL cannot take pytest down) on the X display in ``$DISPLAY``. It builds
 the ``TemplateController`` and its GUI with every default view, shows the window, selects the best cluster and
@@ -134,14 +142,97 @@ def probe(params_path: Path, out: Path, screenshot: Path | None, config_dir: Pat
     return report
 
 
+def _state(supervisor: Any) -> dict[str, Any]:
+    """The clusters Phy lists and the label (group) of each, as its supervisor holds them."""
+    ids = [int(c) for c in supervisor.clustering.cluster_ids]
+    groups = {str(c): supervisor.cluster_meta.get("group", c) for c in ids}
+    return {
+        "cluster_ids": ids,
+        "listed": [int(c) for c in supervisor.cluster_view.get_ids()],
+        "groups": {c: g for c, g in groups.items() if g is not None},
+        "n_spikes": {str(c): int(supervisor.n_spikes(c)) for c in ids},
+    }
+
+
+def curate(params_path: Path, actions: list[dict[str, Any]], config_dir: Path) -> dict[str, Any]:
+    """Open the folder in the template GUI and run ``actions`` through Phy's supervisor (module docstring)."""
+    from phy.apps.template import TemplateController
+    from phy.gui.qt import create_app
+    from phy.gui.widgets import Barrier
+    from phylib.io.model import load_model
+    from phylib.utils import connect, reset
+
+    create_app()
+    model = load_model(params_path)
+    controller = TemplateController(
+        model=model, dir_path=params_path.parent, config_dir=config_dir, plugins=[], enable_threading=False
+    )
+    gui = controller.create_gui()
+    supervisor = controller.supervisor
+    ready = Barrier()
+    connect(ready("cluster_view"), event="ready", sender=supervisor.cluster_view)
+    connect(ready("similarity_view"), event="ready", sender=supervisor.similarity_view)
+    gui.show()
+    gui.setGeometry(0, 0, *SCREEN_SIZE)
+    ready.wait()
+    supervisor.block()
+    opened = _state(supervisor)
+    names: dict[str, int] = {}
+
+    def cluster(ref: int | str) -> int:
+        return names[ref] if isinstance(ref, str) else int(ref)
+
+    done = []
+    for action in actions:
+        if "merge" in action:
+            up = supervisor.merge([cluster(c) for c in action["merge"]])
+            new = [int(c) for c in up.added]
+            names["merged" if "merged" not in names else f"merged{len(names)}"] = new[0]
+        elif "split" in action:
+            source = cluster(action["split"])
+            spikes = np.sort(np.asarray(supervisor.clustering.spikes_per_cluster[source]))
+            up = supervisor.split(spikes[: spikes.size // 2])
+            new = sorted(int(c) for c in up.added)
+            first = int(supervisor.clustering.spike_clusters[spikes[0]])
+            names["split_a"], names["split_b"] = first, next(c for c in new if c != first)
+        elif "label" in action:
+            target, label = action["label"]
+            supervisor.move(label, [cluster(target)])
+            new = []
+        elif action.get("save"):
+            supervisor.save()
+            new = []
+        else:
+            raise SystemExit(f"unknown action {action}")
+        supervisor.block()
+        done.append({"action": action, "added": new})
+    report = {
+        "opened": opened,
+        "names": names,
+        "done": done,
+        "after": _state(supervisor),
+        "dirty": supervisor.is_dirty(),
+    }
+    gui.close()
+    controller.close()
+    reset()
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("params")
     parser.add_argument("out")
     parser.add_argument("--screenshot")
+    parser.add_argument("--actions", help="curate: a JSON file with the actions (module docstring)")
     parser.add_argument("--config-dir", required=True, help="Phy's user config/state folder (not ~/.phy)")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.actions:
+        report = curate(Path(args.params), json.loads(Path(args.actions).read_text()), Path(args.config_dir))
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        print(json.dumps({"out": str(out)}))
+        return 0
     report = probe(Path(args.params), out, Path(args.screenshot) if args.screenshot else None, Path(args.config_dir))
     print(json.dumps(report))
     return 0

@@ -1,7 +1,8 @@
-"""Curation (issue #15): a Phy curation (label, merge, split) observed, recorded and diffed against the sorting; a
-re-sort makes it STALE and it is never applied to the new sorting; bad curation files are refused with a fix.
+"""Curation (issues #15, #26): a curation saved the way Phy saves it (phylib's writers) observed, recorded and diffed
+against the sorting; bad curation files refused with a fix; what the store keeps and how a restore is refused.
 
-Works on a private copy of the shared sorted session; the stale test runs Kilosort once more (changed setting)."""
+Works on private copies of the shared sorted session, without Kilosort. The same path driven through Phy's own GUI,
+with re-sorts, restores and NWB versions: test_curation_phy.py."""
 
 from __future__ import annotations
 
@@ -51,12 +52,11 @@ def _is_stale(ws, key: str, name: str) -> bool:
     )
 
 
-def test_curation_round_trip_then_a_resort_makes_it_stale(curation_ws):
+def test_curation_round_trip(curation_ws):
     ws, key = curation_ws
     store = ws.store(key)
     kilosort_clusters = np.load(store.sorting_dir / "spike_clusters.npy")
 
-    assert run_job(ws, key, "observe_phy_curation").success  # this copy's instance has no phy_bundle run to record it
     before = run_job(ws, key, "curate_session")
     assert before.success, failure_messages(before)
     assert _materialization(before, "curated_units")["status"].value == "uncurated", (
@@ -75,38 +75,21 @@ def test_curation_round_trip_then_a_resort_makes_it_stale(curation_ws):
     assert meta["splits"].value == {"2": [ids["split_a"], ids["split_b"]]}
     assert meta["counts"].value["noise"] == 1 and meta["counts"].value["mua"] == 1
     assert meta["sorting_version"].value == curation.basis_version(store.sorting_dir)
+    assert meta["n_curations_kept"].value == 1 and len(meta["curations"].value.records) == 1
     record = curation.load_record(store)
     assert record.n_spikes[ids["merged"]] == int(np.isin(kilosort_clusters, [0, 1]).sum())
     assert record.labels[3] == "noise" and record.kilosort_labels[3] in ("good", "mua")
+    assert record.split_from == {ids["split_a"]: [2], ids["split_b"]: [2]}
     assert (curation.curation_dir(store) / "curated_units.tsv").read_text().count("\n") == len(record.n_spikes) + 1
     checks = {c.check_name: c for c in curated.get_asset_check_evaluations()}
-    assert checks["curated_units_not_stale"].passed
+    assert checks["curated_units_not_stale"].passed and checks["curated_units_phy_folder_opens"].passed
     assert not _is_stale(ws, key, "curated_units")
-
-    # A re-sort with another parameter: Kilosort runs again, the Phy folder is rebuilt from the new sorting.
-    (next(ws.landing.iterdir()) / "kilosort4-settings.json").write_text(json.dumps({"Th_learned": 10, "nblocks": 0}))
-    resort = ws.run_assets(key, ["sorted_units", "phy_bundle"])
-    assert resort.success, failure_messages(resort)
-    assert curation.basis_version(store.sorting_dir) != record.sorting_version, "the re-sort made a different sorting"
-    after = run_job(ws, key, "curate_session")
-    assert after.success, failure_messages(after)
-    meta = _materialization(after, "curated_units")
-    assert meta["status"].value == "stale" and meta["stale"].value is True
-    assert meta["curation_basis"].value == record.sorting_version
-    assert meta["merges"].value == {} and meta["counts"].value == {}, (
-        "the old curation is not applied to the new sorting"
-    )
-    new_clusters = np.load(store.sorting_dir / "spike_clusters.npy")
-    assert np.array_equal(curation.curated_spike_clusters(store, curation.load_record(store)), new_clusters)
-    assert {int(c) for c in np.unique(new_clusters)} == set(curation.load_record(store).n_spikes)
-    checks = {c.check_name: c for c in after.get_asset_check_evaluations()}
-    assert (
-        not checks["curated_units_not_stale"].passed
-        and checks["curated_units_not_stale"].severity == dg.AssetCheckSeverity.WARN
-    )
     [kept] = (curation.curation_dir(store) / "history").iterdir()
-    assert kept.name.startswith(record.sorting_version) and (kept / "cluster_group.tsv").is_file(), (
-        "the old curation is kept"
+    assert (kept / "snapshot.json").is_file() and (kept / "curated_units.tsv").is_file()
+    [archived] = (curation.curation_dir(store) / "sortings").iterdir()
+    assert archived.name == record.sorting_version and (archived / "lineage.json").is_file()
+    assert (archived / "spike_times.npy").stat().st_ino == (store.sorting_dir / "spike_times.npy").stat().st_ino, (
+        "the sorting is kept as a hard link: no copy until a re-sort replaces sorting/"
     )
 
 
@@ -168,3 +151,39 @@ def test_diff_clusters_finds_merges_and_splits():
     before = np.array([0, 0, 1, 1, 2, 2, 2, 3])
     after = np.array([5, 5, 5, 5, 6, 7, 6, 3])
     assert curation.diff_clusters(before, after) == ({5: [0, 1]}, {2: [6, 7]})
+
+
+def test_a_store_from_before_the_journal_applies_its_latest_snapshot(phy_copy):
+    """History written before journal.jsonl existed: its snapshots count in the order Phy saved them."""
+    save_in_phy(phy_copy.phy_dir, merge=(0, 1), split=2, labels={3: "noise"})
+    first = curation.record_curation(phy_copy)
+    save_in_phy(phy_copy.phy_dir, merge=(4, 5), split=6, labels={7: "mua"})
+    second = curation.record_curation(phy_copy)
+    (curation.curation_dir(phy_copy) / "journal.jsonl").unlink()
+    for name in ("cluster_group.tsv", "cluster_info.tsv", "spike_clusters.npy"):
+        (phy_copy.phy_dir / name).unlink()  # a Phy folder rebuilt from Kilosort's files by the old code
+    shutil.copy2(phy_copy.sorting_dir / "spike_clusters.npy", phy_copy.phy_dir / "spike_clusters.npy")
+    again = curation.record_curation(phy_copy)
+    assert again.status == "curated" and again.fingerprint == second.fingerprint != first.fingerprint
+    assert "ks-platform curation restore" in again.source, "the Phy folder lacks it: the record says how to put it back"
+    restored = curation.restore_curation(phy_copy)
+    assert restored.fingerprint == second.fingerprint
+    assert curation.curation_fingerprint(phy_copy.phy_dir) == second.fingerprint
+
+
+def test_restore_refuses_what_does_not_fit_with_the_fix(phy_copy):
+    with pytest.raises(SessionInputError, match="no curation of this sorting was ever saved") as error:
+        curation.restore_curation(phy_copy)
+    assert "--from-sorting" in error.value.fix
+    with pytest.raises(SessionInputError, match="no such curation in history"):
+        curation.restore_curation(phy_copy, snapshot="0123__4567")
+    save_in_phy(phy_copy.phy_dir, merge=(0, 1), split=2, labels={3: "noise"})
+    record = curation.record_curation(phy_copy)
+    snapshot = curation.snapshot_path(phy_copy, record.sorting_version, record.fingerprint)
+    other = snapshot.with_name(f"{'f' * 32}__{record.fingerprint}")
+    shutil.copytree(snapshot, other)
+    meta = json.loads((other / "snapshot.json").read_text())
+    (other / "snapshot.json").write_text(json.dumps({**meta, "basis": "f" * 32}))
+    with pytest.raises(SessionInputError, match="it was made on sorting f{32}, the Phy folder holds sorting") as error:
+        curation.restore_curation(phy_copy, snapshot=other.name)
+    assert "export" in error.value.fix

@@ -13,7 +13,6 @@ Xvfb, not ``QT_QPA_PLATFORM=offscreen``: under offscreen Phy swaps its OpenGL ca
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -29,7 +28,8 @@ import pytest
 from ks_platform.core.conversion import hash_file, load_recording_binary
 from ks_platform.core.store import read_json
 from ks_platform_tests import docker_support
-from ks_platform_tests.conftest import failure_messages, missing_dependency
+from ks_platform_tests.conftest import failure_messages
+from ks_platform_tests.curation_support import xvfb
 
 REPO = Path(__file__).resolve().parent.parent
 PROBE = Path(__file__).resolve().parent / "phy_gui_probe.py"
@@ -41,27 +41,8 @@ PHY_LEFTOVERS = (".phy", "phy.log")
 @pytest.fixture(scope="module")
 def xvfb_display() -> Iterator[str]:
     """A private Xvfb server on a display it picks itself (``-displayfd``): ``":N"``."""
-    for module in ("phy", "PyQt5"):
-        if importlib.util.find_spec(module) is None:
-            missing_dependency(f"the Python package {module!r} is not installed")
-    if shutil.which("Xvfb") is None:
-        missing_dependency("Xvfb (Debian package xvfb)")
-    read_end, write_end = os.pipe()
-    server = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1920x1200x24", "-nolisten", "tcp"],
-        pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    os.close(write_end)
-    with os.fdopen(read_end) as announced:
-        number = announced.readline().strip()
-    if not number:
-        server.kill()
-        raise RuntimeError(f"Xvfb did not start: {server.communicate()[1].decode()[-2000:]}")
-    try:
-        yield f":{number}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with xvfb() as display:
+        yield display
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 
 import dagster as dg
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from ks_platform.core import curation, nwb_export
 from ks_platform.core.probes import load_probe_map
 from ks_platform_tests.conftest import failure_messages
-from ks_platform_tests.curation_support import copy_sorted_workspace, run_job, save_in_phy
+from ks_platform_tests.curation_support import copy_sorted_workspace, dandi_validate, run_job, save_in_phy
 
 
 @pytest.fixture(scope="module")
@@ -130,30 +131,28 @@ def test_streamed_writer_round_trips_a_synthetic_sorting(tmp_path):
 
 def test_dandi_organizes_and_validates_the_file_offline(exported, tmp_path):
     """What a lab runs before uploading: ``dandi organize`` into a Dandiset, then ``dandi validate`` (offline)."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
+    ws, key, _, _ = exported
+    dandi_validate([ws.store(key).dir / "nwb" / "units.nwb"], tmp_path)
+
+
+def test_a_units_nwb_from_before_versions_is_kept_as_a_version(exported):
+    """A store whose ``nwb/units.nwb`` is a plain file (written before versions existed): the next export moves it
+    into ``nwb/versions/`` under its own identifier and lists it; nothing is deleted."""
+    import h5py
 
     ws, key, _, _ = exported
-    dandiset = tmp_path / "dandiset"
-    dandiset.mkdir()
-    (dandiset / "dandiset.yaml").write_text("identifier: DANDI:000000\nname: ks_platform test\ndescription: test\n")
-    dandi = [str(Path(sys.executable).parent / "dandi")]
-    env = {**os.environ, "DANDI_NO_ET": "1", "HOME": str(tmp_path)}  # no update check; logs under tmp
-    source = tmp_path / "units.nwb"
-    shutil.copy2(ws.store(key).dir / "nwb" / "units.nwb", source)
-    organize = subprocess.run(
-        [*dandi, "organize", "--files-mode", "copy", "-d", str(dandiset), str(source)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert organize.returncode == 0, organize.stderr[-2000:]
-    assert len(list(dandiset.rglob("sub-*/*.nwb"))) == 1, organize.stderr[-2000:]
-    validate = subprocess.run([*dandi, "validate", str(dandiset)], env=env, capture_output=True, text=True, timeout=300)
-    assert validate.returncode == 0 and "No errors found" in validate.stdout + validate.stderr, (
-        validate.stdout[-2000:] + validate.stderr[-2000:]
-    )
+    store = ws.store(key)
+    nwb = store.dir / "nwb"
+    current = (nwb / "units.nwb").resolve()
+    legacy = nwb / "units.nwb"
+    legacy.unlink()
+    shutil.copy2(current, legacy)
+    with h5py.File(legacy, "r+") as handle:
+        handle.attrs["identifier"] = "legacy-0001"  # an identifier of the old scheme
+    bytes_before = legacy.read_bytes()
+    export = nwb_export.export_units_nwb(store, next(ws.landing.iterdir()))
+    assert (nwb / "versions" / "legacy-0001.nwb").read_bytes() == bytes_before
+    index = nwb_export.list_versions(store)
+    assert {"legacy-0001", export.identifier} <= {v["identifier"] for v in index["versions"]}
+    assert index["current"] == export.identifier and (nwb / "units.nwb").is_symlink()
+    assert (nwb / "units.nwb").resolve() == (nwb / "versions" / f"{export.identifier}.nwb").resolve()

@@ -9,6 +9,7 @@ import sys
 from ks_platform.cli import (
     backfill_command,
     convert_command,
+    curation_command,
     determinism_command,
     doctor_command,
     pipeline_commands,
@@ -25,6 +26,7 @@ COMMAND_MODULES = (
     determinism_command,
     backfill_command,
     sessions_command,
+    curation_command,
 )
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ks_platform.core.conversion import RecordingBinary
+from ks_platform.core.errors import SessionInputError
 from ks_platform.core.figures import new_figure, save_figure
+from ks_platform.core.names import EFFECTIVE_SETTINGS_FILE, LINEAGE_FILE
 from ks_platform.core.store import atomic_directory
 from ks_platform.core.timeline import TimelineSegment
 
@@ -19,6 +21,9 @@ from ks_platform.core.timeline import TimelineSegment
 NOT_FOR_PHY = {"ops.npy", "kilosort4.log"}
 #: A picture of what Phy will show, written into the bundle (Phy ignores it; the UI renders it).
 OVERVIEW_PNG = "overview.png"
+#: The sorting's provenance, copied into the bundle (Phy ignores it): a curation saved there names its sorting's
+#: lineage even after a re-sort replaced ``sorting/``.
+PROVENANCE_FILES = (LINEAGE_FILE, EFFECTIVE_SETTINGS_FILE)
 
 
 @dataclass(frozen=True)
@@ -81,18 +86,23 @@ def build_phy_bundle(
     phy_dir: Path,
     segments: Sequence[TimelineSegment] = (),
     verify: Callable[[], None] | None = None,
+    prepare: Callable[[Path], None] | None = None,
 ) -> PhyBundle:
     """Copy the sorting's Phy files to ``phy_dir`` with ``dat_path`` relative to it, then open it in phylib.
 
     The relative path (``../binary/recording.bin``) keeps working when the whole store is moved.
     ``channel_shanks`` gives the shank of each channel in ``channel_map.npy`` order; ``segments`` (the recording's
-    timeline: where each file lies on the acquisition clock) are written to ``recording_segments.tsv``. ``verify``
-    runs last before the folder is published (raises when the input changed).
+    timeline: where each file lies on the acquisition clock) are written to ``recording_segments.tsv``.
+    ``prepare(staged)`` runs once the sorting's files are in (``export_phy`` puts the applying curation back there);
+    ``verify`` runs last before the folder is published (raises when the input changed).
     """
     with atomic_directory(phy_dir) as staged:
         for item in sorting_dir.iterdir():
-            if item.is_file() and item.name not in NOT_FOR_PHY and item.suffix in (".npy", ".tsv"):
+            wanted = item.suffix in (".npy", ".tsv") or item.name in PROVENANCE_FILES
+            if item.is_file() and item.name not in NOT_FOR_PHY and wanted:
                 shutil.copy2(item, staged / item.name)
+        if prepare is not None:
+            prepare(staged)
         np.save(staged / "channel_shanks.npy", np.asarray(channel_shanks, dtype=np.int32))
         if segments:
             write_segments_tsv(segments, staged / SEGMENTS_TSV, binary.sampling_frequency)
@@ -148,15 +158,78 @@ def plot_phy_overview(folder: Path, path: Path, sampling_frequency: float) -> Pa
     return save_figure(plt, fig, path)
 
 
+PARAMS_FIX = "re-materialize phy_bundle (it writes params.py with dat_path relative to the Phy folder)"
+
+
+def check_params(folder: Path, final_path: Path | None = None) -> dict:
+    """Read ``params.py`` as Phy does and check what Phy needs from it: the keys, a dtype, and a ``dat_path`` that
+    resolves (relative to the folder) to a binary whose size fits ``n_channels_dat``. Raises ``SessionInputError``
+    naming ``params.py`` (or the missing binary) and the fix; returns the parameters."""
+    shown = (final_path or folder) / "params.py"
+    path = folder / "params.py"
+    if not path.is_file():
+        raise SessionInputError(shown, "missing: Phy opens a folder through its params.py", PARAMS_FIX)
+    try:
+        params: dict = {}
+        exec(path.read_text(encoding="utf-8", errors="replace"), {}, params)  # what phylib's read_python does
+    except Exception as exc:  # noqa: BLE001 - any error in the file is the file's problem
+        raise SessionInputError(shown, f"Phy cannot read it ({type(exc).__name__}: {exc})", PARAMS_FIX) from None
+    params = {k.lower(): v for k, v in params.items()}
+    missing = [k for k in ("dat_path", "n_channels_dat", "dtype", "sample_rate") if k not in params]
+    if missing:
+        raise SessionInputError(shown, f"no {', '.join(missing)}", PARAMS_FIX)
+    try:
+        itemsize = np.dtype(params["dtype"]).itemsize
+        n_channels = int(params["n_channels_dat"])
+    except (TypeError, ValueError) as exc:
+        raise SessionInputError(shown, f"dtype/n_channels_dat unusable ({exc})", PARAMS_FIX) from None
+    dat_paths = params["dat_path"] if isinstance(params["dat_path"], (list, tuple)) else [params["dat_path"]]
+    for dat_path in dat_paths:
+        resolved = folder / str(dat_path)  # an absolute dat_path stays absolute
+        if not resolved.exists():
+            hint = (
+                f" (a link to {os.readlink(resolved)}, which is gone: put the recording back there or re-materialize "
+                "recording_binary)"
+                if resolved.is_symlink()
+                else ""
+            )
+            raise SessionInputError(
+                shown,
+                f"dat_path {str(dat_path)!r} resolves to {resolved}, which does not exist{hint}: Phy cannot show "
+                "traces or waveforms",
+                f"{PARAMS_FIX}, or set dat_path to the binary's path relative to the Phy folder",
+            )
+        size = resolved.stat().st_size
+        if n_channels <= 0 or size % (n_channels * itemsize):
+            raise SessionInputError(
+                shown,
+                f"{resolved.name} holds {size} bytes, not a whole number of samples of n_channels_dat={n_channels} "
+                f"{np.dtype(params['dtype'])} channels",
+                PARAMS_FIX,
+            )
+    return params
+
+
 def validate_phy_folder(folder: Path, final_path: Path | None = None) -> PhyBundle:
-    """Open the folder headlessly with phylib's ``load_model``; raise if Phy could not open it."""
+    """Open the folder headlessly with phylib's ``load_model``; raise ``SessionInputError`` (the file, the fix) if
+    Phy could not open it."""
     from phylib.io.model import load_model
 
-    model = load_model(folder / "params.py")
+    check_params(folder, final_path)
+    try:
+        model = load_model(folder / "params.py")
+    except Exception as exc:  # noqa: BLE001 - phylib raises whatever its readers raise
+        raise SessionInputError(
+            (final_path or folder) / "params.py",
+            f"Phy cannot open the folder ({type(exc).__name__}: {exc})",
+            PARAMS_FIX,
+        ) from None
     try:
         traces = model.traces
         if traces is None:
-            raise RuntimeError(f"{folder / 'params.py'}: phylib could not open the raw data at dat_path")
+            raise SessionInputError(
+                (final_path or folder) / "params.py", "phylib could not open the raw data at dat_path", PARAMS_FIX
+            )
         shanks = np.load(folder / "channel_shanks.npy") if (folder / "channel_shanks.npy").exists() else np.zeros(1)
         dat_path = str(model.dat_path[0] if isinstance(model.dat_path, (list, tuple)) else model.dat_path)
         return PhyBundle(

@@ -364,7 +364,10 @@ def export_phy(store: SessionStore, session: Session | None = None, probe: str |
             "materialize sorted_units for this partition first (or the whole sort_session job)",
         )
     segments = segments_from_manifest(read_json(store.raw_manifest)) if store.raw_manifest.is_file() else []
-    curation.preserve_phy_curation(store)  # a curation saved in Phy outlives the rebuilt folder (curation/history/)
+    # The Phy folder's curation (even one not observed yet) is kept before the folder is rebuilt; the rebuilt folder
+    # gets the curation that applies to its sorting back, so Phy opens it as the lab left it (curation.py).
+    curation.preserve_phy_curation(store)
+    carried: list[str | None] = []
     bundle = phy.build_phy_bundle(
         store.sorting_dir,
         binary,
@@ -372,6 +375,7 @@ def export_phy(store: SessionStore, session: Session | None = None, probe: str |
         store.phy_dir,
         segments,
         verify=publish_check(session, store, probe),
+        prepare=lambda staged: carried.append(curation.carry_forward(store, staged)),
     )
     lineage = read_json(store.sorting_dir / LINEAGE_FILE)
     metadata = {
@@ -384,6 +388,7 @@ def export_phy(store: SessionStore, session: Session | None = None, probe: str |
         "traces_shape": list(bundle.traces_shape),
         "n_shanks": bundle.n_shanks,
         "lineage": lineage,
+        "carried_curation": carried[0] if carried and carried[0] else "none",
     }
     version = sorting.sorting_checksum(store.phy_dir)
     return StepOutput(version, metadata, {"phy_overview": store.phy_dir / phy.OVERVIEW_PNG})
@@ -408,3 +413,15 @@ def measure_units(store: SessionStore, session: Session | None = None, probe: st
         {**metrics.summary, "path": str(store.metrics_dir), "units": metrics.table.to_dict(orient="records")},
         metrics.figures,
     )
+
+
+@writes_session
+def record_curation(store: SessionStore) -> curation.CurationRecord:
+    """Keep the Phy folder's curation and record the one that applies to the current sorting (``curation/``)."""
+    return curation.record_curation(store)
+
+
+@writes_session
+def restore_curation(store: SessionStore, snapshot: str | None = None, from_sorting: bool = False):
+    """Put a kept curation (or Kilosort's clusters) back into the Phy folder: ``curation.restore_curation``."""
+    return curation.restore_curation(store, snapshot, from_sorting)

@@ -3,10 +3,12 @@
 import socket
 
 import dagster as dg
+import numpy as np
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
-from ks_platform.core import pipeline
+from ks_platform.core import curation, pipeline
 from ks_platform.core.curation import curation_fingerprint
+from ks_platform.core.errors import SessionInputError
 from ks_platform.core.names import SESSION_GROUP
 from ks_platform.core.phy import validate_phy_folder
 from ks_platform.defs.lineage_metadata import lineage_metadata
@@ -46,10 +48,26 @@ def phy_bundle(context: dg.AssetExecutionContext, platform: PlatformResource) ->
 @dg.asset_check(
     asset=phy_bundle,
     partitions_def=session_partitions,
-    description="The published Phy folder opens in phylib and has spikes.",
+    description="The published Phy folder opens in phylib and has spikes: params.py (dat_path resolves to the binary "
+    "and fits it) and the curation files Phy saved; a failure names the file and the fix.",
 )
 def phy_bundle_opens(context: dg.AssetCheckExecutionContext, platform: PlatformResource) -> dg.AssetCheckResult:
-    bundle = validate_phy_folder(platform.store(context.partition_key).phy_dir)
+    store = platform.store(context.partition_key)
+    try:
+        bundle = validate_phy_folder(store.phy_dir)
+        if (store.phy_dir / "spike_templates.npy").is_file():  # what Phy saved must fit the sorting too
+            curation.read_curation(
+                store.phy_dir,
+                np.load(store.phy_dir / "spike_templates.npy").ravel(),
+                "-",
+                curation.restore_fix(store),
+            )
+    except SessionInputError as exc:
+        return dg.AssetCheckResult(
+            passed=False,
+            description=str(exc),
+            metadata={"file": dg.MetadataValue.path(str(exc.path)), "problem": exc.problem, "fix": exc.fix},
+        )
     return dg.AssetCheckResult(
         passed=bundle.n_spikes > 0,
         metadata={
