@@ -125,6 +125,13 @@ def register_member(store: SessionStore, key: str | None, config: ProbeConfig | 
     return path
 
 
+def implants_of(store_root: Path, session_key: str) -> list[str]:
+    """The implants a session is registered with (at most one)."""
+    return sorted(
+        p.parent.parent.name for p in (Path(store_root) / SUBJECTS_DIR).glob(f"*/{MEMBERS}/{session_key}.json")
+    )
+
+
 def member_keys(store_root: Path, key: str) -> list[str]:
     """The implant's sessions, in recording order; retired partitions (``RETIRED.json``) are left out."""
     folder = subject_dir(store_root, key) / MEMBERS
@@ -303,18 +310,19 @@ def gather_sessions(store_root: Path, key: str, units: str = "good") -> tuple[li
     return _same_geometry(sessions, left_out)
 
 
+def _geometry(session: SessionUnits) -> tuple[tuple[int, ...], bytes]:
+    return session.channel_positions.shape, np.round(session.channel_positions, 3).tobytes()
+
+
 def _same_geometry(
     sessions: list[SessionUnits], left_out: list[dict[str, str]]
 ) -> tuple[list[SessionUnits], list[dict[str, str]]]:
     """Keep the sessions whose contact positions are the implant's (those of most of its sessions)."""
     if not sessions:
         return sessions, left_out
-    shapes = Counter(np.round(s.channel_positions, 3).tobytes() + bytes(s.channel_positions.shape) for s in sessions)
-    reference = next(
-        s
-        for s in sessions
-        if np.round(s.channel_positions, 3).tobytes() + bytes(s.channel_positions.shape) == shapes.most_common(1)[0][0]
-    )
+    geometries = Counter(_geometry(s) for s in sessions)
+    common = geometries.most_common(1)[0][0]
+    reference = next(s for s in sessions if _geometry(s) == common)
     kept = []
     for s in sessions:
         same = s.channel_positions.shape == reference.channel_positions.shape and np.allclose(
