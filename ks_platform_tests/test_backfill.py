@@ -26,7 +26,15 @@ from ks_platform.defs.resources import PlatformResource
 from ks_platform.operations import backfill as backfills
 from ks_platform.operations.sessions import register_sessions
 
-SESSION_ASSETS = ["phy_bundle", "probe_map", "raw_recording", "recording_binary", "sorted_units", "unit_metrics"]
+SESSION_ASSETS = [
+    "phy_bundle",
+    "probe_map",
+    "raw_recording",
+    "recording_binary",
+    "sorted_units",
+    "unit_labels",
+    "unit_metrics",
+]
 
 
 def test_date_range_selection_is_inclusive_and_ignores_other_keys():

@@ -99,6 +99,8 @@ class UnitsSource:
     location: str = "unknown"
     #: Where each file of the recording lies on the acquisition clock (spike times are written on that clock).
     timeline: tuple[TimelineSegment, ...] = ()
+    #: The session's store, for bombcell's labels and the track ids (``label_and_track_columns``).
+    store: SessionStore | None = None
 
 
 def unit_index(clusters: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,6 +178,8 @@ def _units(nwbfile, source: UnitsSource):
                 [source.curated_labels.get(u, "unsorted") for u in ids],
             )
         )
+    if source.store is not None:
+        columns += label_and_track_columns(source.store, ids)
     if source.metrics is not None:
         table = source.metrics.set_index("unit_id").reindex(ids)
         columns += [
@@ -434,6 +438,7 @@ def store_units_source(
         location=(subject or {}).get(LOCATION_KEY, "unknown"),
         description=f"Kilosort {lineage.get('versions', {}).get('kilosort', '4')} units of {store.key}, curation: "
         f"{record.status}",
+        store=store,
     )
     return source, record.status
 
@@ -474,3 +479,35 @@ def inspect_nwb(path: Path) -> list[dict[str, str]]:
 
 #: nwbinspector importances that fail the export.
 BLOCKING = ("CRITICAL", "BEST_PRACTICE_VIOLATION", "ERROR", "PYNWB_VALIDATION")
+
+
+# --- bombcell labels and track ids (issue #28) ----------------------------------------------------------------------
+def label_and_track_columns(store: SessionStore, unit_ids: list[int]) -> list:
+    """Units-table columns from ``unit_labels`` and ``unit_tracks`` for the session's current sorting: bombcell's label
+    (``""`` for a cluster made in Phy) and the unit's track id across its implant's sessions (-1: none). A column is
+    left out when that step has not run on the current sorting."""
+    from ks_platform.core.unit_labels import current_labels
+    from ks_platform.core.unit_tracks import current_track_ids
+
+    columns = []
+    labels = current_labels(store)
+    if labels is not None:
+        known = labels.labels
+        columns.append(
+            _column(
+                "bombcell_label",
+                "bombcell's label (GOOD/MUA/NOISE/NON-SOMA) of Kilosort's cluster; empty for clusters made in Phy",
+                [known.get(u, "") for u in unit_ids],
+            )
+        )
+    tracks = current_track_ids(store)
+    if tracks is not None:
+        columns.append(
+            _column(
+                "track_id",
+                "the unit's identity across the sessions of its implant (UnitMatch; same id = same neuron); -1: not "
+                "tracked",
+                np.array([tracks.get(u, -1) for u in unit_ids], dtype=np.int64),
+            )
+        )
+    return columns
