@@ -10,12 +10,14 @@ export KS_PLATFORM_BACKEND ?= auto
 
 .PHONY: install demo test dev executor-dev bench screenshots clean gpu-bundle
 
-$(BIN)/ks-platform: pyproject.toml constraints/cpu.txt
+$(BIN)/ks-platform: pyproject.toml constraints/cpu.txt docker/requirements-nodeps.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip wheel setuptools
 	# torch first, pinned: 2.13.0 is the local CPU wheel (any other spec pulls GBs of CUDA packages)
 	$(BIN)/pip install -c constraints/cpu.txt torch==2.13.0
 	$(BIN)/pip install -c constraints/cpu.txt -e '.[test,k8s]'
+	# UnitMatchPy's metadata pins numpy<2/pandas<3: installed without its declared dependencies (see the lock file)
+	$(BIN)/pip install --no-deps -r docker/requirements-nodeps.lock
 	touch $@
 
 install: $(BIN)/ks-platform

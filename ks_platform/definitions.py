@@ -26,7 +26,7 @@ from ks_platform.core.names import (  # noqa: E402
     SLURM_SETTINGS_ENV,
     SORT_JOB_NAME,
 )
-from ks_platform.defs import curation, doctor, ingest, quality, review, rollup, sorting  # noqa: E402
+from ks_platform.defs import curation, doctor, ingest, labels, quality, review, rollup, sorting, tracking  # noqa: E402
 from ks_platform.defs.partitions import session_partitions  # noqa: E402
 from ks_platform.defs.resources import PlatformResource  # noqa: E402
 from ks_platform.defs.sensors import build_new_session_sensor  # noqa: E402
@@ -36,7 +36,8 @@ sort_session_job = dg.define_asset_job(
     SORT_JOB_NAME,
     selection=dg.AssetSelection.groups(SESSION_GROUP),
     partitions_def=session_partitions,
-    description="Materialize every asset of one session: recording → probe → binary → Kilosort 4 → Phy → unit metrics.",
+    description="Materialize every asset of one session: recording → probe → binary → Kilosort 4 → Phy → bombcell "
+    "labels → unit metrics.",
 )
 
 #: Re-read sessions' kilosort4-settings.json (the UI's "Observe sources" does the same): edited ones turn the sorting
@@ -56,10 +57,14 @@ ALL_ASSETS = [
     ingest.recording_binary,
     sorting.sorted_units,
     review.phy_bundle,
+    labels.labelled_units,
     quality.unit_metrics,
     curation.phy_curation,
     curation.curated_units,
     curation.units_nwb,
+    labels.label_agreement,
+    tracking.subject_sessions,
+    tracking.tracked_units,
 ]
 ALL_CHECKS = [
     sorting.sorted_units_not_empty,
@@ -69,12 +74,15 @@ ALL_CHECKS = [
     quality.unit_metrics_isi_violations,
     curation.curated_units_not_stale,
     curation.units_nwb_passes_inspector,
+    labels.unit_labels_in_phy_and_tracked,
+    tracking.unit_tracks_link_every_session,
 ]
 
 
 def default_sensors() -> list[dg.SensorDefinition]:
-    """``new_session_sensor`` (stopped by default, see ``defs/sensors.py``) and ``daily_rollup_sensor`` (running)."""
-    return [build_new_session_sensor(), rollup.build_rollup_sensor()]
+    """``new_session_sensor`` (stopped by default, see ``defs/sensors.py``), ``daily_rollup_sensor`` and
+    ``unit_tracks_sensor`` (running)."""
+    return [build_new_session_sensor(), rollup.build_rollup_sensor(), tracking.build_tracks_sensor()]
 
 
 def executor_from_env() -> dg.ExecutorDefinition:
@@ -134,6 +142,8 @@ def build_definitions(
             curation.curate_session_job,
             curation.observe_curation_job,
             rollup.daily_rollup_job,
+            tracking.track_units_job,
+            tracking.export_tracked_nwb_job,
             doctor.host_doctor,
         ],
         sensors=default_sensors() if sensors is None else sensors,

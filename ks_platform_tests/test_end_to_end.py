@@ -12,7 +12,15 @@ from ks_platform.core.phy import validate_phy_folder
 from ks_platform.core.probes import kilosort_probe_from_json
 from ks_platform.core.store import read_json
 
-SESSION_ASSETS = {"raw_recording", "probe_map", "recording_binary", "sorted_units", "phy_bundle", "unit_metrics"}
+SESSION_ASSETS = {
+    "raw_recording",
+    "probe_map",
+    "recording_binary",
+    "sorted_units",
+    "phy_bundle",
+    "unit_labels",
+    "unit_metrics",
+}
 
 
 def test_all_session_assets_materialize_and_phy_opens(sorted_workspace):

@@ -129,6 +129,7 @@ def test_sensor_sorts_a_dropped_session_and_backfill_targets_its_date(live_dagst
         "raw_recording",
         "recording_binary",
         "sorted_units",
+        "unit_labels",
         "unit_metrics",
     ]
 

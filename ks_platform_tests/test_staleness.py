@@ -19,8 +19,16 @@ from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 from ks_platform.definitions import ALL_ASSETS, build_definitions
 from ks_platform_tests.conftest import Workspace
 
-SESSION = ["raw_recording", "probe_map", "recording_binary", "sorted_units", "phy_bundle", "unit_metrics"]
-SORTING_AND_AFTER = {"sorted_units", "phy_bundle", "unit_metrics"}
+SESSION = [
+    "raw_recording",
+    "probe_map",
+    "recording_binary",
+    "sorted_units",
+    "phy_bundle",
+    "unit_labels",
+    "unit_metrics",
+]
+SORTING_AND_AFTER = {"sorted_units", "phy_bundle", "unit_labels", "unit_metrics"}
 
 
 def stale_set(defs: dg.Definitions, instance: dg.DagsterInstance, key: str) -> set[str]:

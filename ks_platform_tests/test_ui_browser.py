@@ -44,7 +44,15 @@ SORT_TIMEOUT_S = 1500
 VIEWPORT = {"width": 1600, "height": 1000}
 GOOD = "demo_seed42"
 TYPO = "typo_settings"
-PIPELINE = ["raw_recording", "probe_map", "recording_binary", "sorted_units", "phy_bundle", "unit_metrics"]
+PIPELINE = [
+    "raw_recording",
+    "probe_map",
+    "recording_binary",
+    "sorted_units",
+    "phy_bundle",
+    "unit_labels",
+    "unit_metrics",
+]
 SESSIONS_PARTITIONS = "ks_platform_sessions"
 
 

@@ -120,3 +120,18 @@ GROUND_TRUTH_SPEC = "ground_truth.json"
 CATALOG_DIR = ".catalog"
 CATALOG_FILE = "sessions.sqlite"
 RETIRED_MARKER = "RETIRED.json"
+
+# --- Unit labels and tracks across sessions (issue #28) --------------------------------------------------------------
+#: ``labels/``: bombcell's output for a probe's sorting; ``label_agreement/``: bombcell vs the lab's Phy labels.
+LABELS_DIR = "labels"
+AGREEMENT_DIR = "label_agreement"
+#: Phy columns: bombcell's own file name for its label, and the unit's track id across the subject's sessions.
+BOMBCELL_TSV = "cluster_bc_unitType.tsv"
+TRACK_ID_TSV = "cluster_track_id.tsv"
+#: ``<store>/subjects/<subject>__<implant>/``: the sessions of one implant and its unit tracks.
+SUBJECTS_DIR = "subjects"
+#: Dagster: the group of subject-level assets, their dynamic partitions (one per implant), job and sensor.
+TRACKING_GROUP = "unit_tracking"
+SUBJECTS_PARTITIONS_NAME = "ks_platform_subjects"
+TRACK_JOB_NAME = "track_units"
+TRACKS_SENSOR_NAME = "unit_tracks_sensor"

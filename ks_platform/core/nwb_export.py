@@ -133,6 +133,9 @@ class UnitsSource:
     #: Kilosort clusters each curated unit was merged from / took part of (split), when a curation applies.
     merged_from: dict[int, list[int]] = field(default_factory=dict)
     split_from: dict[int, list[int]] = field(default_factory=dict)
+    #: bombcell's label per Kilosort cluster and the unit's track id across days, for the current sorting only.
+    bombcell_labels: dict[int, str] | None = None
+    track_ids: dict[int, int] | None = None
 
 
 def unit_index(clusters: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -226,6 +229,7 @@ def _units(nwbfile, source: UnitsSource, groups: dict[int, Any]):
                 [",".join(map(str, source.split_from.get(u, []))) for u in ids],
             )
         )
+    columns += label_and_track_columns(source, ids)
     if source.metrics is not None:
         table = source.metrics.set_index("unit_id").reindex(ids)
         columns += [
@@ -620,6 +624,8 @@ def content_identifier(source: UnitsSource, waveform_inputs: str) -> str:
         "session": source.session,
         "location": source.location,
         "timeline": [s.to_json() for s in source.timeline],
+        "bombcell_labels": source.bombcell_labels,
+        "track_ids": source.track_ids,
     }
     hasher.update(json.dumps(described, sort_keys=True, default=str).encode())
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ks_platform:nwb:{hasher.hexdigest()}"))
@@ -665,6 +671,7 @@ def _units_source(
     waveforms = mean_waveforms(store, np.asarray(samples), clusters) if with_waveforms and same_binary else None
     labels, merged, split = curated if curated is not None else (None, {}, {})
     status = curation_facts.get("status", "uncurated")
+    bombcell_labels, track_ids = labels_and_tracks(store, sorting)
     source = UnitsSource(
         spike_samples=samples,
         spike_clusters=clusters,
@@ -685,6 +692,8 @@ def _units_source(
         session=session,
         merged_from=merged,
         split_from=split,
+        bombcell_labels=bombcell_labels,
+        track_ids=track_ids,
         description=f"Kilosort {lineage.get('versions', {}).get('kilosort', '4')} units of {store.key}, curation: "
         f"{status}",
     )
@@ -947,3 +956,43 @@ def inspect_nwb(path: Path) -> list[dict[str, str]]:
 
 #: nwbinspector importances that fail the export.
 BLOCKING = ("CRITICAL", "BEST_PRACTICE_VIOLATION", "ERROR", "PYNWB_VALIDATION")
+
+
+# --- bombcell labels and track ids (issue #28) ----------------------------------------------------------------------
+def label_and_track_columns(source: UnitsSource, unit_ids: list[int]) -> list:
+    """Units-table columns from ``unit_labels`` and ``unit_tracks``: bombcell's label (``""`` for a cluster made in
+    Phy) and the unit's track id across its implant's sessions (-1: none). A column is left out when that step has not
+    run on this sorting."""
+    columns = []
+    if source.bombcell_labels is not None:
+        known = source.bombcell_labels
+        columns.append(
+            _column(
+                "bombcell_label",
+                "bombcell's label (GOOD/MUA/NOISE/NON-SOMA) of Kilosort's cluster; empty for clusters made in Phy",
+                [known.get(u, "") for u in unit_ids],
+            )
+        )
+    if source.track_ids is not None:
+        tracks = source.track_ids
+        columns.append(
+            _column(
+                "track_id",
+                "the unit's identity across the sessions of its implant (UnitMatch; same id = same neuron); -1: not "
+                "tracked",
+                np.array([tracks.get(u, -1) for u in unit_ids], dtype=np.int64),
+            )
+        )
+    return columns
+
+
+def labels_and_tracks(store: SessionStore, sorting: Path) -> tuple[dict[int, str] | None, dict[int, int] | None]:
+    """bombcell's labels and the track ids of ``sorting`` when it is the session's current sorting (both describe
+    only that one: an earlier sorting's clusters get neither)."""
+    from ks_platform.core.unit_labels import current_labels
+    from ks_platform.core.unit_tracks import current_track_ids
+
+    if Path(sorting).resolve() != store.sorting_dir.resolve():
+        return None, None
+    labels = current_labels(store)
+    return (labels.labels if labels is not None else None), current_track_ids(store)

@@ -425,3 +425,93 @@ def record_curation(store: SessionStore) -> curation.CurationRecord:
 def restore_curation(store: SessionStore, snapshot: str | None = None, from_sorting: bool = False):
     """Put a kept curation (or Kilosort's clusters) back into the Phy folder: ``curation.restore_curation``."""
     return curation.restore_curation(store, snapshot, from_sorting)
+
+
+# ------------------------------------------------------------------------------------------------ after the sort (#28)
+@writes_session
+def label_session(
+    store: SessionStore,
+    session: Session | None = None,
+    probe: str | None = None,
+    log: sorting.Log | None = None,
+) -> StepOutput:
+    """bombcell's labels of the probe's sorting into ``labels/`` (the session config's ``bombcell`` section), put into
+    the Phy folder; the session joins its implant's tracking (``subject.json`` + ``implant``) when it has a subject.
+
+    A ``subject.json`` that cannot be read does not fail the labels: ``tracking_problem`` says what to fix."""
+    from ks_platform.core import unit_labels, unit_tracks
+
+    scan = as_scan(session) if session is not None else None
+    config = scan.probe_config(probe) if scan is not None else session_config.ProbeConfig()
+    _, probe_manifest = load_probe_map(store)
+    labels = unit_labels.label_units(
+        store, config, probe_manifest["probe_kind"], verify=publish_check(scan, store, probe), log=log
+    )
+    unit_labels.write_phy_column(store)
+    track_key, problem = None, None
+    if scan is not None:
+        try:
+            track_key = unit_tracks.session_track_key(scan.folder, probe or scan.open(probe).probe_name, config)
+        except SessionInputError as exc:
+            problem = str(exc)
+    unit_tracks.register_member(store, track_key, config)
+    unit_tracks.write_phy_track_column(store)
+    metadata = {
+        **{f"n_{label.lower().replace('-', '_')}": n for label, n in labels.summary["counts"].items()},
+        "counts": labels.summary["counts"],
+        "n_units": labels.summary["n_units"],
+        "bombcell_version": labels.summary["bombcell_version"],
+        "bombcell_seconds": labels.summary["seconds"],
+        "overrides": labels.summary["overrides"],
+        "parameters": labels.summary["parameters"],
+        "sorting_checksum": labels.summary["sorting_checksum"],
+        "track_key": track_key,
+        "tracking_problem": problem,
+        "units": labels.table.to_dict(orient="records"),
+        "path": str(unit_labels.labels_dir(store)),
+    }
+    return StepOutput(labels.summary["version"], metadata, labels.figures)
+
+
+def track_subject(store_root: Path, key: str, log: sorting.Log | None = None) -> StepOutput:
+    """UnitMatch over the implant's sessions into ``subjects/<key>/unit_tracks/``, with the ``unitmatch`` section of
+    its newest session's config; then every tracked session's Phy track column. ``sessions_changed`` lists the
+    sessions whose track ids changed (their NWB files are refreshed)."""
+    from ks_platform.core import unit_tracks
+
+    store_root = Path(store_root)
+    before = unit_tracks.load_tracks(store_root, key)
+    members = unit_tracks.member_keys(store_root, key)
+    newest = members[-1] if members else None
+    record = read_json(unit_tracks.subject_dir(store_root, key) / "members" / f"{newest}.json") if newest else {}
+    sources = {k: Path(v) for k, v in record.get("unitmatch_sources", {}).items()}
+    overrides = unit_tracks.validate_overrides(record.get("unitmatch", {}), sources)
+    tracks = unit_tracks.track_units(store_root, key, overrides, log=log, parameters_from=newest)
+    changed = []
+    for session in sorted(set(tracks.table["session"])):
+        store = SessionStore(store_root, session)
+        mine = tracks.table[tracks.table["session"] == session][["cluster_id", "track_id"]]
+        old = before.table[before.table["session"] == session][["cluster_id", "track_id"]] if before else None
+        if old is None or not np.array_equal(mine.to_numpy(), old.to_numpy()):
+            changed.append(session)
+        try:
+            unit_tracks.write_phy_track_column(store)
+        except OSError as exc:  # one session's Phy folder never fails the others' tracking
+            if log is not None:
+                log(f"{session}: Phy track column not written ({exc})")
+    metadata = {
+        **{k: tracks.summary[k] for k in ("n_units", "n_tracks", "n_tracks_across_sessions", "unitmatch_version")},
+        "sessions": tracks.summary["sessions"],
+        "left_out": tracks.summary["left_out"],
+        "no_overlap": tracks.summary["no_overlap"],
+        "parameters": tracks.summary["parameters"],
+        "parameters_from": newest,
+        "inputs_version": tracks.summary["inputs_version"],
+        "sessions_changed": changed,
+        "units": tracks.table.to_dict(orient="records"),
+        "path": str(unit_tracks.tracks_dir(store_root, key)),
+    }
+    version = settings.settings_hash(
+        {"tracks": tracks.table.to_dict(orient="list"), "inputs": tracks.summary["inputs_version"]}
+    )
+    return StepOutput(version, metadata, tracks.figures)

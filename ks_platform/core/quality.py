@@ -102,6 +102,15 @@ def curated_labels(store: SessionStore, unit_ids: list[int]) -> list[str]:
     return [labels.get(u, "") for u in unit_ids]
 
 
+def bombcell_labels(store: SessionStore, unit_ids: list[int]) -> list[str]:
+    """bombcell's label per unit when ``unit_labels`` labelled the current sorting, else ``""``."""
+    from ks_platform.core.unit_labels import current_labels
+
+    labels = current_labels(store)
+    known = labels.labels if labels is not None else {}
+    return [known.get(u, "") for u in unit_ids]
+
+
 def compute_unit_metrics(store: SessionStore, n_jobs: int = 1, verify: Callable[[], None] | None = None) -> UnitMetrics:
     """Quality metrics + figures for the session's Phy folder, written to ``store.metrics_dir``."""
     import spikeinterface.core as si
@@ -148,7 +157,8 @@ def compute_unit_metrics(store: SessionStore, n_jobs: int = 1, verify: Callable[
     table.insert(0, "unit_id", [int(u) for u in metrics.index])
     table.insert(1, "kilosort_label", [str(labels.get(u, "")) for u in metrics.index])
     table.insert(2, "curated_label", curated_labels(store, [int(u) for u in metrics.index]))
-    table.insert(3, "n_spikes", [int(n) for n in sorting.count_num_spikes_per_unit(outputs="array")])
+    table.insert(3, "bombcell_label", bombcell_labels(store, [int(u) for u in metrics.index]))
+    table.insert(4, "n_spikes", [int(n) for n in sorting.count_num_spikes_per_unit(outputs="array")])
     locations = analyzer.get_extension("unit_locations").get_data()
     table["x_um"], table["y_um"] = locations[:, 0], locations[:, 1]
     table = table.reset_index(drop=True).round(4)
@@ -162,6 +172,10 @@ def compute_unit_metrics(store: SessionStore, n_jobs: int = 1, verify: Callable[
         "metric_names": list(METRIC_NAMES),
         "curated_counts": {
             label: int((table["curated_label"] == label).sum()) for label in sorted(set(table["curated_label"]) - {""})
+        },
+        "bombcell_counts": {
+            label: int((table["bombcell_label"] == label).sum())
+            for label in sorted(set(table["bombcell_label"]) - {""})
         },
     }
     with atomic_directory(store.metrics_dir) as staged:

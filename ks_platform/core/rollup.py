@@ -42,6 +42,8 @@ class SessionOutcome:
     #: Phy curation of the current sorting (``curated``/``uncurated``/``stale``, None before ``curated_units``).
     curation_status: str | None = None
     n_curated_good_units: int | None = None
+    #: bombcell's units per label (``GOOD``, ``MUA``, …) of the current sorting, None before ``unit_labels``.
+    bombcell_counts: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,15 @@ class DailyRollup:
         return sum(s.n_curated_good_units or 0 for s in self.sessions)
 
     @property
+    def units_by_label(self) -> dict[str, int]:
+        """bombcell's labels summed over the day's sessions labelled on their current sorting."""
+        total: dict[str, int] = {}
+        for session in self.sessions:
+            for label, n in (session.bombcell_counts or {}).items():
+                total[label] = total.get(label, 0) + n
+        return dict(sorted(total.items()))
+
+    @property
     def recording_seconds(self) -> float:
         return round(sum((s.recording_seconds or 0.0 for s in self.sessions), 0.0), 3)  # a float on empty days too
 
@@ -116,6 +127,7 @@ class DailyRollup:
             "n_units": self.n_units,
             "n_good_units": self.n_good_units,
             "n_curated_good_units": self.n_curated_good_units,
+            "units_by_label": self.units_by_label,
             "recording_seconds": self.recording_seconds,
             "sorting_seconds": self.sorting_seconds,
             "devices": self.devices,
@@ -165,7 +177,15 @@ def session_outcome(store_root: Path, key: str, failure: str | None = None) -> S
         error=failure,
         curation_status=record.status if record else None,
         n_curated_good_units=record.counts.get("good", 0) if record and record.status == curation.CURATED else None,
+        bombcell_counts=_bombcell_counts(store) if summary else None,
     )
+
+
+def _bombcell_counts(store: SessionStore) -> dict[str, int] | None:
+    from ks_platform.core.unit_labels import current_labels
+
+    labels = current_labels(store)
+    return dict(labels.summary["counts"]) if labels is not None else None
 
 
 def build_daily_rollup(

@@ -13,7 +13,10 @@ probe, or that names a probe the folder does not hold, is an error: nothing foun
      "kilosort": {"Th_universal": 10},          # Kilosort settings for every probe below this folder
      "max_gap_fill_s": 120,                     # fill gaps between a recording's files with zeros up to 120 s
      "probes": {"imec1": {"kilosort": {"batch_size": 30000}, "probe_file": "imec1_probe.json"},
-                "imec0": {"split_segments": true}}}    # sort each gate of imec0 on its own (imec0-g0, imec0-g1)
+                "imec0": {"split_segments": true}},    # sort each gate of imec0 on its own (imec0-g0, imec0-g1)
+     "bombcell": {"minNumSpikes": 100},         # bombcell parameters (its own names) for unit_labels
+     "unitmatch": {"match_threshold": 0.6},     # UnitMatch parameters (its own names) for unit_tracks
+     "implant": "left_hpc"}                     # what tracks this probe across sessions (default: the probe's name)
 
 ``kilosort4-settings.json`` holds Kilosort settings only (the same as ``{"kilosort": {...}}``).
 """
@@ -37,6 +40,9 @@ from ks_platform.core.settings import validate_overrides
 CONFIG_FILE = "ks_session.json"
 CONFIG_NAMES = (CONFIG_FILE, SESSION_SETTINGS_FILE)
 PROBE_KEYS = ("recording_date", "probe_file", "kilosort", "split_segments", "max_gap_fill_s")
+#: Parameter sections of the steps after the sort (issue #28); each step checks the names in its own section.
+STEP_SECTIONS = ("bombcell", "unitmatch")
+PROBE_KEYS += (*STEP_SECTIONS, "implant")
 CONFIG_KEYS = (*PROBE_KEYS, "probes")
 MAX_CONFIG_BYTES = 1024 * 1024
 _FIX_SYNTAX = 'write a JSON object such as {"kilosort": {"Th_universal": 10}, "probes": {"imec0": {...}}}'
@@ -54,6 +60,13 @@ class ProbeConfig:
     split_segments: bool = False
     #: Longest gap between two files of the recording filled with zeros (seconds); None: the platform's default.
     max_gap_fill_s: float | None = None
+    #: bombcell parameters for ``unit_labels`` and UnitMatch parameters for ``unit_tracks`` (their own names).
+    bombcell: dict[str, Any] = field(default_factory=dict)
+    unitmatch: dict[str, Any] = field(default_factory=dict)
+    #: The implant this probe is tracked as across the subject's sessions; None: the probe's own name.
+    implant: str | None = None
+    #: The file that set each ``bombcell``/``unitmatch`` parameter (``"bombcell.minNumSpikes"`` → file), for errors.
+    sources: dict[str, Path] = field(default_factory=dict)
 
 
 def config_files(session_dir: Path) -> list[Path]:
@@ -162,9 +175,39 @@ def _layer(
                 path, f"max_gap_fill_s must be a number of seconds >= 0, got {gap!r}", '"max_gap_fill_s": 120'
             )
         gap = float(gap)
-    return dataclasses.replace(
+    config = dataclasses.replace(
         config, kilosort=kilosort, probe_file=probe_file, recording_date=date, split_segments=split, max_gap_fill_s=gap
     )
+    return _layer_after_sort(config, section, path)
+
+
+def _layer_after_sort(config: ProbeConfig, section: Mapping[str, Any], path: Path) -> ProbeConfig:
+    """The ``bombcell``/``unitmatch`` sections (JSON objects merged key by key; their names are checked by the step
+    that uses them) and ``implant`` of one config section layered over ``config``."""
+    updates: dict[str, Any] = {}
+    sources = dict(config.sources)
+    for name in STEP_SECTIONS:
+        if name not in section:
+            continue
+        values = section[name]
+        if not isinstance(values, dict):
+            raise SessionInputError(
+                path,
+                f"{name!r} must be a JSON object of {name} parameters, got {values!r}",
+                f'write "{name}": {{"parameter": value}} with {name}\'s own parameter names',
+            )
+        updates[name] = {**getattr(config, name), **values}
+        sources.update({f"{name}.{key}": path for key in values})
+    if "implant" in section:
+        implant = section["implant"]
+        if not isinstance(implant, str) or not implant.strip() or len(implant) > 80:
+            raise SessionInputError(
+                path,
+                f"implant must be a short name (1-80 characters), got {implant!r}",
+                'name the implant this probe belongs to, e.g. "implant": "left_hpc"',
+            )
+        updates["implant"] = implant.strip()
+    return dataclasses.replace(config, **updates, sources=sources) if updates else config
 
 
 def _date(value: Any, path: Path) -> dt.date:

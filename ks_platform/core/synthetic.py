@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ks_platform.core.names import GROUND_TRUTH_SPEC
+from ks_platform.core.names import GROUND_TRUTH_SPEC, SUBJECT_JSON
 
 #: NP1.0 AP scaling used for the synthetic file: 0.6 V / 512 / gain 500 = 2.34375 µV per bit.
 NP1_UV_PER_BIT = 0.6 / 512 / 500 * 1e6
@@ -106,9 +106,7 @@ def make_spikeglx_session(
     """
     from spikeinterface.core import generate_ground_truth_recording
 
-    folder.mkdir(parents=True, exist_ok=True)
     probe = np1_probe(spec.n_channels, spec.channels)
-    n_saved = probe.get_contact_count()
     recording, sorting = generate_ground_truth_recording(
         durations=[spec.duration_s],
         sampling_frequency=spec.sampling_frequency,
@@ -118,6 +116,22 @@ def make_spikeglx_session(
         noise_kwargs={"noise_levels": spec.noise_uv, "strategy": "on_the_fly"},
         seed=spec.seed,
     )
+    return write_spikeglx_session(folder, recording, sorting, spec, file_name, ground_truth_name, chunk_s)
+
+
+def write_spikeglx_session(
+    folder: Path,
+    recording,
+    sorting,
+    spec: DemoSessionSpec,
+    file_name: str = "demo_g0_t0.imec0.ap.bin",
+    ground_truth_name: str = GROUND_TRUTH_SPEC,
+    chunk_s: float = 2.0,
+) -> Path:
+    """Write a generated ``recording`` (µV) as a SpikeGLX NP1.0 AP file with its meta, and ``sorting`` as the
+    ground truth (its unit ids as the truth's labels); return the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n_saved = recording.get_num_channels()
     n_samples = recording.get_num_samples()
     fs = spec.sampling_frequency
     bin_path = folder / file_name
@@ -133,7 +147,8 @@ def make_spikeglx_session(
     bin_path.with_suffix(".meta").write_text(
         spikeglx_meta(n_saved, n_samples, fs, spec.recording_date, spec.channels, file_name)
     )
-    samples, labels = sorting.to_spike_vector()["sample_index"], sorting.to_spike_vector()["unit_index"]
+    vector = sorting.to_spike_vector()
+    samples, labels = vector["sample_index"], np.asarray(sorting.unit_ids)[vector["unit_index"]]
     spike_file = Path(ground_truth_name).stem + ".npz"
     np.savez(
         folder / spike_file, samples=samples.astype(np.int64), labels=labels.astype(np.int64), sampling_frequency=fs
@@ -146,7 +161,7 @@ def make_spikeglx_session(
                 "min_well_detected_units": spec.min_well_detected_units,
                 "generator": "spikeinterface.core.generate_ground_truth_recording",
                 "seed": spec.seed,
-                "n_units": spec.n_units,
+                "n_units": int(sorting.get_num_units()),
             },
             indent=2,
         )
@@ -322,3 +337,114 @@ def _write_glx_file(path: Path, data: np.ndarray, meta: str) -> Path:
     data.tofile(path)
     path.with_suffix(".meta").write_text(meta)
     return path
+
+
+# ------------------------------------------------------------------------------------------------ chronic sessions
+@dataclass(frozen=True)
+class ChronicSpec:
+    """One implant recorded on several days: the same neurons every day, moved along the probe by ``drift_um`` from
+    one day to the next, ``lost_per_day`` of them gone and ``new_per_day`` new ones each day after the first.
+
+    Neuron ``n`` is the same cell on every day it is recorded: the ground truth of each day labels spikes with these
+    ids, so matches across days can be scored."""
+
+    subject_id: str = "mouse_chronic"
+    n_days: int = 2
+    n_neurons: int = 12
+    lost_per_day: int = 2
+    new_per_day: int = 2
+    drift_um: float = 6.0
+    duration_s: float = 5.0
+    n_channels: int = 32
+    firing_rate_hz: float = 20.0
+    noise_uv: float = 6.0
+    seed: int = 7
+    start_date: dt.date = dt.date(2026, 4, 6)
+    sampling_frequency: float = 30000.0
+
+    @property
+    def first_day_neurons(self) -> int:
+        return self.n_neurons - self.new_per_day * (self.n_days - 1)
+
+    def neurons_on(self, day: int) -> list[int]:
+        """The neuron ids recorded on ``day`` (0-based)."""
+        return list(range(self.lost_per_day * day, self.first_day_neurons + self.new_per_day * day))
+
+    def session_name(self, day: int) -> str:
+        return f"{self.subject_id}_day{day + 1}"
+
+
+def make_chronic_sessions(root: Path, spec: ChronicSpec = ChronicSpec()) -> list[Path]:
+    """Write ``spec.n_days`` SpikeGLX sessions of one subject under ``root`` (``<subject>_day<N>/``), each with its
+    ``subject.json`` and ground truth (global neuron ids); return the session folders, first day first."""
+    from spikeinterface.core import generate_ground_truth_recording
+    from spikeinterface.core.generate import generate_sorting, generate_templates, generate_unit_locations
+
+    if spec.first_day_neurons < 1 or spec.lost_per_day * (spec.n_days - 1) >= spec.first_day_neurons:
+        raise ValueError(f"{spec}: every day must record at least one neuron")
+    probe = np1_probe(spec.n_channels)
+    locations = generate_unit_locations(
+        spec.n_neurons,
+        probe.contact_positions,
+        margin_um=10.0,
+        minimum_z=5.0,
+        maximum_z=40.0,
+        minimum_distance=25.0,
+        seed=spec.seed,
+    )
+    folders = []
+    for day in range(spec.n_days):
+        moved = locations.copy()
+        moved[:, 1] += spec.drift_um * day
+        # One draw over the whole population (same seed): every neuron keeps its waveform parameters on every day.
+        templates = generate_templates(
+            probe.contact_positions, moved, spec.sampling_frequency, 1.0, 3.0, seed=spec.seed, dtype="float32"
+        )
+        present = spec.neurons_on(day)
+        sorting = generate_sorting(
+            num_units=len(present),
+            sampling_frequency=spec.sampling_frequency,
+            durations=[spec.duration_s],
+            firing_rates=spec.firing_rate_hz,
+            refractory_period_ms=4.0,
+            seed=spec.seed * 100 + day,
+        )
+        sorting = sorting.select_units(sorting.unit_ids, renamed_unit_ids=np.asarray(present))
+        recording, _ = generate_ground_truth_recording(
+            durations=[spec.duration_s],
+            sampling_frequency=spec.sampling_frequency,
+            probe=probe,
+            sorting=sorting,
+            templates=templates[present],
+            ms_before=1.0,
+            ms_after=3.0,
+            noise_kwargs={"noise_levels": spec.noise_uv, "strategy": "on_the_fly"},
+            seed=spec.seed * 100 + 50 + day,
+        )
+        day_spec = DemoSessionSpec(
+            duration_s=spec.duration_s,
+            n_channels=spec.n_channels,
+            n_units=len(present),
+            seed=spec.seed,
+            sampling_frequency=spec.sampling_frequency,
+            recording_date=spec.start_date + dt.timedelta(days=day),
+            firing_rate_hz=spec.firing_rate_hz,
+            noise_uv=spec.noise_uv,
+            min_well_detected_units=1,
+        )
+        folder = root / spec.session_name(day)
+        write_spikeglx_session(folder, recording, sorting, day_spec, f"{spec.session_name(day)}_g0_t0.imec0.ap.bin")
+        (folder / SUBJECT_JSON).write_text(
+            json.dumps(
+                {
+                    "subject_id": spec.subject_id,
+                    "species": "Mus musculus",
+                    "sex": "F",
+                    "age": "P90D",
+                    "electrode_location": "root",
+                }
+            )
+            + "\n"
+        )
+        folders.append(folder)
+    return folders

@@ -5,6 +5,7 @@ import dagster as dg
 from ks_platform.core import pipeline
 from ks_platform.core.names import SESSION_GROUP
 from ks_platform.core.quality import QualityThresholds, load_unit_metrics
+from ks_platform.defs.labels import labelled_units
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.reporting import step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
@@ -16,6 +17,7 @@ TABLE_COLUMNS = {
     "unit_id": "int",
     "kilosort_label": "string",
     "curated_label": "string",
+    "bombcell_label": "string",
     "n_spikes": "int",
     "firing_rate": "float",
     "snr": "float",
@@ -46,12 +48,13 @@ def _clean(value):
 @dg.asset(
     partitions_def=session_partitions,
     group_name=SESSION_GROUP,
-    code_version="1",
-    deps=[phy_bundle],
+    code_version="2",
+    deps=[phy_bundle, labelled_units],
     kinds={"spikeinterface"},
     owners=["team:ephys"],
     description="6 · Unit quality: SpikeInterface metrics per unit (firing rate, SNR, ISI violations, presence ratio, "
-    "amplitude cutoff) with a drift map, units on the probe and waveforms.",
+    "amplitude cutoff) beside Kilosort's, the lab's and bombcell's labels, with a drift map, units on the probe and "
+    "waveforms.",
 )
 def unit_metrics(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     with user_errors_as_failures():

@@ -70,10 +70,11 @@ def latest_failures(instance: dg.DagsterInstance, session_keys: list[str]) -> di
 @dg.asset(
     partitions_def=daily_partitions,
     group_name=ROLLUP_GROUP,
-    code_version="1",
+    code_version="2",
     kinds={"matplotlib"},
     owners=["team:ephys"],
-    description="Per recording date: sessions, sorted/failed/pending, units and good units, total recording time, "
+    description="Per recording date: sessions, sorted/failed/pending, units, good units and units per bombcell label, "
+    "total recording time, "
     "sorting time and devices, with a figure. Refreshed by daily_rollup_sensor when a session of that date finishes a "
     "run.",
 )
@@ -104,6 +105,7 @@ def daily_rollup(context: dg.AssetExecutionContext, platform: PlatformResource) 
                     "error": s.error or "",
                     "curation": s.curation_status or "",
                     "curated_good": s.n_curated_good_units or 0,
+                    "bombcell": ", ".join(f"{k} {v}" for k, v in sorted((s.bombcell_counts or {}).items())),
                 }
             )
             for s in rollup.sessions
@@ -120,6 +122,7 @@ def daily_rollup(context: dg.AssetExecutionContext, platform: PlatformResource) 
                 dg.TableColumn("error", "string"),
                 dg.TableColumn("curation", "string"),
                 dg.TableColumn("curated_good", "int"),
+                dg.TableColumn("bombcell", "string"),
             ]
         ),
     )
@@ -138,6 +141,7 @@ def daily_rollup(context: dg.AssetExecutionContext, platform: PlatformResource) 
             "units": dg.MetadataValue.int(rollup.n_units),
             "good_units": dg.MetadataValue.int(rollup.n_good_units),
             "curated_good_units": dg.MetadataValue.int(rollup.n_curated_good_units),
+            "units_by_label": dg.MetadataValue.json(rollup.units_by_label),
             "recording_time_s": dg.MetadataValue.float(rollup.recording_seconds),
             "sorting_time_s": dg.MetadataValue.float(rollup.sorting_seconds),
             "devices": ", ".join(rollup.devices) or "none",
