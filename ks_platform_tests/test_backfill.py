@@ -26,7 +26,17 @@ from ks_platform.defs.resources import PlatformResource
 from ks_platform.operations import backfill as backfills
 from ks_platform.operations.sessions import register_sessions
 
-SESSION_ASSETS = ["phy_bundle", "probe_map", "raw_recording", "recording_binary", "sorted_units", "unit_metrics"]
+#: The assets of sort_session (group session_pipeline, and sorter_comparison: compared_sortings, sorter_agreement).
+SESSION_ASSETS = [
+    "compared_sortings",
+    "phy_bundle",
+    "probe_map",
+    "raw_recording",
+    "recording_binary",
+    "sorted_units",
+    "sorter_agreement",
+    "unit_metrics",
+]
 
 
 def test_date_range_selection_is_inclusive_and_ignores_other_keys():
@@ -86,7 +96,7 @@ def test_cli_launches_one_backfill_for_exactly_the_sessions_in_range(dated_landi
         }
         assert backfill.is_asset_backfill and backfill.status == BulkActionStatus.REQUESTED
         assert backfill.tags[RECORDING_DATES_TAG] == "2026-03-01..2026-03-15" and "2026-03-01" in backfill.title
-        assert f"launched backfill {backfill.backfill_id} (2 session(s) × 6 assets)" in out.out
+        assert f"launched backfill {backfill.backfill_id} (2 session(s) × 8 assets)" in out.out
         assert instance.get_runs() == []  # runs are the daemon's job, not the CLI's
 
         # A range with no sessions: a message, no backfill, no failure.

@@ -383,6 +383,14 @@ class NwbExport:
     identifier: str
 
 
+def sorter_name(lineage: dict[str, Any]) -> str:
+    """The sorter of a sorting's lineage as the NWB description names it (``Kilosort 4.1.7``, ``SpykingCircus2 …``)."""
+    sorter = lineage.get("sorter") or {"name": "kilosort4"}
+    if sorter.get("name") == "kilosort4":
+        return f"Kilosort {lineage.get('versions', {}).get('kilosort', '4')}"
+    return f"{sorter.get('label', sorter.get('name'))} {sorter.get('version', '')}".strip()
+
+
 def store_units_source(
     store: SessionStore, session_dir: Path | None = None, with_waveforms: bool = True
 ) -> tuple[UnitsSource, str]:
@@ -432,8 +440,7 @@ def store_units_source(
         lineage=lineage,
         subject=subject,
         location=(subject or {}).get(LOCATION_KEY, "unknown"),
-        description=f"Kilosort {lineage.get('versions', {}).get('kilosort', '4')} units of {store.key}, curation: "
-        f"{record.status}",
+        description=f"{sorter_name(lineage)} units of {store.key}, curation: {record.status}",
     )
     return source, record.status
 

@@ -49,7 +49,6 @@ from ks_platform.core.names import (
     EXECUTOR_ENV,
     IMAGE_DIGEST_ENV,
     IMAGE_ENV,
-    NEEDS_TAG,
     PARTITION_TAG,
     PROBE_MANIFEST,
     REQUESTED_GRES_ENV,
@@ -61,8 +60,8 @@ from ks_platform.core.store import SessionStore, read_json
 from ks_platform.execution.placement import (
     CONSERVATIVE_CHANNELS,
     MIB,
-    NEEDS_GPU,
     gpu_memory_needed_bytes,
+    step_needs_gpu,
 )
 from ks_platform.execution.step_executor import FinishingStepExecutor, require_shared_storage
 
@@ -379,10 +378,10 @@ class SlurmStepHandler(StepHandler):
         self._jobs[step_key] = job
         known = ctx.execute_step_args.known_state
         attempt = known.get_retry_state().get_attempt_count(step_key) if known else 0
-        needs_gpu = ctx.step_tags[step_key].get(NEEDS_TAG) == NEEDS_GPU
         session = run.tags.get(PARTITION_TAG)
         settings = self.settings
         try:
+            needs_gpu = step_needs_gpu(settings.store_root(), session, dict(ctx.step_tags[step_key]))
             channels = read_channel_count(settings.store_root(), session) if needs_gpu else None
             job.request = plan_job(settings, needs_gpu, channels)
             folder = settings.job_dir() / run.run_id
