@@ -3,11 +3,12 @@
 For each shape (channels × seconds) one SpikeGLX session with ground truth is written, taken through the platform's
 own steps once (observe, probe map, binary), then sorted by each sorter through ``pipeline.run_sorter_into`` (the
 path ``sorted_units`` and ``compared_sortings`` take: Kilosort 4 natively, the others through SpikeInterface), each
-with its defaults (Kilosort 4's drift correction on). Each sorting is scored against the ground truth (accuracy ≥ 0.8)
+with its defaults (``--no-motion-correction``: Kilosort 4's ``nblocks`` 0 and SpykingCircus2's motion correction off;
+the synthetic sessions do not drift, and Kilosort's drift pass is half of a CPU sort). Each sorting is scored against the ground truth (accuracy ≥ 0.8)
 and every sorting is compared with Kilosort 4's (``core/agreement.py``). CPU, one process, sorters one after the
 other. Rows are appended to bench/results/sorters.json.
 
-    .venv/bin/python bench/sorters.py [--shapes 32x15,384x4] [--sorters kilosort4,spykingcircus2,...]
+    .venv/bin/python bench/sorters.py [--shapes 32x15,384x5] [--sorters kilosort4,spykingcircus2,...] [--no-motion-correction]
 """
 
 from __future__ import annotations
@@ -32,9 +33,17 @@ from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 RESULTS = Path(__file__).parent / "results" / "sorters.json"
 
 
-def run_shape(channels: int, seconds: float, units: int, names: list[str], work: Path) -> list[dict]:
+#: ``--no-motion-correction``: the session config that turns every sorter's drift/motion correction off.
+NO_MOTION_CORRECTION = {"kilosort": {"nblocks": 0}, "spykingcircus2": {"apply_motion_correction": False}}
+
+
+def run_shape(
+    channels: int, seconds: float, units: int, names: list[str], work: Path, config: dict | None = None
+) -> list[dict]:
     spec = DemoSessionSpec(duration_s=seconds, n_channels=channels, n_units=units, seed=42)
     folder = make_spikeglx_session(work / f"session_{channels}ch", spec)
+    if config:
+        (folder / "ks_session.json").write_text(json.dumps(config))
     scan = scan_session(folder)
     store = SessionStore.in_folder(work / f"out_{channels}ch")
     pipeline.observe_raw_recording(scan, store)
@@ -60,6 +69,7 @@ def run_shape(channels: int, seconds: float, units: int, names: list[str], work:
             "units_found": result.n_units,
             "well_detected": score["well_detected_units"],
             "sort_wall_s": round(wall, 1),
+            "motion_correction": not config,
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -75,9 +85,10 @@ def run_shape(channels: int, seconds: float, units: int, names: list[str], work:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--shapes", default="32x15,384x4", help="channels x seconds, comma-separated")
+    parser.add_argument("--shapes", default="32x15,384x5", help="channels x seconds, comma-separated")
     parser.add_argument("--sorters", default=",".join(SORTERS))
-    parser.add_argument("--units", type=int, default=10, help="ground-truth units per 32 channels (x channels/32)")
+    parser.add_argument("--units", type=int, default=10, help="ground-truth units (at least; 384 ch: 60)")
+    parser.add_argument("--no-motion-correction", action="store_true", help="drift/motion correction off for all")
     args = parser.parse_args()
     names = args.sorters.split(",")
     rows = []
@@ -85,7 +96,8 @@ def main() -> None:
         for shape in args.shapes.split(","):
             channels, seconds = shape.split("x")
             units = max(args.units, args.units * int(channels) // 64)
-            rows += run_shape(int(channels), float(seconds), units, names, Path(tmp))
+            config = NO_MOTION_CORRECTION if args.no_motion_correction else None
+            rows += run_shape(int(channels), float(seconds), units, names, Path(tmp), config)
     record = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "host": platform.node(),
