@@ -173,15 +173,14 @@ def test_sort_inside_the_cpu_image_equals_the_in_process_sort(cpu_image, tmp_pat
 
 
 @pytest.mark.slow
-def test_spykingcircus2_sorts_inside_the_cpu_image_without_network(cpu_image, tmp_path):
+def test_spykingcircus2_sorts_inside_the_cpu_image_without_network(cpu_image, tmp_path, generated_session):
     """The image closes over the added sorters (#29): ``ks-platform sort --sorter spykingcircus2`` in a container with
-    no network (nothing can be installed or downloaded) sorts a short session; Phy opens it on the host and the ground
-    truth scores it."""
+    no network (nothing can be installed or downloaded) sorts the canonical session; Phy opens it on the host and the
+    ground truth scores it."""
     from ks_platform.core.ground_truth import score_sorting
     from ks_platform.core.phy import validate_phy_folder
-    from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 
-    session = make_spikeglx_session(tmp_path / "landing" / "short_g0", DemoSessionSpec(duration_s=6.0, seed=3))
+    session = shutil.copytree(generated_session, tmp_path / "landing" / "short_g0")
     out = tmp_path / "out"
     out.mkdir()
     os.chmod(out, 0o777)  # the image's user (uid 1000) writes here
@@ -202,7 +201,7 @@ def test_spykingcircus2_sorts_inside_the_cpu_image_without_network(cpu_image, tm
     spikes = np.load(sorting / "spike_times.npy").ravel()
     score = score_sorting(session / "ground_truth.json", spikes, np.load(sorting / "spike_clusters.npy"), 30000.0)
     print({"spykingcircus2_in_image_well_detected": score.well_detected, "sort_seconds": lineage["sort_seconds"]})
-    assert score.well_detected >= 8  # of 10
+    assert score.well_detected >= 8  # of 10; measured 10 in process (test_sorters_e2e)
 
 
 def _spikeglx_numbers(meta_path: Path) -> tuple[int, float]:
