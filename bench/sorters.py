@@ -50,13 +50,13 @@ def run_shape(
     pipeline.build_probe_map(scan, store)
     pipeline.build_recording_binary(scan, store)
     inputs = pipeline._checked_inputs(scan, store, None)
-    config = scan.probe_config(None)
+    probe_config = scan.probe_config(None)
     truth = folder / "ground_truth.json"
     rows, folders = [], {}
     for name in names:
         output = store.compared_sorting_dir(name)
         started = time.perf_counter()
-        result = pipeline.run_sorter_into(name, scan, store, output, inputs, config, backend="cpu")
+        result = pipeline.run_sorter_into(name, scan, store, output, inputs, probe_config, backend="cpu")
         wall = time.perf_counter() - started
         folders[name] = output
         score = ground_truth_scores(store, {name: output}, truth, spec.sampling_frequency)[name]
@@ -69,7 +69,7 @@ def run_shape(
             "units_found": result.n_units,
             "well_detected": score["well_detected_units"],
             "sort_wall_s": round(wall, 1),
-            "motion_correction": not config,
+            "motion_correction": config is None,
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
