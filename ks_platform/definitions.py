@@ -15,6 +15,7 @@ warnings.filterwarnings(
 )
 
 from ks_platform.core.names import (  # noqa: E402
+    COMPARISON_GROUP,
     DOCKER_EXECUTOR_NAME,
     EXECUTOR_ENV,
     IN_PROCESS_EXECUTOR_NAME,
@@ -26,25 +27,37 @@ from ks_platform.core.names import (  # noqa: E402
     SLURM_SETTINGS_ENV,
     SORT_JOB_NAME,
 )
-from ks_platform.defs import curation, doctor, ingest, labels, quality, review, rollup, sorting, tracking  # noqa: E402
+from ks_platform.defs import (  # noqa: E402
+    comparison,
+    curation,
+    doctor,
+    ingest,
+    labels,
+    quality,
+    review,
+    rollup,
+    sorting,
+    tracking,
+)
 from ks_platform.defs.partitions import session_partitions  # noqa: E402
 from ks_platform.defs.resources import PlatformResource  # noqa: E402
 from ks_platform.defs.sensors import build_new_session_sensor  # noqa: E402
 
-#: Everything for one session, recording to Phy folder.
+#: Everything for one session, recording to Phy folder, and the sorters compared with the probe's own.
 sort_session_job = dg.define_asset_job(
     SORT_JOB_NAME,
-    selection=dg.AssetSelection.groups(SESSION_GROUP),
+    selection=dg.AssetSelection.groups(SESSION_GROUP, COMPARISON_GROUP),
     partitions_def=session_partitions,
-    description="Materialize every asset of one session: recording → probe → binary → Kilosort 4 → Phy → bombcell "
-    "labels → unit metrics.",
+    description="Materialize every asset of one session: recording → probe → binary → sorting (Kilosort 4 unless the "
+    "session config names another sorter) → Phy → bombcell labels → unit metrics; and the sorters compared with it, "
+    "with their agreement.",
 )
 
-#: Re-read sessions' kilosort4-settings.json (the UI's "Observe sources" does the same): edited ones turn the sorting
-#: stale.
+#: Re-read sessions' kilosort4-settings.json / ks_session.json (the UI's "Observe sources" does the same): edited ones
+#: turn the sorting (or the compared sortings) stale.
 observe_settings_job = dg.define_asset_job(
     OBSERVE_SETTINGS_JOB_NAME,
-    selection=dg.AssetSelection.assets(sorting.session_settings.key),
+    selection=dg.AssetSelection.assets(sorting.session_settings.key, comparison.compared_sorter_settings.key),
     partitions_def=session_partitions,
     description="Observe the parameter set of one session (or all, without a partition): a changed "
     "kilosort4-settings.json marks its sorting stale.",
@@ -56,6 +69,9 @@ ALL_ASSETS = [
     ingest.probe_map,
     ingest.recording_binary,
     sorting.sorted_units,
+    comparison.compared_sorter_settings,
+    comparison.compared_sortings,
+    comparison.sorter_agreement,
     review.phy_bundle,
     labels.labelled_units,
     quality.unit_metrics,
@@ -69,6 +85,7 @@ ALL_ASSETS = [
 ALL_CHECKS = [
     sorting.sorted_units_not_empty,
     sorting.sorted_units_match_ground_truth,
+    comparison.agreement_ground_truth,
     review.phy_bundle_opens,
     quality.unit_metrics_has_units,
     quality.unit_metrics_isi_violations,

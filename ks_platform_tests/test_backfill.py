@@ -26,12 +26,15 @@ from ks_platform.defs.resources import PlatformResource
 from ks_platform.operations import backfill as backfills
 from ks_platform.operations.sessions import register_sessions
 
+#: The assets of sort_session (group session_pipeline, and sorter_comparison: compared_sortings, sorter_agreement).
 SESSION_ASSETS = [
+    "compared_sortings",
     "phy_bundle",
     "probe_map",
     "raw_recording",
     "recording_binary",
     "sorted_units",
+    "sorter_agreement",
     "unit_labels",
     "unit_metrics",
 ]

@@ -21,13 +21,20 @@ SESSION_ASSETS = {
     "unit_labels",
     "unit_metrics",
 }
+#: The sort_session job's sorter comparison: with one sorter (the default) both say "nothing to compare".
+COMPARISON_ASSETS = {"compared_sortings", "sorter_agreement"}
 
 
 def test_all_session_assets_materialize_and_phy_opens(sorted_workspace):
     ws, key, result = sorted_workspace
     assert result.success, result.all_events
     materialized = {event.asset_key.path[-1] for event in result.get_asset_materialization_events()}
-    assert materialized == SESSION_ASSETS
+    assert materialized == SESSION_ASSETS | COMPARISON_ASSETS
+    versions = {
+        e.asset_key.path[-1]: e.materialization.tags.get("dagster/data_version")
+        for e in result.get_asset_materialization_events()
+    }
+    assert versions["compared_sortings"] == versions["sorter_agreement"] == "none"
     store = ws.store(key)
     bundle = validate_phy_folder(store.phy_dir)
     assert bundle.n_spikes > 0

@@ -1,10 +1,13 @@
-"""``ks-platform sort``: one recording → Kilosort 4 sorting + Phy folder, without Dagster (also the images' entry point).
+"""``ks-platform sort``: one recording → a sorting (Kilosort 4 unless the session config or ``--sorter`` names another)
++ Phy folder, without Dagster (also the images' entry point).
 
     ks-platform sort SESSION_DIR --out OUT [--probe-name imec0] [--probe FILE] [--settings FILE] [--backend cpu|cuda|rocm|auto]
+    ks-platform sort SESSION_DIR --out OUT --sorter kilosort4,spykingcircus2     (both sorted, then compared)
     ks-platform sort recording.bin --n-channels 385 --fs 30000 --probe probe.json --out OUT
     ks-platform sort recording.bin --out OUT          (recording.json sidecar: n_channels, sampling_frequency, probe_file)
 
-Writes ``OUT/{raw_recording.json, probe/, binary/, sorting/, phy/}`` by running the assets' own steps
+Writes ``OUT/{raw_recording.json, probe/, binary/, sorting/, phy/}`` (and, for several sorters,
+``OUT/sorters/<name>/{sorting,phy}`` and ``OUT/agreement/``) by running the assets' own steps
 (``core/pipeline.py``, each under the session's write lock, each atomically) over one scan of the folder. Progress: a bar for the conversion, Kilosort's own stage logs after it.
 
 A zero-copy ``binary/recording.bin`` is a symlink to the raw file (``--link``): inside an image (``KS_PLATFORM_IMAGE``
@@ -101,6 +104,7 @@ def _cmd_sort(args: argparse.Namespace) -> int:
             )
         kind = "zero-copy reference" if binary.metadata["zero_copy"] else "converted"
         print(f"binary: {kind}, xxh3 {binary.data_version}")
+        sorter = _sorters(args.sorter)
         sorted_ = pipeline.sort_session(
             scan,
             store,
@@ -108,18 +112,39 @@ def _cmd_sort(args: argparse.Namespace) -> int:
             log=None if args.quiet else print,
             settings_file=Path(args.settings) if args.settings else None,
             probe=probe,
+            sorter=sorter,
         )
         phy = pipeline.export_phy(store, scan, probe)
+        log = None if args.quiet else print
+        compared = pipeline.sort_compared(scan, store, args.backend, log, probe=probe, sorter=sorter)
+        agreement = (
+            pipeline.compare_session_sorters(store, scan, probe, sorter) if compared.metadata["compared"] else None
+        )
     except SessionInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     meta = sorted_.metadata
     print(
-        f"sorted: {meta['n_units']} units ({meta['n_good_units']} good), {meta['n_spikes']} spikes in "
-        f"{meta['sort_seconds']} s on {meta['lineage']['backend']['backend']}"
+        f"sorted with {meta['sorter']} {meta['sorter_version']}: {meta['n_units']} units ({meta['n_good_units']} good), "
+        f"{meta['n_spikes']} spikes in {meta['sort_seconds']} s on {meta['lineage']['backend']['backend']}"
     )
     print(f"Phy folder: {phy.metadata['path']}\n  open it with: {phy.metadata['open_command']}")
+    for name, item in compared.metadata.get("sortings", {}).items():
+        print(f"{name}: {item['n_units']} units in {item['sort_seconds']} s; Phy folder: {item['phy_folder']}")
+    for pair in agreement.metadata["pairs"] if agreement else []:
+        first, second = pair["sorters"]
+        print(
+            f"agreement {first} vs {second}: {pair['matched']} units matched, {pair['only'][first]} only {first}, "
+            f"{pair['only'][second]} only {second} ({agreement.metadata['path']})"
+        )
     return 0
+
+
+def _sorters(value: str | None) -> tuple[str, ...] | None:
+    """``--sorter a,b`` checked like the config's ``sorter`` key (None: the session config decides)."""
+    from ks_platform.core.sorters import parse_sorters
+
+    return parse_sorters([name.strip() for name in value.split(",")], Path("--sorter")) if value else None
 
 
 def register(sub) -> None:
@@ -135,6 +160,12 @@ def register(sub) -> None:
         "--probe", help="probe file (probeinterface JSON, .prb, Kilosort .mat/.json); default: the session's own"
     )
     sort.add_argument("--settings", help="Kilosort 4 settings JSON, layered over the session's kilosort4-settings.json")
+    sort.add_argument(
+        "--sorter",
+        help="sorter(s) instead of the session config's 'sorter': kilosort4, spykingcircus2, tridesclous2, "
+        "mountainsort5, or a comma list (the first makes sorting/, the others are sorted into sorters/<name>/ and "
+        "compared in agreement/); their parameters still come from the session config",
+    )
     sort.add_argument(
         "--backend", default=os.environ.get(BACKEND_ENV, "auto"), help="auto, cpu, cuda[:N], rocm[:N], mps"
     )
@@ -157,5 +188,5 @@ def register(sub) -> None:
         help="zero-copy symlink to the raw file: relative (resolves wherever the landing folder and --out keep their "
         "layout, on the host and in a container) or absolute; auto (default): relative inside an image",
     )
-    sort.add_argument("--quiet", action="store_true", help="no progress bar, no Kilosort logs")
+    sort.add_argument("--quiet", action="store_true", help="no progress bar, no sorter logs")
     sort.set_defaults(func=_cmd_sort)

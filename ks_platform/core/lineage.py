@@ -21,7 +21,17 @@ from ks_platform.core.names import (
     REQUESTED_GRES_ENV,
 )
 
-TRACKED_PACKAGES = ("kilosort", "torch", "spikeinterface", "numpy", "probeinterface", "phylib", "dagster")
+TRACKED_PACKAGES = (
+    "kilosort",
+    "torch",
+    "spikeinterface",
+    "numpy",
+    "probeinterface",
+    "phylib",
+    "dagster",
+    "mountainsort5",
+    "hdbscan",
+)
 
 
 def package_versions() -> dict[str, str | None]:

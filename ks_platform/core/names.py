@@ -51,6 +51,11 @@ CATALOG_WAIT_ENV = "KS_PLATFORM_CATALOG_WAIT_SECONDS"
 # --- Run and op tags -----------------------------------------------------------------------------------------------
 #: Op tag: what a step needs (``gpu``); the placing executors read it.
 NEEDS_TAG = "ks_platform/needs"
+#: Op tag of a sort step: which of the partition's sorters it runs (``primary``: the probe's own sorting, ``compared``:
+#: the others). A ``gpu`` step whose sorters all run on CPU (``core/sorters.py``) is placed on a CPU slot.
+SORTERS_TAG = "ks_platform/sorters"
+PRIMARY_SORTERS = "primary"
+COMPARED_SORTERS = "compared"
 #: Run tag of the doctor job.
 KIND_TAG = "ks_platform/kind"
 #: Dagster's own partition run tag.
@@ -67,6 +72,8 @@ ONLY_STALE_TAG = "ks_platform/only_stale"
 #: Asset groups.
 SESSION_GROUP = "session_pipeline"
 CURATION_GROUP = "session_curation"
+#: The sorters compared with a probe's own and their agreement (in the sort_session job and date-range backfills).
+COMPARISON_GROUP = "sorter_comparison"
 ROLLUP_GROUP = "daily_rollups"
 #: Concurrency pool of the Kilosort step (dagster.yaml sets its limit).
 SORT_POOL = "kilosort"

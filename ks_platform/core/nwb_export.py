@@ -694,8 +694,7 @@ def _units_source(
         split_from=split,
         bombcell_labels=bombcell_labels,
         track_ids=track_ids,
-        description=f"Kilosort {lineage.get('versions', {}).get('kilosort', '4')} units of {store.key}, curation: "
-        f"{status}",
+        description=f"{sorter_name(lineage)} units of {store.key}, curation: {status}",
     )
     source.identifier = content_identifier(source, f"mean_waveforms:300:seed0:{binary}")
     return source
@@ -704,6 +703,14 @@ def _units_source(
 def _curation_facts(record_json: dict[str, Any]) -> dict[str, Any]:
     keys = ("status", "sorting_version", "curation_basis", "fingerprint", "saved_at", "merges", "splits", "note")
     return {k: record_json.get(k) for k in keys}
+
+
+def sorter_name(lineage: dict[str, Any]) -> str:
+    """The sorter of a sorting's lineage as the NWB description names it (``Kilosort 4.1.7``, ``SpykingCircus2 …``)."""
+    sorter = lineage.get("sorter") or {"name": "kilosort4"}
+    if sorter.get("name") == "kilosort4":
+        return f"Kilosort {lineage.get('versions', {}).get('kilosort', '4')}"
+    return f"{sorter.get('label', sorter.get('name'))} {sorter.get('version', '')}".strip()
 
 
 def store_units_source(

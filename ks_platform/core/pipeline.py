@@ -1,6 +1,7 @@
 """The session pipeline as plain functions, one per step; the Dagster assets and the CLI both call these.
 
-recording (landing folder) → probe map → recording binary → Kilosort 4 sorting → Phy bundle.
+recording (landing folder) → probe map → recording binary → sorting (Kilosort 4, or the sorter the session config
+names) → Phy bundle; and, where the config lists several sorters, the others' sortings and their agreement.
 Every step reads its inputs from the session store, writes its outputs there atomically, and returns a
 :class:`StepOutput` (data version, plain metadata, figures).
 """
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import probeinterface as pi
 
-from ks_platform.core import conversion, curation, phy, probes, session_config, settings, sorting
+from ks_platform.core import conversion, curation, phy, probes, session_config, settings, sorters, sorting
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import SessionScan, scan_session
 from ks_platform.core.formats.base import RecordingSource
@@ -74,7 +75,9 @@ def binary_layout(source: RecordingSource, allow_zero_copy: bool) -> tuple[int, 
 def observe_raw_recording(session: Session, store: SessionStore, probe: str | None = None) -> StepOutput:
     """Describe and fingerprint one probe's recording in the landing folder; record it as ``raw_recording.json``.
 
-    The metadata also holds ``settings_version``: the probe's Kilosort parameter set as this scan finds it."""
+    The metadata also holds ``settings_version`` and ``compared_settings_version``: the probe's sorter and parameter
+    set, and those of the sorters compared with it, as this scan finds them. ``sorters`` (the sorters the config
+    names, its own sorting first) tells the placing executors whether a sort step needs a GPU."""
     scan = as_scan(session)
     source = scan.open(probe)
     manifest = {
@@ -84,11 +87,14 @@ def observe_raw_recording(session: Session, store: SessionStore, probe: str | No
         "skipped_streams": list(scan.listing.skipped),
         "fingerprint": fingerprint(source, include_settings=False),
         "has_ground_truth": find_ground_truth(scan.folder, source.data_files, source.probe_name) is not None,
+        "sorters": list(scan.probe_config(source.probe_name, check_kilosort=False).sorters),
     }
     write_json_atomic(store.raw_manifest, manifest)
-    return StepOutput(
-        manifest["fingerprint"], {**manifest, "settings_version": session_settings_version(scan, source.probe_name)}
-    )
+    versions = {
+        "settings_version": session_settings_version(scan, source.probe_name),
+        "compared_settings_version": compared_settings_version(scan, source.probe_name),
+    }
+    return StepOutput(manifest["fingerprint"], {**manifest, **versions})
 
 
 def open_unchanged_recording(session: Session, store: SessionStore, probe: str | None = None) -> RecordingSource:
@@ -220,21 +226,46 @@ def build_recording_binary(
     return StepOutput(binary.checksum, metadata)
 
 
+def _invalid_config_version(session: Session) -> str:
+    folder = session.folder if isinstance(session, SessionScan) else Path(session)
+    files = session_config.config_files(folder)
+    return "invalid-" + settings.settings_hash({str(p): p.read_bytes().hex() if p.is_file() else "?" for p in files})
+
+
+def sorter_overrides(config: session_config.ProbeConfig, sorter: str) -> dict[str, Any]:
+    """What the session config sets for one sorter: the ``kilosort`` section for Kilosort 4, else the sorter's own."""
+    return config.kilosort if sorter == sorters.KILOSORT4 else config.sorter_params.get(sorter, {})
+
+
 def session_settings_version(session: Session, probe: str | None = None) -> str:
-    """Data version of the probe's Kilosort parameter set: hash of its validated overrides (``none`` without any).
+    """Data version of the probe's sorter and parameter set. Kilosort 4 (the default): hash of its validated overrides
+    (``none`` without any), as before there was a choice; another sorter: hash of its name and overrides.
 
     An invalid config still gets a version (hash of the config files' bytes), so editing it marks the sorting
     stale and the sort then fails with the validation message.
     """
     try:
-        overrides = as_scan(session).probe_config(probe).kilosort
+        config = as_scan(session).probe_config(probe)
     except SessionInputError:
-        folder = session.folder if isinstance(session, SessionScan) else Path(session)
-        files = session_config.config_files(folder)
-        return "invalid-" + settings.settings_hash(
-            {str(p): p.read_bytes().hex() if p.is_file() else "?" for p in files}
-        )
-    return settings.settings_hash(overrides) if overrides else "none"
+        return _invalid_config_version(session)
+    sorter = config.sorters[0]
+    overrides = sorter_overrides(config, sorter)
+    if sorter == sorters.KILOSORT4:
+        return settings.settings_hash(overrides) if overrides else "none"
+    return settings.settings_hash({"sorter": sorter, "params": overrides})
+
+
+def compared_settings_version(session: Session, probe: str | None = None) -> str:
+    """Data version of the sorters compared with the probe's own (names, order and overrides; ``none`` when the
+    config names one sorter): an edit of theirs marks ``compared_sortings`` stale, not the probe's sorting."""
+    try:
+        config = as_scan(session).probe_config(probe)
+    except SessionInputError:
+        return _invalid_config_version(session)
+    others = config.sorters[1:]
+    if not others:
+        return "none"
+    return settings.settings_hash({"sorters": list(others), **{n: sorter_overrides(config, n) for n in others}})
 
 
 def effective_session_settings(
@@ -273,22 +304,9 @@ def check_batch_size(overrides: dict[str, Any], binary: conversion.RecordingBina
     )
 
 
-@writes_session
-def sort_session(
-    session: Session | None,
-    store: SessionStore,
-    backend: str = "auto",
-    log: sorting.Log | None = None,
-    extra_lineage: dict[str, Any] | None = None,
-    settings_file: Path | None = None,
-    probe: str | None = None,
-) -> StepOutput:
-    """Kilosort 4 on the session's binary and probe map, with the session's settings, into ``sorting/``.
-
-    With ``session`` the landing recording is first checked against the fingerprint ``raw_recording`` took, so a
-    recording replaced after conversion is never sorted under the old lineage."""
+def _checked_inputs(session: Session | None, store: SessionStore, probe: str | None):
+    """The binary and probe map a sort reads (with ``session``: only if the recording is what was observed)."""
     if session is not None:
-        session = as_scan(session)
         open_unchanged_recording(session, store, probe)
     binary = conversion.load_recording_binary(store.binary_dir)
     ks_probe, probe_manifest = load_probe_map(store)
@@ -298,19 +316,67 @@ def sort_session(
             "the probe map was made for a different binary layout",
             "re-materialize probe_map and recording_binary together",
         )
-    effective = effective_session_settings(session, binary, probe_manifest, settings_file, probe)
-    result = sorting.sort_recording(
-        binary,
-        ks_probe,
-        effective,
-        store.sorting_dir,
-        backend=backend,
-        log=log,
-        extra_lineage=extra_lineage,
-        verify=publish_check(session, store, probe, binary),
+    return binary, ks_probe, probe_manifest
+
+
+def probe_sorters(
+    session: Session | None, probe: str | None = None, override: tuple[str, ...] | None = None
+) -> tuple[session_config.ProbeConfig, tuple[str, ...]]:
+    """The probe's validated config and its sorters (its own sorting first); ``override`` (``ks-platform sort
+    --sorter``) replaces the config's list."""
+    config = as_scan(session).probe_config(probe) if session is not None else session_config.ProbeConfig()
+    return config, tuple(override) if override else config.sorters
+
+
+def run_sorter_into(
+    sorter: str,
+    session: Session | None,
+    store: SessionStore,
+    output_dir: Path,
+    inputs: tuple,
+    config: session_config.ProbeConfig,
+    backend: str = "auto",
+    log: sorting.Log | None = None,
+    extra_lineage: dict[str, Any] | None = None,
+    settings_file: Path | None = None,
+    probe: str | None = None,
+) -> sorting.SortResult:
+    """One sorter on the checked ``inputs`` into ``output_dir``: Kilosort 4 by its native path (exactly as before),
+    another sorter through SpikeInterface; both publish only after ``publish_check``."""
+    binary, ks_probe, probe_manifest = inputs
+    verify = publish_check(session, store, probe, binary)
+    if sorter == sorters.KILOSORT4:
+        effective = effective_session_settings(session, binary, probe_manifest, settings_file, probe)
+        return sorting.sort_recording(
+            binary,
+            ks_probe,
+            effective,
+            output_dir,
+            backend=backend,
+            log=log,
+            extra_lineage=extra_lineage,
+            verify=verify,
+        )
+    if settings_file is not None:
+        raise SessionInputError(
+            settings_file,
+            f"holds Kilosort settings, but this probe is sorted with {sorters.SORTERS[sorter].label}",
+            f'put {sorter} parameters in ks_session.json ("{sorter}": {{...}}), or sort with kilosort4',
+        )
+    from ks_platform.core import si_sorting
+
+    params = sorters.effective_params(sorter, config.sorter_params.get(sorter))
+    return si_sorting.sort_with_spikeinterface(
+        binary, ks_probe, params, output_dir, log=log, extra_lineage=extra_lineage, verify=verify
     )
-    lineage = read_json(store.sorting_dir / LINEAGE_FILE)
-    metadata = {
+
+
+def sort_metadata(result: sorting.SortResult, output_dir: Path) -> dict[str, Any]:
+    """What a sort step reports about one sorting."""
+    lineage = read_json(output_dir / LINEAGE_FILE)
+    return {
+        "sorter": result.sorter,
+        "sorter_version": lineage.get("sorter", {}).get("version"),
         "n_units": result.n_units,
         "n_good_units": result.n_good_units,
         "n_spikes": result.n_spikes,
@@ -321,14 +387,114 @@ def sort_session(
         "stage_seconds": result.stage_seconds,
         "input_checksum": result.input_checksum,
         "lineage": lineage,
-        "path": str(store.sorting_dir),
+        "path": str(output_dir),
     }
+
+
+@writes_session
+def sort_session(
+    session: Session | None,
+    store: SessionStore,
+    backend: str = "auto",
+    log: sorting.Log | None = None,
+    extra_lineage: dict[str, Any] | None = None,
+    settings_file: Path | None = None,
+    probe: str | None = None,
+    sorter: tuple[str, ...] | None = None,
+) -> StepOutput:
+    """The probe's sorting into ``sorting/``: Kilosort 4 on the session's binary and probe map with the session's
+    settings, or the first sorter the session config (or ``sorter``) names.
+
+    With ``session`` the landing recording is first checked against the fingerprint ``raw_recording`` took, so a
+    recording replaced after conversion is never sorted under the old lineage."""
+    if session is not None:
+        session = as_scan(session)
+    inputs = _checked_inputs(session, store, probe)
+    config, names = probe_sorters(session, probe, sorter)
+    result = run_sorter_into(
+        names[0], session, store, store.sorting_dir, inputs, config, backend, log, extra_lineage, settings_file, probe
+    )
     figures = {
         name: store.sorting_dir / f"{name}.png"
         for name in ("drift_amount", "drift_scatter", "diagnostics", "spike_positions")
         if (store.sorting_dir / f"{name}.png").exists()
     }
-    return StepOutput(result.output_checksum, metadata, figures)
+    return StepOutput(result.output_checksum, sort_metadata(result, store.sorting_dir), figures)
+
+
+@writes_session
+def sort_compared(
+    session: Session | None,
+    store: SessionStore,
+    backend: str = "auto",
+    log: sorting.Log | None = None,
+    extra_lineage: dict[str, Any] | None = None,
+    probe: str | None = None,
+    sorter: tuple[str, ...] | None = None,
+) -> StepOutput:
+    """The sorters the config lists after the probe's own, each into ``sorters/<name>/sorting`` with its own Phy
+    folder ``sorters/<name>/phy``; nothing to do (data version ``none``) when it names one sorter."""
+    if session is not None:
+        session = as_scan(session)
+    config, names = probe_sorters(session, probe, sorter)
+    others = names[1:]
+    if not others:
+        return StepOutput("none", {"sorters": list(names), "compared": [], "note": "the config names one sorter"})
+    inputs = _checked_inputs(session, store, probe)
+    binary, ks_probe, _ = inputs
+    segments = segments_from_manifest(read_json(store.raw_manifest)) if store.raw_manifest.is_file() else []
+    compared: dict[str, Any] = {}
+    for name in others:
+        output = store.compared_sorting_dir(name)
+        result = run_sorter_into(name, session, store, output, inputs, config, backend, log, extra_lineage, None, probe)
+        bundle = phy.build_phy_bundle(
+            store.compared_sorting_dir(name),
+            binary,
+            np.asarray(ks_probe["kcoords"]).astype(int),
+            store.compared_phy_dir(name),
+            segments,
+            verify=publish_check(session, store, probe),
+        )
+        meta = sort_metadata(result, store.compared_sorting_dir(name))
+        compared[name] = {
+            **{k: meta[k] for k in ("sorter_version", "n_units", "n_spikes", "sort_seconds", "params_hash", "path")},
+            "output_checksum": result.output_checksum,
+            "phy_folder": str(bundle.path),
+            "open_command": bundle.open_command,
+        }
+    version = settings.settings_hash({name: item["output_checksum"] for name, item in compared.items()})
+    return StepOutput(version, {"sorters": list(names), "compared": list(others), "sortings": compared})
+
+
+@writes_session
+def compare_session_sorters(
+    store: SessionStore, session: Session | None = None, probe: str | None = None, sorter: tuple[str, ...] | None = None
+) -> StepOutput:
+    """How much the probe's sorting agrees with each compared sorter's (SpikeInterface's comparison) into
+    ``agreement/``; with ground truth in the session, each sorter's well-detected units beside it."""
+    from ks_platform.core import agreement
+
+    if session is not None:
+        session = as_scan(session)
+    _, names = probe_sorters(session, probe, sorter)
+    if len(names) < 2:
+        agreement.remove_agreement(store)
+        return StepOutput("none", {"sorters": list(names), "note": "the config names one sorter: nothing to compare"})
+    folders = {names[0]: store.sorting_dir, **{name: store.compared_sorting_dir(name) for name in names[1:]}}
+    for name, folder in folders.items():
+        if not (folder / SUMMARY_FILE).is_file():
+            step = "sorted_units" if name == names[0] else "compared_sortings"
+            raise SessionInputError(
+                folder / SUMMARY_FILE,
+                f"there is no {name} sorting to compare",
+                f"materialize {step} for this partition first",
+            )
+    truth = None
+    if session is not None:
+        source = as_scan(session).open(probe)
+        truth = find_ground_truth(as_scan(session).folder, source.data_files, source.probe_name)
+    report = agreement.compare_sortings(store, folders, truth, verify=publish_check(session, store, probe))
+    return StepOutput(report.data_version, report.metadata, report.figures)
 
 
 def score_session(session: Session, store: SessionStore, probe: str | None = None):

@@ -12,6 +12,10 @@ probe, or that names a probe the folder does not hold, is an error: nothing foun
      "probe_file": "probe.json",                # for formats without geometry; relative to this file
      "kilosort": {"Th_universal": 10},          # Kilosort settings for every probe below this folder
      "max_gap_fill_s": 120,                     # fill gaps between a recording's files with zeros up to 120 s
+     "sorter": ["kilosort4", "spykingcircus2"], # the probe's sorter (default kilosort4), or a list: the first makes
+                                                # the probe's sorting, the others are sorted beside it and compared
+     "spykingcircus2": {"detection": {"method_kwargs": {"detect_threshold": 6}}},  # a SpikeInterface sorter's
+                                                # parameters (spykingcircus2, tridesclous2, mountainsort5)
      "probes": {"imec1": {"kilosort": {"batch_size": 30000}, "probe_file": "imec1_probe.json"},
                 "imec0": {"split_segments": true}},    # sort each gate of imec0 on its own (imec0-g0, imec0-g1)
      "bombcell": {"minNumSpikes": 100},         # bombcell parameters (its own names) for unit_labels
@@ -36,10 +40,18 @@ from typing import Any
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.names import SESSION_SETTINGS_FILE
 from ks_platform.core.settings import validate_overrides
+from ks_platform.core.sorters import (
+    DEFAULT_SORTER,
+    SI_SECTIONS,
+    SORTER_KEY,
+    merge,
+    parse_sorters,
+    validate_sorter_params,
+)
 
 CONFIG_FILE = "ks_session.json"
 CONFIG_NAMES = (CONFIG_FILE, SESSION_SETTINGS_FILE)
-PROBE_KEYS = ("recording_date", "probe_file", "kilosort", "split_segments", "max_gap_fill_s")
+PROBE_KEYS = ("recording_date", "probe_file", "kilosort", "split_segments", "max_gap_fill_s", SORTER_KEY, *SI_SECTIONS)
 #: Parameter sections of the steps after the sort (issue #28); each step checks the names in its own section.
 STEP_SECTIONS = ("bombcell", "unitmatch")
 PROBE_KEYS += (*STEP_SECTIONS, "implant")
@@ -67,6 +79,15 @@ class ProbeConfig:
     implant: str | None = None
     #: The file that set each ``bombcell``/``unitmatch`` parameter (``"bombcell.minNumSpikes"`` → file), for errors.
     sources: dict[str, Path] = field(default_factory=dict)
+    #: The sorters named for the probe (first: its sorting; the others are compared with it); empty: the default.
+    sorter: tuple[str, ...] = ()
+    #: Parameters of the SpikeInterface sorters, by section name (``spykingcircus2``…), layered like ``kilosort``.
+    sorter_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def sorters(self) -> tuple[str, ...]:
+        """The probe's sorters, its own sorting first (``kilosort4`` when no file names one)."""
+        return self.sorter or (DEFAULT_SORTER,)
 
 
 def config_files(session_dir: Path) -> list[Path]:
@@ -175,8 +196,30 @@ def _layer(
                 path, f"max_gap_fill_s must be a number of seconds >= 0, got {gap!r}", '"max_gap_fill_s": 120'
             )
         gap = float(gap)
+    sorter = config.sorter
+    if SORTER_KEY in section:
+        try:
+            sorter = parse_sorters(section[SORTER_KEY], path)
+        except SessionInputError:
+            if check_kilosort:
+                raise
+            # finding sessions: the probe's sort fails with this message instead (as for a bad Kilosort value)
+    sorter_params = dict(config.sorter_params)
+    for name in SI_SECTIONS:
+        if name in section:
+            values = section[name]
+            if check_kilosort:
+                values = validate_sorter_params(name, values, path)
+            sorter_params[name] = merge(sorter_params.get(name, {}), values if isinstance(values, dict) else {})
     config = dataclasses.replace(
-        config, kilosort=kilosort, probe_file=probe_file, recording_date=date, split_segments=split, max_gap_fill_s=gap
+        config,
+        kilosort=kilosort,
+        probe_file=probe_file,
+        recording_date=date,
+        split_segments=split,
+        max_gap_fill_s=gap,
+        sorter=sorter,
+        sorter_params=sorter_params,
     )
     return _layer_after_sort(config, section, path)
 

@@ -37,6 +37,13 @@ RUNTIME_KEYS = (
 Log = Callable[[str], None]
 
 
+def kilosort_sorter_record() -> dict[str, str]:
+    """The sorter entry of a Kilosort 4 sorting's lineage (the native path: ``kilosort.run_kilosort``)."""
+    from importlib import metadata
+
+    return {"name": "kilosort4", "label": "Kilosort 4", "version": metadata.version("kilosort"), "runner": "kilosort"}
+
+
 def kilosort_seeds(settings: dict[str, Any]) -> dict[str, int]:
     """The seeds of a sort: Kilosort's fixed numpy/torch seeds and the clustering seed of the settings."""
     from ks_platform.core.settings import kilosort_settings_table
@@ -73,6 +80,8 @@ class SortResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     input_checksum: str = ""
     output_checksum: str = ""
+    #: The sorter that made it (``core/sorters.py``); summaries written before there was a choice are Kilosort 4's.
+    sorter: str = "kilosort4"
 
     def to_json(self) -> dict[str, Any]:
         payload = asdict(self)
@@ -237,6 +246,7 @@ def sort_recording(
                 input_checksum=binary.checksum,
                 output_checksum=result.output_checksum,
                 seeds=kilosort_seeds(requested),
+                sorter=kilosort_sorter_record(),
                 stage_seconds=result.stage_seconds,
                 attempts=result.attempts,
                 memory_plan={"batch_size": plan.batch_size, "clear_cache": plan.clear_cache, "reason": plan.reason},

@@ -80,6 +80,21 @@ class SessionStore:
     def metrics_dir(self) -> Path:
         return self.dir / "metrics"
 
+    def compared_dir(self, sorter: str) -> Path:
+        """Outputs of a sorter compared with the probe's own sorting: ``sorters/<sorter>/{sorting,phy}``."""
+        return self.dir / "sorters" / sorter
+
+    def compared_sorting_dir(self, sorter: str) -> Path:
+        return self.compared_dir(sorter) / "sorting"
+
+    def compared_phy_dir(self, sorter: str) -> Path:
+        return self.compared_dir(sorter) / "phy"
+
+    @property
+    def agreement_dir(self) -> Path:
+        """How much the probe's sorters agree (``core/agreement.py``)."""
+        return self.dir / "agreement"
+
 
 #: errno values that mean "the store may not be written here" (not a bad input, not a full disk).
 _READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)

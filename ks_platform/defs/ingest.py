@@ -12,6 +12,8 @@ from ks_platform.defs.resources import PlatformResource
 
 #: The observable parameter set of a session (defined with the sorting, ``defs/sorting.py``).
 SESSION_SETTINGS_KEY = dg.AssetKey("session_settings")
+#: The observable settings of the sorters compared with the probe's own (``defs/comparison.py``).
+COMPARED_SETTINGS_KEY = dg.AssetKey("compared_sorter_settings")
 
 
 @dg.asset(
@@ -30,11 +32,12 @@ def raw_recording(context: dg.AssetExecutionContext, platform: PlatformResource)
         folder = current_session_folder(key, platform.roots(), store.root)  # refuses retired and re-dated keys
         output = pipeline.observe_raw_recording(folder, store, platform.probe(key))
         settings_version = output.metadata.pop("settings_version")
-    # The parameter set as this run finds it, recorded as an observation of session_settings (defs/sorting.py):
-    # the sorting's provenance then names it however the run was launched, and a later edit shows as stale.
-    context.log_event(
-        dg.AssetObservation(asset_key=SESSION_SETTINGS_KEY, partition=key, tags={DATA_VERSION_TAG: settings_version})
-    )
+        compared_version = output.metadata.pop("compared_settings_version")
+    # The parameter sets as this run finds them, recorded as observations of session_settings (defs/sorting.py) and
+    # compared_sorter_settings (defs/comparison.py): the sortings' provenance then names them however the run was
+    # launched, and a later edit shows as stale.
+    for asset_key, version in ((SESSION_SETTINGS_KEY, settings_version), (COMPARED_SETTINGS_KEY, compared_version)):
+        context.log_event(dg.AssetObservation(asset_key=asset_key, partition=key, tags={DATA_VERSION_TAG: version}))
     context.log.info(
         f"{output.metadata['format']} recording, {output.metadata['duration_s']} s, {output.metadata['n_channels']} "
         "channels"

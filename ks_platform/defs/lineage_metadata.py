@@ -8,6 +8,8 @@ from ks_platform.defs.reporting import to_metadata_value
 
 #: Metadata keys every ``sorted_units`` / ``phy_bundle`` materialization carries (tests check them).
 LINEAGE_KEYS = (
+    "sorter",
+    "sorter_version",
     "ks_platform_version",
     "git_commit",
     "kilosort_version",
@@ -36,7 +38,10 @@ def lineage_metadata(lineage: dict[str, Any]) -> dict[str, Any]:
     backend = lineage.get("backend", {})
     attempts = lineage.get("attempts", [])
     stage_seconds = lineage.get("stage_seconds", {})
+    sorter = lineage.get("sorter") or {"name": "kilosort4", "version": versions.get("kilosort")}  # older lineage
     return {
+        "sorter": to_metadata_value(sorter.get("name")),
+        "sorter_version": to_metadata_value(sorter.get("version")),
         "ks_platform_version": to_metadata_value(versions.get("ks_platform")),
         "git_commit": to_metadata_value(lineage.get("git_commit")),
         "kilosort_version": to_metadata_value(versions.get("kilosort")),
@@ -64,8 +69,8 @@ def lineage_metadata(lineage: dict[str, Any]) -> dict[str, Any]:
             records=[
                 dg.TableRecord(
                     {
-                        "batch_size": int(a["batch_size"]),
-                        "clear_cache": bool(a["clear_cache"]),
+                        "batch_size": int(a.get("batch_size") or 0),  # Kilosort's; 0 for other sorters
+                        "clear_cache": bool(a.get("clear_cache", False)),
                         "outcome": str(a["outcome"]),
                         "seconds": float(a["seconds"]),
                     }

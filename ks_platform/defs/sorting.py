@@ -1,4 +1,5 @@
-"""Sorting: Kilosort 4 on the session's binary and probe map, with a ground-truth check."""
+"""Sorting: Kilosort 4 (or the sorter the session config names) on the session's binary and probe map, with a
+ground-truth check."""
 
 from importlib import metadata
 
@@ -6,7 +7,7 @@ import dagster as dg
 
 from ks_platform.core import pipeline
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.names import NEEDS_TAG, SESSION_GROUP, SORT_POOL
+from ks_platform.core.names import NEEDS_TAG, PRIMARY_SORTERS, SESSION_GROUP, SORT_POOL, SORTERS_TAG
 from ks_platform.defs.ingest import probe_map, recording_binary
 from ks_platform.defs.lineage_metadata import lineage_metadata
 from ks_platform.defs.partitions import session_partitions
@@ -26,9 +27,10 @@ SORT_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.E
     partitions_def=session_partitions,
     group_name=SESSION_GROUP,
     owners=["team:ephys"],
-    description="0 · The session's Kilosort parameter set (kilosort4-settings.json next to the recording). Its data "
-    "version is the hash of the validated overrides: after an edit, 'Observe sources' (or the sensor) marks the "
-    "sorting stale, not the binary.",
+    description="0 · The probe's sorter and parameter set (ks_session.json / kilosort4-settings.json next to the "
+    "recording; Kilosort 4 unless the config names another sorter). Its data version is the hash of the validated "
+    "overrides (and of the sorter's name when it is not Kilosort 4): after an edit, 'Observe sources' (or the "
+    "sensor) marks the sorting stale, not the binary.",
 )
 def session_settings(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.DataVersionsByPartition:
     keys = (
@@ -58,9 +60,10 @@ def build_sorted_units(code_version: str = SORTING_CODE_VERSION) -> dg.AssetsDef
         owners=["team:ephys"],
         pool=SORT_POOL,
         retry_policy=SORT_RETRY_POLICY,
-        op_tags={NEEDS_TAG: "gpu"},
-        description="4 · Kilosort 4 spike sorting of the binary with the session's parameter set (platform defaults < "
-        "probe type < kilosort4-settings.json).",
+        op_tags={NEEDS_TAG: "gpu", SORTERS_TAG: PRIMARY_SORTERS},
+        description="4 · Spike sorting of the binary with the probe's sorter: Kilosort 4 with the session's parameter "
+        "set (platform defaults < probe type < kilosort4-settings.json), or the first sorter the session config names "
+        "(SpykingCircus2, Tridesclous2, MountainSort5 through SpikeInterface, on CPU).",
     )
     def sorted_units(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
         key = context.partition_key

@@ -42,6 +42,7 @@ from ks_platform.execution.placement import (
     candidate_placements,
     container_spec,
     sort_slot_count,
+    step_needs_gpu,
     store_write_problem,
 )
 from ks_platform.execution.slots import SlotLedger
@@ -330,10 +331,16 @@ class PlacingDockerStepHandler(StepHandler):
         known = ctx.execute_step_args.known_state
         attempt = known.get_retry_state().get_attempt_count(step_key) if known else 0
         tags = dict(ctx.step_tags[step_key])
-        needs_gpu = StepRequest.from_tags(run.run_id, step_key, tags).needs_gpu
+        needs_gpu = step_needs_gpu(self.inventory.store, session, tags)
         channels = read_channel_count(self.inventory.store, session) if needs_gpu else None
-        return StepRequest.from_tags(
-            run.run_id, step_key, tags, n_channels=channels, session=session, job_name=run.job_name, attempt=attempt
+        return StepRequest(
+            run.run_id,
+            step_key,
+            needs_gpu,
+            n_channels=channels,
+            session=session,
+            job_name=run.job_name,
+            attempt=attempt,
         )
 
     def _engine_event(self, state: _StepState, message: str, metadata: dict[str, Any] | None = None) -> DagsterEvent:

@@ -23,10 +23,12 @@ from ks_platform.core.hardware import recommended_batch_size
 from ks_platform.core.names import (
     BACKEND_ENV,
     BATCH_SIZE_ENV,
+    COMPARED_SORTERS,
     KUBERNETES_ENV,
     LANDING_ENV,
     NEEDS_TAG,
     PARTITION_TAG,
+    SORTERS_TAG,
     STORE_ENV,
 )
 from ks_platform.execution.inventory import HostSpec, Inventory, InventoryError, load_inventory
@@ -217,14 +219,17 @@ def k8s_executor_config(
 ) -> dict[str, Any]:
     """``k8s_job_executor`` config: CPU defaults for every step, GPU config for ops tagged ``ks_platform/needs: gpu``.
 
-    ``op_tags`` maps op names to their tags (asset checks are their own ops and carry no tags: CPU).
+    ``op_tags`` maps op names to their tags (asset checks are their own ops and carry no tags: CPU). The config is per
+    op, not per partition, so it cannot follow a session's choice of sorter as the Docker and SLURM executors do:
+    ``sorted_units`` (Kilosort 4 on nearly every probe) gets a GPU, ``compared_sortings`` (mostly CPU sorters) does
+    not (a Kilosort 4 compared there runs on the pod's CPU).
     """
     return {
         "step_k8s_config": k8s_step_config(inventory, needs_gpu=False, storage=storage),
         "per_step_k8s_config": {
             op: k8s_step_config(inventory, needs_gpu=True, storage=storage)
             for op, tags in sorted(op_tags.items())
-            if tags.get(NEEDS_TAG) == NEEDS_GPU
+            if tags.get(NEEDS_TAG) == NEEDS_GPU and tags.get(SORTERS_TAG) != COMPARED_SORTERS
         },
     }
 

@@ -3,7 +3,8 @@
 Plain Python (no Dagster, no Docker client): the Docker step handler, the Kubernetes tag builder and the
 tests all use these functions. Rules:
 
-* a step tagged ``ks_platform/needs: gpu`` goes to a GPU of a ``cuda``/``rocm`` host with enough memory for
+* a step tagged ``ks_platform/needs: gpu`` (the sort steps; one tagged ``ks_platform/sorters`` too only when a sorter
+  it runs for this partition uses a GPU, see :func:`step_needs_gpu`) goes to a GPU of a ``cuda``/``rocm`` host with enough memory for
   the session's channel count (the smallest batch Kilosort is allowed to run must fit, see
   :func:`gpu_memory_needed_bytes`); GPUs with more memory come first, since they get larger batches;
 * when the inventory has no GPU host at all, such a step runs on CPU capacity with the ``cpu`` image;
@@ -35,8 +36,11 @@ from ks_platform.core.names import (
     IMAGE_ENV,
     LANDING_ENV,
     NEEDS_TAG,
+    SORTERS_TAG,
     STORE_ENV,
 )
+from ks_platform.core.sorters import step_needs_gpu as sorters_need_gpu
+from ks_platform.core.store import SessionStore
 from ks_platform.execution.inventory import GpuSpec, HostSpec, Inventory, InventoryError
 
 NEEDS_GPU = "gpu"
@@ -73,6 +77,21 @@ class StepRequest:
     @classmethod
     def from_tags(cls, run_id: str, step_key: str, tags: dict[str, str], **kwargs: Any) -> StepRequest:
         return cls(run_id=run_id, step_key=step_key, needs_gpu=tags.get(NEEDS_TAG) == NEEDS_GPU, **kwargs)
+
+
+def step_needs_gpu(store_root: str | Path, session: str | None, tags: dict[str, str]) -> bool:
+    """Whether a step needs a GPU: it is tagged ``gpu`` and, for a sort step (tagged ``ks_platform/sorters``), a
+    sorter it runs for this partition uses one (``raw_recording.json``'s sorters; unknown: yes). A CPU-only sorter
+    (SpykingCircus2, Tridesclous2, MountainSort5) thus never takes a GPU slot."""
+    if tags.get(NEEDS_TAG) != NEEDS_GPU:
+        return False
+    if not session or SORTERS_TAG not in tags:
+        return True
+    try:
+        manifest = SessionStore(Path(store_root).absolute(), session).raw_manifest
+    except ValueError:
+        return True
+    return sorters_need_gpu(manifest, tags[SORTERS_TAG])
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,6 @@ from ks_platform.core.names import (
     EXECUTOR_ENV,
     IMAGE_DIGEST_ENV,
     IMAGE_ENV,
-    NEEDS_TAG,
     PARTITION_TAG,
     PROBE_MANIFEST,
     REQUESTED_GRES_ENV,
@@ -86,8 +85,8 @@ from ks_platform.core.store import ATTEMPT_FILE_ENV, ATTEMPT_TOKEN_ENV, SessionS
 from ks_platform.execution.placement import (
     CONSERVATIVE_CHANNELS,
     MIB,
-    NEEDS_GPU,
     gpu_memory_needed_bytes,
+    step_needs_gpu,
 )
 from ks_platform.execution.step_executor import FinishingStepExecutor, require_shared_storage
 
@@ -836,10 +835,11 @@ class SlurmStepHandler(StepHandler):
         self._jobs[step_key] = job
         known = ctx.execute_step_args.known_state
         attempt = known.get_retry_state().get_attempt_count(step_key) if known else 0
-        needs_gpu = ctx.step_tags[step_key].get(NEEDS_TAG) == NEEDS_GPU
+        session = run.tags.get(PARTITION_TAG)
         settings = self.settings
         try:
-            channels = read_channel_count(settings.store_root(), run.tags.get(PARTITION_TAG)) if needs_gpu else None
+            needs_gpu = step_needs_gpu(settings.store_root(), session, dict(ctx.step_tags[step_key]))
+            channels = read_channel_count(settings.store_root(), session) if needs_gpu else None
             job.request = plan_job(settings, needs_gpu, channels)
             folder = settings.job_dir() / run.run_id
             folder.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,13 @@ from pathlib import Path
 import dagster as dg
 
 from ks_platform.core.catalog import Catalog
-from ks_platform.core.names import ONLY_STALE_TAG, RECORDING_DATES_TAG, SESSION_GROUP, SESSIONS_PARTITIONS_NAME
+from ks_platform.core.names import (
+    COMPARISON_GROUP,
+    ONLY_STALE_TAG,
+    RECORDING_DATES_TAG,
+    SESSION_GROUP,
+    SESSIONS_PARTITIONS_NAME,
+)
 from ks_platform.defs.sorting import sorted_units
 
 
@@ -35,8 +41,10 @@ class BackfillSelection:
 
 
 def session_asset_keys(asset_graph) -> list[dg.AssetKey]:
-    """The assets of one session (group ``session_pipeline``), in a stable order."""
-    return sorted(dg.AssetSelection.groups(SESSION_GROUP).resolve(asset_graph), key=lambda k: k.to_user_string())
+    """The assets of one session (groups ``session_pipeline`` and ``sorter_comparison``, as ``sort_session``), in a
+    stable order."""
+    selection = dg.AssetSelection.groups(SESSION_GROUP, COMPARISON_GROUP)
+    return sorted(selection.resolve(asset_graph), key=lambda k: k.to_user_string())
 
 
 def stale_sessions(instance: dg.DagsterInstance, asset_graph, keys: Sequence[str]) -> list[str]:
