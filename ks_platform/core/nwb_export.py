@@ -34,6 +34,7 @@ from ks_platform.core.names import (
     SUBJECT_JSON,
     TIMEZONE_ENV,
 )
+from ks_platform.core.progress import Progress, StageProgress
 from ks_platform.core.store import SessionStore, atomic_directory, read_json
 from ks_platform.core.timeline import TimelineSegment, segments_from_manifest, to_acquisition_seconds
 
@@ -439,15 +440,22 @@ def store_units_source(
 
 
 def export_units_nwb(
-    store: SessionStore, session_dir: Path | None = None, verify: Callable[[], None] | None = None
+    store: SessionStore,
+    session_dir: Path | None = None,
+    verify: Callable[[], None] | None = None,
+    progress: Progress | None = None,
 ) -> NwbExport:
     """Write ``<store>/<key>/nwb/units.nwb`` atomically from the sorting, its curation, metrics and probe; ``verify``
-    runs before it is published (raises when the input changed)."""
+    runs before it is published (raises when the input changed); ``progress`` hears of each stage."""
+    stages = StageProgress(progress, ["units, mean waveforms and metrics", "writing the NWB file"])
+    stages.start("units, mean waveforms and metrics")
     source, status = store_units_source(store, session_dir)
     with atomic_directory(store.dir / "nwb") as staged:
+        stages.start("writing the NWB file")
         write_units_nwb(source, staged / NWB_FILE)
         if verify is not None:
             verify()
+    stages.finish(f"{int(source.spike_clusters.size)} spikes")
     return NwbExport(
         store.dir / "nwb" / NWB_FILE,
         len(np.unique(source.spike_clusters)),

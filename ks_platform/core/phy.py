@@ -12,6 +12,7 @@ import numpy as np
 
 from ks_platform.core.conversion import RecordingBinary
 from ks_platform.core.figures import new_figure, save_figure
+from ks_platform.core.progress import Progress, StageProgress
 from ks_platform.core.store import atomic_directory
 from ks_platform.core.timeline import TimelineSegment
 
@@ -81,15 +82,18 @@ def build_phy_bundle(
     phy_dir: Path,
     segments: Sequence[TimelineSegment] = (),
     verify: Callable[[], None] | None = None,
+    progress: Progress | None = None,
 ) -> PhyBundle:
     """Copy the sorting's Phy files to ``phy_dir`` with ``dat_path`` relative to it, then open it in phylib.
 
     The relative path (``../binary/recording.bin``) keeps working when the whole store is moved.
     ``channel_shanks`` gives the shank of each channel in ``channel_map.npy`` order; ``segments`` (the recording's
     timeline: where each file lies on the acquisition clock) are written to ``recording_segments.tsv``. ``verify``
-    runs last before the folder is published (raises when the input changed).
+    runs last before the folder is published (raises when the input changed). ``progress`` hears of each stage.
     """
+    stages = StageProgress(progress, ["copying the sorting", "opening it in phylib", "the overview figure"])
     with atomic_directory(phy_dir) as staged:
+        stages.start("copying the sorting")
         for item in sorting_dir.iterdir():
             if item.is_file() and item.name not in NOT_FOR_PHY and item.suffix in (".npy", ".tsv"):
                 shutil.copy2(item, staged / item.name)
@@ -98,10 +102,13 @@ def build_phy_bundle(
             write_segments_tsv(segments, staged / SEGMENTS_TSV, binary.sampling_frequency)
         relative = os.path.relpath(binary.path, phy_dir)
         (staged / "params.py").write_text(params_py(relative, binary))
+        stages.start("opening it in phylib")
         bundle = validate_phy_folder(staged, final_path=phy_dir)
+        stages.start("the overview figure")
         plot_phy_overview(staged, staged / OVERVIEW_PNG, binary.sampling_frequency)
         if verify is not None:
             verify()
+    stages.finish(f"{bundle.n_clusters} clusters, {bundle.n_spikes} spikes")
     return bundle
 
 
