@@ -26,7 +26,7 @@ from ks_platform.core.names import (  # noqa: E402
     SLURM_SETTINGS_ENV,
     SORT_JOB_NAME,
 )
-from ks_platform.defs import curation, doctor, ingest, quality, review, rollup, sorting  # noqa: E402
+from ks_platform.defs import curation, doctor, ingest, landing, quality, review, rollup, sorting  # noqa: E402
 from ks_platform.defs.partitions import session_partitions  # noqa: E402
 from ks_platform.defs.resources import PlatformResource  # noqa: E402
 from ks_platform.defs.sensors import build_new_session_sensor  # noqa: E402
@@ -126,7 +126,7 @@ def build_definitions(
 ) -> dg.Definitions:
     """The code location; ``sensors=None`` means :func:`default_sensors` (pass ``[]`` or your own to replace them)."""
     return dg.Definitions(
-        assets=[*ALL_ASSETS, rollup.daily_rollup],
+        assets=[*ALL_ASSETS, rollup.daily_rollup, landing.landing_folders],
         asset_checks=ALL_CHECKS,
         jobs=[
             sort_session_job,

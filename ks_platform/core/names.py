@@ -68,6 +68,9 @@ ONLY_STALE_TAG = "ks_platform/only_stale"
 SESSION_GROUP = "session_pipeline"
 CURATION_GROUP = "session_curation"
 ROLLUP_GROUP = "daily_rollups"
+LANDING_GROUP = "landing"
+#: The asset that lists every landing folder that is not a partition, with why (observed by the sensor).
+LANDING_FOLDERS_ASSET = "landing_folders"
 #: Concurrency pool of the Kilosort step (dagster.yaml sets its limit).
 SORT_POOL = "kilosort"
 #: The dynamic partitions of sessions, named uniquely for this code location (dagster#29693).
