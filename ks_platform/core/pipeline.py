@@ -58,7 +58,7 @@ def writes_session(step: Callable[..., StepOutput]) -> Callable[..., StepOutput]
     @functools.wraps(step)
     def locked(*args: Any, **kwargs: Any) -> StepOutput:
         bound = signature.bind(*args, **kwargs)
-        with session_lock(bound.arguments["store"], log=bound.arguments.get("log")):
+        with session_lock(bound.arguments["store"], log=bound.arguments.get("log"), step=step.__name__):
             return step(*args, **kwargs)
 
     return locked
