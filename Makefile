@@ -5,8 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/data/dagster_home
 export KS_PLATFORM_STORE ?= $(CURDIR)/data/store
-export KS_PLATFORM_LANDING ?= rig1=$(CURDIR)/data/landing/rig1
+# `ks-platform demo` writes only into the root named demo (data/landing/demo when none is configured).
+export KS_PLATFORM_LANDING ?= rig1=$(CURDIR)/data/landing/rig1,demo=$(CURDIR)/data/landing/demo
 export KS_PLATFORM_BACKEND ?= auto
+# Port of the UI of `make dev`.
+PORT ?= 3000
 
 .PHONY: install demo test dev executor-dev bench screenshots clean gpu-bundle
 
@@ -21,7 +24,7 @@ $(BIN)/ks-platform: pyproject.toml constraints/cpu.txt docker/requirements-nodep
 	touch $@
 
 install: $(BIN)/ks-platform
-	mkdir -p $(DAGSTER_HOME) data/landing/rig1
+	mkdir -p $(DAGSTER_HOME) data/landing/rig1 data/landing/demo
 	cp -f dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 ## Install, make a demo session and materialize all five assets for it on the embedded instance (CPU ok).
@@ -38,10 +41,10 @@ test: install
 	bash scripts/install_system_deps.sh
 	$(BIN)/python -m pytest -v --durations=15
 
-## Browse the same assets in the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
+## Browse the same assets in the Dagster UI (webserver + daemon) on http://127.0.0.1:3000; another port: `make dev PORT=3001`
 ## (`.venv/bin/dagster dev -w workspace.yaml` loads the same code location.)
 dev: install
-	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg dev -h 127.0.0.1 -p 3000
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg dev -h 127.0.0.1 -p $(PORT)
 
 ## The UI with every step in a ks-platform:cpu container (local Docker engine, local PostgreSQL under data/executor-dev)
 executor-dev: install

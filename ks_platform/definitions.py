@@ -33,6 +33,7 @@ from ks_platform.defs import (  # noqa: E402
     doctor,
     ingest,
     labels,
+    landing,
     quality,
     review,
     rollup,
@@ -151,7 +152,7 @@ def build_definitions(
 ) -> dg.Definitions:
     """The code location; ``sensors=None`` means :func:`default_sensors` (pass ``[]`` or your own to replace them)."""
     return dg.Definitions(
-        assets=[*ALL_ASSETS, rollup.daily_rollup],
+        assets=[*ALL_ASSETS, rollup.daily_rollup, landing.landing_folders],
         asset_checks=ALL_CHECKS,
         jobs=[
             sort_session_job,

@@ -425,9 +425,11 @@ def test_sessions_command_lists_active_and_retired(template, tmp_path, monkeypat
     assert run("register").split() == [key_of("alive_g0")]
 
     listing = run("sessions").splitlines()
-    assert listing[0] == f"active   {key_of('alive_g0')}"
-    assert listing[1].startswith(f"retired  {key_of('removed_g0')}  deleted: the folder {ROOT}/removed_g0 was deleted")
-    assert listing[-1] == "1 active, 1 retired partition(s)"
+    assert listing[0] == f"active       {key_of('alive_g0')}"
+    assert listing[1].startswith(
+        f"retired      {key_of('removed_g0')}  deleted: the folder {ROOT}/removed_g0 was deleted"
+    )
+    assert listing[-1] == "1 active, 0 unconfigured, 1 retired partition(s)"
     assert [line.split()[1] for line in run("sessions", "--retired").splitlines()[:-1]] == [key_of("removed_g0")]
     [row] = json.loads(run("sessions", "--retired", "--json"))
     assert row["key"] == key_of("removed_g0") and row["cause"] == DELETED and row["successor"] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -104,3 +105,24 @@ def test_two_materializations_are_identical(sorted_workspace, tmp_path):
     assert again.success
     for name in ("spike_times.npy", "spike_clusters.npy", "amplitudes.npy"):
         assert np.array_equal(np.load(first / name), np.load(store.sorting_dir / name)), name
+
+
+def test_long_stages_report_progress_in_the_runs_log_at_a_bounded_rate(sorted_workspace):
+    """Each Kilosort loop, the conversion, the Phy export and the metrics end with a progress line in the run's own
+    log (the Events tab), not only in the step's stderr; no stage logs more than 11 progress lines."""
+    ws, _, result = sorted_workspace
+    messages = [entry.user_message for entry in ws.instance.all_logs(result.run_id) if entry.user_message]
+    progress = [m for m in messages if re.match(r"^[\w ]+ \d+%", m)]
+    for stage in (
+        "recording_binary",
+        "kilosort spike detection",
+        "kilosort first clustering",
+        "kilosort spike extraction",
+        "kilosort final clustering",
+        "phy_bundle",
+        "unit_metrics",
+    ):
+        lines = [m for m in progress if m.startswith(f"{stage} ")]
+        assert any(m.startswith(f"{stage} 100%") and "done in" in m for m in lines), (stage, progress)
+        assert len(lines) <= 11, lines
+    assert not any(m.strip(" -") == "kilosort:" for m in messages)  # Kilosort's separator lines are not forwarded

@@ -319,6 +319,47 @@ def test_two_runs_of_one_session_take_turns(tmp_path):
     assert said and "is being written by pid" in said[0] and "waiting" in said[0]
 
 
+def test_two_steps_of_one_run_take_turns_without_a_warning(tmp_path):
+    """Two processes forked by one parent (as a run's probe_map and recording_binary are by its forkserver) take turns
+    at the session's lock, and the waiting one says nothing: that wait is part of every normal run. A writer from
+    elsewhere (the test above) is named, after the first poll."""
+    store = SessionStore(tmp_path / "store", "2026-03-02__rig1__s__imec0")
+    head = (
+        "import sys, time\nfrom pathlib import Path\nfrom ks_platform.core.store import SessionStore, session_lock\n"
+        f"store = SessionStore(Path({str(store.root)!r}), {store.key!r})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            head + "with session_lock(store, step='build_probe_map'):\n"
+            "    print('locked', flush=True)\n    time.sleep(3)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    assert "(build_probe_map, parent " in (store.dir / ".lock").read_text()
+    waiter = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            head + "said = []\nstarted = time.monotonic()\n"
+            "with session_lock(store, log=said.append, poll_seconds=0.2):\n    waited = time.monotonic() - started\n"
+            "print(round(waited, 1), said)\n",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert holder.wait() == 0 and waiter.returncode == 0, waiter.stderr
+    waited, said = waiter.stdout.split(" ", 1)
+    assert float(waited) > 0.5 and said.strip() == "[]", waiter.stdout
+
+
 def test_a_killed_lock_holder_never_blocks_the_session(tmp_path):
     store = SessionStore(tmp_path / "store", "2026-03-02__rig1__s__imec0")
     script = (

@@ -1,5 +1,5 @@
 """The shipped instance configs load under Dagster's own config validation and keep sensor/schedule ticks for a
-bounded time (issue #18: a sensor ticking every 30 s over years of sessions must not grow the tick tables forever)."""
+bounded time (issue #18: a sensor ticking every 60 s over years of sessions must not grow the tick tables forever)."""
 
 from __future__ import annotations
 
@@ -64,3 +64,16 @@ def test_helm_values_carry_the_same_retention():
     assert retention["sensor"]["purgeAfterDays"] == retention["schedule"]["purgeAfterDays"] == TICK_RETENTION_DAYS
     shipped = yaml.safe_load((REPO / "deploy" / "helm" / "values.yaml").read_text())
     assert shipped["retention"] == retention
+
+
+@pytest.mark.parametrize("config", ["dagster.yaml", "deploy/dagster.postgres.yaml"])
+def test_the_tick_interval_in_the_config_comment_is_the_sensors(config):
+    """Issue #27: the comment said 30 s while the sensor ticks every 60 s."""
+    import re
+
+    from ks_platform.defs.sensors import DEFAULT_MIN_INTERVAL_SECONDS, build_new_session_sensor
+
+    said = re.search(r"the landing sensor ticks every (\d+) s", (REPO / config).read_text())
+    assert said, config
+    interval = build_new_session_sensor(settle_seconds=0, marker_name="").minimum_interval_seconds
+    assert int(said.group(1)) == interval == DEFAULT_MIN_INTERVAL_SECONDS

@@ -6,6 +6,7 @@ import ast
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,21 @@ def test_the_ui_binds_to_localhost_by_default():
         line for line in makefile.splitlines() if line.startswith("\t") and ("dg dev" in line or "dagster dev" in line)
     ]
     assert dev and all("-h 127.0.0.1" in line for line in dev)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_dev_takes_the_port_from_the_command_line():
+    """``make dev PORT=3001`` (issue #27: the port was hard-coded); 3000 without it. ``make -n`` only prints."""
+
+    def dev_line(*extra: str) -> str:
+        printed = subprocess.run(
+            ["make", "-n", "-C", str(PACKAGE.parent), "dev", *extra], capture_output=True, text=True, check=True
+        ).stdout
+        [line] = [line for line in printed.splitlines() if " dev -h " in line]
+        return line
+
+    assert dev_line("PORT=3001").endswith("dg dev -h 127.0.0.1 -p 3001")
+    assert dev_line().endswith("dg dev -h 127.0.0.1 -p 3000")
 
 
 def test_a_hand_added_traversal_partition_writes_nothing_outside_the_store(workspace, tmp_path):

@@ -24,6 +24,8 @@ from ks_platform.core.readiness import fast_folder_signature, is_partial_copy, s
 from ks_platform.core.sessions import key_name
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 from ks_platform.defs import sensors
+from ks_platform.defs.ingest import raw_recording
+from ks_platform.defs.landing import landing_folders
 from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
 from ks_platform.defs.resources import PlatformResource
 
@@ -77,7 +79,15 @@ def tick(
         context.log.addHandler(_Records(logs))
     result = sensor(context)
     assert isinstance(result, dg.SensorResult)
+    for event in result.asset_events:  # recorded as the daemon records them (a later tick compares with the latest)
+        if event.asset_key == landing_folders.key:
+            instance.report_runless_asset_event(event)
     return result
+
+
+def recordings(result: dg.SensorResult) -> list[dg.AssetObservation]:
+    """The ``raw_recording`` observations of a tick (not the ``landing_folders`` report)."""
+    return [event for event in result.asset_events if event.asset_key == raw_recording.key]
 
 
 def folder_states(tmp_path: Path) -> dict[str, str]:
@@ -204,7 +214,7 @@ def test_sensor_requests_one_run_per_complete_session(
     [add] = result.dynamic_partitions_requests
     assert add.partitions_def_name == SESSIONS_PARTITIONS_NAME and list(add.partition_keys) == [key]
 
-    [observation] = result.asset_events
+    [observation] = recordings(result)
     assert isinstance(observation, dg.AssetObservation)
     assert observation.asset_key == dg.AssetKey("raw_recording") and observation.partition == key
     meta = {
@@ -230,7 +240,7 @@ def test_sensor_waits_for_the_settle_time(small_session, landing, tmp_path, dags
     platform = platform_for(landing, tmp_path)
 
     first = tick(sensor, dagster_instance, platform)
-    assert first.run_requests == [] and first.dynamic_partitions_requests == [] and first.asset_events == []
+    assert first.run_requests == [] and first.dynamic_partitions_requests == [] and recordings(first) == []
     assert "fresh (changed 0 s ago; waiting" in first.skip_reason.skip_message
     assert folder_states(tmp_path) == {}  # not handled: looked at again next tick
     assert identify_calls == []
@@ -275,7 +285,7 @@ def test_idempotent_across_ticks_and_cursor_loss(small_session, landing, tmp_pat
 
     # Nothing changed: the next tick opens nothing and requests nothing; the cursor is unchanged.
     second = tick(sensor, dagster_instance, platform, first.cursor)
-    assert second.run_requests == [] and second.asset_events == [] and second.dynamic_partitions_requests == []
+    assert second.run_requests == [] and recordings(second) == [] and second.dynamic_partitions_requests == []
     assert len(identify_calls) == 2
     assert second.cursor == first.cursor
     assert second.skip_reason.skip_message == "no new complete session"
@@ -305,7 +315,7 @@ def test_changed_data_gets_a_new_run_key(small_session, landing, tmp_path, dagst
         after.run_key
         == f"{key_of('edited')}:{discovery.identify_session(ROOT, landing.resolve(), folder.resolve())[0].fingerprint}"
     )
-    assert [a.partition for a in second.asset_events] == [key_of("edited")]
+    assert [a.partition for a in recordings(second)] == [key_of("edited")]
 
     # A change that does not touch the recording (here: only the times) re-examines the folder; nothing to sort.
     os.utime(landing / "edited" / "ground_truth.json")
@@ -329,7 +339,7 @@ def test_malformed_session_is_skipped_with_reason_once(
     logs: list[logging.LogRecord] = []
     first = tick(sensor, dagster_instance, platform, logs=logs)
     assert [r.partition_key for r in first.run_requests] == [key_of("good_g0")]
-    assert [e.partition for e in first.asset_events] == [key_of("good_g0")]
+    assert [e.partition for e in recordings(first)] == [key_of("good_g0")]
     warnings = sorted(r.getMessage() for r in logs if r.levelno == logging.WARNING)
     assert len(warnings) == 2
     assert "rig1/bad_g0" in warnings[0] and "the SpikeGLX meta file is missing" in warnings[0] and "Fix:" in warnings[0]

@@ -24,6 +24,7 @@ def run_backfill(args: argparse.Namespace, instance=None, platform=None) -> int:
     """The command; ``instance``/``platform`` default to ``DAGSTER_HOME`` and the ``KS_PLATFORM_*`` environment."""
     from ks_platform.cli.pipeline_commands import _instance, report_landing_roots, report_lifecycle, report_skipped
     from ks_platform.definitions import build_definitions
+    from ks_platform.defs.partitions import in_flight_partitions
     from ks_platform.defs.resources import PlatformResource
     from ks_platform.operations import backfill
     from ks_platform.operations.sessions import register_sessions
@@ -37,8 +38,11 @@ def run_backfill(args: argparse.Namespace, instance=None, platform=None) -> int:
     store_root = Path(platform.store_root)
 
     report_landing_roots(platform)
-    # A dry run refreshes only the landing catalog (no partition is added or retired in Dagster).
-    outcome = register_sessions(None if args.dry_run else instance, platform.roots(), store_root)
+    # A dry run refreshes only the landing catalog (no partition is added or retired in Dagster); either way no key
+    # with a run queued or running is retired.
+    outcome = register_sessions(
+        None if args.dry_run else instance, platform.roots(), store_root, in_flight=in_flight_partitions(instance)
+    )
     if outcome.added:
         print(f"registered {len(outcome.added)} new session(s) from the landing roots")
     report_skipped(outcome.skipped)

@@ -130,6 +130,8 @@ def report_lifecycle(outcome) -> None:
     for record in outcome.retired:
         then = f"; now {record.successor}" if record.successor else ""
         print(f"retired partition {record.key} ({record.cause}: {record.reason}){then}", file=sys.stderr)
+    for key, cause, _ in outcome.held:
+        print(f"partition {key} is not retired yet ({cause}): a run of it is queued or running", file=sys.stderr)
 
 
 def register_sessions(
@@ -170,14 +172,59 @@ def run_session(instance, platform, key: str):
     return job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
 
 
+#: The landing root the demo writes into, and where it is when ``KS_PLATFORM_LANDING`` names no root ``demo``.
+DEMO_ROOT = "demo"
+DEMO_LANDING = Path("data/landing/demo")
+
+
+def demo_platform(platform: PlatformResource) -> PlatformResource:
+    """The platform of ``ks-platform demo``: the same store and backend, and only its own landing root ``demo`` (the
+    configured one, else ``data/landing/demo``): the demo never writes into, registers or retires anything of another
+    landing root."""
+    from ks_platform.defs.resources import PlatformResource
+
+    root = platform.roots().get(DEMO_ROOT, DEMO_LANDING.resolve())
+    return PlatformResource(
+        store_root=platform.store_root,
+        landing_roots=f"{DEMO_ROOT}={root}",
+        backend=platform.backend,
+        allow_zero_copy=platform.allow_zero_copy,
+    )
+
+
+def check_lines(instance, result) -> list[str]:
+    """One line per asset check of a run: passed / FAILED with its metadata, or skipped (planned, no result: e.g. the
+    ground-truth check of a session without ground truth). The planned events are in the instance's log of the run
+    (written when the run is created), not in ``result.all_events``."""
+    from dagster import DagsterEventType
+
+    lines = []
+    evaluated = {check.check_name: check for check in result.get_asset_check_evaluations()}
+    planned = [
+        entry.dagster_event.event_specific_data.check_name
+        for entry in instance.all_logs(result.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED)
+    ]
+    for name in dict.fromkeys([*planned, *evaluated]):
+        check = evaluated.get(name)
+        if check is None:
+            lines.append(f"check {name}: skipped (nothing to check in this session)")
+            continue
+        metadata = {k: v.value for k, v in check.metadata.items() if k != "per_unit"}
+        lines.append(f"check {name}: {'passed' if check.passed else 'FAILED'} {json.dumps(metadata, default=str)}")
+    return lines
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
     from ks_platform.core.sessions import SessionRef, key_name
     from ks_platform.core.store import read_json
     from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
     from ks_platform.defs.resources import PlatformResource
 
-    platform = PlatformResource.from_env()
-    root_name, root = next(iter(platform.roots().items()))
+    started = time.monotonic()
+    platform = demo_platform(PlatformResource.from_env())
+    root = platform.roots()[DEMO_ROOT]
     folder = root / f"demo_seed{args.seed}"
     if not folder.exists():
         make_spikeglx_session(folder, DemoSessionSpec(duration_s=args.duration, seed=args.seed))
@@ -186,26 +233,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     keys = [
         k
         for k in register_sessions(instance, platform)
-        if SessionRef.parse(k).session_key.endswith(f"__{root_name}__{key_name(folder.name)}")
+        if SessionRef.parse(k).session_key.endswith(f"__{DEMO_ROOT}__{key_name(folder.name)}")
     ]
     key = keys[0]
-    print(f"materializing session {key} (Kilosort 4 on {platform.backend}; this takes a few minutes on CPU)")
+    print(
+        f"materializing session {key} (Kilosort 4 on {platform.backend}; 2-15 minutes on 2 CPU cores, more when the "
+        "machine is busy; the run's log shows each stage's progress)",
+        flush=True,
+    )
     result = run_session(instance, platform, key)
     store = platform.store(key)
+    home = os.environ["DAGSTER_HOME"]
     if not result.success:
         for event in result.all_events:
             if event.is_failure and event.event_specific_data and getattr(event.event_specific_data, "error", None):
                 print(f"FAILED {event.step_key}: {event.event_specific_data.error.message.strip()}", file=sys.stderr)
+        print(f"the run's whole log: `make dev`, then Runs → {result.run_id} (instance {home})", file=sys.stderr)
         return 1
     summary = read_json(store.sorting_dir / SUMMARY_FILE)
     print(f"\nPhy folder: {store.phy_dir}\n  open it with: phy template-gui {store.phy_dir / 'params.py'}")
     print(
-        f"units: {summary['n_units']} ({summary['n_good_units']} good), spikes: {summary['n_spikes']}, sort time {summary['seconds']} s"
+        f"units: {summary['n_units']} ({summary['n_good_units']} good), spikes: {summary['n_spikes']}, "
+        f"sort time {summary['seconds']} s, whole run {time.monotonic() - started:.0f} s"
     )
-    for check in result.get_asset_check_evaluations():
-        print(
-            f"check {check.check_name}: {'passed' if check.passed else 'FAILED'} {json.dumps({k: v.value for k, v in check.metadata.items() if k != 'per_unit'}, default=str)}"
-        )
+    print("\n".join(check_lines(instance, result)))
+    print(
+        f"\nThe run is recorded in the Dagster instance in {home} (DAGSTER_HOME). To see it, its log and every asset "
+        f"in the UI: `make dev` (or `make dev PORT=3001`), then open the printed address → Runs → {result.run_id[:8]}."
+    )
     return 0
 
 
@@ -243,7 +298,13 @@ def register(sub) -> None:
     )
     register_cmd.set_defaults(func=_cmd_register)
 
-    demo = sub.add_parser("demo", help="make a demo session and materialize all its assets on the embedded instance")
+    demo = sub.add_parser(
+        "demo",
+        help="make a demo session and materialize all its assets on the embedded instance",
+        description="Write a synthetic SpikeGLX session with ground truth into the landing root `demo` (the one "
+        "KS_PLATFORM_LANDING names, else data/landing/demo; never another root), register it and materialize its "
+        "assets in this process; prints the Phy folder, the units, the checks and where the run is recorded.",
+    )
     demo.add_argument("--duration", type=float, default=15.0)
     demo.add_argument("--seed", type=int, default=42)
     demo.set_defaults(func=_cmd_demo)

@@ -150,13 +150,18 @@ class UnavailableRoot:
     why: str
     #: Folders the catalog holds for it (kept as they are).
     kept: int
+    #: What to do; None: the fix for a share that is not mounted.
+    fix: str | None = None
 
     @property
     def message(self) -> str:
+        fix = self.fix or (
+            "mount the share or plug the disk in; if its folders were removed on purpose, run "
+            f"`ks-platform register --accept-root {self.name}`"
+        )
         return (
             f"landing root {self.name} ({self.path}) is unavailable: {self.why}. Nothing in it was retired "
-            f"({self.kept} folder(s) kept as they are). Fix: mount the share or plug the disk in; if its folders were "
-            f"removed on purpose, run `ks-platform register --accept-root {self.name}`"
+            f"({self.kept} folder(s) kept as they are). Fix: {fix}"
         )
 
 
@@ -182,6 +187,8 @@ class RefreshReport:
     absent: list[tuple[str, float]] = field(default_factory=list)
     #: ``(root/name, seconds ahead, file)`` of folders with a file dated ahead of this host's clock.
     future: list[tuple[str, float, str]] = field(default_factory=list)
+    #: ``(key, cause, reason)`` of partitions that would have been retired but have a run in flight (next time).
+    held: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -280,6 +287,10 @@ class Catalog:
         self.rebuilt_because: str | None = None
         #: Keys that became active during the current refresh (candidate successors of renamed folders).
         self._appeared: set[str] = set()
+        #: Keys with a run queued or running (never retired), and folders to look at again next refresh because a
+        #: retirement was held back for one of them.
+        self._in_flight: set[str] = set()
+        self._recheck: set[tuple[str, str]] = set()
         self._db = self._connect_read_only() if _read_only else self._connect()
 
     @classmethod
@@ -590,6 +601,29 @@ class Catalog:
         )
         return [_partition(row) for row in rows]
 
+    def not_complete(
+        self, landing_roots: Mapping[str, Path], settle_seconds: float, marker_name: str | None, now: float
+    ) -> list[tuple[str, Path, str]]:
+        """``(root/name, folder, why)`` of the landing folders a refresh would not record now because they are not
+        complete yet (new or changed since they were recorded); a complete one not recorded yet says so. A walk of
+        those folders only; writes nothing (works on a catalog opened read-only)."""
+        with self._mapped_errors("read the catalog"):
+            known = {(r, n): s for r, n, s in self._db.execute("SELECT root, name, state FROM folders")}
+            stamps = {(r, n): (p, d) for r, n, p, d in self._db.execute("SELECT * FROM folder_stamps")}
+        found = []
+        for root_name, root in sorted(landing_roots.items()):
+            for name, path in list_landing_folders(Path(root)) or []:
+                settled = known.get((root_name, name)) in (SESSION, REJECTED)
+                if settled and stamp_unchanged(*stamps.get((root_name, name), ("", ""))):
+                    continue
+                ready, why = session_ready(Path(path), settle_seconds, marker_name, now)
+                if ready and settled:  # recorded; a change is read by the next refresh
+                    continue
+                if ready:
+                    why = f"complete ({why}), not read yet: the next sensor tick or `ks-platform register` reads it"
+                found.append((f"{root_name}/{name}", Path(path), why))
+        return found
+
     def changes_since(self, after: int, limit: int | None = None) -> CatalogChanges:
         """Partition and folder rows changed after ``after``; at most ``limit`` partitions (the rest come next)."""
         with self._mapped_errors("read the catalog"):
@@ -619,6 +653,7 @@ class Catalog:
         open_unready: bool = False,
         retire_after: float = RETIRE_AFTER_SECONDS,
         accept_roots: Collection[str] = (),
+        in_flight: Collection[str] = (),
     ) -> RefreshReport:
         """Bring the catalog up to date with the landing roots: one ``stat`` walk, new/changed folders opened.
 
@@ -626,11 +661,17 @@ class Catalog:
         ``deferred``). ``open_unready`` opens folders that are not complete yet only to report why they are not
         sessions (nothing is recorded for them). ``retire_after``: seconds a folder must be absent from an available
         root before its partitions are retired. ``accept_roots``: roots whose listing is taken as it is even when it
-        lost most of its folders (their absences start counting).
+        lost most of its folders (their absences start counting), or when the catalog knows them at another path (the
+        root moved: its records move with it). ``in_flight``: partition keys with a run queued or running; none of
+        them is retired (they are looked at again by the next refresh).
+
+        A configured root whose name the catalog knows at another path belongs to another configuration sharing this
+        store: it is reported as unavailable and nothing in it is read, added or retired.
         """
         if self.read_only:
             raise ValueError("a catalog opened read-only cannot be refreshed")
         arguments = (landing_roots, settle_seconds, marker_name, now, max_open, open_unready, retire_after)
+        self._in_flight = set(in_flight)
         with self._exclusive(), self._mapped_errors("update the catalog"):
             try:
                 return self._refresh(*arguments, set(accept_roots))
@@ -656,6 +697,7 @@ class Catalog:
         now = time.time() if now is None else now
         report = RefreshReport()
         self._appeared = set()
+        self._recheck = set()
         known: dict[tuple[str, str], tuple[str, str]] = {}
         absent_before: set[tuple[str, str]] = set()
         for root, name, signature, state, absent_since in self._db.execute(
@@ -671,8 +713,14 @@ class Catalog:
         candidates: list[_Candidate] = []
         for root_name, root in sorted(landing_roots.items()):
             root = Path(root)
-            entries = list_landing_folders(root)
             held = sum(1 for r, _ in known if r == root_name)
+            elsewhere = self._recorded_elsewhere(root_name, root)
+            if elsewhere is not None and root_name not in accept_roots:
+                report.unavailable.append(_other_configuration(root_name, root, elsewhere, held))
+                continue  # not searched: none of its folders is read, added or taken for absent
+            if elsewhere is not None:
+                self._move_root(root_name, elsewhere, root)
+            entries = list_landing_folders(root)
             if entries is None:  # missing, a file or no access: said by the caller's root checks when it matters
                 if held:
                     report.unavailable.append(UnavailableRoot(root_name, root, "it cannot be listed", held))
@@ -712,7 +760,34 @@ class Catalog:
         for root_name, name in sorted(set(known) - listed):
             if root_name in searched_roots:
                 self._absent(root_name, name, now, retire_after, report)
+        if self._recheck:  # a retirement held back for a run in flight: walk and open these folders again next time
+            with _transaction(self._db):
+                for root_name, name in sorted(self._recheck):
+                    self._db.execute("UPDATE folders SET signature='' WHERE root=? AND name=?", (root_name, name))
+                    self._db.execute("DELETE FROM folder_stamps WHERE root=? AND name=?", (root_name, name))
         return report
+
+    def _recorded_elsewhere(self, root_name: str, root: Path) -> Path | None:
+        """The folder this catalog's records of ``root_name`` lie in, when it is not ``root``: the root belongs to
+        another configuration sharing the store, or it moved."""
+        rows = self._db.execute("SELECT path FROM folders WHERE root=?", (root_name,))
+        parents = {os.path.dirname(path) for (path,) in rows}
+        here = Path(root).resolve()
+        for parent in sorted(parents):
+            if Path(parent) != here and Path(parent).resolve() != here:
+                return Path(parent)
+        return None
+
+    def _move_root(self, root_name: str, old: Path, new: Path) -> None:
+        """``register --accept-root``: the root moved from ``old`` to ``new``; its records follow it."""
+        old_prefix, new_prefix = f"{old}{os.sep}", f"{Path(new)}{os.sep}"
+        with _transaction(self._db):
+            for table in ("folders", "partitions"):
+                self._db.execute(
+                    f"UPDATE {table} SET path = ? || substr(path, ?) WHERE root=? AND substr(path, 1, ?) = ?",
+                    (new_prefix, len(old_prefix) + 1, root_name, len(old_prefix), old_prefix),
+                )
+        log.info(f"landing root {root_name} moved from {old} to {new}: its folders' records now point there")
 
     def _examine(
         self,
@@ -938,7 +1013,7 @@ class Catalog:
                 if twin is not None:
                     evidence = f"its content (fingerprint {record.fingerprint[:12]}) appeared there as {twin[0]}"
                     reason = f"its folder was renamed to {twin[1]}/{twin[2]}: {root}/{name} went and {evidence}"
-                    self._retire(record, RENAMED, reason, twin[0], now, report)
+                    kept += not self._retire(record, RENAMED, reason, twin[0], now, report)
                 elif now - since >= retire_after:
                     first = dt.datetime.fromtimestamp(since, dt.UTC).isoformat(timespec="seconds")
                     reason = (
@@ -946,7 +1021,7 @@ class Catalog:
                         f"available landing root {root} since {first} ({format_duration(now - since)}, retired after "
                         f"{format_duration(retire_after)})"
                     )
-                    self._retire(record, DELETED, reason, None, now, report)
+                    kept += not self._retire(record, DELETED, reason, None, now, report)
                 else:
                     kept += 1
             if kept:
@@ -964,8 +1039,14 @@ class Catalog:
         successor: str | None,
         now: float,
         report: RefreshReport,
-    ) -> None:
-        """Retire one partition and write its record into the store (``RETIRED.json``), in the caller's transaction."""
+    ) -> bool:
+        """Retire one partition and write its record into the store (``RETIRED.json``), in the caller's transaction;
+        False (nothing done, the folder looked at again next time) while the key has a run in flight."""
+        if record.key in self._in_flight:
+            report.held.append((record.key, cause, reason))
+            self._recheck.add((record.root, record.folder))
+            log.info(f"partition {record.key} not retired yet ({cause}): a run of it is queued or running")
+            return False
         self._db.execute(
             "UPDATE partitions SET state=?, cause=?, reason=?, successor=?, changed_at=?, seq=? WHERE key=?",
             (RETIRED, cause, reason, successor, now, self._next_seq(), record.key),
@@ -974,6 +1055,19 @@ class Catalog:
         mark_retired(self.store_root, retired)
         report.retired.append(retired)
         log.info(f"retired partition {record.key}: {cause}: {reason}" + (f"; now {successor}" if successor else ""))
+        return True
+
+
+def _other_configuration(root_name: str, root: Path, elsewhere: Path, held: int) -> UnavailableRoot:
+    why = (
+        f"this configuration has {root_name}={root}, but this store's catalog holds {root_name}'s folders in {elsewhere} "
+        "(another configuration shares the store)"
+    )
+    fix = (
+        f"use the KS_PLATFORM_LANDING of the configuration that has {root_name}={elsewhere}, or give this one its own "
+        f"KS_PLATFORM_STORE; if {root_name} moved to {root} for good, run `ks-platform register --accept-root {root_name}`"
+    )
+    return UnavailableRoot(root_name, root, why, held, fix)
 
 
 class _ForeignFile(Exception):

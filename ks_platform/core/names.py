@@ -75,6 +75,9 @@ CURATION_GROUP = "session_curation"
 #: The sorters compared with a probe's own and their agreement (in the sort_session job and date-range backfills).
 COMPARISON_GROUP = "sorter_comparison"
 ROLLUP_GROUP = "daily_rollups"
+LANDING_GROUP = "landing"
+#: The asset that lists every landing folder that is not a partition, with why (observed by the sensor).
+LANDING_FOLDERS_ASSET = "landing_folders"
 #: Concurrency pool of the Kilosort step (dagster.yaml sets its limit).
 SORT_POOL = "kilosort"
 #: The dynamic partitions of sessions, named uniquely for this code location (dagster#29693).

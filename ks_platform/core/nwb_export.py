@@ -50,6 +50,7 @@ from ks_platform.core.names import (
     SUBJECT_JSON,
     TIMEZONE_ENV,
 )
+from ks_platform.core.progress import Progress, StageProgress
 from ks_platform.core.store import (
     TEMP_MARK,
     SessionStore,
@@ -882,16 +883,22 @@ def file_sha256(path: Path) -> str:
 
 
 def export_units_nwb(
-    store: SessionStore, session_dir: Path | None = None, verify: Callable[[], None] | None = None
+    store: SessionStore,
+    session_dir: Path | None = None,
+    verify: Callable[[], None] | None = None,
+    progress: Progress | None = None,
 ) -> NwbExport:
     """Write the current sorting and the curation that applies to it as a new NWB version (``nwb/units.nwb`` then
     links to it). When the latest curation was made on an earlier sorting (STALE), that curation keeps its own
     version: written now if it has none yet. ``verify`` runs before anything is published (raises when the input
-    changed). Holds the session's write lock."""
+    changed); ``progress`` hears of each stage. Holds the session's write lock."""
     from ks_platform.core import curation
 
+    stages = StageProgress(progress, ["units, mean waveforms and metrics", "writing the NWB file"])
     with session_lock(store):
+        stages.start("units, mean waveforms and metrics")
         source, status = store_units_source(store, session_dir)
+        stages.start("writing the NWB file")
         record = curation.load_record(store)
         facts = {**_curation_facts(record.to_json()), "sorting_checksum": record.sorting_checksum}
         _, wrote = _publish(store, source, facts, verify, current=True)
@@ -903,6 +910,7 @@ def export_units_nwb(
                 published.append(kept[0])
                 written += kept[1]
         _set_last_export(store, published)
+    stages.finish(f"{int(source.spike_clusters.size)} spikes")
     return NwbExport(
         nwb_dir(store) / NWB_FILE,
         len(np.unique(source.spike_clusters)),

@@ -14,6 +14,7 @@ from ks_platform.core.conversion import RecordingBinary
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.figures import new_figure, save_figure
 from ks_platform.core.names import EFFECTIVE_SETTINGS_FILE, LINEAGE_FILE
+from ks_platform.core.progress import Progress, StageProgress
 from ks_platform.core.store import atomic_directory
 from ks_platform.core.timeline import TimelineSegment
 
@@ -87,6 +88,7 @@ def build_phy_bundle(
     segments: Sequence[TimelineSegment] = (),
     verify: Callable[[], None] | None = None,
     prepare: Callable[[Path], None] | None = None,
+    progress: Progress | None = None,
 ) -> PhyBundle:
     """Copy the sorting's Phy files to ``phy_dir`` with ``dat_path`` relative to it, then open it in phylib.
 
@@ -94,9 +96,11 @@ def build_phy_bundle(
     ``channel_shanks`` gives the shank of each channel in ``channel_map.npy`` order; ``segments`` (the recording's
     timeline: where each file lies on the acquisition clock) are written to ``recording_segments.tsv``.
     ``prepare(staged)`` runs once the sorting's files are in (``export_phy`` puts the applying curation back there);
-    ``verify`` runs last before the folder is published (raises when the input changed).
+    ``verify`` runs last before the folder is published (raises when the input changed). ``progress`` hears of each stage.
     """
+    stages = StageProgress(progress, ["copying the sorting", "opening it in phylib", "the overview figure"])
     with atomic_directory(phy_dir) as staged:
+        stages.start("copying the sorting")
         for item in sorting_dir.iterdir():
             wanted = item.suffix in (".npy", ".tsv") or item.name in PROVENANCE_FILES
             if item.is_file() and item.name not in NOT_FOR_PHY and wanted:
@@ -108,10 +112,13 @@ def build_phy_bundle(
             write_segments_tsv(segments, staged / SEGMENTS_TSV, binary.sampling_frequency)
         relative = os.path.relpath(binary.path, phy_dir)
         (staged / "params.py").write_text(params_py(relative, binary))
+        stages.start("opening it in phylib")
         bundle = validate_phy_folder(staged, final_path=phy_dir)
+        stages.start("the overview figure")
         plot_phy_overview(staged, staged / OVERVIEW_PNG, binary.sampling_frequency)
         if verify is not None:
             verify()
+    stages.finish(f"{bundle.n_clusters} clusters, {bundle.n_spikes} spikes")
     return bundle
 
 

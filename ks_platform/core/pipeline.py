@@ -26,6 +26,7 @@ from ks_platform.core.formats.base import RecordingSource
 from ks_platform.core.ground_truth import find_ground_truth, score_sorting
 from ks_platform.core.names import KILOSORT_PROBE_JSON, LINEAGE_FILE, PROBE_MANIFEST, SUMMARY_FILE
 from ks_platform.core.probes import load_probe_map
+from ks_platform.core.progress import Progress
 from ks_platform.core.sessions import fingerprint
 from ks_platform.core.store import SessionStore, atomic_directory, read_json, session_lock, write_json_atomic
 from ks_platform.core.timeline import segments_from_manifest, to_acquisition_samples
@@ -58,7 +59,7 @@ def writes_session(step: Callable[..., StepOutput]) -> Callable[..., StepOutput]
     @functools.wraps(step)
     def locked(*args: Any, **kwargs: Any) -> StepOutput:
         bound = signature.bind(*args, **kwargs)
-        with session_lock(bound.arguments["store"], log=bound.arguments.get("log")):
+        with session_lock(bound.arguments["store"], log=bound.arguments.get("log"), step=step.__name__):
             return step(*args, **kwargs)
 
     return locked
@@ -518,7 +519,12 @@ def score_session(session: Session, store: SessionStore, probe: str | None = Non
 
 
 @writes_session
-def export_phy(store: SessionStore, session: Session | None = None, probe: str | None = None) -> StepOutput:
+def export_phy(
+    store: SessionStore,
+    session: Session | None = None,
+    probe: str | None = None,
+    progress: Progress | None = None,
+) -> StepOutput:
     """Phy folder with a relocatable ``params.py``, opened in phylib before it is published (and, with ``session``,
     only if the landing recording is unchanged: ``publish_check``)."""
     binary = conversion.load_recording_binary(store.binary_dir)
@@ -542,6 +548,7 @@ def export_phy(store: SessionStore, session: Session | None = None, probe: str |
         segments,
         verify=publish_check(session, store, probe),
         prepare=lambda staged: carried.append(curation.carry_forward(store, staged)),
+        progress=progress,
     )
     lineage = read_json(store.sorting_dir / LINEAGE_FILE)
     metadata = {
@@ -561,7 +568,12 @@ def export_phy(store: SessionStore, session: Session | None = None, probe: str |
 
 
 @writes_session
-def measure_units(store: SessionStore, session: Session | None = None, probe: str | None = None) -> StepOutput:
+def measure_units(
+    store: SessionStore,
+    session: Session | None = None,
+    probe: str | None = None,
+    progress: Progress | None = None,
+) -> StepOutput:
     """SpikeInterface quality metrics and figures of the sorted units into ``metrics/`` (with ``session``, published
     only if the landing recording is unchanged: ``publish_check``)."""
     from ks_platform.core import quality
@@ -572,7 +584,7 @@ def measure_units(store: SessionStore, session: Session | None = None, probe: st
             "the session has no Phy folder (phy_bundle was not materialized, or its output was removed)",
             "materialize phy_bundle for this partition first",
         )
-    metrics = quality.compute_unit_metrics(store, verify=publish_check(session, store, probe))
+    metrics = quality.compute_unit_metrics(store, verify=publish_check(session, store, probe), progress=progress)
     version = settings.settings_hash({"units": metrics.table.to_dict(orient="records")})
     return StepOutput(
         version,

@@ -18,6 +18,7 @@ import pandas as pd
 from ks_platform.core import conversion
 from ks_platform.core.figures import new_figure, save_figure
 from ks_platform.core.names import METRICS_CSV
+from ks_platform.core.progress import Progress, StageProgress
 from ks_platform.core.store import SessionStore, atomic_directory
 
 SUMMARY_JSON = "summary.json"
@@ -111,8 +112,17 @@ def bombcell_labels(store: SessionStore, unit_ids: list[int]) -> list[str]:
     return [known.get(u, "") for u in unit_ids]
 
 
-def compute_unit_metrics(store: SessionStore, n_jobs: int = 1, verify: Callable[[], None] | None = None) -> UnitMetrics:
-    """Quality metrics + figures for the session's Phy folder, written to ``store.metrics_dir``."""
+METRIC_STAGES = ["waveforms and templates", "amplitudes and locations", "quality metrics", "figures"]
+
+
+def compute_unit_metrics(
+    store: SessionStore,
+    n_jobs: int = 1,
+    verify: Callable[[], None] | None = None,
+    progress: Progress | None = None,
+) -> UnitMetrics:
+    """Quality metrics + figures for the session's Phy folder, written to ``store.metrics_dir``; ``progress`` hears of
+    each stage (:data:`METRIC_STAGES`)."""
     import spikeinterface.core as si
     import spikeinterface.metrics  # noqa: F401  (registers the metric extensions)
     import spikeinterface.postprocessing  # noqa: F401
@@ -129,6 +139,8 @@ def compute_unit_metrics(store: SessionStore, n_jobs: int = 1, verify: Callable[
         )
     )
     job = {"n_jobs": n_jobs, "chunk_duration": "1s", "progress_bar": False}
+    stages = StageProgress(progress, METRIC_STAGES)
+    stages.start("waveforms and templates")
     analyzer = si.create_sorting_analyzer(sorting, recording, sparse=True, format="memory", job_kwargs=job)
     analyzer.compute(
         {
@@ -139,6 +151,7 @@ def compute_unit_metrics(store: SessionStore, n_jobs: int = 1, verify: Callable[
         },
         **job,
     )
+    stages.start("amplitudes and locations")
     analyzer.compute(
         {
             "spike_amplitudes": {},
@@ -147,6 +160,7 @@ def compute_unit_metrics(store: SessionStore, n_jobs: int = 1, verify: Callable[
         },
         **job,
     )
+    stages.start("quality metrics")
     metrics = analyzer.compute(
         "quality_metrics",
         metric_names=list(METRIC_NAMES),
@@ -181,11 +195,13 @@ def compute_unit_metrics(store: SessionStore, n_jobs: int = 1, verify: Callable[
     with atomic_directory(store.metrics_dir) as staged:
         table.to_csv(staged / METRICS_CSV, index=False)
         (staged / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
+        stages.start("figures")
         _plot_drift_map(analyzer, staged / "drift_map.png")
         _plot_unit_locations(analyzer, table, staged / "unit_locations.png")
         _plot_waveforms(analyzer, table, staged / "waveforms.png")
         if verify is not None:
             verify()
+    stages.finish(f"{len(table)} units")
     return UnitMetrics(table, summary, {name: store.metrics_dir / f"{name}.png" for name in FIGURES})
 
 

@@ -34,6 +34,9 @@ from pathlib import Path
 
 import xxhash
 
+from ks_platform.core.errors import PlatformConfigError
+from ks_platform.core.names import MARKER_ENV, SETTLE_ENV
+
 #: Name endings of files that copy tools write while a transfer is still running.
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".filepart", ".!sync", ".inprogress")
 #: rsync writes ``.<name>.<6 random letters/digits>`` next to the final name, then renames it. A tail of
@@ -203,3 +206,35 @@ def format_duration(seconds: float) -> str:
         if seconds >= size * shown_from:
             return f"{seconds / size:.1f} {unit}"
     return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+#: Seconds without a change after which a landing folder counts as complete (``KS_PLATFORM_SETTLE_SECONDS``).
+DEFAULT_SETTLE_SECONDS = 120.0
+
+
+def settle_seconds_from_env() -> float:
+    """``KS_PLATFORM_SETTLE_SECONDS`` (default 120)."""
+    text = os.environ.get(SETTLE_ENV, "").strip()
+    if not text:
+        return DEFAULT_SETTLE_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        raise PlatformConfigError(f"{SETTLE_ENV}={text!r} is not a number of seconds (e.g. 120)") from None
+    if value < 0:
+        raise PlatformConfigError(f"{SETTLE_ENV}={text!r} must be ≥ 0")
+    return value
+
+
+def marker_from_env() -> str | None:
+    """``KS_PLATFORM_READY_MARKER`` (unset: the settle time decides)."""
+    return check_marker(os.environ.get(MARKER_ENV, "").strip() or None)
+
+
+def check_marker(marker: str | None) -> str | None:
+    """A ready marker must be a plain file name in the session folder."""
+    if marker and (os.sep in marker or "/" in marker or marker in (".", "..")):
+        raise PlatformConfigError(
+            f"ready marker {marker!r} must be a plain file name inside the session folder (e.g. .ready)"
+        )
+    return marker or None

@@ -147,6 +147,8 @@ def _refresh_lines(refresh: RefreshReport) -> list[LogLine]:
                 f"{len(refresh.absent)} folder(s) absent from their landing root, not retired yet: {shown}{more}",
             )
         )
+    for key, cause, _ in refresh.held[:SHOWN]:
+        lines.append(LogLine("info", f"partition {key} is not retired yet ({cause}): a run of it is queued or running"))
     for label, message in refresh.retry[:SHOWN]:
         lines.append(LogLine("info", f"could not read landing folder {label} yet ({message}); retrying next tick"))
     if len(refresh.retry) > SHOWN:

@@ -17,6 +17,7 @@ from ks_platform.core.conversion import RecordingBinary
 from ks_platform.core.hardware import MIN_BATCH_SIZE, BackendInfo, MemoryPlan, detect_backend, plan_memory
 from ks_platform.core.lineage import lineage_record
 from ks_platform.core.names import BATCH_SIZE_ENV, EFFECTIVE_SETTINGS_FILE, LINEAGE_FILE, SUMMARY_FILE
+from ks_platform.core.progress import KilosortProgress
 from ks_platform.core.settings import EffectiveSettings, settings_hash
 from ks_platform.core.store import atomic_directory, read_json, write_json_atomic
 
@@ -90,24 +91,30 @@ class SortResult:
 
 
 class _ForwardHandler(logging.Handler):
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, progress: KilosortProgress | None = None) -> None:
         super().__init__(level=logging.INFO)
         self._log = log
+        self._progress = progress
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._log(f"kilosort: {record.getMessage()}")
+            message = record.getMessage()
+            if self._progress is not None:
+                self._progress.see_log(message)
+            if message.strip(" -"):  # Kilosort's blank and dashed separator lines say nothing in a run's log
+                self._log(f"kilosort: {message}")
         except Exception:  # a broken log sink must not break the sort
             pass
 
 
 @contextmanager
-def forward_kilosort_logs(log: Log | None) -> Iterator[None]:
-    """Send Kilosort's INFO logs to ``log`` for the duration (Kilosort clears its own handlers at the end)."""
+def forward_kilosort_logs(log: Log | None, progress: KilosortProgress | None = None) -> Iterator[None]:
+    """Send Kilosort's INFO logs to ``log`` for the duration (Kilosort clears its own handlers at the end), and its
+    stage headers to ``progress``."""
     if log is None:
         yield
         return
-    handler = _ForwardHandler(log)
+    handler = _ForwardHandler(log, progress)
     logger = logging.getLogger("kilosort")
     logger.addHandler(handler)
     try:
@@ -135,9 +142,16 @@ def sorting_checksum(output_dir: Path) -> str:
 
 
 def run_kilosort_once(
-    binary: RecordingBinary, ks_probe: dict, settings: dict[str, Any], results_dir: Path, device: str, clear_cache: bool
+    binary: RecordingBinary,
+    ks_probe: dict,
+    settings: dict[str, Any],
+    results_dir: Path,
+    device: str,
+    clear_cache: bool,
+    progress_bar: KilosortProgress | None = None,
 ) -> dict:
-    """One plain ``kilosort.run_kilosort`` call; returns Kilosort's ops."""
+    """One plain ``kilosort.run_kilosort`` call; returns Kilosort's ops. ``progress_bar`` receives Kilosort's loop
+    percentages (``emit``)."""
     import torch
     from kilosort import run_kilosort
 
@@ -149,6 +163,7 @@ def run_kilosort_once(
         data_dtype=binary.dtype,
         device=torch.device(device),
         clear_cache=clear_cache,
+        progress_bar=progress_bar,
     )
     return ops
 
@@ -195,12 +210,13 @@ def sort_recording(
     )
     attempts: list[SortAttempt] = []
     started = time.perf_counter()
-    with atomic_directory(output_dir) as staged, forward_kilosort_logs(log):
+    progress = KilosortProgress(log)
+    with atomic_directory(output_dir) as staged, forward_kilosort_logs(log, progress):
         while True:
             attempt_start = time.perf_counter()
             batch = int(requested.get("batch_size", 60_000))
             try:
-                ops = run_kilosort_once(binary, ks_probe, requested, staged, info.device, clear_cache)
+                ops = run_kilosort_once(binary, ks_probe, requested, staged, info.device, clear_cache, progress)
             except Exception as exc:
                 if not is_out_of_memory(exc) or batch <= MIN_BATCH_SIZE:
                     raise

@@ -287,18 +287,31 @@ def contained_path(root: Path, candidate: Path, root_label: str = "the configure
 
 
 LOCK_FILE = ".lock"
+#: What a lock holder writes into the lock file: ``pid <pid> on <host> (<step>, parent <ppid>)``.
+_HOLDER = re.compile(r"^pid (\d+) on (\S+) \((\S+), parent (\d+)\)")
+
+
+def sibling_step(holder: str) -> str | None:
+    """The step holding the lock when it is a step of this process's own run (a process forked by the same parent on
+    this host: the run's other step), else None."""
+    match = _HOLDER.match(holder)
+    if match is None or match.group(2) != os.uname().nodename:
+        return None
+    parent = int(match.group(4))
+    return match.group(3) if parent == os.getppid() and parent > 1 else None
 
 
 @contextmanager
 def session_lock(
-    store: SessionStore, log: Callable[[str], None] | None = None, poll_seconds: float = 5.0
+    store: SessionStore, log: Callable[[str], None] | None = None, poll_seconds: float = 5.0, step: str = "a step"
 ) -> Iterator[None]:
-    """Hold the session's write lock (``flock`` on ``<session>/.lock``) for one step.
+    """Hold the session's write lock (``flock`` on ``<session>/.lock``) for one step (``step`` names it to a waiter).
 
-    A second run of the same session waits here, saying so every ``poll_seconds``, until the first one's step
-    ends; the kernel releases the lock if its holder dies (even by ``kill -9``), so a crash never leaves a stale lock.
-    Without ``log`` the wait is logged as a warning on the ``ks_platform`` logger (a Dagster-managed logger, so it
-    reaches the run's event log).
+    A second run of the same session waits here, saying so after ``poll_seconds`` and then every minute, until the
+    first one's step ends; the kernel releases the lock if its holder dies (even by ``kill -9``), so a crash never
+    leaves a stale lock. Steps of one run that write the session at the same time (``probe_map`` and
+    ``recording_binary``) take turns too, silently: that wait is part of a normal run. Without ``log`` the wait is
+    logged as a warning on the ``ks_platform`` logger (a Dagster-managed logger, so it reaches the run's event log).
     """
     if log is None:
         log = logging.getLogger(__name__).warning
@@ -314,14 +327,15 @@ def session_lock(
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
-                if log is not None and waited % 60 < poll_seconds:
-                    log(f"session {store.key} is being written by {holder}; waiting ({waited:.0f} s so far)")
+                said = waited > 0 and (waited - poll_seconds) % 60 < poll_seconds
+                if said and sibling_step(holder) is None:
+                    log(f"session {store.key} is being written by {holder}; waiting for it ({waited:.0f} s so far)")
                 time.sleep(poll_seconds)
                 waited += poll_seconds
         try:
             handle.seek(0)
             handle.truncate()
-            handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+            handle.write(f"pid {os.getpid()} on {os.uname().nodename} ({step}, parent {os.getppid()})\n")
             handle.flush()
             yield
         finally:

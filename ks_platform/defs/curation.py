@@ -13,6 +13,7 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from ks_platform.core import curation, nwb_export, phy, pipeline
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.names import CURATION_GROUP, SUBJECT_JSON
+from ks_platform.core.progress import ThrottledProgress
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.quality import unit_metrics
 from ks_platform.defs.reporting import user_errors_as_failures
@@ -209,7 +210,12 @@ def units_nwb(context: dg.AssetExecutionContext, platform: PlatformResource) -> 
     with user_errors_as_failures():
         key = context.partition_key
         store, folder = platform.store(key), platform.session_dir(key)
-        export = nwb_export.export_units_nwb(store, folder, pipeline.publish_check(folder, store, platform.probe(key)))
+        export = nwb_export.export_units_nwb(
+            store,
+            folder,
+            pipeline.publish_check(folder, store, platform.probe(key)),
+            progress=ThrottledProgress(context.log.info, "units_nwb"),
+        )
     columns = {
         "identifier": "string",
         "file": "string",

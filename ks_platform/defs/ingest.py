@@ -6,8 +6,9 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from ks_platform.core import pipeline
 from ks_platform.core.catalog import current_session_folder
 from ks_platform.core.names import SESSION_GROUP
+from ks_platform.core.progress import ThrottledProgress
 from ks_platform.defs.partitions import session_partitions
-from ks_platform.defs.reporting import ThrottledProgress, step_result, user_errors_as_failures
+from ks_platform.defs.reporting import step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
 
 #: The observable parameter set of a session (defined with the sorting, ``defs/sorting.py``).
@@ -82,7 +83,7 @@ def recording_binary(context: dg.AssetExecutionContext, platform: PlatformResour
             platform.session_dir(key),
             platform.store(key),
             platform.allow_zero_copy,
-            progress=ThrottledProgress(context.log.info),
+            progress=ThrottledProgress(context.log.info, "recording_binary"),
             probe=platform.probe(key),
         )
     context.log.info(f"binary ready: zero_copy={output.metadata['zero_copy']}, checksum {output.data_version}")

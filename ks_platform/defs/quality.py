@@ -4,6 +4,7 @@ import dagster as dg
 
 from ks_platform.core import pipeline
 from ks_platform.core.names import SESSION_GROUP
+from ks_platform.core.progress import ThrottledProgress
 from ks_platform.core.quality import QualityThresholds, load_unit_metrics
 from ks_platform.defs.labels import labelled_units
 from ks_platform.defs.partitions import session_partitions
@@ -59,7 +60,12 @@ def _clean(value):
 def unit_metrics(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     with user_errors_as_failures():
         key = context.partition_key
-        output = pipeline.measure_units(platform.store(key), platform.session_dir(key), platform.probe(key))
+        output = pipeline.measure_units(
+            platform.store(key),
+            platform.session_dir(key),
+            platform.probe(key),
+            progress=ThrottledProgress(context.log.info, "unit_metrics"),
+        )
     rows = output.metadata.pop("units")
     table = dg.MetadataValue.table(
         records=[dg.TableRecord({name: _clean(row[name]) for name in TABLE_COLUMNS}) for row in rows],

@@ -48,18 +48,3 @@ def user_errors_as_failures() -> Iterator[None]:
             metadata={"file": dg.MetadataValue.path(str(exc.path)), "problem": exc.problem, "fix": exc.fix},
             allow_retries=False,
         ) from exc
-
-
-class ThrottledProgress:
-    """Log a progress line every ``step`` of the way (conversion percentage in the run's logs)."""
-
-    def __init__(self, log, step: float = 0.1) -> None:
-        self._log = log
-        self._step = step
-        self._next = step
-
-    def __call__(self, fraction: float, message: str) -> None:
-        if fraction >= self._next or fraction >= 1.0:
-            self._log(f"{fraction:.0%} {message}")
-            while self._next <= fraction:
-                self._next += self._step

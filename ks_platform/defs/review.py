@@ -11,6 +11,7 @@ from ks_platform.core.curation import curation_fingerprint
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.names import SESSION_GROUP
 from ks_platform.core.phy import validate_phy_folder
+from ks_platform.core.progress import ThrottledProgress
 from ks_platform.defs.lineage_metadata import lineage_metadata
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.reporting import step_result, user_errors_as_failures
@@ -31,7 +32,12 @@ from ks_platform.defs.sorting import sorted_units
 def phy_bundle(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
     key = context.partition_key
     with user_errors_as_failures():
-        output = pipeline.export_phy(platform.store(key), platform.session_dir(key), platform.probe(key))
+        output = pipeline.export_phy(
+            platform.store(key),
+            platform.session_dir(key),
+            platform.probe(key),
+            progress=ThrottledProgress(context.log.info, "phy_bundle"),
+        )
     context.log.info(f"Phy folder ready: {output.metadata['open_command']}")
     # The fresh folder's curation files, as an observation of phy_curation (defs/curation.py), so a later save in Phy,
     # once observed, marks curated_units stale (as raw_recording records session_settings).

@@ -9,54 +9,33 @@ with the error's one line (file and fix), the cursor kept: no traceback, nothing
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
 
-from ks_platform.core.catalog import Catalog, retire_after_from_env
+from ks_platform.core.catalog import REJECTED, UNREADABLE, Catalog, retire_after_from_env
 from ks_platform.core.discovery import landing_root_problems
-from ks_platform.core.errors import PlatformConfigError, SessionInputError
-from ks_platform.core.names import MARKER_ENV, NEW_SESSION_SENSOR_NAME, SETTLE_ENV, SORT_JOB_NAME
+from ks_platform.core.errors import SessionInputError
+from ks_platform.core.landing_report import build_report
+from ks_platform.core.names import NEW_SESSION_SENSOR_NAME, SORT_JOB_NAME
+from ks_platform.core.readiness import check_marker, marker_from_env, settle_seconds_from_env
 from ks_platform.core.session_plan import TickPlan, cursor_position, plan_tick
 from ks_platform.defs.ingest import raw_recording
-from ks_platform.defs.partitions import session_partitions
+from ks_platform.defs.landing import landing_observation, report_changed
+from ks_platform.defs.partitions import in_flight_partitions, session_partitions
 from ks_platform.defs.resources import PlatformResource
 
-DEFAULT_SETTLE_SECONDS = 120.0
 DEFAULT_MIN_INTERVAL_SECONDS = 60
 DEFAULT_MAX_SESSIONS_PER_TICK = 100
 
 
-def settle_seconds_from_env() -> float:
-    text = os.environ.get(SETTLE_ENV, "").strip()
-    if not text:
-        return DEFAULT_SETTLE_SECONDS
-    try:
-        value = float(text)
-    except ValueError:
-        raise PlatformConfigError(f"{SETTLE_ENV}={text!r} is not a number of seconds (e.g. 120)") from None
-    if value < 0:
-        raise PlatformConfigError(f"{SETTLE_ENV}={text!r} must be ≥ 0")
-    return value
-
-
-def marker_from_env() -> str | None:
-    return os.environ.get(MARKER_ENV, "").strip() or None
-
-
-def _check_marker(marker: str | None) -> str | None:
-    if marker and (os.sep in marker or "/" in marker or marker in (".", "..")):
-        raise PlatformConfigError(
-            f"ready marker {marker!r} must be a plain file name inside the session folder (e.g. .ready)"
-        )
-    return marker or None
-
-
-def sensor_result(plan: TickPlan, log: Callable[[str, str], None]) -> dg.SensorResult:
-    """The Dagster form of a tick plan; ``log(level, message)`` writes its log lines."""
+def sensor_result(
+    plan: TickPlan, log: Callable[[str, str], None], extra_events: list[dg.AssetObservation] = ()
+) -> dg.SensorResult:
+    """The Dagster form of a tick plan; ``log(level, message)`` writes its log lines; ``extra_events`` are reported
+    with it (the ``landing_folders`` report)."""
     for line in plan.logs:
         log(line.level, line.message)
     partition_requests: list = []
@@ -78,7 +57,8 @@ def sensor_result(plan: TickPlan, log: Callable[[str, str], None]) -> dg.SensorR
                 },
             )
             for o in plan.observations
-        ],
+        ]
+        + list(extra_events),
         cursor=plan.cursor,
         skip_reason=plan.skip_reason,
     )
@@ -104,7 +84,7 @@ def build_new_session_sensor(
     """
     settle = settle_seconds_from_env() if settle_seconds is None else float(settle_seconds)
     retire_after = retire_after_from_env() if retire_after_seconds is None else float(retire_after_seconds)
-    marker = _check_marker(marker_from_env() if marker_name is None else marker_name)
+    marker = marker_from_env() if marker_name is None else check_marker(marker_name)
     rule = f"marker file {marker!r}" if marker else f"{settle:g} s without changes"
 
     @dg.sensor(
@@ -115,15 +95,18 @@ def build_new_session_sensor(
         description=(
             f"Adds complete session folders from the landing roots as partitions and sorts each once per content "
             f"fingerprint (run key <partition>:<fingerprint>); retires partitions whose folder was renamed or "
-            f"re-dated, or absent for {retire_after:g} s from an available landing root. Complete = {rule}. Bad "
-            f"folders are logged and skipped until they change."
+            f"re-dated, or absent for {retire_after:g} s from an available landing root, never while a run of them is "
+            f"queued or running, never in a landing root this configuration does not have. Complete = {rule}. Folders "
+            f"that are not sessions, or not complete yet, are listed with the fix on the landing_folders asset."
         ),
     )
     def new_session_sensor(context: dg.SensorEvaluationContext, platform: PlatformResource) -> dg.SensorResult:
         now = clock()
         roots = platform.roots()
-        for problem in landing_root_problems(roots, Path(platform.store_root)):
+        problems = landing_root_problems(roots, Path(platform.store_root))
+        for problem in problems:
             context.log.warning(problem)
+        in_flight = in_flight_partitions(context.instance)  # never retired while a run of them is queued or running
         try:
             with Catalog(Path(platform.store_root)) as catalog:
                 if catalog.rebuilt_because:
@@ -135,13 +118,18 @@ def build_new_session_sensor(
                     now=now,
                     max_open=max_sessions_per_tick,
                     retire_after=retire_after,
+                    in_flight=in_flight,
                 )
                 position = cursor_position(context.cursor, catalog.catalog_id)
                 changes = catalog.changes_since(position, max_sessions_per_tick)
                 plan = plan_tick(refresh, changes, catalog.catalog_id, max_sessions_per_tick)
+                rejected = catalog.folders((REJECTED, UNREADABLE))
         except SessionInputError as exc:  # locked, full or read-only store: this tick does nothing, loses nothing
             context.log.error(f"landing catalog unusable, tick skipped: {exc}")
             return dg.SensorResult(skip_reason=f"landing catalog unusable: {exc}", cursor=context.cursor)
-        return sensor_result(plan, lambda level, message: getattr(context.log, level)(message))
+        roots_not_searched = problems + [root.message for root in refresh.unavailable]
+        report = build_report(rejected, refresh.waiting, roots_not_searched, refresh.held, marker)
+        events = [landing_observation(report)] if report_changed(context.instance, report) else []
+        return sensor_result(plan, lambda level, message: getattr(context.log, level)(message), events)
 
     return new_session_sensor

@@ -2,7 +2,8 @@
 
 ``register_sessions`` refreshes the catalog (a stat walk; only new or changed folders are read) and makes the
 instance's dynamic partitions match it: active keys added, retired keys deleted. Keys the catalog does not
-know (added by hand) are left alone. Listing (``list_partitions``, ``not_sessions``) only reads the catalog.
+know (added by hand) are left alone; keys with a run queued or running are never retired. It also refreshes the
+``landing_folders`` report in the UI. Listing (``list_partitions``, ``landing_report``) only reads the catalog.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from ks_platform.core.catalog import (
     RETIRED,
     UNREADABLE,
     Catalog,
-    FolderRecord,
     PartitionRecord,
     UnavailableRoot,
     retire_after_from_env,
 )
+from ks_platform.core.landing_report import LandingReport, build_report
 from ks_platform.core.names import SESSIONS_PARTITIONS_NAME
+from ks_platform.core.readiness import marker_from_env, settle_seconds_from_env
+from ks_platform.defs.landing import landing_observation, report_changed
+from ks_platform.defs.partitions import in_flight_partitions
 
 #: How often adding or deleting the partitions is tried when another process changed them at the same moment.
 SYNC_ATTEMPTS = 5
@@ -47,6 +51,8 @@ class RegisterOutcome:
     unavailable: list[UnavailableRoot] = field(default_factory=list)
     #: ``(root/name, absent since)`` of folders absent from their root, retired once absent long enough.
     absent: list[tuple[str, float]] = field(default_factory=list)
+    #: ``(key, cause, reason)`` of retirements held back while a run of the key is queued or running.
+    held: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def register_sessions(
@@ -57,35 +63,46 @@ def register_sessions(
     *,
     retire_after: float | None = None,
     accept_roots: Collection[str] = (),
+    in_flight: Collection[str] | None = None,
 ) -> RegisterOutcome:
     """Refresh the catalog (every complete folder; incomplete ones are reported, not recorded) and sync the instance's
     partitions with it; ``instance=None`` only refreshes the catalog (a dry run changes no Dagster state).
 
     ``retire_after`` defaults to ``KS_PLATFORM_RETIRE_AFTER_SECONDS`` (one day); ``accept_roots`` names landing
-    roots whose listing is taken as it is even when it lost most of its folders (see ``Catalog.refresh``).
+    roots whose listing is taken as it is even when it lost most of its folders (see ``Catalog.refresh``);
+    ``in_flight`` (default: read from ``instance``) names keys never retired now because a run of them is unfinished.
     """
     retire_after = retire_after_from_env() if retire_after is None else retire_after
+    if in_flight is None:
+        in_flight = in_flight_partitions(instance) if instance is not None else ()
+    now = now or time.time()
     with Catalog(store_root) as catalog:
         report = catalog.refresh(
             landing_roots,
             settle_seconds=0.0,
-            now=now or time.time(),
+            now=now,
             open_unready=True,
             retire_after=retire_after,
             accept_roots=accept_roots,
+            in_flight=in_flight,
         )
         active = catalog.active_keys()
         retired = {record.key: record for record in catalog.partitions(RETIRED)}
-        skipped = [(Path(f.path), f.reason) for f in catalog.folders((REJECTED, UNREADABLE))]
+        rejected = catalog.folders((REJECTED, UNREADABLE))
+        skipped = [(Path(f.path), f.reason) for f in rejected]
         skipped += report.unready_rejected
         rebuilt = catalog.rebuilt_because
+        marker = marker_from_env()
+        waiting = catalog.not_complete(landing_roots, settle_seconds_from_env(), marker, now)
     skipped.sort(key=lambda item: str(item[0]))
+    lifecycle = (rebuilt, report.unavailable, report.absent, report.held)
     if instance is None:
-        return RegisterOutcome(active, [], [], skipped, rebuilt, report.unavailable, report.absent)
+        return RegisterOutcome(active, [], [], skipped, *lifecycle)
     added, removed = sync_partitions(instance, active, set(retired))
-    return RegisterOutcome(
-        active, added, [retired[k] for k in removed], skipped, rebuilt, report.unavailable, report.absent
-    )
+    landing = build_report(rejected, waiting, [root.message for root in report.unavailable], report.held, marker)
+    if report_changed(instance, landing):
+        instance.report_runless_asset_event(landing_observation(landing))
+    return RegisterOutcome(active, added, [retired[k] for k in removed], skipped, *lifecycle)
 
 
 def sync_partitions(instance: dg.DagsterInstance, active: list[str], retired: set[str]) -> tuple[list[str], list[str]]:
@@ -116,20 +133,39 @@ def sync_partitions(instance: dg.DagsterInstance, active: list[str], retired: se
     return added, removed
 
 
-def list_partitions(store_root: Path, include_active: bool = True, include_retired: bool = True) -> list[dict]:
+#: The state ``sessions`` shows for an active partition whose landing root this configuration does not have.
+UNCONFIGURED = "unconfigured"
+
+
+def list_partitions(
+    store_root: Path,
+    include_active: bool = True,
+    include_retired: bool = True,
+    landing_roots: dict[str, Path] | None = None,
+) -> list[dict]:
     """Catalog partitions as plain dicts (key, state, date, folder, fingerprint, cause, reason, successor, changed).
 
-    Reads the catalog without writing anything (none yet: an empty list)."""
+    With ``landing_roots``, an active partition whose folder is not in this configuration's root of that name (no such
+    root, or another path: another configuration sharing the store) is ``unconfigured``: this configuration never
+    sorts or retires it. Reads the catalog without writing anything (none yet: an empty list)."""
     catalog = Catalog.open_read_only(store_root)
     if catalog is None:
         return []
     with catalog:
         records = catalog.partitions()
     wanted = {ACTIVE} if not include_retired else ({RETIRED} if not include_active else {ACTIVE, RETIRED})
+
+    def state(record: PartitionRecord) -> str:
+        if landing_roots is None or record.state != ACTIVE:
+            return record.state
+        root = landing_roots.get(record.root)
+        here = root is not None and Path(record.path).parent in (Path(root), Path(root).resolve())
+        return ACTIVE if here else UNCONFIGURED
+
     return [
         {
             "key": r.key,
-            "state": r.state,
+            "state": state(r),
             "recording_date": r.recording_date,
             "folder": r.path,
             "fingerprint": r.fingerprint,
@@ -143,10 +179,22 @@ def list_partitions(store_root: Path, include_active: bool = True, include_retir
     ]
 
 
-def not_sessions(store_root: Path) -> list[FolderRecord]:
-    """Landing folders the catalog holds as rejected or unreadable, with why (read only)."""
+def landing_report(
+    store_root: Path,
+    landing_roots: dict[str, Path],
+    *,
+    settle_seconds: float | None = None,
+    marker_name: str | None = None,
+    now: float | None = None,
+) -> LandingReport:
+    """Every landing folder that is not a partition (read only): rejected and unreadable ones from the catalog, with
+    problem, file and fix, and the folders of the configured roots not complete yet (a walk of those only)."""
+    settle = settle_seconds_from_env() if settle_seconds is None else settle_seconds
+    marker = marker_from_env() if marker_name is None else marker_name
     catalog = Catalog.open_read_only(store_root)
     if catalog is None:
-        return []
+        return build_report([], [], [], marker_name=marker)
     with catalog:
-        return catalog.folders((REJECTED, UNREADABLE))
+        rejected = catalog.folders((REJECTED, UNREADABLE))
+        waiting = catalog.not_complete(landing_roots, settle, marker, time.time() if now is None else now)
+    return build_report(rejected, waiting, [], marker_name=marker)
