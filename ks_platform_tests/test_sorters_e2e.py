@@ -223,22 +223,23 @@ def test_tridesclous2_and_mountainsort5_through_ks_platform_sort(generated_sessi
     assert scores["tridesclous2"] >= 8 and scores["mountainsort5"] >= 7  # measured: 10 and 9 of 10
 
 
-#: The 384-channel shape: 5 s of a Neuropixels 1.0 bank with 60 units, motion correction off for every sorter (the
-#: synthetic recording does not drift; Kilosort's drift pass is half of a CPU sort).
-WIDE = DemoSessionSpec(duration_s=5.0, n_channels=384, n_units=60, seed=42)
-#: Least well-detected units (accuracy ≥ 0.8) of 60 per sorter; measured here: see the test's printed row.
-WIDE_BARS = {"kilosort4": 30, "spykingcircus2": 30, "tridesclous2": 30, "mountainsort5": 30}
+#: The 384-channel shape: 3 s of a Neuropixels 1.0 bank with 60 units, motion correction off (the synthetic recording
+#: does not drift). Kilosort 4 and MountainSort5 on this shape take 18 and 11 min on this machine's 2 CPUs
+#: (BENCHMARKS.md, "Sorters side by side", the same session), so the suite sorts it with the two fast SpikeInterface
+#: sorters; all four side by side are ``bench/sorters.py --shapes 384x3``.
+WIDE = DemoSessionSpec(duration_s=3.0, n_channels=384, n_units=60, seed=42)
+#: Least well-detected units (accuracy ≥ 0.8) of 60 per sorter; measured by bench/sorters.py on this session: 54, 57.
+WIDE_BARS = {"spykingcircus2": 45, "tridesclous2": 45}
 WIDE_CONFIG = {
-    "sorter": ["kilosort4", "spykingcircus2", "tridesclous2", "mountainsort5"],
-    "kilosort": {"nblocks": 0},
+    "sorter": ["spykingcircus2", "tridesclous2"],
     "spykingcircus2": {"apply_motion_correction": False},
 }
 
 
 @pytest.mark.slow
-def test_every_sorter_on_a_384_channel_session_side_by_side_with_kilosort4(tmp_path_factory, capsys):
-    """One ``ks-platform sort`` of a 384-channel session with all four sorters (one run): each scored against the
-    ground truth and compared with Kilosort 4's sorting."""
+def test_two_sorters_on_a_384_channel_session_side_by_side(tmp_path_factory, capsys):
+    """One ``ks-platform sort`` of a 384-channel session with two sorters (one run): each scored against the ground
+    truth and compared with the other."""
     from ks_platform.cli import main
 
     folder = make_spikeglx_session(tmp_path_factory.mktemp("wide") / "wide_g0", WIDE)
@@ -248,8 +249,9 @@ def test_every_sorter_on_a_384_channel_session_side_by_side_with_kilosort4(tmp_p
     printed = capsys.readouterr().out
     assert code == 0, printed
     report = read_json(out / "agreement" / AGREEMENT_JSON)
-    assert [pair["sorters"] for pair in report["pairs"]] == [["kilosort4", name] for name in WIDE_CONFIG["sorter"][1:]]
-    folders = {"kilosort4": out / "sorting", **{n: out / "sorters" / n / "sorting" for n in WIDE_CONFIG["sorter"][1:]}}
+    first, *others = WIDE_CONFIG["sorter"]
+    assert [pair["sorters"] for pair in report["pairs"]] == [[first, name] for name in others]
+    folders = {first: out / "sorting", **{n: out / "sorters" / n / "sorting" for n in others}}
     rows = {
         name: {
             "well_detected": report["ground_truth"][name]["well_detected_units"],
@@ -262,4 +264,4 @@ def test_every_sorter_on_a_384_channel_session_side_by_side_with_kilosort4(tmp_p
     for name, row in rows.items():
         assert row["well_detected"] >= WIDE_BARS[name], (name, row)
     for pair in report["pairs"]:
-        assert pair["matched"] >= 20, pair
+        assert pair["matched"] >= 30, pair
