@@ -437,6 +437,10 @@ def sort_compared(
     folder ``sorters/<name>/phy``; nothing to do (data version ``none``) when it names one sorter."""
     if session is not None:
         session = as_scan(session)
+        # A config naming one sorter has nothing to compare: its problems are the probe's sort's to report, once.
+        named = tuple(sorter) if sorter else session.probe_config(probe, check_kilosort=False).sorters
+        if len(named) < 2:
+            return StepOutput("none", {"sorters": list(named), "compared": [], "note": "the config names one sorter"})
     config, names = probe_sorters(session, probe, sorter)
     others = names[1:]
     if not others:
