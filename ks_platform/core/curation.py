@@ -39,7 +39,7 @@ import numpy as np
 import xxhash
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.names import EFFECTIVE_SETTINGS_FILE, LINEAGE_FILE, METRICS_CSV
+from ks_platform.core.names import BOMBCELL_TSV, EFFECTIVE_SETTINGS_FILE, LINEAGE_FILE, METRICS_CSV, TRACK_ID_TSV
 from ks_platform.core.sorting import sorting_checksum
 from ks_platform.core.store import SessionStore, atomic_directory, atomic_file, read_json, write_json_atomic
 
@@ -93,8 +93,9 @@ def basis_version(folder: Path) -> str:
 
 
 def label_files(folder: Path) -> list[str]:
-    """The ``cluster_<label>.tsv`` files of label columns the lab added in Phy (not Kilosort's, not Phy's own)."""
-    own = {GROUP_TSV, INFO_TSV, *KILOSORT_TSVS}
+    """The ``cluster_<label>.tsv`` files of label columns the lab added in Phy (not Kilosort's, not Phy's own, not the
+    platform's: bombcell's labels and the track ids that ``unit_labels``/``unit_tracks`` write there)."""
+    own = {GROUP_TSV, INFO_TSV, *KILOSORT_TSVS, BOMBCELL_TSV, TRACK_ID_TSV}
     return sorted(p.name for p in folder.glob("cluster_*.tsv") if p.name not in own and p.is_file())
 
 
