@@ -227,7 +227,11 @@ def test_a_deleted_catalog_comes_back_with_its_retired_records(lab, monkeypatch)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     code, out, err = lab.cli("sessions")
-    assert code == 0 and "no landing catalog yet" in err and out.splitlines()[-1] == "0 active, 0 unconfigured, 0 retired partition(s)"
+    assert (
+        code == 0
+        and "no landing catalog yet" in err
+        and out.splitlines()[-1] == "0 active, 0 unconfigured, 0 retired partition(s)"
+    )
     assert not path.exists()  # listing made none
     code, _, err = lab.cli("register")
     assert code == 0 and "did not exist: started a new catalog; 2 retired partition(s) restored" in err, err

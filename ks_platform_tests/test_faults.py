@@ -19,7 +19,7 @@ import pytest
 
 from ks_platform.core import conversion, pipeline
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.names import BOMBCELL_TSV, PROBE_MANIFEST, SUMMARY_FILE, TRACK_ID_TSV
+from ks_platform.core.names import BOMBCELL_TSV, PROBE_MANIFEST, RUN_ID_ENV, SUMMARY_FILE, TRACK_ID_TSV
 from ks_platform.core.sessions import SessionRef
 from ks_platform.core.store import SessionStore, session_lock
 from ks_platform.core.synthetic import np1_probe
@@ -323,16 +323,17 @@ def test_two_runs_of_one_session_take_turns(tmp_path):
     assert said and "is being written by pid" in said[0] and "waiting" in said[0]
 
 
-def test_two_steps_of_one_run_take_turns_without_a_warning(tmp_path):
-    """Two processes forked by one parent (as a run's probe_map and recording_binary are by its forkserver) take turns
-    at the session's lock, and the waiting one says nothing: that wait is part of every normal run. A writer from
-    elsewhere (the test above) is named, after the first poll."""
+@pytest.mark.parametrize(("waiter_run", "named"), [("run-a", False), ("run-b", True)])
+def test_steps_of_one_run_take_turns_without_a_warning_and_another_run_is_named(tmp_path, waiter_run, named):
+    """Two processes of one Dagster run (``KS_PLATFORM_RUN_ID``, as a run's probe_map and recording_binary are) take
+    turns at the session's lock, and the waiting one says nothing: that wait is part of every normal run. Two processes
+    with one parent but of different runs (two in-process run workers started by one daemon) are named."""
     store = SessionStore(tmp_path / "store", "2026-03-02__rig1__s__imec0")
     head = (
         "import sys, time\nfrom pathlib import Path\nfrom ks_platform.core.store import SessionStore, session_lock\n"
         f"store = SessionStore(Path({str(store.root)!r}), {store.key!r})\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), RUN_ID_ENV: "run-a"}
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -345,7 +346,7 @@ def test_two_steps_of_one_run_take_turns_without_a_warning(tmp_path):
         env=env,
     )
     assert holder.stdout.readline().strip() == "locked"
-    assert "(build_probe_map, parent " in (store.dir / ".lock").read_text()
+    assert "(build_probe_map, run run-a)" in (store.dir / ".lock").read_text()
     waiter = subprocess.run(
         [
             sys.executable,
@@ -356,12 +357,13 @@ def test_two_steps_of_one_run_take_turns_without_a_warning(tmp_path):
         ],
         capture_output=True,
         text=True,
-        env=env,
+        env={**env, RUN_ID_ENV: waiter_run},
         timeout=120,
     )
     assert holder.wait() == 0 and waiter.returncode == 0, waiter.stderr
     waited, said = waiter.stdout.split(" ", 1)
-    assert float(waited) > 0.5 and said.strip() == "[]", waiter.stdout
+    assert float(waited) > 0.5, waiter.stdout
+    assert ("is being written by pid" in said) is named, waiter.stdout
 
 
 def test_a_killed_lock_holder_never_blocks_the_session(tmp_path):

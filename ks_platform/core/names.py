@@ -47,6 +47,9 @@ MARKER_ENV = "KS_PLATFORM_READY_MARKER"
 RETIRE_AFTER_ENV = "KS_PLATFORM_RETIRE_AFTER_SECONDS"
 #: How long a command or a sensor tick waits for the landing catalog while another one holds it (s).
 CATALOG_WAIT_ENV = "KS_PLATFORM_CATALOG_WAIT_SECONDS"
+#: The Dagster run a step process works for (set by the Dagster layer): steps of one run take the session lock in turn
+#: silently, another run's wait is logged.
+RUN_ID_ENV = "KS_PLATFORM_RUN_ID"
 
 # --- Run and op tags -----------------------------------------------------------------------------------------------
 #: Op tag: what a step needs (``gpu``); the placing executors read it.

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ks_platform.core.names import RUN_ID_ENV
+
 #: A key is one folder name under ``<store>/sessions``: no separators, no ``..``, nothing hidden.
 STORE_KEY = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,400}$")
 TEMP_MARK = ".tmp-"
@@ -287,18 +289,18 @@ def contained_path(root: Path, candidate: Path, root_label: str = "the configure
 
 
 LOCK_FILE = ".lock"
-#: What a lock holder writes into the lock file: ``pid <pid> on <host> (<step>, parent <ppid>)``.
-_HOLDER = re.compile(r"^pid (\d+) on (\S+) \((\S+), parent (\d+)\)")
+#: What a lock holder writes into the lock file: ``pid <pid> on <host> (<step>, run <run id or ->)``.
+_HOLDER = re.compile(r"^pid (\d+) on (\S+) \((\S+), run (\S+)\)")
 
 
 def sibling_step(holder: str) -> str | None:
-    """The step holding the lock when it is a step of this process's own run (a process forked by the same parent on
-    this host: the run's other step), else None."""
+    """The step holding the lock when it is a step of this process's own Dagster run (``KS_PLATFORM_RUN_ID``, set by
+    the Dagster layer in every step process), else None."""
     match = _HOLDER.match(holder)
-    if match is None or match.group(2) != os.uname().nodename:
+    run = os.environ.get(RUN_ID_ENV)
+    if match is None or not run or match.group(4) != run:
         return None
-    parent = int(match.group(4))
-    return match.group(3) if parent == os.getppid() and parent > 1 else None
+    return match.group(3)
 
 
 @contextmanager
@@ -335,7 +337,9 @@ def session_lock(
         try:
             handle.seek(0)
             handle.truncate()
-            handle.write(f"pid {os.getpid()} on {os.uname().nodename} ({step}, parent {os.getppid()})\n")
+            handle.write(
+                f"pid {os.getpid()} on {os.uname().nodename} ({step}, run {os.environ.get(RUN_ID_ENV) or '-'})\n"
+            )
             handle.flush()
             yield
         finally:

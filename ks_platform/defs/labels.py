@@ -1,5 +1,7 @@
 """Labels: bombcell's unit labels right after the Phy folder, and how the lab's curation agrees with them."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from ks_platform.core import pipeline, unit_labels
@@ -105,10 +107,19 @@ def unit_labels_in_phy_and_tracked(
     kinds={"bombcell", "phy"},
     owners=["team:ephys"],
     description="How often the lab's Phy curation kept or overruled bombcell's label, per bombcell label (units the "
-    "lab labelled and did not merge or split): the number that tells a lab whether to trust the automatic labels.",
+    "lab labelled and did not merge or split): the number that tells a lab whether to trust the automatic labels. "
+    "Not materialized while the current sorting has no labels (the curation is recorded anyway).",
+    output_required=False,
 )
-def label_agreement(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.MaterializeResult:
+def label_agreement(context: dg.AssetExecutionContext, platform: PlatformResource) -> Iterator[dg.MaterializeResult]:
     store = platform.store(context.partition_key)
+    if unit_labels.current_labels(store) is None:
+        # A re-sort not yet labelled: the lab's curation run must not fail on it, nor record an agreement of nothing.
+        context.log.warning(
+            "label_agreement not materialized: no bombcell labels for the current sorting yet. Fix: materialize "
+            "unit_labels for this partition, then curate_session again."
+        )
+        return
     with user_errors_as_failures():
         agreement = unit_labels.label_agreement(store)
         path = unit_labels.write_agreement(store, agreement)
@@ -129,7 +140,7 @@ def label_agreement(context: dg.AssetExecutionContext, platform: PlatformResourc
         f"curation {agreement['curation_status']}: {agreement['reviewed_units']} units reviewed, agreement "
         f"{agreement['agreement']}"
     )
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "curation_status": agreement["curation_status"],
             "reviewed_units": agreement["reviewed_units"],

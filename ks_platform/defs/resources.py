@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ks_platform.core.names import BACKEND_ENV, LANDING_ENV, STORE_ENV
+from ks_platform.core.names import BACKEND_ENV, LANDING_ENV, RUN_ID_ENV, STORE_ENV
 from ks_platform.core.sessions import parse_partition_key, session_dir
 from ks_platform.core.store import SessionStore
 
@@ -45,6 +45,11 @@ class PlatformResource(dg.ConfigurableResource):
             landing_roots=os.environ.get(LANDING_ENV, DEFAULT_LANDING),
             backend=os.environ.get(BACKEND_ENV, "auto"),
         )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Name this process's run for the session lock (``core/store.py``): steps of one run take turns silently."""
+        if context.run_id:
+            os.environ[RUN_ID_ENV] = context.run_id
 
     def roots(self) -> dict[str, Path]:
         return parse_landing_roots(self.landing_roots)
