@@ -8,13 +8,12 @@ folder), then compares them. With one sorter both assets materialize as "nothing
 import dagster as dg
 
 from ks_platform.core import pipeline
-from ks_platform.core.errors import SessionInputError
 from ks_platform.core.names import COMPARED_SORTERS, COMPARISON_GROUP, NEEDS_TAG, SORT_POOL, SORTERS_TAG
 from ks_platform.defs.ingest import COMPARED_SETTINGS_KEY, probe_map, recording_binary
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.reporting import step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
-from ks_platform.defs.sorting import sorted_units
+from ks_platform.defs.sorting import observe_partition_versions, sorted_units
 
 
 @dg.observable_source_asset(
@@ -29,18 +28,7 @@ from ks_platform.defs.sorting import sorted_units
 def compared_sorter_settings(
     context: dg.AssetExecutionContext, platform: PlatformResource
 ) -> dg.DataVersionsByPartition:
-    keys = (
-        [context.partition_key]
-        if context.has_partition_key
-        else context.instance.get_dynamic_partitions(session_partitions.name)
-    )
-    versions = {}
-    for key in keys:
-        try:
-            versions[key] = pipeline.compared_settings_version(platform.session_dir(key), platform.probe(key))
-        except (SessionInputError, OSError) as exc:
-            context.log.warning(f"{key}: {exc}")
-    return dg.DataVersionsByPartition(versions)
+    return observe_partition_versions(context, platform, pipeline.compared_settings_version)
 
 
 def _sortings_table(sortings: dict) -> dg.MetadataValue:

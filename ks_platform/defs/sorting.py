@@ -1,8 +1,9 @@
 """Sorting: Kilosort 4 (or the sorter the session config names) on the session's binary and probe map, with a
 ground-truth check."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
+from pathlib import Path
 
 import dagster as dg
 
@@ -34,6 +35,14 @@ SORT_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.E
     "sensor) marks the sorting stale, not the binary.",
 )
 def session_settings(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.DataVersionsByPartition:
+    return observe_partition_versions(context, platform, pipeline.session_settings_version)
+
+
+def observe_partition_versions(
+    context: dg.AssetExecutionContext, platform: PlatformResource, version_of: Callable[[Path, str | None], str]
+) -> dg.DataVersionsByPartition:
+    """``version_of(session folder, probe)`` of the partition observed (or of every session partition); a session
+    that cannot be read is logged and left out, never failing the others."""
     keys = (
         [context.partition_key]
         if context.has_partition_key
@@ -42,7 +51,7 @@ def session_settings(context: dg.AssetExecutionContext, platform: PlatformResour
     versions = {}
     for key in keys:
         try:
-            versions[key] = pipeline.session_settings_version(platform.session_dir(key), platform.probe(key))
+            versions[key] = version_of(platform.session_dir(key), platform.probe(key))
         except (SessionInputError, OSError) as exc:
             context.log.warning(f"{key}: {exc}")
     return dg.DataVersionsByPartition(versions)
