@@ -438,6 +438,7 @@ def test_sensor_loads_in_the_code_location(landing, tmp_path):
     assert {s.name for s in location.defs.sensors} == {
         NEW_SESSION_SENSOR_NAME,
         "daily_rollup_sensor",
+        "unit_tracks_sensor",
     }  # what workspace.yaml loads
     # A caller's own sensor replaces the default one (no duplicate name).
     custom = build_definitions(platform, sensors=[sensors.build_new_session_sensor(settle_seconds=0, marker_name="")])
