@@ -331,6 +331,36 @@ def _no_units(sorting_dir: Path) -> SessionInputError:
     )
 
 
+class _ReadOnlyMemmaps:
+    """numpy as bombcell's waveform extraction sees it, with ``memmap`` always read-only."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+    @staticmethod
+    def memmap(*args: Any, **kwargs: Any) -> np.memmap:
+        if kwargs.get("mode", "r") not in ("r", "c"):
+            raise ValueError(
+                f"bombcell asked to open the raw data with mode {kwargs['mode']!r}; only reading is allowed"
+            )
+        return np.memmap(*args, **{**kwargs, "mode": "r"})
+
+
+@contextlib.contextmanager
+def read_only_raw_data():
+    """bombcell maps the recording with ``np.memmap``'s default mode ``r+`` (read-write): that fails on a read-only
+    store or container mount and could write into a zero-copy landing file. Within this block its waveform extraction
+    maps it read-only."""
+    import bombcell.extract_raw_waveforms as extraction
+
+    real = extraction.np
+    extraction.np = _ReadOnlyMemmaps()
+    try:
+        yield
+    finally:
+        extraction.np = real
+
+
 def label_units(
     store: SessionStore,
     config: ProbeConfig | None = None,
@@ -361,7 +391,7 @@ def label_units(
         _kilosort_view(store.sorting_dir, view, param.get("computeDrift") or param.get("computeDistanceMetrics"))
         printed = io.StringIO()
         try:
-            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed), read_only_raw_data():
                 metrics, param, _, unit_types, figures = bc.run_bombcell(
                     str(view), str(staged), param, return_figures=True
                 )
