@@ -34,6 +34,7 @@ ALL_ASSETS = {
     "compared_sortings",
     "sorter_agreement",
     "phy_bundle",
+    "unit_labels",
     "unit_metrics",
 }
 
