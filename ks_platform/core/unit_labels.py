@@ -351,7 +351,10 @@ def read_only_raw_data():
     """bombcell maps the recording with ``np.memmap``'s default mode ``r+`` (read-write): that fails on a read-only
     store or container mount and could write into a zero-copy landing file. Within this block its waveform extraction
     maps it read-only."""
-    import bombcell.extract_raw_waveforms as extraction
+    import importlib
+
+    # the module, not the function of the same name that bombcell's package exports
+    extraction = importlib.import_module("bombcell.extract_raw_waveforms")
 
     real = extraction.np
     extraction.np = _ReadOnlyMemmaps()
