@@ -196,10 +196,18 @@ def build_daily_rollup(
     ``failures`` maps a session key to the error of its latest run when that run failed.
     """
     failures = failures or {}
-    keys = keys_for_date(registered_keys, date)
-    for key in keys:
-        SessionRef.parse(key)  # refuse keys that are not sessions
+    keys = [key for key in keys_for_date(registered_keys, date) if _is_session_key(key)]
     return DailyRollup(date, [session_outcome(store_root, key, failures.get(key)) for key in keys])
+
+
+def _is_session_key(key: str) -> bool:
+    """A registered key that is not a session key (a hostile or hand-made partition) is left out of the rollup; it
+    never names a store path, and it never stops the day's other sessions from being counted."""
+    try:
+        SessionRef.parse(key)
+    except ValueError:
+        return False
+    return True
 
 
 def rollup_dir(store_root: Path, date: dt.date) -> Path:
