@@ -124,11 +124,13 @@ def test_sensor_sorts_a_dropped_session_and_backfill_targets_its_date(live_dagst
     assert backfill["__typename"] == "PartitionBackfill" and backfill["isAssetBackfill"], backfill
     assert backfill["partitionNames"] == [key]
     assert sorted("/".join(a["path"]) for a in backfill["assetSelection"]) == [
+        "compared_sortings",
         "phy_bundle",
         "probe_map",
         "raw_recording",
         "recording_binary",
         "sorted_units",
+        "sorter_agreement",
         "unit_labels",
         "unit_metrics",
     ]

@@ -223,7 +223,7 @@ def test_a_lab_day_in_the_dagster_ui(ui: LiveDagster, page):
     page.goto("about:blank")
     assert wait_for_run_end(ui.graphql, run_id, SORT_TIMEOUT_S) == "SUCCESS", ui.graphql.run_messages(run_id)[-30:]
     messages = ui.graphql.run_messages(run_id)
-    assert any(re.search(r"\d+% ", m) for m in messages), "conversion/verification progress in the run log"
+    assert any(re.search(r"\d+%[ :;]", m) for m in messages), "conversion/verification progress in the run log"
     assert any("Phy folder ready: phy template-gui" in m for m in messages)
     page.goto(run_url)
     shown(page, "Success").wait_for()
