@@ -279,6 +279,12 @@ def _kilosort_view(sorting_dir: Path, view: Path, with_pcs: bool) -> None:
     for name in (*KILOSORT_FILES, *(PC_FILES if with_pcs else ())):
         if (sorting_dir / name).is_file():
             (view / name).symlink_to((sorting_dir / name).resolve())
+    unwhitening = view / "whitening_mat_inv.npy"
+    if not unwhitening.exists() and (sorting_dir / "channel_map.npy").is_file():
+        # SpikeInterface's Phy export (the other sorters) writes unwhitened templates and no whitening matrix: the
+        # identity, as phylib assumes when the file is absent
+        n_channels = np.load(sorting_dir / "channel_map.npy").size
+        np.save(unwhitening, np.eye(n_channels, dtype=np.float32))
 
 
 def _save_figures(figures: dict[str, Any], folder: Path, log: Callable[[str], None] | None = None) -> dict[str, Path]:
