@@ -279,6 +279,16 @@ def _kilosort_view(sorting_dir: Path, view: Path, with_pcs: bool) -> None:
     for name in (*KILOSORT_FILES, *(PC_FILES if with_pcs else ())):
         if (sorting_dir / name).is_file():
             (view / name).symlink_to((sorting_dir / name).resolve())
+    sparse_index = sorting_dir / "template_ind.npy"
+    if sparse_index.is_file() and (sorting_dir / "channel_map.npy").is_file():
+        # SpikeInterface's Phy export writes sparse templates (each on its own channels): bombcell reads dense ones
+        sparse, index = np.load(sorting_dir / "templates.npy"), np.load(sparse_index)
+        dense = np.zeros((*sparse.shape[:2], np.load(sorting_dir / "channel_map.npy").size), dtype=sparse.dtype)
+        for unit in range(sparse.shape[0]):
+            used = index[unit] >= 0
+            dense[unit][:, index[unit][used]] = sparse[unit][:, used]
+        (view / "templates.npy").unlink(missing_ok=True)
+        np.save(view / "templates.npy", dense)
     unwhitening = view / "whitening_mat_inv.npy"
     if not unwhitening.exists() and (sorting_dir / "channel_map.npy").is_file():
         # SpikeInterface's Phy export (the other sorters) writes unwhitened templates and no whitening matrix: the
