@@ -48,6 +48,8 @@ GROUP_TSV, INFO_TSV, CLUSTERS_NPY = "cluster_group.tsv", "cluster_info.tsv", "sp
 CURATION_FILES = (GROUP_TSV, INFO_TSV, CLUSTERS_NPY)
 #: Per-cluster tables Kilosort writes (Phy rewrites them on save): not part of a curation.
 KILOSORT_TSVS = ("cluster_KSLabel.tsv", "cluster_ContamPct.tsv", "cluster_Amplitude.tsv")
+#: Per-cluster tables SpikeInterface's Phy export writes for the other sorters: not part of a curation either.
+SPIKEINTERFACE_TSVS = ("cluster_si_unit_ids.tsv", "cluster_channel_group.tsv")
 RECORD_JSON, RECORD_TSV, SNAPSHOT_JSON, HISTORY = "curated_units.json", "curated_units.tsv", "snapshot.json", "history"
 JOURNAL, SORTINGS, UNREADABLE = "journal.jsonl", "sortings", "unreadable"
 #: What an archived sorting keeps: enough to export its curation after ``sorting/`` was replaced.
@@ -95,7 +97,7 @@ def basis_version(folder: Path) -> str:
 def label_files(folder: Path) -> list[str]:
     """The ``cluster_<label>.tsv`` files of label columns the lab added in Phy (not Kilosort's, not Phy's own, not the
     platform's: bombcell's labels and the track ids that ``unit_labels``/``unit_tracks`` write there)."""
-    own = {GROUP_TSV, INFO_TSV, *KILOSORT_TSVS, BOMBCELL_TSV, TRACK_ID_TSV}
+    own = {GROUP_TSV, INFO_TSV, *KILOSORT_TSVS, *SPIKEINTERFACE_TSVS, BOMBCELL_TSV, TRACK_ID_TSV}
     return sorted(p.name for p in folder.glob("cluster_*.tsv") if p.name not in own and p.is_file())
 
 
