@@ -38,10 +38,10 @@ from ks_platform_tests.conftest import (
 )
 from ks_platform_tests.postgres_support import pg_ctl, postgres_bin_dir, postgres_server
 from ks_platform_tests.test_faults import (
-    AFTER_SORT_PHY_COLUMNS,
     COMPLETE_MARKERS,
     FinalNameWatcher,
     same_bytes,
+    same_phy_folder,
     write_raw_int16_session,
 )
 
@@ -332,7 +332,7 @@ def test_postgres_down_past_retry_budget_fails_phy_export_then_rerun_succeeds(
             # The export was put in place (whole, atomically) before its log line failed: phy/ is complete, only
             # not recorded as materialized; nothing staged is left.
             assert_outputs_complete(session, ["phy"])
-            assert same_bytes(session / "phy", reference.phy_dir, skip=AFTER_SORT_PHY_COLUMNS) == []
+            assert same_phy_folder(session / "phy", reference.phy_dir) == []
 
             rerun = launch_worker(home, store, landing, key, ["phy_bundle"], "rerun")
             assert rerun.finish(timeout=600) == 0, rerun.output()[-3000:]
@@ -345,7 +345,7 @@ def test_postgres_down_past_retry_budget_fails_phy_export_then_rerun_succeeds(
             assert instance.get_latest_materialization_event(dg.AssetKey("phy_bundle")).run_id == again.run_id
 
     assert_outputs_complete(session, ["probe", "binary", "sorting", "phy"])
-    assert same_bytes(session / "phy", reference.phy_dir, skip=AFTER_SORT_PHY_COLUMNS) == []
+    assert same_phy_folder(session / "phy", reference.phy_dir) == []
 
 
 # --------------------------------------------------------------------------------------------------------------------
