@@ -22,6 +22,9 @@ from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
 from ks_platform.defs.resources import PlatformResource
 
+#: Seconds per test and per file, and the slowest calls held to their budget (durations_plugin.py).
+pytest_plugins = ["ks_platform_tests.durations_plugin"]
+
 #: 15 s, 32 channels, 10 units, seed 42: ~35 s of Kilosort on 2 CPU cores without drift correction.
 TEST_SPEC = DemoSessionSpec()
 ROOT_NAME = "rig1"
