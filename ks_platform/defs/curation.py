@@ -8,12 +8,12 @@ import json
 
 import dagster as dg
 import xxhash
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ks_platform.core import curation, nwb_export, phy, pipeline
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.names import CURATION_GROUP, SUBJECT_JSON
 from ks_platform.core.progress import ThrottledProgress
+from ks_platform.dagster_internals import DATA_VERSION_TAG
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.quality import unit_metrics
 from ks_platform.defs.reporting import user_errors_as_failures

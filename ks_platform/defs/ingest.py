@@ -1,12 +1,12 @@
 """Ingest: the landing folder's recording, its probe map, and the binary Kilosort reads."""
 
 import dagster as dg
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ks_platform.core import pipeline
 from ks_platform.core.catalog import current_session_folder
 from ks_platform.core.names import SESSION_GROUP
 from ks_platform.core.progress import ThrottledProgress
+from ks_platform.dagster_internals import DATA_VERSION_TAG
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.reporting import step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource

@@ -4,7 +4,6 @@ import socket
 
 import dagster as dg
 import numpy as np
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ks_platform.core import curation, pipeline
 from ks_platform.core.curation import curation_fingerprint
@@ -12,6 +11,7 @@ from ks_platform.core.errors import SessionInputError
 from ks_platform.core.names import SESSION_GROUP
 from ks_platform.core.phy import validate_phy_folder
 from ks_platform.core.progress import ThrottledProgress
+from ks_platform.dagster_internals import DATA_VERSION_TAG
 from ks_platform.defs.lineage_metadata import lineage_metadata
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.reporting import step_result, user_errors_as_failures

@@ -19,8 +19,6 @@ import json
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
-from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from ks_platform.core import pipeline, unit_tracks
 from ks_platform.core.errors import SessionInputError
@@ -33,6 +31,7 @@ from ks_platform.core.names import (
     TRACKS_SENSOR_NAME,
 )
 from ks_platform.core.sessions import key_name, parse_partition_key
+from ks_platform.dagster_internals import DATA_VERSION_TAG, requested_backfills
 from ks_platform.defs.partitions import session_partitions
 from ks_platform.defs.reporting import step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
@@ -178,7 +177,7 @@ def busy_subjects(instance: dg.DagsterInstance, platform: PlatformResource) -> s
         for run in instance.get_runs(filters=dg.RunsFilter(statuses=BUSY))
         if run.tags.get(PARTITION_TAG)
     }
-    for backfill in instance.get_backfills(filters=BulkActionsFilter(statuses=[BulkActionStatus.REQUESTED])):
+    for backfill in requested_backfills(instance):
         data = backfill.asset_backfill_data
         if data is None:
             continue

@@ -21,18 +21,20 @@ import docker.constants
 import docker.errors
 import docker.tls
 from dagster import Field, IntSource, Permissive, StringSource
-from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
-from dagster._core.events import DagsterEvent, EngineEventData
-from dagster._core.execution.retries import RetryMode, get_retries_config
-from dagster._core.executor.step_delegating.step_handler.base import (
-    CheckStepHealthResult,
-    StepHandler,
-    StepHandlerContext,
-)
 
 from ks_platform.core.errors import PlatformConfigError
 from ks_platform.core.names import DOCKER_EXECUTOR_NAME, INVENTORY_ENV, PARTITION_TAG, PROBE_MANIFEST, SORT_POOL
 from ks_platform.core.store import SessionStore, read_json
+from ks_platform.dagster_internals import (
+    CheckStepHealthResult,
+    DagsterEvent,
+    EngineEventData,
+    RetryMode,
+    StepHandler,
+    StepHandlerContext,
+    get_retries_config,
+    multiple_process_executor_requirements,
+)
 from ks_platform.execution.inventory import HostSpec, Inventory, InventoryError, load_inventory
 from ks_platform.execution.placement import (
     Placement,

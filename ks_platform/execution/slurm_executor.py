@@ -54,14 +54,6 @@ from typing import Any, Literal
 import dagster as dg
 import yaml
 from dagster import Field, IntSource, Permissive, StringSource
-from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
-from dagster._core.events import DagsterEvent, EngineEventData
-from dagster._core.execution.retries import RetryMode, get_retries_config
-from dagster._core.executor.step_delegating.step_handler.base import (
-    CheckStepHealthResult,
-    StepHandler,
-    StepHandlerContext,
-)
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic import Field as PydanticField
 
@@ -82,6 +74,18 @@ from ks_platform.core.names import (
     STORE_ENV,
 )
 from ks_platform.core.store import ATTEMPT_FILE_ENV, ATTEMPT_TOKEN_ENV, SessionStore, read_json
+from ks_platform.dagster_internals import (
+    STEP_COMMAND_MODULE,
+    CheckStepHealthResult,
+    DagsterEvent,
+    EngineEventData,
+    RetryMode,
+    StepHandler,
+    StepHandlerContext,
+    execute_step_in_this_process,
+    get_retries_config,
+    multiple_process_executor_requirements,
+)
 from ks_platform.execution.placement import (
     CONSERVATIVE_CHANNELS,
     MIB,
@@ -520,7 +524,7 @@ REQUESTS = "requests"
 CLOSED_REQUESTS = "requests.closed"
 STOP_FILE = "stop"
 #: Imported once by the runner, before it forks steps (the step's own imports then find them loaded).
-RUNNER_PRELOAD = ("dagster._cli.api", "ks_platform.definitions")
+RUNNER_PRELOAD = (STEP_COMMAND_MODULE, "ks_platform.definitions")
 #: Seconds a cancelled step gets after SIGTERM (to report its interruption) before SIGKILL.
 CANCEL_KILL_SECONDS = 20.0
 
@@ -548,9 +552,7 @@ def _fork_step(folder: Path, name: str, env: dict[str, str]) -> int:
         slurm = {name: value for name, value in os.environ.items() if name.startswith(("SLURM_", "SLURMD_"))}
         os.environ.clear()
         os.environ.update({**slurm, **env})  # the job's SLURM_JOB_ID … (lineage) and the step's own variables
-        from dagster._cli.api import execute_step_command
-
-        execute_step_command.main(args=[], prog_name="dagster api execute_step", standalone_mode=False)
+        execute_step_in_this_process()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

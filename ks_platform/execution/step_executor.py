@@ -7,12 +7,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import dagster as dg
-from dagster._core.events import DagsterEvent, EngineEventData
-from dagster._core.execution.retries import RetryMode
-from dagster._core.executor.step_delegating import StepDelegatingExecutor
-from dagster._core.executor.step_delegating.step_handler.base import StepHandler
 
 from ks_platform.core.errors import PlatformConfigError
+from ks_platform.dagster_internals import DagsterEvent, EngineEventData, RetryMode, StepDelegatingExecutor, StepHandler
 
 
 class FinishingStepHandler(Protocol):

@@ -24,13 +24,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
-from dagster._core.execution.plan.active import ActiveExecution
-from dagster._core.execution.retries import RetryMode
-from dagster._core.execution.step_dependency_config import StepDependencyConfig
-from dagster._core.executor.multiprocess import MultiprocessExecutor
 
 from ks_platform.core.names import STEP_PRELOAD_MODULES
+from ks_platform.dagster_internals import (
+    ActiveExecution,
+    MultiprocessExecutor,
+    RetryMode,
+    StepDependencyConfig,
+    multiple_process_executor_requirements,
+)
 
 #: The first sleep of a run that only waits, and the longest (a terminated run is seen within this time).
 IDLE_FIRST_SECONDS = 0.05

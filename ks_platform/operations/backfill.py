@@ -26,6 +26,7 @@ from ks_platform.core.names import (
     SESSION_GROUP,
     SESSIONS_PARTITIONS_NAME,
 )
+from ks_platform.dagster_internals import add_asset_backfill, stale_partitions
 from ks_platform.defs.sorting import sorted_units
 
 
@@ -48,26 +49,10 @@ def session_asset_keys(asset_graph) -> list[dg.AssetKey]:
 
 
 def stale_sessions(instance: dg.DagsterInstance, asset_graph, keys: Sequence[str]) -> list[str]:
-    """The sessions whose ``sorted_units`` Dagster reports as MISSING or STALE (unregistered ones count as missing).
-
-    Dagster has no public stale-status API outside the webserver: this is the one place its internals are used.
-    """
-    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-    from dagster._time import get_current_datetime
-
+    """The sessions whose ``sorted_units`` Dagster reports as MISSING or STALE (unregistered ones count as missing)."""
     registered = set(instance.get_dynamic_partitions(SESSIONS_PARTITIONS_NAME))
-    view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=instance,
-        asset_graph=asset_graph,
-    )
-    resolver = CachingStaleStatusResolver(instance=instance, asset_graph=asset_graph, loading_context=view)
-    return [
-        k
-        for k in keys
-        if k not in registered or resolver.get_status(sorted_units.key, k) in (StaleStatus.MISSING, StaleStatus.STALE)
-    ]
+    stale = set(stale_partitions(instance, asset_graph, sorted_units.key, [k for k in keys if k in registered]))
+    return [k for k in keys if k not in registered or k in stale]
 
 
 def select_backfill(
@@ -95,34 +80,20 @@ def select_backfill(
 def launch_session_backfill(
     instance: dg.DagsterInstance, asset_graph, selection: BackfillSelection, only_stale: bool = False
 ) -> str:
-    """One asset backfill of the session assets over ``selection.selected``; returns its id. The daemon runs it.
-
-    Dagster has no public API to record an asset backfill: this is the one place its internals are used.
-    """
-    from dagster._core.execution.backfill import PartitionBackfill
-    from dagster._core.utils import make_new_backfill_id
-    from dagster._time import get_current_timestamp
-
+    """One asset backfill of the session assets over ``selection.selected``; returns its id. The daemon runs it."""
     if not selection.selected:
         raise ValueError("nothing to backfill: the selection is empty")
-    backfill_id = make_new_backfill_id()
     dates = f"{selection.start.isoformat()}..{selection.end.isoformat()}"
-    backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id=backfill_id,
-        asset_graph=asset_graph,
-        partition_names=list(selection.selected),
-        asset_selection=session_asset_keys(asset_graph),
-        backfill_timestamp=get_current_timestamp(),
+    return add_asset_backfill(
+        instance,
+        asset_graph,
+        partitions=selection.selected,
+        assets=session_asset_keys(asset_graph),
         tags={RECORDING_DATES_TAG: dates, ONLY_STALE_TAG: str(only_stale).lower()},
-        dynamic_partitions_store=instance,
-        all_partitions=False,
         title=f"Sessions recorded {selection.start.isoformat()} to {selection.end.isoformat()}"
         + (" (stale only)" if only_stale else ""),
         description=f"ks-platform backfill: {len(selection.selected)} session(s) recorded {dates}",
-        run_config=None,
     )
-    instance.add_backfill(backfill)
-    return backfill_id
 
 
 def backfill_partitions(instance: dg.DagsterInstance, backfill_id: str) -> dict[str, list[str]]:
