@@ -16,7 +16,7 @@ from ks_platform.core import pipeline, session_config
 from ks_platform.core.discovery import discover
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import list_probes, open_recording, probe_config
-from ks_platform.core.settings import SESSION_SETTINGS_FILE
+from ks_platform.core.names import SESSION_SETTINGS_FILE
 from ks_platform.core.store import SessionStore
 from ks_platform.core.synthetic import GlxProbe, np1_probe, write_spikeglx_run
 from ks_platform_tests.writers import write_openephys_session
@@ -170,3 +170,23 @@ def test_split_segments_makes_one_partition_per_gate_with_the_probe_settings(tmp
     _write(session / session_config.CONFIG_FILE, {"probes": {"imec0": {"split_segments": "yes"}}})
     with pytest.raises(SessionInputError, match="split_segments must be true or false"):
         list_probes(session)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"[1, 2]", "must hold a JSON object"),
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"Th_universal": ', "not valid JSON"),
+        (b" " * (1024 * 1024 + 1) + b"{}", "larger than 1024 KiB"),
+    ],
+)
+def test_a_settings_file_given_to_a_command_is_read_as_carefully_as_a_session_config(tmp_path, content, problem):
+    from ks_platform.core.settings import read_overrides_file
+
+    path = tmp_path / "my-settings.json"
+    path.write_bytes(content)
+    with pytest.raises(SessionInputError) as caught:
+        read_overrides_file(path)
+    assert problem in str(caught.value) and str(path) in str(caught.value)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -39,7 +38,7 @@ from typing import Any
 
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.names import SESSION_SETTINGS_FILE
-from ks_platform.core.settings import validate_overrides
+from ks_platform.core.settings import read_json_object, validate_overrides
 from ks_platform.core.sorters import (
     DEFAULT_SORTER,
     SI_SECTIONS,
@@ -56,7 +55,6 @@ PROBE_KEYS = ("recording_date", "probe_file", "kilosort", "split_segments", "max
 STEP_SECTIONS = ("bombcell", "unitmatch")
 PROBE_KEYS += (*STEP_SECTIONS, "implant")
 CONFIG_KEYS = (*PROBE_KEYS, "probes")
-MAX_CONFIG_BYTES = 1024 * 1024
 _FIX_SYNTAX = 'write a JSON object such as {"kilosort": {"Th_universal": 10}, "probes": {"imec0": {...}}}'
 
 
@@ -105,38 +103,9 @@ def applies_to(config: Path, probe_files: tuple[Path, ...] | list[Path]) -> bool
 
 
 def _load(path: Path, read: Callable[[Path], bytes] | None = None) -> dict[str, Any]:
-    """One config file as a JSON object (its bytes from ``read`` when given); every way it can be unreadable is one
-    clear error."""
-    if not path.is_file():
-        raise SessionInputError(
-            path, "the config file is not a regular file", f"make {path.name} a JSON file (or remove it)"
-        )
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise SessionInputError(
-                path, f"the config file is larger than {MAX_CONFIG_BYTES // 1024} KiB", "keep only settings in it"
-            )
-        payload = json.loads((read or Path.read_bytes)(path).decode("utf-8"))
-    except UnicodeDecodeError:
-        raise SessionInputError(path, "the config file is not UTF-8 text", "save it as UTF-8 JSON") from None
-    except json.JSONDecodeError as exc:
-        raise SessionInputError(
-            path,
-            f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
-            "fix the JSON syntax (e.g. with `python -m json.tool`)",
-        ) from None
-    except RecursionError:
-        raise SessionInputError(path, "the JSON is nested too deeply to be a config file", _FIX_SYNTAX) from None
-    except PermissionError:
-        raise
-    except OSError as exc:
-        raise SessionInputError(
-            path, f"cannot read the config file ({exc.strerror})", "check the file's permissions"
-        ) from None
-    if not isinstance(payload, dict):
-        raise SessionInputError(
-            path, f"the config file must hold a JSON object, not {type(payload).__name__}", _FIX_SYNTAX
-        )
+    """One config file as a JSON object (its bytes from ``read`` when given); a ``kilosort4-settings.json`` is the
+    ``kilosort`` section of one."""
+    payload = read_json_object(path, read, fix_shape=_FIX_SYNTAX)
     return {"kilosort": payload} if path.name == SESSION_SETTINGS_FILE else payload
 
 

@@ -10,12 +10,12 @@ import difflib
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.names import SESSION_SETTINGS_FILE
 
 DATA_DERIVED = ("n_chan_bin", "fs")
 #: Settings that are ``run_kilosort`` arguments rather than entries of Kilosort's table, in the same format.
@@ -129,29 +129,51 @@ def validate_overrides(overrides: dict[str, Any], path: Path) -> dict[str, Any]:
     return clean
 
 
-def read_session_overrides(session_dir: Path) -> tuple[dict[str, Any], Path | None]:
-    """The session's ``kilosort4-settings.json`` (validated), or ``{}`` when there is none."""
-    path = session_dir / SESSION_SETTINGS_FILE
-    if not path.exists():
-        return {}, None
-    return read_overrides_file(path), path
+#: The largest config or settings file read (a settings file holds a few parameters).
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
-def read_overrides_file(path: Path) -> dict[str, Any]:
-    """A Kilosort settings JSON file, validated against Kilosort's own table."""
+def read_json_object(
+    path: Path, read: Callable[[Path], bytes] | None = None, fix_shape: str = "write a JSON object of settings"
+) -> dict[str, Any]:
+    """A config or settings file as a JSON object (its bytes from ``read`` when given); every way it can be
+    unreadable (not a file, too large, not UTF-8, bad JSON, too deep, not an object) is one clear error."""
+    if not path.is_file():
+        raise SessionInputError(
+            path, "the config file is not a regular file", f"make {path.name} a JSON file (or remove it)"
+        )
     try:
-        payload = json.loads(path.read_text())
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise SessionInputError(
+                path, f"the config file is larger than {MAX_CONFIG_BYTES // 1024} KiB", "keep only settings in it"
+            )
+        payload = json.loads((read or Path.read_bytes)(path).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SessionInputError(path, "the config file is not UTF-8 text", "save it as UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise SessionInputError(
             path,
             f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
             "fix the JSON syntax (e.g. with `python -m json.tool`)",
         ) from None
+    except RecursionError:
+        raise SessionInputError(path, "the JSON is nested too deeply to be a config file", fix_shape) from None
+    except PermissionError:
+        raise
     except OSError as exc:
         raise SessionInputError(
-            path, f"cannot read the settings file ({exc.strerror})", "check the file's permissions"
+            path, f"cannot read the config file ({exc.strerror})", "check the file's permissions"
         ) from None
-    return validate_overrides(payload, path)
+    if not isinstance(payload, dict):
+        raise SessionInputError(
+            path, f"the config file must hold a JSON object, not {type(payload).__name__}", fix_shape
+        )
+    return payload
+
+
+def read_overrides_file(path: Path) -> dict[str, Any]:
+    """A Kilosort settings JSON file (``--settings``), validated against Kilosort's own table."""
+    return validate_overrides(read_json_object(path), path)
 
 
 def probe_kind(probe_annotations: dict[str, Any]) -> str:

@@ -23,8 +23,7 @@ import docker.tls
 from dagster import Field, IntSource, Permissive, StringSource
 
 from ks_platform.core.errors import PlatformConfigError
-from ks_platform.core.names import DOCKER_EXECUTOR_NAME, INVENTORY_ENV, PARTITION_TAG, PROBE_MANIFEST, SORT_POOL
-from ks_platform.core.store import SessionStore, read_json
+from ks_platform.core.names import DOCKER_EXECUTOR_NAME, INVENTORY_ENV, PARTITION_TAG, SORT_POOL
 from ks_platform.dagster_internals import (
     CheckStepHealthResult,
     DagsterEvent,
@@ -44,6 +43,7 @@ from ks_platform.execution.placement import (
     candidate_placements,
     container_spec,
     sort_slot_count,
+    sorted_channel_count,
     step_needs_gpu,
     store_write_problem,
 )
@@ -75,17 +75,6 @@ class _StepState:
     released: bool = False
     #: When the container was first seen exited with code 0 while its step had not reported an outcome yet.
     exited_ok_at: float | None = None
-
-
-def read_channel_count(store_root: str, session: str | None) -> int | None:
-    """Sorted channels of a session from its probe map in the store (None when not readable yet)."""
-    if not session:
-        return None
-    try:
-        manifest = read_json(SessionStore(os.path.abspath(store_root), session).probe_dir / PROBE_MANIFEST)  # type: ignore[arg-type]
-        return int(manifest["n_sorted_channels"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 class EngineConnectionError(ConnectionError):
@@ -334,7 +323,7 @@ class PlacingDockerStepHandler(StepHandler):
         attempt = known.get_retry_state().get_attempt_count(step_key) if known else 0
         tags = dict(ctx.step_tags[step_key])
         needs_gpu = step_needs_gpu(self.inventory.store, session, tags)
-        channels = read_channel_count(self.inventory.store, session) if needs_gpu else None
+        channels = sorted_channel_count(self.inventory.store, session) if needs_gpu else None
         return StepRequest(
             run.run_id,
             step_key,

@@ -36,11 +36,12 @@ from ks_platform.core.names import (
     IMAGE_ENV,
     LANDING_ENV,
     NEEDS_TAG,
+    PROBE_MANIFEST,
     SORTERS_TAG,
     STORE_ENV,
 )
 from ks_platform.core.sorters import step_needs_gpu as sorters_need_gpu
-from ks_platform.core.store import SessionStore
+from ks_platform.core.store import SessionStore, read_json
 from ks_platform.execution.inventory import GpuSpec, HostSpec, Inventory, InventoryError
 
 NEEDS_GPU = "gpu"
@@ -92,6 +93,18 @@ def step_needs_gpu(store_root: str | Path, session: str | None, tags: dict[str, 
     except ValueError:
         return True
     return sorters_need_gpu(manifest, tags[SORTERS_TAG])
+
+
+def sorted_channel_count(store_root: str | Path, session: str | None) -> int | None:
+    """Sorted channels of a session from its probe map in the store (None when not readable yet): what a GPU step's
+    batch size is planned for."""
+    if not session:
+        return None
+    try:
+        manifest = read_json(SessionStore(Path(store_root).absolute(), session).probe_dir / PROBE_MANIFEST)
+        return int(manifest["n_sorted_channels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)

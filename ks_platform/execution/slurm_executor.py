@@ -67,13 +67,12 @@ from ks_platform.core.names import (
     IMAGE_DIGEST_ENV,
     IMAGE_ENV,
     PARTITION_TAG,
-    PROBE_MANIFEST,
     REQUESTED_GRES_ENV,
     SLURM_EXECUTOR_NAME,
     SLURM_SETTINGS_ENV,
     STORE_ENV,
 )
-from ks_platform.core.store import ATTEMPT_FILE_ENV, ATTEMPT_TOKEN_ENV, SessionStore, read_json
+from ks_platform.core.store import ATTEMPT_FILE_ENV, ATTEMPT_TOKEN_ENV
 from ks_platform.dagster_internals import (
     STEP_COMMAND_MODULE,
     CheckStepHealthResult,
@@ -90,6 +89,7 @@ from ks_platform.execution.placement import (
     CONSERVATIVE_CHANNELS,
     MIB,
     gpu_memory_needed_bytes,
+    sorted_channel_count,
     step_needs_gpu,
 )
 from ks_platform.execution.step_executor import FinishingStepExecutor, require_shared_storage
@@ -262,17 +262,6 @@ class JobRequest:
         if self.gres:
             return "gpu_partition, gres, mem, cpus_per_task, time_limit"
         return "cpu_partition, cpu_mem, cpu_cpus_per_task, cpu_time_limit"
-
-
-def read_channel_count(store_root: str, session: str | None) -> int | None:
-    """Sorted channels of a session from its probe map in the store (None when not readable yet)."""
-    if not session:
-        return None
-    try:
-        manifest = read_json(SessionStore(Path(store_root).absolute(), session).probe_dir / PROBE_MANIFEST)
-        return int(manifest["n_sorted_channels"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def plan_job(settings: SlurmSettings, needs_gpu: bool, n_channels: int | None = None) -> JobRequest:
@@ -841,7 +830,7 @@ class SlurmStepHandler(StepHandler):
         settings = self.settings
         try:
             needs_gpu = step_needs_gpu(settings.store_root(), session, dict(ctx.step_tags[step_key]))
-            channels = read_channel_count(settings.store_root(), session) if needs_gpu else None
+            channels = sorted_channel_count(settings.store_root(), session) if needs_gpu else None
             job.request = plan_job(settings, needs_gpu, channels)
             folder = settings.job_dir() / run.run_id
             folder.mkdir(parents=True, exist_ok=True)
