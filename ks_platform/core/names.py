@@ -26,8 +26,6 @@ REQUESTED_GRES_ENV = "KS_PLATFORM_SLURM_GRES"
 #: Image name and digest a step container runs in (lineage).
 IMAGE_ENV = "KS_PLATFORM_IMAGE"
 IMAGE_DIGEST_ENV = "KS_PLATFORM_IMAGE_DIGEST"
-#: Backend the image was built for (set in docker/Dockerfile).
-IMAGE_BACKEND_ENV = "KS_PLATFORM_IMAGE_BACKEND"
 #: Git commit baked into an image (lineage).
 GIT_COMMIT_ENV = "KS_PLATFORM_GIT_COMMIT"
 #: Set by the SLURM executor: ``venv`` or ``apptainer`` (lineage).

@@ -13,8 +13,6 @@ from ks_platform.core.formats.base import RecordingSource
 from ks_platform.core.names import KILOSORT_PROBE_JSON, PROBE_MANIFEST
 from ks_platform.core.store import SessionStore, read_json
 
-PROBE_SUFFIXES = (".prb", ".mat")
-
 
 def load_probe_file(path: Path) -> Probe:
     """Read probeinterface JSON, ``.prb``, Kilosort ``.mat`` (chanMap) or Kilosort ``.json``."""

@@ -64,10 +64,6 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 JOB_KWARGS = "job_kwargs"
 
 
-def sorter_info(name: str) -> SorterInfo:
-    return SORTERS[name]
-
-
 def sorter_version(name: str) -> str:
     """The version the sorter reports (Kilosort's and MountainSort5's package, SpikeInterface's internal sorters' own)."""
     from importlib import metadata

@@ -14,7 +14,7 @@ from ks_platform.core.errors import SessionInputError
 from ks_platform.core.names import CURATION_GROUP, SUBJECT_JSON
 from ks_platform.core.progress import ThrottledProgress
 from ks_platform.dagster_internals import DATA_VERSION_TAG
-from ks_platform.defs.partitions import session_partitions
+from ks_platform.defs.partitions import partitions_to_observe, session_partitions
 from ks_platform.defs.quality import unit_metrics
 from ks_platform.defs.reporting import user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
@@ -30,13 +30,8 @@ from ks_platform.defs.sorting import sorted_units
     "data version is the hash of those files: a save in Phy, once observed, marks curated_units stale.",
 )
 def phy_curation(context: dg.AssetExecutionContext, platform: PlatformResource) -> dg.DataVersionsByPartition:
-    keys = (
-        [context.partition_key]
-        if context.has_partition_key
-        else context.instance.get_dynamic_partitions(session_partitions.name)
-    )
     versions = {}
-    for key in keys:
+    for key in partitions_to_observe(context):
         if platform.store(key).phy_dir.is_dir():
             versions[key] = curation.curation_fingerprint(platform.store(key).phy_dir)
     return dg.DataVersionsByPartition(versions)

@@ -18,6 +18,13 @@ UNFINISHED_RUN_STATUSES = [
 ]
 
 
+def partitions_to_observe(context: dg.AssetExecutionContext) -> list[str]:
+    """The partition an observation was asked for, or every session partition (an unpartitioned observe)."""
+    if context.has_partition_key:
+        return [context.partition_key]
+    return list(context.instance.get_dynamic_partitions(session_partitions.name))
+
+
 def in_flight_partitions(instance: dg.DagsterInstance) -> set[str]:
     """Session partitions with a run queued, starting, running or being canceled (one query over unfinished runs)."""
     records = instance.get_run_records(dg.RunsFilter(statuses=UNFINISHED_RUN_STATUSES))

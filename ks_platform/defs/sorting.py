@@ -12,7 +12,7 @@ from ks_platform.core.errors import SessionInputError
 from ks_platform.core.names import NEEDS_TAG, PRIMARY_SORTERS, SESSION_GROUP, SORT_POOL, SORTERS_TAG
 from ks_platform.defs.ingest import probe_map, recording_binary
 from ks_platform.defs.lineage_metadata import lineage_metadata
-from ks_platform.defs.partitions import session_partitions
+from ks_platform.defs.partitions import partitions_to_observe, session_partitions
 from ks_platform.defs.reporting import step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
 
@@ -43,13 +43,8 @@ def observe_partition_versions(
 ) -> dg.DataVersionsByPartition:
     """``version_of(session folder, probe)`` of the partition observed (or of every session partition); a session
     that cannot be read is logged and left out, never failing the others."""
-    keys = (
-        [context.partition_key]
-        if context.has_partition_key
-        else context.instance.get_dynamic_partitions(session_partitions.name)
-    )
     versions = {}
-    for key in keys:
+    for key in partitions_to_observe(context):
         try:
             versions[key] = version_of(platform.session_dir(key), platform.probe(key))
         except (SessionInputError, OSError) as exc:
