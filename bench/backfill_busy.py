@@ -263,6 +263,7 @@ def main() -> int:
         "PYTHONUNBUFFERED": "1",
     }
     for name in (
+        "KS_PLATFORM_DEPLOYMENT",
         "KS_PLATFORM_INVENTORY",
         "KS_PLATFORM_EXECUTOR",
         "KS_PLATFORM_SLURM",

@@ -151,7 +151,13 @@ def configuration(mode: str, waiting: int, sessions: list[Path], args: argparse.
         "KS_PLATFORM_BACKEND": "cpu",
         "PYTHONUNBUFFERED": "1",
     }
-    for name in ("KS_PLATFORM_INVENTORY", "KS_PLATFORM_EXECUTOR", "KS_PLATFORM_SLURM", "KS_PLATFORM_KUBERNETES"):
+    for name in (
+        "KS_PLATFORM_DEPLOYMENT",
+        "KS_PLATFORM_INVENTORY",
+        "KS_PLATFORM_EXECUTOR",
+        "KS_PLATFORM_SLURM",
+        "KS_PLATFORM_KUBERNETES",
+    ):
         env.pop(name, None)
     workspace = REPO / "workspace.yaml"
     if mode == "stock":

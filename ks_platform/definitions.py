@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -19,12 +20,9 @@ from ks_platform.core.names import (  # noqa: E402
     DOCKER_EXECUTOR_NAME,
     EXECUTOR_ENV,
     IN_PROCESS_EXECUTOR_NAME,
-    INVENTORY_ENV,
-    KUBERNETES_ENV,
     OBSERVE_SETTINGS_JOB_NAME,
     SESSION_GROUP,
     SLURM_EXECUTOR_NAME,
-    SLURM_SETTINGS_ENV,
     SORT_JOB_NAME,
 )
 from ks_platform.defs import (  # noqa: E402
@@ -43,6 +41,9 @@ from ks_platform.defs import (  # noqa: E402
 from ks_platform.defs.partitions import session_partitions  # noqa: E402
 from ks_platform.defs.resources import PlatformResource  # noqa: E402
 from ks_platform.defs.sensors import build_new_session_sensor  # noqa: E402
+
+if TYPE_CHECKING:
+    from ks_platform.execution.deployment import Deployment
 
 #: Everything for one session, recording to Phy folder, and the sorters compared with the probe's own.
 sort_session_job = dg.define_asset_job(
@@ -104,45 +105,56 @@ def default_sensors() -> list[dg.SensorDefinition]:
 
 
 def executor_from_env() -> dg.ExecutorDefinition:
-    """The executor the environment selects: dagster-k8s's (``KS_PLATFORM_KUBERNETES``), SLURM jobs
-    (``KS_PLATFORM_SLURM`` or ``KS_PLATFORM_EXECUTOR=ks_platform_slurm``), the placing Docker executor
-    (``KS_PLATFORM_INVENTORY`` or ``KS_PLATFORM_EXECUTOR=ks_platform_docker``; the latter is set in every step container
-    and job so run config validates there too), Dagster's in-process executor (``KS_PLATFORM_EXECUTOR=in_process``:
-    no process start per step), else Dagster's multiprocess executor with steps forked from a preloaded forkserver
-    (``execution/step_processes.py``: one process per step, started by a fork in ~2 s)."""
+    """The executor of the deployment file (``KS_PLATFORM_DEPLOYMENT``, ``execution/deployment.py``): its ``engine``
+    ``docker`` is the placing Docker executor, ``slurm`` SLURM jobs, ``kubernetes`` dagster-k8s's; ``local`` or no
+    file is Dagster's multiprocess executor with steps forked from a preloaded forkserver
+    (``execution/step_processes.py``). ``KS_PLATFORM_EXECUTOR`` names the executor outright: it is set in every step
+    container and job (so run config validates there too), and ``in_process`` runs every step in the run's process."""
     import os
 
-    if os.environ.get(KUBERNETES_ENV):
-        return kubernetes_executor(os.environ[KUBERNETES_ENV])
-    if os.environ.get(SLURM_SETTINGS_ENV) or os.environ.get(EXECUTOR_ENV) == SLURM_EXECUTOR_NAME:
+    from ks_platform.execution.deployment import deployment_from_env
+
+    named = os.environ.get(EXECUTOR_ENV)
+    if named == IN_PROCESS_EXECUTOR_NAME:
+        return dg.in_process_executor
+    if named == SLURM_EXECUTOR_NAME:
         from ks_platform.execution.slurm_executor import slurm_executor
 
         return slurm_executor
-    if os.environ.get(EXECUTOR_ENV) == IN_PROCESS_EXECUTOR_NAME:
-        return dg.in_process_executor
-    if not os.environ.get(INVENTORY_ENV) and os.environ.get(EXECUTOR_ENV) != DOCKER_EXECUTOR_NAME:
-        from ks_platform.execution.step_processes import forkserver_multiprocess_executor
+    if named == DOCKER_EXECUTOR_NAME:
+        from ks_platform.execution.docker_executor import placing_docker_executor
 
-        return forkserver_multiprocess_executor
-    from ks_platform.execution.docker_executor import placing_docker_executor
+        return placing_docker_executor
+    deployment = deployment_from_env()
+    engine = deployment.engine if deployment is not None else "local"
+    if engine == "kubernetes":
+        return kubernetes_executor(deployment)
+    if engine == "slurm":
+        from ks_platform.execution.slurm_executor import slurm_executor
 
-    return placing_docker_executor
+        return slurm_executor
+    if engine == "docker":
+        from ks_platform.execution.docker_executor import placing_docker_executor
+
+        return placing_docker_executor
+    from ks_platform.execution.step_processes import forkserver_multiprocess_executor
+
+    return forkserver_multiprocess_executor
 
 
-def kubernetes_executor_config(deployment_file: str) -> dict:
+def kubernetes_executor_config(deployment: Deployment) -> dict:
     """The placement policy's ``k8s_job_executor`` config for these assets (GPU config for the sorting op)."""
-    from ks_platform.execution.kubernetes import k8s_executor_config, load_deployment
+    from ks_platform.execution.kubernetes import k8s_executor_config
 
-    deployment = load_deployment(deployment_file)
     op_tags = {asset.op.name: dict(asset.op.tags) for asset in ALL_ASSETS if isinstance(asset, dg.AssetsDefinition)}
     return k8s_executor_config(deployment.inventory, op_tags)
 
 
-def kubernetes_executor(deployment_file: str) -> dg.ExecutorDefinition:
-    """dagster-k8s's ``k8s_job_executor`` configured by :func:`kubernetes_executor_config` (``KS_PLATFORM_KUBERNETES``)."""
+def kubernetes_executor(deployment: Deployment) -> dg.ExecutorDefinition:
+    """dagster-k8s's ``k8s_job_executor`` configured by :func:`kubernetes_executor_config`."""
     from dagster_k8s import k8s_job_executor
 
-    return k8s_job_executor.configured(kubernetes_executor_config(deployment_file))
+    return k8s_job_executor.configured(kubernetes_executor_config(deployment))
 
 
 def build_definitions(

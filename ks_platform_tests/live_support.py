@@ -173,7 +173,8 @@ def dagster_dev(
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }
-    env.pop("KS_PLATFORM_INVENTORY", None)
+    for name in ("KS_PLATFORM_DEPLOYMENT", "KS_PLATFORM_INVENTORY", "KS_PLATFORM_SLURM", "KS_PLATFORM_KUBERNETES"):
+        env.pop(name, None)
     log_path = base / "dagster_dev.log"
     dagster = Path(sys.executable).with_name("dagster")
     with open(log_path, "wb") as log:

@@ -737,7 +737,7 @@ def test_container_killed_mid_sort_fails_the_step_clearly_with_nothing_half_writ
 
 
 # -- the code location's own jobs (ks_platform.definitions, as workspace.yaml loads it) in step containers ----------
-#: A run worker for a job of the code location: its executor follows ``KS_PLATFORM_INVENTORY`` /
+#: A run worker for a job of the code location: its executor follows ``KS_PLATFORM_DEPLOYMENT`` /
 #: ``KS_PLATFORM_EXECUTOR`` of the worker's environment; the step container loads the same code location.
 DEFS_RUN_WORKER = """
 import json, sys
@@ -765,23 +765,25 @@ def doctor_inventory(tmp_path: Path, image: str, host: str) -> tuple[dict, Path]
     return config, path
 
 
-@pytest.mark.parametrize("route", ["inventory_env", "run_config_over_env", "run_config_only"])
+@pytest.mark.parametrize("route", ["deployment_env", "run_config_over_env", "run_config_only"])
 def test_code_location_executor_settings_reach_the_step_container(route, pg_instance, tmp_path, engine_and_cpu_image):
     """daily_rollup_job of the code location through the placing executor, configured three ways: the documented
-    ``KS_PLATFORM_INVENTORY``; that plus ``execution.config`` in run config (inventory_file, retries,
+    deployment file (``KS_PLATFORM_DEPLOYMENT``, engine docker); that plus ``execution.config`` in run config (inventory_file, retries,
     max_concurrent: each step container used to fail with DagsterInvalidConfigError, exit code 1); run config
     alone with ``KS_PLATFORM_EXECUTOR=ks_platform_docker``. The step runs in its container on the chosen host."""
     client, image = engine_and_cpu_image
     _, env_file = doctor_inventory(tmp_path, image, "local-env")
     _, rc_file = doctor_inventory(tmp_path, image, "local-rc")
-    env = {"KS_PLATFORM_INVENTORY": str(env_file), "KS_PLATFORM_EXECUTOR": ""}
+    deployment = tmp_path / "deployment.yaml"
+    deployment.write_text(yaml.safe_dump({"engine": "docker", "inventory": yaml.safe_load(env_file.read_text())}))
+    env = {"KS_PLATFORM_DEPLOYMENT": str(deployment), "KS_PLATFORM_EXECUTOR": ""}
     run_config: dict = {}
-    if route != "inventory_env":
+    if route != "deployment_env":
         run_config["execution"] = {
             "config": {"inventory_file": str(rc_file), "retries": {"disabled": {}}, "max_concurrent": 1}
         }
     if route == "run_config_only":
-        env = {"KS_PLATFORM_INVENTORY": "", "KS_PLATFORM_EXECUTOR": "ks_platform_docker"}
+        env = {"KS_PLATFORM_DEPLOYMENT": "", "KS_PLATFORM_EXECUTOR": "ks_platform_docker"}
     from ks_platform.core.sessions import SessionRef
     from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
 
@@ -805,7 +807,7 @@ def test_code_location_executor_settings_reach_the_step_container(route, pg_inst
     finally:
         worker.stop(client, pg_instance)
     [start] = events_of(pg_instance, run_id, dg.DagsterEventType.STEP_WORKER_STARTING)
-    host = "local-env" if route == "inventory_env" else "local-rc"
+    host = "local-env" if route == "deployment_env" else "local-rc"
     assert start.dagster_event.event_specific_data.metadata["host"].value == host
     assert [entry.step_key for entry in events_of(pg_instance, run_id, dg.DagsterEventType.STEP_SUCCESS)] == [
         "daily_rollup"

@@ -14,9 +14,10 @@ import yaml
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
 
-from ks_platform.core.names import KUBERNETES_ENV
-from ks_platform.execution.inventory import InventoryError
-from ks_platform.execution.kubernetes import helm_values, load_deployment
+from ks_platform.core.errors import PlatformConfigError
+from ks_platform.core.names import DEPLOYMENT_ENV, KUBERNETES_ENV
+from ks_platform.execution.deployment import load_deployment
+from ks_platform.execution.kubernetes import helm_values
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "deploy" / "kubernetes.example.yaml"
@@ -69,10 +70,10 @@ def _step_job(executor_config: dict, op: str) -> dict:
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, dict]:
-    """Every step's Job as the code location's executor (``KS_PLATFORM_KUBERNETES``) configures it."""
+    """Every step's Job as the code location's executor (``KS_PLATFORM_DEPLOYMENT``, engine kubernetes) configures it."""
     from ks_platform.definitions import kubernetes_executor_config
 
-    executor_config = kubernetes_executor_config(str(EXAMPLE))
+    executor_config = kubernetes_executor_config(load_deployment(EXAMPLE))
     assert set(executor_config["per_step_k8s_config"]) == {"sorted_units"}
     return {op: _step_job(executor_config, op) for op in _job_ops()}
 
@@ -107,9 +108,20 @@ def test_each_pod_sets_one_backend_and_mounts_the_declared_storage_once(rendered
             assert env["KS_PLATFORM_BACKEND"] == "cpu" and not container["resources"].get("limits"), op
 
 
-def test_the_code_location_runs_its_steps_with_dagster_k8s_executor(monkeypatch):
-    monkeypatch.setenv(KUBERNETES_ENV, str(EXAMPLE))
-    monkeypatch.delenv("KS_PLATFORM_INVENTORY", raising=False)
+@pytest.mark.parametrize("variable", [DEPLOYMENT_ENV, KUBERNETES_ENV])
+def test_the_code_location_runs_its_steps_with_dagster_k8s_executor(monkeypatch, tmp_path, variable):
+    """The deployment file picks the executor; an earlier version's Kubernetes file (``KS_PLATFORM_KUBERNETES``,
+    ``storage:`` at the top) is read as the same deployment."""
+    path = EXAMPLE
+    if variable == KUBERNETES_ENV:
+        path = tmp_path / "kubernetes.yaml"
+        (tmp_path / "inventory.example.yaml").write_text((EXAMPLE.parent / "inventory.example.yaml").read_text())
+        storage = yaml.safe_load(EXAMPLE.read_text())["kubernetes"]["storage"]
+        path.write_text(yaml.safe_dump({"inventory": "inventory.example.yaml", "storage": storage}))
+        assert load_deployment(path).model_dump() == load_deployment(EXAMPLE).model_dump()
+    for name in ("KS_PLATFORM_DEPLOYMENT", "KS_PLATFORM_INVENTORY", "KS_PLATFORM_SLURM", "KS_PLATFORM_EXECUTOR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, str(path))
     from ks_platform.definitions import build_definitions, executor_from_env
 
     executor = executor_from_env()
@@ -121,12 +133,13 @@ def test_the_code_location_runs_its_steps_with_dagster_k8s_executor(monkeypatch)
 def test_a_bad_deployment_file_names_the_file_and_the_fix(tmp_path):
     (tmp_path / "inventory.yaml").write_text((EXAMPLE.parent / "inventory.example.yaml").read_text())
     bad = tmp_path / "kubernetes.yaml"
-    bad.write_text("inventory: inventory.yaml\nstorage:\n  store: {claim: a, host_path: /b}\n")
-    with pytest.raises(InventoryError) as caught:
+    head = "engine: kubernetes\ninventory: inventory.yaml\nkubernetes:\n  storage:\n"
+    bad.write_text(head + "    store: {claim: a, host_path: /b}\n")
+    with pytest.raises(PlatformConfigError) as caught:
         load_deployment(bad)
     assert str(bad) in str(caught.value) and "Fix:" in str(caught.value) and "exactly one" in str(caught.value)
-    bad.write_text("inventory: inventory.yaml\nstorage:\n  store: {claim: a}\n  landing: {rig9: {claim: c}}\n")
-    with pytest.raises(InventoryError, match="rig9"):
+    bad.write_text(head + "    store: {claim: a}\n    landing: {rig9: {claim: c}}\n")
+    with pytest.raises(PlatformConfigError, match="rig9"):
         load_deployment(bad)
 
 

@@ -191,7 +191,7 @@ def test_bad_inventory_names_file_and_fix(tmp_path, host, expected):
 
 
 def test_inventory_file_missing_or_unparsable(tmp_path):
-    with pytest.raises(InventoryError, match="does not exist.*KS_PLATFORM_INVENTORY"):
+    with pytest.raises(InventoryError, match="does not exist.*inventory.example.yaml"):
         load_inventory(tmp_path / "nope.yaml")
     bad = tmp_path / "inv.yaml"
     bad.write_text("hosts: [\n")
@@ -285,7 +285,7 @@ def test_ks_platform_executor_in_process_selects_dagsters_in_process_executor(mo
     """The backfill-friendly route: a run's steps in its run worker (no process start per step)."""
     from ks_platform.definitions import build_definitions, executor_from_env
 
-    for name in ("KS_PLATFORM_KUBERNETES", "KS_PLATFORM_SLURM", "KS_PLATFORM_INVENTORY"):
+    for name in ("KS_PLATFORM_DEPLOYMENT", "KS_PLATFORM_KUBERNETES", "KS_PLATFORM_SLURM", "KS_PLATFORM_INVENTORY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KS_PLATFORM_EXECUTOR", "in_process")
     executor = executor_from_env()

@@ -583,7 +583,7 @@ def test_settings_file_with_a_slurm_section_and_bad_settings_are_clear(tmp_path)
     assert job.partition == "a100" and job.gres == "gpu:a100:1" and int(job.env["KS_PLATFORM_BATCH_SIZE"]) > 0
     assert plan_job(loaded, needs_gpu=False).gres is None
     path.write_text("slurm:\n  partition: a100\n")
-    with pytest.raises(Exception, match="bad SLURM settings: partition: Extra inputs are not permitted"):
+    with pytest.raises(Exception, match="slurm.partition: Extra inputs are not permitted"):
         load_slurm_settings({"settings_file": str(path)})
 
 
@@ -731,14 +731,14 @@ def test_docs_admin_walkthrough_runs_as_written_on_the_one_node_cluster(slurm, p
     commands = walkthrough_commands()
     exports = [line for line in commands if line.startswith("export ")]
     assert exports and {name.split("=")[0] for line in exports for name in line.split()[1:]} == {
-        "KS_PLATFORM_SLURM",
+        "KS_PLATFORM_DEPLOYMENT",
         "DAGSTER_HOME",
     }
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "PYTHONPATH": str(REPO),
-        "KS_PLATFORM_SLURM": str(slurm_yaml),
+        "KS_PLATFORM_DEPLOYMENT": str(slurm_yaml),
         "DAGSTER_HOME": str(home),
     }
     script = "set -e\n" + "\n".join(line for line in commands if not line.startswith("export "))

@@ -4,7 +4,7 @@
 #   - PostgreSQL: a cluster under $KS_DEV_DATA/pgdata (Debian's postgresql binaries; as user postgres when root),
 #     listening on 127.0.0.1:$KS_DEV_PGPORT; the containers reach it with network_mode: host
 #   - DAGSTER_HOME=$KS_DEV_DATA/dagster_home with deploy/dagster.postgres.yaml
-#   - KS_PLATFORM_INVENTORY=$KS_DEV_DATA/inventory.yaml: one local cpu host, store and landing roots of the Makefile
+#   - KS_PLATFORM_DEPLOYMENT=$KS_DEV_DATA/deployment.yaml: engine docker, one local cpu host, store and landing roots
 # Settings (environment): KS_DEV_DATA (data/executor-dev), KS_DEV_PORT (3000), KS_DEV_PGPORT (55432), KS_DEV_IMAGE
 # (ks-platform:cpu), KS_PLATFORM_STORE, KS_PLATFORM_LANDING (name=path,...).
 set -euo pipefail
@@ -51,16 +51,18 @@ if [[ $(id -u) -eq 0 && $owner != 0* && $(stat -c %u "$store") != "${owner%%:*}"
   chown -R "$owner" "$store"
 fi
 {
-  echo "# written by scripts/executor_dev.sh"
-  echo "store: $store"
-  echo "landing:"
+  echo "# written by scripts/executor_dev.sh (docs/deployment.md)"
+  echo "engine: docker"
+  echo "inventory:"
+  echo "  store: $store"
+  echo "  landing:"
   IFS=, read -ra roots <<<"$landing"
-  for root in "${roots[@]}"; do mkdir -p "${root#*=}"; echo "  ${root%%=*}: $(realpath "${root#*=}")"; done
-  echo "hosts:"
-  echo "  - {name: local, docker_url: unix:///var/run/docker.sock, backend: cpu, cpu_slots: 2, images: {cpu: $image}, network_mode: host}"
-} >"$data/inventory.yaml"
-export KS_PLATFORM_INVENTORY=$data/inventory.yaml
-echo "executor-dev: PostgreSQL 127.0.0.1:$pgport, DAGSTER_HOME=$DAGSTER_HOME, KS_PLATFORM_INVENTORY=$KS_PLATFORM_INVENTORY"
+  for root in "${roots[@]}"; do mkdir -p "${root#*=}"; echo "    ${root%%=*}: $(realpath "${root#*=}")"; done
+  echo "  hosts:"
+  echo "    - {name: local, docker_url: unix:///var/run/docker.sock, backend: cpu, cpu_slots: 2, images: {cpu: $image}, network_mode: host}"
+} >"$data/deployment.yaml"
+export KS_PLATFORM_DEPLOYMENT=$data/deployment.yaml
+echo "executor-dev: PostgreSQL 127.0.0.1:$pgport, DAGSTER_HOME=$DAGSTER_HOME, KS_PLATFORM_DEPLOYMENT=$KS_PLATFORM_DEPLOYMENT"
 echo "executor-dev: Dagster UI on http://127.0.0.1:$port (steps run in $image containers)"
 # dagster dev in its own process group: Ctrl-C/SIGTERM reach it once through the trap, and whatever of it is still
 # there 30 s later (its daemon can hang on shutdown) is killed, so the database is always stopped after it.

@@ -15,11 +15,12 @@ BACKEND_ENV = "KS_PLATFORM_BACKEND"
 BATCH_SIZE_ENV = "KS_PLATFORM_BATCH_SIZE"
 #: Executor name set in every step container/job (``ks_platform_docker`` or ``ks_platform_slurm``).
 EXECUTOR_ENV = "KS_PLATFORM_EXECUTOR"
-#: Inventory file (YAML/JSON) of the placing Docker executor.
+#: The deployment file (YAML/JSON): which engine runs the steps (local, docker, slurm, kubernetes) and its hosts.
+DEPLOYMENT_ENV = "KS_PLATFORM_DEPLOYMENT"
+#: Earlier versions' one-engine files, still read as the deployment they describe (``execution/deployment.py``):
+#: a Docker host inventory, a Kubernetes deployment, SLURM settings.
 INVENTORY_ENV = "KS_PLATFORM_INVENTORY"
-#: Deployment file of the Kubernetes executor.
 KUBERNETES_ENV = "KS_PLATFORM_KUBERNETES"
-#: Settings file of the SLURM executor.
 SLURM_SETTINGS_ENV = "KS_PLATFORM_SLURM"
 #: GRES the SLURM executor requested for the step (lineage).
 REQUESTED_GRES_ENV = "KS_PLATFORM_SLURM_GRES"

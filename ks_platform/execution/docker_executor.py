@@ -23,7 +23,7 @@ import docker.tls
 from dagster import Field, IntSource, Permissive, StringSource
 
 from ks_platform.core.errors import PlatformConfigError
-from ks_platform.core.names import DOCKER_EXECUTOR_NAME, INVENTORY_ENV, PARTITION_TAG, SORT_POOL
+from ks_platform.core.names import DEPLOYMENT_ENV, DOCKER_EXECUTOR_NAME, PARTITION_TAG, SORT_POOL
 from ks_platform.dagster_internals import (
     CheckStepHealthResult,
     DagsterEvent,
@@ -34,6 +34,7 @@ from ks_platform.dagster_internals import (
     get_retries_config,
     multiple_process_executor_requirements,
 )
+from ks_platform.execution.deployment import deployment_from_env
 from ks_platform.execution.inventory import HostSpec, Inventory, InventoryError, load_inventory
 from ks_platform.execution.placement import (
     Placement,
@@ -623,9 +624,10 @@ class PlacingDockerExecutor(FinishingStepExecutor):
 
 
 def inventory_from_config(config: dict[str, Any]) -> Inventory:
-    """The inventory from executor config: ``inventory_file`` (or ``$KS_PLATFORM_INVENTORY``) or inline ``inventory``."""
+    """The inventory from executor config (``inventory_file`` or inline ``inventory``), else the deployment file's
+    (``$KS_PLATFORM_DEPLOYMENT``, or an earlier version's ``$KS_PLATFORM_INVENTORY``)."""
     inline = config.get("inventory")
-    path = config.get("inventory_file") or (None if inline else os.environ.get(INVENTORY_ENV))
+    path = config.get("inventory_file")
     if inline and path:
         raise PlatformConfigError(
             f"executor config: give either inventory_file or inventory, not both. Fix: remove one of them ({path})"
@@ -634,9 +636,12 @@ def inventory_from_config(config: dict[str, Any]) -> Inventory:
         return load_inventory(path)
     if inline:
         return Inventory.from_mapping(inline, source="executor config (execution.config.inventory)")
+    deployment = deployment_from_env()
+    if deployment is not None and deployment.inventory is not None:
+        return deployment.inventory
     raise PlatformConfigError(
-        "executor config: no host inventory. Fix: set execution.config.inventory_file, execution.config.inventory or "
-        f"{INVENTORY_ENV}"
+        f"{deployment.source if deployment else 'executor config'}: no host inventory. Fix: give the deployment file "
+        f"({DEPLOYMENT_ENV}) an 'inventory:' with the Docker hosts, or set execution.config.inventory_file"
     )
 
 
@@ -644,7 +649,9 @@ def inventory_from_config(config: dict[str, Any]) -> Inventory:
     name=DOCKER_EXECUTOR_NAME,
     config_schema={
         "inventory_file": Field(
-            StringSource, is_required=False, description=f"YAML/JSON host inventory (default: ${INVENTORY_ENV})."
+            StringSource,
+            is_required=False,
+            description=f"YAML/JSON host inventory (default: the inventory of ${DEPLOYMENT_ENV}).",
         ),
         "inventory": Field(
             Permissive(), is_required=False, description="The inventory inline (same fields as the file)."

@@ -14,7 +14,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ks_platform.core.errors import PlatformConfigError
-from ks_platform.core.names import INVENTORY_ENV
 
 BACKENDS: tuple[str, ...] = ("cuda", "rocm", "cpu")
 Backend = Literal["cuda", "rocm", "cpu"]
@@ -266,7 +265,7 @@ def load_inventory(path: Path | str) -> Inventory:
         raise InventoryError(
             str(path),
             "the inventory file does not exist",
-            f"create it (see deploy/inventory.example.yaml) or point {INVENTORY_ENV} at an existing file",
+            "create it (see deploy/inventory.example.yaml) or name an existing one",
         )
     text = path.read_text()
     try:

@@ -17,21 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ks_platform.core.errors import PlatformConfigError
 from ks_platform.core.hardware import recommended_batch_size
 from ks_platform.core.names import (
     BACKEND_ENV,
     BATCH_SIZE_ENV,
     COMPARED_SORTERS,
-    KUBERNETES_ENV,
+    DEPLOYMENT_ENV,
     LANDING_ENV,
     NEEDS_TAG,
     PARTITION_TAG,
     SORTERS_TAG,
     STORE_ENV,
 )
-from ks_platform.execution.inventory import HostSpec, Inventory, InventoryError, load_inventory
+from ks_platform.execution.deployment import Deployment, KubernetesStorage, load_deployment
+from ks_platform.execution.inventory import HostSpec, Inventory
 from ks_platform.execution.placement import (
     CONSERVATIVE_CHANNELS,
     MIB,
@@ -44,97 +45,6 @@ K8S_CONFIG_TAG = "dagster-k8s/config"
 GPU_RESOURCE = {"cuda": "nvidia.com/gpu", "rocm": "amd.com/gpu"}
 #: CPU steps: enough for conversion and Phy export of one session (override per deployment in the inventory env).
 CPU_REQUESTS = {"cpu": "1", "memory": "4Gi"}
-
-
-class VolumeSource(BaseModel):
-    """Where one mounted folder comes from: a PersistentVolumeClaim (ReadWriteMany for the store) or a node path."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    #: Name of a PersistentVolumeClaim in the release's namespace (ReadWriteMany for the store).
-    claim: str | None = None
-    #: A folder on every node that may run a step pod.
-    host_path: str | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> VolumeSource:
-        if (self.claim is None) == (self.host_path is None):
-            raise ValueError("give exactly one of 'claim' (a PersistentVolumeClaim) or 'host_path'")
-        return self
-
-    def volume(self, name: str) -> dict[str, Any]:
-        if self.claim is not None:
-            return {"name": name, "persistent_volume_claim": {"claim_name": self.claim}}
-        return {"name": name, "host_path": {"path": self.host_path, "type": "Directory"}}
-
-
-class KubernetesStorage(BaseModel):
-    """The store and each landing root, declared once; mounted at the inventory's paths in every step pod."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    #: The store, mounted read-write at the inventory's ``store`` path.
-    store: VolumeSource
-    #: Each landing root by its inventory name, mounted read-only at the inventory's path for it.
-    landing: dict[str, VolumeSource] = Field(default_factory=dict)
-
-    def pod_volumes(self) -> list[dict[str, Any]]:
-        return [
-            self.store.volume("store"),
-            *(source.volume(f"landing-{name}") for name, source in sorted(self.landing.items())),
-        ]
-
-    def volume_mounts(self, inventory: Inventory) -> list[dict[str, Any]]:
-        missing = sorted(set(self.landing) - set(inventory.landing))
-        if missing:
-            raise InventoryError(
-                inventory.source,
-                f"storage declares landing root(s) {missing} the inventory does not list",
-                "add them under 'landing' in the inventory or remove them from 'storage'",
-            )
-        mounts = [{"name": "store", "mount_path": inventory.store}]
-        mounts += [
-            {"name": f"landing-{name}", "mount_path": inventory.landing[name], "read_only": True}
-            for name in sorted(self.landing)
-        ]
-        return mounts
-
-
-class KubernetesDeployment(BaseModel):
-    """A deployment file: the inventory of node pools and the storage every step pod mounts."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    inventory: Inventory
-    storage: KubernetesStorage
-
-
-def load_deployment(path: Path | str) -> KubernetesDeployment:
-    """Read a deployment file (``inventory:`` a path relative to it, ``storage:`` volumes); errors name the file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InventoryError(
-            str(path), f"cannot read the Kubernetes deployment file ({exc})", "see deploy/kubernetes.example.yaml"
-        ) from exc
-    if not isinstance(data, dict) or not isinstance(data.get("inventory"), str):
-        raise InventoryError(
-            str(path),
-            "needs 'inventory: <path of the node-pool inventory>' and 'storage:'",
-            "see deploy/kubernetes.example.yaml",
-        )
-    inventory = load_inventory(path.parent / data["inventory"])
-    try:
-        storage = KubernetesStorage.model_validate(data.get("storage"))
-    except ValidationError as exc:
-        problems = "; ".join(f"storage.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise InventoryError(
-            str(path), problems, "declare 'storage: {store: {claim: NAME}, landing: {ROOT: {claim: NAME}}}'"
-        ) from exc
-    deployment = KubernetesDeployment(inventory=inventory, storage=storage)
-    storage.volume_mounts(inventory)  # landing roots must match the inventory's
-    return deployment
 
 
 def _env_list(env: Mapping[str, str]) -> list[dict[str, str]]:
@@ -259,7 +169,7 @@ PARTITION_RUN_LIMIT = {"key": PARTITION_TAG, "value": {"applyLimitPerUniqueValue
 
 
 def helm_values(
-    deployment: KubernetesDeployment, deployment_file: str, image_repository: str, image_tag: str = "cpu"
+    deployment: Deployment, deployment_file: str, image_repository: str, image_tag: str = "cpu"
 ) -> dict[str, Any]:
     """Values for the ``dagster/dagster`` chart's code location, generated from the one storage declaration.
 
@@ -267,7 +177,12 @@ def helm_values(
     (where ``k8s_job_executor`` runs) get the store, the landing roots, the deployment ConfigMap and the variables
     that select the Kubernetes executor; step pods get the same storage from :func:`k8s_executor_config`.
     """
-    inventory, storage = deployment.inventory, deployment.storage
+    if deployment.engine != "kubernetes" or deployment.inventory is None or deployment.kubernetes is None:
+        raise PlatformConfigError(
+            f"{deployment_file}: engine {deployment.engine} is not a Kubernetes deployment. Fix: set 'engine: "
+            "kubernetes' with 'inventory:' (the node pools) and 'kubernetes: {storage: ...}'"
+        )
+    inventory, storage = deployment.inventory, deployment.kubernetes.storage
     mounts = [
         {"name": m["name"], "mountPath": m["mount_path"], **({"readOnly": True} if m.get("read_only") else {})}
         for m in storage.volume_mounts(inventory)
@@ -278,7 +193,7 @@ def helm_values(
     env = {
         STORE_ENV: inventory.store,
         LANDING_ENV: inventory.landing_spec(),
-        KUBERNETES_ENV: f"{DEPLOYMENT_MOUNT}/{Path(deployment_file).name}",
+        DEPLOYMENT_ENV: f"{DEPLOYMENT_MOUNT}/{Path(deployment_file).name}",
     }
     code_location = {
         "name": "ks-platform",

@@ -49,19 +49,19 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
 import yaml
 from dagster import Field, IntSource, Permissive, StringSource
-from pydantic import BaseModel, ConfigDict, ValidationError
-from pydantic import Field as PydanticField
+from pydantic import ValidationError
 
 from ks_platform.core.errors import PlatformConfigError
 from ks_platform.core.hardware import recommended_batch_size
 from ks_platform.core.names import (
     BACKEND_ENV,
     BATCH_SIZE_ENV,
+    DEPLOYMENT_ENV,
     ENVIRONMENT_KIND_ENV,
     EXECUTOR_ENV,
     IMAGE_DIGEST_ENV,
@@ -69,8 +69,6 @@ from ks_platform.core.names import (
     PARTITION_TAG,
     REQUESTED_GRES_ENV,
     SLURM_EXECUTOR_NAME,
-    SLURM_SETTINGS_ENV,
-    STORE_ENV,
 )
 from ks_platform.core.store import ATTEMPT_FILE_ENV, ATTEMPT_TOKEN_ENV
 from ks_platform.dagster_internals import (
@@ -85,6 +83,7 @@ from ks_platform.dagster_internals import (
     get_retries_config,
     multiple_process_executor_requirements,
 )
+from ks_platform.execution.deployment import SlurmSettings, deployment_from_env, load_deployment
 from ks_platform.execution.placement import (
     CONSERVATIVE_CHANNELS,
     MIB,
@@ -132,110 +131,43 @@ COMMAND_TIMEOUT_SECONDS = 60
 #: Seconds the executor waits for a publish in progress before it rewrites a step's attempt file anyway.
 ATTEMPT_LOCK_SECONDS = 30.0
 
-CpuSteps = Literal["run_job", "step_jobs", "orchestrator"]
-
-
-class SlurmSettings(BaseModel):
-    """Where and how steps run on the cluster (a ``slurm:`` section of a YAML file, or the executor config).
-
-    deploy/slurm.example.yaml lists every field with its default (a test keeps the two equal)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    #: Partition of steps tagged ``ks_platform/needs: gpu`` (Kilosort) and the GRES they request.
-    gpu_partition: str = "gpu"
-    #: GRES the sort job requests (``--gres``): ``gpu:1``, or ``gpu:a100:1`` with typed GRES.
-    gres: str = "gpu:1"
-    #: What the sorter gets on the GPU partition: ``cuda`` (NVIDIA), ``rocm`` (AMD) or ``cpu`` (no GPU visible).
-    backend: Literal["cuda", "rocm", "cpu"] = "cuda"
-    #: Memory of one GPU of the partition: the batch size is planned from it (as the Docker path does per GPU).
-    gpu_memory_mib: int | None = PydanticField(default=None, gt=0)
-    #: The sort job's limits: ``--time``, ``--mem`` and ``--cpus-per-task``.
-    time_limit: str = "04:00:00"
-    #: The sort job's memory (``--mem``).
-    mem: str = "32G"
-    #: The sort job's CPUs (``--cpus-per-task``).
-    cpus_per_task: int = PydanticField(default=4, gt=0)
-    #: Partition of every other step (None: the GPU partition, without GRES).
-    cpu_partition: str | None = None
-    #: How the other steps run: ``run_job`` (one job of the run runs them all, started when one is due, ended after
-    #: ``cpu_idle_seconds`` without any), ``step_jobs`` (one job each) or ``orchestrator`` (on the run worker's machine).
-    cpu_steps: CpuSteps = "run_job"
-    #: With ``run_job``: the run's CPU job ends after this many seconds without a step.
-    cpu_idle_seconds: float = PydanticField(default=20.0, ge=0)
-    #: Limits of a CPU job (with ``run_job``: shared by the steps it runs at once, for as long as it lives).
-    cpu_time_limit: str = "01:00:00"
-    #: A CPU job's memory (``--mem``).
-    cpu_mem: str = "8G"
-    #: A CPU job's CPUs (``--cpus-per-task``).
-    cpu_cpus_per_task: int = PydanticField(default=2, gt=0)
-    #: ``--account`` of every job (None: the user's default).
-    account: str | None = None
-    #: ``--qos`` of every job (None: the default).
-    qos: str | None = None
-    #: More ``sbatch`` arguments for every job, as written (e.g. ``["--constraint=a100"]``).
-    extra_sbatch_args: list[str] = []
-    #: The platform's environment on the shared filesystem (its Python); None: the run worker's own.
-    python: str | None = None
-    #: Run the step in this Apptainer/Singularity image (``.sif`` on the shared filesystem) instead of ``python``.
-    apptainer_image: str | None = None
-    #: The Apptainer (or ``singularity``) command on the compute nodes.
-    apptainer: str = "apptainer"
-    #: Shared folder for job scripts, job output and attempt files (None: ``<store>/.slurm``).
-    workdir: str | None = None
-    #: Store root (None: ``$KS_PLATFORM_STORE``): read for the session's channel count.
-    store: str | None = None
-    #: Variables set in every job.
-    env: dict[str, str] = {}
-    #: Variables of the orchestrator's environment a job gets besides ``KS_PLATFORM_*`` and the basics (names; those
-    #: ``dagster.yaml`` reads, e.g. ``DAGSTER_PG_PASSWORD``, must be listed: nothing else reaches a job).
-    export: list[str] = []
-    #: Seconds between ``squeue``/``scontrol`` polls of a step's job.
-    poll_seconds: float = PydanticField(default=2.0, gt=0)
-    #: A job that ended COMPLETED but whose step reported nothing fails after this long.
-    exit_grace_seconds: float = PydanticField(default=30.0, ge=0)
-    #: A job SLURM ended (TIMEOUT, CANCELLED, …) whose step may still be reporting its interruption waits this long
-    #: before the health check fails it (a step killed outright never reports).
-    failure_grace_seconds: float = PydanticField(default=10.0, ge=0)
-
-    def store_root(self) -> str:
-        return self.store or os.environ.get(STORE_ENV, "data/store")
-
-    def job_dir(self) -> Path:
-        return Path(self.workdir or os.path.join(self.store_root(), ".slurm")).absolute()
-
-    def python_path(self) -> str:
-        return self.python or sys.executable
-
 
 def settings_source(config: dict[str, Any]) -> str:
     """Where the settings came from, for messages (the file, or the run config)."""
     if config.get("settings"):
         return "executor config (execution.config.settings)"
-    return str(config.get("settings_file") or os.environ.get(SLURM_SETTINGS_ENV) or "the default SLURM settings")
+    if config.get("settings_file"):
+        return str(config["settings_file"])
+    deployment = deployment_from_env()
+    return deployment.source if deployment is not None else "the default SLURM settings"
 
 
 def load_slurm_settings(config: dict[str, Any]) -> SlurmSettings:
-    """Settings from executor config: ``settings_file`` (or ``$KS_PLATFORM_SLURM``) or inline ``settings``."""
+    """Settings from executor config (``settings_file`` or inline ``settings``), else the deployment file's ``slurm:``
+    (``$KS_PLATFORM_DEPLOYMENT``, or an earlier version's ``$KS_PLATFORM_SLURM``), else the defaults."""
     inline = config.get("settings")
-    path = config.get("settings_file") or (None if inline else os.environ.get(SLURM_SETTINGS_ENV))
+    path = config.get("settings_file")
     if inline and path:
         raise PlatformConfigError(f"executor config: give either settings_file or settings, not both ({path})")
-    source = path or "executor config (execution.config.settings)"
     if path:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+        deployment = load_deployment(path)
+        if deployment.slurm is None:
             raise PlatformConfigError(
-                f"{path}: cannot read the SLURM settings ({exc}). Fix: correct the file or {SLURM_SETTINGS_ENV}"
-            ) from None
-        inline = loaded.get("slurm", loaded) if isinstance(loaded, dict) else loaded
+                f"{path}: engine {deployment.engine} has no 'slurm:' section. Fix: add one (see "
+                "deploy/deployment.example.yaml)"
+            )
+        return deployment.slurm
+    if not inline:
+        deployment = deployment_from_env()
+        if deployment is not None and deployment.slurm is not None:
+            return deployment.slurm
     try:
         return SlurmSettings.model_validate(inline or {})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise PlatformConfigError(
-            f"{source}: bad SLURM settings: {problems}. Fix: see deploy/slurm.example.yaml (every key, its default)"
+            "executor config (execution.config.settings): bad SLURM settings: "
+            f"{problems}. Fix: see deploy/slurm.example.yaml (every key, its default)"
         ) from None
 
 
@@ -1082,7 +1014,9 @@ class SlurmExecutor(FinishingStepExecutor):
     name=SLURM_EXECUTOR_NAME,
     config_schema={
         "settings_file": Field(
-            StringSource, is_required=False, description=f"YAML with a slurm: section (default: ${SLURM_SETTINGS_ENV})."
+            StringSource,
+            is_required=False,
+            description=f"A deployment file with a slurm: section (default: ${DEPLOYMENT_ENV}).",
         ),
         "settings": Field(
             Permissive(), is_required=False, description="The SLURM settings inline (fields of SlurmSettings)."
@@ -1330,7 +1264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {RUNNER_MODULE}")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="check this host's SLURM setup for the executor")
-    check.add_argument("--settings", help=f"SLURM settings file (default ${SLURM_SETTINGS_ENV})")
+    check.add_argument("--settings", help=f"deployment file with a slurm: section (default ${DEPLOYMENT_ENV})")
     check.add_argument("--submit", action="store_true", help="also run a small job on each partition")
     serve = commands.add_parser("serve-steps", help="(internal) the CPU-step runner of a run")
     serve.add_argument("folder", type=Path)
