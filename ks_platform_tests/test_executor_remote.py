@@ -26,7 +26,7 @@ import dagster as dg
 import pytest
 
 from ks_platform.core.errors import PlatformConfigError
-from ks_platform.execution.docker_executor import EngineConnectionError, docker_client
+from ks_platform.execution.docker_engines import EngineConnectionError, docker_client
 from ks_platform.execution.inventory import HostSpec, InventoryError
 from ks_platform.execution.jobs import placement_smoke_job
 from ks_platform_tests.conftest import failure_messages, missing_dependency, require_module, stop_process_group
