@@ -19,8 +19,8 @@ import numpy as np
 from ks_platform.core import conversion
 from ks_platform.core.figures import new_figure, save_figure
 from ks_platform.core.settings import settings_hash
-from ks_platform.core.store import SessionStore, atomic_directory, read_json, write_json_atomic
-from ks_platform.core.timeline import segments_from_manifest, to_acquisition_samples
+from ks_platform.core.store import SessionStore, atomic_directory, write_json_atomic
+from ks_platform.core.timeline import recorded_segments, to_acquisition_samples
 
 AGREEMENT_JSON = "agreement.json"
 UNITS_TSV = "units.tsv"
@@ -93,7 +93,7 @@ def ground_truth_scores(
     """Each sorter's score against the session's ground truth (the same check as ``sorted_units``'s)."""
     from ks_platform.core.ground_truth import score_sorting
 
-    timeline = segments_from_manifest(read_json(store.raw_manifest)) if store.raw_manifest.is_file() else []
+    timeline = recorded_segments(store.raw_manifest)
     scores = {}
     for name, folder in folders.items():
         spikes = np.load(folder / "spike_times.npy").ravel()

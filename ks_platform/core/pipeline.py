@@ -29,7 +29,7 @@ from ks_platform.core.probes import load_probe_map
 from ks_platform.core.progress import Progress
 from ks_platform.core.sessions import fingerprint
 from ks_platform.core.store import SessionStore, atomic_directory, read_json, session_lock, write_json_atomic
-from ks_platform.core.timeline import segments_from_manifest, to_acquisition_samples
+from ks_platform.core.timeline import recorded_segments, to_acquisition_samples
 
 PROBE_JSON = "probe.json"
 PROBE_PNG = "probe.png"
@@ -447,7 +447,7 @@ def sort_compared(
         return StepOutput("none", {"sorters": list(names), "compared": [], "note": "the config names one sorter"})
     inputs = _checked_inputs(session, store, probe)
     binary, ks_probe, _ = inputs
-    segments = segments_from_manifest(read_json(store.raw_manifest)) if store.raw_manifest.is_file() else []
+    segments = recorded_segments(store.raw_manifest)
     compared: dict[str, Any] = {}
     for name in others:
         output = store.compared_sorting_dir(name)
@@ -518,7 +518,7 @@ def score_session(session: Session, store: SessionStore, probe: str | None = Non
     spikes = np.load(store.sorting_dir / "spike_times.npy").ravel()
     clusters = np.load(store.sorting_dir / "spike_clusters.npy")
     binary = conversion.load_recording_binary(store.binary_dir)
-    timeline = segments_from_manifest(read_json(store.raw_manifest)) if store.raw_manifest.is_file() else []
+    timeline = recorded_segments(store.raw_manifest)
     return score_sorting(spec, to_acquisition_samples(spikes, timeline), clusters, binary.sampling_frequency)
 
 
@@ -539,7 +539,7 @@ def export_phy(
             "the session has no sorting (sorted_units was not materialized, or its output was removed)",
             "materialize sorted_units for this partition first (or the whole sort_session job)",
         )
-    segments = segments_from_manifest(read_json(store.raw_manifest)) if store.raw_manifest.is_file() else []
+    segments = recorded_segments(store.raw_manifest)
     # The Phy folder's curation (even one not observed yet) is kept before the folder is rebuilt; the rebuilt folder
     # gets the curation that applies to its sorting back, so Phy opens it as the lab left it (curation.py).
     curation.preserve_phy_curation(store)

@@ -12,6 +12,7 @@ by the sampling rate that is the time SpikeGLX, CatGT and SpikeInterface give th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -188,6 +189,13 @@ def segments_from_manifest(manifest: Mapping[str, object]) -> list[TimelineSegme
     """The segment table recorded in a ``raw_recording.json`` (empty for records made before it existed)."""
     rows = manifest.get("timeline") or []
     return [TimelineSegment.from_json(row) for row in rows]  # type: ignore[union-attr]
+
+
+def recorded_segments(raw_manifest: Path) -> list[TimelineSegment]:
+    """The segment table of a store's ``raw_recording.json`` (empty when there is none yet, or an older record)."""
+    if not raw_manifest.is_file():
+        return []
+    return segments_from_manifest(json.loads(raw_manifest.read_text()))
 
 
 def segment_table(segments: Sequence[TimelineSegment], sampling_frequency: float) -> list[str]:

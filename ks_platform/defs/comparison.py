@@ -11,7 +11,7 @@ from ks_platform.core import pipeline
 from ks_platform.core.names import COMPARED_SORTERS, COMPARISON_GROUP, NEEDS_TAG, SORT_POOL, SORTERS_TAG
 from ks_platform.defs.ingest import COMPARED_SETTINGS_KEY, probe_map, recording_binary
 from ks_platform.defs.partitions import session_partitions
-from ks_platform.defs.reporting import step_result, user_errors_as_failures
+from ks_platform.defs.reporting import metadata_table, step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
 from ks_platform.defs.sorting import observe_partition_versions, sorted_units
 
@@ -43,10 +43,7 @@ def _sortings_table(sortings: dict) -> dg.MetadataValue:
         }
         for name, item in sortings.items()
     ]
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord(r) for r in rows],
-        schema=dg.TableSchema(columns=[dg.TableColumn(k, v) for k, v in columns.items()]),
-    )
+    return metadata_table(rows, columns)
 
 
 @dg.asset(

@@ -16,7 +16,7 @@ from ks_platform.core.progress import ThrottledProgress
 from ks_platform.dagster_internals import DATA_VERSION_TAG
 from ks_platform.defs.partitions import partitions_to_observe, session_partitions
 from ks_platform.defs.quality import unit_metrics
-from ks_platform.defs.reporting import user_errors_as_failures
+from ks_platform.defs.reporting import metadata_table, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
 from ks_platform.defs.review import phy_bundle
 from ks_platform.defs.sorting import sorted_units
@@ -58,14 +58,7 @@ def _units_table(record: curation.CurationRecord) -> dg.MetadataValue:
         }
         for c, n in sorted(record.n_spikes.items())
     ]
-    return _table(rows, columns)
-
-
-def _table(rows: list[dict], columns: dict[str, str]) -> dg.MetadataValue:
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord(r) for r in rows],
-        schema=dg.TableSchema(columns=[dg.TableColumn(k, v) for k, v in columns.items()]),
-    )
+    return metadata_table(rows, columns)
 
 
 def _curations_table(record: curation.CurationRecord) -> dg.MetadataValue:
@@ -93,7 +86,7 @@ def _curations_table(record: curation.CurationRecord) -> dg.MetadataValue:
         }
         for c in record.curations
     ]
-    return _table(rows, columns)
+    return metadata_table(rows, columns)
 
 
 PHY_FOLDER_CHECK = "curated_units_phy_folder_opens"
@@ -235,7 +228,7 @@ def units_nwb(context: dg.AssetExecutionContext, platform: PlatformResource) -> 
         "identifier": export.identifier,
         "written": dg.MetadataValue.json(export.written),
         "n_versions": len(export.versions),
-        "versions": _table(rows, columns),
+        "versions": metadata_table(rows, columns),
     }
     return dg.MaterializeResult(
         metadata={**meta, "path": dg.MetadataValue.path(str(export.path.resolve()))},

@@ -8,7 +8,7 @@ from ks_platform.core import pipeline, unit_labels
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.names import CURATION_GROUP, SESSION_GROUP
 from ks_platform.defs.partitions import session_partitions
-from ks_platform.defs.reporting import step_result, user_errors_as_failures
+from ks_platform.defs.reporting import metadata_table, step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
 from ks_platform.defs.review import phy_bundle
 
@@ -29,17 +29,6 @@ TABLE_COLUMNS = {
     "spatialDecaySlope": "float",
     "waveformBaselineFlatness": "float",
 }
-
-
-def _clean(value):
-    return None if isinstance(value, float) and value != value else value
-
-
-def _table(rows: list[dict], columns: dict[str, str]) -> dg.MetadataValue:
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord({name: _clean(row.get(name)) for name in columns}) for row in rows],
-        schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns.items()]),
-    )
 
 
 @dg.asset(
@@ -67,7 +56,7 @@ def labelled_units(context: dg.AssetExecutionContext, platform: PlatformResource
         f"bombcell {output.metadata['bombcell_version']}: {output.metadata['counts']} in "
         f"{output.metadata['bombcell_seconds']:.1f} s"
     )
-    return step_result(output, extra={"units": _table(rows, TABLE_COLUMNS)})
+    return step_result(output, extra={"units": metadata_table(rows, TABLE_COLUMNS)})
 
 
 @dg.asset_check(
@@ -147,7 +136,7 @@ def label_agreement(context: dg.AssetExecutionContext, platform: PlatformResourc
             "agreement": dg.MetadataValue.float(agreement["agreement"])
             if agreement["agreement"] is not None
             else dg.MetadataValue.text("— (no unit labelled in Phy yet)"),
-            "by_bombcell_label": _table(rows, columns),
+            "by_bombcell_label": metadata_table(rows, columns),
             "matrix": dg.MetadataValue.json(agreement["matrix"]),
             "path": dg.MetadataValue.path(str(path)),
         },

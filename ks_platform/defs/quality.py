@@ -8,7 +8,7 @@ from ks_platform.core.progress import ThrottledProgress
 from ks_platform.core.quality import QualityThresholds, load_unit_metrics
 from ks_platform.defs.labels import labelled_units
 from ks_platform.defs.partitions import session_partitions
-from ks_platform.defs.reporting import step_result, user_errors_as_failures
+from ks_platform.defs.reporting import metadata_table, step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
 from ks_platform.defs.review import phy_bundle
 
@@ -42,10 +42,6 @@ class QualityResource(dg.ConfigurableResource):
         return QualityThresholds(self.isi_violations_ratio, self.max_violating_fraction, self.min_units)
 
 
-def _clean(value):
-    return None if isinstance(value, float) and value != value else value
-
-
 @dg.asset(
     partitions_def=session_partitions,
     group_name=SESSION_GROUP,
@@ -67,10 +63,7 @@ def unit_metrics(context: dg.AssetExecutionContext, platform: PlatformResource) 
             progress=ThrottledProgress(context.log.info, "unit_metrics"),
         )
     rows = output.metadata.pop("units")
-    table = dg.MetadataValue.table(
-        records=[dg.TableRecord({name: _clean(row[name]) for name in TABLE_COLUMNS}) for row in rows],
-        schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in TABLE_COLUMNS.items()]),
-    )
+    table = metadata_table(rows, TABLE_COLUMNS)
     context.log.info(
         f"{output.metadata['n_units']} units, median SNR {output.metadata['median_snr']:.1f}, median rate "
         f"{output.metadata['median_firing_rate_hz']:.1f} Hz"

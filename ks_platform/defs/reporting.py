@@ -14,6 +14,18 @@ from ks_platform.core.figures import png_markdown
 from ks_platform.core.pipeline import StepOutput
 
 
+def metadata_table(rows: list[dict[str, Any]], columns: dict[str, str]) -> dg.MetadataValue:
+    """A table for the UI: ``columns`` (name → kind: string, int, float, bool) of each row; NaN and missing are empty."""
+
+    def cell(value: Any) -> Any:
+        return None if isinstance(value, float) and value != value else value
+
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({name: cell(row.get(name)) for name in columns}) for row in rows],
+        schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns.items()]),
+    )
+
+
 def to_metadata_value(value: Any) -> Any:
     if isinstance(value, (dict, list, tuple)):
         return dg.MetadataValue.json(value if not isinstance(value, tuple) else list(value))

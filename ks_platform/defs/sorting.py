@@ -13,7 +13,7 @@ from ks_platform.core.names import NEEDS_TAG, PRIMARY_SORTERS, SESSION_GROUP, SO
 from ks_platform.defs.ingest import probe_map, recording_binary
 from ks_platform.defs.lineage_metadata import lineage_metadata
 from ks_platform.defs.partitions import partitions_to_observe, session_partitions
-from ks_platform.defs.reporting import step_result, user_errors_as_failures
+from ks_platform.defs.reporting import metadata_table, step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
 
 #: Bump the suffix when the platform's sorting logic changes; the Kilosort version is part of it.
@@ -119,17 +119,8 @@ def sorted_units_match_ground_truth(
     if score is None:
         context.log.info(f"skipped: {key} has no ground truth (ground_truth.json next to its recording)")
         return
-    table = dg.MetadataValue.table(
-        records=[dg.TableRecord(row) for row in score.per_unit],
-        schema=dg.TableSchema(
-            columns=[
-                dg.TableColumn("gt_unit", "string"),
-                dg.TableColumn("accuracy", "float"),
-                dg.TableColumn("precision", "float"),
-                dg.TableColumn("recall", "float"),
-            ]
-        ),
-    )
+    columns = {"gt_unit": "string", "accuracy": "float", "precision": "float", "recall": "float"}
+    table = metadata_table(score.per_unit, columns)
     yield dg.AssetCheckResult(
         asset_key=sorted_units.key,
         check_name=GROUND_TRUTH_CHECK.name,

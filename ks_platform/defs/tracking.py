@@ -33,7 +33,7 @@ from ks_platform.core.names import (
 from ks_platform.core.sessions import key_name, parse_partition_key
 from ks_platform.dagster_internals import DATA_VERSION_TAG, requested_backfills
 from ks_platform.defs.partitions import session_partitions
-from ks_platform.defs.reporting import step_result, user_errors_as_failures
+from ks_platform.defs.reporting import metadata_table, step_result, user_errors_as_failures
 from ks_platform.defs.resources import PlatformResource
 
 #: One partition per implant: ``<subject_id>__<implant>`` (added by ``unit_tracks_sensor``).
@@ -68,16 +68,6 @@ subject_sessions = dg.AssetSpec(
 )
 
 
-def _table(rows: list[dict], columns: dict[str, str]) -> dg.MetadataValue:
-    def clean(value):
-        return None if isinstance(value, float) and value != value else value
-
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord({name: clean(row.get(name)) for name in columns}) for row in rows],
-        schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns.items()]),
-    )
-
-
 @dg.asset(
     name="unit_tracks",  # the function is named apart from the core.unit_tracks module it calls
     partitions_def=subject_partitions,
@@ -100,8 +90,8 @@ def tracked_units(context: dg.AssetExecutionContext, platform: PlatformResource)
     for problem in [*output.metadata["left_out"], *output.metadata["no_overlap"]]:
         context.log.warning(f"{problem['session']}: {problem['problem']} ({problem['file']}). Fix: {problem['fix']}")
     extra = {
-        "tracks": _table(rows[:MAX_TABLE_ROWS], TRACK_COLUMNS),
-        "sessions": _table(
+        "tracks": metadata_table(rows[:MAX_TABLE_ROWS], TRACK_COLUMNS),
+        "sessions": metadata_table(
             output.metadata.pop("sessions"),
             {"session": "string", "n_units": "int", "sorting_checksum": "string", "labels_version": "string"},
         ),

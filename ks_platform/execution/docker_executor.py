@@ -19,7 +19,6 @@ import docker
 import docker.constants
 import docker.errors
 import docker.tls
-from dagster import Field, IntSource, Permissive, StringSource
 
 from ks_platform.core.errors import PlatformConfigError
 from ks_platform.core.names import DEPLOYMENT_ENV, DOCKER_EXECUTOR_NAME, PARTITION_TAG, SORT_POOL
@@ -30,7 +29,6 @@ from ks_platform.dagster_internals import (
     RetryMode,
     StepHandler,
     StepHandlerContext,
-    get_retries_config,
     multiple_process_executor_requirements,
 )
 from ks_platform.execution.deployment import deployment_from_env
@@ -49,7 +47,7 @@ from ks_platform.execution.placement import (
     store_write_problem,
 )
 from ks_platform.execution.slots import SlotLedger
-from ks_platform.execution.step_executor import FinishingStepExecutor, require_shared_storage
+from ks_platform.execution.step_executor import FinishingStepExecutor, executor_config_schema, require_shared_storage
 
 #: Characters of a container's log kept in the run's event log.
 LOG_TAIL_CHARS = 20_000
@@ -456,20 +454,13 @@ def inventory_from_config(config: dict[str, Any]) -> Inventory:
 
 @dg.executor(
     name=DOCKER_EXECUTOR_NAME,
-    config_schema={
-        "inventory_file": Field(
-            StringSource,
-            is_required=False,
-            description=f"YAML/JSON host inventory (default: the inventory of ${DEPLOYMENT_ENV}).",
-        ),
-        "inventory": Field(
-            Permissive(), is_required=False, description="The inventory inline (same fields as the file)."
-        ),
-        "retries": get_retries_config(),
-        "max_concurrent": Field(
-            IntSource, is_required=False, description="Containers of one run at a time (slots limit across runs)."
-        ),
-    },
+    config_schema=executor_config_schema(
+        "inventory_file",
+        f"YAML/JSON host inventory (default: the inventory of ${DEPLOYMENT_ENV}).",
+        "inventory",
+        "The inventory inline (same fields as the file).",
+        "Containers of one run at a time (slots limit across runs).",
+    ),
     requirements=multiple_process_executor_requirements(),
 )
 def placing_docker_executor(init_context: dg.InitExecutorContext) -> PlacingDockerExecutor:

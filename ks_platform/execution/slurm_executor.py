@@ -53,7 +53,6 @@ from typing import Any
 
 import dagster as dg
 import yaml
-from dagster import Field, IntSource, Permissive, StringSource
 from pydantic import ValidationError
 
 from ks_platform.core.errors import PlatformConfigError
@@ -80,7 +79,6 @@ from ks_platform.dagster_internals import (
     StepHandler,
     StepHandlerContext,
     execute_step_in_this_process,
-    get_retries_config,
     multiple_process_executor_requirements,
 )
 from ks_platform.execution.deployment import SlurmSettings, deployment_from_env, load_deployment
@@ -91,7 +89,7 @@ from ks_platform.execution.placement import (
     sorted_channel_count,
     step_needs_gpu,
 )
-from ks_platform.execution.step_executor import FinishingStepExecutor, require_shared_storage
+from ks_platform.execution.step_executor import FinishingStepExecutor, executor_config_schema, require_shared_storage
 
 #: SLURM states in which the job may still run (or start) — everything else is final.
 ACTIVE_STATES = frozenset(
@@ -1012,20 +1010,13 @@ class SlurmExecutor(FinishingStepExecutor):
 
 @dg.executor(
     name=SLURM_EXECUTOR_NAME,
-    config_schema={
-        "settings_file": Field(
-            StringSource,
-            is_required=False,
-            description=f"A deployment file with a slurm: section (default: ${DEPLOYMENT_ENV}).",
-        ),
-        "settings": Field(
-            Permissive(), is_required=False, description="The SLURM settings inline (fields of SlurmSettings)."
-        ),
-        "retries": get_retries_config(),
-        "max_concurrent": Field(
-            IntSource, is_required=False, description="Steps of one run queued or running at a time."
-        ),
-    },
+    config_schema=executor_config_schema(
+        "settings_file",
+        f"A deployment file with a slurm: section (default: ${DEPLOYMENT_ENV}).",
+        "settings",
+        "The SLURM settings inline (fields of SlurmSettings).",
+        "Steps of one run queued or running at a time.",
+    ),
     requirements=multiple_process_executor_requirements(),
 )
 def slurm_executor(init_context: dg.InitExecutorContext) -> SlurmExecutor:

@@ -7,9 +7,30 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import dagster as dg
+from dagster import Field, IntSource, Permissive, StringSource
 
 from ks_platform.core.errors import PlatformConfigError
-from ks_platform.dagster_internals import DagsterEvent, EngineEventData, RetryMode, StepDelegatingExecutor, StepHandler
+from ks_platform.dagster_internals import (
+    DagsterEvent,
+    EngineEventData,
+    RetryMode,
+    StepDelegatingExecutor,
+    StepHandler,
+    get_retries_config,
+)
+
+
+def executor_config_schema(
+    file_key: str, file_description: str, inline_key: str, inline_description: str, max_concurrent_description: str
+) -> dict[str, Any]:
+    """Run config of a placing executor: its part of the deployment as a file or inline, retries, and how many steps
+    of one run at a time."""
+    return {
+        file_key: Field(StringSource, is_required=False, description=file_description),
+        inline_key: Field(Permissive(), is_required=False, description=inline_description),
+        "retries": get_retries_config(),
+        "max_concurrent": Field(IntSource, is_required=False, description=max_concurrent_description),
+    }
 
 
 class FinishingStepHandler(Protocol):
