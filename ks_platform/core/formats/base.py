@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -495,3 +496,32 @@ class RescaledReader:
             np.clip(values, -INT16_LIMIT, INT16_LIMIT, out=values)
         block[:, self._columns] = values
         return block
+
+
+#: A recording partition of a probe (``split_segments``): ``<probe>-r<R>``.
+RECORDING_PART_NAME = re.compile(r"^(?P<probe>.+)-r(?P<recording>\d+)$")
+
+
+class RecordingPartitions:
+    """What a reader with probes split by recording (``ProbeA-r1``, ``ProbeA-r2``) shares: which probe a partition
+    belongs to and its files. The reader has ``plans`` (by probe), ``listing``, ``_parts(probe)`` and ``split``."""
+
+    plans: Mapping[str, object]
+    listing: ProbeListing
+
+    def _parts(self, probe: str) -> Mapping[str, object]:
+        raise NotImplementedError
+
+    def split(self, probe: str) -> dict[str, tuple[Path, ...]]:
+        raise NotImplementedError
+
+    def base_probe(self, name: str) -> str | None:
+        """The probe a recording partition (``ProbeA-r2``) belongs to, when the folder has that recording."""
+        match = RECORDING_PART_NAME.match(name)
+        if match is None or match.group("probe") not in self.plans:
+            return None
+        return match.group("probe") if name in self._parts(match.group("probe")) else None
+
+    def files_of(self, name: str) -> tuple[Path, ...]:
+        base = self.base_probe(name) if name not in self.plans else None
+        return self.split(base)[name] if base else self.listing.probes[name]

@@ -74,6 +74,7 @@ from ks_platform.core.formats.base import (
     MissingDate,
     ProbeListing,
     ReadOptions,
+    RecordingPartitions,
     RecordingSource,
     timeline_reader,
 )
@@ -93,9 +94,6 @@ _FOLDER_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})_\d{2}-\d{2}-\d{2}")
 NODE_NAME = re.compile(r"^record[ _-]*node[ _-]*(\d+)", re.IGNORECASE)
 _NUMBERED = {"experiment": re.compile(r"^experiment(\d+)$"), "recording": re.compile(r"^recording(\d+)$")}
 _RESTORE = "restore the structure.oebin the GUI wrote"
-#: A recording partition of a probe (``split_segments``): ``ProbeA-r2`` is recording2 of ProbeA.
-_PART_NAME = re.compile(r"^(?P<probe>.+)-r(?P<recording>\d+)$")
-
 
 _ADC_STREAM = re.compile(r"(^|[-_. ])ADC\b|ANALOGIN|ANALOGIO")
 _LFP_STREAM = re.compile(r"LFP|-LF\b")
@@ -924,7 +922,7 @@ def _checked(plan: _Plan) -> tuple[list[_Facts], tuple[int, ...], float]:
     return facts, sorting, scales[0]
 
 
-class Reading:
+class Reading(RecordingPartitions):
     """One read of an Open Ephys session folder: every structure.oebin and settings.xml parsed once, the probe streams
     listed (see the module docstring) and each one opened from what was read."""
 
@@ -950,17 +948,6 @@ class Reading:
         (``ProbeA-r1``, ``ProbeA-r2``; ``ProbeA-e2-r1`` in experiment 2), each on its own first sample; for a session
         config that sets ``split_segments``."""
         return {name: (part.segments[0].data_path,) for name, part in self._parts(probe).items()}
-
-    def base_probe(self, name: str) -> str | None:
-        """The probe a recording partition (``ProbeA-r2``) belongs to, when the folder has that recording."""
-        match = _PART_NAME.match(name)
-        if match is None or match.group("probe") not in self.plans:
-            return None
-        return match.group("probe") if name in self._parts(match.group("probe")) else None
-
-    def files_of(self, name: str) -> tuple[Path, ...]:
-        base = self.base_probe(name) if name not in self.plans else None
-        return self.split(base)[name] if base else self.listing.probes[name]
 
     def open(self, name: str, options: ReadOptions = ReadOptions()) -> RecordingSource:
         """Describe one probe stream (or one recording of it, ``ProbeA-r2``): its recordings laid out on the

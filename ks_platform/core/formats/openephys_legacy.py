@@ -47,7 +47,14 @@ import numpy as np
 from neo.rawio.openephysrawio import HEADER_SIZE, RECORD_SIZE, continuous_dtype, read_file_header
 
 from ks_platform.core.errors import SessionInputError
-from ks_platform.core.formats.base import ChunkReader, MissingDate, ProbeListing, ReadOptions, RecordingSource
+from ks_platform.core.formats.base import (
+    ChunkReader,
+    MissingDate,
+    ProbeListing,
+    ReadOptions,
+    RecordingPartitions,
+    RecordingSource,
+)
 from ks_platform.core.formats.openephys import names_record_node, node_id
 from ks_platform.core.timeline import FilePlacement, TimelineSegment, lay_out
 
@@ -406,7 +413,7 @@ def record_reader(files: tuple[Path, ...], runs: list[_Run], segments: tuple[Tim
 # --------------------------------------------------------------------------------------------- reading
 
 
-class Reading:
+class Reading(RecordingPartitions):
     """One read of a legacy Open Ephys folder: the ``.continuous`` files grouped into probes (names only); headers
     and records are read when a probe is opened."""
 
@@ -434,16 +441,6 @@ class Reading:
     def split(self, probe: str) -> dict[str, tuple[Path, ...]]:
         """One partition per recording (recording number R-1 in the records) of ``probe``: ``<probe>-r<R>``."""
         return {name: part.group.files for name, part in self._parts(probe).items()}
-
-    def base_probe(self, name: str) -> str | None:
-        match = re.match(r"^(?P<probe>.+)-r\d+$", name)
-        if match is None or match.group("probe") not in self.plans:
-            return None
-        return match.group("probe") if name in self._parts(match.group("probe")) else None
-
-    def files_of(self, name: str) -> tuple[Path, ...]:
-        base = self.base_probe(name) if name not in self.plans else None
-        return self.split(base)[name] if base else self.listing.probes[name]
 
     def open(self, name: str, options: ReadOptions = ReadOptions()) -> RecordingSource:
         """Describe one probe: its channels' records laid out on the acquisition clock by their timestamps."""
