@@ -15,17 +15,19 @@ PORT ?= 3000
 
 $(BIN)/ks-platform: pyproject.toml constraints/cpu.txt docker/requirements-nodeps.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip wheel setuptools
+	@echo "installing into $(VENV) (a few minutes the first time; pip's log: $(VENV)/install.log)"
+	$(BIN)/pip install -q --upgrade pip wheel setuptools > $(VENV)/install.log
 	# torch first, pinned: 2.13.0 is the local CPU wheel (any other spec pulls GBs of CUDA packages)
-	$(BIN)/pip install -c constraints/cpu.txt torch==2.13.0
-	$(BIN)/pip install -c constraints/cpu.txt -e '.[test,k8s]'
+	$(BIN)/pip install -q -c constraints/cpu.txt torch==2.13.0 >> $(VENV)/install.log
+	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[test,k8s]' >> $(VENV)/install.log
 	# UnitMatchPy's metadata pins numpy<2/pandas<3: installed without its declared dependencies (see the lock file)
-	$(BIN)/pip install --no-deps -r docker/requirements-nodeps.lock
+	$(BIN)/pip install -q --no-deps -r docker/requirements-nodeps.lock >> $(VENV)/install.log
 	touch $@
 
 install: $(BIN)/ks-platform
-	mkdir -p $(DAGSTER_HOME) data/landing/rig1 data/landing/demo
-	cp -f dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@mkdir -p $(DAGSTER_HOME) data/landing/rig1 data/landing/demo
+	@cp -f dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@echo "installed: $(VENV) (ks-platform $$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("ks_platform"))')), Dagster instance in $(DAGSTER_HOME), store in $(KS_PLATFORM_STORE)"
 
 ## Install, make a demo session and materialize all five assets for it on the embedded instance (CPU ok).
 demo: install
