@@ -46,7 +46,10 @@ test: install
 ## Browse the same assets in the Dagster UI (webserver + daemon) on http://127.0.0.1:3000; another port: `make dev PORT=3001`
 ## (`.venv/bin/dagster dev -w workspace.yaml` loads the same code location.)
 dev: install
-	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg dev -h 127.0.0.1 -p $(PORT)
+	# SIGINT back to its default first: started in the background (`make dev &`, nohup, a service) it is ignored, and
+	# Dagster gives SIGTERM the SIGINT handler, so neither would stop it (stop it with SIGTERM or Ctrl-C)
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/python -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])' \
+		$(BIN)/dg dev -h 127.0.0.1 -p $(PORT)
 
 ## The UI with every step in a ks-platform:cpu container (local Docker engine, local PostgreSQL under data/executor-dev)
 executor-dev: install
