@@ -109,8 +109,9 @@ class Workspace:
 
 
 #: The canonical session's ``kilosort4-settings.json``: synthetic recordings do not drift, and Kilosort's drift pass is
-#: half of a CPU sort (31 of 69 s), so it is off here. The suite's other sorts keep it on: the two-probe SpikeGLX and
-#: Open Ephys runs, the acceptance script, the SLURM step, the shanks test and every test that writes its own settings.
+#: half of a CPU sort (31 of 69 s), so it is off here and in the two-probe SpikeGLX and Open Ephys runs. The suite's
+#: other sorts keep it on: the acceptance script, the SLURM steps, the shanks test and every test that writes its own
+#: settings.
 CANONICAL_SETTINGS = {"nblocks": 0}
 #: bombcell's spike-count bars are made for recordings of tens of minutes: in 15 s at 12 Hz no unit reaches its 300
 #: spikes (minNumSpikes), and its refractory-period test cannot confirm a contamination below 10 % with ~180 spikes, so
@@ -159,6 +160,8 @@ def sort_every_probe(base, folder: str, write, dagster_instance):
     session = landing / folder
     session.mkdir(parents=True)
     written = write(session, base / "scratch")
+    if not (session / SESSION_SETTINGS_FILE).exists():  # synthetic probes do not drift (as the canonical session)
+        (session / SESSION_SETTINGS_FILE).write_text(json.dumps(CANONICAL_SETTINGS) + "\n")
     ws = Workspace(landing, base / "store", dagster_instance)
     found, rejected = discover(ws.platform.roots())
     assert rejected == []

@@ -14,6 +14,9 @@ from ks_platform.core.sorting import sort_recording
 from ks_platform.core.store import read_json
 
 ks_run = importlib.import_module("kilosort.run_kilosort")
+#: The canonical session does not drift (as its kilosort4-settings.json says): no drift pass before the injected
+#: error or in the retry.
+NO_DRIFT = {"nblocks": 0}
 
 
 def test_oom_retry_halves_batch_and_records_attempts(sorted_workspace, tmp_path, monkeypatch):
@@ -31,7 +34,7 @@ def test_oom_retry_halves_batch_and_records_attempts(sorted_workspace, tmp_path,
         return real_detect(ops, *args, **kwargs)
 
     monkeypatch.setattr(ks_run, "detect_spikes", detect_spikes_that_runs_out_of_memory)
-    settings = effective_settings(binary.n_chan_bin, binary.sampling_frequency, "neuropixels", {})
+    settings = effective_settings(binary.n_chan_bin, binary.sampling_frequency, "neuropixels", NO_DRIFT)
     result = sort_recording(binary, probe, settings, tmp_path / "sorting", backend="cpu")
 
     assert seen_batches == [60_000, 30_000]
@@ -57,7 +60,7 @@ def test_non_memory_errors_are_not_retried(sorted_workspace, tmp_path, monkeypat
         raise ValueError("something else")
 
     monkeypatch.setattr(ks_run, "detect_spikes", broken)
-    settings = effective_settings(binary.n_chan_bin, binary.sampling_frequency, "neuropixels", {})
+    settings = effective_settings(binary.n_chan_bin, binary.sampling_frequency, "neuropixels", NO_DRIFT)
     with pytest.raises(ValueError, match="something else"):
         sort_recording(binary, probe, settings, tmp_path / "sorting", backend="cpu")
     assert calls == [1]

@@ -17,7 +17,7 @@ from dagster._time import get_current_datetime
 
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 from ks_platform.definitions import ALL_ASSETS, build_definitions
-from ks_platform_tests.conftest import Workspace
+from ks_platform_tests.conftest import CANONICAL_SETTINGS, Workspace
 
 SESSION = [
     "raw_recording",
@@ -77,6 +77,7 @@ def sorted_short_session(tmp_path_factory):
     base = tmp_path_factory.mktemp("staleness")
     (base / "landing").mkdir()
     folder = make_spikeglx_session(base / "landing" / "short", DemoSessionSpec(duration_s=12.0, seed=7))
+    (folder / "kilosort4-settings.json").write_text(json.dumps(CANONICAL_SETTINGS))  # no drift pass: none to correct
     with dg.instance_for_test() as instance:
         ws = Workspace(base / "landing", base / "store", instance)
         key = ws.key(folder)
@@ -109,7 +110,7 @@ def test_code_version_change_marks_the_sorting_and_what_follows_stale(sorted_sho
 def test_parameter_change_marks_only_the_sorting_stale_and_rematerializing_redoes_exactly_that(sorted_short_session):
     ws, key, folder = sorted_short_session
     defs = build_definitions(ws.platform, sensors=[])
-    (folder / "kilosort4-settings.json").write_text(json.dumps({"Th_learned": 7.5}))
+    (folder / "kilosort4-settings.json").write_text(json.dumps({**CANONICAL_SETTINGS, "Th_learned": 7.5}))
     observe_settings(defs, ws.instance, key)
     assert stale_set(defs, ws.instance, key) == {"sorted_units"}, "the binary and probe map are not stale"
     before = materialization_counts(ws.instance, key)

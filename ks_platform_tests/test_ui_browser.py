@@ -8,7 +8,8 @@ open the asset graph and check it reads left to right as the pipeline; open the 
 Materialize for it; wait for the run to succeed while its log streams progress; open the ``phy_bundle``
 materialization and find the Phy path, the command to open it, the lineage and a rendered figure; then launch a date-range
 backfill (1–9 March, "only failed and missing") from the Materialize dialog and read the failed sessions' errors
-in the backfill's and the run's pages. Screenshots of every step are saved to ``test-artifacts/ui/`` (the README uses them).
+in the backfill's and the run's pages; find the landing folder that holds no recording, with why, in
+``landing_folders``. Screenshots of every step are saved to ``test-artifacts/ui/`` (the README uses them).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ GOOD_KEY, TYPO_KEY, OUT_OF_RANGE_KEY = (
 )
 #: Registered, but its folder never arrived in the landing root.
 MISSING_KEY = key("2026-03-07", "not_copied_yet")
+#: A landing folder with no recording in it: no partition, listed with why in ``landing_folders``.
+NOT_A_SESSION = "surgery_notes"
 
 
 @pytest.fixture
@@ -78,6 +81,8 @@ def ui(tmp_path, request, generated_session):
         meta = next(typo.glob("*.ap.meta"))
         meta.write_text(re.sub(r"fileCreateTime=2026-03-02", "fileCreateTime=2026-03-05", meta.read_text()))
         (typo / "kilosort4-settings.json").write_text('{"batch_sise": 60000}\n')
+        (live.landing / NOT_A_SESSION).mkdir()
+        (live.landing / NOT_A_SESSION / "notes.txt").write_text("surgery notes, no recording\n")
         registered = subprocess.run(
             [str(Path(sys.executable).with_name("ks-platform")), "register"],
             env=live.env,
@@ -315,6 +320,16 @@ def test_a_lab_day_in_the_dagster_ui(ui: LiveDagster, page):
     page.goto(f"{ui.url}/runs/{typo_run['runId']}")
     shown(page, re.compile("did you mean 'batch_size'"), exact=False).wait_for()
     steps.shot("failure_says_what_to_fix")
+
+    # 8. The landing folder that is not a session is listed, with why, in the one place the UI has for it.
+    page.goto(f"{ui.url}/assets/landing_folders")
+    shown(page, re.compile(r"1 landing folder\(s\) are not sessions")).wait_for()
+    report_row = page.locator("tr", has_text="report").filter(visible=True).first
+    if report_row.get_by_text("[Show Markdown]").count():
+        report_row.get_by_text("[Show Markdown]").click()
+    shown(page, re.compile(NOT_A_SESSION), exact=False).wait_for()
+    steps.shot("landing_folders_not_sessions")
+    page.keyboard.press("Escape")
 
     # Nothing else was launched: no run for the out-of-range partition or for the already sorted session.
     assert ui.graphql.runs(**{"dagster/partition": OUT_OF_RANGE_KEY}) == []
