@@ -262,13 +262,9 @@ def main() -> int:
         "KS_PLATFORM_BACKEND": "cpu",
         "PYTHONUNBUFFERED": "1",
     }
-    for name in (
-        "KS_PLATFORM_DEPLOYMENT",
-        "KS_PLATFORM_INVENTORY",
-        "KS_PLATFORM_EXECUTOR",
-        "KS_PLATFORM_SLURM",
-        "KS_PLATFORM_KUBERNETES",
-    ):
+    from ks_platform.core.names import EXECUTION_ENVS
+
+    for name in EXECUTION_ENVS:
         env.pop(name, None)
     os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "KS_PLATFORM_STORE", "KS_PLATFORM_LANDING")})
     workspace = REPO / "workspace.yaml"

@@ -151,13 +151,9 @@ def configuration(mode: str, waiting: int, sessions: list[Path], args: argparse.
         "KS_PLATFORM_BACKEND": "cpu",
         "PYTHONUNBUFFERED": "1",
     }
-    for name in (
-        "KS_PLATFORM_DEPLOYMENT",
-        "KS_PLATFORM_INVENTORY",
-        "KS_PLATFORM_EXECUTOR",
-        "KS_PLATFORM_SLURM",
-        "KS_PLATFORM_KUBERNETES",
-    ):
+    from ks_platform.core.names import EXECUTION_ENVS
+
+    for name in EXECUTION_ENVS:
         env.pop(name, None)
     workspace = REPO / "workspace.yaml"
     if mode == "stock":

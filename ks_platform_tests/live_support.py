@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from ks_platform.core.names import EXECUTION_ENVS
+
 REPO = Path(__file__).resolve().parents[1]
 LOCATION = "ks_platform"
 REPOSITORY_SELECTOR = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__"}
@@ -164,8 +166,8 @@ def dagster_dev(
     with open(home / "dagster.yaml", "a") as config:  # the repo's settings; only the queue is polled sooner
         config.write(TEST_RUN_COORDINATOR)
     port = free_port()
-    env = {
-        **os.environ,
+    env = {  # this machine's default executor, whatever chooses another one here
+        **{name: value for name, value in os.environ.items() if name not in EXECUTION_ENVS},
         "DAGSTER_HOME": str(home),
         "KS_PLATFORM_STORE": str(store),
         "KS_PLATFORM_LANDING": f"rig1={landing}",
@@ -173,8 +175,6 @@ def dagster_dev(
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }
-    for name in ("KS_PLATFORM_DEPLOYMENT", "KS_PLATFORM_INVENTORY", "KS_PLATFORM_SLURM", "KS_PLATFORM_KUBERNETES"):
-        env.pop(name, None)
     log_path = base / "dagster_dev.log"
     dagster = Path(sys.executable).with_name("dagster")
     with open(log_path, "wb") as log:

@@ -22,6 +22,8 @@ DEPLOYMENT_ENV = "KS_PLATFORM_DEPLOYMENT"
 INVENTORY_ENV = "KS_PLATFORM_INVENTORY"
 KUBERNETES_ENV = "KS_PLATFORM_KUBERNETES"
 SLURM_SETTINGS_ENV = "KS_PLATFORM_SLURM"
+#: Every variable that chooses where steps run (a benchmark or test that needs this machine's executor unsets them).
+EXECUTION_ENVS = (DEPLOYMENT_ENV, INVENTORY_ENV, EXECUTOR_ENV, SLURM_SETTINGS_ENV, KUBERNETES_ENV)
 #: GRES the SLURM executor requested for the step (lineage).
 REQUESTED_GRES_ENV = "KS_PLATFORM_SLURM_GRES"
 #: Image name and digest a step container runs in (lineage).
