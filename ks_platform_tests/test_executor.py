@@ -928,7 +928,7 @@ def test_rocm_group_add_is_numeric_host_gids():
 
 
 def test_make_executor_dev_starts_the_ui_on_postgres_with_the_docker_executor(tmp_path, engine_and_cpu_image):
-    """scripts/executor_dev.sh (``make executor-dev``): PostgreSQL cluster, DAGSTER_HOME, inventory, ``dagster dev``;
+    """scripts/executor_dev.sh (``make executor-dev``): PostgreSQL cluster, DAGSTER_HOME, deployment file, ``dagster dev``;
     the webserver answers with the code location loaded on PostgreSQL storage; SIGTERM stops dagster and the database."""
     import socket
     import tempfile
@@ -976,7 +976,9 @@ def test_make_executor_dev_starts_the_ui_on_postgres_with_the_docker_executor(tm
         body = wait_until(answered, 150, "the Dagster webserver of executor-dev to answer", poll=1)
         up = time.monotonic() - started
         assert '"sort_session"' in body and '"host_doctor"' in body, body
-        inventory = yaml.safe_load((dev / "inventory.yaml").read_text())
+        deployment = yaml.safe_load((dev / "deployment.yaml").read_text())
+        inventory = deployment["inventory"]
+        assert deployment["engine"] == "docker"
         assert inventory["hosts"][0]["network_mode"] == "host" and inventory["store"] == str(tmp_path / "store")
         assert "storage:\n  postgres:" in (dev / "dagster_home" / "dagster.yaml").read_text()
         assert Path(tmp_path / "store").stat().st_uid == 1000
