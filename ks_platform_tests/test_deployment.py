@@ -120,6 +120,7 @@ def test_the_deployment_variable_wins_and_an_earlier_variable_naming_another_eng
         ("engine: local\nhosts: []\n", "hosts: Extra inputs are not permitted"),
         ("gpu_partition: [\n", "cannot be read"),
         ("color: blue\n", "no 'engine:'"),
+        ("{}\n", "no 'engine:'"),
         ("engine: docker\ninventory: missing.yaml\n", "missing.yaml: the deployment file does not exist"),
     ],
 )

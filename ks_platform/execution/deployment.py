@@ -257,7 +257,7 @@ def _converted(data: dict[str, Any], source: str) -> dict[str, Any]:
         return {"engine": "kubernetes", "inventory": data["inventory"], "kubernetes": {"storage": data["storage"]}}
     if "slurm" in data and len(data) == 1:
         return {"engine": "slurm", "slurm": data["slurm"] or {}}
-    if set(data) <= set(SlurmSettings.model_fields):
+    if data and set(data) <= set(SlurmSettings.model_fields):  # an empty file is no deployment at all
         return {"engine": "slurm", "slurm": data}
     raise DeploymentError(
         source,
