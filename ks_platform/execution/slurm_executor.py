@@ -130,19 +130,10 @@ COMMAND_TIMEOUT_SECONDS = 60
 ATTEMPT_LOCK_SECONDS = 30.0
 
 
-def settings_source(config: dict[str, Any]) -> str:
-    """Where the settings came from, for messages (the file, or the run config)."""
-    if config.get("settings"):
-        return "executor config (execution.config.settings)"
-    if config.get("settings_file"):
-        return str(config["settings_file"])
-    deployment = deployment_from_env()
-    return deployment.source if deployment is not None else "the default SLURM settings"
-
-
-def load_slurm_settings(config: dict[str, Any]) -> SlurmSettings:
+def resolve_slurm_settings(config: dict[str, Any]) -> tuple[SlurmSettings, str]:
     """Settings from executor config (``settings_file`` or inline ``settings``), else the deployment file's ``slurm:``
-    (``$KS_PLATFORM_DEPLOYMENT``, or an earlier version's ``$KS_PLATFORM_SLURM``), else the defaults."""
+    (``$KS_PLATFORM_DEPLOYMENT``, or an earlier version's ``$KS_PLATFORM_SLURM``), else the defaults; with where they
+    came from, for messages."""
     inline = config.get("settings")
     path = config.get("settings_file")
     if inline and path:
@@ -154,19 +145,25 @@ def load_slurm_settings(config: dict[str, Any]) -> SlurmSettings:
                 f"{path}: engine {deployment.engine} has no 'slurm:' section. Fix: add one (see "
                 "deploy/deployment.example.yaml)"
             )
-        return deployment.slurm
+        return deployment.slurm, str(path)
     if not inline:
         deployment = deployment_from_env()
         if deployment is not None and deployment.slurm is not None:
-            return deployment.slurm
+            return deployment.slurm, deployment.source
     try:
-        return SlurmSettings.model_validate(inline or {})
+        settings = SlurmSettings.model_validate(inline or {})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise PlatformConfigError(
             "executor config (execution.config.settings): bad SLURM settings: "
             f"{problems}. Fix: see deploy/slurm.example.yaml (every key, its default)"
         ) from None
+    return settings, "executor config (execution.config.settings)" if inline else "the default SLURM settings"
+
+
+def load_slurm_settings(config: dict[str, Any]) -> SlurmSettings:
+    """The SLURM settings of an executor config (:func:`resolve_slurm_settings`)."""
+    return resolve_slurm_settings(config)[0]
 
 
 @dataclass(frozen=True)
@@ -1023,9 +1020,9 @@ def slurm_executor(init_context: dg.InitExecutorContext) -> SlurmExecutor:
     """Runs the sort as a SLURM batch job (--gres on the GPU partition) and the other steps in one job of the run,
     see docs/decisions.md."""
     config = init_context.executor_config
-    settings = load_slurm_settings(config)
+    settings, source = resolve_slurm_settings(config)
     require_shared_storage(init_context.instance, "SLURM executor", "SLURM jobs on other nodes")
-    check_instance_env(init_context.instance, settings, settings_source(config))
+    check_instance_env(init_context.instance, settings, source)
     retries = RetryMode.from_config(config["retries"])
     assert retries is not None
     return SlurmExecutor(SlurmStepHandler(settings), retries=retries, max_concurrent=config.get("max_concurrent"))
@@ -1265,11 +1262,11 @@ def main(argv: list[str] | None = None) -> int:
         return serve_steps(args.folder, args.idle_seconds)
     config = {"settings_file": args.settings} if args.settings else {}
     try:
-        settings = load_slurm_settings(config)
+        settings, source = resolve_slurm_settings(config)
     except PlatformConfigError as exc:
         print(f"FAIL settings: {exc}")
         return 1
-    checks = check_deployment(settings, settings_source(config), submit=args.submit)
+    checks = check_deployment(settings, source, submit=args.submit)
     for item in checks:
         print(item.line())
     return 0 if all(item.ok for item in checks) else 1
