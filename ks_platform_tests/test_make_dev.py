@@ -1,5 +1,5 @@
-"""``make dev`` as a lab starts it in the background (``make dev &``, nohup, a service): it serves the UI and stops on
-SIGTERM, with every process it started."""
+"""``make dev`` as a lab starts it in the background (``make dev &``, nohup, a service): it starts without a warning,
+serves the UI and stops on SIGTERM, with every process it started."""
 
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ def test_make_dev_in_the_background_stops_on_sigterm_with_all_it_started(tmp_pat
     try:
         wait_until(lambda: serving(port) or make.poll() is not None, 240, "the UI of make dev")
         assert make.poll() is None and serving(port), log.read_text()[-3000:]
+        started = log.read_text()
+        assert "WARNING" not in started, started  # a clean start: nothing a lab should wonder about
         os.killpg(make.pid, signal.SIGTERM)  # what `kill %1`, systemd or a process manager sends
         make.wait(timeout=60)
         wait_until(lambda: not serving(port), 30, "the UI to stop")
