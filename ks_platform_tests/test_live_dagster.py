@@ -1,6 +1,7 @@
 """Live (issue #6): ``dagster dev`` (webserver + daemon) on a free port, a session copied into a landing root,
 observed only through GraphQL: the sensor's run is launched and succeeds, the daily rollup follows, and a
-``ks-platform backfill`` over the session's date targets exactly that session.
+``ks-platform backfill`` over the session's date targets exactly that session. The session names two sorters
+(``kilosort4`` and ``spykingcircus2``, issue #29): the sensor's one run sorts with both and compares them.
 
 Real processes, real Kilosort (CPU), a temporary ``DAGSTER_HOME``, landing root and store. Both processes
 are killed (whole process group) at the end; on failure their logs go to ``test-artifacts/live_dagster/``.
@@ -16,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from ks_platform.core.agreement import AGREEMENT_JSON
+from ks_platform.core.session_config import CONFIG_FILE
+from ks_platform.core.store import SessionStore
 from ks_platform_tests.live_support import (
     ADD_PARTITION,
     BACKFILL,
@@ -50,9 +54,11 @@ def test_sensor_sorts_a_dropped_session_and_backfill_targets_its_date(live_dagst
     date = "2026-03-02"
     key = f"{date}__rig1__{generated_session.name}__imec0"
 
-    # The lab's copy: files first, the marker last.
-    shutil.copytree(generated_session, landing / generated_session.name)
-    (landing / generated_session.name / ".ready").touch()
+    # The lab's copy: files first, the marker last. Its session config asks for a second sorter beside Kilosort 4.
+    session = shutil.copytree(generated_session, landing / generated_session.name)
+    config = json.loads((session / CONFIG_FILE).read_text())
+    (session / CONFIG_FILE).write_text(json.dumps({**config, "sorter": ["kilosort4", "spykingcircus2"]}) + "\n")
+    (session / ".ready").touch()
 
     # Start the sensor the way a user does (the UI's toggle is this mutation); it is stopped by default.
     started = graphql(
@@ -83,7 +89,13 @@ def test_sensor_sorts_a_dropped_session_and_backfill_targets_its_date(live_dagst
         every_s=2,
     )
     assert status == "SUCCESS"
-    assert (Path(env["KS_PLATFORM_STORE"]) / "sessions" / key / "phy" / "params.py").is_file()
+    store = SessionStore(Path(env["KS_PLATFORM_STORE"]).resolve(), key)
+    # both sortings side by side, each with its Phy folder, and their agreement
+    assert (store.phy_dir / "params.py").is_file() and (
+        store.compared_phy_dir("spykingcircus2") / "params.py"
+    ).is_file()
+    agreement = json.loads((store.agreement_dir / AGREEMENT_JSON).read_text())
+    assert [p["sorters"] for p in agreement["pairs"]] == [["kilosort4", "spykingcircus2"]], agreement
     # The sensor does not sort it twice (later ticks see the same run key).
     assert len(graphql(RUNS, tags=sensor_tags)["runsOrError"]["results"]) == 1
 

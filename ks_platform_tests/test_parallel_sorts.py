@@ -1,4 +1,5 @@
-"""Two probes of one session sort at the same time when the inventory has two GPU slots (issue #16).
+"""Two probes of one session sort at the same time when the inventory has two GPU slots (issue #16); a probe whose
+sorter runs on CPU only is placed on a CPU slot though a GPU is free (issue #29).
 
 Real: a PostgreSQL instance with the deployment's pools (``kilosort`` default limit 1), the placing Docker executor,
 its slot ledger and Dagster's pool for the sort step, one run per probe partition launched together, step containers
@@ -10,6 +11,7 @@ machine has none, so the test drops the containers' NVIDIA device request and pl
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -24,6 +26,8 @@ import yaml
 
 from ks_platform.core.discovery import discover
 from ks_platform.core.names import BACKEND_ENV, BATCH_SIZE_ENV, SORT_POOL
+from ks_platform.core.session_config import CONFIG_FILE
+from ks_platform.core.sorting import load_sort_result
 from ks_platform.core.synthetic import DemoSessionSpec
 from ks_platform.definitions import sort_session_in_containers
 from ks_platform.execution import docker_executor
@@ -191,3 +195,33 @@ def test_two_probes_sort_at_once_on_two_gpu_slots_and_one_after_the_other_on_one
         assert overlap > 0 and {gpu_a, gpu_b} == {"0", "1"}, (start_a, end_a, start_b, end_b, gpu_a, gpu_b)
     else:
         assert overlap <= 0 and gpu_a == gpu_b == "0", (start_a, end_a, start_b, end_b, gpu_a, gpu_b)
+
+
+def test_a_cpu_only_sorter_takes_a_cpu_slot_while_a_gpu_is_free(two_probe_session):
+    """imec1's session config names SpykingCircus2 (issue #29): its sort step, run by the placing executor on a host
+    with a free (fake) GPU, is placed on the host's CPU slot with the CPU backend, and sorts there in the image."""
+    ws, keys, image = two_probe_session
+    key = next(k for k in keys if k.endswith("imec1"))
+    session = next(ws.landing.iterdir())
+    (session / CONFIG_FILE).write_text(json.dumps({"probes": {"imec1": {"sorter": "spykingcircus2"}}}) + "\n")
+    result = ws.run_assets(key, ["raw_recording"])  # the manifest the executor reads names the sorter
+    assert result.success, failure_messages(result)
+    inventory = fake_gpu_inventory(ws.store_root, ws.landing, image, 1)
+    job = dg.reconstructable(sort_session_in_containers).get_subset(
+        asset_selection={dg.AssetKey(SORT_STEP)}, asset_check_selection=set()
+    )
+    with dg.execute_job(
+        job,
+        instance=ws.instance,
+        run_config={"execution": {"config": {"inventory": inventory, "retries": {"disabled": {}}}}},
+        tags={"dagster/partition": key},
+    ) as run:
+        assert run.success, failure_messages(run)
+        run_id = run.run_id
+    [starting] = [
+        entry.dagster_event.event_specific_data.metadata
+        for entry in ws.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTING)
+    ]
+    assert (starting["device"].value, starting["backend"].value) == ("cpu", "cpu"), starting
+    summary = load_sort_result(ws.store(key).sorting_dir)
+    assert summary.sorter == "spykingcircus2" and summary.n_units > 0, summary

@@ -14,6 +14,7 @@ in the backfill's and the run's pages; find the landing folder that holds no rec
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from ks_platform.core.session_config import CONFIG_FILE
 from ks_platform_tests.live_support import (
     ADD_PARTITION,
     BACKFILL,
@@ -76,7 +78,9 @@ NOT_A_SESSION = "surgery_notes"
 def ui(tmp_path, request, generated_session):
     """The live instance with the two landing sessions registered (as ``ks-platform register`` does)."""
     with dagster_dev(tmp_path, request, ARTIFACTS / "logs") as live:
-        shutil.copytree(generated_session, live.landing / GOOD)
+        good = shutil.copytree(generated_session, live.landing / GOOD)
+        config = json.loads((good / CONFIG_FILE).read_text())  # a second sorter beside Kilosort 4 (issue #29)
+        (good / CONFIG_FILE).write_text(json.dumps({**config, "sorter": ["kilosort4", "spykingcircus2"]}) + "\n")
         typo = shutil.copytree(generated_session, live.landing / TYPO)
         meta = next(typo.glob("*.ap.meta"))
         meta.write_text(re.sub(r"fileCreateTime=2026-03-02", "fileCreateTime=2026-03-05", meta.read_text()))
@@ -330,6 +334,15 @@ def test_a_lab_day_in_the_dagster_ui(ui: LiveDagster, page):
     shown(page, re.compile(NOT_A_SESSION), exact=False).wait_for()
     steps.shot("landing_folders_not_sessions")
     page.keyboard.press("Escape")
+
+    # 9. The session names two sorters: the same run sorted it with both, and how much they agree is one page.
+    page.goto(f"{ui.url}/assets/sorter_agreement?view=partitions&partition={GOOD_KEY}")
+    shown(page, "n_consensus_units").wait_for()
+    for field in ("sorters", "pairs", "figure_agreement"):
+        assert page.locator("tr", has_text=field).count() > 0, field
+    messages = ui.graphql.run_messages(run_id)  # the agreement step's one line, as the run's log shows it
+    assert any(re.match(r"kilosort4 \d+ units, spykingcircus2 \d+: \d+ matched", m) for m in messages), messages[-20:]
+    steps.shot("sorter_agreement")
 
     # Nothing else was launched: no run for the out-of-range partition or for the already sorted session.
     assert ui.graphql.runs(**{"dagster/partition": OUT_OF_RANGE_KEY}) == []
