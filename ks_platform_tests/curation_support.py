@@ -28,7 +28,7 @@ SESSION_METADATA = {
     "institution": "Example Institute",
     "lab": "Ephys Lab",
     "keywords": ["Neuropixels", "spike sorting", "Kilosort 4"],
-    "session_description": "synthetic ground-truth recording, 15 s, 10 units",
+    "session_description": "synthetic ground-truth recording, 6 s, 10 units",
     "protocol": "IACUC-2026-001",
     "related_publications": ["doi:10.1234/example.5678"],
 }

@@ -15,6 +15,7 @@ from ks_platform.core.synthetic import (
     make_spikeglx_session,
     np1_probe,
 )
+from ks_platform_tests.conftest import TEST_SPEC
 from ks_platform_tests.writers import (
     OpenEphysProbe,
     openephys_channels,
@@ -22,9 +23,10 @@ from ks_platform_tests.writers import (
     write_openephys_node,
 )
 
-#: The demo's recording (15 s, 32 channels, 10 units; ~90 s of Kilosort per probe on 2 CPU cores); 10 s sorted
-#: too few units (4 of 10 found, 0 well detected) to tell a broken channel map from a short recording.
-PROBE_SPEC = DemoSessionSpec(min_well_detected_units=4)
+#: The canonical test recording (6 s at 30 Hz, 32 channels, 10 units: as many spikes per unit as the demo's 15 s at
+#: 12 Hz); 10 s at 12 Hz sorted too few units (4 of 10 found, 0 well detected) to tell a broken channel map from a
+#: short recording.
+PROBE_SPEC = replace(TEST_SPEC, min_well_detected_units=4)
 #: A saved subset as SpikeGLX writes it (``snsSaveChanSubset=96:127,768``): acquired channels 96–127, 960 µm up the
 #: shank. (A subset with a 480 µm gap sorted too few units at this size for a ground-truth bar: 3 of 10.)
 SUBSET_CHANNELS = tuple(range(96, 128))

@@ -12,6 +12,7 @@ from kilosort import run_kilosort
 from ks_platform.core.phy import validate_phy_folder
 from ks_platform.core.probes import kilosort_probe_from_json
 from ks_platform.core.store import read_json
+from ks_platform_tests.conftest import TEST_SPEC
 
 SESSION_ASSETS = {
     "raw_recording",
@@ -39,7 +40,7 @@ def test_all_session_assets_materialize_and_phy_opens(sorted_workspace):
     store = ws.store(key)
     bundle = validate_phy_folder(store.phy_dir)
     assert bundle.n_spikes > 0
-    assert bundle.traces_shape == (450_000, 33)
+    assert bundle.traces_shape == (round(TEST_SPEC.duration_s * TEST_SPEC.sampling_frequency), 33)
     assert bundle.dat_path == "../binary/recording.bin"  # relative: survives moving the store
 
 

@@ -15,12 +15,16 @@ from ks_platform_tests.multi_probe_support import (
     IMEC0_FIRST_SAMPLE,
     IMEC0_GAP,
     OPENEPHYS_PROBES,
+    PROBE_SPEC,
     SUBSET_CHANNELS,
     write_openephys_two_probe_node,
 )
 
 #: The Open Ephys rig's session folder (one Record Node, ProbeA + ProbeB + an NI-DAQ board).
 OPENEPHYS_FOLDER = "mouse8"
+#: Samples of each probe's recording, and of each of the two files it is split into.
+PROBE_ROWS = round(PROBE_SPEC.duration_s * PROBE_SPEC.sampling_frequency)
+HALF = PROBE_ROWS // 2
 
 
 def test_each_probe_of_the_run_is_one_partition_with_a_derived_key(two_probe_run):
@@ -47,7 +51,7 @@ def test_each_probe_sorts_exports_to_phy_and_matches_its_ground_truth(two_probe_
     assert truth.metadata["well_detected_units"].value >= 4
     bundle = validate_phy_folder(ws.store(key).phy_dir)
     # converted (two files): the sync channel is not copied; imec0's 1 s gap between its triggers is zero-filled
-    rows = 450_000 + (IMEC0_GAP if probe == "imec0" else 0)
+    rows = PROBE_ROWS + (IMEC0_GAP if probe == "imec0" else 0)
     assert bundle.n_spikes > 0 and bundle.traces_shape == (rows, 32)
 
 
@@ -70,18 +74,18 @@ def test_files_are_laid_out_on_the_acquisition_clock_with_the_boundaries_recorde
     store = ws.store(results["imec1"][0])
     timeline = segments_from_manifest(read_json(store.raw_manifest))
     assert [(s.label, s.first_sample, s.binary_start, s.n_samples) for s in timeline] == [
-        ("g0_t0", 0, 0, 225_000),
-        ("g1_t0", 225_000, 225_000, 225_000),
+        ("g0_t0", 0, 0, HALF),
+        ("g1_t0", HALF, HALF, HALF),
     ]
     rows = (store.phy_dir / SEGMENTS_TSV).read_text().splitlines()
     assert rows[0].split("\t")[:5] == ["segment", "file", "first_sample", "first_s", "binary_start"]
-    assert [row.split("\t")[4] for row in rows[1:]] == ["0", "225000"]
+    assert [row.split("\t")[4] for row in rows[1:]] == ["0", str(HALF)]
 
     store = ws.store(results["imec0"][0])
     timeline = segments_from_manifest(read_json(store.raw_manifest))
     assert [(s.label, s.first_sample, s.binary_start, s.n_samples, s.zeros_before) for s in timeline] == [
-        ("g0_t0", IMEC0_FIRST_SAMPLE, 0, 225_000, 0),
-        ("g0_t1", IMEC0_FIRST_SAMPLE + 225_000 + IMEC0_GAP, 225_000 + IMEC0_GAP, 225_000, IMEC0_GAP),
+        ("g0_t0", IMEC0_FIRST_SAMPLE, 0, HALF, 0),
+        ("g0_t1", IMEC0_FIRST_SAMPLE + HALF + IMEC0_GAP, HALF + IMEC0_GAP, HALF, IMEC0_GAP),
     ]
     binary = np.fromfile(store.binary_dir / "recording.bin", dtype=np.int16).reshape(-1, 32)
     parts = [np.fromfile(path, dtype=np.int16).reshape(-1, 33)[:, :32] for path in files["imec0"]]
@@ -130,7 +134,7 @@ def test_openephys_each_probe_sorts_exports_to_phy_and_matches_its_ground_truth(
     binary = np.fromfile(store.binary_dir / "recording.bin", dtype=np.int16).reshape(-1, 32)
     assert np.array_equal(binary, traces[probe])  # the stream's own continuous.dat, used in place
     bundle = validate_phy_folder(store.phy_dir)
-    assert bundle.n_spikes > 0 and bundle.traces_shape == (450_000, 32)
+    assert bundle.n_spikes > 0 and bundle.traces_shape == (PROBE_ROWS, 32)
     channels = OPENEPHYS_PROBES[probe].channels  # each stream's own NP_PROBE geometry from settings.xml
     yc = read_json(store.probe_dir / "kilosort_probe.json")["yc"]
     assert (min(yc), max(yc)) == (20 * (channels[0] // 2), 20 * (channels[-1] // 2))

@@ -21,6 +21,7 @@ from ks_platform.definitions import build_definitions
 from ks_platform.defs import rollup
 from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
 from ks_platform.defs.resources import PlatformResource
+from ks_platform_tests.conftest import TEST_SPEC
 
 DAY = dt.date(2026, 3, 2)
 
@@ -73,7 +74,9 @@ def test_rollup_asset_counts_sessions_units_failures_and_times(rollup_setup):
     summary = load_sort_result(platform.store(keys["sorted"]).sorting_dir)
     assert (meta["sessions"], meta["sorted"], meta["failed"], meta["pending"]) == (3, 1, 1, 1)
     assert meta["units"] == summary.n_units > 0 and meta["good_units"] == summary.n_good_units
-    assert meta["recording_time_s"] == pytest.approx(15.0) and meta["sorting_time_s"] == pytest.approx(summary.seconds)
+    assert meta["recording_time_s"] == pytest.approx(TEST_SPEC.duration_s) and meta["sorting_time_s"] == pytest.approx(
+        summary.seconds
+    )
     assert meta["devices"].startswith("cpu")
     assert meta["figure"].startswith(f"![rollup {DAY}](data:image/png;base64,")
 

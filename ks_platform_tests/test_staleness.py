@@ -8,6 +8,7 @@ pressed again): ``materialize_until_fresh`` repeats it and returns everything it
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import dagster as dg
 import pytest
@@ -15,9 +16,9 @@ from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, Temp
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
 
-from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
+from ks_platform.core.synthetic import make_spikeglx_session
 from ks_platform.definitions import ALL_ASSETS, build_definitions
-from ks_platform_tests.conftest import CANONICAL_SETTINGS, Workspace
+from ks_platform_tests.conftest import CANONICAL_SETTINGS, TEST_SPEC, Workspace
 
 SESSION = [
     "raw_recording",
@@ -76,7 +77,7 @@ def observe_settings(defs: dg.Definitions, instance: dg.DagsterInstance, key: st
 def sorted_short_session(tmp_path_factory):
     base = tmp_path_factory.mktemp("staleness")
     (base / "landing").mkdir()
-    folder = make_spikeglx_session(base / "landing" / "short", DemoSessionSpec(duration_s=12.0, seed=7))
+    folder = make_spikeglx_session(base / "landing" / "short", replace(TEST_SPEC, seed=7))
     (folder / "kilosort4-settings.json").write_text(json.dumps(CANONICAL_SETTINGS))  # no drift pass: none to correct
     with dg.instance_for_test() as instance:
         ws = Workspace(base / "landing", base / "store", instance)
