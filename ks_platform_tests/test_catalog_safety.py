@@ -37,10 +37,10 @@ from ks_platform.core.synthetic import make_spikeglx_session
 from ks_platform.defs import sensors
 from ks_platform.defs.resources import PlatformResource
 from ks_platform.operations.sessions import register_sessions
+from ks_platform_tests.catalog_support import DAY, ROOT, SPEC, Harness, key_of
+from ks_platform_tests.cli_support import TRACEBACK, run_cli
 from ks_platform_tests.conftest import Workspace, failure_messages, small_tmpfs
-from ks_platform_tests.test_catalog import DAY, ROOT, SPEC, Harness, key_of
-from ks_platform_tests.test_hostile_corpus import TRACEBACK, run_cli
-from ks_platform_tests.test_sensor import tick
+from ks_platform_tests.sensor_support import tick
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,19 +17,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import dagster as dg
 import numpy as np
 import pytest
 import yaml
-from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from ks_platform.core.errors import PlatformConfigError
 from ks_platform.definitions import sort_session_in_containers
@@ -38,37 +34,17 @@ from ks_platform.execution.jobs import gpu_placement_smoke_job, placement_smoke_
 from ks_platform.execution.placement import RUN_LABEL, STEP_LABEL, StepRequest, candidate_placements
 from ks_platform.execution.slots import SlotLedger
 from ks_platform.execution.step_executor import require_shared_storage
+from ks_platform_tests import executor_support
 from ks_platform_tests.conftest import failure_messages, stop_process_group, wait_until
+from ks_platform_tests.executor_support import cpu_inventory
 from ks_platform_tests.postgres_support import postgres_url  # noqa: F401 - session fixture
+from ks_platform_tests.run_worker_support import RunWorker, engine_messages, events_of, labelled_containers
+
+# Fixtures of another module, used here by name.
+pg_instance, engine_and_cpu_image = executor_support.pg_instance, executor_support.engine_and_cpu_image
 
 REPO = Path(__file__).resolve().parent.parent
 UNREACHABLE = "tcp://127.0.0.1:9"  # discard port: nothing answers Docker there
-
-
-@pytest.fixture(scope="module")
-def pg_instance(postgres_url) -> Iterator[dg.DagsterInstance]:  # noqa: F811
-    """An instance configured by deploy/dagster.postgres.yaml (env-based settings) on the test server."""
-    url = urlparse(postgres_url)
-    env = {
-        "DAGSTER_PG_USERNAME": url.username,
-        "DAGSTER_PG_PASSWORD": "",
-        "DAGSTER_PG_HOST": url.hostname,
-        "DAGSTER_PG_DB": url.path[1:],
-        "DAGSTER_PG_PORT": str(url.port),
-    }
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    config = yaml.safe_load((REPO / "deploy" / "dagster.postgres.yaml").read_text())
-    config.pop("concurrency")  # the deployment caps the kilosort pool at 1; the tests set their own slots
-    try:
-        with dg.instance_for_test(overrides=config) as instance:
-            yield instance
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def one_gpu_inventory(tmp_path: Path, docker_url: str = UNREACHABLE, **host) -> dict:
@@ -86,10 +62,6 @@ def one_gpu_inventory(tmp_path: Path, docker_url: str = UNREACHABLE, **host) -> 
             }
         ],
     }
-
-
-def events_of(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventType) -> list:
-    return [record.event_log_entry for record in instance.get_records_for_run(run_id, of_type=kind).records]
 
 
 def test_postgres_instance_is_shared_storage_and_sqlite_is_refused(pg_instance):
@@ -225,41 +197,6 @@ def test_step_that_can_never_be_placed_fails_at_once(pg_instance, tmp_path):
 
 
 # -- with a Docker engine and the cpu image ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def engine_and_cpu_image():
-    """(docker client, cpu image tag) from the images fixtures (docker_support starts dockerd and builds the image)."""
-    from ks_platform_tests import docker_support as support
-
-    return support.docker_engine(), support.cpu_image()
-
-
-def labelled_containers(client, run_id: str) -> list:
-    return client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
-
-
-def cpu_inventory(
-    tmp_path: Path, image: str, docker_url: str = "unix:///var/run/docker.sock", cpu_slots: int = 1
-) -> dict:
-    store = tmp_path / "store"
-    store.mkdir(exist_ok=True)
-    store.chmod(0o777)  # the image's uid 1000 writes it (the executor checks before launching)
-    return {
-        "store": str(store),
-        "poll_seconds": 1,
-        "exit_grace_seconds": 30,
-        "hosts": [
-            {
-                "name": "local",
-                "docker_url": docker_url,
-                "backend": "cpu",
-                "cpu_slots": cpu_slots,
-                "images": {"cpu": image},
-                "network_mode": "host",
-            }
-        ],
-    }
-
-
 def container_session(
     tmp_path: Path, image: str, generated_session: Path, monkeypatch, instance: dg.DagsterInstance
 ) -> tuple[dict, str]:
@@ -407,117 +344,8 @@ def test_sort_step_runs_in_cpu_image_with_postgres_and_matches_in_process(
 
 
 # -- faults of step containers (real engine, real containers, real instance) -------------------------------------
-TEST_TAG = "ks_platform_tests/marker"
 SMOKE_STEP = "report_placement"
 CPU_SLOT = "ks_platform/cpu/local"  # the CPU pool of cpu_inventory's host "local"
-
-#: A run worker in its own process, as Dagster's run launcher starts one: ``execute_job`` in the main thread, so
-#: Dagster captures SIGINT (termination) and the executor's loop forwards it to the running steps. Runs are never
-#: started in threads of the test process: each ``execute_job`` reconfigures Python logging (``python_logs``) and
-#: two of them in one process can deadlock on logging's locks.
-RUN_WORKER = """
-import json, sys
-import dagster as dg
-from ks_platform import definitions
-from ks_platform.execution import jobs
-job = getattr(jobs, sys.argv[1], None) or getattr(definitions, sys.argv[1])  # smoke jobs, then the code location's
-run_config, tags = json.loads(sys.argv[2]), json.loads(sys.argv[3])
-with dg.DagsterInstance.get() as instance:
-    with dg.execute_job(dg.reconstructable(job), instance=instance, run_config=run_config, tags=tags) as result:
-        print(f"run {result.run_id} success={result.success}", flush=True)
-"""
-
-
-def tagged_run_id(instance: dg.DagsterInstance, marker: str) -> str | None:
-    runs = instance.get_runs(RunsFilter(tags={TEST_TAG: marker}))
-    return runs[0].run_id if runs else None
-
-
-class RunWorker:
-    """One run of a job of ``ks_platform.execution.jobs`` in its own run-worker process on the test's PostgreSQL
-    instance (``DAGSTER_PG_*`` from ``pg_instance``), tagged so the test finds its run while it runs."""
-
-    def __init__(
-        self,
-        folder: Path,
-        job_name: str,
-        run_config: dict,
-        tags: dict[str, str] | None = None,
-        code: str = RUN_WORKER,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        home = folder / "dagster_home"
-        home.mkdir(parents=True)
-        instance_config = yaml.safe_load((REPO / "deploy" / "dagster.postgres.yaml").read_text())
-        instance_config.pop("concurrency")  # as pg_instance: the tests set their own slots
-        (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
-        self.marker = uuid.uuid4().hex
-        self.log = folder / "run_worker.log"
-        env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO), **(env or {})}
-        with open(self.log, "w") as handle:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    code,
-                    job_name,
-                    json.dumps(run_config),
-                    json.dumps({**(tags or {}), TEST_TAG: self.marker}),
-                ],
-                cwd=REPO,
-                env=env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def output(self) -> str:
-        return self.log.read_text()[-3000:]
-
-    def run_id(self, instance: dg.DagsterInstance, timeout: float) -> str:
-        def created() -> str | None:
-            found = tagged_run_id(instance, self.marker)
-            assert found or self.process.poll() is None, (
-                f"the run worker ended before creating its run:\n{self.output()}"
-            )
-            return found
-
-        return wait_until(created, timeout, "the run worker to create its run") if timeout else created()
-
-    def finish(self, instance: dg.DagsterInstance, timeout: float) -> bool:
-        """Wait for the worker to end; whether its run succeeded (as recorded in the instance)."""
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"the run did not end within {timeout:.0f} s:\n{self.output()}") from None
-        run = instance.get_run_by_id(self.run_id(instance, timeout=0))
-        assert run is not None and run.is_finished, (run and run.status, self.output())
-        return run.status == DagsterRunStatus.SUCCESS
-
-    def failures(self, instance: dg.DagsterInstance) -> list[str]:
-        run_id = tagged_run_id(instance, self.marker)
-        events = events_of(instance, run_id, dg.DagsterEventType.STEP_FAILURE) if run_id else []
-        return [error_chain(entry.dagster_event.event_specific_data.error) for entry in events] or [self.output()]
-
-    def stop(self, client, instance: dg.DagsterInstance) -> None:
-        """After a failed assertion: kill a worker that still runs and remove its run's containers (a worker that
-        ended by itself had the chance to remove them, which the tests check)."""
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        run_id = tagged_run_id(instance, self.marker)
-        for leftover in labelled_containers(client, run_id) if run_id else []:
-            leftover.remove(force=True)
-
-
-def error_chain(error) -> str:
-    """A step failure's message and the messages of its causes (the user code's exception is a cause)."""
-    parts = []
-    while error is not None:
-        parts.append(error.message.strip())
-        error = error.cause or error.context
-    return " <- ".join(parts)
 
 
 def running_step_container(client, run_id: str, step_key: str):
@@ -529,10 +357,6 @@ def running_step_container(client, run_id: str, step_key: str):
 
 def step_started(instance: dg.DagsterInstance, run_id: str, step_key: str) -> bool:
     return any(entry.step_key == step_key for entry in events_of(instance, run_id, dg.DagsterEventType.STEP_START))
-
-
-def engine_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
-    return [entry.message or "" for entry in events_of(instance, run_id, dg.DagsterEventType.ENGINE_EVENT)]
 
 
 def slot_holders(instance: dg.DagsterInstance, slot_key: str) -> list[str]:

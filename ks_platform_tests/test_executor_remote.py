@@ -30,8 +30,8 @@ from ks_platform.execution.docker_engines import EngineConnectionError, docker_c
 from ks_platform.execution.inventory import HostSpec, InventoryError
 from ks_platform.execution.jobs import placement_smoke_job
 from ks_platform_tests.conftest import failure_messages, missing_dependency, require_module, stop_process_group
+from ks_platform_tests.executor_support import cpu_inventory, engine_and_cpu_image, pg_instance  # noqa: F401 - fixtures
 from ks_platform_tests.postgres_support import _free_port, postgres_url  # noqa: F401 - session fixture
-from ks_platform_tests.test_executor import cpu_inventory, engine_and_cpu_image, pg_instance  # noqa: F401 - fixtures
 
 BASE_IMAGE = "ks-platform-base:bookworm"
 

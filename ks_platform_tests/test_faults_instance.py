@@ -36,14 +36,14 @@ from ks_platform_tests.conftest import (
     stop_process_group,
     wait_until,
 )
-from ks_platform_tests.postgres_support import pg_ctl, postgres_bin_dir, postgres_server
-from ks_platform_tests.test_faults import (
+from ks_platform_tests.faults_support import (
     COMPLETE_MARKERS,
     FinalNameWatcher,
     same_bytes,
     same_phy_folder,
     write_raw_int16_session,
 )
+from ks_platform_tests.postgres_support import pg_ctl, postgres_bin_dir, postgres_server
 
 REPO = Path(__file__).resolve().parent.parent
 INGEST = ["raw_recording", "probe_map", "recording_binary"]

@@ -28,9 +28,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
-from io import StringIO
 from pathlib import Path
 
 import dagster as dg
@@ -39,7 +37,6 @@ import numpy as np
 import probeinterface as pi
 import pytest
 
-from ks_platform.cli import main
 from ks_platform.core.discovery import discover
 from ks_platform.core.formats import plexon
 from ks_platform.core.names import CATALOG_DIR
@@ -47,16 +44,16 @@ from ks_platform.core.session_plan import SHOWN
 from ks_platform.core.synthetic import spikeglx_meta
 from ks_platform.defs import sensors
 from ks_platform.defs.resources import PlatformResource
+from ks_platform_tests.cli_support import TRACEBACK, run_cli
 from ks_platform_tests.conftest import Workspace, failure_messages, leftovers
 from ks_platform_tests.formats import synthetic as syn
-from ks_platform_tests.test_sensor import tick
+from ks_platform_tests.sensor_support import tick
 from ks_platform_tests.writers import write_nwb_session, write_openephys_session, write_plexon_session
 
 ROOT = "rig1"
 DATE = dt.date(2026, 3, 2)
 N_SAMPLES = 6000
 INGEST = ["raw_recording", "probe_map", "recording_binary"]
-TRACEBACK = "Traceback (most recent call last)"
 REPO = Path(__file__).resolve().parent.parent
 GOOD = ("good_glx", "good_raw")
 
@@ -638,17 +635,6 @@ def assert_says_file_and_fix(message: str, named: Path, fix_hint: str) -> None:
     assert is_action, f"the fix is not an action: {fix!r}"
     assert fix_hint in fix, f"expected {fix_hint!r} in the fix: {message}"
     assert "unexpected" not in message, f"a catch-all, not the platform's own check: {message}"
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """``ks-platform argv`` in this process; (exit status, stdout, stderr)."""
-    out, err = StringIO(), StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return code, out.getvalue(), err.getvalue()
 
 
 def run_cli_subprocess(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

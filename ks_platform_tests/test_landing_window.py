@@ -3,8 +3,8 @@ never retired while a run of them is in flight or from a landing root another co
 landing root.
 
 Real generated SpikeGLX sessions, a real instance, the sensor (requests applied as the daemon does) and ``register``
-(the ``Harness`` of test_catalog.py), the real CLI. Injected: a run "in flight" is a run record added in state STARTED
-(nothing executes it).
+(the ``Harness`` of catalog_support.py), the real CLI. Injected: a run "in flight" is a run record added in state
+STARTED (nothing executes it).
 """
 
 from __future__ import annotations
@@ -29,8 +29,17 @@ from ks_platform.defs import sensors
 from ks_platform.defs.landing import landing_folders
 from ks_platform.defs.resources import PlatformResource
 from ks_platform.operations.sessions import register_sessions
-from ks_platform_tests.test_catalog import DATE, DAY, ROOT, SPEC, Harness, key_of, rewrite_meta, template  # noqa: F401
-from ks_platform_tests.test_sensor import tick
+from ks_platform_tests.catalog_support import (  # noqa: F401 - template: a fixture
+    DATE,
+    DAY,
+    ROOT,
+    SPEC,
+    Harness,
+    key_of,
+    rewrite_meta,
+    template,
+)
+from ks_platform_tests.sensor_support import tick
 
 
 @pytest.fixture(params=["sensor", "register"])

@@ -25,11 +25,10 @@ from ks_platform.core.sessions import key_name
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 from ks_platform.defs import sensors
 from ks_platform.defs.ingest import raw_recording
-from ks_platform.defs.landing import landing_folders
 from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
 from ks_platform.defs.resources import PlatformResource
+from ks_platform_tests.sensor_support import ROOT, platform_for, tick
 
-ROOT = "rig1"
 SMALL = DemoSessionSpec(duration_s=1.0, n_units=3, seed=7)
 
 
@@ -45,44 +44,12 @@ def landing(tmp_path) -> Path:
     return path
 
 
-def platform_for(landing: Path, tmp_path: Path) -> PlatformResource:
-    return PlatformResource(store_root=str(tmp_path / "store"), landing_roots=f"{ROOT}={landing}", backend="cpu")
-
-
 def copy_session(template: Path, landing: Path, name: str) -> Path:
     return Path(shutil.copytree(template, landing / name))
 
 
 def key_of(name: str) -> str:
     return f"{SMALL.recording_date.isoformat()}__{ROOT}__{name}__imec0"
-
-
-class _Records(logging.Handler):
-    def __init__(self, into: list[logging.LogRecord]) -> None:
-        super().__init__(logging.DEBUG)
-        self.into = into
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.into.append(record)
-
-
-def tick(
-    sensor: dg.SensorDefinition,
-    instance,
-    platform: PlatformResource,
-    cursor: str | None = None,
-    logs: list | None = None,
-) -> dg.SensorResult:
-    """One evaluation; ``logs`` collects what the sensor wrote to ``context.log`` (Dagster's logger does not propagate)."""
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"platform": platform})
-    if logs is not None:
-        context.log.addHandler(_Records(logs))
-    result = sensor(context)
-    assert isinstance(result, dg.SensorResult)
-    for event in result.asset_events:  # recorded as the daemon records them (a later tick compares with the latest)
-        if event.asset_key == landing_folders.key:
-            instance.report_runless_asset_event(event)
-    return result
 
 
 def recordings(result: dg.SensorResult) -> list[dg.AssetObservation]:

@@ -33,28 +33,18 @@ from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 from ks_platform.definitions import sort_session_on_slurm
 from ks_platform.execution import slurm_jobs
 from ks_platform.execution.slurm_executor import SlurmSettings, load_slurm_settings, plan_job
-from ks_platform_tests import postgres_support, slurm_support, test_executor
+from ks_platform_tests import executor_support, postgres_support, slurm_support
 from ks_platform_tests.conftest import CANONICAL_SETTINGS, ROOT_NAME, leftovers, wait_until
+from ks_platform_tests.run_worker_support import TEST_TAG, RunWorker, engine_messages, error_chain, events_of
+from ks_platform_tests.slurm_executor_support import INSTANCE_ENV, RUN_WORKER, settings
 from ks_platform_tests.slurm_support import NODE, PARTITION, URGENT_PARTITION, SlurmCluster
-from ks_platform_tests.test_executor import TEST_TAG, RunWorker, engine_messages, error_chain, events_of
 
 # Fixtures of other modules, used here by name.
-postgres_url, pg_instance = postgres_support.postgres_url, test_executor.pg_instance
+postgres_url, pg_instance = postgres_support.postgres_url, executor_support.pg_instance
 monkeypatch_module, slurm = slurm_support.monkeypatch_module, slurm_support.slurm
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_STEP = "report_slurm_job"
-#: What the test instance's dagster.yaml (deploy/dagster.postgres.yaml) reads: jobs get them only when named.
-INSTANCE_ENV = ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST", "DAGSTER_PG_DB", "DAGSTER_PG_PORT")
-RUN_WORKER = """
-import json, sys
-import dagster as dg
-from ks_platform.execution import slurm_jobs
-job, run_config, tags = getattr(slurm_jobs, sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
-with dg.DagsterInstance.get() as instance:
-    with dg.execute_job(dg.reconstructable(job), instance=instance, run_config=run_config, tags=tags) as result:
-        print(f"run {result.run_id} success={result.success}", flush=True)
-"""
 #: ``sort_session`` on SLURM (ingest → binary → Kilosort) in a run worker.
 SORT_WORKER = """
 import json, sys
@@ -69,28 +59,6 @@ with dg.DagsterInstance.get() as instance:
     ) as result:
         print(f"run {result.run_id} success={result.success}", flush=True)
 """
-
-
-def settings(tmp_path: Path, **overrides) -> dict:
-    store = tmp_path / "store"
-    store.mkdir(exist_ok=True)
-    return {
-        "gpu_partition": PARTITION,
-        "gres": "gpu:1",
-        "backend": "cuda",
-        "gpu_memory_mib": 16384,
-        "time_limit": "10:00",
-        "cpu_time_limit": "10:00",
-        "mem": "1G",
-        "cpu_mem": "1G",
-        "cpus_per_task": 1,
-        "cpu_cpus_per_task": 1,
-        "workdir": str(tmp_path / "jobs"),
-        "store": str(store),
-        "poll_seconds": 1,
-        "export": list(INSTANCE_ENV),
-        **overrides,
-    }
 
 
 def reports(instance: dg.DagsterInstance, run_id: str) -> list[dict]:

@@ -24,14 +24,14 @@ from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from ks_platform.core.store import ATTEMPT_FILE_ENV, ATTEMPT_TOKEN_ENV, StaleAttemptError, atomic_directory
 from ks_platform.execution.slurm_executor import set_live_attempt
-from ks_platform_tests import postgres_support, test_executor
+from ks_platform_tests import executor_support, postgres_support
 from ks_platform_tests.conftest import leftovers, missing_dependency, wait_until
+from ks_platform_tests.run_worker_support import RunWorker, engine_messages, error_chain, events_of
+from ks_platform_tests.slurm_executor_support import RUN_WORKER, settings
 from ks_platform_tests.slurm_support import SlurmCluster, missing_programs, slurm_cluster
-from ks_platform_tests.test_executor import RunWorker, engine_messages, error_chain, events_of
-from ks_platform_tests.test_slurm import RUN_WORKER, settings
 
 # Fixtures of other modules, used here by name.
-postgres_url, pg_instance = postgres_support.postgres_url, test_executor.pg_instance
+postgres_url, pg_instance = postgres_support.postgres_url, executor_support.pg_instance
 
 #: Seconds slurmctld waits for a silent node before it is DOWN and its jobs NODE_FAIL.
 SLURMD_TIMEOUT = 8
