@@ -1,5 +1,6 @@
-"""A landing root, a store and an instance kept in step by the sensor or by ``register`` (the ``Harness``), with
-the small generated SpikeGLX session (``template``) its folders are copied from.
+"""A landing root, a store and an instance kept in step by the sensor or by ``register`` (the ``Harness``; the
+``harness`` fixture gives one of each driver), with the small generated SpikeGLX session (``template``) its folders
+are copied from.
 
 Shared by the tests of the landing catalog: test_catalog.py, test_catalog_safety.py and test_landing_window.py.
 """
@@ -100,6 +101,12 @@ class Harness:
         folder.mkdir(parents=True)
         (folder / "raw_recording.json").write_text("{}")
         return folder
+
+
+@pytest.fixture(params=["sensor", "register"])
+def harness(request, template, tmp_path):
+    with dg.instance_for_test() as instance:
+        yield Harness(request.param, template, tmp_path, instance)
 
 
 def rewrite_meta(folder: Path, old: str, new: str) -> None:

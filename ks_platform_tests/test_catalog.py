@@ -19,7 +19,6 @@ from io import StringIO
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from ks_platform.cli import main
 from ks_platform.core import catalog
@@ -43,11 +42,11 @@ from ks_platform.defs.resources import PlatformResource
 from ks_platform.operations import backfill
 from ks_platform.operations.sessions import register_sessions
 from ks_platform_tests import catalog_support
-from ks_platform_tests.catalog_support import DATE, DAY, ROOT, SPEC, Harness, key_of, rewrite_meta
+from ks_platform_tests.catalog_support import DATE, DAY, ROOT, SPEC, key_of, rewrite_meta
 from ks_platform_tests.conftest import failure_messages
 
-# A fixture of another module, used here by name.
-template = catalog_support.template
+# Fixtures of another module, used here by name.
+template, harness = catalog_support.template, catalog_support.harness
 
 
 # --- plan_tick: plain data -----------------------------------------------------------------------------------------
@@ -113,12 +112,6 @@ def test_core_modules_do_not_import_dagster():
 
 
 # --- lifecycle through the sensor and through register -------------------------------------------------------------
-
-
-@pytest.fixture(params=["sensor", "register"])
-def harness(request, template, tmp_path):
-    with dg.instance_for_test() as instance:
-        yield Harness(request.param, template, tmp_path, instance)
 
 
 def test_deleted_session_is_retired_and_its_outputs_kept_and_marked(harness):

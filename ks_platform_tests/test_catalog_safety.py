@@ -33,30 +33,22 @@ from ks_platform.core.catalog import ACTIVE, DELETED, RETIRED, catalog_path, cur
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.names import CATALOG_DIR, CATALOG_WAIT_ENV, RETIRE_AFTER_ENV, RETIRED_MARKER
 from ks_platform.core.sessions import SessionRef, key_name, session_dir
-from ks_platform.core.synthetic import make_spikeglx_session
 from ks_platform.defs import sensors
 from ks_platform.defs.resources import PlatformResource
 from ks_platform.operations.sessions import register_sessions
-from ks_platform_tests.catalog_support import DAY, ROOT, SPEC, Harness, key_of
+from ks_platform_tests import catalog_support
+from ks_platform_tests.catalog_support import DAY, ROOT, key_of
 from ks_platform_tests.cli_support import TRACEBACK, run_cli
 from ks_platform_tests.conftest import Workspace, failure_messages, small_tmpfs
 from ks_platform_tests.sensor_support import tick
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Fixtures of another module, used here by name.
+template, harness = catalog_support.template, catalog_support.harness
+
 
 # ------------------------------------------------------------------------------------------ fixtures and helpers
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    return make_spikeglx_session(tmp_path_factory.mktemp("tpl") / "template", SPEC)
-
-
-@pytest.fixture(params=["sensor", "register"])
-def harness(request, template, tmp_path):
-    with dg.instance_for_test() as instance:
-        yield Harness(request.param, template, tmp_path, instance)
-
-
 class Lab:
     """A landing root, a store and a ``DAGSTER_HOME``, as the command line sees them (environment set)."""
 

@@ -17,7 +17,6 @@ from dataclasses import replace
 from io import StringIO
 
 import dagster as dg
-import pytest
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from ks_platform.cli import main
@@ -29,23 +28,12 @@ from ks_platform.defs import sensors
 from ks_platform.defs.landing import landing_folders
 from ks_platform.defs.resources import PlatformResource
 from ks_platform.operations.sessions import register_sessions
-from ks_platform_tests.catalog_support import (  # noqa: F401 - template: a fixture
-    DATE,
-    DAY,
-    ROOT,
-    SPEC,
-    Harness,
-    key_of,
-    rewrite_meta,
-    template,
-)
+from ks_platform_tests import catalog_support
+from ks_platform_tests.catalog_support import DATE, DAY, ROOT, SPEC, key_of, rewrite_meta
 from ks_platform_tests.sensor_support import tick
 
-
-@pytest.fixture(params=["sensor", "register"])
-def harness(request, template, tmp_path):  # noqa: F811
-    with dg.instance_for_test() as instance:
-        yield Harness(request.param, template, tmp_path, instance)
+# Fixtures of another module, used here by name.
+template, harness = catalog_support.template, catalog_support.harness
 
 
 def start_run(instance: dg.DagsterInstance, key: str) -> str:
@@ -118,7 +106,7 @@ def test_a_landing_root_of_another_configuration_is_neither_read_nor_retired(har
         assert harness.sync_after(DAY + 60) == {key_of("other_g0")}  # demo_g0 is not in the moved root
 
 
-def test_rejected_and_waiting_folders_are_listed_in_the_ui_asset_and_the_cli(template, tmp_path, monkeypatch):  # noqa: F811
+def test_rejected_and_waiting_folders_are_listed_in_the_ui_asset_and_the_cli(template, tmp_path, monkeypatch):
     """One place lists every landing folder that is not a partition: the ``landing_folders`` asset, observed by the
     sensor when the list changes (not at every tick), and ``ks-platform sessions --rejected``."""
     landing, store = tmp_path / "landing", tmp_path / "store"

@@ -12,8 +12,8 @@ from ks_platform.core.discovery import discover
 from ks_platform.core.sessions import key_name
 from ks_platform.core.synthetic import GlxProbe, np1_probe, write_spikeglx_run
 from ks_platform.defs import sensors
-from ks_platform_tests.formats.test_nwb_field import START as NWB_START
-from ks_platform_tests.formats.test_nwb_field import _linear_positions, _noise, _series, _write_pynwb
+from ks_platform_tests.nwb_support import START as NWB_START
+from ks_platform_tests.nwb_support import _linear_positions, _noise, _series, _write_pynwb
 from ks_platform_tests.sensor_support import ROOT, platform_for, tick
 from ks_platform_tests.writers import (
     OpenEphysProbe,

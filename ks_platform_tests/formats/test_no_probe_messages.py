@@ -9,7 +9,7 @@ import pytest
 from ks_platform.core import formats
 from ks_platform.core.errors import SessionInputError
 from ks_platform_tests.formats import synthetic as syn
-from ks_platform_tests.formats.test_nwb_field import START, _linear_positions, _noise
+from ks_platform_tests.nwb_support import START, _linear_positions, _noise
 from ks_platform_tests.writers import write_plexon_session
 
 

@@ -12,7 +12,7 @@ from ks_platform.core import formats
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import nwb
 from ks_platform.core.timeline import to_acquisition_seconds
-from ks_platform_tests.formats.test_nwb_field import (
+from ks_platform_tests.nwb_support import (
     FS,
     N_SAMPLES,
     _linear_positions,

@@ -13,7 +13,7 @@ import pytest
 
 from ks_platform.core.conversion import write_recording_binary
 from ks_platform.core.formats import nwb
-from ks_platform_tests.formats.test_nwb_field import (
+from ks_platform_tests.nwb_support import (
     N_CHANNELS,
     _linear_positions,
     _noise,

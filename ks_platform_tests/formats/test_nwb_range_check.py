@@ -16,7 +16,7 @@ from ks_platform.core.conversion import write_recording_binary
 from ks_platform.core.errors import SessionInputError
 from ks_platform.core.formats import nwb
 from ks_platform_tests.conftest import leftovers
-from ks_platform_tests.formats.test_nwb_field import N_SAMPLES, _linear_positions, _noise, _series, _write_pynwb
+from ks_platform_tests.nwb_support import N_SAMPLES, _linear_positions, _noise, _series, _write_pynwb
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from ks_platform.core.sessions import fingerprint
 from ks_platform.defs import sensors
 from ks_platform.defs.partitions import SESSIONS_PARTITIONS_NAME
 from ks_platform_tests.conftest import Workspace, failure_messages, require_module
-from ks_platform_tests.formats.test_nwb_field import (
+from ks_platform_tests.nwb_support import (
     N_SAMPLES,
     START,
     _linear_positions,

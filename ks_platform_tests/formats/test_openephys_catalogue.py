@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from ks_platform.core.formats import openephys
-from ks_platform_tests.formats.test_openephys_real import (
+from ks_platform_tests.formats.openephys_real_support import (
     DATA,
     _our_positions,
     _read_si,

@@ -10,7 +10,7 @@ import numpy as np
 
 from ks_platform.cli import main
 from ks_platform_tests.formats import synthetic as syn
-from ks_platform_tests.formats.test_openephys_multi import _nidaq, _np_stream, _write
+from ks_platform_tests.formats.openephys_support import _nidaq, _np_stream, _write
 from ks_platform_tests.writers import write_openephys_legacy
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from ks_platform.core import formats
 from ks_platform.core.formats import openephys
+from ks_platform_tests.formats.openephys_support import _np_stream
 from ks_platform_tests.writers import write_openephys_recording
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "openephys" / "OEPT_v0.6.7_Binary"
@@ -100,8 +101,6 @@ def test_a_node_folder_named_otherwise_is_recognised_by_its_oebin(tmp_path):
 
 def test_gui_04_run_folders_are_runs_not_nodes(tmp_path):
     """GUI 0.4 binary: ``experiment1/`` directly in each dated run folder, no Record Node: two runs, two probes."""
-    from ks_platform_tests.formats.test_openephys_multi import _np_stream
-
     entries = [_np_stream("ProbeA-AP", n=8)]
     for entry in entries:
         entry.pop("recorded_processor")

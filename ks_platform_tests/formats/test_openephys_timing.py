@@ -15,7 +15,7 @@ import pytest
 
 from ks_platform.core import formats
 from ks_platform.core.errors import SessionInputError
-from ks_platform_tests.formats.test_openephys_multi import N, _write
+from ks_platform_tests.formats.openephys_support import N, _write
 
 FOLDER = "Neuropix-PXI-100.ProbeA-AP"
 FS = 30000.0
