@@ -102,3 +102,43 @@ def test_the_architecture_tree_lists_every_module_and_only_modules_that_exist():
 def test_the_tree_reader_follows_indents_and_lists():
     page = "```\nks_platform/\n  a/   x\n    b.py, c.py  y\n      more of y\n  d.py  z\ntests/  t\n```\n"
     assert tree_paths(page) == ["a/", "a/b.py", "a/c.py", "d.py"]
+
+
+TESTS = PACKAGE.parent / "ks_platform_tests"
+
+
+def imported_test_modules(source: str) -> list[str]:
+    """The test modules (``test_*``) a module's source imports; shared helpers belong in ``*_support.py``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] if is_test_module(node.module) else [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found += [name for name in names if is_test_module(name)]
+    return found
+
+
+def is_test_module(name: str) -> bool:
+    parts = name.split(".")
+    return parts[0] == TESTS.name and parts[-1].startswith("test_")
+
+
+def test_no_test_module_imports_another_test_module():
+    offenders = {
+        str(path.relative_to(TESTS)): names
+        for path in sorted(TESTS.rglob("*.py"))
+        if (names := imported_test_modules(path.read_text(encoding="utf-8")))
+    }
+    assert offenders == {}, f"move what is shared into a *_support.py module: {offenders}"
+
+
+def test_the_test_import_scan_finds_each_spelling():
+    assert imported_test_modules("from ks_platform_tests.test_sensor import tick") == ["ks_platform_tests.test_sensor"]
+    assert imported_test_modules("from ks_platform_tests.formats import test_nwb_field") == [
+        "ks_platform_tests.formats.test_nwb_field"
+    ]
+    assert imported_test_modules("import ks_platform_tests.test_executor") == ["ks_platform_tests.test_executor"]
+    assert imported_test_modules("from ks_platform_tests.sensor_support import tick") == []
