@@ -23,7 +23,8 @@ from ks_platform.core.store import read_json
 from ks_platform.core.synthetic import DemoSessionSpec, make_spikeglx_session
 from ks_platform.definitions import build_definitions
 from ks_platform.execution.placement import step_needs_gpu
-from ks_platform_tests.conftest import Workspace
+from ks_platform_tests.conftest import Workspace, failure_messages
+from ks_platform_tests.curation_support import copy_sorted_workspace, run_job, save_in_phy
 
 LISTED = ["spykingcircus2", "kilosort4"]
 ALL_ASSETS = {
@@ -266,3 +267,31 @@ def test_two_sorters_on_a_384_channel_session_side_by_side(tmp_path_factory, cap
         assert row["well_detected"] >= WIDE_BARS[name], (name, row)
     for pair in report["pairs"]:
         assert pair["matched"] >= 30, pair
+
+
+def test_the_lab_curates_the_spykingcircus2_phy_folder_as_it_curates_kilosorts(circus_workspace, tmp_path):
+    """A merge, a split and two labels saved with phylib's writers in the Phy folder SpikeInterface exported for
+    SpykingCircus2: observed, curated and exported to NWB as for Kilosort 4 (test_curation.py), on a private copy."""
+    from pynwb import NWBHDF5IO
+
+    from ks_platform.core import curation
+
+    ws, key, _, result, _ = circus_workspace
+    assert result.success
+    with dg.instance_for_test() as instance:
+        copy = copy_sorted_workspace(ws, key, tmp_path, instance)
+        store = copy.store(key)
+        ids = save_in_phy(store.phy_dir, merge=(0, 1), split=2, labels={3: "noise", 4: "mua"})
+        assert run_job(copy, key, "observe_phy_curation").success
+        curated = run_job(copy, key, "curate_session")
+        assert curated.success, failure_messages(curated)
+        meta = materialized(curated)["curated_units"].metadata
+        assert meta["status"].value == "curated"
+        assert meta["merges"].value == {str(ids["merged"]): [0, 1]}
+        assert meta["splits"].value == {"2": [ids["split_a"], ids["split_b"]]}
+        assert meta["counts"].value["noise"] == 1 and meta["counts"].value["mua"] == 1
+        record = curation.load_record(store)
+        with NWBHDF5IO(str(store.dir / "nwb" / "units.nwb"), "r") as io:
+            nwbfile = io.read()
+            assert len(nwbfile.units) == len(record.n_spikes)
+            assert json.loads(nwbfile.data_collection)["sorter"]["name"] == "spykingcircus2"
