@@ -185,6 +185,9 @@ def dagster_dev(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # SIGINT as a terminal gives it, whatever this run inherited (nohup/`&` ignore it; Dagster then gives SIGTERM
+            # the ignored SIGINT handler, and dagster dev would outlive the test)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     graphql = GraphQL(port)
     failures_before = request.session.testsfailed

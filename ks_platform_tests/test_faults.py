@@ -189,7 +189,8 @@ def test_kill_during_sorting_and_phy_export_then_rematerialize_is_byte_identical
 
 
 def test_full_disk_during_conversion_names_the_store_and_removes_the_partial_file(tmp_path, generated_session):
-    with small_tmpfs(tmp_path / "small_store", "16m") as mount:
+    binary_bytes = round(TEST_SPEC.duration_s * TEST_SPEC.sampling_frequency) * TEST_SPEC.n_channels * 2
+    with small_tmpfs(tmp_path / "small_store", f"{binary_bytes // 3 // 1024}k") as mount:  # a third of the binary fits
         store = SessionStore(mount, "2026-03-02__rig1__demo_seed42__imec0")
         pipeline.observe_raw_recording(generated_session, store)
         with pytest.raises(SessionInputError) as caught:

@@ -33,6 +33,7 @@ from ks_platform_tests.live_support import (
     dagster_dev,
     tags_of,
     wait_for,
+    wait_for_run_end,
 )
 
 ARTIFACTS = REPO / "test-artifacts" / "live_dagster"
@@ -158,6 +159,9 @@ def test_sensor_sorts_a_dropped_session_and_backfill_targets_its_date(live_dagst
     for r in graphql(RUNS, tags=backfill_tags)["runsOrError"]["results"]:
         if r["status"] not in ("SUCCESS", "FAILURE", "CANCELED"):
             graphql(TERMINATE, runId=r["runId"])
+    # Terminated, each run ends as CANCELED, whatever step (a sort included) it had reached: nothing is left running.
+    for r in graphql(RUNS, tags=backfill_tags)["runsOrError"]["results"]:
+        assert wait_for_run_end(graphql, r["runId"], 180) == "CANCELED"
     assert {tags_of(r)["dagster/partition"] for r in graphql(RUNS, tags=backfill_tags)["runsOrError"]["results"]} == {
         key
     }

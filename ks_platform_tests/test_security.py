@@ -122,11 +122,11 @@ def test_make_dev_takes_the_port_from_the_command_line():
         printed = subprocess.run(
             ["make", "-n", "-C", str(PACKAGE.parent), "dev", *extra], capture_output=True, text=True, check=True
         ).stdout
-        [line] = [line for line in printed.splitlines() if " dev -h " in line]
+        [line] = [line for line in printed.splitlines() if " dev -w " in line]
         return line
 
-    assert dev_line("PORT=3001").endswith("dg dev -h 127.0.0.1 -p 3001")
-    assert dev_line().endswith("dg dev -h 127.0.0.1 -p 3000")
+    assert dev_line("PORT=3001").endswith("workspace.yaml -h 127.0.0.1 -p 3001")
+    assert dev_line().endswith("workspace.yaml -h 127.0.0.1 -p 3000")
 
 
 def test_a_hand_added_traversal_partition_writes_nothing_outside_the_store(workspace, tmp_path):
