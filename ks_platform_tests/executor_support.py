@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import dagster as dg
 import pytest
 import yaml
+
+from ks_platform_tests.postgres_support import dagster_pg_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,14 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def pg_instance(postgres_url) -> Iterator[dg.DagsterInstance]:
     """An instance configured by deploy/dagster.postgres.yaml (env-based settings) on the test server."""
-    url = urlparse(postgres_url)
-    env = {
-        "DAGSTER_PG_USERNAME": url.username,
-        "DAGSTER_PG_PASSWORD": "",
-        "DAGSTER_PG_HOST": url.hostname,
-        "DAGSTER_PG_DB": url.path[1:],
-        "DAGSTER_PG_PORT": str(url.port),
-    }
+    env = dagster_pg_env(postgres_url)
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     config = yaml.safe_load((REPO / "deploy" / "dagster.postgres.yaml").read_text())

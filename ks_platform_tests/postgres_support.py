@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -115,3 +116,15 @@ def postgres_url() -> Iterator[str]:
         missing_dependency("PostgreSQL is not installed")
     with postgres_server() as url:
         yield url
+
+
+def dagster_pg_env(url: str) -> dict[str, str]:
+    """The ``DAGSTER_PG_*`` variables deploy/dagster.postgres.yaml reads, for the server at ``url``."""
+    parsed = urlparse(url)
+    return {
+        "DAGSTER_PG_USERNAME": parsed.username or "",
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_HOST": parsed.hostname or "",
+        "DAGSTER_PG_DB": parsed.path[1:],
+        "DAGSTER_PG_PORT": str(parsed.port),
+    }

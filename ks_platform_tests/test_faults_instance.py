@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import dagster as dg
 import pytest
@@ -43,7 +42,7 @@ from ks_platform_tests.faults_support import (
     same_phy_folder,
     write_raw_int16_session,
 )
-from ks_platform_tests.postgres_support import pg_ctl, postgres_bin_dir, postgres_server
+from ks_platform_tests.postgres_support import dagster_pg_env, pg_ctl, postgres_bin_dir, postgres_server
 
 REPO = Path(__file__).resolve().parent.parent
 INGEST = ["raw_recording", "probe_map", "recording_binary"]
@@ -192,14 +191,7 @@ def postgres_home(tmp_path: Path, monkeypatch) -> Iterator[tuple[Path, str]]:
     if postgres_bin_dir() is None:
         missing_dependency("PostgreSQL is not installed")
     with postgres_server("dagster_restart") as url:
-        parsed = urlparse(url)
-        env = {
-            "DAGSTER_PG_USERNAME": parsed.username,
-            "DAGSTER_PG_PASSWORD": "",
-            "DAGSTER_PG_HOST": parsed.hostname,
-            "DAGSTER_PG_DB": parsed.path[1:],
-            "DAGSTER_PG_PORT": str(parsed.port),
-        }
+        env = dagster_pg_env(url)
         for name, value in env.items():
             monkeypatch.setenv(name, value)  # read by this process's instance and inherited by the run workers
         yield home_with(REPO / "deploy" / "dagster.postgres.yaml", tmp_path / "dagster_home"), url

@@ -18,7 +18,6 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlparse
 
 import dagster as dg
 import pytest
@@ -35,7 +34,7 @@ from ks_platform.execution.inventory import Inventory
 from ks_platform.execution.placement import sort_slot_count
 from ks_platform_tests.conftest import ROOT_NAME, Workspace, failure_messages
 from ks_platform_tests.multi_probe_support import write_gated_probe
-from ks_platform_tests.postgres_support import postgres_url  # noqa: F401 - session fixture
+from ks_platform_tests.postgres_support import dagster_pg_env, postgres_url  # noqa: F401 - session fixture
 
 REPO = Path(__file__).resolve().parent.parent
 SORT_STEP = "sorted_units"
@@ -76,14 +75,7 @@ def test_sort_slots_are_one_per_gpu_else_the_cpu_slots():
 @pytest.fixture(scope="module")
 def deployment_instance(postgres_url) -> Iterator[dg.DagsterInstance]:  # noqa: F811
     """deploy/dagster.postgres.yaml on the test server, its pools included (``kilosort`` limited to 1)."""
-    url = urlparse(postgres_url)
-    env = {
-        "DAGSTER_PG_USERNAME": url.username or "",
-        "DAGSTER_PG_PASSWORD": "",
-        "DAGSTER_PG_HOST": url.hostname or "",
-        "DAGSTER_PG_DB": url.path[1:],
-        "DAGSTER_PG_PORT": str(url.port),
-    }
+    env = dagster_pg_env(postgres_url)
     config = yaml.safe_load((REPO / "deploy" / "dagster.postgres.yaml").read_text())
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
