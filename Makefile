@@ -50,7 +50,7 @@ dev: install
 	# Dagster gives SIGTERM the SIGINT handler, so neither would stop it (stop it with SIGTERM or Ctrl-C)
 	# Started in the instance's folder with the workspace named: dg then runs Dagster there instead of in the project
 	# folder, whose dagster.yaml (the template copied above) Dagster would warn is not the instance's
-	cd $(DAGSTER_HOME) && VIRTUAL_ENV=$(CURDIR)/$(VENV) $(CURDIR)/$(BIN)/python -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])' \
+	cd $(DAGSTER_HOME) && VIRTUAL_ENV=$(CURDIR)/$(VENV) $(CURDIR)/$(BIN)/python $(CURDIR)/scripts/exec_with_sigint.py \
 		$(CURDIR)/$(BIN)/dg dev -w $(CURDIR)/workspace.yaml -h 127.0.0.1 -p $(PORT)
 
 ## The UI with every step in a ks-platform:cpu container (local Docker engine, local PostgreSQL under data/executor-dev)

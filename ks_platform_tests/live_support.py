@@ -179,15 +179,14 @@ def dagster_dev(
     dagster = Path(sys.executable).with_name("dagster")
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+            # SIGINT at its default whatever this run inherited, as `make dev` starts it (scripts/exec_with_sigint.py)
+            [sys.executable, str(REPO / "scripts" / "exec_with_sigint.py"), str(dagster), "dev"]
+            + ["-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
             cwd=REPO,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            # SIGINT as a terminal gives it, whatever this run inherited (nohup/`&` ignore it; Dagster then gives SIGTERM
-            # the ignored SIGINT handler, and dagster dev would outlive the test)
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     graphql = GraphQL(port)
     failures_before = request.session.testsfailed

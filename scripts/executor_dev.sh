@@ -66,10 +66,8 @@ echo "executor-dev: PostgreSQL 127.0.0.1:$pgport, DAGSTER_HOME=$DAGSTER_HOME, KS
 echo "executor-dev: Dagster UI on http://127.0.0.1:$port (steps run in $image containers)"
 # dagster dev in its own process group: Ctrl-C/SIGTERM reach it once through the trap, and whatever of it is still
 # there 30 s later (its daemon can hang on shutdown) is killed, so the database is always stopped after it.
-# SIGINT back to its default first: an asynchronous command (`&`) starts with it ignored, and Dagster gives SIGTERM
-# the SIGINT handler, so neither would stop it (as `make dev` does).
-setsid "$repo/.venv/bin/python" -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])' \
-  "$dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$port" &
+# SIGINT back to its default first (scripts/exec_with_sigint.py: a background job starts with it ignored).
+setsid "$repo/.venv/bin/python" "$repo/scripts/exec_with_sigint.py" "$dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$port" &
 child=$!
 stop_dagster() {
   kill -INT -- "-$child" 2>/dev/null || return 0
